@@ -1,0 +1,54 @@
+"""cellio: RxRx1 cell images into a trained model fast.
+
+Public API (imported lazily so `import cellio` stays light and never pulls in torch or DALI):
+
+    read_metadata, derive_plate_groups, PlateGroups      -- cellio.metadata
+    synthesize                                           -- cellio.synth
+    ingest, open_store, Store                            -- cellio.ingest / cellio.store
+    create_loader, Loader, AugmentConfig                 -- cellio.loader / cellio.transforms
+    download, submit, check_credentials                  -- cellio.kaggle
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from .errors import *  # noqa: F401,F403  (the exception hierarchy is public)
+from .errors import __all__ as _error_names
+
+__version__ = "0.1.0"
+
+# name -> module that defines it
+_LAZY: dict[str, str] = {
+    "read_metadata": "cellio.metadata",
+    "derive_plate_groups": "cellio.metadata",
+    "PlateGroups": "cellio.metadata",
+    "synthesize": "cellio.synth",
+    "ingest": "cellio.ingest",
+    "open_store": "cellio.store",
+    "Store": "cellio.store",
+    "create_loader": "cellio.loader",
+    "Loader": "cellio.loader",
+    "AugmentConfig": "cellio.transforms",
+    "download": "cellio.kaggle",
+    "submit": "cellio.kaggle",
+    "check_credentials": "cellio.kaggle",
+}
+
+__all__ = ["__version__", *_error_names, *_LAZY]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cellio' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,64 @@
+"""`cellio` command line. Each command lives in its own module under cellio/cli/ and exposes
+
+    HELP: str                                  one line for `cellio --help`
+    def add_arguments(parser) -> None          its flags
+    def run(args) -> int | None                does the work (library calls only)
+
+so commands stay independent. CellioError becomes a one-line message and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ..errors import CellioError
+
+# command name -> module (in cellio.cli); order is the order in --help
+COMMANDS: dict[str, str] = {
+    "synth": "synth",
+    "metadata": "metadata",
+    "download": "download",
+    "ingest": "ingest",
+    "inspect": "inspect",
+    "show": "show",
+    "submit": "submit",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cellio", description="RxRx1 cell images into a trained model fast.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, modname in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"cellio.cli.{modname}")
+        except ModuleNotFoundError as exc:  # a command whose module is not built in this checkout
+            if exc.name == f"cellio.cli.{modname}":
+                continue
+            raise
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)  # INFO by default on the CLI, DEBUG with -v
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args._run(args) or 0)
+    except CellioError as exc:
+        print(f"cellio {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cellio {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

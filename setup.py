@@ -1,0 +1,44 @@
+"""cellio: RxRx1 (Recursion Cellular Image Classification) into a trained model fast.
+
+The library (`cellio`) stays light: numpy, pandas, zarr, Pillow. Torch, DALI, Kaggle, Dask and the trainer's
+dependencies are extras. Exact versions known to work together are pinned in constraints.txt.
+"""
+from setuptools import find_packages, setup
+
+TORCH = ["torch>=2.6"]
+extras = {
+    "torch": TORCH,
+    "dali": ["nvidia-dali-cuda130>=2.4"],
+    "kaggle": ["kaggle>=2.2"],
+    "dask": ["dask[distributed]>=2024.1", "distributed>=2024.1"],
+    "synth": ["scikit-learn>=1.4"],
+    "bench": ["matplotlib>=3.8", "tensorstore>=0.1.60", "opencv-python-headless>=4.9", "webdataset>=1.0"],
+    "train": TORCH + ["torchvision>=0.21", "pyyaml>=6", "tensorboard>=2.15", "scikit-learn>=1.4",
+                      "lightgbm>=4", "matplotlib>=3.8"],
+    "test": ["pytest>=8"],
+}
+extras["all"] = sorted({req for reqs in extras.values() for req in reqs})
+
+setup(
+    name="cellio",
+    version="0.1.0",
+    description="High-throughput loading of RxRx1 cell images (Zarr v3 + DALI) and a thin DenseNet trainer",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["cellio", "cellio.*", "trainer", "trainer.*"]),
+    package_data={"trainer": ["recipes/*.yaml"]},
+    install_requires=[
+        "numpy>=1.26",
+        "pandas>=2.1",
+        "pyarrow>=14",
+        "zarr>=3.1,<3.2",
+        "numcodecs>=0.13",
+        "pillow>=10",
+        "scipy>=1.11",
+        "tqdm>=4.66",
+        "fsspec>=2024.1",
+    ],
+    extras_require=extras,
+    entry_points={"console_scripts": ["cellio=cellio.cli:main"]},
+)
