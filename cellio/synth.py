@@ -1,0 +1,588 @@
+"""Synthetic RxRx1 in the exact Kaggle layout, with a learnable morphological signal.
+
+`synthesize(out_dir)` writes `{train,test}/{experiment}/Plate{p}/{well}_s{site}_w{channel}.png` and every Kaggle
+CSV (train, test, train_controls, test_controls, pixel_stats, sample_submission) plus `test_truth.csv`, the
+held-out labels of the test treatments, and `synth.json`, the generator's ground truth (groups, rotations).
+
+Signal design (see docs/rxrx1.md):
+- A siRNA is a random point in a morphology-parameter space (`MORPHOLOGY`): cell/nucleus size, shape and position,
+  chromatin texture, ER spread, actin cortex and stress fibres, nucleoli, mitochondrial puncta, membrane width,
+  Golgi, density, clustering, alignment. Cells are rendered as soft ellipses per channel, vectorised over cells.
+- Cell types differ in cell size, density, elongation and clustering.
+- Experiments and plates add illumination gradients, background and noise, and every channel is finally rescaled
+  to a mean and std drawn from batch effects only, so the class cannot be read from per-channel mean/std
+  (`pixel_stats.csv`); the summary reports a classifier check that shows it.
+
+Output is a pure function of the arguments (byte-identical for any `workers`): every random draw comes from a
+generator keyed by (seed, purpose, ids), never from a shared stream.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+from .schema import (
+    ALL_WELLS,
+    CELL_TYPES,
+    CHANNELS,
+    GLOBAL_PIXEL_MEAN,
+    GLOBAL_PIXEL_STD,
+    N_CHANNELS,
+    N_TREATMENTS,
+    NEGATIVE_CONTROL_SIRNA,
+    NEGATIVE_CONTROL_WELL,
+    PLATES,
+    POSITIVE_CONTROL_SIRNAS,
+    WellType,
+    make_id_code,
+)
+
+__all__ = ["synthesize", "MORPHOLOGY", "class_morphology", "render_site", "texture_features"]
+
+log = logging.getLogger(__name__)
+
+# Morphology-parameter space: name -> (low, high). A siRNA's phenotype is a uniform draw from this box.
+MORPHOLOGY: dict[str, tuple[float, float]] = {
+    "size": (0.75, 1.35),          # cell radius factor
+    "elong": (0.0, 0.4),           # cell ellipse eccentricity-like factor
+    "nuc_frac": (0.32, 0.62),      # nucleus radius / cell radius
+    "nuc_elong": (0.0, 0.35),
+    "nuc_offset": (0.0, 0.35),     # nucleus shift along the major axis, in cell radii
+    "ruffle": (0.0, 0.22),         # membrane lobes amplitude
+    "lobes": (2.0, 6.99),          # number of lobes (floored)
+    "chromatin": (0.0, 0.9),       # nuclear texture contrast
+    "chrom_period": (2.5, 8.0),    # nuclear texture period, px
+    "er_decay": (0.3, 3.0),        # ER intensity decay from the nucleus
+    "er_texture": (0.0, 0.8),
+    "er_period": (3.0, 10.0),
+    "cortex": (0.1, 1.5),          # actin cortex ring strength
+    "fibers": (0.0, 1.5),          # stress fibre strength
+    "fiber_period": (3.0, 8.0),
+    "fiber_angle": (0.0, math.pi),  # fibre direction relative to the cell's major axis
+    "rna_nuc": (0.2, 1.0),
+    "rna_cyto": (0.05, 0.8),
+    "nucleoli": (0.0, 5.0),        # mean nucleoli per nucleus
+    "nucleolus_sigma": (0.7, 2.0),
+    "mito_count": (4.0, 40.0),     # mean mitochondrial puncta per cell
+    "mito_spread": (0.1, 1.0),     # puncta distance from the nucleus, in cell radii
+    "mito_sigma": (0.6, 1.8),
+    "mem_width": (0.03, 0.18),     # membrane ring width, in cell radii
+    "golgi": (0.0, 1.5),
+    "golgi_size": (0.12, 0.35),
+    "density": (0.6, 1.4),
+    "cluster": (0.0, 0.8),         # fraction of cells placed in clusters
+    "align": (0.0, 1.0),           # how strongly cells align to a common direction
+}
+_MORPH_NAMES = tuple(MORPHOLOGY)
+
+
+@dataclass(frozen=True)
+class _CellTypeTraits:
+    radius: float      # mean cell radius at size 1, px
+    coverage: float    # fraction of the field covered by cells at density 1
+    elong: float       # extra elongation
+    cluster: float     # extra clustering
+
+
+_TRAITS: dict[str, _CellTypeTraits] = {
+    "HEPG2": _CellTypeTraits(radius=10.0, coverage=0.42, elong=0.0, cluster=0.35),
+    "HUVEC": _CellTypeTraits(radius=14.0, coverage=0.32, elong=0.2, cluster=0.0),
+    "RPE": _CellTypeTraits(radius=12.0, coverage=0.36, elong=0.08, cluster=0.1),
+    "U2OS": _CellTypeTraits(radius=16.0, coverage=0.28, elong=0.04, cluster=0.05),
+}
+
+# Random-stream purposes (first key after the seed).
+_KEY_LAYOUT, _KEY_CLASS, _KEY_BATCH_EXP, _KEY_BATCH_PLATE, _KEY_SITE = 1, 2, 3, 4, 5
+_PNG_COMPRESS_LEVEL = 1  # PNG is lossless at any level; 1 is ~4x faster to write than 6 and ~15% larger
+_CHUNK_SITES = 8
+
+
+def class_morphology(sirna: int, seed: int = 0) -> dict[str, float]:
+    """The morphology point of a siRNA (treatment or control); the negative control sits at the box centre."""
+    if int(sirna) == NEGATIVE_CONTROL_SIRNA:
+        return {k: (lo + hi) / 2 for k, (lo, hi) in MORPHOLOGY.items()}
+    rng = np.random.default_rng([int(seed), _KEY_CLASS, int(sirna)])
+    u = rng.random(len(MORPHOLOGY))
+    return {k: lo + float(x) * (hi - lo) for (k, (lo, hi)), x in zip(MORPHOLOGY.items(), u)}
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Class-independent per-site nuisance: target per-channel mean/std, illumination, background, noise."""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    grad: tuple[tuple[float, float], ...]   # per channel (dy, dx) illumination slope over the field
+    background: tuple[float, ...]           # relative to the cell signal
+    noise: tuple[float, ...]                 # relative to the cell signal
+
+
+def _experiment_batch(seed: int, exp_index: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng([seed, _KEY_BATCH_EXP, exp_index])
+    return (np.exp(rng.normal(0, 0.25, N_CHANNELS)), np.exp(rng.normal(0, 0.25, N_CHANNELS)),
+            rng.uniform(0.0, 0.25, N_CHANNELS), rng.uniform(0.03, 0.2, N_CHANNELS))
+
+
+def _site_batch(seed: int, exp_index: int, plate: int, site_rng: np.random.Generator,
+                cell_type_index: int) -> _Batch:
+    g_mean, g_std, background, noise = _experiment_batch(seed, exp_index)
+    prng = np.random.default_rng([seed, _KEY_BATCH_PLATE, exp_index, plate])
+    p_mean, p_std = np.exp(prng.normal(0, 0.1, N_CHANNELS)), np.exp(prng.normal(0, 0.1, N_CHANNELS))
+    grad = prng.normal(0, 0.15, (N_CHANNELS, 2))
+    ct = np.exp(np.random.default_rng([seed, _KEY_BATCH_EXP, 10_000 + cell_type_index]).normal(0, 0.15, 2))
+    s_mean, s_std = np.exp(site_rng.normal(0, 0.05, N_CHANNELS)), np.exp(site_rng.normal(0, 0.05, N_CHANNELS))
+    mean = np.asarray(GLOBAL_PIXEL_MEAN) * g_mean * p_mean * s_mean * ct[0]
+    std = np.asarray(GLOBAL_PIXEL_STD) * g_std * p_std * s_std * ct[1]
+    return _Batch(tuple(mean.tolist()), tuple(std.tolist()), tuple(map(tuple, grad.tolist())),
+                  tuple(background.tolist()), tuple(noise.tolist()))
+
+
+def _soft(x: np.ndarray, sharpness: float) -> np.ndarray:
+    """1 inside (x < 1), 0 outside, a linear ramp of width 1/sharpness across the boundary."""
+    return np.clip((1.0 - x) * sharpness, 0.0, 1.0)
+
+
+def render_site(height: int, width: int, morph: dict[str, float], cell_type: str, batch: _Batch,
+                rng: np.random.Generator) -> np.ndarray:
+    """Render one site: uint8 (6, height, width), channel order w1..w6."""
+    from scipy.ndimage import gaussian_filter
+
+    f32 = np.float32
+    traits = _TRAITS[cell_type]
+    m = morph
+    r0 = traits.radius * m["size"]
+    elong = min(m["elong"] + traits.elong, 0.55)
+    n_mean = traits.coverage * m["density"] * height * width / (math.pi * r0 * r0)
+    n = max(1, int(rng.poisson(n_mean)))
+
+    # Positions: a mix of uniform cells and cells clustered around a few centres (spatial statistics).
+    cy, cx = rng.uniform(0, height, n), rng.uniform(0, width, n)
+    clustered = rng.random(n) < min(m["cluster"] + traits.cluster, 0.95)
+    if clustered.any():
+        k = max(1, n // 12)
+        centres = np.stack([rng.uniform(0, height, k), rng.uniform(0, width, k)], axis=1)
+        pick = rng.integers(0, k, int(clustered.sum()))
+        jitter = rng.normal(0, 2.0 * r0, (int(clustered.sum()), 2))
+        cy[clustered] = np.mod(centres[pick, 0] + jitter[:, 0], height)
+        cx[clustered] = np.mod(centres[pick, 1] + jitter[:, 1], width)
+    common = rng.uniform(0, math.pi)
+    aligned = rng.random(n) < m["align"]
+    phi = np.where(aligned, common + rng.normal(0, 0.2, n), rng.uniform(0, math.pi, n))
+    radius = r0 * np.exp(rng.normal(0, 0.12, n))
+    bright = np.exp(rng.normal(0, 0.2, (N_CHANNELS, n))).astype(f32)
+
+    half = int(math.ceil(radius.max() * (1 + elong) * (1 + m["ruffle"]) * 1.25)) + 1
+    p = 2 * half + 1
+    iy, ix = np.floor(cy).astype(np.int64), np.floor(cx).astype(np.int64)
+    g = np.arange(p, dtype=f32) - half
+    dy = g[None, :, None] - (cy - iy).astype(f32)[:, None, None]
+    dx = g[None, None, :] - (cx - ix).astype(f32)[:, None, None]
+    c, s = np.cos(phi).astype(f32)[:, None, None], np.sin(phi).astype(f32)[:, None, None]
+    u = dx * c + dy * s          # along the cell's major axis
+    v = dy * c - dx * s
+    R = radius.astype(f32)[:, None, None]
+    a, b = R * (1 + elong), R * (1 - elong)
+
+    lobes = int(m["lobes"])
+    lobe_phase = rng.uniform(0, 2 * math.pi, n).astype(f32)[:, None, None]
+    ang = np.arctan2(v, u)
+    rho = np.sqrt((u / a) ** 2 + (v / b) ** 2) / (1 + m["ruffle"] * np.cos(lobes * ang + lobe_phase))
+    cell = _soft(rho, 6.0)
+
+    side = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(f32)[:, None, None]
+    nr = R * m["nuc_frac"]
+    un = u - side * m["nuc_offset"] * R
+    rn = np.sqrt((un / (nr * (1 + m["nuc_elong"]))) ** 2 + (v / (nr * (1 - m["nuc_elong"]))) ** 2)
+    nuc = _soft(rn, 5.0)
+
+    def grating(period: float) -> np.ndarray:
+        d = rng.uniform(0, math.pi, n).astype(f32)[:, None, None]
+        ph1 = rng.uniform(0, 2 * math.pi, n).astype(f32)[:, None, None]
+        ph2 = rng.uniform(0, 2 * math.pi, n).astype(f32)[:, None, None]
+        k = f32(2 * math.pi / period)
+        cd, sd = np.cos(d), np.sin(d)
+        return np.cos(k * (u * cd + v * sd) + ph1) * np.cos(k * (v * cd - u * sd) + ph2)
+
+    ring = lambda width: np.exp(-(((rho - 1.0) / width) ** 2))  # noqa: E731  (membrane-like band)
+    patches = np.empty((n, N_CHANNELS, p, p), dtype=f32)
+    patches[:, 0] = nuc * (1 + m["chromatin"] * grating(m["chrom_period"]))
+    patches[:, 1] = cell * np.exp(-m["er_decay"] * rho) * (1 - 0.6 * nuc) * (1 + m["er_texture"] * grating(m["er_period"]))
+    beta = m["fiber_angle"]
+    fib = 0.5 + 0.5 * np.cos(f32(2 * math.pi / m["fiber_period"]) * (u * math.sin(beta) - v * math.cos(beta)))
+    fib = fib * fib
+    patches[:, 2] = m["cortex"] * ring(0.1) * (rho < 1.6) + m["fibers"] * cell * fib * fib
+    patches[:, 3] = m["rna_nuc"] * nuc + m["rna_cyto"] * cell * (1 - nuc)
+    patches[:, 4] = 0.15 * cell
+    gu = side * -(m["nuc_offset"] + m["nuc_frac"] + m["golgi_size"]) * R * 0.8
+    gs = m["golgi_size"] * R
+    patches[:, 5] = ring(m["mem_width"]) * (rho < 1.6) + m["golgi"] * np.exp(-((u - gu) ** 2 + v ** 2) / (2 * gs * gs))
+    patches *= bright.T[:, :, None, None]
+
+    canvas = np.zeros((N_CHANNELS, height + p, width + p), dtype=f32)
+    for i in range(n):  # one slice-add per cell; the per-pixel work above is vectorised over all cells
+        canvas[:, iy[i]:iy[i] + p, ix[i]:ix[i] + p] += patches[i]
+    img = canvas[:, half:half + height, half:half + width]
+
+    # Point-like organelles: impulses at sub-cellular positions, then one blur per layer.
+    def puncta(count: np.ndarray, du: np.ndarray, dv: np.ndarray, owner: np.ndarray, sigma: float) -> np.ndarray:
+        layer = np.zeros((height, width), dtype=f32)
+        if len(owner):
+            cth, sth = np.cos(phi[owner]), np.sin(phi[owner])
+            py = np.floor(cy[owner] + du * sth + dv * cth).astype(np.int64)
+            px = np.floor(cx[owner] + du * cth - dv * sth).astype(np.int64)
+            keep = (py >= 0) & (py < height) & (px >= 0) & (px < width)
+            np.add.at(layer, (py[keep], px[keep]), 1.0)
+            layer = gaussian_filter(layer, sigma, truncate=3.0) * f32(2 * math.pi * sigma * sigma)
+        return layer
+
+    k_nucleoli = rng.poisson(m["nucleoli"], n)
+    owner = np.repeat(np.arange(n), k_nucleoli)
+    rad = np.sqrt(rng.random(len(owner))) * 0.6 * radius[owner] * m["nuc_frac"]
+    th = rng.uniform(0, 2 * math.pi, len(owner))
+    nuc_shift = (side[:, 0, 0] * m["nuc_offset"] * radius)[owner]
+    img[3] += 1.5 * puncta(k_nucleoli, nuc_shift + rad * np.cos(th), rad * np.sin(th), owner, m["nucleolus_sigma"])
+
+    k_mito = rng.poisson(m["mito_count"], n)
+    owner = np.repeat(np.arange(n), k_mito)
+    rad = radius[owner] * (m["nuc_frac"] + np.abs(rng.normal(0, m["mito_spread"], len(owner))))
+    th = rng.uniform(0, 2 * math.pi, len(owner))
+    img[4] += puncta(k_mito, rad * np.cos(th), rad * np.sin(th), owner, m["mito_sigma"])
+
+    # Batch effects: illumination gradient, background, noise; then per-channel rescale to batch targets.
+    yy = np.linspace(-0.5, 0.5, height, dtype=f32)[:, None]
+    xx = np.linspace(-0.5, 0.5, width, dtype=f32)[None, :]
+    noise = rng.standard_normal((N_CHANNELS, height, width), dtype=f32)
+    out = np.empty((N_CHANNELS, height, width), dtype=np.uint8)
+    for ch in range(N_CHANNELS):
+        x = img[ch]
+        scale = float(x.std()) or 1.0
+        gy, gx = batch.grad[ch]
+        x = x * (1 + gy * yy + gx * xx) + scale * (batch.background[ch] + batch.noise[ch] * noise[ch])
+        out[ch] = _rescale(x, batch.mean[ch], batch.std[ch])
+    return out
+
+
+def _rescale(x: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """Affine map of x whose clipped, rounded result has (close to) the given mean and std."""
+    mu, sd = float(x.mean()), float(x.std())
+    z = (x - mu) / sd if sd > 0 else np.zeros_like(x)
+    a, b = mean, std
+    for _ in range(4):  # clipping at 0 shifts mean/std by a shape-dependent amount: correct it away
+        y = np.clip(a + b * z, 0, 255)
+        ym, ys = float(y.mean()), float(y.std())
+        if ys <= 0:
+            break
+        b *= std / ys
+        a += mean - ym
+    return np.clip(np.rint(a + b * z), 0, 255).astype(np.uint8)
+
+
+def texture_features(img: np.ndarray) -> np.ndarray:
+    """Affine-invariant texture statistics per channel (gradient energy, autocorrelation, skew, tail):
+    float64 (6 * 5,). Unchanged by per-channel brightness/contrast, so they carry morphology, not batch."""
+    feats = []
+    for ch in img.astype(np.float32):
+        sd = float(ch.std())
+        z = (ch - float(ch.mean())) / sd if sd > 0 else np.zeros_like(ch)
+        grad = float(np.abs(np.diff(z, axis=0)).mean() + np.abs(np.diff(z, axis=1)).mean()) if min(z.shape) > 1 else 0.0
+        ac = []
+        for lag in (2, 6):
+            h = float((z[:, lag:] * z[:, :-lag]).mean()) if z.shape[1] > lag else 0.0
+            vv = float((z[lag:] * z[:-lag]).mean()) if z.shape[0] > lag else 0.0
+            ac.append((h + vv) / 2)
+        feats += [grad, *ac, float((z ** 3).mean()), float((z > 2).mean())]
+    return np.asarray(feats, dtype=np.float64)
+
+
+def _pixel_stats(img: np.ndarray) -> np.ndarray:
+    """Per channel (mean, std, median, min, max) of a uint8 (6, H, W) site: float64 (6, 5)."""
+    rows = []
+    for ch in img:
+        hist = np.bincount(ch.ravel(), minlength=256)
+        cum = np.cumsum(hist)
+        total = int(cum[-1])
+        lo = int(np.searchsorted(cum, (total - 1) // 2 + 1))
+        hi = int(np.searchsorted(cum, total // 2 + 1))
+        vals = np.arange(256, dtype=np.float64)
+        mean = float((hist * vals).sum() / total)
+        std = float(math.sqrt(max((hist * (vals - mean) ** 2).sum() / total, 0.0)))
+        nz = np.flatnonzero(hist)
+        rows.append((mean, std, (lo + hi) / 2, float(nz[0]), float(nz[-1])))
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _encode_png(a: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(a, mode="L").save(buf, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+# A site task: (relative path prefix "train/HEPG2-01/Plate1/B03_s1", sirna, cell type, exp index, plate,
+# rng key tuple). Module-level so ProcessPoolExecutor can pickle it.
+_Task = tuple[str, int, str, int, int, tuple[int, ...]]
+
+
+def _render_chunk(out_dir: str, seed: int, height: int, width: int, tasks: list[_Task]) -> list[np.ndarray]:
+    results = []
+    morph_cache: dict[int, dict[str, float]] = {}
+    for prefix, sirna, cell_type, exp_index, plate, key in tasks:
+        morph = morph_cache.get(sirna)
+        if morph is None:
+            morph = morph_cache[sirna] = class_morphology(sirna, seed)
+        rng = np.random.default_rng([seed, _KEY_SITE, *key])
+        batch = _site_batch(seed, exp_index, plate, rng, CELL_TYPES.index(cell_type))
+        img = render_site(height, width, morph, cell_type, batch, rng)
+        for ci, channel in enumerate(CHANNELS):
+            with open(os.path.join(out_dir, f"{prefix}_w{channel}.png"), "wb") as fh:
+                fh.write(_encode_png(img[ci]))
+        results.append(np.concatenate([_pixel_stats(img).ravel(), texture_features(img)]))
+    return results
+
+
+def _parse_size(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        h = w = int(size)
+    else:
+        try:
+            h, w = (int(x) for x in size)
+        except (TypeError, ValueError):
+            raise ConfigError(f"size must be an int or (height, width); got {size!r}") from None
+    if h < 1 or w < 1:
+        raise ConfigError(f"size must be positive; got (height={h}, width={w})")
+    return h, w
+
+
+def _plan(classes: int, train_k: int, test_k: int, cell_types: Sequence[str],
+          positive_controls: int, missing_wells: float, seed: int
+          ) -> tuple[pd.DataFrame, list[list[int]], dict[str, int], list[str]]:
+    """Which siRNA sits in which well of which plate of which experiment. Returns (wells, groups,
+    rotations, experiment order)."""
+    rng = np.random.default_rng([seed, _KEY_LAYOUT])
+    per_group = classes // 4
+    perm = rng.permutation(classes)
+    groups = [sorted(int(x) for x in perm[g * per_group:(g + 1) * per_group]) for g in range(4)]
+
+    train_exps = sorted(f"{ct}-{i:02d}" for ct in cell_types for i in range(1, train_k + 1))
+    test_exps = sorted(f"{ct}-{i:02d}" for ct in cell_types for i in range(train_k + 1, train_k + test_k + 1))
+    # Train uses rotations 0..2 (the first train experiment, by name, is rotation 0 so group g is on its
+    # plate g+1, the convention of derive_plate_groups); the 4th rotation first appears in test.
+    rotations = {e: i % 3 for i, e in enumerate(train_exps)}
+    rotations.update({e: (3 + i) % 4 for i, e in enumerate(test_exps)})
+    order = train_exps + test_exps
+    train_set = set(train_exps)
+
+    candidates = np.array([w for w in ALL_WELLS if w != NEGATIVE_CONTROL_WELL])
+    pos_sirnas = POSITIVE_CONTROL_SIRNAS[:positive_controls]
+    rows: list[tuple] = []
+    for exp_index, exp in enumerate(order):
+        dataset = "train" if exp in train_set else "test"
+        for plate in PLATES:
+            group = groups[(plate - 1 + rotations[exp]) % 4]
+            prng = np.random.default_rng([seed, _KEY_LAYOUT, exp_index, plate])
+            wells = prng.choice(candidates, size=positive_controls + per_group, replace=False)
+            treat_sirnas = prng.permutation(group)
+            keep = prng.random(per_group) >= missing_wells
+            rows.append((dataset, exp, exp_index, plate, NEGATIVE_CONTROL_WELL,
+                         WellType.NEGATIVE_CONTROL.value, NEGATIVE_CONTROL_SIRNA))
+            for w, s in zip(wells[:positive_controls], pos_sirnas):
+                rows.append((dataset, exp, exp_index, plate, str(w), WellType.POSITIVE_CONTROL.value, int(s)))
+            for w, s, k in zip(wells[positive_controls:], treat_sirnas, keep):
+                if k:
+                    rows.append((dataset, exp, exp_index, plate, str(w), WellType.TREATMENT.value, int(s)))
+    frame = pd.DataFrame(rows, columns=["dataset", "experiment", "exp_index", "plate", "well", "well_type", "sirna"])
+    frame["cell_type"] = frame["experiment"].str.split("-").str[0]
+    frame["id_code"] = [make_id_code(e, p, w) for e, p, w in zip(frame["experiment"], frame["plate"], frame["well"])]
+    frame = frame.sort_values(["experiment", "plate", "well"], kind="stable").reset_index(drop=True)
+    return frame, groups, rotations, order
+
+
+def _write_csvs(out: Path, wells: pd.DataFrame, stats: pd.DataFrame | None) -> None:
+    base = ["id_code", "experiment", "plate", "well"]
+    treat = wells["well_type"] == WellType.TREATMENT.value
+    train = wells["dataset"] == "train"
+    wells.loc[train & treat, base + ["sirna"]].to_csv(out / "train.csv", index=False)
+    wells.loc[~train & treat, base].to_csv(out / "test.csv", index=False)
+    wells.loc[train & ~treat, base + ["sirna", "well_type"]].to_csv(out / "train_controls.csv", index=False)
+    wells.loc[~train & ~treat, base + ["sirna", "well_type"]].to_csv(out / "test_controls.csv", index=False)
+    sub = wells.loc[~train & treat, ["id_code"]].assign(sirna=0)  # Kaggle's sample submission predicts 0
+    sub.to_csv(out / "sample_submission.csv", index=False)
+    wells.loc[~train & treat, ["id_code", "sirna"]].to_csv(out / "test_truth.csv", index=False)
+    if stats is not None:
+        stats.to_csv(out / "pixel_stats.csv", index=False)
+
+
+def _write_zip(out: Path, dataset: str) -> Path:
+    """`{dataset}.zip` with members `{experiment}/Plate{p}/...` (no `{dataset}/` prefix), like Kaggle's archives
+    that are extracted into a `{dataset}/` folder. Stored (PNG is already compressed), fixed timestamps so the
+    archive is byte-identical across runs."""
+    root = out / dataset
+    path = out / f"{dataset}.zip"
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for rel in files:
+            info = zipfile.ZipInfo(rel, date_time=(2019, 6, 27, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, (root / rel).read_bytes())
+    return path
+
+
+def _classifier_check(features: np.ndarray, labels: np.ndarray, is_train: np.ndarray, classes: int,
+                      seed: int) -> dict[str, Any] | None:
+    """Train on train-experiment treatment sites, score on test-experiment treatment sites: pixel-stats features
+    (mean/std, 12 per site) should be near chance; texture features show the morphology is learnable."""
+    try:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:
+        log.warning("scikit-learn is not installed (pip install 'cellio[synth]'): skipping the classifier check")
+        return None
+    train, test = is_train, ~is_train
+    if train.sum() < 2 or test.sum() < 1 or len(np.unique(labels[train])) < 2:
+        return None
+    idx_pix = np.r_[[c * 5 + 0 for c in range(N_CHANNELS)], [c * 5 + 1 for c in range(N_CHANNELS)]]
+    out: dict[str, Any] = {"n_train_sites": int(train.sum()), "n_eval_sites": int(test.sum()),
+                           "chance": 1.0 / classes}
+    counts = np.bincount(labels[test], minlength=classes)
+    out["majority_chance"] = float(counts.max() / counts.sum())
+    for name, cols in (("pixel_stats", idx_pix), ("texture", np.arange(N_CHANNELS * 5, features.shape[1]))):
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
+        model.fit(features[train][:, cols], labels[train])
+        out[f"{name}_accuracy"] = float((model.predict(features[test][:, cols]) == labels[test]).mean())
+    return out
+
+
+def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_experiments_per_cell_type: int = 2,
+               test_experiments_per_cell_type: int = 1, cell_types: Iterable[str] = CELL_TYPES, sites: int = 2,
+               size: int | Sequence[int] = (512, 512), positive_controls: int = 4, missing_wells: float = 0.0,
+               seed: int = 0, workers: int | None = None, zip: bool = False, pixel_stats: bool = True,
+               progress: bool = True) -> dict[str, Any]:
+    """Write a synthetic RxRx1 data set in the exact Kaggle layout under `out_dir`; return a summary dict
+    (counts, seconds, sites/s, groups, rotations, and the pixel-stats vs texture classifier check)."""
+    cell_types = tuple(cell_types)
+    h, w = _parse_size(size)
+    unknown = [c for c in cell_types if c not in CELL_TYPES]
+    if unknown or not cell_types or len(set(cell_types)) != len(cell_types):
+        raise ConfigError(f"cell_types must be distinct names from {CELL_TYPES}; got {cell_types!r}")
+    if classes < 4 or classes % 4 or classes > N_TREATMENTS:
+        raise ConfigError(f"classes must be a multiple of 4 in 4..{N_TREATMENTS} (4 plate groups); got {classes}")
+    if not 0 <= positive_controls <= len(POSITIVE_CONTROL_SIRNAS):
+        raise ConfigError(f"positive_controls must be in 0..{len(POSITIVE_CONTROL_SIRNAS)}; got {positive_controls}")
+    if classes // 4 + positive_controls > len(ALL_WELLS) - 1:
+        raise ConfigError(f"classes/4 + positive_controls = {classes // 4 + positive_controls} wells do not fit "
+                          f"the {len(ALL_WELLS) - 1} free wells of a plate")
+    if train_experiments_per_cell_type < 1 or test_experiments_per_cell_type < 0:
+        raise ConfigError("train_experiments_per_cell_type must be >= 1 and test_experiments_per_cell_type >= 0; "
+                          f"got {train_experiments_per_cell_type}, {test_experiments_per_cell_type}")
+    if train_experiments_per_cell_type + test_experiments_per_cell_type > 99:
+        raise ConfigError("at most 99 experiments per cell type (two-digit names)")
+    if not 1 <= sites <= 9:
+        raise ConfigError(f"sites must be in 1..9; got {sites}")
+    if not 0.0 <= missing_wells < 1.0:
+        raise ConfigError(f"missing_wells must be a fraction in [0, 1); got {missing_wells}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be >= 1 or None; got {workers}")
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    wells, groups, rotations, order = _plan(classes, train_experiments_per_cell_type,
+                                            test_experiments_per_cell_type, cell_types,
+                                            positive_controls, missing_wells, seed)
+    site_rows = wells.loc[wells.index.repeat(sites)].reset_index(drop=True)
+    site_rows["site"] = np.tile(np.arange(1, sites + 1), len(wells))
+    well_index = {wname: i for i, wname in enumerate(ALL_WELLS)}
+    tasks: list[_Task] = []
+    for r in site_rows.itertuples(index=False):
+        prefix = f"{r.dataset}/{r.experiment}/Plate{r.plate}/{r.well}_s{r.site}"
+        tasks.append((prefix, int(r.sirna), r.cell_type, int(r.exp_index), int(r.plate),
+                      (int(r.exp_index), int(r.plate), well_index[r.well], int(r.site))))
+    for d in {t[0].rsplit("/", 1)[0] for t in tasks}:
+        (out / d).mkdir(parents=True, exist_ok=True)
+
+    chunks = [tasks[i:i + _CHUNK_SITES] for i in range(0, len(tasks), _CHUNK_SITES)]
+    n_workers = min(workers or os.cpu_count() or 1, max(len(chunks), 1))
+    from tqdm.auto import tqdm
+
+    results: list[np.ndarray] = []
+    with tqdm(total=len(tasks), unit="site", desc="synth", disable=not progress) as bar:
+        if n_workers <= 1:
+            for chunk in chunks:
+                results += _render_chunk(str(out), seed, h, w, chunk)
+                bar.update(len(chunk))
+        else:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("spawn")  # safe even if the caller has threads or torch loaded
+            with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+                futures = [pool.submit(_render_chunk, str(out), seed, h, w, chunk) for chunk in chunks]
+                for fut, chunk in zip(futures, chunks):  # in submission order: output is independent of workers
+                    results += fut.result()
+                    bar.update(len(chunk))
+    feats = np.stack(results)
+    render_s = time.perf_counter() - t0
+
+    stats = None
+    if pixel_stats:
+        ps = feats[:, :N_CHANNELS * 5].reshape(len(site_rows), N_CHANNELS, 5)
+        stats = pd.DataFrame({
+            "id_code": np.repeat(site_rows["id_code"].to_numpy(), N_CHANNELS),
+            "experiment": np.repeat(site_rows["experiment"].to_numpy(), N_CHANNELS),
+            "plate": np.repeat(site_rows["plate"].to_numpy(), N_CHANNELS),
+            "well": np.repeat(site_rows["well"].to_numpy(), N_CHANNELS),
+            "site": np.repeat(site_rows["site"].to_numpy(), N_CHANNELS),
+            "channel": np.tile(np.asarray(CHANNELS), len(site_rows)),
+            "mean": ps[:, :, 0].ravel().round(4), "std": ps[:, :, 1].ravel().round(4),
+            "median": ps[:, :, 2].ravel(), "min": ps[:, :, 3].ravel().astype(np.int64),
+            "max": ps[:, :, 4].ravel().astype(np.int64),
+        })
+    _write_csvs(out, wells, stats)
+    zips = [str(_write_zip(out, d)) for d in ("train", "test") if zip and (out / d).is_dir()]
+
+    treat = (site_rows["well_type"] == WellType.TREATMENT.value).to_numpy()
+    check = _classifier_check(feats[treat], site_rows["sirna"].to_numpy()[treat],
+                              (site_rows["dataset"] == "train").to_numpy()[treat], classes, seed)
+    truth = {
+        "seed": seed, "classes": classes, "size": [h, w], "sites": sites, "cell_types": list(cell_types),
+        "positive_controls": positive_controls, "missing_wells": missing_wells,
+        "groups": groups, "rotations": {e: rotations[e] for e in order},
+    }
+    (out / "synth.json").write_text(json.dumps(truth, indent=1) + "\n")
+    seconds = time.perf_counter() - t0
+    n_sites = len(site_rows)
+    summary = {
+        "out_dir": str(out.resolve()),
+        "sites": n_sites,
+        "train_sites": int((site_rows["dataset"] == "train").sum()),
+        "test_sites": int((site_rows["dataset"] == "test").sum()),
+        "wells": len(wells),
+        "images": n_sites * N_CHANNELS,
+        "experiments": order,
+        "well_types": {k: int(v) for k, v in wells["well_type"].value_counts().sort_index().items()},
+        "groups": groups,
+        "rotations": truth["rotations"],
+        "size": (h, w),
+        "workers": n_workers,
+        "render_seconds": render_s,
+        "seconds": seconds,
+        "sites_per_s": n_sites / render_s if render_s > 0 else float("inf"),
+        "zips": zips,
+        "classifier": check,
+    }
+    log.info("synthesized %d sites (%d images) in %.1f s (%.1f sites/s) under %s", n_sites, n_sites * 6,
+             seconds, summary["sites_per_s"], out)
+    return summary
