@@ -1,0 +1,396 @@
+"""`create_loader`: the store -> augmented (B, 6, S, S) batches, DataLoader-like, with a DALI or a torch backend.
+
+    loader = cellio.create_loader(store, 32, train=True, augment="d4_shift", rank=rank, world_size=world)
+    for epoch in range(10):
+        loader.set_epoch(epoch)
+        for batch in loader:            # dict of torch tensors: image, label, cell_type, index, view, site, plate
+            ...
+    state = loader.state_dict()         # resume mid-epoch: loader.load_state_dict(state)
+
+Both backends take their windows and random parameters from the same :class:`cellio.sources.SiteSource`, so they
+yield the same pixels (see docs/pipelines.md for the tolerances of interpolated ops).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import PipelineConfigError
+from .sampling import BALANCE_MODES, LAST_BATCH_POLICIES, ShardedSampler, balance_weights
+from .schema import CELL_TYPES, DATASETS, WellType
+from .sources import META_FIELDS, SiteMeta, SiteSource
+from .transforms import (AugmentConfig, TTA_MODES, apply_torch, check_fits, eval_views, get_preset,
+                         torch_dtype)
+
+__all__ = ["BACKENDS", "create_loader", "Loader", "select_sites"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS: tuple[str, ...] = ("dali", "torch")
+STATE_VERSION = 1
+
+
+def _default_distributed() -> tuple[int, int]:
+    """(rank, world_size) of an initialised torch.distributed group, else torchrun's env vars, else (0, 1)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:
+        pass
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _default_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def _as_tuple(name: str, value: Any, allowed: Sequence[str] | None = None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    vals = (value,) if isinstance(value, str) else tuple(value)
+    if not vals:
+        raise PipelineConfigError(f"{name}: expected a non-empty list or None, found {value!r}")
+    if allowed is not None:
+        bad = [v for v in vals if v not in allowed]
+        if bad:
+            raise PipelineConfigError(f"{name}: expected values in {tuple(allowed)}, found {bad}")
+    return vals
+
+
+def select_sites(sites: pd.DataFrame, *, datasets: Any = ("train",), cell_types: Any = None,
+                 experiments: Any = None, controls: bool | str = True,
+                 indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    """Store rows (ascending) passing the filters. controls: True keep, False drop, "only" keep only controls."""
+    datasets = _as_tuple("datasets", datasets, DATASETS)
+    cell_types = _as_tuple("cell_types", cell_types, CELL_TYPES)
+    experiments = _as_tuple("experiments", experiments)
+    keep = np.ones(len(sites), dtype=bool)
+    if indices is not None:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(sites)):
+            raise PipelineConfigError(f"indices: expected store rows in 0..{len(sites) - 1}, found "
+                                      f"{int(idx.min())}..{int(idx.max())}")
+        keep[:] = False
+        keep[idx] = True
+    if datasets is not None:
+        keep &= sites["dataset"].isin(datasets).to_numpy()
+    if cell_types is not None:
+        keep &= sites["cell_type"].isin(cell_types).to_numpy()
+    if experiments is not None:
+        unknown = sorted(set(experiments) - set(sites["experiment"].unique()))
+        if unknown:
+            raise PipelineConfigError(f"experiments: {unknown} are not in the store")
+        keep &= sites["experiment"].isin(experiments).to_numpy()
+    is_control = (sites["well_type"] != WellType.TREATMENT.value).to_numpy()
+    if controls is False:
+        keep &= ~is_control
+    elif controls == "only":
+        keep &= is_control
+    elif controls is not True:
+        raise PipelineConfigError(f"controls: expected True, False or 'only', found {controls!r}")
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+def _site_meta(store: Any, rows: np.ndarray, normalize: str | None) -> SiteMeta:
+    sites = store.sites.iloc[rows]
+    label = sites["sirna"].astype("Int64").fillna(-1).to_numpy(dtype=np.int64)
+    ct_index = {c: i for i, c in enumerate(CELL_TYPES)}
+    cell_type = np.array([ct_index.get(c, -1) for c in sites["cell_type"]], dtype=np.int64)
+    if normalize is None:  # x / 255 -> [0, 1]
+        mean = np.zeros((len(rows), 6), np.float32)
+        std = np.full((len(rows), 6), 255.0, np.float32)
+    else:
+        level = "site" if normalize == "sample" else normalize
+        m, s = store.channel_stats(level)
+        mean, std = np.asarray(m, np.float32)[rows], np.asarray(s, np.float32)[rows]
+    return SiteMeta(rows=rows, label=label, cell_type=cell_type, site=sites["site"].to_numpy(np.int64),
+                    plate=sites["plate"].to_numpy(np.int64), mean=mean, std=std)
+
+
+class _TorchBatches:
+    """torch Dataset whose item b is batch b of one rank's epoch (read + optionally augmented in the worker)."""
+
+    def __init__(self, source: SiteSource, epoch: int, start_batch: int, augment_here: bool):
+        self.source, self.epoch, self.start, self.augment_here = source, epoch, start_batch, augment_here
+
+    def __len__(self) -> int:
+        return max(0, self.source.num_batches() - self.start)
+
+    def __getitem__(self, b: int) -> dict[str, Any]:
+        import torch
+
+        sb = self.source.batch(self.epoch, self.start + b)
+        if sb is None:
+            raise IndexError(b)
+        out: dict[str, Any] = {"meta": torch.from_numpy(sb.meta)}
+        if self.augment_here:
+            out["image"] = apply_torch(sb.windows, sb.params, sb.mean, sb.std, self.source.cfg)
+        else:
+            out["raw"] = sb
+        return out
+
+
+class Loader:
+    """Iterable of batches for one rank (see module docstring). Build it with :func:`create_loader`."""
+
+    def __init__(self, store: Any, meta: SiteMeta, sites: pd.DataFrame, cfg: AugmentConfig,
+                 sampler: ShardedSampler, *, train: bool, views: np.ndarray, tta: str | None, dihedral: bool,
+                 backend: str, device: str, num_workers: int, prefetch: int):
+        self.store = store
+        self.sites = sites
+        self.config = cfg
+        self.sampler = sampler
+        self.train = train
+        self.views = views
+        self.tta = tta
+        self.dihedral = dihedral
+        self.backend = backend
+        self.device = device
+        self.num_workers = num_workers
+        self.prefetch = prefetch
+        self._meta = meta
+        self._epoch = 0
+        self._batch = 0  # batches of the current epoch already yielded
+
+    # -- DataLoader-like surface -----------------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.sampler.batch_size
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def __len__(self) -> int:
+        """Batches this rank yields in a full epoch."""
+        return self.sampler.num_batches()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (its shuffle and random parameters derive from seed + epoch); restarts it at batch 0."""
+        self.sampler.set_epoch(epoch)
+        self._epoch = int(epoch)
+        self._batch = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position in the epoch: reload with load_state_dict to yield exactly the remaining batches."""
+        return {"version": STATE_VERSION, "epoch": self._epoch, "batch": self._batch,
+                "sampler": self.sampler.state(), "augment": self.config.to_dict(), "train": self.train,
+                "tta": self.tta, "dihedral": self.dihedral}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise PipelineConfigError(f"loader state: expected version {STATE_VERSION}, found "
+                                      f"{state.get('version')!r}")
+        mine = self.state_dict()
+        for key in ("sampler", "augment", "train", "tta", "dihedral"):
+            if state.get(key) != mine[key]:
+                raise PipelineConfigError(f"loader state: {key} differs from this loader's (saved "
+                                          f"{state.get(key)!r}, this loader {mine[key]!r}); build the loader with "
+                                          "the same arguments to resume")
+        batch = int(state["batch"])
+        if not 0 <= batch <= len(self):
+            raise PipelineConfigError(f"loader state: batch {batch} outside 0..{len(self)}")
+        self.sampler.set_epoch(int(state["epoch"]))
+        self._epoch = int(state["epoch"])
+        self._batch = batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Yield the rest of the current epoch; at its end the loader moves on to the next epoch (set_epoch
+        overrides)."""
+        epoch, start = self._epoch, self._batch
+        source = SiteSource(self.store, self.config, self.sampler, self._meta, train=self.train, views=self.views,
+                            tta=self.tta, first_epoch=epoch, start_batch=start)
+        it = self._iter_dali(source) if self.backend == "dali" else self._iter_torch(source, epoch, start)
+        for batch in it:
+            self._batch += 1
+            yield batch
+        self._epoch = epoch + 1
+        self._batch = 0
+        self.sampler.set_epoch(self._epoch)
+
+    # -- backends --------------------------------------------------------------------------------------------------
+    def _finish(self, image: Any, meta: Any) -> dict[str, Any]:
+        import torch
+
+        image = image.to(torch_dtype(self.config.dtype))
+        out = {"image": image}
+        meta = meta.to(torch.int64)
+        for k, name in enumerate(META_FIELDS):
+            out[name] = meta[:, k].contiguous()
+        return out
+
+    def _iter_torch(self, source: SiteSource, epoch: int, start: int) -> Iterator[dict[str, Any]]:
+        import torch
+        from torch.utils.data import DataLoader
+
+        augment_here = not str(self.device).startswith("cuda")
+        ds = _TorchBatches(source, epoch, start, augment_here)
+        kwargs: dict[str, Any] = {}
+        if self.num_workers > 0:
+            kwargs.update(num_workers=self.num_workers, prefetch_factor=max(1, self.prefetch),
+                          persistent_workers=False)
+        dl = DataLoader(ds, batch_size=None, shuffle=False, collate_fn=_identity, **kwargs)
+        for item in dl:
+            if augment_here:
+                yield self._finish(item["image"], item["meta"])
+            else:
+                sb = item["raw"]
+                img = apply_torch([torch.from_numpy(np.ascontiguousarray(w)).to(self.device, non_blocking=True)
+                                   for w in sb.windows], sb.params, sb.mean, sb.std, self.config,
+                                  device=self.device)
+                yield self._finish(img, item["meta"])
+
+    def _iter_dali(self, source: SiteSource) -> Iterator[dict[str, Any]]:
+        import torch
+
+        from .pipeline import build_pipeline
+
+        pipe = build_pipeline(source, self.config, train=self.train, device=self.device,
+                              batch_size=self.batch_size, num_workers=self.num_workers, prefetch=self.prefetch,
+                              dihedral=self.dihedral)
+        try:
+            while True:
+                try:
+                    image, meta = pipe.run()
+                except StopIteration:
+                    break
+                if hasattr(image, "as_tensor"):
+                    image = image.as_tensor()
+                img_t = _dali_to_torch(image, self.device)
+                meta_t = torch.from_numpy(np.asarray(meta.as_tensor()).copy())
+                yield self._finish(img_t, meta_t)
+        finally:
+            del pipe  # shuts the worker processes down
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _dali_to_torch(tensor: Any, device: str) -> Any:
+    """A dense DALI TensorCPU/TensorGPU -> torch tensor on `device` (DLPack, no host round-trip on GPU)."""
+    import torch
+
+    if type(tensor).__name__.endswith("GPU"):
+        return torch.from_dlpack(tensor)  # DALI's own stream-ordered export
+    return torch.from_numpy(np.array(tensor, copy=True))
+
+
+def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: str | AugmentConfig = "d4_shift",
+                  crop_size: int | None = None, normalize: str | None | bool = True, dtype: str | None = None,
+                  rank: int | None = None, world_size: int | None = None, seed: int = 0,
+                  backend: str | None = None, device: str | None = None,
+                  datasets: Sequence[str] | str | None = ("train",), cell_types: Sequence[str] | None = None,
+                  experiments: Sequence[str] | None = None, controls: bool | str = True,
+                  indices: Sequence[int] | np.ndarray | None = None, balance: str | None = None,
+                  last_batch: str | None = None, num_workers: int | None = None, tta: str | None = None,
+                  dihedral: bool = False, prefetch: int = 2) -> Loader:
+    """A DataLoader-like iterable over `store` (a Store or a path) for one rank. Checks everything up front.
+
+    augment: a preset name (see cellio.transforms.list_presets) or an AugmentConfig; crop_size / dtype override
+    it when given; normalize=True keeps the config's level (presets: "plate"), a level or None overrides it.
+    train=False: deterministic, unshuffled TTA views, `tta` in "center" (default) | "grid9" | "full" and
+    `dihedral` for the 8 D4 views; each (site, view) exactly once across ranks with last_batch="partial".
+    rank / world_size default to torch.distributed (or torchrun's RANK / WORLD_SIZE), else 0 / 1.
+    backend: "dali" (default when importable) or "torch"; device: "cuda" when available, else "cpu".
+    last_batch: "drop" (train default) | "pad" | "partial" (eval default). balance: None | "class" | "plate".
+    num_workers: worker processes (DALI external_source workers or DataLoader workers); 0 = in-process.
+    """
+    from .pipeline import dali_available, require_dali
+
+    # --- configuration, all checked before any data is touched
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise PipelineConfigError(f"batch_size: expected an integer >= 1, found {batch_size!r}")
+    if isinstance(augment, str):
+        cfg = get_preset(augment)
+    elif isinstance(augment, AugmentConfig):
+        cfg = augment
+    else:
+        raise PipelineConfigError(f"augment: expected a preset name or an AugmentConfig, found {type(augment)}")
+    changes: dict[str, Any] = {}
+    if crop_size is not None:
+        changes["crop_size"] = crop_size
+    if normalize is not True:
+        changes["normalize"] = None if normalize is False else normalize
+    if dtype is not None:
+        changes["dtype"] = dtype
+    cfg = cfg.replace(**changes) if changes else cfg
+    if not train:  # deterministic views: geometry comes from the TTA grid, nothing random
+        cfg = cfg.replace(rotation="none", shift=False, hflip=0.0, vflip=0.0, rrc_scale=None,
+                          intensity_scale=None, intensity_shift=None)
+        tta = tta or "center"
+        if tta not in TTA_MODES:
+            raise PipelineConfigError(f"tta: expected one of {TTA_MODES}, found {tta!r}")
+    elif tta is not None or dihedral:
+        raise PipelineConfigError("tta / dihedral apply to train=False (evaluation) only; found "
+                                  f"tta={tta!r}, dihedral={dihedral!r} with train=True")
+    if balance is not None and balance not in BALANCE_MODES:
+        raise PipelineConfigError(f"balance: expected None or one of {BALANCE_MODES}, found {balance!r}")
+    if balance is not None and not train:
+        raise PipelineConfigError("balance: a balanced sampler is for training; found it with train=False")
+    last_batch = last_batch or ("drop" if train else "partial")
+    if last_batch not in LAST_BATCH_POLICIES:
+        raise PipelineConfigError(f"last_batch: expected one of {LAST_BATCH_POLICIES}, found {last_batch!r}")
+    if backend is None:
+        backend = "dali" if dali_available() else "torch"
+    if backend not in BACKENDS:
+        raise PipelineConfigError(f"backend: expected one of {BACKENDS} or None, found {backend!r}")
+    if backend == "dali":
+        require_dali("create_loader(backend='dali')")
+    device = device or _default_device()
+    if not (device == "cpu" or device == "cuda" or str(device).startswith("cuda:")):
+        raise PipelineConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', found {device!r}")
+    if rank is None or world_size is None:
+        d_rank, d_world = _default_distributed()
+        rank = d_rank if rank is None else rank
+        world_size = d_world if world_size is None else world_size
+    if num_workers is None:
+        num_workers = min(4, os.cpu_count() or 1)
+    if num_workers < 0:
+        raise PipelineConfigError(f"num_workers: expected an integer >= 0, found {num_workers}")
+    if prefetch < 1:
+        raise PipelineConfigError(f"prefetch: expected an integer >= 1, found {prefetch}")
+
+    # --- the store and the selection
+    if isinstance(store, (str, os.PathLike)):
+        from .store import open_store
+
+        store = open_store(store)
+    h, w, c = (int(v) for v in store.image_shape)
+    if c != 6:
+        raise PipelineConfigError(f"store image_shape: expected 6 channels, found {store.image_shape}")
+    check_fits(cfg, (h, w), None if train else tta)
+    if not train and tta == "full" and dihedral and h != w:
+        raise PipelineConfigError(f"tta='full' with dihedral=True needs square sites, found {h}x{w}")
+    rows = select_sites(store.sites, datasets=datasets, cell_types=cell_types, experiments=experiments,
+                        controls=controls, indices=indices)
+    if len(rows) == 0:
+        raise PipelineConfigError(f"the filters (datasets={datasets}, cell_types={cell_types}, experiments="
+                                  f"{experiments}, controls={controls}) leave no site in {store!r}")
+    meta = _site_meta(store, rows, cfg.normalize)
+    views = eval_views(tta, dihedral) if not train else np.zeros(1, dtype=np.int64)
+    weights = None
+    if balance == "class":
+        weights = balance_weights(meta.label)
+    elif balance == "plate":
+        sel = store.sites.iloc[rows]
+        weights = balance_weights((sel["experiment"].astype(str) + "/" + sel["plate"].astype(str)).to_numpy())
+    sampler = ShardedSampler(len(rows) * len(views), batch_size=int(batch_size), rank=int(rank),
+                             world_size=int(world_size), seed=seed, shuffle=train, last_batch=last_batch,
+                             weights=weights)
+    sites = store.sites.iloc[rows]
+    log.info("loader: %d sites x %d views, rank %d/%d, %d batches of %d, backend %s on %s", len(rows), len(views),
+             rank, world_size, sampler.num_batches(), batch_size, backend, device)
+    return Loader(store, meta, sites, cfg, sampler, train=train, views=views, tta=tta if not train else None,
+                  dihedral=dihedral, backend=backend, device=device, num_workers=num_workers, prefetch=prefetch)

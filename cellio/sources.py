@@ -1,0 +1,154 @@
+"""The sample source shared by both backends: rank order -> per-sample parameters -> windows read from the store.
+
+:class:`SiteSource` is a stateless, picklable callable for DALI's
+``fn.external_source(source, batch=True, batch_info=True, parallel=True)``: given ``BatchInfo(iteration,
+epoch_idx)`` it returns one batch (the rank's positions ``[i*B, (i+1)*B)`` of the epoch order), and keeps raising
+``StopIteration`` past the end. It is batch-mode on purpose: with ``batch=False`` DALI silently drops a partial last
+batch, which would break "every sample exactly once". The torch backend calls the same :meth:`SiteSource.batch`,
+so both backends read the same windows with the same parameters.
+
+The random parameters of a sample are keyed on (seed, epoch, its global position in the epoch order), never on a
+worker's state, so results do not depend on worker count, scheduling, rank count or the resume point.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import PipelineConfigError
+from .sampling import ShardedSampler
+from .transforms import AugmentConfig, eval_params, normalization_affine, sample_params
+
+__all__ = ["META_FIELDS", "SiteMeta", "SourceBatch", "SiteSource"]
+
+log = logging.getLogger(__name__)
+
+# Columns of the per-sample int64 "meta" vector, in this order.
+META_FIELDS: tuple[str, ...] = ("label", "cell_type", "index", "view", "site", "plate")
+
+
+@dataclass(frozen=True)
+class SiteMeta:
+    """Per selected site (row j of the loader's filtered table): store row, label (-1 unknown), cell type index,
+    site (1|2), plate, and the normalization statistics (0..255 scale) of the chosen level."""
+
+    rows: np.ndarray        # int64 (m,)
+    label: np.ndarray       # int64 (m,)
+    cell_type: np.ndarray   # int64 (m,)
+    site: np.ndarray        # int64 (m,)
+    plate: np.ndarray       # int64 (m,)
+    mean: np.ndarray        # float32 (m, 6)
+    std: np.ndarray         # float32 (m, 6)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class SourceBatch:
+    """One batch before augmentation: read windows and everything needed to augment and label them."""
+
+    windows: list[np.ndarray] | np.ndarray  # uint8 (B, h, w, 6) or a list of (h_i, w_i, 6) (random resized crops)
+    params: dict[str, np.ndarray]           # make_params layout, leading B
+    mean: np.ndarray                        # float32 (B, 6) channel statistics (0..255 scale) of each sample
+    std: np.ndarray
+    meta: np.ndarray                        # int64 (B, len(META_FIELDS))
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+
+class SiteSource:
+    """Reads the batches of one rank's epoch from a store.
+
+    store: a cellio Store (pickles by path, reopens lazily in each worker). sampler: the rank's ShardedSampler over
+    items; an item is (selected site j, view id) with j = item // len(views). train=True draws random parameters
+    from cfg; train=False uses the deterministic TTA views. first_epoch / start_batch: the epoch the pipeline's
+    first DALI epoch (BatchInfo.epoch_idx 0) stands for, and how many batches of it were already consumed
+    (resume); later DALI epochs are first_epoch + epoch_idx from batch 0.
+    """
+
+    def __init__(self, store: Any, cfg: AugmentConfig, sampler: ShardedSampler, meta: SiteMeta, *, train: bool,
+                 views: np.ndarray, tta: str | None, first_epoch: int = 0, start_batch: int = 0):
+        if sampler.n != len(meta) * len(views):
+            raise PipelineConfigError(f"SiteSource: sampler covers {sampler.n} items, expected "
+                                      f"{len(meta)} sites x {len(views)} views = {len(meta) * len(views)}")
+        self.store = store
+        self.cfg = cfg
+        self.sampler = sampler
+        self.meta = meta
+        self.train = bool(train)
+        self.views = np.asarray(views, dtype=np.int64)
+        self.tta = tta
+        self.first_epoch = int(first_epoch)
+        self.start_batch = int(start_batch)
+        self.image_hw = tuple(int(v) for v in store.image_shape[:2])
+        self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"] = None  # workers rebuild the order themselves
+        return state
+
+    # -- order -----------------------------------------------------------------------------------------------------
+    def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(items, global positions) of this rank for `epoch`, memoised (a worker serves many batches of one epoch)."""
+        if self._cache is None or self._cache[0] != epoch:
+            items, pos = self.sampler.rank_order(epoch)
+            self._cache = (epoch, items, pos)
+        return self._cache[1], self._cache[2]
+
+    def num_batches(self) -> int:
+        return self.sampler.num_batches()
+
+    # -- reading ---------------------------------------------------------------------------------------------------
+    def batch(self, epoch: int, batch_index: int) -> SourceBatch | None:
+        """Batch `batch_index` of this rank's `epoch` (None past the end)."""
+        if batch_index < 0 or batch_index >= self.num_batches():
+            return None
+        items, pos = self.order(epoch)
+        bs = self.sampler.batch_size
+        sel = slice(batch_index * bs, min((batch_index + 1) * bs, len(items)))
+        items, pos = items[sel], pos[sel]
+        nv = len(self.views)
+        j = items // nv
+        views = self.views[items % nv]
+        if self.train:
+            drawn = [sample_params(self.cfg, self.sampler.seed, epoch, int(p), self.image_hw) for p in pos]
+            params = {k: np.concatenate([d[k] for d in drawn]) for k in drawn[0]}
+        else:
+            params = eval_params(self.cfg, views, self.image_hw, self.tta or "center")
+        rows = self.meta.rows[j]
+        win = params["window"]
+        if np.all(win[:, 2:] == win[0, 2:]):
+            windows: list[np.ndarray] | np.ndarray = self.store.read(rows, crop=win)  # one threaded batch read
+        else:
+            windows = [self.store.read_one(int(r), crop=w) for r, w in zip(rows, win)]
+        meta = np.stack([self.meta.label[j], self.meta.cell_type[j], rows, views, self.meta.site[j],
+                         self.meta.plate[j]], axis=1).astype(np.int64)
+        return SourceBatch(windows=windows, params=params, mean=self.meta.mean[j], std=self.meta.std[j], meta=meta)
+
+    # -- DALI external_source protocol -----------------------------------------------------------------------------
+    def __call__(self, info: Any) -> tuple[Any, ...]:
+        """BatchInfo(iteration, epoch_idx) -> (image, angle, transpose, hflip, vflip, mean, std, meta) lists."""
+        epoch_idx = int(getattr(info, "epoch_idx", 0))
+        iteration = int(getattr(info, "iteration", info))
+        epoch = self.first_epoch + epoch_idx
+        b = iteration + (self.start_batch if epoch_idx == 0 else 0)
+        sb = self.batch(epoch, b)
+        if sb is None:
+            raise StopIteration
+        p = sb.params
+        n = len(sb)
+        # DALI's crop_mirror_normalize takes one (x - m') / s': fold the x*a + b jitter into it
+        mean, std = normalization_affine(sb.mean, sb.std, p["scale"], p["shift"])
+        images = sb.windows if isinstance(sb.windows, list) else list(sb.windows)
+        return (images,
+                [np.array(p["angle"][i], dtype=np.float32) for i in range(n)],
+                [np.array(bool(p["transpose"][i])) for i in range(n)],
+                [np.array(int(p["hflip"][i]), dtype=np.int32) for i in range(n)],
+                [np.array(int(p["vflip"][i]), dtype=np.int32) for i in range(n)],
+                list(mean), list(std), list(sb.meta))

@@ -1,0 +1,489 @@
+"""Augmentation config, per-sample random parameter draws, and the pure-torch reference of every op.
+
+Random parameters are DRAWN (:func:`make_params`, numpy, no torch) separately from being APPLIED
+(:func:`apply_torch` here, or the DALI graph in ``cellio.pipeline``), the way torchvision.transforms.v2 splits
+``make_params`` from ``transform``. Both backends receive the same parameters, so they produce the same pixels
+(exactly for crops, D4 views, flips, intensity and normalization up to float32 rounding; within 1 grey level for
+interpolated rotation / resized crops, whose uint8 results are rounded — see docs/pipelines.md).
+
+Geometry of one sample (a site of H x W x 6 uint8, channel-last):
+
+1. ``window`` (y, x, h, w): the part of the site that is READ from the store. Without rotation it is exactly the
+   output crop (S x S, placed by ``shift``); with ``rotation="any"`` it is an M x M margin window
+   (M = S + 2*ceil((S*sqrt(2) - S) / 2)) around the crop, so the rotated centre crop has no black corners;
+   with ``rrc_scale`` it is the random-resized-crop region (any size/aspect, later resized to S x S).
+2. ``rotate`` by ``angle`` degrees about the window centre (bilinear, uint8 out), then centre crop S x S.
+3. ``resize`` (random resized crop) to S x S (bilinear, no antialias, uint8 out).
+4. D4 / flips as ``transpose`` then ``hflip`` then ``vflip`` (the D4 code and the extra random flips are folded
+   into these three booleans; :data:`D4_TABLE` holds the decomposition, matching ``np.rot90``).
+5. ``out = ((x * a + b) - mean) / std`` per channel in float32, NCHW, cast to ``dtype``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import PipelineConfigError
+from .schema import N_CHANNELS
+
+if TYPE_CHECKING:  # torch stays a lazy import: `import cellio.transforms` must not pull it in
+    import torch
+
+__all__ = [
+    "ROTATIONS", "NORMALIZE_LEVELS", "DTYPES", "TTA_MODES",
+    "AugmentConfig", "get_preset", "list_presets", "register_preset",
+    "margin_size", "check_fits", "make_params", "sample_params", "eval_views", "eval_params", "decode_view",
+    "D4_TABLE", "d4_flags", "normalization_affine",
+    "d4", "flip_transpose", "crop", "rotate", "resize", "intensity", "normalize", "apply_torch", "torch_dtype",
+]
+
+log = logging.getLogger(__name__)
+
+ROTATIONS: tuple[str, ...] = ("none", "d4", "any")
+NORMALIZE_LEVELS: tuple[str, ...] = ("global", "experiment", "plate", "sample")
+DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+TTA_MODES: tuple[str, ...] = ("center", "grid9", "full")
+MIN_STD = 1e-3  # a constant channel (std 0) would divide by zero; clip its std instead
+
+
+def _range(name: str, value: Any, lo: float, hi: float) -> tuple[float, float] | None:
+    """Parse an optional (low, high) pair inside [lo, hi] with low <= high."""
+    if value is None:
+        return None
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise PipelineConfigError(f"{name}: expected a (low, high) pair of numbers or None, found {value!r}") \
+            from None
+    if not (lo <= a <= b <= hi):
+        raise PipelineConfigError(f"{name}: expected {lo} <= low <= high <= {hi}, found ({a}, {b})")
+    return (a, b)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What the loader does to each site. Validated on construction (PipelineConfigError names the field).
+
+    crop_size: output side S in pixels (224 default; 512 = a full RxRx1 site).
+    rotation: "none", "d4" (one of the 8 dihedral views, uniformly) or "any" (uniform angle in
+        [-max_angle, max_angle] degrees, read with a margin so no black corners reach the output).
+    shift: True = crop anywhere in the site, False = centre crop, int t = centre crop moved by up to t pixels.
+    hflip / vflip: probabilities of an extra horizontal / vertical flip.
+    rrc_scale: random resized crop area fraction range (e.g. (0.5, 1.0)), with rrc_ratio the aspect (w/h) range;
+        None = off. Exclusive with rotation="any".
+    intensity_scale / intensity_shift: per-channel x*a + b ranges (a, b drawn independently per channel);
+        b is in grey levels (0..255 scale). None = off.
+    normalize: subtract/divide channel statistics of the "global" set, the site's "experiment", its "plate", or
+        the site itself ("sample"); None scales to [0, 1] (x / 255).
+    dtype: output float dtype.
+    """
+
+    crop_size: int = 224
+    rotation: str = "d4"
+    max_angle: float = 180.0
+    shift: bool | int = True
+    hflip: float = 0.0
+    vflip: float = 0.0
+    rrc_scale: tuple[float, float] | None = None
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    intensity_scale: tuple[float, float] | None = None
+    intensity_shift: tuple[float, float] | None = None
+    normalize: str | None = "plate"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass normalisation)
+        if isinstance(self.crop_size, bool) or not isinstance(self.crop_size, (int, np.integer)) \
+                or self.crop_size < 1:
+            raise PipelineConfigError(f"crop_size: expected an integer >= 1, found {self.crop_size!r}")
+        set_("crop_size", int(self.crop_size))
+        if self.rotation not in ROTATIONS:
+            raise PipelineConfigError(f"rotation: expected one of {ROTATIONS}, found {self.rotation!r}")
+        if not (0.0 <= float(self.max_angle) <= 180.0):
+            raise PipelineConfigError(f"max_angle: expected 0 <= max_angle <= 180 degrees, found {self.max_angle}")
+        set_("max_angle", float(self.max_angle))
+        if not isinstance(self.shift, (bool, int, np.integer)) or (not isinstance(self.shift, bool)
+                                                                   and self.shift < 0):
+            raise PipelineConfigError(f"shift: expected True, False or a max translation >= 0 in pixels, "
+                                      f"found {self.shift!r}")
+        if not isinstance(self.shift, bool):
+            set_("shift", int(self.shift))
+        for name in ("hflip", "vflip"):
+            p = getattr(self, name)
+            if not (0.0 <= float(p) <= 1.0):
+                raise PipelineConfigError(f"{name}: expected a probability in [0, 1], found {p!r}")
+            set_(name, float(p))
+        set_("rrc_scale", _range("rrc_scale", self.rrc_scale, 1e-6, 1.0))
+        ratio = _range("rrc_ratio", self.rrc_ratio, 1e-3, 1e3)
+        if ratio is None:
+            raise PipelineConfigError("rrc_ratio: expected a (low, high) aspect ratio pair, found None")
+        set_("rrc_ratio", ratio)
+        if self.rrc_scale is not None and self.rotation == "any":
+            raise PipelineConfigError("rrc_scale and rotation='any' cannot be combined: use rotation='d4' with "
+                                      "rrc_scale, or rrc_scale=None with rotation='any'")
+        set_("intensity_scale", _range("intensity_scale", self.intensity_scale, 1e-3, 100.0))
+        set_("intensity_shift", _range("intensity_shift", self.intensity_shift, -255.0, 255.0))
+        if self.normalize is not None and self.normalize not in NORMALIZE_LEVELS:
+            raise PipelineConfigError(f"normalize: expected one of {NORMALIZE_LEVELS} or None, "
+                                      f"found {self.normalize!r}")
+        if self.dtype not in DTYPES:
+            raise PipelineConfigError(f"dtype: expected one of {DTYPES}, found {self.dtype!r}")
+
+    @property
+    def is_random(self) -> bool:
+        return (self.rotation != "none" or self.shift is not False or self.hflip > 0 or self.vflip > 0
+                or self.rrc_scale is not None or self.intensity_scale is not None
+                or self.intensity_shift is not None)
+
+    def replace(self, **changes: Any) -> "AugmentConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AugmentConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise PipelineConfigError(f"AugmentConfig: unknown keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# presets: an open family, so a small registry
+_PRESETS: dict[str, AugmentConfig] = {
+    "d4_shift": AugmentConfig(rotation="d4", shift=True),
+    "rotate_any": AugmentConfig(rotation="any", max_angle=180.0, shift=True, hflip=0.5),
+    "d4_rrc_jitter": AugmentConfig(rotation="d4", shift=True, rrc_scale=(0.5, 1.0),
+                                   intensity_scale=(0.9, 1.1), intensity_shift=(-2.0, 2.0)),
+    "eval": AugmentConfig(rotation="none", shift=False),
+    "none": AugmentConfig(rotation="none", shift=False, normalize=None),
+}
+
+
+def register_preset(name: str, cfg: AugmentConfig, *, overwrite: bool = False) -> None:
+    if name in _PRESETS and not overwrite:
+        raise PipelineConfigError(f"preset {name!r} already exists; pass overwrite=True to replace it")
+    _PRESETS[name] = cfg
+
+
+def list_presets() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def get_preset(name: str) -> AugmentConfig:
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        raise PipelineConfigError(f"augment preset: expected one of {list_presets()}, found {name!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# geometry and parameter draws (numpy only)
+def margin_size(crop_size: int) -> int:
+    """Side M of the window read for arbitrary rotation: >= S*sqrt(2), with M - S even so the centre crop is exact."""
+    half = math.ceil((crop_size * math.sqrt(2.0) - crop_size) / 2.0 - 1e-9)
+    return crop_size + 2 * half
+
+
+def check_fits(cfg: AugmentConfig, image_hw: tuple[int, int], tta: str | None = None) -> None:
+    """Fail before any work when the crop (or its rotation margin) does not fit in an H x W site."""
+    h, w = int(image_hw[0]), int(image_hw[1])
+    if tta == "full":
+        return
+    s = cfg.crop_size
+    if s > h or s > w:
+        raise PipelineConfigError(f"crop_size: expected <= the site size {h}x{w}, found {s} (use crop_size <= "
+                                  f"{min(h, w)}, or tta='full' for whole sites)")
+    if tta is None and cfg.rotation == "any":
+        m = margin_size(s)
+        if m > h or m > w:
+            raise PipelineConfigError(
+                f"rotation='any' with crop_size={s} reads a {m}x{m} margin window, larger than the site {h}x{w}; "
+                f"use crop_size <= {int(min(h, w) / math.sqrt(2.0)) - 1} or rotation='d4'")
+
+
+def _flags_of(k: int) -> tuple[bool, bool, bool]:
+    """Find (transpose, hflip, vflip) such that vflip(hflip(transpose(x))) == d4(x, k) on HWC arrays."""
+    probe = np.arange(12).reshape(3, 4)  # non-square, distinct values: only one decomposition matches
+    target = np.rot90(probe if k < 4 else probe.T, k % 4)
+    for t in (False, True):
+        for hf in (False, True):
+            for vf in (False, True):
+                y = probe.T if t else probe
+                y = y[:, ::-1] if hf else y
+                y = y[::-1, :] if vf else y
+                if y.shape == target.shape and np.array_equal(y, target):
+                    return t, hf, vf
+    raise AssertionError(f"no flip/transpose decomposition of D4 view {k}")  # unreachable: D4 is generated
+
+
+# D4 view k (0..7): rot90 by k%4 (counter-clockwise, np.rot90 semantics) of the image (k < 4) or of its transpose.
+D4_TABLE: tuple[tuple[bool, bool, bool], ...] = tuple(_flags_of(k) for k in range(8))
+
+
+def d4_flags(k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    table = np.asarray(D4_TABLE, dtype=bool)
+    f = table[np.asarray(k, dtype=np.int64)]
+    return f[..., 0], f[..., 1], f[..., 2]
+
+
+def _place(rng: np.random.Generator, n: int, size: int, extent: int, shift: bool | int) -> np.ndarray:
+    """Origins of n windows of `size` along an axis of `extent` under the shift rule."""
+    free = extent - size
+    if shift is True:
+        return rng.integers(0, free + 1, size=n)
+    centre = np.full(n, free // 2, dtype=np.int64)
+    if shift is False or shift == 0:
+        return centre
+    return np.clip(centre + rng.integers(-int(shift), int(shift) + 1, size=n), 0, free)
+
+
+def _rrc_windows(rng: np.random.Generator, n: int, h: int, w: int, scale: tuple[float, float],
+                 ratio: tuple[float, float]) -> np.ndarray:
+    """torchvision RandomResizedCrop geometry: 10 tries per sample, then the central largest fitting crop."""
+    out = np.empty((n, 4), dtype=np.int64)
+    log_r = (math.log(ratio[0]), math.log(ratio[1]))
+    for i in range(n):
+        for _ in range(10):
+            area = h * w * rng.uniform(scale[0], scale[1])
+            r = math.exp(rng.uniform(*log_r))
+            cw = int(round(math.sqrt(area * r)))
+            ch = int(round(math.sqrt(area / r)))
+            if 0 < cw <= w and 0 < ch <= h:
+                out[i] = (rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1), ch, cw)
+                break
+        else:
+            in_r = w / h
+            if in_r < ratio[0]:
+                cw, ch = w, int(round(w / ratio[0]))
+            elif in_r > ratio[1]:
+                ch, cw = h, int(round(h * ratio[1]))
+            else:
+                cw, ch = w, h
+            out[i] = ((h - ch) // 2, (w - cw) // 2, ch, cw)
+    return out
+
+
+def make_params(cfg: AugmentConfig, rng: np.random.Generator, n: int, image_hw: tuple[int, int]
+                ) -> dict[str, np.ndarray]:
+    """Draw every random parameter of n samples from `rng` (nothing is applied here).
+
+    Returns arrays with a leading n: window (n, 4) int64 (y, x, h, w) to read from the site; angle (n,) float32
+    degrees; d4 (n,) int64 in 0..7; transpose / hflip / vflip (n,) bool (D4 view and extra flips combined);
+    scale / shift (n, 6) float32 (the x*a + b of each channel).
+    """
+    h, w = int(image_hw[0]), int(image_hw[1])
+    check_fits(cfg, (h, w))
+    s = cfg.crop_size
+    if cfg.rrc_scale is not None:
+        window = _rrc_windows(rng, n, h, w, cfg.rrc_scale, cfg.rrc_ratio)
+    else:
+        side = margin_size(s) if cfg.rotation == "any" else s
+        window = np.stack([_place(rng, n, side, h, cfg.shift), _place(rng, n, side, w, cfg.shift),
+                           np.full(n, side), np.full(n, side)], axis=1).astype(np.int64)
+    angle = (rng.uniform(-cfg.max_angle, cfg.max_angle, size=n) if cfg.rotation == "any"
+             else np.zeros(n)).astype(np.float32)
+    k = rng.integers(0, 8, size=n) if cfg.rotation == "d4" else np.zeros(n, dtype=np.int64)
+    t, hf, vf = d4_flags(k)
+    hf = hf ^ (rng.random(n) < cfg.hflip) if cfg.hflip > 0 else hf
+    vf = vf ^ (rng.random(n) < cfg.vflip) if cfg.vflip > 0 else vf
+    a = (rng.uniform(*cfg.intensity_scale, size=(n, N_CHANNELS)) if cfg.intensity_scale is not None
+         else np.ones((n, N_CHANNELS)))
+    b = (rng.uniform(*cfg.intensity_shift, size=(n, N_CHANNELS)) if cfg.intensity_shift is not None
+         else np.zeros((n, N_CHANNELS)))
+    return {"window": window, "angle": angle, "d4": k.astype(np.int64), "transpose": t, "hflip": hf, "vflip": vf,
+            "scale": a.astype(np.float32), "shift": b.astype(np.float32)}
+
+
+def sample_params(cfg: AugmentConfig, seed: int, epoch: int, position: int, image_hw: tuple[int, int]
+                  ) -> dict[str, np.ndarray]:
+    """Parameters of ONE sample keyed on (seed, epoch, global position in the epoch): independent of the backend,
+    worker count, batch size, rank count and resume point. Arrays keep the leading 1."""
+    rng = np.random.default_rng([int(seed), int(epoch), int(position), 0xA06])
+    return make_params(cfg, rng, 1, image_hw)
+
+
+def eval_views(tta: str, dihedral: bool) -> np.ndarray:
+    """View ids of a TTA mode: view = cell * 8 + d4, cell the 3x3 grid cell (row-major, 4 = centre; 0 in 'full')."""
+    if tta not in TTA_MODES:
+        raise PipelineConfigError(f"tta: expected one of {TTA_MODES}, found {tta!r}")
+    cells = {"center": [4], "grid9": list(range(9)), "full": [0]}[tta]
+    d4s = list(range(8)) if dihedral else [0]
+    return np.array([c * 8 + d for c in cells for d in d4s], dtype=np.int64)
+
+
+def decode_view(view: int | np.ndarray) -> tuple[Any, Any]:
+    """view id -> (grid cell 0..8, D4 code 0..7)."""
+    v = np.asarray(view)
+    return v // 8, v % 8
+
+
+def eval_params(cfg: AugmentConfig, views: np.ndarray, image_hw: tuple[int, int], tta: str
+                ) -> dict[str, np.ndarray]:
+    """Deterministic parameters of TTA views (same dict layout as make_params)."""
+    h, w = int(image_hw[0]), int(image_hw[1])
+    views = np.asarray(views, dtype=np.int64).reshape(-1)
+    n = len(views)
+    cell, k = decode_view(views)
+    if tta == "full":
+        window = np.tile(np.array([0, 0, h, w], dtype=np.int64), (n, 1))
+    else:
+        check_fits(cfg, (h, w), tta)
+        s = cfg.crop_size
+        window = np.stack([(cell // 3) * (h - s) // 2, (cell % 3) * (w - s) // 2, np.full(n, s), np.full(n, s)],
+                          axis=1).astype(np.int64)
+    t, hf, vf = d4_flags(k)
+    return {"window": window, "angle": np.zeros(n, np.float32), "d4": k, "transpose": t, "hflip": hf, "vflip": vf,
+            "scale": np.ones((n, N_CHANNELS), np.float32), "shift": np.zeros((n, N_CHANNELS), np.float32)}
+
+
+def normalization_affine(mean: np.ndarray, std: np.ndarray, scale: np.ndarray, shift: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Fold x*a + b then (. - mean)/std into one (x - m')/s' (what DALI's crop_mirror_normalize takes):
+    m' = (mean - b)/a, s' = std/a."""
+    std = np.maximum(np.asarray(std, np.float32), MIN_STD)
+    a = np.asarray(scale, np.float32)
+    return ((np.asarray(mean, np.float32) - np.asarray(shift, np.float32)) / a).astype(np.float32), \
+        (std / a).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torch reference ops: one HWC sample (uint8 or float) at a time unless said otherwise; CPU or CUDA tensors
+def torch_dtype(name: str) -> "torch.dtype":
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def d4(x: "torch.Tensor", k: int) -> "torch.Tensor":
+    """Dihedral view k of an HW... tensor: np.rot90(x, k % 4) for k < 4, of x transposed for k >= 4."""
+    import torch
+
+    y = x.transpose(0, 1) if int(k) >= 4 else x
+    return torch.rot90(y, int(k) % 4, dims=(0, 1))
+
+
+def flip_transpose(x: "torch.Tensor", transpose: bool, hflip: bool, vflip: bool) -> "torch.Tensor":
+    """transpose (H <-> W), then flip W, then flip H: the form both backends apply D4 views and flips in."""
+    if transpose:
+        x = x.transpose(0, 1)
+    if hflip:
+        x = x.flip(1)
+    if vflip:
+        x = x.flip(0)
+    return x
+
+
+def crop(x: "torch.Tensor", y0: int, x0: int, h: int, w: int) -> "torch.Tensor":
+    if y0 < 0 or x0 < 0 or y0 + h > x.shape[0] or x0 + w > x.shape[1]:
+        raise PipelineConfigError(f"crop ({y0}, {x0}, {h}, {w}) does not fit in an image of {tuple(x.shape[:2])}")
+    return x[y0:y0 + h, x0:x0 + w]
+
+
+def _to_uint8_like(y: "torch.Tensor", like: "torch.Tensor") -> "torch.Tensor":
+    import torch
+
+    if like.dtype == torch.uint8:  # DALI rounds uint8 warps/resizes back to uint8: so does the reference
+        return y.round().clamp_(0, 255).to(torch.uint8)
+    return y.to(like.dtype)
+
+
+def rotate(x: "torch.Tensor", angle: float) -> "torch.Tensor":
+    """Rotate an HWC image by `angle` degrees counter-clockwise (as displayed, y down) about its centre, keeping its
+    size; bilinear, zeros outside. Pixel centres at i + 0.5, like DALI's fn.rotate(keep_size=True)."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = x.shape[0], x.shape[1]
+    dev = x.device
+    th = math.radians(float(angle))
+    c, s = math.cos(th), math.sin(th)
+    ys = torch.arange(h, device=dev, dtype=torch.float64) + 0.5 - h / 2.0
+    xs = torch.arange(w, device=dev, dtype=torch.float64) + 0.5 - w / 2.0
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    # inverse map: output (x, y) samples input R(-angle) (x, y) in a y-down frame
+    src_x = c * xx - s * yy + w / 2.0
+    src_y = s * xx + c * yy + h / 2.0
+    grid = torch.stack([src_x * 2.0 / w - 1.0, src_y * 2.0 / h - 1.0], dim=-1)[None].to(torch.float32)
+    img = x.permute(2, 0, 1)[None].to(torch.float32)
+    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return _to_uint8_like(out[0].permute(1, 2, 0), x)
+
+
+def resize(x: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
+    """Bilinear resize of an HWC image to (h, w), half-pixel centres, no antialias (DALI fn.resize, antialias=False)."""
+    import torch.nn.functional as F
+
+    img = x.permute(2, 0, 1)[None].float()
+    out = F.interpolate(img, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False,
+                        antialias=False)
+    return _to_uint8_like(out[0].permute(1, 2, 0), x)
+
+
+def intensity(x: "torch.Tensor", a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
+    """Per-channel x * a + b on channel-last float tensors (a, b broadcast over the last dim)."""
+    return x * a + b
+
+
+def normalize(x: "torch.Tensor", mean: "torch.Tensor", std: "torch.Tensor") -> "torch.Tensor":
+    """Per-channel (x - mean) / std on channel-last float tensors."""
+    return (x - mean) / std
+
+
+def _as_tensor(x: Any, device: Any) -> "torch.Tensor":
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+
+def apply_torch(batch: "torch.Tensor | Sequence[Any]", params: Mapping[str, np.ndarray], mean: np.ndarray,
+                std: np.ndarray, cfg: AugmentConfig, device: Any = None) -> "torch.Tensor":
+    """Apply drawn parameters to B read windows: uint8 (B, h, w, 6) tensor/array or a list of (h_i, w_i, 6)
+    (random resized crops differ in size) -> cfg.dtype (B, 6, S, S) on `device` (default: the batch's).
+
+    mean / std: (B, 6) channel statistics of each sample (0..255 scale), see normalization_affine.
+    """
+    import torch
+
+    items = list(batch) if not isinstance(batch, torch.Tensor) else list(batch.unbind(0))
+    if len(items) == 0:
+        raise PipelineConfigError("apply_torch: expected at least one sample, found an empty batch")
+    if device is None:
+        device = items[0].device if isinstance(items[0], torch.Tensor) else "cpu"
+    n = len(items)
+    for key in ("window", "angle", "transpose", "hflip", "vflip", "scale", "shift"):
+        if len(params[key]) != n:
+            raise PipelineConfigError(f"apply_torch: params[{key!r}] has {len(params[key])} rows, batch has {n}")
+    s = cfg.crop_size
+    out = []
+    for i, item in enumerate(items):
+        x = _as_tensor(item, device)
+        if x.ndim != 3 or x.shape[2] != N_CHANNELS or x.dtype != torch.uint8:
+            raise PipelineConfigError(f"apply_torch: sample {i}: expected uint8 (h, w, {N_CHANNELS}), found "
+                                      f"{x.dtype} {tuple(x.shape)}")
+        if cfg.rotation == "any":
+            x = rotate(x, float(params["angle"][i]))
+            x = crop(x, (x.shape[0] - s) // 2, (x.shape[1] - s) // 2, s, s)
+        if cfg.rrc_scale is not None and tuple(x.shape[:2]) != (s, s):
+            x = resize(x, (s, s))
+        x = flip_transpose(x, bool(params["transpose"][i]), bool(params["hflip"][i]), bool(params["vflip"][i]))
+        out.append(x)
+    shapes = {tuple(x.shape) for x in out}
+    if len(shapes) != 1:
+        raise PipelineConfigError(f"apply_torch: samples ended with different shapes {sorted(shapes)}")
+    x = torch.stack(out).to(torch.float32)  # (B, h, w, 6)
+    m, sd = normalization_affine(mean, std, params["scale"], params["shift"])
+    m_t = _as_tensor(m, device)[:, None, None, :]
+    s_t = _as_tensor(sd, device)[:, None, None, :]
+    y = normalize(x, m_t, s_t)
+    return y.permute(0, 3, 1, 2).contiguous().to(torch_dtype(cfg.dtype))
