@@ -685,41 +685,59 @@ def unzip_dataset(dest: str | Path, zips: Sequence[str | Path] | None = None, *,
 # ---------------------------------------------------------------------------------------------- verify
 
 
+def _missing_files(root: Path, rel_paths: Iterable[str]) -> list[str]:
+    """The relative paths that do not exist: one directory listing per plate folder, not one stat per file."""
+    listed: dict[str, set[str]] = {}
+    missing = []
+    for rel in rel_paths:
+        folder, _, name = rel.rpartition("/")
+        if folder not in listed:
+            try:
+                listed[folder] = {e.name for e in os.scandir(root / folder) if e.is_file()}
+            except (FileNotFoundError, NotADirectoryError):
+                listed[folder] = set()
+        if name not in listed[folder]:
+            missing.append(rel)
+    return missing
+
+
 def verify_dataset(dest: str | Path, datasets: Sequence[str] = DATASETS) -> VerifyReport:
     """Check that every site listed in the CSVs under `dest` has its six image files.
 
-    `datasets` limits the check to "train" or "test" (after downloading only one of the image zips).
-
-    Raises DownloadError naming how many files are missing, where (per experiment) and the first few paths.
+    Uses `read_metadata(dest, check_files=True)`; `datasets` limits the check to "train" or "test" (after
+    downloading only one of the image zips). Raises DownloadError naming how many files are missing, how many
+    per experiment, and the first few paths.
     """
     from .metadata import read_metadata
 
     dest = Path(dest)
+    whole = set(datasets) >= set(DATASETS)
     try:
-        sites = read_metadata(dest, check_files=False)
+        sites = read_metadata(dest, check_files=whole)
+        failure = None
     except CellioError as exc:
-        raise DownloadError(f"cannot verify {dest}: {exc}") from exc
+        failure = exc
+        try:  # re-read without the file check, to say exactly which files are missing where
+            sites = read_metadata(dest, check_files=False)
+        except CellioError as exc2:
+            raise DownloadError(f"cannot verify {dest}: {exc2}") from exc2
     sites = sites[sites["dataset"].isin(list(datasets))]
-    missing: list[tuple[str, str]] = []
-    for row in sites[["experiment", *PATH_COLUMNS]].itertuples(index=False):
-        missing += [(row[0], rel) for rel in row[1:] if not (dest / rel).is_file()]
+    experiment_of = {rel: exp for exp, *paths in sites[["experiment", *PATH_COLUMNS]].itertuples(index=False)
+                     for rel in paths}
+    missing = _missing_files(dest, experiment_of)
     if missing:
-        per_experiment = Counter(exp for exp, _ in missing)
+        per_experiment = Counter(experiment_of[rel] for rel in missing)
         where = ", ".join(f"{exp}: {n}" for exp, n in sorted(per_experiment.items())[:12])
-        first = "\n  ".join(rel for _, rel in missing[:10])
+        first = "\n  ".join(missing[:10])
         raise DownloadError(
-            f"{dest}: {len(missing)} of {len(sites) * len(PATH_COLUMNS)} image files listed in the CSVs are "
-            f"missing ({where}{', ...' if len(per_experiment) > 12 else ''}). First missing:\n  {first}\n"
-            "Rerun `cellio download` (it resumes) or unzip again with unzip_dataset"
+            f"{dest}: {len(missing)} of {len(experiment_of)} image files listed in the CSVs are missing "
+            f"({where}{', ...' if len(per_experiment) > 12 else ''}). First missing:\n  {first}\n"
+            "Rerun `cellio download` (it resumes), or unzip again with cellio.kaggle.unzip_dataset"
         )
-    if set(datasets) >= set(DATASETS):
-        # The library's own full check (whatever read_metadata validates beyond existence) on top of ours.
-        try:
-            read_metadata(dest, check_files=True)
-        except CellioError as exc:
-            raise DownloadError(f"verification of {dest} failed: {exc}") from exc
+    if failure is not None:
+        raise DownloadError(f"verification of {dest} failed: {failure}") from failure
     per_dataset = {str(k): int(v) for k, v in sites["dataset"].value_counts().sort_index().items()}
-    report = VerifyReport(dest, len(sites), len(sites) * len(PATH_COLUMNS), per_dataset)
+    report = VerifyReport(dest, len(sites), len(experiment_of), per_dataset)
     log.info("%s", report.summary())
     return report
 
