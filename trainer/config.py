@@ -37,8 +37,8 @@ class DataConfig:
     store: str = ""                       # path of a cellio Zarr store (cellio ingest)
     crop_size: int = 224                  # square training crop, pixels
     val_crop_size: int = 0                # 0 = same as crop_size
-    augment: str = "default"              # augmentation preset name understood by cellio.create_loader
-    normalize: str = "plate"              # per-channel normalization level: site|plate|experiment|global
+    augment: str = "d4_shift"             # augmentation preset (cellio.transforms.list_presets()); eval strips it
+    normalize: str | None = "plate"       # per-channel normalization: sample|plate|experiment|global|null
     batch_size: int = 32                  # per process (global batch = batch_size * world_size * grad_accum)
     val_batch_size: int = 0               # 0 = same as batch_size
     num_workers: int = 2                  # loader worker processes/threads
@@ -86,6 +86,8 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = True            # torch.use_deterministic_algorithms where cheap
     device: str = "auto"                  # auto | cpu | cuda
+    num_threads: int = 0                  # torch CPU threads per process; 0 = torch's default (1 is far faster
+                                          # than 2 on an oversubscribed CPU: OpenMP threads spin-wait)
     amp: str = "auto"                     # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | off
     channels_last: bool = False
     compile: bool = False                 # torch.compile the model
