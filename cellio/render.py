@@ -133,7 +133,12 @@ def _pick_row(sites: Any, id_code: str, site: int, source: Path) -> int:
     match = ids == id_code
     if not match.any():
         unique = ids.drop_duplicates()
-        near = unique[unique.str.startswith(id_code.split("_")[0])].head(5).tolist() or unique.head(5).tolist()
+        # Suggest wells of the same experiment, else of the same cell type, else any.
+        near: list[str] = []
+        for prefix in (id_code.split("_")[0] + "_", id_code.split("-")[0] + "-", ""):
+            near = unique[unique.str.startswith(prefix)].head(5).tolist()
+            if near:
+                break
         raise MetadataError(f"id_code {id_code!r} is not in {source} ({len(unique)} wells); "
                             f"valid id_codes look like {', '.join(near)}")
     in_well = match & (sites["site"].astype(int) == int(site))
