@@ -209,8 +209,11 @@ class Loader:
         """Yield the rest of the current epoch; at its end the loader moves on to the next epoch (set_epoch
         overrides)."""
         epoch, start = self._epoch, self._batch
+        from .pipeline import source_outputs
+
         source = SiteSource(self.store, self.config, self.sampler, self._meta, train=self.train, views=self.views,
-                            tta=self.tta, first_epoch=epoch, start_batch=start)
+                            tta=self.tta, first_epoch=epoch, start_batch=start,
+                            outputs=source_outputs(self.config, train=self.train, dihedral=self.dihedral))
         it = self._iter_dali(source) if self.backend == "dali" else self._iter_torch(source, epoch, start)
         for batch in it:
             self._batch += 1

@@ -21,14 +21,11 @@ from .errors import MissingDependencyError, PipelineConfigError
 from .transforms import AugmentConfig
 
 __all__ = ["DALI_PACKAGE", "dali_available", "require_dali", "augment_graph", "build_pipeline",
-           "SOURCE_OUTPUTS"]
+           "source_outputs"]
 
 log = logging.getLogger(__name__)
 
 DALI_PACKAGE = "nvidia-dali-cuda130"
-# What SiteSource.__call__ returns, in order (and their layouts for DALI).
-SOURCE_OUTPUTS: tuple[str, ...] = ("image", "angle", "transpose", "hflip", "vflip", "mean", "std", "meta")
-_LAYOUTS = ("HWC", "", "", "", "", "", "", "")
 
 
 def dali_available() -> bool:
@@ -50,7 +47,8 @@ def augment_graph(image: Any, angle: Any, transpose: Any, hflip: Any, vflip: Any
 
     d4: include the per-sample transpose / vertical flip (D4 views and flips); interpolate: include the rotation
     (cfg.rotation == "any") or resized-crop step. Both are decided at build time so unused ops cost nothing.
-    Needs a pipeline built with enable_conditionals=True (the transpose is a per-sample `if`).
+    Needs a pipeline built with enable_conditionals=True (the transpose is a per-sample `if`). angle / transpose /
+    vflip may be None when the corresponding step is off.
     """
     from nvidia.dali import fn, types
 
@@ -72,16 +70,32 @@ def augment_graph(image: Any, angle: Any, transpose: Any, hflip: Any, vflip: Any
     return fn.crop_mirror_normalize(image, mean=mean, std=std, mirror=hflip, output_layout="CHW", dtype=dtype)
 
 
+def source_outputs(cfg: AugmentConfig, *, train: bool, dihedral: bool = False) -> tuple[str, ...]:
+    """The SiteSource columns the graph of this configuration consumes (unused columns would be wasted work)."""
+    names = ["image"]
+    if train and cfg.rotation == "any":
+        names.append("angle")
+    if _uses_d4(cfg, train, dihedral):
+        names += ["transpose", "vflip"]
+    names += ["hflip", "mean", "std", "meta"]
+    return tuple(names)
+
+
+def _uses_d4(cfg: AugmentConfig, train: bool, dihedral: bool) -> bool:
+    return (cfg.rotation == "d4" or cfg.vflip > 0) if train else dihedral
+
+
 def _pipeline_fn(source: Any, cfg: AugmentConfig, device: str, parallel: bool, d4: bool,
                  interpolate: bool) -> tuple[Any, Any]:
     from nvidia.dali import fn
 
-    image, angle, transpose, hflip, vflip, mean, std, meta = fn.external_source(
-        source=source, num_outputs=len(SOURCE_OUTPUTS), batch=True, batch_info=True, parallel=parallel,
-        layout=list(_LAYOUTS))
-    out = augment_graph(image, angle, transpose, hflip, vflip, mean, std, cfg=cfg, device=device, d4=d4,
-                        interpolate=interpolate)
-    return out, meta
+    names = source.outputs
+    nodes = fn.external_source(source=source, num_outputs=len(names), batch=True, batch_info=True,
+                               parallel=parallel, layout=["HWC" if n == "image" else "" for n in names])
+    x = dict(zip(names, nodes))
+    out = augment_graph(x["image"], x.get("angle"), x.get("transpose"), x["hflip"], x.get("vflip"), x["mean"],
+                        x["std"], cfg=cfg, device=device, d4=d4, interpolate=interpolate)
+    return out, x["meta"]
 
 
 def _train_entry():
@@ -90,8 +104,7 @@ def _train_entry():
     @pipeline_def(enable_conditionals=True)
     def train_pipeline(source: Any, cfg: AugmentConfig, device: str, parallel: bool):
         """Random augmentation: rotation/resized crop as configured, D4/flips, jitter, normalization."""
-        d4 = cfg.rotation == "d4" or cfg.hflip > 0 or cfg.vflip > 0
-        return _pipeline_fn(source, cfg, device, parallel, d4=d4, interpolate=True)
+        return _pipeline_fn(source, cfg, device, parallel, d4=_uses_d4(cfg, True, False), interpolate=True)
 
     return train_pipeline
 

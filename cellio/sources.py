@@ -68,11 +68,13 @@ class SiteSource:
     items; an item is (selected site j, view id) with j = item // len(views). train=True draws random parameters
     from cfg; train=False uses the deterministic TTA views. first_epoch / start_batch: the epoch the pipeline's
     first DALI epoch (BatchInfo.epoch_idx 0) stands for, and how many batches of it were already consumed
-    (resume); later DALI epochs are first_epoch + epoch_idx from batch 0.
+    (resume); later DALI epochs are first_epoch + epoch_idx from batch 0. outputs: the columns a DALI call returns
+    (only those the graph uses, see cellio.pipeline.source_outputs).
     """
 
     def __init__(self, store: Any, cfg: AugmentConfig, sampler: ShardedSampler, meta: SiteMeta, *, train: bool,
-                 views: np.ndarray, tta: str | None, first_epoch: int = 0, start_batch: int = 0):
+                 views: np.ndarray, tta: str | None, first_epoch: int = 0, start_batch: int = 0,
+                 outputs: tuple[str, ...] = ("image", "angle", "transpose", "hflip", "vflip", "mean", "std", "meta")):
         if sampler.n != len(meta) * len(views):
             raise PipelineConfigError(f"SiteSource: sampler covers {sampler.n} items, expected "
                                       f"{len(meta)} sites x {len(views)} views = {len(meta) * len(views)}")
@@ -85,6 +87,7 @@ class SiteSource:
         self.tta = tta
         self.first_epoch = int(first_epoch)
         self.start_batch = int(start_batch)
+        self.outputs = tuple(outputs)
         self.image_hw = tuple(int(v) for v in store.image_shape[:2])
         self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
 
@@ -132,8 +135,8 @@ class SiteSource:
         return SourceBatch(windows=windows, params=params, mean=self.meta.mean[j], std=self.meta.std[j], meta=meta)
 
     # -- DALI external_source protocol -----------------------------------------------------------------------------
-    def __call__(self, info: Any) -> tuple[Any, ...]:
-        """BatchInfo(iteration, epoch_idx) -> (image, angle, transpose, hflip, vflip, mean, std, meta) lists."""
+    def __call__(self, info: Any) -> tuple[list[np.ndarray], ...]:
+        """BatchInfo(iteration, epoch_idx) -> one list per name in `self.outputs` (see cellio.pipeline)."""
         epoch_idx = int(getattr(info, "epoch_idx", 0))
         iteration = int(getattr(info, "iteration", info))
         epoch = self.first_epoch + epoch_idx
@@ -145,10 +148,14 @@ class SiteSource:
         n = len(sb)
         # DALI's crop_mirror_normalize takes one (x - m') / s': fold the x*a + b jitter into it
         mean, std = normalization_affine(sb.mean, sb.std, p["scale"], p["shift"])
-        images = sb.windows if isinstance(sb.windows, list) else list(sb.windows)
-        return (images,
-                [np.array(p["angle"][i], dtype=np.float32) for i in range(n)],
-                [np.array(bool(p["transpose"][i])) for i in range(n)],
-                [np.array(int(p["hflip"][i]), dtype=np.int32) for i in range(n)],
-                [np.array(int(p["vflip"][i]), dtype=np.int32) for i in range(n)],
-                list(mean), list(std), list(sb.meta))
+        columns: dict[str, Any] = {
+            "image": lambda: sb.windows if isinstance(sb.windows, list) else list(sb.windows),
+            "angle": lambda: [np.array(p["angle"][i], dtype=np.float32) for i in range(n)],
+            "transpose": lambda: [np.array(bool(p["transpose"][i])) for i in range(n)],
+            "hflip": lambda: [np.array(int(p["hflip"][i]), dtype=np.int32) for i in range(n)],
+            "vflip": lambda: [np.array(int(p["vflip"][i]), dtype=np.int32) for i in range(n)],
+            "mean": lambda: list(mean),
+            "std": lambda: list(std),
+            "meta": lambda: list(sb.meta),
+        }
+        return tuple(columns[name]() for name in self.outputs)

@@ -1,0 +1,195 @@
+"""cellio.create_loader: batches, labels, sharding across simulated ranks, set_epoch, resume, TTA, filters, errors.
+
+Runs on the torch backend (fast) and, where the behaviour lives in the backend, on DALI's CPU mode too.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import cellio
+from cellio.errors import PipelineConfigError
+from cellio.schema import CELL_TYPES
+
+BACKENDS = ["torch", pytest.param("dali", marks=pytest.mark.skipif(
+    not __import__("cellio.pipeline").pipeline.dali_available(), reason="needs nvidia-dali"))]
+
+
+def _make(store, bs=5, **kw):
+    kw.setdefault("crop_size", 7)
+    kw.setdefault("num_workers", 0)
+    kw.setdefault("device", "cpu")
+    kw.setdefault("backend", "torch")
+    kw.setdefault("rank", 0)
+    kw.setdefault("world_size", 1)
+    return cellio.create_loader(store, bs, **kw)
+
+
+def _cat(batches, key):
+    return torch.cat([b[key] for b in batches]) if batches else torch.empty(0, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_epoch_over_three_ranks_yields_every_site_once_with_right_labels(tiny_store, backend):
+    train_rows = np.flatnonzero((tiny_store.sites["dataset"] == "train").to_numpy())
+    seen = []
+    for rank in range(3):
+        loader = _make(tiny_store, 7, rank=rank, world_size=3, last_batch="partial", backend=backend, seed=1)
+        loader.set_epoch(2)
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        for b in batches:
+            assert b["image"].dtype == torch.float32 and b["image"].shape[1:] == (6, 7, 7)
+            assert {"image", "label", "cell_type", "index", "view", "site", "plate"} <= set(b)
+            rows = tiny_store.sites.iloc[b["index"].numpy()]
+            assert b["label"].tolist() == rows["sirna"].fillna(-1).astype(int).tolist()
+            assert [CELL_TYPES[c] for c in b["cell_type"].tolist()] == rows["cell_type"].tolist()
+            assert b["site"].tolist() == rows["site"].tolist() and b["plate"].tolist() == rows["plate"].tolist()
+            assert (b["view"] == 0).all()
+        seen.append(_cat(batches, "index").numpy())
+    allseen = np.concatenate(seen)
+    assert sorted(allseen.tolist()) == train_rows.tolist()  # 160 sites over 3 ranks: uneven tails, exactly once
+
+
+def test_drop_policy_equal_batches_per_rank(tiny_store):
+    lens = [len(_make(tiny_store, 7, rank=r, world_size=3)) for r in range(3)]  # train default: drop
+    assert lens == [160 // 21] * 3
+    batches = list(_make(tiny_store, 7, rank=1, world_size=3))
+    assert all(len(b["index"]) == 7 for b in batches)
+
+
+def test_determinism_and_set_epoch(tiny_store):
+    a = [b["image"] for b in _make(tiny_store, seed=3)]
+    b = [b["image"] for b in _make(tiny_store, seed=3)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    loader = _make(tiny_store, seed=3)
+    loader.set_epoch(1)
+    c = [b["image"] for b in loader]
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))  # another epoch: another order and other draws
+    assert loader.epoch == 2  # a finished epoch moves on to the next one
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_mid_epoch_reproduces_the_rest(tiny_store, backend):
+    full = _make(tiny_store, 6, backend=backend, seed=5)
+    full.set_epoch(3)
+    reference = list(full)
+    loader = _make(tiny_store, 6, backend=backend, seed=5)
+    loader.set_epoch(3)
+    it = iter(loader)
+    head = [next(it) for _ in range(4)]
+    state = loader.state_dict()
+    assert state["epoch"] == 3 and state["batch"] == 4
+    del it
+    fresh = _make(tiny_store, 6, backend=backend, seed=5)
+    fresh.load_state_dict(state)
+    rest = list(fresh)
+    assert len(head) + len(rest) == len(reference)
+    for x, y in zip(head + rest, reference):
+        assert torch.equal(x["index"], y["index"]) and torch.equal(x["image"], y["image"])
+
+
+def test_resume_state_must_match_the_loader(tiny_store):
+    state = _make(tiny_store, 6, seed=5).state_dict()
+    with pytest.raises(PipelineConfigError, match="sampler"):
+        _make(tiny_store, 6, seed=6).load_state_dict(state)
+
+
+def test_backends_agree(tiny_store):
+    if not __import__("cellio.pipeline").pipeline.dali_available():
+        pytest.skip("needs nvidia-dali")
+    a = list(_make(tiny_store, 8, backend="torch", augment="d4_rrc_jitter", indices=np.arange(40)))
+    b = list(_make(tiny_store, 8, backend="dali", augment="d4_rrc_jitter", indices=np.arange(40)))
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert torch.equal(x["index"], y["index"])
+        assert (x["image"] - y["image"]).abs().max() < 0.35  # interpolated resized crops: <= 1 grey level / std
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tta_views_every_site_view_once_across_ranks(tiny_store, backend):
+    pairs = []
+    for rank in range(3):
+        loader = _make(tiny_store, 16, train=False, tta="grid9", dihedral=True, rank=rank, world_size=3,
+                       datasets=("test",), indices=np.arange(160, 166), backend=backend)
+        batches = list(loader)
+        pairs += list(zip(_cat(batches, "index").tolist(), _cat(batches, "view").tolist()))
+    assert len(pairs) == len(set(pairs)) == 6 * 72
+    assert {i for i, _ in pairs} == set(range(160, 166))
+    assert {v for _, v in pairs} == set(range(72))
+
+
+def test_eval_is_unshuffled_and_center_view(tiny_store):
+    batches = list(_make(tiny_store, 16, train=False, datasets=("test",)))
+    idx = _cat(batches, "index").numpy()
+    assert np.array_equal(idx, np.sort(idx)) and len(idx) == 160
+    assert set(_cat(batches, "view").tolist()) == {32}  # grid cell 4 (centre), D4 view 0
+    assert set(_cat(batches, "label").tolist()) <= set(range(-1, 1139))
+    full = list(_make(tiny_store, 16, train=False, tta="full", indices=[0, 1]))
+    assert full[0]["image"].shape == (2, 6, 17, 11)
+
+
+def test_filters(tiny_store):
+    sites = tiny_store.sites
+    loader = _make(tiny_store, 4, cell_types=["HUVEC"], controls=False, last_batch="partial")
+    sel = loader.sites
+    assert len(sel) == int(((sites.dataset == "train") & (sites.cell_type == "HUVEC")
+                            & (sites.well_type == "treatment")).sum())
+    assert set(sel["cell_type"]) == {"HUVEC"} and set(sel["well_type"]) == {"treatment"}
+    only = _make(tiny_store, 4, controls="only", datasets=("train", "test"), last_batch="partial")
+    assert set(only.sites["well_type"]) <= {"positive_control", "negative_control"}
+    exp = sites["experiment"].iloc[0]
+    assert set(_make(tiny_store, 4, experiments=[exp], last_batch="partial").sites["experiment"]) == {exp}
+    labels = _cat(list(_make(tiny_store, 8, datasets=("test",), controls=False, last_batch="partial")), "label")
+    assert (labels == -1).all()  # test treatments have no label
+
+
+def test_balanced_sampler_oversamples_rare_classes(tiny_store):
+    loader = _make(tiny_store, 8, balance="class", last_batch="partial")
+    labels = loader.sites["sirna"].to_numpy(dtype=np.int64)
+    counts = np.bincount(np.unique(labels, return_inverse=True)[1])
+    k = len(counts)
+    top = int(np.argmax(counts))
+    natural_share = counts.max() / counts.sum()
+    draws = np.concatenate([loader.sampler.global_order(e) for e in range(20)])
+    drawn = np.bincount(np.unique(labels, return_inverse=True)[1][draws], minlength=k)
+    assert natural_share > 1.5 / k  # the tiny set is imbalanced (controls vs treatments) ...
+    assert abs(drawn[top] / drawn.sum() - 1 / k) < 0.5 / k  # ... balancing brings every class near 1/k
+    assert (drawn > 0).all()
+    batch_labels = _cat(list(loader), "label").numpy()
+    assert len(batch_labels) == len(loader.sites)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(crop_size=18), "crop_size"), (dict(augment="spin"), "preset"), (dict(world_size=0), "world_size"),
+    (dict(rank=3, world_size=3), "rank"), (dict(cell_types=["HUVEC"], experiments=["RPE-01"]), "leave no site"),
+    (dict(backend="jax"), "backend"), (dict(last_batch="keep"), "last_batch"), (dict(tta="grid9"), "tta"),
+    (dict(balance="well"), "balance"), (dict(crop_size=9, augment="rotate_any"), "margin"),
+    (dict(cell_types=["HELA"]), "cell_types"),
+])
+def test_bad_configuration_fails_before_work(tiny_store, kwargs, field):
+    with pytest.raises(PipelineConfigError, match=field):
+        _make(tiny_store, 4, **kwargs)
+    with pytest.raises(PipelineConfigError, match="batch_size"):
+        _make(tiny_store, 0)
+
+
+def test_rank_and_world_size_from_torchrun_env(tiny_store, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    loader = cellio.create_loader(tiny_store, 4, crop_size=7, backend="torch", num_workers=0, device="cpu")
+    assert (loader.sampler.rank, loader.sampler.world_size) == (1, 2)
+
+
+def test_store_path_and_bfloat16(tiny_store):
+    loader = _make(tiny_store.path, 4, dtype="bfloat16", indices=np.arange(8), last_batch="partial")
+    b = next(iter(loader))
+    assert b["image"].dtype == torch.bfloat16 and b["image"].shape == (4, 6, 7, 7)
+
+
+def test_torch_backend_with_worker_processes(tiny_store):
+    kw = dict(indices=np.arange(20), last_batch="partial", seed=2)
+    a = list(_make(tiny_store, 6, **kw))
+    b = list(_make(tiny_store, 6, num_workers=2, **kw))
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b)) and len(a) == len(b) == 4
