@@ -22,7 +22,9 @@ import json
 import logging
 import math
 import os
+import struct
 import time
+import zlib
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -49,7 +51,7 @@ from .schema import (
     make_id_code,
 )
 
-__all__ = ["synthesize", "MORPHOLOGY", "class_morphology", "render_site", "texture_features"]
+__all__ = ["synthesize", "MORPHOLOGY", "class_morphology", "render_site", "texture_features", "encode_png"]
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +66,11 @@ MORPHOLOGY: dict[str, tuple[float, float]] = {
     "lobes": (2.0, 6.99),          # number of lobes (floored)
     "chromatin": (0.0, 0.9),       # nuclear texture contrast
     "chrom_period": (2.5, 8.0),    # nuclear texture period, px
+    "chrom_dir": (0.0, math.pi),   # nuclear texture direction relative to the cell's major axis
     "er_decay": (0.3, 3.0),        # ER intensity decay from the nucleus
     "er_texture": (0.0, 0.8),
     "er_period": (3.0, 10.0),
+    "er_dir": (0.0, math.pi),
     "cortex": (0.1, 1.5),          # actin cortex ring strength
     "fibers": (0.0, 1.5),          # stress fibre strength
     "fiber_period": (3.0, 8.0),
@@ -105,8 +109,8 @@ _TRAITS: dict[str, _CellTypeTraits] = {
 
 # Random-stream purposes (first key after the seed).
 _KEY_LAYOUT, _KEY_CLASS, _KEY_BATCH_EXP, _KEY_BATCH_PLATE, _KEY_SITE = 1, 2, 3, 4, 5
-_PNG_COMPRESS_LEVEL = 1  # PNG is lossless at any level; 1 is ~4x faster to write than 6 and ~15% larger
 _CHUNK_SITES = 8
+_TEXTURE_CROP = 160  # texture statistics of the check use a central crop (speed)
 
 
 def class_morphology(sirna: int, seed: int = 0) -> dict[str, float]:
@@ -153,146 +157,244 @@ def _soft(x: np.ndarray, sharpness: float) -> np.ndarray:
     return np.clip((1.0 - x) * sharpness, 0.0, 1.0)
 
 
+def _bump(d: np.ndarray) -> np.ndarray:
+    """Smooth compact bump: 1 at d=0, 0 for |d| >= 1 (a cheap stand-in for a Gaussian)."""
+    t = np.clip(1.0 - d * d, 0.0, None)
+    return t * t
+
+
 def render_site(height: int, width: int, morph: dict[str, float], cell_type: str, batch: _Batch,
                 rng: np.random.Generator) -> np.ndarray:
-    """Render one site: uint8 (6, height, width), channel order w1..w6."""
-    from scipy.ndimage import gaussian_filter
+    """Render one site: uint8 (6, height, width), channel order w1..w6.
+
+    Cells tile the field like a confluent culture: every pixel belongs to its nearest cell centre (one Euclidean
+    distance transform), and each channel is a closed-form function of the pixel's coordinates in its cell's
+    frame (soft ellipses, rings, gratings), so the work is a fixed number of vectorised passes over the image.
+    """
+    from scipy.ndimage import distance_transform_edt, gaussian_filter
 
     f32 = np.float32
     traits = _TRAITS[cell_type]
     m = morph
     r0 = traits.radius * m["size"]
     elong = min(m["elong"] + traits.elong, 0.55)
-    n_mean = traits.coverage * m["density"] * height * width / (math.pi * r0 * r0)
-    n = max(1, int(rng.poisson(n_mean)))
+    n = max(1, int(rng.poisson(traits.coverage * m["density"] * height * width / (math.pi * r0 * r0))))
 
     # Positions: a mix of uniform cells and cells clustered around a few centres (spatial statistics).
     cy, cx = rng.uniform(0, height, n), rng.uniform(0, width, n)
     clustered = rng.random(n) < min(m["cluster"] + traits.cluster, 0.95)
-    if clustered.any():
+    n_cl = int(clustered.sum())
+    if n_cl:
         k = max(1, n // 12)
         centres = np.stack([rng.uniform(0, height, k), rng.uniform(0, width, k)], axis=1)
-        pick = rng.integers(0, k, int(clustered.sum()))
-        jitter = rng.normal(0, 2.0 * r0, (int(clustered.sum()), 2))
+        pick = rng.integers(0, k, n_cl)
+        jitter = rng.normal(0, 2.0 * r0, (n_cl, 2))
         cy[clustered] = np.mod(centres[pick, 0] + jitter[:, 0], height)
         cx[clustered] = np.mod(centres[pick, 1] + jitter[:, 1], width)
-    common = rng.uniform(0, math.pi)
     aligned = rng.random(n) < m["align"]
-    phi = np.where(aligned, common + rng.normal(0, 0.2, n), rng.uniform(0, math.pi, n))
+    phi = np.where(aligned, rng.uniform(0, math.pi) + rng.normal(0, 0.2, n), rng.uniform(0, math.pi, n))
     radius = r0 * np.exp(rng.normal(0, 0.12, n))
-    bright = np.exp(rng.normal(0, 0.2, (N_CHANNELS, n))).astype(f32)
+    cell_side = np.where(rng.random(n) < 0.5, -1.0, 1.0)
 
-    half = int(math.ceil(radius.max() * (1 + elong) * (1 + m["ruffle"]) * 1.25)) + 1
-    p = 2 * half + 1
-    iy, ix = np.floor(cy).astype(np.int64), np.floor(cx).astype(np.int64)
-    g = np.arange(p, dtype=f32) - half
-    dy = g[None, :, None] - (cy - iy).astype(f32)[:, None, None]
-    dx = g[None, None, :] - (cx - ix).astype(f32)[:, None, None]
-    c, s = np.cos(phi).astype(f32)[:, None, None], np.sin(phi).astype(f32)[:, None, None]
-    u = dx * c + dy * s          # along the cell's major axis
-    v = dy * c - dx * s
-    R = radius.astype(f32)[:, None, None]
-    a, b = R * (1 + elong), R * (1 - elong)
+    # Per-cell parameters, gathered to pixels in one take (the fewer, the faster). Brightness varies per cell in
+    # three compartments (nucleus, cytoplasm, membrane); texture phases are random per cell, texture directions
+    # are fixed relative to the cell's axis by the class.
+    per_cell = np.stack([
+        cy - 0.5, cx - 0.5, np.cos(phi), np.sin(phi), 1 / radius, cell_side * radius,
+        *rng.uniform(0, 2 * math.pi, (4, n)), *np.exp(rng.normal(0, 0.2, (3, n))),
+    ]).astype(f32)
+    iy = np.clip(np.floor(cy).astype(np.int64), 0, height - 1)
+    ix = np.clip(np.floor(cx).astype(np.int64), 0, width - 1)
+    label = np.full((height, width), -1, dtype=np.int64)
+    label[iy, ix] = np.arange(n)
+    nearest = distance_transform_edt(label < 0, return_distances=False, return_indices=True)
+    owner = label[nearest[0], nearest[1]]
+    del nearest, label
+    (pcy, pcx, cphi, sphi, inv_r, side_r, lobe_ph, ph_chrom, ph_er, ph_fib,
+     b_nuc, b_cyto, b_mem) = np.take(per_cell, owner, axis=1)
 
-    lobes = int(m["lobes"])
-    lobe_phase = rng.uniform(0, 2 * math.pi, n).astype(f32)[:, None, None]
-    ang = np.arctan2(v, u)
-    rho = np.sqrt((u / a) ** 2 + (v / b) ** 2) / (1 + m["ruffle"] * np.cos(lobes * ang + lobe_phase))
+    dy = np.arange(height, dtype=f32)[:, None] - pcy
+    dx = np.arange(width, dtype=f32)[None, :] - pcx
+    u = dx * cphi
+    u += dy * sphi                     # along the cell's major axis
+    u *= inv_r                         # in cell radii from here on
+    v = dy * cphi
+    v -= dx * sphi
+    v *= inv_r
+    del dx, dy
+    t = u * f32(1 / (1 + elong))
+    rho = t * t
+    t = v * f32(1 / (1 - elong))
+    rho += t * t
+    np.sqrt(rho, out=rho)
+    if m["ruffle"] > 0:
+        t = np.arctan2(v, u)
+        t *= f32(int(m["lobes"]))
+        t += lobe_ph
+        np.cos(t, out=t)
+        t *= f32(m["ruffle"])
+        t += f32(1)
+        rho /= t
     cell = _soft(rho, 6.0)
-
-    side = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(f32)[:, None, None]
-    nr = R * m["nuc_frac"]
-    un = u - side * m["nuc_offset"] * R
-    rn = np.sqrt((un / (nr * (1 + m["nuc_elong"]))) ** 2 + (v / (nr * (1 - m["nuc_elong"]))) ** 2)
+    side = side_r * inv_r              # +-1: which end of the major axis the nucleus is pushed to
+    t = u - side * f32(m["nuc_offset"])
+    t *= f32(1 / (m["nuc_frac"] * (1 + m["nuc_elong"])))
+    rn = t * t
+    t = v * f32(1 / (m["nuc_frac"] * (1 - m["nuc_elong"])))
+    rn += t * t
+    np.sqrt(rn, out=rn)
     nuc = _soft(rn, 5.0)
+    del rn
 
-    def grating(period: float) -> np.ndarray:
-        d = rng.uniform(0, math.pi, n).astype(f32)[:, None, None]
-        ph1 = rng.uniform(0, 2 * math.pi, n).astype(f32)[:, None, None]
-        ph2 = rng.uniform(0, 2 * math.pi, n).astype(f32)[:, None, None]
-        k = f32(2 * math.pi / period)
-        cd, sd = np.cos(d), np.sin(d)
-        return np.cos(k * (u * cd + v * sd) + ph1) * np.cos(k * (v * cd - u * sd) + ph2)
+    def grating(period: float, direction: float, phase: np.ndarray) -> np.ndarray:
+        """Product of two orthogonal cosines (a speckle/checker texture) of `period` px, per-cell phase."""
+        k = 2 * math.pi / period / inv_r  # u, v are in cell radii
+        cd, sd = f32(math.cos(direction)), f32(math.sin(direction))
+        a = u * cd
+        a += v * sd
+        a *= k
+        a += phase
+        np.cos(a, out=a)
+        b = v * cd
+        b -= u * sd
+        b *= k
+        b += phase * f32(1.618)
+        np.cos(b, out=b)
+        a *= b
+        return a
 
-    ring = lambda width: np.exp(-(((rho - 1.0) / width) ** 2))  # noqa: E731  (membrane-like band)
-    patches = np.empty((n, N_CHANNELS, p, p), dtype=f32)
-    patches[:, 0] = nuc * (1 + m["chromatin"] * grating(m["chrom_period"]))
-    patches[:, 1] = cell * np.exp(-m["er_decay"] * rho) * (1 - 0.6 * nuc) * (1 + m["er_texture"] * grating(m["er_period"]))
+    img = np.empty((N_CHANNELS, height, width), dtype=f32)
+    g = grating(m["chrom_period"], m["chrom_dir"], ph_chrom)
+    g *= f32(m["chromatin"])
+    g += f32(1)
+    np.multiply(nuc, g, out=img[0])
+    g = grating(m["er_period"], m["er_dir"], ph_er)
+    g *= f32(m["er_texture"])
+    g += f32(1)
+    t = rho * f32(-m["er_decay"])
+    np.exp(t, out=t)
+    t *= cell
+    g *= t
+    t = nuc * f32(-0.6)
+    t += f32(1)
+    np.multiply(g, t, out=img[1])
     beta = m["fiber_angle"]
-    fib = 0.5 + 0.5 * np.cos(f32(2 * math.pi / m["fiber_period"]) * (u * math.sin(beta) - v * math.cos(beta)))
-    fib = fib * fib
-    patches[:, 2] = m["cortex"] * ring(0.1) * (rho < 1.6) + m["fibers"] * cell * fib * fib
-    patches[:, 3] = m["rna_nuc"] * nuc + m["rna_cyto"] * cell * (1 - nuc)
-    patches[:, 4] = 0.15 * cell
-    gu = side * -(m["nuc_offset"] + m["nuc_frac"] + m["golgi_size"]) * R * 0.8
-    gs = m["golgi_size"] * R
-    patches[:, 5] = ring(m["mem_width"]) * (rho < 1.6) + m["golgi"] * np.exp(-((u - gu) ** 2 + v ** 2) / (2 * gs * gs))
-    patches *= bright.T[:, :, None, None]
+    fib = u * f32(math.sin(beta))
+    fib -= v * f32(math.cos(beta))
+    fib *= f32(2 * math.pi / m["fiber_period"]) / inv_r
+    fib += ph_fib
+    np.cos(fib, out=fib)
+    fib += f32(1)
+    fib *= fib
+    fib *= fib                          # ((1 + cos) ** 4) / 16: thin bright fibres
+    fib *= cell
+    fib *= f32(m["fibers"] / 16)
+    t = rho - f32(1)
+    t *= f32(1 / 0.12)
+    t = _bump(t)
+    t *= f32(m["cortex"])
+    np.add(t, fib, out=img[2])
+    t = cell * f32(m["rna_cyto"])
+    t *= f32(1) - nuc
+    t += nuc * f32(m["rna_nuc"])
+    img[3] = t
+    np.multiply(cell, f32(0.15), out=img[4])
+    t = rho - f32(1)
+    t *= f32(1 / m["mem_width"])
+    img[5] = _bump(t)
+    if m["golgi"] > 0:
+        # Golgi: a blob beside the nucleus, on the side away from the nucleus shift.
+        t = np.hypot(u + side * f32((m["nuc_offset"] + m["nuc_frac"] + m["golgi_size"]) * 0.8), v)
+        t *= f32(1 / (2 * m["golgi_size"]))
+        t = _bump(t)
+        t *= f32(m["golgi"])
+        img[5] += t
+    img[0] *= b_nuc
+    img[3] *= b_nuc
+    img[1] *= b_cyto
+    img[2] *= b_cyto
+    img[4] *= b_cyto
+    img[5] *= b_mem
+    del u, v, t, g, fib, cell, nuc, side
 
-    canvas = np.zeros((N_CHANNELS, height + p, width + p), dtype=f32)
-    for i in range(n):  # one slice-add per cell; the per-pixel work above is vectorised over all cells
-        canvas[:, iy[i]:iy[i] + p, ix[i]:ix[i] + p] += patches[i]
-    img = canvas[:, half:half + height, half:half + width]
-
-    # Point-like organelles: impulses at sub-cellular positions, then one blur per layer.
-    def puncta(count: np.ndarray, du: np.ndarray, dv: np.ndarray, owner: np.ndarray, sigma: float) -> np.ndarray:
+    # Point-like organelles (nucleoli in w4, mitochondria in w5): impulses, then one blur per layer.
+    def puncta(owner_: np.ndarray, du: np.ndarray, dv: np.ndarray, sigma: float) -> np.ndarray:
         layer = np.zeros((height, width), dtype=f32)
-        if len(owner):
-            cth, sth = np.cos(phi[owner]), np.sin(phi[owner])
-            py = np.floor(cy[owner] + du * sth + dv * cth).astype(np.int64)
-            px = np.floor(cx[owner] + du * cth - dv * sth).astype(np.int64)
+        if len(owner_):
+            c, s = np.cos(phi[owner_]), np.sin(phi[owner_])
+            py = np.floor(cy[owner_] + du * s + dv * c).astype(np.int64)
+            px = np.floor(cx[owner_] + du * c - dv * s).astype(np.int64)
             keep = (py >= 0) & (py < height) & (px >= 0) & (px < width)
-            np.add.at(layer, (py[keep], px[keep]), 1.0)
-            layer = gaussian_filter(layer, sigma, truncate=3.0) * f32(2 * math.pi * sigma * sigma)
+            np.add.at(layer, (py[keep], px[keep]), f32(2 * math.pi * sigma * sigma))
+            layer = gaussian_filter(layer, sigma, truncate=2.5)
         return layer
 
-    k_nucleoli = rng.poisson(m["nucleoli"], n)
-    owner = np.repeat(np.arange(n), k_nucleoli)
-    rad = np.sqrt(rng.random(len(owner))) * 0.6 * radius[owner] * m["nuc_frac"]
-    th = rng.uniform(0, 2 * math.pi, len(owner))
-    nuc_shift = (side[:, 0, 0] * m["nuc_offset"] * radius)[owner]
-    img[3] += 1.5 * puncta(k_nucleoli, nuc_shift + rad * np.cos(th), rad * np.sin(th), owner, m["nucleolus_sigma"])
+    who = np.repeat(np.arange(n), rng.poisson(m["nucleoli"], n))
+    rad = np.sqrt(rng.random(len(who))) * 0.6 * m["nuc_frac"] * radius[who]
+    th = rng.uniform(0, 2 * math.pi, len(who))
+    shift = cell_side[who] * m["nuc_offset"] * radius[who]
+    img[3] += puncta(who, shift + rad * np.cos(th), rad * np.sin(th), m["nucleolus_sigma"]) * f32(1.5)
+    who = np.repeat(np.arange(n), rng.poisson(m["mito_count"], n))
+    rad = radius[who] * (m["nuc_frac"] + np.abs(rng.normal(0, m["mito_spread"], len(who))))
+    th = rng.uniform(0, 2 * math.pi, len(who))
+    img[4] += puncta(who, rad * np.cos(th), rad * np.sin(th), m["mito_sigma"])
 
-    k_mito = rng.poisson(m["mito_count"], n)
-    owner = np.repeat(np.arange(n), k_mito)
-    rad = radius[owner] * (m["nuc_frac"] + np.abs(rng.normal(0, m["mito_spread"], len(owner))))
-    th = rng.uniform(0, 2 * math.pi, len(owner))
-    img[4] += puncta(k_mito, rad * np.cos(th), rad * np.sin(th), owner, m["mito_sigma"])
-
-    # Batch effects: illumination gradient, background, noise; then per-channel rescale to batch targets.
+    # Batch effects: illumination gradient, an additive background ramp, noise; then every channel is rescaled
+    # to the batch's target mean/std (so pixel statistics carry no class information).
     yy = np.linspace(-0.5, 0.5, height, dtype=f32)[:, None]
     xx = np.linspace(-0.5, 0.5, width, dtype=f32)[None, :]
-    noise = rng.standard_normal((N_CHANNELS, height, width), dtype=f32)
+    # Uniform noise (std 1): half the cost of Gaussian draws and indistinguishable after the 8-bit rounding.
+    noise = rng.random((N_CHANNELS, height, width), dtype=f32)
+    noise -= f32(0.5)
+    noise *= f32(math.sqrt(12.0))
     out = np.empty((N_CHANNELS, height, width), dtype=np.uint8)
     for ch in range(N_CHANNELS):
         x = img[ch]
-        scale = float(x.std()) or 1.0
+        scale = float(_probe(x).std()) or 1.0
         gy, gx = batch.grad[ch]
-        x = x * (1 + gy * yy + gx * xx) + scale * (batch.background[ch] + batch.noise[ch] * noise[ch])
+        x *= f32(1) + (f32(gy) * yy + f32(gx) * xx)
+        x += f32(scale * batch.background[ch]) * (yy + f32(0.5))
+        noise[ch] *= f32(scale * batch.noise[ch])
+        x += noise[ch]
         out[ch] = _rescale(x, batch.mean[ch], batch.std[ch])
     return out
 
 
+def _probe(x: np.ndarray) -> np.ndarray:
+    """Every other pixel in each direction: a quarter of the work for statistics that only steer a rescale."""
+    return x[::2, ::2] if x.size > 4096 else x
+
+
 def _rescale(x: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """Affine map of x whose clipped, rounded result has (close to) the given mean and std."""
-    mu, sd = float(x.mean()), float(x.std())
-    z = (x - mu) / sd if sd > 0 else np.zeros_like(x)
+    """Affine map of x whose clipped, rounded result has (close to) the given mean and std. Overwrites x."""
+    probe = _probe(x)
+    mu, sd = float(probe.mean()), float(probe.std())
+    if sd <= 0:
+        return np.full(x.shape, min(max(round(mean), 0), 255), dtype=np.uint8)
+    z = (probe - np.float32(mu)) / np.float32(sd)
     a, b = mean, std
     for _ in range(4):  # clipping at 0 shifts mean/std by a shape-dependent amount: correct it away
-        y = np.clip(a + b * z, 0, 255)
+        y = np.clip(z * np.float32(b) + np.float32(a), 0, 255)
         ym, ys = float(y.mean()), float(y.std())
         if ys <= 0:
             break
         b *= std / ys
         a += mean - ym
-    return np.clip(np.rint(a + b * z), 0, 255).astype(np.uint8)
+    x -= np.float32(mu)
+    x *= np.float32(b / sd)
+    x += np.float32(a + 0.5)  # +0.5 then truncation = rounding, for non-negative values
+    np.clip(x, 0, 255, out=x)
+    return x.astype(np.uint8)
 
 
 def texture_features(img: np.ndarray) -> np.ndarray:
     """Affine-invariant texture statistics per channel (gradient energy, autocorrelation, skew, tail):
-    float64 (6 * 5,). Unchanged by per-channel brightness/contrast, so they carry morphology, not batch."""
+    float64 (6 * 5,), on a central crop of at most _TEXTURE_CROP px. Unchanged by per-channel brightness/contrast,
+    so they carry morphology, not batch."""
     feats = []
-    for ch in img.astype(np.float32):
+    h, w = img.shape[1:]
+    y0, x0 = max((h - _TEXTURE_CROP) // 2, 0), max((w - _TEXTURE_CROP) // 2, 0)
+    for ch in img[:, y0:y0 + _TEXTURE_CROP, x0:x0 + _TEXTURE_CROP].astype(np.float32):
         sd = float(ch.std())
         z = (ch - float(ch.mean())) / sd if sd > 0 else np.zeros_like(ch)
         grad = float(np.abs(np.diff(z, axis=0)).mean() + np.abs(np.diff(z, axis=1)).mean()) if min(z.shape) > 1 else 0.0
@@ -322,14 +424,23 @@ def _pixel_stats(img: np.ndarray) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def _encode_png(a: np.ndarray) -> bytes:
-    import io
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
-    from PIL import Image
 
-    buf = io.BytesIO()
-    Image.fromarray(a, mode="L").save(buf, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
+def encode_png(a: np.ndarray) -> bytes:
+    """8-bit grayscale PNG of a (H, W) uint8 array. A minimal writer: 'Sub' filter on every row (a vectorised
+    difference) and zlib level 1 with the RLE strategy, ~3x faster than PIL/cv2 at a smaller size; any PNG
+    decoder reads it."""
+    h, w = a.shape
+    raw = np.empty((h, w + 1), dtype=np.uint8)
+    raw[:, 0] = 1  # filter type 1 = Sub: each byte minus its left neighbour
+    raw[:, 1] = a[:, 0]
+    np.subtract(a[:, 1:], a[:, :-1], out=raw[:, 2:])
+    comp = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    idat = comp.compress(raw.tobytes()) + comp.flush()
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
 
 
 # A site task: (relative path prefix "train/HEPG2-01/Plate1/B03_s1", sirna, cell type, exp index, plate,
@@ -349,7 +460,7 @@ def _render_chunk(out_dir: str, seed: int, height: int, width: int, tasks: list[
         img = render_site(height, width, morph, cell_type, batch, rng)
         for ci, channel in enumerate(CHANNELS):
             with open(os.path.join(out_dir, f"{prefix}_w{channel}.png"), "wb") as fh:
-                fh.write(_encode_png(img[ci]))
+                fh.write(encode_png(img[ci]))
         results.append(np.concatenate([_pixel_stats(img).ravel(), texture_features(img)]))
     return results
 
@@ -530,9 +641,10 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
             ctx = multiprocessing.get_context("spawn")  # safe even if the caller has threads or torch loaded
             with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
                 futures = [pool.submit(_render_chunk, str(out), seed, h, w, chunk) for chunk in chunks]
-                for fut, chunk in zip(futures, chunks):  # in submission order: output is independent of workers
-                    results += fut.result()
-                    bar.update(len(chunk))
+                for fut in futures:  # in submission order: output is independent of workers
+                    part = fut.result()
+                    results += part
+                    bar.update(len(part))
     feats = np.stack(results)
     render_s = time.perf_counter() - t0
 
