@@ -635,7 +635,7 @@ def unzip_dataset(dest: str | Path, zips: Sequence[str | Path] | None = None, *,
     from tqdm.auto import tqdm
 
     dest = Path(dest)
-    queue = [Path(z) if Path(z).is_absolute() or Path(z).exists() else dest / z
+    queue = [Path(z) if Path(z).is_absolute() or not (dest / z).exists() else dest / z
              for z in (zips if zips is not None else _discover_zips(dest))]
     manifest = _Manifest.load(dest)
     done: list[str] = []
@@ -674,9 +674,10 @@ def unzip_dataset(dest: str | Path, zips: Sequence[str | Path] | None = None, *,
                                             "zip and rerun `cellio download`") from exc
                     extracted += 1
                     written += info.file_size
+            members = len(zf.infolist())
             nested = [dest / _member_target(zip_path, i.filename) for i in zf.infolist()
                       if i.filename.endswith(".zip") and _member_target(zip_path, i.filename)]
-        manifest.mark_extracted(zip_path, sum(1 for _ in work))
+        manifest.mark_extracted(zip_path, members)
         done.append(zip_path.name)
         queue += [n for n in nested if n.parent == dest]
     return UnzipReport(tuple(done), extracted, skipped, written)

@@ -158,9 +158,12 @@ def test_cli_without_credentials_exits_2_with_the_forms(home, tmp_path, capsys):
 class FakeApi:
     """The two KaggleApi methods download() uses, serving in-memory files; `fail_on` simulates a killed run."""
 
-    def __init__(self, files: dict[str, bytes], fail_on: str | None = None):
+    def __init__(self, files: dict[str, bytes], fail_on: str | None = None, wrapped: tuple[str, ...] = (),
+                 bundle: bytes | None = None):
         self.files = files
         self.fail_on = fail_on
+        self.wrapped = wrapped  # served as NAME.zip, as Kaggle does for large single files
+        self.bundle = bundle    # the whole competition as one zip
         self.calls: list[str] = []
 
     def competition_list_files(self, competition, page_token=None, page_size=20):
@@ -176,7 +179,15 @@ class FakeApi:
         if file_name == self.fail_on:
             out.write_bytes(data[: len(data) // 2])  # a partial file, then the connection drops
             raise ConnectionError("connection reset by peer")
-        out.write_bytes(data)
+        if file_name in self.wrapped:
+            with zipfile.ZipFile(out.with_name(file_name + ".zip"), "w") as zf:
+                zf.writestr(file_name, data)
+        else:
+            out.write_bytes(data)
+
+    def competition_download_files(self, competition, path=None, force=False, quiet=True):
+        self.calls.append("bundle")
+        (Path(path) / f"{competition}.zip").write_bytes(self.bundle)
 
 
 @pytest.fixture
@@ -222,6 +233,14 @@ def test_download_subset_and_unknown_file(token, tmp_path):
     assert not (tmp_path / "d" / "train.zip").exists()
     with pytest.raises(DownloadError, match="--files nope.csv: not a file of"):
         _fetch(tmp_path / "d", FakeApi(files), files=["nope.csv"])
+
+
+def test_file_served_zipped_is_unwrapped(token, tmp_path):
+    files = {"pixel_stats.csv": b"id_code,site\n" * 50, "pixel_stats.csv.zip": b"zipped copy"}
+    report = _fetch(tmp_path / "d", FakeApi(files, wrapped=("pixel_stats.csv",)))
+    assert report.downloaded == ("pixel_stats.csv",)  # the listed .zip twin is not fetched as well
+    assert (tmp_path / "d" / "pixel_stats.csv").read_bytes() == files["pixel_stats.csv"]
+    assert not (tmp_path / "d" / "pixel_stats.csv.zip").exists()
 
 
 def test_file_of_the_listed_size_is_adopted(token, tmp_path):
@@ -398,3 +417,19 @@ def test_submit_validates_first(token, tmp_path, sample):
 def test_submit_needs_credentials_before_anything(home, tmp_path, sample):
     with pytest.raises(CredentialsError):
         submit(_submission(tmp_path, "x,1\n"), "m", sample_submission=sample, api=FakeSubmitApi())
+
+
+def test_images_listed_one_by_one_fall_back_to_the_bundle(token, tiny_raw, tmp_path):
+    bundle = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(bundle, "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted(tiny_raw.rglob("*")):
+            if path.is_file() and path.suffix in (".csv", ".png"):
+                zf.write(path, path.relative_to(tiny_raw).as_posix())
+    listing = {p.relative_to(tiny_raw).as_posix(): b"" for p in sorted(tiny_raw.rglob("*.png"))[:3]}
+    api = FakeApi(listing, bundle=bundle.read_bytes())
+    report = download(tmp_path / "d", api=api, check_disk=False, progress=False)
+    assert api.calls == ["list", "bundle"] and report.downloaded == (f"{KAGGLE_SLUG}.zip",)
+    assert report.verify is not None and report.verify.files == len(list(tiny_raw.rglob("*.png")))
+    api = FakeApi(listing, bundle=bundle.read_bytes())
+    again = download(tmp_path / "d", api=api, check_disk=False, progress=False)
+    assert api.calls == ["list"] and again.unzip.extracted == 0
