@@ -162,6 +162,8 @@ class Loader:
         self._meta = meta
         self._epoch = 0
         self._batch = 0  # batches of the current epoch already yielded
+        self._pipe: Any = None  # DALI pipeline kept across epochs
+        self._pipe_next_epoch = -1
 
     # -- DataLoader-like surface -----------------------------------------------------------------------------------
     @property
@@ -214,7 +216,7 @@ class Loader:
         source = SiteSource(self.store, self.config, self.sampler, self._meta, train=self.train, views=self.views,
                             tta=self.tta, first_epoch=epoch, start_batch=start,
                             outputs=source_outputs(self.config, train=self.train, dihedral=self.dihedral))
-        it = self._iter_dali(source) if self.backend == "dali" else self._iter_torch(source, epoch, start)
+        it = self._iter_dali(source, epoch, start) if self.backend == "dali" else self._iter_torch(source, epoch, start)
         for batch in it:
             self._batch += 1
             yield batch
@@ -254,27 +256,54 @@ class Loader:
                                   device=self.device)
                 yield self._finish(img, item["meta"])
 
-    def _iter_dali(self, source: SiteSource) -> Iterator[dict[str, Any]]:
+    def _iter_dali(self, source: SiteSource, epoch: int, start: int) -> Iterator[dict[str, Any]]:
         import torch
 
         from .pipeline import build_pipeline
 
-        pipe = build_pipeline(source, self.config, train=self.train, device=self.device,
-                              batch_size=self.batch_size, num_workers=self.num_workers, prefetch=self.prefetch,
-                              dihedral=self.dihedral)
+        # A pipeline (and its worker processes) is reused for the next epoch when iteration simply continues:
+        # its source maps DALI's epoch counter to first_epoch + epoch_idx. Anything else (set_epoch jumps,
+        # resume mid-epoch, an abandoned epoch) builds a fresh one.
+        if self._pipe is None or start != 0 or epoch != self._pipe_next_epoch:
+            self.close()
+            self._pipe = build_pipeline(source, self.config, train=self.train, device=self.device,
+                                        batch_size=self.batch_size, num_workers=self.num_workers,
+                                        prefetch=self.prefetch, dihedral=self.dihedral)
+        pipe = self._pipe
+        finished = False
         try:
             while True:
                 try:
                     image, meta = pipe.run()
                 except StopIteration:
+                    finished = True
                     break
                 if hasattr(image, "as_tensor"):
                     image = image.as_tensor()
                 img_t = _dali_to_torch(image, self.device)
-                meta_t = torch.from_numpy(np.asarray(meta.as_tensor()).copy())
+                meta_t = torch.from_numpy(np.array(meta.as_tensor(), copy=True))
                 yield self._finish(img_t, meta_t)
         finally:
-            del pipe  # shuts the worker processes down
+            if finished:
+                pipe.reset()
+                self._pipe_next_epoch = epoch + 1
+            else:
+                self.close()
+
+    def close(self) -> None:
+        """Shut down the DALI pipeline and its worker processes now (also happens when the loader is collected)."""
+        if self._pipe is not None:
+            from .pipeline import close_pipeline
+
+            close_pipeline(self._pipe)
+            self._pipe = None
+            self._pipe_next_epoch = -1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: DALI may already be gone
+            pass
 
 
 def _identity(x: Any) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 from .errors import MissingDependencyError, PipelineConfigError
 from .transforms import AugmentConfig
 
-__all__ = ["DALI_PACKAGE", "dali_available", "require_dali", "augment_graph", "build_pipeline",
+__all__ = ["DALI_PACKAGE", "dali_available", "require_dali", "augment_graph", "build_pipeline", "close_pipeline",
            "source_outputs"]
 
 log = logging.getLogger(__name__)
@@ -153,3 +153,13 @@ def build_pipeline(source: Any, cfg: AugmentConfig, *, train: bool, device: str 
     pipe.build()
     log.debug("built DALI %s pipeline on %s (workers=%d)", "train" if train else "eval", dev, num_workers)
     return pipe
+
+
+def close_pipeline(pipe: Any) -> None:
+    """Stop a pipeline's executor and its external_source worker processes now, not at garbage collection."""
+    pool = getattr(pipe, "_py_pool", None)
+    shutdown = getattr(pipe, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    if pool is not None:
+        pool.close()

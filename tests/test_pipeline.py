@@ -111,6 +111,8 @@ def test_parallel_workers_same_pixels_and_no_leftover_processes(tiny_store):
     parallel = list(loader)
     for x, y in zip(serial, parallel):
         assert torch.equal(x["image"], y["image"]) and torch.equal(x["index"], y["index"])
+    assert {p.pid for p in multiprocessing.active_children()} - before  # kept for the next epoch ...
+    loader.close()  # ... until closed
     leftover = {p.pid for p in multiprocessing.active_children()} - before
     assert not leftover, f"DALI worker processes left running: {leftover}"
 
