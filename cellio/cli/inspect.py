@@ -1,0 +1,69 @@
+"""`cellio inspect STORE`: what a store holds (counts, codec, size on disk, completeness, failed sites)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = "summarize a cellio store: counts per split / cell type / experiment, codec, size, completeness"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("store", help="store path or fsspec URL")
+    parser.add_argument("--experiments", action="store_true", help="also list the count of every experiment")
+
+
+def _size_on_disk(fs: Any, root: str) -> tuple[int, int]:
+    """(bytes of image chunks, bytes of everything) under the store root."""
+    images = total = 0
+    for path, info in fs.find(root, detail=True).items():
+        size = int(info.get("size") or 0)
+        total += size
+        if path.startswith(f"{root}/images/c"):
+            images += size
+    return images, total
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..store import get_fs, open_store
+
+    store = open_store(args.store, allow_incomplete=True)
+    a = store.attrs
+    H, W, C = store.image_shape
+    print(f"store       {store.path}")
+    print(f"format      {a['format']} {a['format_version']}, layout {store.layout}, sites {H}x{W}x{C} uint8")
+    print(f"codec       {a['codec']}")
+    print(f"source      {a.get('source', {}).get('raw_dir')}")
+    print(f"created     {a.get('created_at')}")
+    state = "complete" if store.complete else "INCOMPLETE (rerun `cellio ingest` with the same arguments)"
+    print(f"ingest      {state}: {len(store)} of {a['n_sites']} sites stored, {len(store.failed)} failed")
+    fs, root = get_fs(store.path)
+    img_bytes, total = _size_on_disk(fs, root)
+    raw_bytes = len(store) * H * W * C
+    ratio = img_bytes / raw_bytes if raw_bytes else float("nan")
+    print(f"size        {_human(total)} on disk ({_human(img_bytes)} of image chunks = {ratio:.3f}x of "
+          f"{_human(raw_bytes)} raw uint8)")
+    sites = store.sites
+    if len(sites):
+        print("\nsites per split and cell type")
+        table = sites.groupby(["dataset", "cell_type"]).size().unstack(fill_value=0)
+        print(table.to_string())
+        print("\nsites per well type")
+        print(sites.groupby(["dataset", "well_type"]).size().unstack(fill_value=0).to_string())
+        n_exp = sites.groupby("dataset")["experiment"].nunique()
+        print("\nexperiments " + ", ".join(f"{k}: {v}" for k, v in n_exp.items()))
+        if args.experiments:
+            print(sites.groupby(["dataset", "experiment"]).size().to_string())
+    failed = store.failed
+    if len(failed):
+        print(f"\nfailed sites ({len(failed)})")
+        for f in failed.itertuples():
+            print(f"  {f.id_code} site {f.site}: {f.reason}")
+    return 0 if store.complete else 1
