@@ -1,0 +1,158 @@
+"""Prediction over the loader's TTA views on a tiny store, then submission writing and the step report."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from cellio.errors import MetadataError
+from trainer.aggregate import mean_logits
+from trainer.checkpoint import save_checkpoint
+from trainer.config import Config
+from trainer.labels import ClassMap
+from trainer.models import list_models, register_model
+from trainer.predict import Predictions, concat_predictions, load_predictions, predict
+from trainer.report import build_report, format_table, read_truth, write_report
+from trainer.submission import write_submission
+
+
+class _PoolLinear(nn.Module):
+    """Channel means (+ cell type one-hot) -> linear: runs on any crop size, so the 17x11 fixture fits."""
+
+    def __init__(self, num_classes: int, in_chans: int, num_cell_types: int):
+        super().__init__()
+        self.num_cell_types = num_cell_types
+        self.fc = nn.Linear(in_chans + num_cell_types, num_classes)
+
+    def forward(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
+        feats = x.float().mean(dim=(2, 3))
+        onehot = nn.functional.one_hot(cell_type, self.num_cell_types).float()
+        return self.fc(torch.cat([feats, onehot], dim=1))
+
+
+def test_pool_linear(*, num_classes: int, in_chans: int, num_cell_types: int, pretrained=None) -> nn.Module:
+    return _PoolLinear(num_classes, in_chans, num_cell_types)
+
+
+test_pool_linear.__test__ = False  # a model factory, not a pytest test
+if "test_pool_linear" not in list_models():
+    register_model(test_pool_linear)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_store, tmp_path_factory):
+    cfg = Config()
+    cfg.model.name = "test_pool_linear"
+    cfg.data.crop_size = 8
+    cfg.data.num_workers = 0
+    cfg.data.backend = "torch"
+    cfg.data.n_folds = 2
+    cfg.data.val_fold = 0
+    class_map = ClassMap.from_sites(tiny_store.sites, include_controls=True)
+    torch.manual_seed(0)
+    model = test_pool_linear(num_classes=len(class_map), in_chans=6, num_cell_types=4)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "config": cfg.to_dict(), "classes": class_map.to_dict()})
+    return path, class_map
+
+
+def test_predict_stores_every_site_view_once(tiny_store, checkpoint, tmp_path):
+    path, class_map = checkpoint
+    sites = tiny_store.sites
+    exp = sorted(sites.loc[sites["dataset"] == "test", "experiment"].unique())[0]
+    preds = predict(path, tiny_store, datasets="test", experiments=[exp], tta="grid9", batch_size=16,
+                    progress=False, out=tmp_path / "p.npz")
+    want = sites.index[(sites["experiment"] == exp) & (sites["well_type"] == "treatment")]
+    got = pd.DataFrame({"index": preds.index, "view": preds.view})
+    assert not got.duplicated().any()
+    assert set(got["index"]) == set(want) and (got.groupby("index").size() == 9).all()
+    assert preds.logits.shape == (len(want) * 9, len(class_map)) and np.isfinite(preds.logits).all()
+    assert preds.classes.tolist() == list(class_map.classes)
+    back = load_predictions(tmp_path / "p.npz")
+    np.testing.assert_array_equal(back.logits, preds.logits)
+    assert back.meta["tta"] == "grid9" and back.meta["experiments"] == [exp]
+    # The same model on the same site gives different logits per crop but identical ones on a rerun.
+    again = predict(path, tiny_store, datasets="test", experiments=[exp], tta="grid9", batch_size=7,
+                    progress=False)
+    order_a = np.lexsort((preds.view, preds.index))
+    order_b = np.lexsort((again.view, again.index))
+    np.testing.assert_allclose(preds.logits[order_a], again.logits[order_b], rtol=1e-5, atol=1e-5)
+    wells = mean_logits(preds.logits, preds.index, sites, classes=preds.classes)
+    assert len(wells) == sites.loc[want, "id_code"].nunique()
+
+
+def test_predict_validation_uses_the_checkpoints_held_out_experiments(tiny_store, checkpoint):
+    path, _ = checkpoint
+    preds = predict(path, tiny_store, datasets="validation", tta="center", batch_size=32, progress=False)
+    sites = tiny_store.sites.loc[preds.index]
+    assert (sites["dataset"] == "train").all() and (preds.view == preds.view[0]).all()
+    val = set(sites["experiment"])
+    assert 0 < len(val) < tiny_store.sites.loc[tiny_store.sites["dataset"] == "train", "experiment"].nunique()
+    assert set(preds.meta["experiments"]) == val
+    both = concat_predictions([preds.rows(preds.index % 2 == 0), preds.rows(preds.index % 2 == 1)])
+    assert len(both) == len(preds)
+    with pytest.raises(MetadataError, match="disjoint"):
+        concat_predictions([preds, preds])
+
+
+def _sample(tmp_path, ids):
+    path = tmp_path / "sample_submission.csv"
+    pd.DataFrame({"id_code": ids, "sirna": 0}).to_csv(path, index=False)
+    return path
+
+
+def test_write_submission_follows_sample_order_and_validates(tmp_path):
+    ids = ["HEPG2-08_1_B03", "HEPG2-08_1_B04", "HUVEC-17_2_C05"]
+    sample = _sample(tmp_path, ids)
+    preds = pd.DataFrame({"id_code": ["HUVEC-17_2_C05", "HEPG2-08_1_B03", "HEPG2-08_1_B04", "HEPG2-08_1_B02"],
+                          "sirna": [7, 3, 5, 1138]})  # an extra control well is simply not submitted
+    out = tmp_path / "sub" / "submission.csv"
+    frame = write_submission(preds, None, sample, out)
+    text = out.read_text().splitlines()
+    assert text[0] == "id_code,sirna" and text[1:] == ["HEPG2-08_1_B03,3", "HEPG2-08_1_B04,5", "HUVEC-17_2_C05,7"]
+    assert frame["id_code"].tolist() == ids
+    with pytest.raises(MetadataError, match="no prediction for 1"):
+        write_submission(preds.iloc[1:], None, sample, tmp_path / "bad.csv")
+    assert not (tmp_path / "bad.csv").exists()
+    with pytest.raises(MetadataError, match="not a treatment"):
+        write_submission(preds, None, sample, tmp_path / "bad.csv", treatments=[3, 5])
+    with pytest.raises(MetadataError, match="twice"):
+        write_submission(pd.concat([preds, preds]), None, sample, tmp_path / "bad.csv")
+    sites = pd.DataFrame({"id_code": ids[:2], "dataset": "test"})
+    with pytest.raises(MetadataError, match="not a test well"):
+        write_submission(preds, sites, sample, tmp_path / "bad.csv")
+
+
+def test_report_scores_each_step_and_writes_json_and_plots(tmp_path):
+    truth = pd.DataFrame({"id_code": ["HEPG2-08_1_B03", "HEPG2-08_1_B04", "HUVEC-17_1_B03", "HUVEC-18_1_B03"],
+                          "sirna": [1, 2, 3, 4]})
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    steps = {
+        "single view": pd.DataFrame({"id_code": truth["id_code"], "sirna": [1, 0, 0, 0]}),
+        "TTA mean": pd.Series({"HEPG2-08_1_B03": 1, "HEPG2-08_1_B04": 2, "HUVEC-17_1_B03": 3}),  # one missing
+        "+ plate assignment": pd.DataFrame({"id_code": truth["id_code"], "sirna": [1, 2, 3, 4]}),
+    }
+    rep = build_report(steps, read_truth(tmp_path / "truth.csv"))
+    assert rep["order"] == list(steps)
+    s = rep["steps"]
+    assert s["single view"]["accuracy"] == 0.25 and s["TTA mean"]["accuracy"] == 0.75
+    assert s["TTA mean"]["missing"] == 1 and s["+ plate assignment"]["accuracy"] == 1.0
+    assert s["single view"]["per_cell_type"] == {"HEPG2": 0.5, "HUVEC": 0.0}
+    assert s["TTA mean"]["per_experiment"] == {"HEPG2-08": 1.0, "HUVEC-17": 1.0, "HUVEC-18": 0.0}
+    paths = write_report({"validation": rep, "test": rep}, tmp_path / "report", extra={"note": "x"})
+    loaded = json.loads(paths["json"].read_text())
+    assert loaded["splits"]["test"]["steps"]["TTA mean"]["accuracy"] == 0.75 and loaded["note"] == "x"
+    for key in ("steps", "cell_types"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "TTA mean" in format_table({"test": rep})
+
+
+def test_predictions_reject_inconsistent_arrays():
+    from cellio.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        Predictions(np.zeros((3, 2), np.float32), np.arange(3), np.zeros(2, np.int64), np.arange(2))

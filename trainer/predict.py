@@ -1,0 +1,222 @@
+"""Run checkpoints over the loader's TTA views and keep every per-view logit with its site and view id.
+
+The loader's eval mode yields each (site, view) exactly once, unshuffled: `tta="center"` (one crop), `"grid9"`
+(nine crops), `"full"` (the whole site), each optionally times the 8 dihedral views. Nothing is averaged here;
+aggregation (`trainer.aggregate`) and the stacker (`trainer.stacker`) work from the stored views.
+
+    preds = predict("runs/f0/checkpoints/best.pt", "rxrx1.zarr", datasets=("test",), tta="grid9")
+    preds.save("preds_test.npz"); load_predictions("preds_test.npz")
+
+    python -m trainer.predict --checkpoint runs/f0/checkpoints/best.pt --store rxrx1.zarr --datasets test \
+        --tta grid9 [--dihedral] --out preds_test.npz
+    python -m trainer.predict --checkpoint runs/f0/checkpoints/best.pt --store rxrx1.zarr --datasets validation \
+        --out oof_f0.npz        # the checkpoint's own held-out experiments (out-of-fold predictions)
+
+Several --checkpoint arguments write one file each (`preds_test.0.npz`, `preds_test.1.npz`, ...), to be ensembled
+by `python -m trainer.aggregate --predictions ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellio.errors import ConfigError, MetadataError
+
+__all__ = ["Predictions", "predict", "load_predictions", "concat_predictions", "validation_experiments", "main"]
+
+log = logging.getLogger(__name__)
+
+_ARRAYS = ("logits", "index", "view", "classes")
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per-view logits of one model: row r is view `view[r]` of site `index[r]` (row of the store's site table)."""
+
+    logits: np.ndarray   # (n_views_total, C) float32 (float16 when saved with half=True)
+    index: np.ndarray    # (n_views_total,) int64
+    view: np.ndarray     # (n_views_total,) int64
+    classes: np.ndarray  # (C,) int64 raw sirna id of each column
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.index)
+        if self.logits.shape != (n, len(self.classes)) or self.view.shape != (n,):
+            raise ConfigError(f"Predictions: logits {self.logits.shape}, index ({n},), view {self.view.shape} and "
+                              f"classes ({len(self.classes)},) do not fit together")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def save(self, path: str | Path, *, half: bool = False) -> Path:
+        """`.npz` with logits, index, view, classes and meta (JSON); atomic (temp file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        try:
+            np.savez(tmp, logits=self.logits.astype(np.float16 if half else np.float32), index=self.index,
+                     view=self.view, classes=self.classes, meta=np.array(json.dumps(self.meta)))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def rows(self, mask: np.ndarray) -> Predictions:
+        return Predictions(self.logits[mask], self.index[mask], self.view[mask], self.classes, dict(self.meta))
+
+
+def load_predictions(path: str | Path) -> Predictions:
+    path = Path(path)
+    if not path.is_file():
+        raise MetadataError(f"predictions file {path} does not exist (write it with python -m trainer.predict)")
+    with np.load(path, allow_pickle=False) as z:
+        missing = [a for a in _ARRAYS if a not in z.files]
+        if missing:
+            raise MetadataError(f"{path} is not a predictions file: missing arrays {missing}")
+        meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+        return Predictions(z["logits"].astype(np.float32), z["index"].astype(np.int64), z["view"].astype(np.int64),
+                           z["classes"].astype(np.int64), meta)
+
+
+def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
+    """Stack predictions of disjoint site sets with the same class map (e.g. every fold's out-of-fold views)."""
+    if not parts:
+        raise ConfigError("concat_predictions needs at least one Predictions")
+    classes = parts[0].classes
+    for i, p in enumerate(parts[1:], start=1):
+        if not np.array_equal(p.classes, classes):
+            raise ConfigError(f"concat_predictions: part {i} has another class map ({len(p.classes)} classes vs "
+                              f"{len(classes)}); ensemble them with trainer.aggregate.ensemble instead")
+    keys = np.concatenate([p.index * 1_000_003 + p.view for p in parts])
+    if len(np.unique(keys)) != len(keys):
+        raise MetadataError("concat_predictions: the parts share (site, view) rows; they must be disjoint")
+    return Predictions(np.concatenate([p.logits for p in parts]), np.concatenate([p.index for p in parts]),
+                       np.concatenate([p.view for p in parts]), classes,
+                       {"parts": [p.meta for p in parts]})
+
+
+def validation_experiments(cfg: Any, sites: Any) -> list[str]:
+    """The held-out experiments of a checkpoint's config (same folds as trainer.train: data.n_folds/val_fold)."""
+    from trainer.folds import fold_experiments, make_folds
+
+    if cfg.data.val_fold < 0:
+        raise ConfigError("this checkpoint trained on every experiment (data.val_fold=-1): it has no validation "
+                          "experiments, so it cannot give out-of-fold predictions")
+    train_sites = sites[sites["dataset"] == "train"]
+    folds = make_folds(train_sites, cfg.data.n_folds, cfg.data.fold_seed)
+    if cfg.data.cell_types:
+        keep = set(train_sites.loc[train_sites["cell_type"].isin(cfg.data.cell_types), "experiment"])
+        folds = {e: f for e, f in folds.items() if e in keep}
+    _, val = fold_experiments(folds, cfg.data.val_fold)
+    return list(val)
+
+
+def predict(checkpoint: str | Path, store: Any, *, datasets: Sequence[str] | str = ("test",),
+            experiments: Sequence[str] | None = None, tta: str = "grid9", dihedral: bool = False,
+            batch_size: int = 64, backend: str | None = None, device: str | None = None,
+            crop_size: int | None = None, controls: bool = False, num_workers: int | None = None,
+            progress: bool = True, out: str | Path | None = None, half: bool = False) -> Predictions:
+    """Per-view logits of one checkpoint over `datasets` ("train", "test" or "validation" = the checkpoint's own
+    held-out experiments). The crop size and normalisation come from the checkpoint's config unless given.
+    Controls are skipped by default (their labels are known); `controls=True` predicts them too."""
+    import torch
+    from tqdm.auto import tqdm
+
+    import cellio
+    from trainer.checkpoint import load_for_inference
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg, class_map = load_for_inference(checkpoint, dev)
+    st = cellio.open_store(store) if isinstance(store, (str, Path)) else store
+    ds = (datasets,) if isinstance(datasets, str) else tuple(datasets)
+    if "validation" in ds:
+        if len(ds) != 1 or experiments is not None:
+            raise ConfigError("datasets='validation' selects the checkpoint's held-out experiments; do not combine "
+                              "it with other datasets or explicit experiments")
+        experiments = validation_experiments(cfg, st.sites)
+        ds = ("train",)
+        log.info("validation experiments of %s: %s", checkpoint, experiments)
+    crop = crop_size or cfg.data.val_crop_size or cfg.data.crop_size
+    loader = cellio.create_loader(
+        st, batch_size, train=False, augment=cfg.data.augment, crop_size=crop, normalize=cfg.data.normalize,
+        rank=0, world_size=1, backend=backend or cfg.data.backend, device="cuda" if dev.type == "cuda" else "cpu",
+        num_workers=num_workers if num_workers is not None else cfg.data.num_workers, datasets=ds,
+        experiments=experiments, cell_types=cfg.data.cell_types or None, controls=controls,
+        last_batch="partial", tta=tta, dihedral=dihedral)
+    logits, index, view = [], [], []
+    use_amp = dev.type == "cuda"
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for batch in tqdm(loader, total=len(loader), desc=f"predict {Path(checkpoint).name}", disable=not progress):
+            x = batch["image"].to(dev, non_blocking=True)
+            ct = batch["cell_type"].to(dev, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                out_b = model(x.float() if not use_amp else x, ct)
+            logits.append(out_b.float().cpu().numpy())
+            index.append(batch["index"].cpu().numpy())
+            view.append(batch["view"].cpu().numpy())
+    elapsed = time.perf_counter() - t0
+    n_cls = len(class_map)
+    preds = Predictions(
+        np.concatenate(logits) if logits else np.zeros((0, n_cls), np.float32),
+        np.concatenate(index).astype(np.int64) if index else np.zeros(0, np.int64),
+        np.concatenate(view).astype(np.int64) if view else np.zeros(0, np.int64),
+        np.asarray(class_map.classes, dtype=np.int64),
+        {"checkpoint": str(checkpoint), "store": str(getattr(st, "path", store)), "datasets": list(ds),
+         "experiments": list(experiments) if experiments else None, "tta": tta, "dihedral": dihedral,
+         "crop_size": crop, "normalize": cfg.data.normalize, "model": cfg.model.name, "seconds": elapsed})
+    keys = preds.index * 1_000_003 + preds.view
+    if len(np.unique(keys)) != len(keys):
+        raise MetadataError("the loader yielded a (site, view) pair twice; predictions would double-count it")
+    log.info("%d views of %d sites in %.1f s (%.1f views/s)", len(preds), len(np.unique(preds.index)), elapsed,
+             len(preds) / max(elapsed, 1e-9))
+    if out is not None:
+        preds.save(out, half=half)
+    return preds
+
+
+def _numbered(out: Path, i: int, n: int) -> Path:
+    return out if n == 1 else out.with_name(f"{out.stem}.{i}{out.suffix or '.npz'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", action="append", required=True, help="checkpoint .pt; repeat for several")
+    p.add_argument("--store", required=True, help="cellio Zarr store")
+    p.add_argument("--datasets", nargs="+", default=["test"], help="train | test | validation (held-out folds)")
+    p.add_argument("--experiments", nargs="+", help="only these experiments")
+    p.add_argument("--tta", default="grid9", choices=["center", "grid9", "full"])
+    p.add_argument("--dihedral", action="store_true", help="times the 8 dihedral views")
+    p.add_argument("--crop-size", type=int, help="default: the checkpoint's data.val_crop_size or crop_size")
+    p.add_argument("--controls", action="store_true", help="also predict control wells")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--backend", choices=["torch", "dali"])
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--workers", type=int, help="loader workers (default: the checkpoint's data.num_workers)")
+    p.add_argument("--half", action="store_true", help="store logits as float16 (half the file size)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, help="output .npz (numbered when several checkpoints)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    for i, ckpt in enumerate(args.checkpoint):
+        path = _numbered(out, i, len(args.checkpoint))
+        preds = predict(ckpt, args.store, datasets=args.datasets, experiments=args.experiments, tta=args.tta,
+                        dihedral=args.dihedral, batch_size=args.batch_size, backend=args.backend,
+                        device=args.device, crop_size=args.crop_size, controls=args.controls,
+                        num_workers=args.workers, progress=not args.no_progress, out=path, half=args.half)
+        print(f"{ckpt}: {len(preds)} views x {len(preds.classes)} classes -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
