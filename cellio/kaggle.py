@@ -76,7 +76,8 @@ KNOWN_FILE_BYTES: dict[str, int] = {
 }
 _UNZIP_FACTOR = 1.05
 _DISK_MARGIN = int(1 * _GB)
-_MAX_LISTED_FILES = 1000  # a listing longer than this enumerates images one by one: use the bundle instead
+_RESUME_HINT = "; finished files are kept and a rerun resumes"
+_MAX_LISTED_FILES = 200  # a listing longer than this enumerates images one by one: use the bundle instead
 
 # ---------------------------------------------------------------------------------------------- credentials
 
@@ -263,8 +264,8 @@ def _make_api() -> Any:
     return api
 
 
-def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run one Kaggle API call; turn network and HTTP failures into one-line cellio errors."""
+def _call(what: str, fn: Callable[..., Any], *args: Any, hint: str = "", **kwargs: Any) -> Any:
+    """Run one Kaggle API call; turn network and HTTP failures into one-line cellio errors (plus `hint`)."""
     try:
         return fn(*args, **kwargs)
     except CellioError:
@@ -285,8 +286,8 @@ def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             raise DownloadError(f"{what}: Kaggle answered HTTP {status} ({exc})") from exc
         name = type(exc).__name__
         if "Connection" in name or "Timeout" in name or isinstance(exc, OSError):
-            raise DownloadError(f"{what}: could not reach Kaggle ({name}: {exc}); check the network and retry; "
-                                "finished files are kept and the rest resumes") from exc
+            raise DownloadError(f"{what}: could not reach Kaggle ({name}: {exc}); check the network and "
+                                f"retry{hint}") from exc
         raise DownloadError(f"{what} failed ({name}: {exc})") from exc
 
 
@@ -304,7 +305,7 @@ def _list_remote_files(api: Any) -> tuple[list[RemoteFile], bool]:
     token: str | None = None
     while True:
         page = _call("listing the competition files", api.competition_list_files, KAGGLE_SLUG,
-                     page_token=token, page_size=200)
+                     page_token=token, page_size=20)
         files += [RemoteFile(str(f.name), int(getattr(f, "total_bytes", 0) or 0)) for f in (page.files or [])]
         token = getattr(page, "next_page_token", None) or None
         if not token:
@@ -474,7 +475,7 @@ def _fetch(api: Any, dest: Path, remote: RemoteFile, force: bool, progress: bool
     staging.mkdir(parents=True, exist_ok=True)
     log.info("Downloading %s (%.2f GB)", remote.name, remote.size / _GB)
     _call(f"downloading {remote.name}", api.competition_download_file, KAGGLE_SLUG, remote.name,
-          path=str(staging), force=force, quiet=not progress)
+          path=str(staging), force=force, quiet=not progress, hint=_RESUME_HINT)
     got = staging / remote.name
     wrapped = staging / (remote.name + ".zip")  # Kaggle serves large single files zipped as NAME.zip
     if not got.is_file() and wrapped.is_file():
@@ -500,7 +501,7 @@ def _fetch_bundle(api: Any, dest: Path, force: bool, progress: bool) -> Path:
     staging.mkdir(parents=True, exist_ok=True)
     log.info("Downloading the whole competition bundle %s.zip", KAGGLE_SLUG)
     _call("downloading the competition bundle", api.competition_download_files, KAGGLE_SLUG,
-          path=str(staging), force=force, quiet=not progress)
+          path=str(staging), force=force, quiet=not progress, hint=_RESUME_HINT)
     got = staging / f"{KAGGLE_SLUG}.zip"
     if not got.is_file():
         raise DownloadError(f"Kaggle reported the bundle as downloaded, but {got} was not written; rerun")
@@ -538,9 +539,11 @@ def download(dest: str | Path, *, files: Sequence[str] | None = None, force: boo
     zips: list[Path] = []
     if files is None and not has_zips and (truncated or any("/" in f.name for f in listing)):
         bundle = dest / f"{KAGGLE_SLUG}.zip"
-        if force or not bundle.is_file() or bundle.name not in manifest.files:
+        if force or not (bundle.name in manifest.files and manifest.is_complete(dest, bundle.name, None)):
             if check_disk:
-                _check_disk(dest, int(2 * _GB * 46 * _UNZIP_FACTOR), "the whole bundle plus its unzipped tree")
+                zipped = sum(size for name, size in KNOWN_FILE_BYTES.items() if name != "pixel_stats.csv.zip")
+                _check_disk(dest, _DISK_MARGIN + int(zipped * (1 + _UNZIP_FACTOR)),
+                            "the whole-competition bundle plus its unzipped tree, from the published sizes")
             size = _fetch_bundle(api, dest, force, progress).stat().st_size
             manifest.mark_file(bundle.name, 0, size)
             downloaded.append(bundle.name)
@@ -569,7 +572,8 @@ def download(dest: str | Path, *, files: Sequence[str] | None = None, force: boo
     if verify and unzip and image_sets:
         verify_report = verify_dataset(dest, datasets=image_sets)
     elif verify:
-        log.info("Skipping verification: no image archive was part of this download")
+        log.info("Skipping verification: %s", "nothing was unzipped" if not unzip else
+                 "no image archive (train.zip/test.zip) was part of this download")
     return DownloadReport(dest, source, tuple(downloaded), tuple(skipped), unzip_report, verify_report)
 
 
