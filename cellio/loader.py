@@ -162,6 +162,7 @@ class Loader:
         self._meta = meta
         self._epoch = 0
         self._batch = 0  # batches of the current epoch already yielded
+        self._resume_batch: int | None = None  # set by load_state_dict for the next iteration
         self._pipe: Any = None  # DALI pipeline kept across epochs
         self._pipe_next_epoch = -1
 
@@ -183,6 +184,7 @@ class Loader:
         self.sampler.set_epoch(epoch)
         self._epoch = int(epoch)
         self._batch = 0
+        self._resume_batch = None
 
     def state_dict(self) -> dict[str, Any]:
         """Position in the epoch: reload with load_state_dict to yield exactly the remaining batches."""
@@ -206,11 +208,15 @@ class Loader:
         self.sampler.set_epoch(int(state["epoch"]))
         self._epoch = int(state["epoch"])
         self._batch = batch
+        self._resume_batch = batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Yield the rest of the current epoch; at its end the loader moves on to the next epoch (set_epoch
-        overrides)."""
-        epoch, start = self._epoch, self._batch
+        """Yield the current epoch (from the saved position right after load_state_dict); when it completes the
+        loader moves on to the next epoch (set_epoch overrides)."""
+        # a new iteration starts the epoch over, except right after load_state_dict (resume)
+        epoch, start = self._epoch, (self._resume_batch if self._resume_batch is not None else 0)
+        self._resume_batch = None
+        self._batch = start
         from .pipeline import source_outputs
 
         source = SiteSource(self.store, self.config, self.sampler, self._meta, train=self.train, views=self.views,
@@ -311,11 +317,15 @@ def _identity(x: Any) -> Any:
 
 
 def _dali_to_torch(tensor: Any, device: str) -> Any:
-    """A dense DALI TensorCPU/TensorGPU -> torch tensor on `device` (DLPack, no host round-trip on GPU)."""
+    """A dense DALI TensorCPU/TensorGPU -> a torch tensor on `device` (GPU: copied on the current stream)."""
     import torch
 
     if type(tensor).__name__.endswith("GPU"):
-        return torch.from_dlpack(tensor)  # DALI's own stream-ordered export
+        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+        out = torch.empty(tuple(tensor.shape()), dtype=to_torch_type[tensor.dtype], device=device)
+        feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(out.device))
+        return out
     return torch.from_numpy(np.array(tensor, copy=True))
 
 

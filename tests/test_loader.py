@@ -106,6 +106,17 @@ def test_consecutive_epochs_equal_fresh_loaders(tiny_store, backend):
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(first, loader))
 
 
+def test_a_new_iteration_restarts_the_epoch(tiny_store):
+    loader = _make(tiny_store, 6, seed=5)
+    it = iter(loader)
+    first = next(it)
+    next(it)
+    assert loader.state_dict()["batch"] == 2
+    del it
+    again = list(loader)  # like a DataLoader: iter() starts over unless load_state_dict asked for a resume
+    assert len(again) == len(loader) and torch.equal(again[0]["image"], first["image"])
+
+
 def test_resume_state_must_match_the_loader(tiny_store):
     state = _make(tiny_store, 6, seed=5).state_dict()
     with pytest.raises(PipelineConfigError, match="sampler"):
