@@ -131,3 +131,33 @@ def test_given_rotation_overrides_inference(groups):
     plate1 = [i for i in pred.index if i.startswith("U2OS-05_1_")]
     treat = pred.loc[plate1][~pred.loc[plate1].isin([*POSITIVE, NEGATIVE_CONTROL_SIRNA])]
     assert set(treat) <= set(groups.allowed_sirnas(1, 0))
+
+
+def test_inference_steps_chain_on_two_models(groups):
+    from trainer.ensemble import inference_steps
+    from trainer.predict import Predictions
+
+    truth_sites = make_sites({"HEPG2-09": ("test", 2), "RPE-09": ("test", 0)}, seed=9)
+    sites = _hide_treatment_labels(truth_sites)
+    rng = np.random.default_rng(10)
+    index = np.repeat(np.arange(len(sites)), 4)
+    view = np.tile(np.arange(4), len(sites))
+    col = pd.Index(CLASSES).get_indexer(truth_sites["sirna"].to_numpy(dtype=np.int64)[index])
+    models = []
+    for perm in (np.arange(len(CLASSES)), rng.permutation(len(CLASSES))):  # second model: another column order
+        logits = rng.normal(size=(len(index), len(CLASSES))).astype(np.float32)
+        logits[np.arange(len(index)), col] += 1.0
+        models.append(Predictions(logits[:, perm], index, view, CLASSES[perm]))
+    res = inference_steps(models, sites, groups=groups)
+    assert list(res.labels) == ["single view", "TTA mean logits", "TTA mean probs", "TTA geometric mean",
+                                "TTA majority vote", "ensemble", "TTA mean + plate assignment",
+                                "ensemble + plate assignment"]
+    truth = truth_sites.drop_duplicates("id_code").set_index("id_code")["sirna"].astype(np.int64)
+    treat = truth_sites.loc[truth_sites["well_type"] == "treatment", "id_code"].unique()
+    acc = {k: (v.set_index("id_code")["sirna"].loc[treat] == truth.loc[treat]).mean() for k, v in res.labels.items()}
+    assert acc["TTA mean logits"] > acc["single view"]
+    assert acc["ensemble"] >= acc["TTA mean logits"]
+    assert acc["ensemble + plate assignment"] >= acc["ensemble"]
+    ctrl = truth_sites.loc[truth_sites["well_type"] != "treatment", "id_code"].unique()
+    final = res.labels[res.final].set_index("id_code")["sirna"]
+    assert (final.loc[ctrl] == truth.loc[ctrl]).all()

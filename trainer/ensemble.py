@@ -1,0 +1,174 @@
+"""The inference chain, step by step: single view -> TTA (mean logits / mean probs / geometric mean / vote) ->
+LightGBM stacker -> model ensemble -> + plate assignment, with per-well labels for every step so the report can
+put them side by side.
+
+    val = inference_steps([oof_seed0, oof_seed1], store.sites, groups=groups, stacker_scores=cv_scores)
+    stacker = fit_stacker(build_features(...oof_seed0...), truth)
+    test = inference_steps([test_a, test_b], store.sites, groups=groups, stacker=stacker)
+    test.labels["ensemble + plate assignment"]      # id_code, sirna -> trainer.submission.write_submission
+
+`models[0]` is the primary model (the single-model steps use it); the ensemble averages the mean logits of every
+model, aligned by sirna. Every step's labels come from `trainer.assign.predict_labels` (treatment wells over
+treatment classes only, controls keep their given labels) or from plate assignment.
+
+    python -m trainer.ensemble --store rxrx1.zarr --val-predictions oof_s0.npz oof_s1.npz \
+        --test-predictions test_s0.npz test_s1.npz --sample-submission data/sample_submission.csv \
+        [--test-truth data/test_truth.csv] --out out/inference
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellio.errors import ConfigError
+
+from trainer.aggregate import (WellScores, ensemble, geometric_mean, majority_vote, mean_logits, mean_probs,
+                               single_view)
+from trainer.assign import Assignment, PlateGroupsLike, assign_plates, predict_labels
+
+__all__ = ["STEP_ORDER", "StepResults", "inference_steps", "truth_of", "main"]
+
+log = logging.getLogger(__name__)
+
+# Names used in reports, in the order of the chain.
+STEP_ORDER = ("single view", "TTA mean logits", "TTA mean probs", "TTA geometric mean", "TTA majority vote",
+              "stacker", "ensemble", "TTA mean + plate assignment", "ensemble + plate assignment")
+
+
+@dataclass
+class StepResults:
+    labels: dict[str, pd.DataFrame] = field(default_factory=dict)   # step -> id_code, sirna (every well)
+    scores: dict[str, WellScores] = field(default_factory=dict)     # step -> well scores (not for assignment)
+    assignments: dict[str, Assignment] = field(default_factory=dict)
+
+    @property
+    def final(self) -> str:
+        """The last step computed (the one to submit)."""
+        return list(self.labels)[-1]
+
+
+def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: PlateGroupsLike | None,
+                    weights: Sequence[float] | None = None, stacker: Any | None = None,
+                    stacker_scores: WellScores | None = None, top_k: int = 10) -> StepResults:
+    """Every step's per-well labels for `models` (trainer.predict.Predictions over the same sites).
+
+    The stacker step uses `stacker_scores` when given (e.g. cross-fitted out-of-fold scores on validation) or
+    applies a fitted `stacker` (trainer.stacker.Stacker) to models[0]. Plate assignment needs `groups`.
+    """
+    from trainer.stacker import build_features
+
+    if not models:
+        raise ConfigError("inference_steps needs at least one model's predictions")
+    first = models[0]
+    res = StepResults()
+
+    def add(name: str, ws: WellScores) -> None:
+        res.scores[name] = ws
+        res.labels[name] = predict_labels(ws, sites, groups)
+
+    add("single view", single_view(first.logits, first.index, sites, classes=first.classes, view=first.view))
+    mean = mean_logits(first.logits, first.index, sites, classes=first.classes)
+    add("TTA mean logits", mean)
+    add("TTA mean probs", mean_probs(first.logits, first.index, sites, classes=first.classes))
+    add("TTA geometric mean", geometric_mean(first.logits, first.index, sites, classes=first.classes))
+    add("TTA majority vote", majority_vote(first.logits, first.index, sites, classes=first.classes))
+    if stacker_scores is not None:
+        add("stacker", stacker_scores)
+    elif stacker is not None:
+        feats = build_features(first.logits, first.index, sites, classes=first.classes, top_k=stacker.top_k)
+        add("stacker", stacker.predict(feats))
+    final = mean
+    if len(models) > 1:
+        members = [mean] + [mean_logits(m.logits, m.index, sites, classes=m.classes) for m in models[1:]]
+        final = ensemble(members, weights)
+        add("ensemble", final)
+    if groups is not None:
+        for name, ws in (("TTA mean + plate assignment", mean),
+                         *((("ensemble + plate assignment", final),) if len(models) > 1 else ())):
+            a = assign_plates(ws, sites, groups)
+            res.assignments[name] = a
+            res.labels[name] = a.predictions
+    return res
+
+
+def truth_of(sites: pd.DataFrame, test_truth: str | Path | None = None) -> pd.Series:
+    """Labels of treatment wells: from the site table (train) plus, when given, a synthetic set's test_truth.csv."""
+    lab = sites[(sites["well_type"] == "treatment") & sites["sirna"].notna()].drop_duplicates("id_code")
+    truth = pd.Series(lab["sirna"].to_numpy(dtype=np.int64), index=lab["id_code"].to_numpy())
+    if test_truth is not None:
+        from trainer.report import read_truth
+
+        truth = pd.concat([truth, read_truth(test_truth)])
+        truth = truth[~truth.index.duplicated(keep="last")]
+    return truth
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import cellio
+    from trainer.aggregate import load_sites
+    from trainer.predict import concat_predictions, load_predictions
+    from trainer.report import build_report, format_table, write_report
+    from trainer.stacker import build_features, cross_fit, fit_stacker
+    from trainer.submission import write_submission
+
+    p = argparse.ArgumentParser(prog="python -m trainer.ensemble", description=__doc__.split("\n")[0])
+    p.add_argument("--store", required=True, help="the store every predictions file refers to")
+    p.add_argument("--val-predictions", nargs="+", default=[],
+                   help="out-of-fold per-view files, one per model; a model's fold files joined by commas "
+                        "(f0.npz,f1.npz from trainer.predict --datasets validation); first = primary model")
+    p.add_argument("--test-predictions", nargs="+", default=[], help="test per-view files, one per model")
+    p.add_argument("--weights", type=float, nargs="+", help="ensemble weights, one per model")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--sample-submission", help="write submission.csv checked against this file")
+    p.add_argument("--test-truth", help="test_truth.csv of a synthetic set: score the test steps too")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sites = load_sites(args.store)
+    groups = cellio.derive_plate_groups(sites[sites["dataset"] == "train"])
+    truth = truth_of(sites, args.test_truth)
+    reports: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    stacker = None
+    if args.val_predictions:
+        val = [concat_predictions([load_predictions(f) for f in item.split(",")]) for item in args.val_predictions]
+        feats = build_features(val[0].logits, val[0].index, sites, classes=val[0].classes, top_k=args.top_k)
+        cv = cross_fit(feats, truth, seed=args.seed)
+        stacker = fit_stacker(feats, truth, seed=args.seed)
+        steps = inference_steps(val, sites, groups=groups, weights=args.weights, stacker_scores=cv)
+        val_ids = steps.labels["TTA mean logits"]["id_code"]
+        reports["validation"] = build_report(steps.labels, truth[truth.index.isin(val_ids)])
+        extra["validation_assignment"] = {k: a.summary() for k, a in steps.assignments.items()}
+    if args.test_predictions:
+        test = [load_predictions(f) for f in args.test_predictions]
+        steps = inference_steps(test, sites, groups=groups, weights=args.weights, stacker=stacker)
+        extra["test_assignment"] = {k: a.summary() for k, a in steps.assignments.items()}
+        final = steps.final
+        steps.labels[final].to_csv(out / "test_predictions.csv", index=False)
+        if args.test_truth:
+            test_ids = set(steps.labels[final]["id_code"])
+            reports["test"] = build_report(steps.labels, truth[truth.index.isin(test_ids)])
+        if args.sample_submission:
+            write_submission(steps.labels[final], sites, args.sample_submission, out / "submission.csv")
+            print(f"submission ({final}) -> {out / 'submission.csv'}")
+    if reports:
+        write_report(reports, out, extra=extra)
+        print(format_table(reports))
+    (out / "assignment.json").write_text(json.dumps(extra, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
