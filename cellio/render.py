@@ -12,6 +12,7 @@ PNGs), so `cellio show` works before ingest. Numpy and Pillow only.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +41,31 @@ def _check_site(image: np.ndarray, what: str = "image") -> np.ndarray:
     return image
 
 
+@lru_cache(maxsize=1)
+def _composite_lut() -> np.ndarray:
+    """(6, 256, 3) int16: each channel's tint contribution for every uint8 value, computed with the reference's
+    float64 operations in the reference's order, so the table reproduces its truncation bit for bit."""
+    values = np.arange(256, dtype=np.uint8)
+    lut = np.empty((len(COMPOSITE_COLORS), 256, 3), dtype=np.int16)
+    for c, (color, (lo, hi)) in enumerate(zip(COMPOSITE_COLORS, COMPOSITE_RANGES)):
+        x = (values / 255) / ((hi - lo) / 255) + lo / 255
+        x = np.where(x > 1.0, 1.0, x)
+        lut[c] = np.array(np.outer(x, np.asarray(color)), dtype=np.int64)  # truncate, as the reference
+    return lut
+
+
 def rgb_composite(image: np.ndarray) -> np.ndarray:
     """The official rxrx1-utils composite of a (H, W, 6) uint8 site -> uint8 (H, W, 3).
 
     Per channel c (as `rxrx.io.convert_tensor_to_rgb` with vmax=255): x = (v / 255) / ((hi - lo) / 255) + lo / 255,
     clipped above at 1, times the channel's tint, truncated to int; the six tints are summed and clipped at 255.
+    Inputs are uint8, so each channel's term is a 256-entry lookup table (~10x faster than the float maths).
     """
     image = _check_site(image)
-    total = np.zeros((*image.shape[:2], 3), dtype=np.int64)
-    for c, (color, (lo, hi)) in enumerate(zip(COMPOSITE_COLORS, COMPOSITE_RANGES)):
-        # Same float64 operations in the same order as the reference, so truncation matches it bit for bit.
-        x = (image[:, :, c] / 255) / ((hi - lo) / 255) + lo / 255
-        x = np.where(x > 1.0, 1.0, x)
-        total += (x[:, :, None] * np.asarray(color, dtype=np.int64)).astype(np.int64)
+    lut = _composite_lut()
+    total = np.zeros((*image.shape[:2], 3), dtype=np.int16)  # six terms of at most 255 each fit in int16
+    for c in range(image.shape[-1]):
+        total += np.take(lut[c], image[:, :, c], axis=0)
     return np.minimum(total, 255).astype(np.uint8)
 
 

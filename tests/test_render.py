@@ -35,18 +35,23 @@ def test_composite_matches_hand_computation(values, expected):
     assert tuple(int(v) for v in out[0, 0]) == expected
 
 
-def test_composite_matches_the_reference_formula_on_odd_sizes():
-    img = np.random.default_rng(0).integers(0, 256, (H, W, 6), dtype=np.uint8)
+@pytest.mark.parametrize("kind", ["random_odd_size", "every_value"])
+def test_composite_matches_the_reference_formula(kind):
+    if kind == "random_odd_size":
+        img = np.random.default_rng(0).integers(0, 256, (H, W, 6), dtype=np.uint8)
+    else:  # every uint8 value in every channel, each channel in a different order
+        img = np.stack([np.roll(np.arange(256, dtype=np.uint8), 37 * c) for c in range(6)], -1).reshape(16, 16, 6)
+    h, w = img.shape[:2]
     # rxrx1-utils, per channel: scale to range, clip at 1, outer product with the tint, int cast; sum; clip 255.
-    ref = np.zeros((H * W, 3), dtype=np.int64)
+    ref = np.zeros((h * w, 3), dtype=np.int64)
     for c in range(6):
         (lo, hi), tint = COMPOSITE_RANGES[c], np.array(COMPOSITE_COLORS[c])
         x = (img[:, :, c] / 255) / ((hi - lo) / 255) + lo / 255
         x = np.where(x > 1.0, 1.0, x)
         ref += np.array(np.outer(x, tint), dtype=int)
-    ref = np.where(ref > 255, 255, ref).reshape(H, W, 3)
+    ref = np.where(ref > 255, 255, ref).reshape(h, w, 3)
     out = rgb_composite(img)
-    assert out.shape == (H, W, 3)
+    assert out.shape == (h, w, 3)
     np.testing.assert_array_equal(out, ref)
 
 
