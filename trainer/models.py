@@ -124,8 +124,8 @@ class ClassifierHead(nn.Module):
 def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
     """RGB conv weights (O, 3, k, k) -> (O, in_chans, k, k), as timm does it.
 
-    1 channel: the RGB filters summed. N channels: the RGB filters repeated to N and scaled by 3/N. Both keep
-    the response to a grey image (all channels equal) unchanged.
+    1 channel: the RGB filters summed. N channels: the RGB filters repeated to N and scaled by 3/N. For 1 and
+    multiples of 3 (6 for RxRx1) the response to a grey image (all channels equal) is unchanged.
     """
     dtype = weight.dtype
     weight = weight.float()
@@ -141,7 +141,7 @@ def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
 
 
 # old torchvision files name DenseNet layers 'norm.1'; current modules use 'norm1' (torchvision does the same fix)
-_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def load_densenet_weights(features: nn.Module, path: str | Path, in_chans: int) -> None:
@@ -175,7 +175,8 @@ def load_densenet_weights(features: nn.Module, path: str | Path, in_chans: int) 
         feats["conv0.weight"] = adapt_input_conv(in_chans, stem)
     own = features.state_dict()
     wrong = [k for k, v in feats.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in feats]
+    # files older than torch 0.4.1 lack BatchNorm's num_batches_tracked; load_state_dict fills it in
+    missing = [k for k in own if k not in feats and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in feats if k not in own]
     if wrong or missing or unexpected:
         detail = (f"shape mismatch {wrong[:3]}" if wrong else
@@ -183,7 +184,7 @@ def load_densenet_weights(features: nn.Module, path: str | Path, in_chans: int) 
         raise ConfigError(f"model.pretrained {str(path)!r} does not fit this architecture ({detail}; "
                           f"{len(wrong)} mismatched, {len(missing)} missing, {len(unexpected)} unexpected keys) - "
                           "is it the weights of another DenseNet depth?")
-    features.load_state_dict(feats)
+    features.load_state_dict(feats, strict=False)  # every key checked above; strict would re-flag the counters
     log.info("loaded pretrained DenseNet weights from %s (stem adapted to %d channels)", path, in_chans)
 
 
