@@ -316,3 +316,20 @@ def test_dask_local_cluster_gives_the_same_store(tmp_path, small_raw, clean_lz4)
                         progress=False)
     assert report.complete
     _assert_same_store(clean_lz4, tmp_path / "dask.zarr")
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def test_cli_ingest_and_inspect(tmp_path, small_raw, capsys):
+    from cellio.cli import main
+
+    store = tmp_path / "cli.zarr"
+    rc = main(["ingest", str(small_raw), str(store), "--workers", "1", "--limit", "12", "--codec", "zstd",
+               "--no-progress", "--report", str(tmp_path / "report.json")])
+    assert rc == 0
+    assert json.loads((tmp_path / "report.json").read_text())["n_ok"] == 12
+    capsys.readouterr()
+    assert main(["inspect", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "complete: 12 of 12 sites" in out and "zstd" in out and "x of" in out and "HUVEC" in out
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "not a cellio store" in capsys.readouterr().err

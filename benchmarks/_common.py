@@ -1,0 +1,162 @@
+"""Shared benchmark helpers: timing with warm-up and medians, the environment record, CSV + PNG + ratio table.
+
+    from _common import Result, measure, environment, report
+
+    rows = [measure("raw file", lambda: read_all(), items=len(idx), nbytes=total, warmup=1, repeats=5)]
+    report(rows, "store_read", baseline="raw file", title="shuffled batch reads, 512x512x6 sites")
+
+Run benchmark scripts from the repository root: `python benchmarks/<name>.py --help`.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+@dataclass
+class Result:
+    """One measured configuration: median over repeats after warm-up."""
+
+    name: str
+    items: int                 # sites processed per repeat
+    nbytes: int                # uint8 bytes delivered per repeat
+    seconds: list[float]       # every timed repeat
+    group: str = ""            # optional grouping for tables/plots (e.g. "baseline", "cellio")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.median_s
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.nbytes / self.median_s / 1e9
+
+    def row(self, baseline: Result | None) -> dict[str, Any]:
+        ratio = self.items_per_s / baseline.items_per_s if baseline else float("nan")
+        spread = (max(self.seconds) - min(self.seconds)) / self.median_s if len(self.seconds) > 1 else 0.0
+        return {"name": self.name, "group": self.group, "items": self.items, "repeats": len(self.seconds),
+                "median_s": round(self.median_s, 5), "sites_per_s": round(self.items_per_s, 2),
+                "gb_per_s": round(self.gb_per_s, 4), "ratio": round(ratio, 3), "spread": round(spread, 3),
+                **self.extra}
+
+
+def measure(name: str, fn: Callable[[], Any], *, items: int, nbytes: int, warmup: int = 1, repeats: int = 5,
+            group: str = "", **extra: Any) -> Result:
+    """Run fn warmup times untimed, then `repeats` times timed (perf_counter)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    r = Result(name, items, nbytes, times, group, dict(extra))
+    print(f"  {name:<34} {r.items_per_s:10.1f} sites/s  {r.gb_per_s:7.3f} GB/s  (median of {repeats})", flush=True)
+    return r
+
+
+def _version(mod: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(mod)
+    except Exception:  # noqa: BLE001 - absent packages are simply not recorded
+        return None
+
+
+def environment(**extra: Any) -> dict[str, Any]:
+    """What a reader needs to judge the numbers: machine, load, library versions, commit, arguments."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu,
+        "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "git_commit": commit,
+        "versions": {m: _version(m) for m in ("numpy", "zarr", "numcodecs", "tensorstore", "pillow",
+                                              "opencv-python-headless", "nvidia-dali-cuda130", "torch")},
+        **extra,
+    }
+
+
+def print_table(rows: Sequence[dict[str, Any]], title: str, baseline: str) -> None:
+    print(f"\n{title}\n(ratio = sites/s relative to '{baseline}')")
+    print(f"{'configuration':<36}{'sites/s':>11}{'GB/s':>9}{'ratio':>8}{'spread':>8}")
+    for r in rows:
+        print(f"{r['name']:<36}{r['sites_per_s']:>11.1f}{r['gb_per_s']:>9.3f}{r['ratio']:>8.3f}{r['spread']:>8.2f}")
+
+
+def report(results: Sequence[Result], name: str, *, baseline: str, title: str, env: dict[str, Any] | None = None,
+           out_dir: Path = RESULTS) -> list[dict[str, Any]]:
+    """Print the ratio table; write {name}.csv, {name}.json (rows + environment) and {name}.png."""
+    base = next((r for r in results if r.name == baseline), None)
+    rows = [r.row(base) for r in results]
+    print_table(rows, title, baseline)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(out_dir / f"{name}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    (out_dir / f"{name}.json").write_text(json.dumps(
+        {"title": title, "baseline": baseline, "environment": env or environment(),
+         "rows": rows, "raw": [asdict(r) for r in results]}, indent=2))
+    _plot(rows, out_dir / f"{name}.png", title, baseline)
+    print(f"\nwrote {out_dir / (name + '.csv')}, .json and .png")
+    return rows
+
+
+def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str, baseline: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in rows]
+    rates = [r["sites_per_s"] for r in rows]
+    groups = sorted({r["group"] for r in rows})
+    colors = {g: plt.cm.tab10(i) for i, g in enumerate(groups)}
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.6))
+    bars = ax.barh(names[::-1], rates[::-1], color=[colors[r["group"]] for r in rows[::-1]])
+    for bar, r in zip(bars, rows[::-1]):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {r['ratio']:.2f}x", va="center",
+                fontsize=8)
+    ax.set_xlabel(f"sites/s (label: ratio to '{baseline}')")
+    ax.set_title(title, fontsize=10)
+    if len(groups) > 1:
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(color=colors[g], label=g) for g in groups], fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,107 @@
+"""Ingest throughput against a decode-only loop (target >= 0.9x), and 1 vs N workers, on 512x512 RxRx1 PNGs.
+
+    python benchmarks/ingest.py                         # the set store_read.py makes (208 sites at 512x512)
+    python benchmarks/ingest.py --classes 8 --size 128 --repeats 1    # quick smoke run
+
+"decode-only" reads and decodes the same six PNGs per site with the same decoder (cv2) and stacks them into
+(H, W, 6) in one process, and writes nothing: the floor any PNG ingest pays. Ingest adds header validation,
+exact statistics, verification against pixel_stats.csv, encoding and atomic chunk writes.
+Results: benchmarks/results/ingest.{csv,json,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA, Result, environment, measure, report  # noqa: E402
+
+
+def _decode_sites(root: str, paths: list[list[str]]) -> int:
+    import cv2
+
+    cv2.setNumThreads(1)
+    for row in paths:
+        np.stack([cv2.imread(os.path.join(root, q), cv2.IMREAD_UNCHANGED) for q in row], axis=-1)
+    return len(paths)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--classes", type=int, default=32, help="synth classes (32 -> 208 sites)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="the N of '1 vs N workers'")
+    p.add_argument("--codecs", default="none,lz4,zstd", help="codecs to time with one worker")
+    p.add_argument("--tmp", default=None, help="where to write the stores (default: a temp dir)")
+    args = p.parse_args()
+
+    import cellio
+    from cellio.ingest import DEFAULT_CODEC
+    from cellio.schema import PATH_COLUMNS
+
+    raw = DATA / f"rxrx1-{args.size}-c{args.classes}"
+    if not (raw / "train.csv").exists():
+        print(f"synthesizing {raw} ...", flush=True)
+        cellio.synthesize(raw, classes=args.classes, cell_types=("HUVEC",), train_experiments_per_cell_type=1,
+                          test_experiments_per_cell_type=1, size=(args.size, args.size), seed=0,
+                          workers=args.workers, progress=False)
+    meta = cellio.read_metadata(raw)
+    n = len(meta)
+    paths = meta[list(PATH_COLUMNS)].to_numpy().tolist()
+    site_bytes = args.size * args.size * 6
+    total = n * site_bytes
+    tmp = Path(tempfile.mkdtemp(prefix="cellio-ingest-bench-", dir=args.tmp))
+    print(f"{n} sites of {args.size}x{args.size}x6 from {raw}; stores under {tmp}")
+    kw = dict(warmup=args.warmup, repeats=args.repeats)
+    results: list[Result] = []
+    try:
+        results.append(measure("decode-only, 1 process", lambda: _decode_sites(str(raw), paths), items=n,
+                               nbytes=total, group="baseline", **kw))
+        if args.workers > 1:
+            parts = [paths[k::args.workers] for k in range(args.workers)]
+            ctx = mp.get_context("forkserver")
+            with ctx.Pool(args.workers) as pool:
+                def decode_n() -> None:
+                    pool.starmap(_decode_sites, [(str(raw), part) for part in parts])
+                results.append(measure(f"decode-only, {args.workers} processes", decode_n, items=n, nbytes=total,
+                                       group="baseline", **kw))
+
+        def run_ingest(codec: str, workers: int, verify: bool = True) -> None:
+            store = tmp / f"{codec}-{workers}.zarr"
+            shutil.rmtree(store, ignore_errors=True)
+            cellio.ingest(raw, store, codec=codec, workers=workers, verify=verify, progress=False)
+
+        for codec in args.codecs.split(","):
+            results.append(measure(f"ingest {codec}, 1 worker", lambda c=codec: run_ingest(c, 1), items=n,
+                                   nbytes=total, group="ingest", codec=codec, workers=1, **kw))
+        results.append(measure(f"ingest {DEFAULT_CODEC}, 1 worker, no verify",
+                               lambda: run_ingest(DEFAULT_CODEC, 1, verify=False), items=n, nbytes=total,
+                               group="ingest", codec=DEFAULT_CODEC, workers=1, **kw))
+        if args.workers > 1:
+            results.append(measure(f"ingest {DEFAULT_CODEC}, {args.workers} workers",
+                                   lambda: run_ingest(DEFAULT_CODEC, args.workers), items=n, nbytes=total,
+                                   group="ingest", codec=DEFAULT_CODEC, workers=args.workers, **kw))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    env = environment(sites=n, size=args.size, repeats=args.repeats, warmup=args.warmup, workers=args.workers)
+    rows = report(results, "ingest", baseline="decode-only, 1 process", env=env,
+                  title=f"ingest of {n} {args.size}x{args.size} RxRx1 sites (6 PNGs each) vs decode-only")
+    by = {r["name"]: r for r in rows}
+    one = by[f"ingest {DEFAULT_CODEC}, 1 worker"]
+    print(f"\ningest ({DEFAULT_CODEC}, 1 worker) / decode-only = {one['ratio']:.2f}  (target >= 0.9)")
+    if args.workers > 1:
+        many = by[f"ingest {DEFAULT_CODEC}, {args.workers} workers"]
+        print(f"scaling 1 -> {args.workers} workers: {many['sites_per_s'] / one['sites_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Shuffled batch reads of 512x512x6 sites, side by side: PNG (PIL, cv2), per-site .npy, raw chunk files,
+zarr-python, tensorstore and the cellio reader for each codec. Target P1: cellio (uncompressed) >= 0.8x raw files.
+
+    python benchmarks/store_read.py                      # >= 200 sites at 512x512, made with cellio.synthesize
+    python benchmarks/store_read.py --classes 8 --size 128 --repeats 2   # quick smoke run
+
+Data lives in benchmarks/data/ (git-ignored); results in benchmarks/results/store_read.{csv,json,png}.
+Page cache is warm (every method reads everything once untimed), order is one fixed shuffle, batches of --batch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA, Result, environment, measure, report  # noqa: E402
+
+
+def make_data(args: argparse.Namespace) -> tuple[Path, Path]:
+    import cellio
+
+    root = DATA / f"rxrx1-{args.size}-c{args.classes}"
+    if not (root / "train.csv").exists():
+        print(f"synthesizing {root} ...", flush=True)
+        if root.exists():
+            shutil.rmtree(root)
+        cellio.synthesize(root, classes=args.classes, cell_types=("HUVEC",), train_experiments_per_cell_type=1,
+                          test_experiments_per_cell_type=1, size=(args.size, args.size), seed=0, workers=args.workers,
+                          progress=False)
+    stores = root.with_name(root.name + "-stores")
+    for codec in ("none", "lz4", "zstd"):
+        path = stores / f"{codec}.zarr"
+        if not (path / "zarr.json").exists() or not cellio.open_store(path, allow_incomplete=True).complete:
+            print(f"ingesting {path} ...", flush=True)
+            cellio.ingest(root, path, codec=codec, workers=args.workers, progress=False)
+    return root, stores
+
+
+def chunk_nbytes(store_path: Path) -> int:
+    return sum(f.stat().st_size for f in (store_path / "images").rglob("*") if f.is_file() and f.name != "zarr.json")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=512, help="site height = width")
+    p.add_argument("--classes", type=int, default=32, help="synth classes (32 -> 208 sites)")
+    p.add_argument("--batch", type=int, default=32, help="sites per batch read")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up passes")
+    p.add_argument("--png-sites", type=int, default=48, help="sites per repeat for the slow PNG decoders")
+    p.add_argument("--crop", type=int, default=224, help="crop size for the crop-read rows (0: skip)")
+    p.add_argument("--workers", type=int, default=2, help="processes for synth/ingest of missing data")
+    args = p.parse_args()
+
+    import cellio
+    from cellio.schema import PATH_COLUMNS
+
+    raw, stores = make_data(args)
+    ref = cellio.open_store(stores / "none.zarr")
+    n = len(ref)
+    H, W, C = ref.image_shape
+    site_bytes = H * W * C
+    order = np.random.default_rng(0).permutation(n)
+    batches = [order[k:k + args.batch] for k in range(0, n, args.batch)]
+    total = n * site_bytes
+    print(f"{n} sites of {H}x{W}x{C} uint8 ({total / 1e6:.0f} MB), batches of {args.batch}, shuffled")
+
+    # per-site .npy files (the seed's format)
+    npy = stores / "npy"
+    if not (npy / f"{n - 1}.npy").exists():
+        npy.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            np.save(npy / f"{i}.npy", ref.read_one(i))
+    chunk_paths = [ref._chunk_path(int(i)) for i in range(n)]
+    results: list[Result] = []
+    kw = dict(warmup=args.warmup, repeats=args.repeats)
+
+    def raw_files() -> None:
+        for b in batches:
+            for i in b:
+                with open(chunk_paths[i], "rb") as f:
+                    np.frombuffer(f.read(), np.uint8).reshape(H, W, C)
+    results.append(measure("raw chunk file (open/read/frombuffer)", raw_files, items=n, nbytes=total,
+                           group="baseline", **kw))
+
+    def npy_files() -> None:
+        for b in batches:
+            for i in b:
+                np.load(npy / f"{i}.npy")
+    results.append(measure("per-site .npy (np.load)", npy_files, items=n, nbytes=total, group="baseline", **kw))
+
+    png_idx = order[:min(args.png_sites, n)]
+    paths = ref.sites[list(PATH_COLUMNS)].to_numpy()
+
+    def pil_png() -> None:
+        from PIL import Image
+
+        for i in png_idx:
+            np.stack([np.asarray(Image.open(raw / q)) for q in paths[i]], axis=-1)
+    results.append(measure("PNG, PIL", pil_png, items=len(png_idx), nbytes=len(png_idx) * site_bytes,
+                           group="baseline", **kw))
+
+    def cv2_png() -> None:
+        import cv2
+
+        for i in png_idx:
+            np.stack([cv2.imread(str(raw / q), cv2.IMREAD_UNCHANGED) for q in paths[i]], axis=-1)
+    results.append(measure("PNG, cv2", cv2_png, items=len(png_idx), nbytes=len(png_idx) * site_bytes,
+                           group="baseline", **kw))
+
+    import zarr
+
+    for codec in ("none", "lz4"):
+        z = zarr.open_array(stores / f"{codec}.zarr" / "images", mode="r")
+
+        def zarr_read(z=z) -> None:
+            for b in batches:
+                np.stack([z[int(i)] for i in b])
+        results.append(measure(f"zarr-python z[i], {codec}", zarr_read, items=n, nbytes=total, group="zarr", **kw))
+
+    import tensorstore as ts
+
+    for codec in ("none", "lz4"):
+        t = ts.open({"driver": "zarr3", "kvstore": {"driver": "file",
+                                                    "path": str(stores / f"{codec}.zarr" / "images")}}).result()
+
+        def ts_read(t=t) -> None:
+            for b in batches:
+                futs = [t[int(i)].read() for i in b]
+                np.stack([f.result() for f in futs])
+        results.append(measure(f"tensorstore futures, {codec}", ts_read, items=n, nbytes=total, group="tensorstore",
+                               **kw))
+
+    for codec in ("none", "lz4", "zstd"):
+        for threads in (None, 1):
+            s = cellio.open_store(stores / f"{codec}.zarr", threads=threads)
+            out = np.empty((args.batch, H, W, C), np.uint8)
+
+            def cellio_read(s=s, out=out) -> None:
+                for b in batches:
+                    s.read(b, out=out[:len(b)])
+            label = f"cellio {codec}" + (", 1 thread" if threads == 1 else f", {s._threads} threads")
+            results.append(measure(label, cellio_read, items=n, nbytes=total, group="cellio", codec=codec,
+                                   stored_bytes=chunk_nbytes(stores / f"{codec}.zarr"), **kw))
+    s = cellio.open_store(stores / "none.zarr")
+
+    def cellio_alloc() -> None:
+        for b in batches:
+            s.read(b)
+    results.append(measure("cellio none, new array per batch", cellio_alloc, items=n, nbytes=total,
+                           group="cellio", **kw))
+    if args.crop and args.crop < H:
+        c = args.crop
+        rng = np.random.default_rng(1)
+        crops = [np.stack([rng.integers(0, H - c + 1, len(b)), rng.integers(0, W - c + 1, len(b)),
+                           np.full(len(b), c), np.full(len(b), c)], 1) for b in batches]
+        for codec in ("none", "lz4"):
+            s = cellio.open_store(stores / f"{codec}.zarr")
+
+            def cellio_crop(s=s) -> None:
+                for b, cr in zip(batches, crops):
+                    s.read(b, crop=cr)
+            results.append(measure(f"cellio {codec}, {c}x{c} random crops", cellio_crop, items=n,
+                                   nbytes=n * c * c * C, group="cellio crop", **kw))
+
+    sizes = {codec: chunk_nbytes(stores / f"{codec}.zarr") / total for codec in ("none", "lz4", "zstd")}
+    png_bytes = sum(os.path.getsize(raw / q) for row in paths for q in row) / total
+    print("\nsize on disk relative to raw uint8: " + ", ".join(f"{k} {v:.3f}" for k, v in sizes.items())
+          + f", PNG {png_bytes:.3f}")
+    env = environment(sites=n, site_shape=[H, W, C], batch=args.batch, repeats=args.repeats, warmup=args.warmup,
+                      size_ratio=sizes, png_size_ratio=png_bytes, reader_threads=ref._threads)
+    rows = report(results, "store_read", baseline="raw chunk file (open/read/frombuffer)", env=env,
+                  title=f"shuffled batch reads of {n} {H}x{W}x{C} sites (batch {args.batch}, warm cache)")
+    p1 = next(r["ratio"] for r in rows if r["name"].startswith("cellio none,") and "1 thread" not in r["name"])
+    print(f"\nP1 (cellio uncompressed / raw files) = {p1:.2f}  (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
