@@ -135,10 +135,12 @@ def _int_column(df: pd.DataFrame, col: str, label: str, problems: _Problems, lo:
     return num.where(ok & ~out_of_range).astype("Int64")
 
 
-def _validate_wells(df: pd.DataFrame, label: str, problems: _Problems) -> pd.DataFrame:
-    """Common checks of the id_code/experiment/plate/well columns; returns a typed frame with cell_type."""
+def _validate_wells(df: pd.DataFrame, label: str, problems: _Problems, *, id_col: str = "id_code",
+                    unique: bool = True) -> pd.DataFrame:
+    """Common checks of the id_code/experiment/plate/well columns (`id_col` holds the id_code; `unique`: one row
+    per well); returns a typed frame with cell_type."""
     out = pd.DataFrame(index=df.index)
-    for col in _WELL_COLUMNS:
+    for col in (id_col, "experiment", "plate", "well"):
         empty = df[col].str.strip() == ""
         problems.add_rows(label, np.flatnonzero(empty.to_numpy()), col, df[col][empty], "a non-empty value")
     exp = df["experiment"].str.strip()
@@ -156,14 +158,15 @@ def _validate_wells(df: pd.DataFrame, label: str, problems: _Problems) -> pd.Dat
                       f"a well in {ALL_WELLS[0]}..{ALL_WELLS[-1]} (rows B-O, columns 02-23)")
     expected_id = exp + "_" + plate.astype(str) + "_" + well
     checkable = ~bad_exp & plate.notna() & ~bad_well
-    bad_id = checkable & (df["id_code"].str.strip() != expected_id)
-    problems.add_rows(label, np.flatnonzero(bad_id.to_numpy()), "id_code", df["id_code"][bad_id],
+    bad_id = checkable & (df[id_col].str.strip() != expected_id)
+    problems.add_rows(label, np.flatnonzero(bad_id.to_numpy()), id_col, df[id_col][bad_id],
                       "'{experiment}_{plate}_{well}' matching the row (e.g. " + (
                           repr(expected_id[bad_id].iloc[0]) if bad_id.any() else "'HUVEC-07_1_B03'") + ")")
-    dup = df["id_code"].duplicated(keep="first")
-    problems.add_rows(label, np.flatnonzero(dup.to_numpy()), "id_code", df["id_code"][dup],
-                      "a unique id_code (duplicate of an earlier row)")
-    out["id_code"] = df["id_code"].str.strip()
+    if unique:
+        dup = df[id_col].duplicated(keep="first")
+        problems.add_rows(label, np.flatnonzero(dup.to_numpy()), id_col, df[id_col][dup],
+                          f"a unique {id_col} (duplicate of an earlier row)")
+    out["id_code"] = df[id_col].str.strip()
     out["experiment"] = exp
     out["cell_type"] = cell_type
     out["plate"] = plate
@@ -186,8 +189,8 @@ def _kaggle_wells(raw: Path, problems: _Problems) -> tuple[pd.DataFrame, set[str
         _check_columns(df, name, KAGGLE_COLUMNS[name])
         typed = _validate_wells(df, name, problems)
         typed["dataset"] = name.split("_")[0].split(".")[0]
-        typed["_file"] = name
-        typed["_row"] = np.arange(len(df))
+        typed["src_file"] = name
+        typed["src_row"] = np.arange(len(df))
         if name.endswith("_controls.csv"):
             wt = df["well_type"].str.strip()
             bad = ~wt.isin([WellType.NEGATIVE_CONTROL.value, WellType.POSITIVE_CONTROL.value])
@@ -220,11 +223,11 @@ def _kaggle_wells(raw: Path, problems: _Problems) -> tuple[pd.DataFrame, set[str
         t, c = frames[treat_name], frames[ctrl_name]
         both = t["id_code"].isin(c["id_code"])
         if both.any():
-            merged = t.loc[both, ["id_code", "sirna", "_row"]].merge(c[["id_code", "sirna"]], on="id_code",
+            merged = t.loc[both, ["id_code", "sirna", "src_row"]].merge(c[["id_code", "sirna"]], on="id_code",
                                                                     suffixes=("", "_ctrl"))
             conflict = merged["sirna"].notna() & (merged["sirna"] != merged["sirna_ctrl"])
             for r in merged[conflict].itertuples(index=False):
-                problems.add(f"{treat_name} row {r._row + 1} (line {r._row + 2}), column 'sirna': id_code "
+                problems.add(f"{treat_name} row {r.src_row + 1} (line {r.src_row + 2}), column 'sirna': id_code "
                              f"{r.id_code!r} has sirna {r.sirna} but {ctrl_name} lists it with sirna {r.sirna_ctrl}")
             log.info("%d well(s) of %s are also in %s; the controls file wins", int(both.sum()), treat_name, ctrl_name)
             frames[treat_name] = t[~both]
@@ -234,8 +237,8 @@ def _kaggle_wells(raw: Path, problems: _Problems) -> tuple[pd.DataFrame, set[str
     dup = wells["id_code"].duplicated(keep="first") & wells["id_code"].ne("")
     for r in wells[dup].head(MAX_REPORTED_PROBLEMS).itertuples(index=False):
         first = wells[wells["id_code"] == r.id_code].iloc[0]
-        problems.add(f"{r._file} row {r._row + 1} (line {r._row + 2}), column 'id_code': {r.id_code!r} also "
-                     f"appears in {first['_file']} row {first['_row'] + 1}; expected each well once")
+        problems.add(f"{r.src_file} row {r.src_row + 1} (line {r.src_row + 2}), column 'id_code': {r.id_code!r} also "
+                     f"appears in {first['src_file']} row {first['src_row'] + 1}; expected each well once")
     problems.count += max(int(dup.sum()) - MAX_REPORTED_PROBLEMS, 0)
     # An experiment is either train or test.
     ds_per_exp = wells.groupby("experiment")["dataset"].nunique()
@@ -257,7 +260,7 @@ def _kaggle_wells(raw: Path, problems: _Problems) -> tuple[pd.DataFrame, set[str
         if absent:
             problems.add(f"sample_submission.csv: {len(absent)} test.csv id_code(s) have no row, e.g. {absent[:3]}")
         sub_ids = set(ids)
-    return wells.drop(columns=["_file", "_row"]), sub_ids
+    return wells.drop(columns=["src_file", "src_row"]), sub_ids
 
 
 def _rxrx_ai_wells(raw: Path, problems: _Problems) -> pd.DataFrame:
@@ -265,7 +268,7 @@ def _rxrx_ai_wells(raw: Path, problems: _Problems) -> pd.DataFrame:
     name = "metadata.csv"
     df = _read_csv(raw / name, name)
     _check_columns(df, name, RXRX_AI_COLUMNS)
-    typed = _validate_wells(df.assign(id_code=df["well_id"]), name, problems)
+    typed = _validate_wells(df, name, problems, id_col="well_id", unique=False)
     typed["dataset"] = df["dataset"].str.strip()
     bad = ~typed["dataset"].isin(DATASETS)
     problems.add_rows(name, np.flatnonzero(bad.to_numpy()), "dataset", df["dataset"][bad], f"one of {list(DATASETS)}")
@@ -284,7 +287,6 @@ def _rxrx_ai_wells(raw: Path, problems: _Problems) -> pd.DataFrame:
                       f"one of {[w.value for w in WellType]}")
     typed["well_type"] = wt
     typed["sirna"] = _int_column(df, "sirna_id", name, problems, 0, NEGATIVE_CONTROL_SIRNA)
-    # The id_code-per-site duplicate check of _validate_wells does not apply here (a well has several sites).
     return typed
 
 

@@ -29,10 +29,9 @@ import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
-import pandas as pd
 
 from .errors import ConfigError
 from .schema import (
@@ -50,6 +49,9 @@ from .schema import (
     WellType,
     make_id_code,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["synthesize", "MORPHOLOGY", "class_morphology", "render_site", "texture_features", "encode_png"]
 
@@ -110,6 +112,7 @@ _TRAITS: dict[str, _CellTypeTraits] = {
 # Random-stream purposes (first key after the seed).
 _KEY_LAYOUT, _KEY_CLASS, _KEY_BATCH_EXP, _KEY_BATCH_PLATE, _KEY_SITE = 1, 2, 3, 4, 5
 _CHUNK_SITES = 8
+AUTO_CHECK_MIN_SITES = 160
 _TEXTURE_CROP = 160  # texture statistics of the check use a central crop (speed)
 
 
@@ -483,6 +486,8 @@ def _plan(classes: int, train_k: int, test_k: int, cell_types: Sequence[str],
           ) -> tuple[pd.DataFrame, list[list[int]], dict[str, int], list[str]]:
     """Which siRNA sits in which well of which plate of which experiment. Returns (wells, groups,
     rotations, experiment order)."""
+    import pandas as pd
+
     rng = np.random.default_rng([seed, _KEY_LAYOUT])
     per_group = classes // 4
     perm = rng.permutation(classes)
@@ -582,9 +587,15 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
                test_experiments_per_cell_type: int = 1, cell_types: Iterable[str] = CELL_TYPES, sites: int = 2,
                size: int | Sequence[int] = (512, 512), positive_controls: int = 4, missing_wells: float = 0.0,
                seed: int = 0, workers: int | None = None, zip: bool = False, pixel_stats: bool = True,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, check: bool | None = None) -> dict[str, Any]:
     """Write a synthetic RxRx1 data set in the exact Kaggle layout under `out_dir`; return a summary dict
-    (counts, seconds, sites/s, groups, rotations, and the pixel-stats vs texture classifier check)."""
+    (counts, seconds, sites/s, groups, rotations, and the classifier check).
+
+    The classifier check (`summary["classifier"]`) trains LogisticRegression on the train experiments' treatment
+    sites and scores the test experiments': on pixel-stats mean/std it should be near chance, on affine-invariant
+    texture statistics well above. `check=None` runs it only when there are at least
+    AUTO_CHECK_MIN_SITES test treatment sites (importing scikit-learn costs seconds; tiny test sets skip it).
+    """
     cell_types = tuple(cell_types)
     h, w = _parse_size(size)
     unknown = [c for c in cell_types if c not in CELL_TYPES]
@@ -651,6 +662,8 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
     stats = None
     if pixel_stats:
         ps = feats[:, :N_CHANNELS * 5].reshape(len(site_rows), N_CHANNELS, 5)
+        import pandas as pd
+
         stats = pd.DataFrame({
             "id_code": np.repeat(site_rows["id_code"].to_numpy(), N_CHANNELS),
             "experiment": np.repeat(site_rows["experiment"].to_numpy(), N_CHANNELS),
@@ -666,8 +679,11 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
     zips = [str(_write_zip(out, d)) for d in ("train", "test") if zip and (out / d).is_dir()]
 
     treat = (site_rows["well_type"] == WellType.TREATMENT.value).to_numpy()
-    check = _classifier_check(feats[treat], site_rows["sirna"].to_numpy()[treat],
-                              (site_rows["dataset"] == "train").to_numpy()[treat], classes, seed)
+    is_train = (site_rows["dataset"] == "train").to_numpy()
+    if check is None:
+        check = int((treat & ~is_train).sum()) >= AUTO_CHECK_MIN_SITES
+    check_result = _classifier_check(feats[treat], site_rows["sirna"].to_numpy()[treat], is_train[treat],
+                                     classes, seed) if check else None
     truth = {
         "seed": seed, "classes": classes, "size": [h, w], "sites": sites, "cell_types": list(cell_types),
         "positive_controls": positive_controls, "missing_wells": missing_wells,
@@ -693,7 +709,7 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
         "seconds": seconds,
         "sites_per_s": n_sites / render_s if render_s > 0 else float("inf"),
         "zips": zips,
-        "classifier": check,
+        "classifier": check_result,
     }
     log.info("synthesized %d sites (%d images) in %.1f s (%.1f sites/s) under %s", n_sites, n_sites * 6,
              seconds, summary["sites_per_s"], out)

@@ -1,0 +1,74 @@
+"""`cellio synth OUT`: write a synthetic RxRx1 data set in the exact Kaggle layout."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+from ..errors import ConfigError
+from ..schema import CELL_TYPES
+
+HELP = "write a synthetic RxRx1 data set (Kaggle layout, learnable morphology) for tests and demos"
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'512' -> (512, 512); '17x11' -> (17, 11) as (height, width)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHTxWIDTH (e.g. 512 or 17x11), got {text!r}")
+    h = int(m.group(1))
+    return h, int(m.group(2) or h)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", metavar="OUT", help="output directory (created)")
+    p.add_argument("--classes", type=int, default=40, help="treatment siRNAs (a multiple of 4: 4 plate groups)")
+    p.add_argument("--train-experiments", type=int, default=2, metavar="K", help="train experiments per cell type")
+    p.add_argument("--test-experiments", type=int, default=1, metavar="T", help="test experiments per cell type")
+    p.add_argument("--cell-types", nargs="+", default=list(CELL_TYPES), choices=list(CELL_TYPES),
+                   help="cell types to generate")
+    p.add_argument("--sites", type=int, default=2, help="sites per well")
+    p.add_argument("--size", type=_size, default=(512, 512), help="image size: SIZE or HEIGHTxWIDTH")
+    p.add_argument("--positive-controls", type=int, default=4, help="positive control siRNAs per plate (<= 30)")
+    p.add_argument("--missing-wells", type=float, default=0.0, help="fraction of treatment wells dropped")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--zip", action="store_true", help="also write train.zip/test.zip like Kaggle's")
+    p.add_argument("--no-pixel-stats", action="store_true", help="do not write pixel_stats.csv")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-check", action="store_true", help="skip the pixel-stats / texture classifier check")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..synth import synthesize
+
+    if args.sites < 1:
+        raise ConfigError(f"--sites must be >= 1, got {args.sites}")
+    summary = synthesize(
+        args.out, classes=args.classes, train_experiments_per_cell_type=args.train_experiments,
+        test_experiments_per_cell_type=args.test_experiments, cell_types=args.cell_types, sites=args.sites,
+        size=args.size, positive_controls=args.positive_controls, missing_wells=args.missing_wells,
+        seed=args.seed, workers=args.workers, zip=args.zip, pixel_stats=not args.no_pixel_stats,
+        progress=not args.no_progress, check=not args.no_check,
+    )
+    if args.json:
+        print(json.dumps(summary, indent=1, default=str))
+        return 0
+    h, w = summary["size"]
+    print(f"wrote {summary['sites']} sites ({summary['train_sites']} train, {summary['test_sites']} test; "
+          f"{summary['images']} PNGs of {h}x{w}) to {summary['out_dir']}")
+    print(f"wells: {summary['wells']} " + ", ".join(f"{k} {v}" for k, v in summary["well_types"].items()))
+    print(f"rotations: " + ", ".join(f"{e}={r}" for e, r in summary["rotations"].items()))
+    print(f"time: {summary['seconds']:.1f} s total, rendering {summary['render_seconds']:.1f} s "
+          f"= {summary['sites_per_s']:.1f} sites/s with {summary['workers']} worker(s)")
+    check = summary["classifier"]
+    if check:
+        print(f"classifier check (train experiments -> test experiments, {check['n_eval_sites']} test treatment "
+              f"sites, LogisticRegression): pixel-stats mean/std accuracy {check['pixel_stats_accuracy']:.3f} vs "
+              f"chance {check['chance']:.3f}; texture-statistics accuracy {check['texture_accuracy']:.3f}")
+    else:
+        print("classifier check: skipped (--no-check, no test experiment, or scikit-learn missing)")
+    for z in summary["zips"]:
+        print(f"archive: {z}")
+    return 0
