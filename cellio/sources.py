@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import PipelineConfigError
 from .sampling import ShardedSampler
-from .transforms import AugmentConfig, eval_params, normalization_affine, sample_params
+from .transforms import AugmentConfig, epoch_params, eval_params, normalization_affine
 
 __all__ = ["META_FIELDS", "SiteMeta", "SourceBatch", "SiteSource"]
 
@@ -89,7 +89,7 @@ class SiteSource:
         self.start_batch = int(start_batch)
         self.outputs = tuple(outputs)
         self.image_hw = tuple(int(v) for v in store.image_shape[:2])
-        self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._cache: tuple[int, np.ndarray, np.ndarray, dict[str, np.ndarray] | None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -99,10 +99,16 @@ class SiteSource:
     # -- order -----------------------------------------------------------------------------------------------------
     def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(items, global positions) of this rank for `epoch`, memoised (a worker serves many batches of one epoch)."""
+        self._prepare(epoch)
+        return self._cache[1], self._cache[2]
+
+    def _prepare(self, epoch: int) -> None:
         if self._cache is None or self._cache[0] != epoch:
             items, pos = self.sampler.rank_order(epoch)
-            self._cache = (epoch, items, pos)
-        return self._cache[1], self._cache[2]
+            params = None
+            if self.train:  # this rank's draws, keyed on global positions (see transforms.epoch_params)
+                params = epoch_params(self.cfg, self.sampler.seed, epoch, pos, self.image_hw)
+            self._cache = (epoch, items, pos, params)
 
     def num_batches(self) -> int:
         return self.sampler.num_batches()
@@ -116,12 +122,12 @@ class SiteSource:
         bs = self.sampler.batch_size
         sel = slice(batch_index * bs, min((batch_index + 1) * bs, len(items)))
         items, pos = items[sel], pos[sel]
+        rank_params = self._cache[3]
         nv = len(self.views)
         j = items // nv
         views = self.views[items % nv]
         if self.train:
-            drawn = [sample_params(self.cfg, self.sampler.seed, epoch, int(p), self.image_hw) for p in pos]
-            params = {k: np.concatenate([d[k] for d in drawn]) for k in drawn[0]}
+            params = {k: v[sel] for k, v in rank_params.items()}
         else:
             params = eval_params(self.cfg, views, self.image_hw, self.tta or "center")
         rows = self.meta.rows[j]

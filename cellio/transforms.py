@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # torch stays a lazy import: `import cellio.transforms` must 
 __all__ = [
     "ROTATIONS", "NORMALIZE_LEVELS", "DTYPES", "TTA_MODES",
     "AugmentConfig", "get_preset", "list_presets", "register_preset",
-    "margin_size", "check_fits", "make_params", "sample_params", "eval_views", "eval_params", "decode_view",
+    "margin_size", "check_fits", "make_params", "epoch_params", "PARAM_BLOCK", "eval_views", "eval_params", "decode_view",
     "D4_TABLE", "d4_flags", "normalization_affine",
     "d4", "flip_transpose", "crop", "rotate", "resize", "intensity", "normalize", "apply_torch", "torch_dtype",
 ]
@@ -248,28 +248,26 @@ def _place(rng: np.random.Generator, n: int, size: int, extent: int, shift: bool
 
 def _rrc_windows(rng: np.random.Generator, n: int, h: int, w: int, scale: tuple[float, float],
                  ratio: tuple[float, float]) -> np.ndarray:
-    """torchvision RandomResizedCrop geometry: 10 tries per sample, then the central largest fitting crop."""
-    out = np.empty((n, 4), dtype=np.int64)
-    log_r = (math.log(ratio[0]), math.log(ratio[1]))
-    for i in range(n):
-        for _ in range(10):
-            area = h * w * rng.uniform(scale[0], scale[1])
-            r = math.exp(rng.uniform(*log_r))
-            cw = int(round(math.sqrt(area * r)))
-            ch = int(round(math.sqrt(area / r)))
-            if 0 < cw <= w and 0 < ch <= h:
-                out[i] = (rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1), ch, cw)
-                break
-        else:
-            in_r = w / h
-            if in_r < ratio[0]:
-                cw, ch = w, int(round(w / ratio[0]))
-            elif in_r > ratio[1]:
-                ch, cw = h, int(round(h * ratio[1]))
-            else:
-                cw, ch = w, h
-            out[i] = ((h - ch) // 2, (w - cw) // 2, ch, cw)
-    return out
+    """torchvision RandomResizedCrop geometry, vectorised: 10 tries per sample, the first that fits wins; samples
+    with no fitting try get the central crop of the clamped aspect ratio."""
+    tries = 10
+    area = h * w * rng.uniform(scale[0], scale[1], size=(n, tries))
+    r = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), size=(n, tries)))
+    cw = np.rint(np.sqrt(area * r)).astype(np.int64)
+    ch = np.rint(np.sqrt(area / r)).astype(np.int64)
+    ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = np.argmax(ok, axis=1)
+    found = ok[np.arange(n), first]
+    ch, cw = ch[np.arange(n), first], cw[np.arange(n), first]
+    uy, ux = rng.random(n), rng.random(n)
+    in_r = w / h
+    fb_w, fb_h = ((w, int(round(w / ratio[0]))) if in_r < ratio[0] else
+                  (int(round(h * ratio[1])), h) if in_r > ratio[1] else (w, h))
+    ch = np.where(found, ch, fb_h)
+    cw = np.where(found, cw, fb_w)
+    y = np.where(found, np.floor(uy * (h - ch + 1)).astype(np.int64), (h - ch) // 2)
+    x = np.where(found, np.floor(ux * (w - cw + 1)).astype(np.int64), (w - cw) // 2)
+    return np.stack([y, x, ch, cw], axis=1).astype(np.int64)
 
 
 def make_params(cfg: AugmentConfig, rng: np.random.Generator, n: int, image_hw: tuple[int, int]
@@ -303,12 +301,25 @@ def make_params(cfg: AugmentConfig, rng: np.random.Generator, n: int, image_hw: 
             "scale": a.astype(np.float32), "shift": b.astype(np.float32)}
 
 
-def sample_params(cfg: AugmentConfig, seed: int, epoch: int, position: int, image_hw: tuple[int, int]
-                  ) -> dict[str, np.ndarray]:
-    """Parameters of ONE sample keyed on (seed, epoch, global position in the epoch): independent of the backend,
-    worker count, batch size, rank count and resume point. Arrays keep the leading 1."""
-    rng = np.random.default_rng([int(seed), int(epoch), int(position), 0xA06])
-    return make_params(cfg, rng, 1, image_hw)
+PARAM_BLOCK = 1024  # positions drawn per Generator: rows never depend on how many positions an epoch has
+
+
+def epoch_params(cfg: AugmentConfig, seed: int, epoch: int, positions: np.ndarray, image_hw: tuple[int, int]
+                 ) -> dict[str, np.ndarray]:
+    """Parameters of the samples at `positions` (global positions in the epoch order), rows in that order.
+
+    Position p is row p % PARAM_BLOCK of a block drawn vectorised from a Generator seeded with
+    (seed, epoch, p // PARAM_BLOCK), so a sample's parameters do not depend on the backend, worker count, batch
+    size, rank count, epoch length or resume point (and a block costs about what one per-sample Generator did).
+    """
+    positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+    if len(positions) == 0:
+        return make_params(cfg, np.random.default_rng(0), 0, image_hw)
+    blocks = np.unique(positions // PARAM_BLOCK)
+    drawn = [make_params(cfg, np.random.default_rng([int(seed), int(epoch), int(b), 0xA06]), PARAM_BLOCK, image_hw)
+             for b in blocks]
+    row = np.searchsorted(blocks, positions // PARAM_BLOCK) * PARAM_BLOCK + positions % PARAM_BLOCK
+    return {k: np.concatenate([d[k] for d in drawn])[row] for k in drawn[0]}
 
 
 def eval_views(tta: str, dihedral: bool) -> np.ndarray:
@@ -481,9 +492,10 @@ def apply_torch(batch: "torch.Tensor | Sequence[Any]", params: Mapping[str, np.n
     shapes = {tuple(x.shape) for x in out}
     if len(shapes) != 1:
         raise PipelineConfigError(f"apply_torch: samples ended with different shapes {sorted(shapes)}")
-    x = torch.stack(out).to(torch.float32)  # (B, h, w, 6)
+    # uint8 NHWC -> NCHW while still 1 byte per value, then one float conversion and in-place normalization
+    x = torch.stack(out).permute(0, 3, 1, 2).contiguous().to(torch.float32)
     m, sd = normalization_affine(mean, std, params["scale"], params["shift"])
-    m_t = _as_tensor(m, device)[:, None, None, :]
-    s_t = _as_tensor(sd, device)[:, None, None, :]
-    y = normalize(x, m_t, s_t)
-    return y.permute(0, 3, 1, 2).contiguous().to(torch_dtype(cfg.dtype))
+    m_t = _as_tensor(m, device)[:, :, None, None]
+    s_t = _as_tensor(sd, device)[:, :, None, None]
+    y = x.sub_(m_t).div_(s_t)  # = normalize(intensity(x, a, b), mean, std), folded as in DALI
+    return y.to(torch_dtype(cfg.dtype))

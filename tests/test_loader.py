@@ -52,6 +52,20 @@ def test_epoch_over_three_ranks_yields_every_site_once_with_right_labels(tiny_st
     assert sorted(allseen.tolist()) == train_rows.tolist()  # 160 sites over 3 ranks: uneven tails, exactly once
 
 
+def test_pixels_do_not_depend_on_rank_count_or_batch_size(tiny_store):
+    """A site's crop and flips come from its global position in the epoch: 1 rank x B=8 == 3 ranks x B=5."""
+    def images(world, bs):
+        got = {}
+        for rank in range(world):
+            for b in _make(tiny_store, bs, rank=rank, world_size=world, last_batch="partial", seed=9):
+                got.update({i: img for i, img in zip(b["index"].tolist(), b["image"])})
+        return got
+
+    one, three = images(1, 8), images(3, 5)
+    assert one.keys() == three.keys() and len(one) == 160
+    assert all(torch.equal(one[i], three[i]) for i in one)
+
+
 def test_drop_policy_equal_batches_per_rank(tiny_store):
     lens = [len(_make(tiny_store, 7, rank=r, world_size=3)) for r in range(3)]  # train default: drop
     assert lens == [160 // 21] * 3

@@ -11,7 +11,7 @@ from cellio.errors import PipelineConfigError
 from cellio.transforms import (D4_TABLE, AugmentConfig, apply_torch, check_fits, crop, d4, d4_flags, decode_view,
                                eval_params, eval_views, flip_transpose, get_preset, intensity, list_presets,
                                make_params, margin_size, normalization_affine, normalize, resize, rotate,
-                               sample_params)
+                               epoch_params)
 
 H, W = 17, 11
 
@@ -77,11 +77,11 @@ def test_make_params_shapes_ranges_and_determinism():
     assert (p["scale"] >= 0.8).all() and (p["scale"] <= 1.2).all()
     q = make_params(cfg, np.random.default_rng(1), 200, (H, W))
     assert all(np.array_equal(p[k], q[k]) for k in p)
-    a = sample_params(cfg, seed=0, epoch=1, position=5, image_hw=(H, W))
-    b = sample_params(cfg, seed=0, epoch=1, position=5, image_hw=(H, W))
-    c = sample_params(cfg, seed=0, epoch=2, position=5, image_hw=(H, W))
-    assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert any(not np.array_equal(a[k], c[k]) for k in a)
+    a = epoch_params(cfg, seed=0, epoch=1, positions=np.arange(3000), image_hw=(H, W))
+    b = epoch_params(cfg, seed=0, epoch=1, positions=np.array([2999, 5, 1500]), image_hw=(H, W))
+    c = epoch_params(cfg, seed=0, epoch=2, positions=np.array([2999, 5, 1500]), image_hw=(H, W))
+    assert all(np.array_equal(a[k][[2999, 5, 1500]], b[k]) for k in a)  # a row depends on its position only
+    assert any(not np.array_equal(b[k], c[k]) for k in b)
 
 
 def test_shift_modes_and_rotation_window():
