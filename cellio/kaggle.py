@@ -635,7 +635,7 @@ def _discover_zips(dest: Path) -> list[Path]:
     return found
 
 
-def unzip_dataset(dest: str | Path, zips: Sequence[str | Path] | None = None, *,
+def unzip_dataset(dest: str | Path, zips: Sequence[str | Path] | None = None,
                   progress: bool = True) -> UnzipReport:
     """Extract the competition zips in `dest` into the Kaggle layout (train/, test/ trees and the CSVs).
 
