@@ -156,3 +156,31 @@ def test_predictions_reject_inconsistent_arrays():
 
     with pytest.raises(ConfigError):
         Predictions(np.zeros((3, 2), np.float32), np.arange(3), np.zeros(2, np.int64), np.arange(2))
+
+
+def test_ensemble_cli_end_to_end_on_the_tiny_set(tiny_raw, tiny_store, checkpoint, tmp_path):
+    from trainer.ensemble import main as ensemble_main
+
+    path, _ = checkpoint
+    oof = predict(path, tiny_store, datasets="validation", tta="center", progress=False)
+    half = oof.index % 2 == 0  # stand-ins for two folds' files of one model
+    oof.rows(half).save(tmp_path / "oof_a.npz")
+    oof.rows(~half).save(tmp_path / "oof_b.npz")
+    predict(path, tiny_store, datasets="test", tta="grid9", progress=False, out=tmp_path / "test1.npz")
+    predict(path, tiny_store, datasets="test", tta="center", progress=False, out=tmp_path / "test2.npz")
+    store_path = str(tiny_store.path)
+    out = tmp_path / "inference"
+    rc = ensemble_main(["--store", store_path, "--val-predictions", f"{tmp_path}/oof_a.npz,{tmp_path}/oof_b.npz",
+                        "--test-predictions", str(tmp_path / "test1.npz"), str(tmp_path / "test2.npz"),
+                        "--sample-submission", str(tiny_raw / "sample_submission.csv"),
+                        "--test-truth", str(tiny_raw / "test_truth.csv"), "--top-k", "4", "--out", str(out)])
+    assert rc == 0
+    sub = pd.read_csv(out / "submission.csv")
+    sample = pd.read_csv(tiny_raw / "sample_submission.csv")
+    assert sub["id_code"].tolist() == sample["id_code"].tolist()
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["splits"]) == {"validation", "test"}
+    assert "ensemble" not in rep["splits"]["validation"]["order"]  # one validation model: no ensemble step
+    test_steps = rep["splits"]["test"]["order"]
+    assert test_steps[0] == "single view" and test_steps[-1] == "ensemble + plate assignment"
+    assert "stacker" in test_steps

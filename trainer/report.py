@@ -123,11 +123,10 @@ def write_report(reports: Mapping[str, Mapping[str, Any]], out_dir: str | Path,
     for i, split in enumerate(splits):
         vals = [reports[split]["steps"].get(s, {}).get("accuracy", np.nan) for s in steps]
         xs = np.arange(len(steps)) + (i - (len(splits) - 1) / 2) * width
-        bars = ax.bar(xs, vals, width, label=f"{split} ({reports[split]['n_wells']} wells)")
+        ax.bar(xs, vals, width, label=f"{split} ({reports[split]['n_wells']} wells)")
         for x, v in zip(xs, vals):
             if np.isfinite(v):
                 ax.text(x, v + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
-        del bars
     ax.set_xticks(np.arange(len(steps)), steps, rotation=20, ha="right")
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("well accuracy")
