@@ -1,9 +1,13 @@
 """Shared benchmark helpers: timing with warm-up and medians, the environment record, CSV + PNG + ratio table.
 
-    from _common import Result, measure, environment, report
+    from _common import Case, compare, environment, report
 
-    rows = [measure("raw file", lambda: read_all(), items=len(idx), nbytes=total, warmup=1, repeats=5)]
-    report(rows, "store_read", baseline="raw file", title="shuffled batch reads, 512x512x6 sites")
+    results = compare([Case("raw file", read_all, items=n, nbytes=total), Case("mine", mine, items=n, nbytes=total)],
+                      warmup=1, repeats=5)
+    report(results, "store_read", baseline="raw file", title="shuffled batch reads, 512x512x6 sites")
+
+`compare` interleaves the cases repeat by repeat (A B C, A B C, ...), so a change in machine load hits every case
+alike and the ratios stay honest on a shared machine; `measure` times one case on its own.
 
 Run benchmark scripts from the repository root: `python benchmarks/<name>.py --help`.
 """
@@ -72,6 +76,35 @@ def measure(name: str, fn: Callable[[], Any], *, items: int, nbytes: int, warmup
     r = Result(name, items, nbytes, times, group, dict(extra))
     print(f"  {name:<34} {r.items_per_s:10.1f} sites/s  {r.gb_per_s:7.3f} GB/s  (median of {repeats})", flush=True)
     return r
+
+
+@dataclass
+class Case:
+    """One configuration to time: fn() processes `items` sites delivering `nbytes` uint8 bytes."""
+
+    name: str
+    fn: Callable[[], Any]
+    items: int
+    nbytes: int
+    group: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def compare(cases: Sequence[Case], *, warmup: int = 1, repeats: int = 5) -> list[Result]:
+    """Warm every case up, then time them round-robin `repeats` times; one Result per case (median reported)."""
+    for c in cases:
+        for _ in range(warmup):
+            c.fn()
+    times: list[list[float]] = [[] for _ in cases]
+    for _ in range(repeats):
+        for k, c in enumerate(cases):
+            t0 = time.perf_counter()
+            c.fn()
+            times[k].append(time.perf_counter() - t0)
+    results = [Result(c.name, c.items, c.nbytes, t, c.group, dict(c.extra)) for c, t in zip(cases, times)]
+    for r in results:
+        print(f"  {r.name:<40} {r.items_per_s:10.1f} sites/s  {r.gb_per_s:7.3f} GB/s", flush=True)
+    return results
 
 
 def _version(mod: str) -> str | None:

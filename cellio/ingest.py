@@ -153,10 +153,27 @@ class _BatchJob:
     on_error: str
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_COLOUR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
+
+
+def _check_png_header(path: str, data: bytes, shape: tuple[int, int]) -> None:
+    """Validate the IHDR chunk (always first in a PNG): 8-bit, grayscale, H x W. Costs microseconds."""
+    if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        kind = "empty" if not data else "truncated" if data[:8] == _PNG_SIGNATURE[:len(data[:8])] else "not a PNG"
+        raise ImageError(f"{path}: not a readable PNG ({kind}: {len(data)} bytes); the file is corrupt or "
+                         f"truncated")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, colour = data[24], data[25]
+    if colour != 0 or depth != 8:
+        raise ImageError(f"{path}: expected an 8-bit single-channel grayscale PNG, found {depth}-bit "
+                         f"{_COLOUR_TYPES.get(colour, f'colour type {colour}')} (PNG colour type {colour})")
+    if (height, width) != shape:
+        raise ImageError(f"{path}: expected {shape[0]}x{shape[1]} (HxW) pixels, found {height}x{width}")
+
+
 def _decode_png(path: str, shape: tuple[int, int]) -> np.ndarray:
     """One channel PNG -> (H, W) uint8, or ImageError naming the file and what is wrong with it."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -164,34 +181,25 @@ def _decode_png(path: str, shape: tuple[int, int]) -> np.ndarray:
         raise ImageError(f"{path}: channel file is missing") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc})") from None
-    try:
-        # the header is cheap and gives precise messages for mode and size
-        with Image.open(io.BytesIO(data)) as im:
-            fmt, mode, size = im.format, im.mode, im.size
-            if fmt != "PNG":
-                raise ImageError(f"{path}: expected a PNG file, found {fmt}")
-            if mode != "L":
-                depth = "16-bit" if mode.startswith("I") else mode
-                raise ImageError(f"{path}: expected an 8-bit single-channel grayscale PNG (mode 'L'), found "
-                                 f"mode {mode!r} ({depth})")
-            if (size[1], size[0]) != shape:
-                raise ImageError(f"{path}: expected {shape[0]}x{shape[1]} (HxW) pixels, found {size[1]}x{size[0]}")
-            arr = _fast_decode(data)
-            if arr is None:  # cv2 missing or refused: PIL decodes and names the problem
+    _check_png_header(path, data, shape)
+    arr = _fast_decode(data)
+    if arr is None:  # cv2 missing or refused: PIL decodes and names the problem
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
                 im.load()
                 arr = np.asarray(im, dtype=np.uint8)
-    except ImageError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{path}: not a readable PNG ({type(exc).__name__}: {exc}); the file is corrupt or "
-                         f"truncated") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageError(f"{path}: not a readable PNG ({type(exc).__name__}: {exc}); the file is corrupt or "
+                             f"truncated") from None
     if arr.shape != shape or arr.dtype != np.uint8:
         raise ImageError(f"{path}: decoded to {arr.dtype} {arr.shape}, expected uint8 {shape}")
     return arr
 
 
 def _fast_decode(data: bytes) -> np.ndarray | None:
-    """cv2 decodes PNG ~1.4x faster than PIL; returns None when unavailable or on any decode failure."""
+    """cv2 decodes PNG faster than PIL; returns None when unavailable or on any decode failure."""
     try:
         import cv2
     except ImportError:
@@ -203,13 +211,9 @@ def _fast_decode(data: bytes) -> np.ndarray | None:
 
 
 def _site_sums(planes: Sequence[np.ndarray]) -> tuple[list[int], list[int]]:
-    """Exact per-channel pixel sum and sum of squares (integers) via a 256-bin histogram."""
-    v = np.arange(256, dtype=np.uint64)
-    sums, sumsq = [], []
-    for p in planes:
-        hist = np.bincount(p.ravel(), minlength=256).astype(np.uint64)
-        sums.append(int(hist @ v))
-        sumsq.append(int(hist @ (v * v)))
+    """Exact per-channel pixel sum and sum of squares (integers; 255**2 fits uint16, totals uint64)."""
+    sums = [int(p.sum(dtype=np.uint64)) for p in planes]
+    sumsq = [int(np.square(p, dtype=np.uint16).sum(dtype=np.uint64)) for p in planes]
     return sums, sumsq
 
 
@@ -229,30 +233,48 @@ def _verify(job: _BatchJob, k: int, sums: list[int], sumsq: list[int], npix: int
 
 
 def _run_batch(job: _BatchJob) -> list[dict[str, Any]]:
-    """Decode, validate, verify and store the sites of one batch; then journal the batch. Runs in a worker."""
+    """Decode, validate, verify and store the sites of one batch; then journal the batch. Runs in a worker.
+
+    A writer thread encodes and writes site k while this thread decodes site k+1 (PNG decode, compression and
+    file I/O all release the GIL), so the store costs little on top of decoding.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     codec = numcodec_from_metadata(job.codecs)
     target = _Target(job.store, job.storage_options)
     H, W = job.shape
-    site = np.empty((H, W, N_CHANNELS), dtype=np.uint8)
+    buffers = [np.empty((H, W, N_CHANNELS), dtype=np.uint8) for _ in range(2)]  # double buffering
+    pending: list[Future[None] | None] = [None, None]
     entries: list[dict[str, Any]] = []
-    for k, i in enumerate(job.indices):
-        try:
-            planes = [_decode_png(os.path.join(job.raw_dir, rel), job.shape) for rel in job.paths[k]]
-            sums, sumsq = _site_sums(planes)
-            if job.verify:
-                _verify(job, k, sums, sumsq, H * W)
-        except ImageError as exc:
-            if job.on_error == "fail":
-                raise
-            file = str(exc).split(": ", 1)[0]
-            entries.append({"i": i, "ok": False, "id_code": job.id_codes[k], "site": job.sites[k],
-                            "file": file, "reason": str(exc)})
-            continue
-        for c, p in enumerate(planes):
-            site[:, :, c] = p
-        data = memoryview(site).cast("B") if codec is None else codec.encode(site)
-        target.write(f"images/c/{i}/0/0/0", data)
-        entries.append({"i": i, "ok": True, "sum": sums, "sumsq": sumsq})
+
+    def store(i: int, site: np.ndarray) -> None:
+        target.write(f"images/c/{i}/0/0/0", memoryview(site).cast("B") if codec is None else codec.encode(site))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="cellio-writer") as writer:
+        for k, i in enumerate(job.indices):
+            try:
+                planes = [_decode_png(os.path.join(job.raw_dir, rel), job.shape) for rel in job.paths[k]]
+                sums, sumsq = _site_sums(planes)
+                if job.verify:
+                    _verify(job, k, sums, sumsq, H * W)
+            except ImageError as exc:
+                if job.on_error == "fail":
+                    raise
+                file = str(exc).split(": ", 1)[0]
+                entries.append({"i": i, "ok": False, "id_code": job.id_codes[k], "site": job.sites[k],
+                                "file": file, "reason": str(exc)})
+                continue
+            slot = k % 2
+            if pending[slot] is not None:
+                pending[slot].result()  # the buffer is free once its previous site is written
+            site = buffers[slot]
+            for c, p in enumerate(planes):
+                site[:, :, c] = p
+            pending[slot] = writer.submit(store, i, site)
+            entries.append({"i": i, "ok": True, "sum": sums, "sumsq": sumsq})
+        for fut in pending:
+            if fut is not None:
+                fut.result()
     # the journal record comes after every chunk of the batch is in place: recorded => durable
     target.write_json(f"{JOURNAL_DIR}/{job.indices[0]:010d}-{job.indices[-1]:010d}.json", {"entries": entries})
     return entries

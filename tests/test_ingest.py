@@ -236,7 +236,7 @@ def _break(raw: Path, meta: pd.DataFrame, case: str, i: int) -> str:
 
 
 CASES = {"corrupt": "not a readable PNG", "truncated": "corrupt or truncated", "16bit": "16-bit",
-         "rgb": "'RGB'", "wrong_size": "expected 17x11", "missing": "missing", "stats": "pixel_stats.csv"}
+         "rgb": "8-bit RGB", "wrong_size": "expected 17x11", "missing": "missing", "stats": "pixel_stats.csv"}
 
 
 @pytest.fixture()
