@@ -204,7 +204,7 @@ def train_head_on_cached_features(model: nn.Module, cfg: "Config", env: "Env", s
             opt.zero_grad(set_to_none=True)
             sched.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         metrics.update(train_loss=float(np.mean(losses)) if losses else float("nan"))
         runlog.event("train", step, epoch=epoch, loss=metrics["train_loss"], lr=sched.get_last_lr()[0])
         if "val" in sets and ((epoch + 1) % cfg.train.val_every == 0 or epoch == epochs - 1):

@@ -450,7 +450,10 @@ def run(cfg: Config) -> dict[str, Any]:
         batches: Iterator[dict[str, torch.Tensor]] = iter(train_loader)
         # epoch e owns optimizer steps [e * steps_per_epoch, (e + 1) * steps_per_epoch): resumes land exactly
         while step < min((epoch + 1) * steps_per_epoch, stop_at):
-            micro = list(itertools.islice(batches, accum))
+            # the loader may draw from torch's global RNG (DataLoader seeds its workers from it when an epoch's
+            # iterator starts): fork it so dropout & co. see the same stream whether or not a run was resumed
+            with torch.random.fork_rng(devices=[]):
+                micro = list(itertools.islice(batches, accum))
             if len(micro) < accum:
                 raise CellioError(f"the train loader ran dry at step {step}: epoch {epoch} yielded fewer than "
                                   f"{steps_per_epoch * accum} batches although len(loader)={len(train_loader)}")
@@ -463,7 +466,7 @@ def run(cfg: Config) -> dict[str, Any]:
                 with torch.no_grad():
                     pred = (logits.float().softmax(-1).mean(1) if logits.ndim == 3 else logits).argmax(-1)
                     keep = target != IGNORE_INDEX
-                    window += torch.tensor([float(loss) / accum, int(((pred == target) & keep).sum()),
+                    window += torch.tensor([float(loss.detach()) / accum, int(((pred == target) & keep).sum()),
                                             int(keep.sum())], dtype=torch.float64)
                 seen += batch["image"].shape[0]
             if cfg.optim.grad_clip > 0:
@@ -494,8 +497,8 @@ def run(cfg: Config) -> dict[str, Any]:
                                                         epoch, step, step == (epoch + 1) * steps_per_epoch,
                                                         metrics))
         epoch_complete = step == (epoch + 1) * steps_per_epoch
-        if epoch_complete and val_loader is not None and \
-                ((epoch + 1) % cfg.train.val_every == 0 or step >= total_steps):
+        finished = step >= total_steps  # the schedule's end validates even mid-epoch (train.max_steps)
+        if val_loader is not None and ((epoch_complete and (epoch + 1) % cfg.train.val_every == 0) or finished):
             val = evaluate(net, val_loader, class_map, loss_fn, cfg, env, dtype)
             metrics.update(val)
             elapsed = time.perf_counter() - t0

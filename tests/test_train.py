@@ -1,0 +1,163 @@
+"""trainer.train end to end on a tiny store through cellio.create_loader (torch backend, CPU): overfitting,
+exact resume, 2-process torchrun (gloo) against 1 process, the two-stage per-channel plan, run-dir contract."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.checkpoint import load_checkpoint, load_for_inference
+from trainer.config import load_config
+from trainer.train import run
+
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = ["data.crop_size=32", "data.batch_size=8", "data.num_workers=0", "data.backend=torch", "data.n_folds=2",
+        "data.val_fold=0", "data.augment=d4_shift", "model.name=densenet_tiny", "optim.lr=3e-3",
+        "optim.warmup_steps=2", "train.device=cpu", "train.num_threads=1", "train.progress=false",
+        "train.tensorboard=false", "train.log_every=1"]
+
+
+@pytest.fixture(scope="session")
+def train_store(tmp_path_factory):
+    """40x40 sites, 8 treatment classes (+3 controls), 4 cell types x 2 train experiments."""
+    from cellio.testing import make_store
+
+    return make_store(tmp_path_factory.mktemp("train") / "store.zarr", size=(40, 40), classes=8,
+                      train_experiments_per_cell_type=2)
+
+
+def _cfg(store: str, out: Path, *overrides: str):
+    return load_config(None, [*BASE, f"data.store={store}", f"out={out}", *overrides])
+
+
+def _store_path(store) -> str:
+    return str(store.path)
+
+
+def _events(out: Path, kind: str = "train") -> list[dict]:
+    return [e for e in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if e["event"] == kind]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_overfits_a_tiny_set_and_writes_the_run_dir(train_store, tmp_path):
+    # one cell type (2 experiments, 80 sites), no augmentation, 12 epochs of 10 steps
+    out = tmp_path / "run"
+    cfg = load_config(None, [*BASE, f"data.store={_store_path(train_store)}", f"out={out}", "data.augment=eval",
+                             "data.val_fold=-1", "data.cell_types=[HUVEC]", "optim.epochs=12",
+                             "optim.weight_decay=0", "train.log_every=10", "train.tensorboard=true",
+                             "model.kwargs.dropout=0.0"])
+    metrics = run(cfg)
+    losses = [e["loss"] for e in _events(out)]
+    accs = [e["acc"] for e in _events(out)]
+    assert metrics["step"] == 12 * (80 // 8) and len(losses) == 12
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert accs[-1] > max(0.6, 2 * accs[0]), accs
+    # the run directory contract
+    assert (out / "config.yaml").is_file() and (out / "checkpoints" / "last.pt").is_file()
+    assert load_config(out / "config.yaml", []) == cfg
+    assert any((out / "tb").iterdir())
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert {"model", "optimizer", "scheduler", "scaler", "loader", "rng", "config", "classes", "epoch", "step",
+            "metrics"} <= set(state)
+    model, loaded_cfg, class_map = load_for_inference(out / "checkpoints" / "last.pt")
+    assert not model.training and loaded_cfg == cfg and len(class_map) == 11
+
+
+def test_validation_on_held_out_experiments(train_store, tmp_path):
+    out = tmp_path / "val"
+    metrics = run(_cfg(_store_path(train_store), out, "optim.epochs=1", "loss.name=bce", "loss.label_smoothing=0.1",
+                       "model.kwargs.per_cell_type=true"))
+    assert metrics["val_n"] == 160  # the 4 held-out experiments x 40 sites, each exactly once
+    assert 0.0 <= metrics["val_acc"] <= 1.0 and metrics["chance"] == pytest.approx(1 / 11)
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step,lr,train_loss") and len(rows) == 2
+    assert "val_acc_HEPG2" in rows[0] and (out / "checkpoints" / "best.pt").is_file()
+
+
+def test_resume_after_interruption_continues_identically(train_store, tmp_path):
+    # 5 optimizer steps per epoch (160 sites / 16 per batch / accum 2); the stop lands mid-epoch 0
+    common = ["data.batch_size=16", "optim.grad_accum=2", "train.max_steps=8", "model.kwargs.dropout=0.3"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    a = run(_cfg(_store_path(train_store), straight, *common))
+    b1 = run(_cfg(_store_path(train_store), resumed, *common, "train.stop_at_step=3"))
+    assert b1["stopped_early"] and b1["step"] == 3
+    b2 = run(_cfg(_store_path(train_store), resumed, *common))
+    assert a["step"] == b2["step"] == 8
+    la = [e["loss"] for e in _events(straight)]
+    lb = [e["loss"] for e in _events(resumed)]
+    assert [e["step"] for e in _events(resumed)] == list(range(1, 9))
+    assert la == lb
+    wa = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
+    wb = load_checkpoint(resumed / "checkpoints" / "last.pt")["model"]
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+    assert a["val_acc"] == b2["val_acc"]
+
+
+def test_torchrun_two_processes_agree_with_one(train_store, tmp_path):
+    # same global batch (2 x 4 vs 1 x 8); BatchNorm in eval mode (freeze_bn) so a sample's output does not depend
+    # on which process holds its batch-mates: the DDP gradient average then equals the 1-process gradient
+    common = [f"data.store={_store_path(train_store)}", "train.max_steps=4", "train.freeze_bn=true",
+              "model.kwargs.dropout=0.0", "data.augment=d4_shift"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(load_config(None, [*BASE, *common, "data.batch_size=8", f"out={one}"]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "trainer.train", *BASE, *common, "data.batch_size=4", f"out={two}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    l1 = [e["loss"] for e in _events(one)]
+    l2 = [e["loss"] for e in _events(two)]
+    assert len(l1) == len(l2) == 4
+    torch.testing.assert_close(torch.tensor(l2), torch.tensor(l1), rtol=1e-4, atol=1e-5)
+    w1 = load_checkpoint(one / "checkpoints" / "last.pt")["model"]
+    w2 = load_checkpoint(two / "checkpoints" / "last.pt")["model"]
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-5, msg=key)
+    m1 = load_checkpoint(one / "checkpoints" / "last.pt")["metrics"]
+    m2 = load_checkpoint(two / "checkpoints" / "last.pt")["metrics"]
+    assert m1["val_n"] == m2["val_n"] == 160  # the sharded validation sees every held-out site once
+    assert m1["val_acc"] == pytest.approx(m2["val_acc"])
+
+
+def test_two_stage_perchannel_plan(train_store, tmp_path):
+    store = _store_path(train_store)
+    s1, s2, s2b, s2ft = (tmp_path / n for n in ("s1", "s2", "s2b", "s2ft"))
+    stage1 = run(_cfg(store, s1, "model.name=perchannel_tiny", "train.stage=perchannel_stage1", "train.max_steps=3"))
+    assert 0.0 <= stage1["val_acc"] <= 1.0
+    init = s1 / "checkpoints" / "last.pt"
+    ext1 = load_checkpoint(init)["model"]
+    frozen = ["model.name=perchannel_tiny", "train.stage=fusion_stage2", f"train.init_from={init}",
+              "optim.epochs=3"]
+    m2 = run(_cfg(store, s2, *frozen))
+    assert m2["feature_train_rows"] == 160 and (s2 / "features.zarr").is_dir()
+    model, cfg, _ = load_for_inference(s2 / "checkpoints" / "last.pt")  # ONE checkpoint: extractors + head
+    state = model.state_dict()
+    for key in ext1:
+        if key.startswith("extractors."):
+            assert torch.equal(state[key], ext1[key]), key   # frozen means frozen
+    assert any(not torch.equal(state[k], ext1[k]) for k in ext1 if k.startswith("head."))
+    # the cache is reused while its fingerprint holds
+    mtime = (s2 / "features.zarr" / "zarr.json").stat().st_mtime_ns
+    run(_cfg(store, s2, *frozen))
+    assert (s2 / "features.zarr" / "zarr.json").stat().st_mtime_ns == mtime
+    # frozen without the cache: the image loop, extractors still untouched
+    run(_cfg(store, s2b, *frozen[:-1], "train.cache_features=false", "train.max_steps=2"))
+    state_b = load_checkpoint(s2b / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(state_b[k], ext1[k]) for k in ext1 if k.startswith("extractors."))
+    # fine-tuned extractors move
+    run(_cfg(store, s2ft, *frozen[:-1], "train.freeze_extractors=false", "train.max_steps=2"))
+    state_ft = load_checkpoint(s2ft / "checkpoints" / "last.pt")["model"]
+    assert any(not torch.equal(state_ft[k], ext1[k]) for k in ext1 if k.startswith("extractors."))
