@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"wells: {summary['wells']} " + ", ".join(f"{k} {v}" for k, v in summary["well_types"].items()))
     print(f"rotations: " + ", ".join(f"{e}={r}" for e, r in summary["rotations"].items()))
     print(f"time: {summary['seconds']:.1f} s total, rendering {summary['render_seconds']:.1f} s "
-          f"= {summary['sites_per_s']:.1f} sites/s with {summary['workers']} worker(s)")
+          f"= {summary['sites_per_s']:.1f} sites/s with {summary['workers']} worker(s); "
+          f"{summary['cpu_ms_per_site']:.1f} CPU ms per site (= {1000 / summary['cpu_ms_per_site']:.1f} sites/s "
+          "per fully available core)")
     check = summary["classifier"]
     if check:
         print(f"classifier check (train experiments -> test experiments, {check['n_eval_sites']} test treatment "
