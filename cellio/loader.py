@@ -284,8 +284,6 @@ class Loader:
                 except StopIteration:
                     finished = True
                     break
-                if hasattr(image, "as_tensor"):
-                    image = image.as_tensor()
                 img_t = _dali_to_torch(image, self.device)
                 meta_t = torch.from_numpy(np.array(meta.as_tensor(), copy=True))
                 yield self._finish(img_t, meta_t)
@@ -316,17 +314,23 @@ def _identity(x: Any) -> Any:
     return x
 
 
-def _dali_to_torch(tensor: Any, device: str) -> Any:
-    """A dense DALI TensorCPU/TensorGPU -> a torch tensor on `device` (GPU: copied on the current stream)."""
+def _dali_to_torch(tensors: Any, device: str) -> Any:
+    """A dense DALI TensorList -> a torch tensor on `device`.
+
+    CPU: zero-copy through DLPack. The pipeline runs DALI's dynamic executor, whose output buffers are reference
+    counted rather than recycled, so a batch stays intact while the caller holds it (tested; copying 1.2 MB per
+    224 site cost more CPU than the whole augmentation). GPU: one device copy on the current stream.
+    """
     import torch
 
-    if type(tensor).__name__.endswith("GPU"):
-        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+    dense = tensors.as_tensor()  # a view of a contiguous batch (all our outputs are uniform)
+    if not type(dense).__name__.endswith("GPU"):
+        return torch.from_dlpack(dense)
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
-        out = torch.empty(tuple(tensor.shape()), dtype=to_torch_type[tensor.dtype], device=device)
-        feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(out.device))
-        return out
-    return torch.from_numpy(np.array(tensor, copy=True))
+    out = torch.empty(tuple(dense.shape()), dtype=to_torch_type[dense.dtype], device=device)
+    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(out.device))
+    return out
 
 
 def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: str | AugmentConfig = "d4_shift",

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import PipelineConfigError
 from .sampling import ShardedSampler
-from .transforms import AugmentConfig, epoch_params, eval_params, normalization_affine
+from .transforms import AugmentConfig, epoch_params, eval_params, normalization_affine, warp_matrices
 
 __all__ = ["META_FIELDS", "SiteMeta", "SourceBatch", "SiteSource"]
 
@@ -74,7 +74,7 @@ class SiteSource:
 
     def __init__(self, store: Any, cfg: AugmentConfig, sampler: ShardedSampler, meta: SiteMeta, *, train: bool,
                  views: np.ndarray, tta: str | None, first_epoch: int = 0, start_batch: int = 0,
-                 outputs: tuple[str, ...] = ("image", "angle", "transpose", "hflip", "vflip", "mean", "std", "meta")):
+                 outputs: tuple[str, ...] = ("image", "matrix", "mean", "std", "meta")):
         if sampler.n != len(meta) * len(views):
             raise PipelineConfigError(f"SiteSource: sampler covers {sampler.n} items, expected "
                                       f"{len(meta)} sites x {len(views)} views = {len(meta) * len(views)}")
@@ -89,6 +89,9 @@ class SiteSource:
         self.start_batch = int(start_batch)
         self.outputs = tuple(outputs)
         self.image_hw = tuple(int(v) for v in store.image_shape[:2])
+        # output size: the crop, or the whole site for tta="full"
+        self.out_hw: tuple[int, int] = self.image_hw if (not self.train and tta == "full") \
+            else (cfg.crop_size, cfg.crop_size)
         self._cache: tuple[int, np.ndarray, np.ndarray, dict[str, np.ndarray] | None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -156,10 +159,7 @@ class SiteSource:
         mean, std = normalization_affine(sb.mean, sb.std, p["scale"], p["shift"])
         columns: dict[str, Any] = {
             "image": lambda: sb.windows if isinstance(sb.windows, list) else list(sb.windows),
-            "angle": lambda: [np.array(p["angle"][i], dtype=np.float32) for i in range(n)],
-            "transpose": lambda: [np.array(bool(p["transpose"][i])) for i in range(n)],
-            "hflip": lambda: [np.array(int(p["hflip"][i]), dtype=np.int32) for i in range(n)],
-            "vflip": lambda: [np.array(int(p["vflip"][i]), dtype=np.int32) for i in range(n)],
+            "matrix": lambda: list(warp_matrices(p, self.cfg, self.out_hw)),
             "mean": lambda: list(mean),
             "std": lambda: list(std),
             "meta": lambda: list(sb.meta),

@@ -38,7 +38,7 @@ __all__ = [
     "ROTATIONS", "NORMALIZE_LEVELS", "DTYPES", "TTA_MODES",
     "AugmentConfig", "get_preset", "list_presets", "register_preset",
     "margin_size", "check_fits", "make_params", "epoch_params", "PARAM_BLOCK", "eval_views", "eval_params", "decode_view",
-    "D4_TABLE", "d4_flags", "normalization_affine",
+    "D4_TABLE", "d4_flags", "normalization_affine", "warp_matrices",
     "d4", "flip_transpose", "crop", "rotate", "resize", "intensity", "normalize", "apply_torch", "torch_dtype",
 ]
 
@@ -364,6 +364,54 @@ def normalization_affine(mean: np.ndarray, std: np.ndarray, scale: np.ndarray, s
     a = np.asarray(scale, np.float32)
     return ((np.asarray(mean, np.float32) - np.asarray(shift, np.float32)) / a).astype(np.float32), \
         (std / a).astype(np.float32)
+
+
+def warp_matrices(params: Mapping[str, np.ndarray], cfg: AugmentConfig, out_hw: tuple[int, int] | None = None
+                  ) -> np.ndarray:
+    """(B, 2, 3) float32 destination -> source maps composing every geometric step of each sample, for one
+    ``fn.warp_affine`` in DALI (coordinates continuous, [0, 0] = the corner of the first pixel).
+
+    Output point p goes back through vflip, hflip, transpose (each an involution), then into the read window:
+    + the centre-crop offset and the inverse rotation about the window centre (rotation="any"), or a scale by
+    window / output size (random resized crop: the same sample points as a bilinear resize with half-pixel
+    centres). The torch reference applies the steps one by one instead, so the two stay independent.
+    """
+    win = np.asarray(params["window"], dtype=np.float64)
+    n = len(win)
+    sh, sw = (float(cfg.crop_size),) * 2 if out_hw is None else (float(out_hw[0]), float(out_hw[1]))
+    m = np.tile(np.eye(3), (n, 1, 1))
+    vflip = np.asarray(params["vflip"], bool)
+    hflip = np.asarray(params["hflip"], bool)
+    trans = np.asarray(params["transpose"], bool)
+    fv = np.eye(3)
+    fv[1, 1], fv[1, 2] = -1.0, sh
+    fh = np.eye(3)
+    fh[0, 0], fh[0, 2] = -1.0, sw
+    tr = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    m[vflip] = fv @ m[vflip]
+    m[hflip] = fh @ m[hflip]
+    m[trans] = tr @ m[trans]
+    if cfg.rotation == "any":
+        side = win[:, 2]
+        off = (side - sh) / 2.0
+        c = side / 2.0
+        th = np.deg2rad(np.asarray(params["angle"], np.float64))
+        cos, sin = np.cos(th), np.sin(th)
+        g = np.zeros((n, 3, 3))
+        # src = R(-angle) (p + off - c) + c, as in `rotate`
+        g[:, 0, 0], g[:, 0, 1] = cos, -sin
+        g[:, 1, 0], g[:, 1, 1] = sin, cos
+        g[:, 0, 2] = cos * (off - c) - sin * (off - c) + c
+        g[:, 1, 2] = sin * (off - c) + cos * (off - c) + c
+        g[:, 2, 2] = 1.0
+        m = g @ m
+    elif cfg.rrc_scale is not None:
+        g = np.zeros((n, 3, 3))
+        g[:, 0, 0] = win[:, 3] / sw
+        g[:, 1, 1] = win[:, 2] / sh
+        g[:, 2, 2] = 1.0
+        m = g @ m
+    return m[:, :2, :].astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
