@@ -21,7 +21,9 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
+import types
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -36,7 +38,7 @@ from .errors import ImageError, MetadataError, StoreError
 from .schema import CHANNEL_NAMES, CHANNELS, DATASETS, N_CHANNELS, PATH_COLUMNS, PIXEL_MEAN_COLUMNS, \
     PIXEL_STD_COLUMNS
 from .store import CODECS, CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, JOURNAL_DIR, STATUS_FAILED, STATUS_OK, \
-    codec_metadata, get_fs, is_url, numcodec_from_metadata, read_journal
+    codec_metadata, get_fs, is_url, numcodec_from_metadata, read_journal, read_small_array, small_array_files
 
 __all__ = ["ingest", "IngestReport", "FailedSite", "DEFAULT_CODEC", "VERIFY_ATOL", "ON_ERROR"]
 
@@ -129,9 +131,6 @@ class _Target:
                 os.remove(full)
         elif self.fs.exists(full):
             self.fs.rm(full, recursive=recursive)
-
-    def zarr_url(self, rel: str = "") -> str:
-        return os.path.join(self.root, rel) if self.local else self.path.rstrip("/") + ("/" + rel if rel else "")
 
 
 # ----------------------------------------------------------------------------------------------- per-site work
@@ -375,31 +374,24 @@ def _ingest_params(codec: str, verify: bool, datasets: tuple[str, ...],
 
 def _create_skeleton(target: _Target, plan: pd.DataFrame, shape: tuple[int, int], params: dict[str, Any],
                      raw: Path) -> dict[str, Any]:
-    import zarr
-
+    """Array metadata, the site table and the root attributes (complete=false), guarded by CREATING_MARKER."""
     if target.local:
         os.makedirs(target.root, exist_ok=True)
     target.write(CREATING_MARKER, b"")
-    group = zarr.open_group(target.zarr_url(), mode="a", storage_options=None if target.local else
-                            target.storage_options or None)
     H, W = shape
-    group.create_array("images", shape=(len(plan), H, W, N_CHANNELS), chunks=(1, H, W, N_CHANNELS),
-                       dtype="uint8", fill_value=0, compressors=None, overwrite=True,
-                       dimension_names=("site", "y", "x", "channel"))
+    images = {"shape": [len(plan), H, W, N_CHANNELS], "data_type": "uint8",
+              "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, H, W, N_CHANNELS]}},
+              "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+              "fill_value": 0, "codecs": codec_metadata(params["codec"]), "attributes": {},
+              "dimension_names": ["site", "y", "x", "channel"], "zarr_format": 3, "node_type": "array",
+              "storage_transformers": []}
+    target.write_json("images/zarr.json", images)
+    target.write_json("sites/zarr.json", {"attributes": {}, "zarr_format": 3, "node_type": "group"})
     columns = []
     for name in plan.columns:
         kind = _column_kind(plan[name])
-        data = _encode_column(plan[name], kind)
-        arr = group.create_array(f"sites/{name}", shape=data.shape, chunks=data.shape, dtype=data.dtype,
-                                 overwrite=True)
-        arr[...] = data
+        _write_small(target, f"sites/{name}", _encode_column(plan[name], kind))
         columns.append({"name": name, "dtype": kind})
-    # images/zarr.json is ours to write: the codec list must be exactly what the chunk bytes hold
-    meta_key = "images/zarr.json"
-    with target.fs.open(target.key(meta_key), "rb") as f:
-        meta = json.loads(f.read())
-    meta["codecs"] = codec_metadata(params["codec"])
-    target.write_json(meta_key, meta)
     attrs = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -419,6 +411,11 @@ def _create_skeleton(target: _Target, plan: pd.DataFrame, shape: tuple[int, int]
     _write_root(target, attrs)
     target.remove(CREATING_MARKER)
     return attrs
+
+
+def _write_small(target: _Target, name: str, data: np.ndarray) -> None:
+    for key, blob in small_array_files(data).items():
+        target.write(f"{name}/{key}", blob)
 
 
 def _write_root(target: _Target, attrs: dict[str, Any]) -> None:
@@ -463,19 +460,14 @@ def _prepare(target: _Target, plan: pd.DataFrame, raw: Path, params: dict[str, A
 
 
 def _decode_ids(target: _Target) -> list[str]:
-    import zarr
-
     from .store import _decode_strings
 
-    opts = None if target.local else target.storage_options or None
-    idc = _decode_strings(zarr.open_array(target.zarr_url("sites/id_code"), mode="r", storage_options=opts)[...])
-    site = zarr.open_array(target.zarr_url("sites/site"), mode="r", storage_options=opts)[...]
+    idc = _decode_strings(read_small_array(target.fs, target.key("sites/id_code")))
+    site = read_small_array(target.fs, target.key("sites/site"))
     return [f"{a}_s{int(b)}" for a, b in zip(idc, site)]
 
 
 def _finalize(target: _Target, attrs: dict[str, Any], plan: pd.DataFrame) -> tuple[dict[str, Any], list[FailedSite]]:
-    import zarr
-
     done = read_journal(target.fs, target.root)
     n = len(plan)
     missing = [i for i in range(n) if i not in done]
@@ -497,12 +489,10 @@ def _finalize(target: _Target, attrs: dict[str, Any], plan: pd.DataFrame) -> tup
     npix = float(attrs["pixels_per_site"])
     mean = sums.astype(np.float64) / npix
     std = np.sqrt(np.maximum(sumsq.astype(np.float64) / npix - mean * mean, 0.0))
-    opts = None if target.local else target.storage_options or None
-    group = zarr.open_group(target.zarr_url(), mode="r+", storage_options=opts)
+    target.write_json("stats/zarr.json", {"attributes": {}, "zarr_format": 3, "node_type": "group"})
     for name, data in (("status", status), ("stats/sum", sums), ("stats/sumsq", sumsq), ("stats/mean", mean),
                        ("stats/std", std)):
-        arr = group.create_array(name, shape=data.shape, chunks=data.shape, dtype=data.dtype, overwrite=True)
-        arr[...] = data
+        _write_small(target, name, data)
     attrs = dict(attrs)
     attrs.update(complete=True, n_ok=int((status == STATUS_OK).sum()), n_failed=len(failed),
                  failed=[f.to_dict() for f in failed])
@@ -649,3 +639,15 @@ def _run_dask(jobs: list[_BatchJob], scheduler: Any, bar: Any) -> None:
     finally:
         if own:
             client.close()
+
+
+class _CallableModule(types.ModuleType):
+    """`cellio.ingest` names both this module and the public function. Importing the module (as cellio.testing,
+    the CLI and benchmarks do) makes the package attribute the module, so the module forwards calls to the
+    function: `cellio.ingest(raw, store)` works whichever was bound first."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> IngestReport:
+        return ingest(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

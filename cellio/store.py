@@ -35,6 +35,8 @@ __all__ = [
     "is_url",
     "get_fs",
     "read_journal",
+    "small_array_files",
+    "read_small_array",
     "JOURNAL_DIR",
     "CREATING_MARKER",
 ]
@@ -167,6 +169,59 @@ def _decode_strings(raw: np.ndarray) -> np.ndarray:
     return np.array([b.decode("utf-8") for b in as_bytes], dtype=object)
 
 
+_SMALL_CODECS: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}},
+                                        {"name": "zstd", "configuration": {"level": 0, "checksum": False}}]
+
+
+def small_array_files(data: np.ndarray, attributes: dict[str, Any] | None = None) -> dict[str, bytes]:
+    """zarr.json + the single chunk of a one-chunk Zarr v3 array (bytes + zstd), as {relative key: bytes}.
+
+    The site table and statistics are small: writing them directly keeps ingest and `open_store` free of
+    zarr-python's import and per-call costs while staying plain Zarr v3 (tests read them back with zarr-python
+    and tensorstore).
+    """
+    import numcodecs
+
+    data = np.ascontiguousarray(data)
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("<"))
+    kind = "bool" if data.dtype == np.bool_ else data.dtype.name
+    fill: Any = False if kind == "bool" else 0.0 if data.dtype.kind == "f" else 0
+    meta = {"shape": list(data.shape), "data_type": kind,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [max(1, d) for d in data.shape]}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": fill, "codecs": _SMALL_CODECS, "attributes": attributes or {}, "zarr_format": 3,
+            "node_type": "array", "storage_transformers": []}
+    files = {"zarr.json": json.dumps(meta, indent=2).encode()}
+    if data.size:
+        files["c/" + "/".join("0" for _ in data.shape)] = bytes(numcodecs.Zstd(level=0).encode(data))
+    return files
+
+
+def read_small_array(fs: Any, path: str, storage_options: dict[str, Any] | None = None) -> np.ndarray:
+    """Read a whole array written by `small_array_files`; anything else (rechunked, other codecs) via zarr."""
+    import numcodecs
+
+    meta = _read_json(fs, f"{path}/zarr.json")
+    shape = tuple(meta["shape"])
+    if meta.get("codecs") == _SMALL_CODECS and \
+            tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]) == tuple(max(1, d) for d in shape) and \
+            meta.get("chunk_key_encoding", {}).get("name") == "default":
+        dtype = np.dtype("bool" if meta["data_type"] == "bool" else meta["data_type"]).newbyteorder("<")
+        if not all(shape):
+            return np.zeros(shape, dtype=dtype)
+        try:
+            with fs.open(f"{path}/c/" + "/".join("0" for _ in shape), "rb") as f:
+                raw = numcodecs.Zstd().decode(f.read())
+        except FileNotFoundError:
+            return np.full(shape, meta["fill_value"], dtype=dtype)
+        return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+    import zarr
+
+    return zarr.open_array(f"{path}" if not fs.protocol or "file" in fs.protocol else fs.unstrip_protocol(path),
+                           mode="r")[...]
+
+
 # ----------------------------------------------------------------------------------------------- the reader
 class Store:
     """A read-only cellio store. Rows of `sites` are the successfully ingested sites, row i <-> image i.
@@ -261,12 +316,7 @@ class Store:
 
     # -- tables ---------------------------------------------------------------------------------------------
     def _zarr_read(self, name: str) -> np.ndarray:
-        import zarr
-
-        url = self.path.rstrip("/") + "/" + name
-        arr = zarr.open_array(url, mode="r", storage_options=self._storage_options or None) if is_url(url) \
-            else zarr.open_array(os.path.join(self._root, name), mode="r")
-        return arr[...]
+        return read_small_array(self._fs, f"{self._root}/{name}", self._storage_options)
 
     @property
     def sites(self) -> pd.DataFrame:
