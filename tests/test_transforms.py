@@ -11,7 +11,7 @@ from cellio.errors import PipelineConfigError
 from cellio.transforms import (D4_TABLE, AugmentConfig, apply_torch, check_fits, crop, d4, d4_flags, decode_view,
                                eval_params, eval_views, flip_transpose, get_preset, intensity, list_presets,
                                make_params, margin_size, normalization_affine, normalize, resize, rotate,
-                               epoch_params)
+                               epoch_params, warp_matrices)
 
 H, W = 17, 11
 
@@ -183,3 +183,34 @@ def test_apply_torch_end_to_end_layout_and_dtype(img):
     torch.testing.assert_close(out[0].float(), torch.from_numpy(expected).to(torch.bfloat16).float())
     with pytest.raises(PipelineConfigError, match="rows"):
         apply_torch(windows[:1], p, mean, std, cfg)
+
+
+def _nn_warp(img: np.ndarray, m: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour warp with a destination -> source matrix, [0, 0] = the first pixel's corner (DALI's rule)."""
+    ys, xs = np.mgrid[0:out_hw[0], 0:out_hw[1]] + 0.5
+    sx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
+    sy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
+    return img[np.floor(sy).astype(int), np.floor(sx).astype(int)]
+
+
+def test_warp_matrices_reproduce_d4_and_flips_exactly(img):
+    sq = img[:7, 2:9]
+    for k in range(8):
+        for extra_h in (False, True):
+            t, hf, vf = D4_TABLE[k]
+            p = {"window": np.array([[0, 2, 7, 7]]), "transpose": np.array([t]), "hflip": np.array([hf ^ extra_h]),
+                 "vflip": np.array([vf]), "angle": np.zeros(1)}
+            m = warp_matrices(p, AugmentConfig(crop_size=7))[0]
+            expected = flip_transpose(torch.from_numpy(sq.copy()), t, hf ^ extra_h, vf).numpy()
+            assert np.array_equal(_nn_warp(sq, m, (7, 7)), expected), (k, extra_h)
+
+
+def test_warp_matrix_of_a_quarter_rotation_in_the_margin_window(img):
+    cfg = AugmentConfig(crop_size=7, rotation="any")
+    win = img[:11, :11]
+    p = {"window": np.array([[0, 0, 11, 11]]), "transpose": np.array([False]), "hflip": np.array([False]),
+         "vflip": np.array([False]), "angle": np.array([90.0])}
+    m = warp_matrices(p, cfg)[0]
+    # cos(90 deg) is 6e-17, not 0: nudge so floor() does not flip at the exact pixel edges the quarter turn hits
+    expected = rotate(torch.from_numpy(win.copy()), 90.0).numpy()[2:9, 2:9]
+    assert np.array_equal(_nn_warp(win, m + np.array([[0, 0, 1e-6], [0, 0, 1e-6]]), (7, 7)), expected)
