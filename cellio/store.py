@@ -218,8 +218,10 @@ def read_small_array(fs: Any, path: str, storage_options: dict[str, Any] | None 
         return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
     import zarr
 
-    return zarr.open_array(f"{path}" if not fs.protocol or "file" in fs.protocol else fs.unstrip_protocol(path),
-                           mode="r")[...]
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols:
+        return zarr.open_array(path, mode="r")[...]
+    return zarr.open_array(fs.unstrip_protocol(path), mode="r", storage_options=storage_options or None)[...]
 
 
 # ----------------------------------------------------------------------------------------------- the reader

@@ -207,3 +207,22 @@ def test_incomplete_store_refuses_to_open(tmp_path, tiny_store):
         open_store(copy)
     s = open_store(copy, allow_incomplete=True)
     assert not s.complete and len(s) == 0  # no journal: nothing recorded as done
+
+
+def test_rechunked_tables_and_images_fall_back_to_zarr(tmp_path, tiny_store):
+    """A store rewritten by another tool (other chunking) still reads, through zarr-python."""
+    import shutil
+
+    import zarr
+
+    copy = tmp_path / "rechunked.zarr"
+    shutil.copytree(tiny_store.path, copy)
+    for name, chunks in (("stats/sum", (7, 6)), ("images", (2, 17, 11, 6))):
+        data = zarr.open_array(copy / name, mode="r")[...]
+        shutil.rmtree(copy / name)
+        z = zarr.create_array(copy / name, shape=data.shape, chunks=chunks, dtype=data.dtype)
+        z[...] = data
+    s = open_store(copy)
+    assert not s._fast
+    np.testing.assert_array_equal(s.read([4, 0, 9], crop=(2, 1, 9, 5)), tiny_store.read([4, 0, 9], crop=(2, 1, 9, 5)))
+    np.testing.assert_array_equal(s.channel_stats("plate")[0], tiny_store.channel_stats("plate")[0])
