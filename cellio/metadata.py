@@ -76,14 +76,17 @@ class _Problems:
             self.items.append(msg)
 
     def add_rows(self, file: str, rows: pd.Index | np.ndarray, column: str, values: pd.Series | np.ndarray,
-                 expected: str) -> None:
-        """One problem per offending row; `rows` are 0-based positions in the file's data rows."""
+                 expected: str | pd.Series) -> None:
+        """One problem per offending row; `rows` are 0-based positions in the file's data rows; `expected` is one
+        text for all rows or one per row."""
         rows = np.asarray(rows)
         values = np.asarray(values, dtype=object)
-        room = MAX_REPORTED_PROBLEMS - len(self.items)
-        for r, v in zip(rows[:room], values[:room]):
+        room = max(MAX_REPORTED_PROBLEMS - len(self.items), 0)
+        per_row = np.asarray(expected, dtype=object) if not isinstance(expected, str) else None
+        for i, (r, v) in enumerate(zip(rows[:room], values[:room])):
+            exp = expected if per_row is None else per_row[i]
             self.items.append(f"{file} row {int(r) + 1} (line {int(r) + 2}), column '{column}': "
-                              f"found {v!r}, expected {expected}")
+                              f"found {v!r}, expected {exp}")
         self.count += len(rows)
 
     def raise_if_any(self, where: str) -> None:
@@ -157,11 +160,10 @@ def _validate_wells(df: pd.DataFrame, label: str, problems: _Problems, *, id_col
     problems.add_rows(label, np.flatnonzero(bad_well.to_numpy()), "well", df["well"][bad_well],
                       f"a well in {ALL_WELLS[0]}..{ALL_WELLS[-1]} (rows B-O, columns 02-23)")
     expected_id = exp + "_" + plate.astype(str) + "_" + well
-    checkable = ~bad_exp & plate.notna() & ~bad_well
+    checkable = ~bad_exp & ~bad_ct & plate.notna() & ~bad_well
     bad_id = checkable & (df[id_col].str.strip() != expected_id)
     problems.add_rows(label, np.flatnonzero(bad_id.to_numpy()), id_col, df[id_col][bad_id],
-                      "'{experiment}_{plate}_{well}' matching the row (e.g. " + (
-                          repr(expected_id[bad_id].iloc[0]) if bad_id.any() else "'HUVEC-07_1_B03'") + ")")
+                      "'{experiment}_{plate}_{well}' = " + expected_id[bad_id].map(repr))
     if unique:
         dup = df[id_col].duplicated(keep="first")
         problems.add_rows(label, np.flatnonzero(dup.to_numpy()), id_col, df[id_col][dup],
@@ -290,25 +292,21 @@ def _rxrx_ai_wells(raw: Path, problems: _Problems) -> pd.DataFrame:
     return typed
 
 
-def _sites_from_files(raw: Path, wells: pd.DataFrame, prefix_col: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """List each plate directory once. Returns (sites found: id_code, site; files found: dir, name)."""
-    found_sites: list[tuple[str, int]] = []
-    files: list[tuple[str, str]] = []
-    plate_dirs = pd.DataFrame({"dir": prefix_col, "experiment": wells["experiment"], "plate": wells["plate"]})
-    for d in plate_dirs["dir"].unique():
+def _sites_from_files(raw: Path, plate_dirs: pd.Series) -> pd.DataFrame:
+    """The sites that have at least one image file, listing each plate directory once: (id_code, site)."""
+    found: list[tuple[str, int]] = []
+    for d in plate_dirs.unique():
         try:
             names = [e.name for e in os.scandir(raw / d)]
         except (FileNotFoundError, NotADirectoryError):
             continue
-        exp_plate = d.rsplit("/", 2)
-        stem = f"{exp_plate[-2]}_{exp_plate[-1].removeprefix('Plate')}_"
+        _, exp, plate = d.rsplit("/", 2)
+        stem = f"{exp}_{plate.removeprefix('Plate')}_"
         for n in names:
-            files.append((d, n))
             m = _IMAGE_RE.match(n)
             if m:
-                found_sites.append((stem + m.group(1), int(m.group(2))))
-    sites = pd.DataFrame(found_sites, columns=["id_code", "site"]).drop_duplicates()
-    return sites, pd.DataFrame(files, columns=["dir", "name"])
+                found.append((stem + m.group(1), int(m.group(2))))
+    return pd.DataFrame(found, columns=["id_code", "site"]).drop_duplicates()
 
 
 def _read_pixel_stats(raw: Path, problems: _Problems) -> pd.DataFrame | None:
@@ -337,7 +335,7 @@ def _read_pixel_stats(raw: Path, problems: _Problems) -> pd.DataFrame | None:
     expected_id = df["experiment"] + "_" + df["plate"].astype("Int64").astype(str) + "_" + df["well"]
     bad_id = df["id_code"] != expected_id
     problems.add_rows(name, np.flatnonzero(bad_id.to_numpy()), "id_code", df["id_code"][bad_id],
-                      "'{experiment}_{plate}_{well}' matching the row")
+                      "'{experiment}_{plate}_{well}' = " + expected_id[bad_id].map(repr))
     dup = df.duplicated(["id_code", "site", "channel"])
     problems.add_rows(name, np.flatnonzero(dup.to_numpy()), "channel", df["channel"][dup],
                       "one row per id_code, site and channel (duplicate)")
@@ -396,7 +394,7 @@ def read_metadata(raw_dir: str | os.PathLike[str], *, check_files: bool = False,
             problems.raise_if_any(str(raw))
             sites = wells.merge(site_ids, on="id_code", how="inner")
         else:
-            found, _ = _sites_from_files(raw, wells, folder)
+            found = _sites_from_files(raw, folder)
             if len(found):
                 has = wells["id_code"].isin(found["id_code"])
                 sites = pd.concat([
