@@ -234,3 +234,80 @@ def test_torch_backend_with_worker_processes(tiny_store):
     a = list(_make(tiny_store, 6, **kw))
     b = list(_make(tiny_store, 6, num_workers=2, **kw))
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b)) and len(a) == len(b) == 4
+
+
+# --- a store ingested from an RxRx1-layout set written here by hand (not by cellio.synth) -------------------------
+_HAND_WELLS = [  # (dataset, experiment, plate, well, sirna or None, well_type)
+    ("train", "HUVEC-01", 1, "B02", 1138, "negative_control"), ("train", "HUVEC-01", 1, "B03", 5, "treatment"),
+    ("train", "HUVEC-01", 1, "B04", 7, "treatment"), ("train", "HUVEC-01", 1, "C05", 1108, "positive_control"),
+    ("train", "HUVEC-01", 2, "B02", 1138, "negative_control"), ("train", "HUVEC-01", 2, "D11", 9, "treatment"),
+    ("test", "RPE-08", 1, "B02", 1138, "negative_control"), ("test", "RPE-08", 1, "B03", None, "treatment"),
+    ("test", "RPE-08", 3, "O23", None, "treatment"),
+]
+HAND_HW = (240, 232)
+
+
+@pytest.fixture(scope="module")
+def hand_store(tmp_path_factory):
+    import pandas as pd
+    from PIL import Image
+
+    raw = tmp_path_factory.mktemp("hand") / "rxrx1"
+    rng = np.random.default_rng(11)
+    rows: dict[str, list[dict]] = {"train.csv": [], "test.csv": [], "train_controls.csv": [], "test_controls.csv": []}
+    for ds, exp, plate, well, sirna, wtype in _HAND_WELLS:
+        rec = {"id_code": f"{exp}_{plate}_{well}", "experiment": exp, "plate": plate, "well": well}
+        if wtype == "treatment":
+            rows[f"{ds}.csv"].append({**rec, **({"sirna": sirna} if ds == "train" else {})})
+        else:
+            rows[f"{ds}_controls.csv"].append({**rec, "sirna": sirna, "well_type": wtype})
+        for site in (1, 2):
+            for ch in range(1, 7):
+                path = raw / ds / exp / f"Plate{plate}" / f"{well}_s{site}_w{ch}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 80, size=HAND_HW, dtype=np.uint8), mode="L").save(path)
+    cols = {"train.csv": ["id_code", "experiment", "plate", "well", "sirna"],
+            "test.csv": ["id_code", "experiment", "plate", "well"],
+            "train_controls.csv": ["id_code", "experiment", "plate", "well", "sirna", "well_type"],
+            "test_controls.csv": ["id_code", "experiment", "plate", "well", "sirna", "well_type"]}
+    for name, recs in rows.items():
+        pd.DataFrame(recs, columns=cols[name]).to_csv(raw / name, index=False)
+    out = raw.parent / "hand.zarr"
+    cellio.ingest(raw, out, codec="none", workers=1, progress=False)
+    return cellio.open_store(out)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hand_made_rxrx1_store_three_ranks_224(hand_store, backend):
+    truth = {(e, p, w): (-1 if s is None else s) for _, e, p, w, s, _ in _HAND_WELLS}
+    assert len(hand_store) == 2 * len(_HAND_WELLS) and hand_store.image_shape == (*HAND_HW, 6)
+    kw = dict(datasets=("train", "test"), last_batch="partial", backend=backend, seed=3, crop_size=224)
+    epoch0: list[dict] = []
+    for rank in range(3):
+        loader = _make(hand_store, 4, rank=rank, world_size=3, **kw)
+        loader.set_epoch(0)
+        for b in loader:
+            assert b["image"].shape == (len(b["index"]), 6, 224, 224) and b["image"].dtype == torch.float32
+            assert torch.isfinite(b["image"]).all()
+            epoch0.append(b)
+    index = _cat(epoch0, "index").tolist()
+    assert sorted(index) == list(range(len(hand_store)))  # every site exactly once over the 3 ranks
+    sites = hand_store.sites
+    for i, label in zip(index, _cat(epoch0, "label").tolist()):
+        row = sites.iloc[i]
+        assert label == truth[(row["experiment"], int(row["plate"]), row["well"])]
+    # set_epoch reshuffles; a resumed rank reproduces the rest of its epoch
+    loader = _make(hand_store, 4, rank=1, world_size=3, **kw)
+    loader.set_epoch(1)
+    full = list(loader)
+    rank1_epoch0 = _make(hand_store, 4, rank=1, world_size=3, **kw)
+    assert _cat(full, "index").tolist() != _cat(list(rank1_epoch0), "index").tolist()
+    loader.set_epoch(1)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    del it
+    again = _make(hand_store, 4, rank=1, world_size=3, **kw)
+    again.load_state_dict(state)
+    rest = list(again)
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(full[1:], rest)) and len(rest) == len(full) - 1
