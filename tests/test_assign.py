@@ -150,14 +150,14 @@ def test_inference_steps_chain_on_two_models(groups):
         models.append(Predictions(logits[:, perm], index, view, CLASSES[perm]))
     res = inference_steps(models, sites, groups=groups)
     assert list(res.labels) == ["single view", "TTA mean logits", "TTA mean probs", "TTA geometric mean",
-                                "TTA majority vote", "ensemble", "TTA mean + plate assignment",
-                                "ensemble + plate assignment"]
+                                "TTA majority vote", "ensemble", "TTA mean + plate mask",
+                                "TTA mean + plate assignment", "ensemble + plate mask", "ensemble + plate assignment"]
     truth = truth_sites.drop_duplicates("id_code").set_index("id_code")["sirna"].astype(np.int64)
     treat = truth_sites.loc[truth_sites["well_type"] == "treatment", "id_code"].unique()
     acc = {k: (v.set_index("id_code")["sirna"].loc[treat] == truth.loc[treat]).mean() for k, v in res.labels.items()}
     assert acc["TTA mean logits"] > acc["single view"]
     assert acc["ensemble"] >= acc["TTA mean logits"]
-    assert acc["ensemble + plate assignment"] >= acc["ensemble"]
+    assert acc["ensemble + plate assignment"] >= acc["ensemble + plate mask"] >= acc["ensemble"]
     ctrl = truth_sites.loc[truth_sites["well_type"] != "treatment", "id_code"].unique()
     final = res.labels[res.final].set_index("id_code")["sirna"]
     assert (final.loc[ctrl] == truth.loc[ctrl]).all()

@@ -56,6 +56,7 @@ class Assignment:
     rotation_scores: dict[str, list[float]] = field(default_factory=dict)  # experiment -> score of r = 0..3
     margins: dict[str, float] = field(default_factory=dict)        # experiment -> best minus runner-up
     changed: int = 0                               # treatment wells whose label differs from the masked argmax
+    masked: pd.DataFrame | None = None             # id_code, sirna: argmax over the plate's allowed classes only
 
     def summary(self) -> dict[str, Any]:
         return {"rotations": self.rotations, "rotation_scores": self.rotation_scores,
@@ -203,7 +204,8 @@ def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLik
             log.warning("%s plate %s: %d wells but only %d allowed classes", exp, plate, len(rows), len(allowed))
         changed += int((labels[rows] != masked_argmax[rows]).sum())
     preds = pd.DataFrame({"id_code": wells.id_codes, "sirna": labels.astype(np.int64)})
-    return Assignment(preds, {e: int(r) for e, r in chosen.items()}, scores, margins, changed)
+    masked = pd.DataFrame({"id_code": wells.id_codes, "sirna": masked_argmax.astype(np.int64)})
+    return Assignment(preds, {e: int(r) for e, r in chosen.items()}, scores, margins, changed, masked)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

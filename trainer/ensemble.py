@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 # Names used in reports, in the order of the chain.
 STEP_ORDER = ("single view", "TTA mean logits", "TTA mean probs", "TTA geometric mean", "TTA majority vote",
-              "stacker", "ensemble", "TTA mean + plate assignment", "ensemble + plate assignment")
+              "stacker", "ensemble", "TTA mean + plate mask", "TTA mean + plate assignment",
+              "ensemble + plate mask", "ensemble + plate assignment")
 
 
 @dataclass
@@ -91,11 +92,11 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
         final = ensemble(members, weights)
         add("ensemble", final)
     if groups is not None:
-        for name, ws in (("TTA mean + plate assignment", mean),
-                         *((("ensemble + plate assignment", final),) if len(models) > 1 else ())):
+        for base, ws in (("TTA mean", mean), *((("ensemble", final),) if len(models) > 1 else ())):
             a = assign_plates(ws, sites, groups)
-            res.assignments[name] = a
-            res.labels[name] = a.predictions
+            res.assignments[f"{base} + plate assignment"] = a
+            res.labels[f"{base} + plate mask"] = a.masked  # rotation inferred, impossible classes masked, argmax
+            res.labels[f"{base} + plate assignment"] = a.predictions
     return res
 
 
