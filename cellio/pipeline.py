@@ -120,11 +120,13 @@ def _eval_entry():
 
 def build_pipeline(source: Any, cfg: AugmentConfig, *, train: bool, device: str = "cpu", batch_size: int,
                    num_workers: int = 1, num_threads: int | None = None, prefetch: int = 2,
-                   dihedral: bool = False, seed: int = 0, start_method: str = "fork") -> Any:
+                   dihedral: bool = False, seed: int = 0, start_method: str | None = None) -> Any:
     """Build (and start) the train or eval DALI pipeline reading from `source` (a SiteSource).
 
     device: "cpu" (DALI CPU mode, device_id=None) or "cuda"/"cuda:N"/"gpu". num_workers=0 runs the source in the
-    pipeline's thread (no worker processes); >= 1 uses that many parallel external_source worker processes.
+    pipeline's thread (no worker processes); >= 1 uses that many parallel external_source worker processes, started
+    with `start_method`: default "fork" (cheap), or "spawn" on GPU or once CUDA is initialised in this process
+    (DALI refuses to fork then; SiteSource and Store pickle by value/path for spawn).
     """
     require_dali()
     if batch_size < 1:
@@ -143,6 +145,10 @@ def build_pipeline(source: Any, cfg: AugmentConfig, *, train: bool, device: str 
                                   device_id=device_id, seed=seed, prefetch_queue_depth=max(1, prefetch),
                                   exec_dynamic=True)  # reference-counted outputs: the loader hands them out zero-copy
     if parallel:
+        if start_method is None:
+            start_method = "spawn" if graph_device == "gpu" or _cuda_initialized() else "fork"
+        if start_method not in ("fork", "spawn"):
+            raise PipelineConfigError(f"start_method: expected 'fork', 'spawn' or None, found {start_method!r}")
         kwargs.update(py_num_workers=num_workers, py_start_method=start_method)
     out_hw = source.out_hw
     if train:
@@ -152,6 +158,15 @@ def build_pipeline(source: Any, cfg: AugmentConfig, *, train: bool, device: str 
     pipe.build()
     log.debug("built DALI %s pipeline on %s (workers=%d)", "train" if train else "eval", dev, num_workers)
     return pipe
+
+
+def _cuda_initialized() -> bool:
+    try:
+        from nvidia.dali import backend
+
+        return bool(backend.IsDriverInitialized())
+    except (ImportError, AttributeError):
+        return False
 
 
 def close_pipeline(pipe: Any) -> None:

@@ -144,3 +144,26 @@ def test_gpu_dali_matches_torch_on_gpu(tiny_store):
     for x, y in zip(*out):
         assert x["image"].is_cuda and y["image"].is_cuda
         torch.testing.assert_close(y["image"], x["image"], rtol=1e-5, atol=1e-5)
+
+
+def test_spawned_workers_give_the_same_batches(tiny_store):
+    """spawn is what GPU runs use (DALI cannot fork once CUDA is initialised): the source must pickle."""
+    from cellio.pipeline import build_pipeline, close_pipeline, source_outputs
+    from cellio.sources import SiteSource
+
+    cfg = EXACT["d4_all"]
+    loader = cellio.create_loader(tiny_store, 8, augment=cfg, backend="dali", device="cpu", num_workers=0, rank=0,
+                                  world_size=1, seed=7, indices=np.arange(16), datasets=None, last_batch="partial")
+    expected = list(loader)
+    src = SiteSource(tiny_store, loader.config, loader.sampler, loader._meta, train=True, views=loader.views,
+                     tta=None, outputs=source_outputs(cfg, train=True))
+    src.sampler.set_epoch(0)
+    pipe = build_pipeline(src, cfg, train=True, device="cpu", batch_size=8, num_workers=1, start_method="spawn")
+    try:
+        for want in expected:
+            image, meta = pipe.run()
+            got = torch.from_dlpack(image.as_tensor())
+            assert torch.equal(got, want["image"])
+            assert np.array_equal(np.asarray(meta.as_tensor())[:, 2], want["index"].numpy())
+    finally:
+        close_pipeline(pipe)
