@@ -74,6 +74,9 @@ def test_recovers_unseen_rotation_and_uses_each_class_once(groups):
 
     result = assign_plates(scores, sites, groups)
     assert result.rotations == rot and all(m > 0 for m in result.margins.values())
+    summary = result.summary(known={"HEPG2-08": 3, "U2OS-04": 0})
+    assert summary["rotation_correct"] == {"HEPG2-08": True, "U2OS-04": False}
+    assert all(v > 0 for v in summary["relative_margins"].values())
     pred = result.predictions.set_index("id_code")["sirna"]
     meta = sites.drop_duplicates("id_code").set_index("id_code")
     treat = meta[meta["well_type"] == "treatment"]

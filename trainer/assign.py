@@ -58,9 +58,17 @@ class Assignment:
     changed: int = 0                               # treatment wells whose label differs from the masked argmax
     masked: pd.DataFrame | None = None             # id_code, sirna: argmax over the plate's allowed classes only
 
-    def summary(self) -> dict[str, Any]:
-        return {"rotations": self.rotations, "rotation_scores": self.rotation_scores,
-                "margins": self.margins, "changed_wells": self.changed}
+    def summary(self, known: Mapping[str, int] | None = None) -> dict[str, Any]:
+        """JSON-able summary; with `known` rotations (train experiments) it says which were inferred right."""
+        out: dict[str, Any] = {
+            "rotations": self.rotations, "rotation_scores": self.rotation_scores, "margins": self.margins,
+            # best over runner-up, relative: the absolute margin shrinks with flat (weak or many-class) models
+            "relative_margins": {e: float(m / max(sorted(self.rotation_scores[e])[-2], 1e-12))
+                                 for e, m in self.margins.items()},
+            "changed_wells": self.changed}
+        if known:
+            out["rotation_correct"] = {e: int(r) == int(known[e]) for e, r in self.rotations.items() if e in known}
+        return out
 
 
 def well_table(sites: pd.DataFrame) -> pd.DataFrame:

@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps = inference_steps(val, sites, groups=groups, weights=args.weights, stacker_scores=cv)
         val_ids = steps.labels["TTA mean logits"]["id_code"]
         reports["validation"] = build_report(steps.labels, truth[truth.index.isin(val_ids)])
-        extra["validation_assignment"] = {k: a.summary() for k, a in steps.assignments.items()}
+        extra["validation_assignment"] = {k: a.summary(known=groups.rotations) for k, a in steps.assignments.items()}
     if args.test_predictions:
         test = [load_predictions(f) for f in args.test_predictions]
         steps = inference_steps(test, sites, groups=groups, weights=args.weights, stacker=stacker)
