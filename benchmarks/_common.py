@@ -41,6 +41,7 @@ class Result:
     seconds: list[float]       # every timed repeat
     group: str = ""            # optional grouping for tables/plots (e.g. "baseline", "cellio")
     extra: dict[str, Any] = field(default_factory=dict)
+    cpu_seconds: list[float] = field(default_factory=list)  # this process's CPU time (all threads) per repeat
 
     @property
     def median_s(self) -> float:
@@ -49,6 +50,11 @@ class Result:
     @property
     def items_per_s(self) -> float:
         return self.items / self.median_s
+
+    @property
+    def cpu_ms_per_item(self) -> float:
+        """Median CPU milliseconds per site in this process (worker processes are not counted)."""
+        return statistics.median(self.cpu_seconds) / self.items * 1e3 if self.cpu_seconds else float("nan")
 
     @property
     def gb_per_s(self) -> float:
@@ -60,6 +66,8 @@ class Result:
         return {"name": self.name, "group": self.group, "items": self.items, "repeats": len(self.seconds),
                 "median_s": round(self.median_s, 5), "sites_per_s": round(self.items_per_s, 2),
                 "gb_per_s": round(self.gb_per_s, 4), "ratio": round(ratio, 3), "spread": round(spread, 3),
+                "cpu_ms_per_site": round(self.cpu_ms_per_item, 3),
+                "cpu_ratio": round(baseline.cpu_ms_per_item / self.cpu_ms_per_item, 3) if baseline else float("nan"),
                 **self.extra}
 
 
@@ -68,12 +76,13 @@ def measure(name: str, fn: Callable[[], Any], *, items: int, nbytes: int, warmup
     """Run fn warmup times untimed, then `repeats` times timed (perf_counter)."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    r = Result(name, items, nbytes, times, group, dict(extra))
+        cpu.append(time.process_time() - c0)
+    r = Result(name, items, nbytes, times, group, dict(extra), cpu)
     print(f"  {name:<34} {r.items_per_s:10.1f} sites/s  {r.gb_per_s:7.3f} GB/s  (median of {repeats})", flush=True)
     return r
 
@@ -96,12 +105,15 @@ def compare(cases: Sequence[Case], *, warmup: int = 1, repeats: int = 5) -> list
         for _ in range(warmup):
             c.fn()
     times: list[list[float]] = [[] for _ in cases]
+    cpu: list[list[float]] = [[] for _ in cases]
     for _ in range(repeats):
         for k, c in enumerate(cases):
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             c.fn()
             times[k].append(time.perf_counter() - t0)
-    results = [Result(c.name, c.items, c.nbytes, t, c.group, dict(c.extra)) for c, t in zip(cases, times)]
+            cpu[k].append(time.process_time() - c0)
+    results = [Result(c.name, c.items, c.nbytes, t, c.group, dict(c.extra), u)
+               for c, t, u in zip(cases, times, cpu)]
     for r in results:
         print(f"  {r.name:<40} {r.items_per_s:10.1f} sites/s  {r.gb_per_s:7.3f} GB/s", flush=True)
     return results
@@ -141,10 +153,12 @@ def environment(**extra: Any) -> dict[str, Any]:
 
 
 def print_table(rows: Sequence[dict[str, Any]], title: str, baseline: str) -> None:
-    print(f"\n{title}\n(ratio = sites/s relative to '{baseline}')")
-    print(f"{'configuration':<36}{'sites/s':>11}{'GB/s':>9}{'ratio':>8}{'spread':>8}")
+    print(f"\n{title}\n(ratio = sites/s relative to '{baseline}'; spread = (max-min)/median of the repeats; "
+          f"cpu = this process's CPU ms per site, all threads, worker processes not counted)")
+    print(f"{'configuration':<42}{'sites/s':>10}{'GB/s':>8}{'ratio':>7}{'spread':>7}{'cpu ms':>8}{'cpu ratio':>10}")
     for r in rows:
-        print(f"{r['name']:<36}{r['sites_per_s']:>11.1f}{r['gb_per_s']:>9.3f}{r['ratio']:>8.3f}{r['spread']:>8.2f}")
+        print(f"{r['name']:<42}{r['sites_per_s']:>10.1f}{r['gb_per_s']:>8.3f}{r['ratio']:>7.3f}{r['spread']:>7.2f}"
+              f"{r['cpu_ms_per_site']:>8.2f}{r['cpu_ratio']:>10.3f}")
 
 
 def report(results: Sequence[Result], name: str, *, baseline: str, title: str, env: dict[str, Any] | None = None,
