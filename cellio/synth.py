@@ -53,7 +53,8 @@ from .schema import (
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["synthesize", "MORPHOLOGY", "class_morphology", "render_site", "texture_features", "encode_png"]
+__all__ = ["synthesize", "MORPHOLOGY", "BatchEffects", "class_morphology", "render_site", "texture_features",
+           "encode_png"]
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,11 @@ _TRAITS: dict[str, _CellTypeTraits] = {
 }
 
 # Random-stream purposes (first key after the seed).
-_KEY_LAYOUT, _KEY_CLASS, _KEY_BATCH_EXP, _KEY_BATCH_PLATE, _KEY_SITE = 1, 2, 3, 4, 5
+_KEY_LAYOUT, _KEY_CLASS, _KEY_BATCH_EXP, _KEY_BATCH_PLATE, _KEY_SITE, _KEY_BATCH_CELL_TYPE = 1, 2, 3, 4, 5, 6
 _CHUNK_SITES = 8
 AUTO_CHECK_MIN_SITES = 160
-_TEXTURE_CROP = 160
-_N_TEXTURE = 5  # texture features per channel  # texture statistics of the check use a central crop (speed)
+_TEXTURE_CROP = 160  # texture statistics of the check use a central crop (speed)
+_N_TEXTURE = 5  # texture features per channel
 
 
 def class_morphology(sirna: int, seed: int = 0) -> dict[str, float]:
@@ -127,8 +128,8 @@ def class_morphology(sirna: int, seed: int = 0) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class _Batch:
-    """Class-independent per-site nuisance: target per-channel mean/std, illumination, background, noise."""
+class BatchEffects:
+    """Class-independent nuisance of one site: target per-channel mean/std, illumination, background, noise."""
     mean: tuple[float, ...]
     std: tuple[float, ...]
     grad: tuple[tuple[float, float], ...]   # per channel (dy, dx) illumination slope over the field
@@ -143,16 +144,16 @@ def _experiment_batch(seed: int, exp_index: int) -> tuple[np.ndarray, ...]:
 
 
 def _site_batch(seed: int, exp_index: int, plate: int, site_rng: np.random.Generator,
-                cell_type_index: int) -> _Batch:
+                cell_type_index: int) -> BatchEffects:
     g_mean, g_std, background, noise = _experiment_batch(seed, exp_index)
     prng = np.random.default_rng([seed, _KEY_BATCH_PLATE, exp_index, plate])
     p_mean, p_std = np.exp(prng.normal(0, 0.1, N_CHANNELS)), np.exp(prng.normal(0, 0.1, N_CHANNELS))
     grad = prng.normal(0, 0.15, (N_CHANNELS, 2))
-    ct = np.exp(np.random.default_rng([seed, _KEY_BATCH_EXP, 10_000 + cell_type_index]).normal(0, 0.15, 2))
+    ct = np.exp(np.random.default_rng([seed, _KEY_BATCH_CELL_TYPE, cell_type_index]).normal(0, 0.15, 2))
     s_mean, s_std = np.exp(site_rng.normal(0, 0.05, N_CHANNELS)), np.exp(site_rng.normal(0, 0.05, N_CHANNELS))
     mean = np.asarray(GLOBAL_PIXEL_MEAN) * g_mean * p_mean * s_mean * ct[0]
     std = np.asarray(GLOBAL_PIXEL_STD) * g_std * p_std * s_std * ct[1]
-    return _Batch(tuple(mean.tolist()), tuple(std.tolist()), tuple(map(tuple, grad.tolist())),
+    return BatchEffects(tuple(mean.tolist()), tuple(std.tolist()), tuple(map(tuple, grad.tolist())),
                   tuple(background.tolist()), tuple(noise.tolist()))
 
 
@@ -167,7 +168,7 @@ def _bump(d: np.ndarray) -> np.ndarray:
     return t * t
 
 
-def render_site(height: int, width: int, morph: dict[str, float], cell_type: str, batch: _Batch,
+def render_site(height: int, width: int, morph: dict[str, float], cell_type: str, batch: BatchEffects,
                 rng: np.random.Generator) -> np.ndarray:
     """Render one site: uint8 (6, height, width), channel order w1..w6.
 
