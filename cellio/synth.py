@@ -646,9 +646,14 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
         raise ConfigError(f"missing_wells must be a fraction in [0, 1); got {missing_wells}")
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be >= 1 or None; got {workers}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer; got {seed!r}")
 
     t0 = time.perf_counter()
     out = Path(out_dir)
+    if (out / "train.csv").exists():
+        # Files of a larger earlier run would survive next to the new ones; the CSVs only list the new ones.
+        log.warning("%s already holds a data set; overwriting it (remove the directory first for a clean set)", out)
     wells, groups, rotations, order = _plan(classes, train_experiments_per_cell_type,
                                             test_experiments_per_cell_type, cell_types,
                                             positive_controls, missing_wells, seed)

@@ -145,6 +145,8 @@ def test_zip_members_are_relative_to_the_dataset_folder(tmp_path):
     ({"cell_types": ("HELA",)}, "cell_types"),
     ({"positive_controls": 31}, "positive_controls"),
     ({"missing_wells": 1.0}, "missing_wells"),
+    ({"seed": -1}, "seed"),
+    ({"sites": 0}, "sites"),
 ])
 def test_bad_parameters_raise(tmp_path, kwargs, match):
     with pytest.raises(ConfigError, match=match):
