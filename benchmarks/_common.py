@@ -198,12 +198,13 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str, baseline: str)
     for bar, r in zip(bars, rows[::-1]):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {r['ratio']:.2f}x", va="center",
                 fontsize=8)
+    ax.set_xlim(0, max(rates) * 1.18 if rates else 1)
     ax.set_xlabel(f"sites/s (label: ratio to '{baseline}')")
     ax.set_title(title, fontsize=10)
     if len(groups) > 1:
         from matplotlib.patches import Patch
 
-        ax.legend(handles=[Patch(color=colors[g], label=g) for g in groups], fontsize=8, loc="lower right")
+        ax.legend(handles=[Patch(color=colors[g], label=g) for g in groups], fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
