@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
@@ -37,7 +37,8 @@ if TYPE_CHECKING:  # torch stays a lazy import: `import cellio.transforms` must 
 __all__ = [
     "ROTATIONS", "NORMALIZE_LEVELS", "DTYPES", "TTA_MODES",
     "AugmentConfig", "get_preset", "list_presets", "register_preset",
-    "margin_size", "check_fits", "make_params", "epoch_params", "PARAM_BLOCK", "eval_views", "eval_params", "decode_view",
+    "margin_size", "check_fits", "make_params", "epoch_params", "PARAM_BLOCK", "eval_views", "eval_params",
+    "decode_view",
     "D4_TABLE", "d4_flags", "normalization_affine", "warp_matrices",
     "d4", "flip_transpose", "crop", "rotate", "resize", "intensity", "normalize", "apply_torch", "torch_dtype",
 ]
