@@ -1,7 +1,7 @@
 """submission.csv in Kaggle's format: `id_code,sirna`, every id of sample_submission.csv once, in its order.
 
 Kaggle's sample submission lists the 19,897 test treatment wells (test.csv); control wells are not scored. The file
-is checked (by `cellio.kaggle.validate_submission` when that exists, and always by our own checks) before it is
+is checked (by `cellio.validate_submission` when that exists, and always by our own checks) before it is
 atomically moved into place, so a half-written or invalid file never sits at `out_path`.
 
     python -m trainer.submission --predictions assigned.csv --sample data/sample_submission.csv --out submission.csv
@@ -10,7 +10,6 @@ atomically moved into place, so a half-written or invalid file never sits at `ou
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -119,12 +118,10 @@ def write_submission(well_predictions: pd.DataFrame | Mapping[str, int] | pd.Ser
 
 
 def _external_validate(path: Path, sample: Path) -> None:
-    """cellio.kaggle.validate_submission (helper B's checker) when the module provides it."""
-    try:
-        kaggle_mod = importlib.import_module("cellio.kaggle")
-    except ImportError:
-        return
-    validate = getattr(kaggle_mod, "validate_submission", None)
+    """`cellio.validate_submission` (the same check `cellio submit` runs before uploading) on the temp file."""
+    import cellio
+
+    validate = getattr(cellio, "validate_submission", None)
     if validate is not None:
         validate(path, sample)
 
