@@ -503,6 +503,10 @@ class PlateGroups:
     def to_dict(self) -> dict[str, Any]:
         return {"groups": [list(g) for g in self.groups], "rotations": dict(self.rotations)}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # mappingproxy fields do not pickle; rebuild from the JSON-safe form (DataLoader workers, checkpoints).
+        return (PlateGroups.from_dict, (self.to_dict(),))
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PlateGroups:
         if not isinstance(d, Mapping) or set(d) != {"groups", "rotations"}:

@@ -3,6 +3,7 @@ validation errors (file, row, column), and plate groups."""
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -303,6 +304,9 @@ def test_plate_groups_round_trip(tiny_raw):
     groups = derive_plate_groups(read_metadata(tiny_raw))
     again = PlateGroups.from_dict(json.loads(json.dumps(groups.to_dict())))
     assert again == groups
+    assert pickle.loads(pickle.dumps(groups)) == groups
+    with pytest.raises(TypeError):
+        groups.rotations["HEPG2-01"] = 3  # read-only
     s = groups.groups[2][0]
     assert groups.group_of(s) == 2
     assert groups.plate_group(plate=1, rotation=2) == 2 and groups.plate_group(4, 3) == 2
