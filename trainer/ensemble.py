@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellio.errors import ConfigError
+from cellio.errors import CellioError, ConfigError
 
 from trainer.aggregate import (WellScores, ensemble, geometric_mean, majority_vote, mean_logits, mean_probs,
                                single_view)
@@ -138,20 +138,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sites = load_sites(args.store)
-    groups = cellio.derive_plate_groups(sites[sites["dataset"] == "train"])
-    truth = truth_of(sites, args.test_truth)
     reports: dict[str, Any] = {}
     extra: dict[str, Any] = {}
+    try:
+        groups = cellio.derive_plate_groups(sites[sites["dataset"] == "train"])
+    except CellioError as exc:  # no 4-group plate structure in this data set: no assignment steps
+        log.warning("plate assignment skipped: %s", exc)
+        extra["assignment_skipped"] = str(exc)
+        groups = None
+    truth = truth_of(sites, args.test_truth)
     stacker = None
     if args.val_predictions:
         val = [concat_predictions([load_predictions(f) for f in item.split(",")]) for item in args.val_predictions]
         feats = build_features(val[0].logits, val[0].index, sites, classes=val[0].classes, top_k=args.top_k)
-        cv = cross_fit(feats, truth, seed=args.seed)
-        stacker = fit_stacker(feats, truth, seed=args.seed)
+        cv = None
+        try:
+            cv = cross_fit(feats, truth, seed=args.seed)
+            stacker = fit_stacker(feats, truth, seed=args.seed)
+        except CellioError as exc:  # too few labelled wells/experiments: the other steps still run
+            log.warning("stacker skipped: %s", exc)
+            extra["stacker_skipped"] = str(exc)
         steps = inference_steps(val, sites, groups=groups, weights=args.weights, stacker_scores=cv)
         val_ids = steps.labels["TTA mean logits"]["id_code"]
         reports["validation"] = build_report(steps.labels, truth[truth.index.isin(val_ids)])
-        extra["validation_assignment"] = {k: a.summary(known=groups.rotations) for k, a in steps.assignments.items()}
+        extra["validation_assignment"] = {k: a.summary(known=groups.rotations if groups else None)
+                                          for k, a in steps.assignments.items()}
     if args.test_predictions:
         test = [load_predictions(f) for f in args.test_predictions]
         steps = inference_steps(test, sites, groups=groups, weights=args.weights, stacker=stacker)
