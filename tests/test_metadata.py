@@ -337,3 +337,19 @@ def test_plate_groups_errors(tiny_raw):
     merged.loc[merged.index[0], "sirna"] = other
     with pytest.raises(MetadataError, match="form 3 connected group"):
         derive_plate_groups(merged)
+
+
+def test_pixel_stats_problems(raw_copy):
+    stats = pd.read_csv(raw_copy / "pixel_stats.csv", dtype=str, keep_default_na=False)
+    stats.drop(index=[4]).to_csv(raw_copy / "pixel_stats.csv", index=False)  # one channel of one site
+    with pytest.raises(MetadataError, match=rf"pixel_stats\.csv: id_code '{stats.loc[4, 'id_code']}' site 1 lacks"):
+        read_metadata(raw_copy)
+    well = stats.loc[0, "id_code"]
+    stats[stats["id_code"] != well].to_csv(raw_copy / "pixel_stats.csv", index=False)
+    with pytest.raises(MetadataError, match=rf"pixel_stats\.csv: no rows for id_code '{well}'"):
+        read_metadata(raw_copy)
+    bad = stats.copy()
+    bad.loc[9, "channel"] = "7"
+    bad.to_csv(raw_copy / "pixel_stats.csv", index=False)
+    with pytest.raises(MetadataError, match=r"pixel_stats\.csv row 10 \(line 11\), column 'channel': found 7, expected an integer in 1..6"):
+        read_metadata(raw_copy)
