@@ -366,6 +366,9 @@ def run(cfg: Config) -> dict[str, Any]:
     class_map = ClassMap.from_sites(sites, cfg.data.include_controls)
     train_exps, val_exps, folds = split_experiments(cfg, sites)
     log.info("%d classes; train experiments %s; held out %s", len(class_map), train_exps, val_exps)
+    if env.is_main:  # which experiments this run held out, for prediction and reports
+        (out / "folds.json").write_text(json.dumps({"folds": folds, "val_fold": cfg.data.val_fold,
+                                                    "train": train_exps, "val": val_exps}, indent=1))
 
     model = build_model(cfg, class_map)
     if cfg.train.init_from:
