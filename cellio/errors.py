@@ -64,4 +64,4 @@ class DownloadError(CellioError):
 
 
 class ConfigError(CellioError, ValueError):
-    """A trainer config key or value is unknown or invalid."""
+    """A configuration key or parameter value is unknown or invalid (trainer config, synthesize arguments)."""
