@@ -293,11 +293,11 @@ class Store:
         if tuple(m["chunk_grid"]["configuration"]["chunk_shape"]) != (1, *self.image_shape):
             return False
         try:
-            self._codec = numcodec_from_metadata(m["codecs"])
+            self._codec = numcodec_from_metadata(m["codecs"])  # sharded pipelines start with sharding_indexed
+            _chunk_key(m, (0, 0, 0, 0))
         except StoreError as exc:
             log.info("%s: %s; reading through zarr-python", self.path, exc)
             return False
-        self._chunk_keys = [_chunk_key(m, (0, 0, 0, 0))]  # validates the encoding once
         return True
 
     def __getstate__(self) -> dict[str, Any]:

@@ -209,18 +209,18 @@ def test_incomplete_store_refuses_to_open(tmp_path, tiny_store):
     assert not s.complete and len(s) == 0  # no journal: nothing recorded as done
 
 
-def test_rechunked_tables_and_images_fall_back_to_zarr(tmp_path, tiny_store):
-    """A store rewritten by another tool (other chunking) still reads, through zarr-python."""
+def test_rechunked_or_sharded_store_falls_back_to_zarr(tmp_path, tiny_store):
+    """A store rewritten by another tool (rechunked tables, sharded images) still reads, through zarr-python."""
     import shutil
 
     import zarr
 
     copy = tmp_path / "rechunked.zarr"
     shutil.copytree(tiny_store.path, copy)
-    for name, chunks in (("stats/sum", (7, 6)), ("images", (2, 17, 11, 6))):
+    for name, chunks, shards in (("stats/sum", (7, 6), None), ("images", (1, 17, 11, 6), (4, 17, 11, 6))):
         data = zarr.open_array(copy / name, mode="r")[...]
         shutil.rmtree(copy / name)
-        z = zarr.create_array(copy / name, shape=data.shape, chunks=chunks, dtype=data.dtype)
+        z = zarr.create_array(copy / name, shape=data.shape, chunks=chunks, shards=shards, dtype=data.dtype)
         z[...] = data
     s = open_store(copy)
     assert not s._fast
