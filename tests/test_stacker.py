@@ -75,3 +75,18 @@ def test_stacker_errors_name_the_problem():
         fit_stacker(feats, truth + 1000)
     with pytest.raises(ConfigError, match="top_k"):
         build_features(logits, index, sites, classes=np.arange(N_CLASSES), top_k=0)
+
+
+def test_candidates_can_exclude_control_classes():
+    logits, index, sites, truth = simulate(2, 20, seed=5)
+    classes = np.arange(N_CLASSES)
+    controls = [28, 29]  # pretend the last two outputs are control classes, and make them the loudest
+    logits[:, controls] += 5.0
+    feats = build_features(logits, index, sites, classes=classes, top_k=5,
+                           candidates=[c for c in classes if c not in controls])
+    assert not np.isin(feats.candidates, controls).any()
+    model = fit_stacker(feats, truth, num_boost_round=10, params={"num_threads": 1})
+    assert model.candidates is not None and not set(controls) & set(model.candidates)
+    assert not np.isin(model.predict(feats).labels(), controls).any()
+    with pytest.raises(ConfigError, match="candidates"):
+        build_features(logits, index, sites, classes=classes, candidates=[999])

@@ -84,7 +84,8 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
     if stacker_scores is not None:
         add("stacker", stacker_scores)
     elif stacker is not None:
-        feats = build_features(first.logits, first.index, sites, classes=first.classes, top_k=stacker.top_k)
+        feats = build_features(first.logits, first.index, sites, classes=first.classes, top_k=stacker.top_k,
+                               candidates=stacker.candidates)
         add("stacker", stacker.predict(feats))
     final = mean
     if len(models) > 1:
@@ -150,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stacker = None
     if args.val_predictions:
         val = [concat_predictions([load_predictions(f) for f in item.split(",")]) for item in args.val_predictions]
-        feats = build_features(val[0].logits, val[0].index, sites, classes=val[0].classes, top_k=args.top_k)
+        treatments = np.unique(truth.to_numpy())  # treatment wells' labels: candidates never include controls
+        feats = build_features(val[0].logits, val[0].index, sites, classes=val[0].classes, top_k=args.top_k,
+                               candidates=treatments)
         cv = None
         try:
             cv = cross_fit(feats, truth, seed=args.seed)

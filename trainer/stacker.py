@@ -64,6 +64,7 @@ class StackerFeatures:
     mean_probs: np.ndarray   # (n_wells, C) fallback probabilities
     classes: np.ndarray      # (C,)
     experiments: np.ndarray  # (n_wells,) experiment of each well
+    candidate_set: np.ndarray | None = None  # the classes candidates were limited to (None = all)
 
     @property
     def top_k(self) -> int:
@@ -80,8 +81,13 @@ def _lse(logits: np.ndarray, chunk: int = 65536) -> np.ndarray:
 
 
 def build_features(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *,
-                   classes: Sequence[int] | np.ndarray, top_k: int = 10) -> StackerFeatures:
-    """Per (well, top-k candidate) view statistics from per-view logits (`index` = rows of `sites`)."""
+                   classes: Sequence[int] | np.ndarray, top_k: int = 10,
+                   candidates: Sequence[int] | None = None) -> StackerFeatures:
+    """Per (well, top-k candidate) view statistics from per-view logits (`index` = rows of `sites`).
+
+    `candidates` (raw sirna ids, e.g. the treatment classes) limits which classes may be candidates, so a model
+    with controls as extra outputs does not spend candidate slots on labels a treatment well cannot have.
+    """
     logits = np.asarray(logits)
     index = np.asarray(index, dtype=np.int64)
     classes = np.asarray(classes, dtype=np.int64)
@@ -101,7 +107,14 @@ def build_features(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *
     mean_logit_all = well_mean(logits, g)
     mean_prob_all = well_mean_of(softmax, logits, g).astype(np.float64)
 
-    cand_col = np.argsort(-mean_logit_all, axis=1, kind="stable")[:, :k]           # (n, k) column ids
+    ranked = mean_logit_all
+    if candidates is not None:
+        allowed = np.isin(classes, np.asarray(candidates, dtype=np.int64))
+        if not allowed.any():
+            raise ConfigError("build_features: none of `candidates` is a class of the model")
+        k = min(k, int(allowed.sum()))
+        ranked = np.where(allowed[None, :], mean_logit_all, -np.inf)
+    cand_col = np.argsort(-ranked, axis=1, kind="stable")[:, :k]                   # (n, k) column ids
     # Each view's logits at its well's candidates: (n_views, k).
     v_logit = np.take_along_axis(logits, cand_col[well_of_view], axis=1).astype(np.float64)
     v_logp = v_logit - lse[:, None]
@@ -144,7 +157,8 @@ def build_features(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *
         np.repeat(cell[:, None], k, axis=1),
     ], axis=2).astype(np.float32)
     return StackerFeatures(ids, classes[cand_col], X, mean_prob_all.astype(np.float32), classes,
-                           meta["experiment"].to_numpy(dtype=object))
+                           meta["experiment"].to_numpy(dtype=object),
+                           None if candidates is None else np.unique(np.asarray(candidates, dtype=np.int64)))
 
 
 def _targets(features: StackerFeatures, truth: Mapping[str, int] | pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -167,6 +181,7 @@ class Stacker:
     top_k: int
     params: dict[str, Any] = field(default_factory=dict)
     feature_names: tuple[str, ...] = FEATURES
+    candidates: tuple[int, ...] | None = None  # build test features with the same candidate classes
 
     def candidate_scores(self, features: StackerFeatures) -> np.ndarray:
         """(n_wells, k) stacker probability that each candidate is the truth."""
@@ -208,7 +223,8 @@ def fit_stacker(features: StackerFeatures, truth: Mapping[str, int] | pd.Series,
                        categorical_feature=["cell_type"], free_raw_data=True)
     booster = lgb.train(p, data, num_boost_round=num_boost_round)
     log.info("stacker fitted on %d wells (%d candidate rows, %d positives)", n, n * k, int(y.sum()))
-    return Stacker(booster, features.top_k, p)
+    cand = None if features.candidate_set is None else tuple(int(c) for c in features.candidate_set)
+    return Stacker(booster, features.top_k, p, FEATURES, cand)
 
 
 def cross_fit(features: StackerFeatures, truth: Mapping[str, int] | pd.Series, *, n_splits: int = 4,
@@ -245,7 +261,8 @@ def cross_fit(features: StackerFeatures, truth: Mapping[str, int] | pd.Series, *
 
 def _subset(features: StackerFeatures, rows: np.ndarray) -> StackerFeatures:
     return StackerFeatures(features.id_codes[rows], features.candidates[rows], features.X[rows],
-                           features.mean_probs[rows], features.classes, features.experiments[rows])
+                           features.mean_probs[rows], features.classes, features.experiments[rows],
+                           features.candidate_set)
 
 
 def _truth_from_sites(sites: pd.DataFrame) -> pd.Series:
@@ -270,8 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     train_sites = load_sites(args.train_store)
     oof = load_predictions(args.train_predictions)
-    feats = build_features(oof.logits, oof.index, train_sites, classes=oof.classes, top_k=args.top_k)
     truth = _truth_from_sites(train_sites)
+    feats = build_features(oof.logits, oof.index, train_sites, classes=oof.classes, top_k=args.top_k,
+                           candidates=np.unique(truth.to_numpy()))
     if args.oof_out:
         cv = cross_fit(feats, truth, seed=args.seed, num_boost_round=args.rounds)
         acc = float((cv.labels() == truth.loc[cv.id_codes].to_numpy()).mean())
@@ -283,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = fit_stacker(feats, truth, seed=args.seed, num_boost_round=args.rounds)
         pr = load_predictions(args.predictions)
         test_feats = build_features(pr.logits, pr.index, load_sites(args.store), classes=pr.classes,
-                                    top_k=args.top_k)
+                                    top_k=args.top_k, candidates=model.candidates)
         save_well_scores(model.predict(test_feats), args.out)
         print(f"stacked {len(test_feats.id_codes)} wells -> {args.out}")
     return 0
