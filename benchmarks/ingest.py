@@ -47,7 +47,7 @@ def main() -> None:
     args = p.parse_args()
 
     import cellio
-    from cellio.ingest import DEFAULT_CODEC
+    from cellio.ingestion import DEFAULT_CODEC
     from cellio.schema import PATH_COLUMNS
 
     raw = DATA / f"rxrx1-{args.size}-c{args.classes}"

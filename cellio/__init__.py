@@ -4,7 +4,7 @@ Public API (imported lazily so `import cellio` stays light and never pulls in to
 
     read_metadata, derive_plate_groups, PlateGroups      -- cellio.metadata
     synthesize                                           -- cellio.synth
-    ingest, open_store, Store                            -- cellio.ingest / cellio.store
+    ingest, open_store, Store                            -- cellio.ingestion / cellio.store
     create_loader, Loader, AugmentConfig                 -- cellio.loader / cellio.transforms
     download, submit, check_credentials                  -- cellio.kaggle
 """
@@ -25,7 +25,7 @@ _LAZY: dict[str, str] = {
     "derive_plate_groups": "cellio.metadata",
     "PlateGroups": "cellio.metadata",
     "synthesize": "cellio.synth",
-    "ingest": "cellio.ingest",
+    "ingest": "cellio.ingestion",
     "open_store": "cellio.store",
     "Store": "cellio.store",
     "create_loader": "cellio.loader",

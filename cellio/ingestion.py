@@ -21,9 +21,7 @@ import logging
 import math
 import os
 import shutil
-import sys
 import time
-import types
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -656,15 +654,3 @@ def _run_dask(jobs: list[_BatchJob], scheduler: Any, bar: Any) -> None:
     finally:
         if own:
             client.close()
-
-
-class _CallableModule(types.ModuleType):
-    """`cellio.ingest` names both this module and the public function. Importing the module (as cellio.testing,
-    the CLI and benchmarks do) makes the package attribute the module, so the module forwards calls to the
-    function: `cellio.ingest(raw, store)` works whichever was bound first."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> IngestReport:
-        return ingest(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

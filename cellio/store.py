@@ -6,7 +6,7 @@ one `preadv` straight into the output batch (uncompressed), or reads the file an
 (blosc-lz4 / zstd). Crops of uncompressed NHWC sites read only rows y..y+h. Everything else (fsspec URLs, sharded
 or rechunked arrays) goes through zarr-python with concurrent per-site reads, never fancy indexing.
 
-Nothing here writes; ingest lives in cellio/ingest.py.
+Nothing here writes; ingest lives in cellio/ingestion.py.
 """
 from __future__ import annotations
 

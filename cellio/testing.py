@@ -30,7 +30,7 @@ def make_raw(root: str | Path, *, classes: int = 8, train_experiments_per_cell_t
 
 def make_store(path: str | Path, raw: str | Path | None = None, *, codec: str = "none", **synth_kwargs: Any):
     """Ingest `raw` (or a fresh make_raw beside `path`) into a store at `path`; return it opened read-only."""
-    from .ingest import ingest
+    from .ingestion import ingest
     from .store import open_store
 
     path = Path(path)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from cellio.errors import CellioError, ImageError, MetadataError, StoreError, StoreIncompleteError
-from cellio.ingest import ingest
+from cellio.ingestion import ingest
 from cellio.store import JOURNAL_DIR, open_store
 
 LIMIT = 40  # bad-input cases ingest the first sites of the small set, and every defect sits inside them
@@ -171,7 +171,7 @@ def test_sigkill_then_rerun_gives_the_clean_store(tmp_path, tiny_raw):
     clean = tmp_path / "clean.zarr"
     ingest(tiny_raw, clean, codec="lz4", workers=1, progress=False)
     store = tmp_path / "killed.zarr"
-    code = ("import sys; from cellio.ingest import ingest; "
+    code = ("import sys; from cellio.ingestion import ingest; "
             "ingest(sys.argv[1], sys.argv[2], codec='lz4', workers=1, batch_size=1, progress=False)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.Popen([sys.executable, "-c", code, str(tiny_raw), str(store)], env=env)

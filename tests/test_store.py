@@ -176,7 +176,7 @@ def test_compressed_stores_read_identically(tmp_path, tiny_raw, tiny_store, code
 
 def test_fsspec_url_store_reads_through_zarr(tiny_raw, tiny_store):
     """An fsspec URL (memory://) ingests and reads through zarr-python; same pixels as the local fast path."""
-    from cellio.ingest import ingest
+    from cellio.ingestion import ingest
 
     url = "memory://cellio-test/url.zarr"
     ingest(tiny_raw, url, codec="zstd", workers=1, progress=False, limit=24)

@@ -13,7 +13,7 @@ def _csv(value: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..ingest import DEFAULT_CODEC, ON_ERROR
+    from ..ingestion import DEFAULT_CODEC, ON_ERROR
     from ..store import CODECS
 
     parser.add_argument("raw", type=Path, help="the unzipped RxRx1 directory (train/, test/, *.csv)")
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ingest import ingest
+    from ..ingestion import ingest
 
     report = ingest(args.raw, args.store, codec=args.codec, workers=args.workers, on_error=args.on_error,
                     experiments=args.experiments, cell_types=args.cell_types, datasets=args.datasets,
