@@ -12,6 +12,7 @@ extras = {
     "kaggle": ["kaggle>=2.2"],
     "dask": ["dask[distributed]>=2024.1", "distributed>=2024.1"],
     "synth": ["scikit-learn>=1.4"],
+    "ingest": ["opencv-python-headless>=4.9"],  # faster PNG decode; PIL is the fallback
     "bench": ["matplotlib>=3.8", "tensorstore>=0.1.60", "opencv-python-headless>=4.9"],
     "train": TORCH + ["torchvision>=0.21", "pyyaml>=6", "tensorboard>=2.15", "scikit-learn>=1.4",
                       "lightgbm>=4", "matplotlib>=3.8"],
