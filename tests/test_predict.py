@@ -184,3 +184,13 @@ def test_ensemble_cli_end_to_end_on_the_tiny_set(tiny_raw, tiny_store, checkpoin
     test_steps = rep["splits"]["test"]["order"]
     assert test_steps[0] == "single view" and test_steps[-1] == "ensemble + plate assignment"
     assert "stacker" in test_steps
+
+
+def test_report_scores_well_scores_over_the_truths_classes_only():
+    from trainer.aggregate import WellScores
+
+    ids = np.array(["RPE-08_1_B03", "RPE-08_1_B04"], dtype=object)
+    # The control output 1108 is the loudest everywhere; among treatments the model is right.
+    ws = WellScores(ids, np.array([[2.0, 1.0, 9.0], [1.0, 2.0, 9.0]], np.float32), np.array([5, 6, 1108]))
+    truth = pd.Series({"RPE-08_1_B03": 5, "RPE-08_1_B04": 6})
+    assert build_report({"mean": ws}, truth)["steps"]["mean"]["accuracy"] == 1.0

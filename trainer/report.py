@@ -46,10 +46,17 @@ def read_truth(path: str | Path) -> pd.Series:
     return as_labels(frame)
 
 
-def as_labels(labels: Labels) -> pd.Series:
-    """Any per-well prediction form -> Series id_code -> int sirna."""
+def as_labels(labels: Labels, allowed: np.ndarray | None = None) -> pd.Series:
+    """Any per-well prediction form -> Series id_code -> int sirna.
+
+    WellScores are turned into labels by an argmax over `allowed` classes when given (the report passes the truth's
+    treatment classes, so a model's control outputs never count as its answer for a treatment well).
+    """
     if isinstance(labels, WellScores):
-        return pd.Series(labels.labels(), index=labels.id_codes)
+        keep = np.ones(len(labels.classes), bool) if allowed is None else np.isin(labels.classes, allowed)
+        if not keep.any():
+            raise MetadataError("the well scores have none of the truth's classes")
+        return pd.Series(labels.classes[keep][np.argmax(labels.scores[:, keep], axis=1)], index=labels.id_codes)
     if isinstance(labels, pd.DataFrame):
         if labels["id_code"].duplicated().any():
             raise MetadataError(f"id_code {labels['id_code'][labels['id_code'].duplicated()].iloc[0]!r} "
@@ -71,7 +78,7 @@ def build_report(steps: Mapping[str, Labels], truth: Labels) -> dict[str, Any]:
     cells = np.array([e.split("-")[0] for e in exps])
     out: dict[str, Any] = {"n_wells": int(len(t)), "order": list(steps), "steps": {}}
     for name, pred in steps.items():
-        p = as_labels(pred).reindex(t.index)
+        p = as_labels(pred, allowed=np.unique(t.to_numpy())).reindex(t.index)
         correct = (p.to_numpy(dtype="float64", na_value=np.nan) == t.to_numpy()).astype(np.float64)
         frame = pd.DataFrame({"correct": correct, "experiment": exps, "cell_type": cells})
         out["steps"][name] = {
@@ -166,13 +173,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", default="test", help="name of this labelled set in the report")
     p.add_argument("--out", required=True, help="output directory")
     args = p.parse_args(argv)
+    truth = read_truth(args.truth)
     steps: dict[str, Labels] = {}
     for item in args.step:
         name, sep, file = item.partition("=")
         if not sep:
             raise MetadataError(f"--step {item!r}: expected NAME=FILE")
+        # .npz well scores: build_report takes the argmax over the truth's (treatment) classes only.
         steps[name] = load_well_scores(file) if file.endswith(".npz") else pd.read_csv(file)
-    reports = {args.split: build_report(steps, read_truth(args.truth))}
+    reports = {args.split: build_report(steps, truth)}
     write_report(reports, args.out)
     print(format_table(reports))
     return 0
