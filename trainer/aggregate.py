@@ -94,7 +94,8 @@ class WellScores:
         return np.log(mass / mass.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def labels(self) -> np.ndarray:
-        """Argmax raw sirna id per well."""
+        """Argmax raw sirna id per well over every class, controls included; for treatment wells use
+        `trainer.assign.predict_labels`, which chooses among treatment classes only."""
         return self.classes[np.argmax(self.scores, axis=1)]
 
     def to_frame(self) -> pd.DataFrame:
