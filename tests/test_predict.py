@@ -83,6 +83,11 @@ def test_predict_stores_every_site_view_once(tiny_store, checkpoint, tmp_path):
     np.testing.assert_allclose(preds.logits[order_a], again.logits[order_b], rtol=1e-5, atol=1e-5)
     wells = mean_logits(preds.logits, preds.index, sites, classes=preds.classes)
     assert len(wells) == sites.loc[want, "id_code"].nunique()
+    # The 8 dihedral views of the centre crop, each once per site.
+    d4 = predict(path, tiny_store, datasets="test", experiments=[exp], tta="center", dihedral=True, progress=False)
+    got = pd.DataFrame({"index": d4.index, "view": d4.view})
+    assert not got.duplicated().any() and (got.groupby("index")["view"].nunique() == 8).all()
+    assert set(got["index"]) == set(want)
 
 
 def test_predict_validation_uses_the_checkpoints_held_out_experiments(tiny_store, checkpoint):
