@@ -161,3 +161,14 @@ def test_two_stage_perchannel_plan(train_store, tmp_path):
     run(_cfg(store, s2ft, *frozen[:-1], "train.freeze_extractors=false", "train.max_steps=2"))
     state_ft = load_checkpoint(s2ft / "checkpoints" / "last.pt")["model"]
     assert any(not torch.equal(state_ft[k], ext1[k]) for k in ext1 if k.startswith("extractors."))
+
+
+@pytest.mark.parametrize("options", [
+    ["train.amp=bf16", "train.channels_last=true", "optim.name=sgd", "optim.grad_clip=1.0",
+     "optim.warmup_steps=0", "optim.warmup_epochs=0.5"],
+    ["train.amp=fp16", "loss.name=bce", "model.kwargs.hidden=16"],
+], ids=["bf16-channels_last-sgd-clip", "fp16-scaler-bce-mlp"])
+def test_loop_options(train_store, tmp_path, options):
+    metrics = run(_cfg(_store_path(train_store), tmp_path / "o", "train.max_steps=2", *options))
+    assert metrics["step"] == 2 and metrics["val_n"] == 160
+    assert all(e["loss"] == e["loss"] for e in _events(tmp_path / "o"))  # finite, not NaN
