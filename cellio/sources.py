@@ -12,7 +12,9 @@ worker's state, so results do not depend on worker count, scheduling, rank count
 """
 from __future__ import annotations
 
+import copyreg
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +152,7 @@ class SiteSource:
         iteration = int(getattr(info, "iteration", info))
         epoch = self.first_epoch + epoch_idx
         b = iteration + (self.start_batch if epoch_idx == 0 else 0)
+        _plain_exception_pickling()
         sb = self.batch(epoch, b)
         if sb is None:
             raise StopIteration
@@ -165,3 +168,26 @@ class SiteSource:
             "meta": lambda: list(sb.meta),
         }
         return tuple(columns[name]() for name in self.outputs)
+
+
+def _plain_exception_pickling() -> None:
+    """Drop tblib's exception reducers in a DALI worker process.
+
+    Importing dask.distributed runs `tblib.pickling_support.install()`, which registers copyreg reducers for every
+    exception class in the process. A forked DALI worker inherits them, pickles the end-of-epoch StopIteration
+    through tblib, and DALI's restricted unpickler refuses it ("global 'tblib...' is not permitted"). Only worker
+    processes are changed: the user's own process keeps dask's reducers.
+    """
+    global _CLEANED_PID
+    pid = os.getpid()
+    if pid == _PARENT_PID or pid == _CLEANED_PID:
+        return
+    _CLEANED_PID = pid
+    for cls, reducer in list(copyreg.dispatch_table.items()):
+        if isinstance(cls, type) and issubclass(cls, BaseException) \
+                and getattr(reducer, "__module__", "").startswith("tblib"):
+            del copyreg.dispatch_table[cls]
+
+
+_PARENT_PID = os.getpid()  # the process that imported cellio.sources; forked workers differ
+_CLEANED_PID = -1

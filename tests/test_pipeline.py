@@ -167,3 +167,22 @@ def test_spawned_workers_give_the_same_batches(tiny_store):
             assert np.array_equal(np.asarray(meta.as_tensor())[:, 2], want["index"].numpy())
     finally:
         close_pipeline(pipe)
+
+
+def test_parallel_workers_survive_dask_exception_pickling(tiny_store):
+    """dask.distributed installs tblib's exception reducers process-wide; forked DALI workers must still end epochs."""
+    import copyreg
+
+    tblib_ps = pytest.importorskip("tblib.pickling_support")
+    saved = dict(copyreg.dispatch_table)
+    tblib_ps.install()
+    try:
+        loader = cellio.create_loader(tiny_store, 8, augment="d4_shift", crop_size=7, backend="dali", device="cpu",
+                                      num_workers=1, seed=3, indices=np.arange(16), datasets=None,
+                                      last_batch="partial")
+        seen = np.concatenate([b["index"].numpy() for b in loader])
+        loader.close()
+    finally:
+        copyreg.dispatch_table.clear()
+        copyreg.dispatch_table.update(saved)
+    assert sorted(seen.tolist()) == list(range(16))
