@@ -172,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t = _step("3. ingest")
     store_path = out / "store.zarr"
     report = cellio.ingest(raw, store_path, workers=args.workers)
-    print(f"   {report}")
+    print(f"   {report.n_ok} of {report.n_sites} sites stored ({report.n_written} written by this run, "
+          f"{report.n_failed} failed) in {report.seconds:.1f} s; codec {report.codec}, {report.workers} workers")
     subprocess.run([sys.executable, "-m", "cellio", "inspect", str(store_path)], check=True)
     _done(t)
     store = cellio.open_store(store_path)
