@@ -100,6 +100,18 @@ def parity_ok_rows(report: dict, *, interpolated: bool) -> list[dict]:
     return [r for r in report["parity"] if r["interpolated"] == interpolated and r["ok"]]
 
 
+def test_spent_time_budget_skips_timed_rows_but_never_estimates(gpu_check, work, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = gpu_check.main(["--device", "cpu", "--tiny", "--sections", "throughput,train", "--budget", "0",
+                         "--work", str(work), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    report = json.loads((out / "gpu_check_cpu.json").read_text())
+    assert report["throughput"] == [] and report["train"] == []
+    assert len(report["skipped"]) == 9 + 1 and all("time budget" in s for s in report["skipped"])
+    assert "parity_ok" not in report["verdicts"] and report["verdicts"]["p3_met"] is None
+
+
 def test_unknown_section_is_refused(gpu_check):
     with pytest.raises(SystemExit):
         gpu_check.parse_args(["--sections", "parity,speed"])
