@@ -408,7 +408,7 @@ def run_train(store: Any, plan: Plan, device: str, report: Report) -> None:
         r = bench_train.bench_row(store, class_map, model, crop, batch, dev, ns)
         row = {"name": f"{model}/{crop}/b{batch}", **asdict(r), "classes": NUM_CLASSES,
                "seconds": round(time.perf_counter() - t0, 1), **gpu_memory(device)}
-        row["ok"] = bool(r.ratio <= LOADER_RATIO_TARGET)
+        row["ok"] = bool(r.ratio <= LOADER_RATIO_TARGET) if device == "cuda" else None  # a GPU target
         report.train.append(row)
         print(f"  {model} {crop}px b{batch} {r.amp}: resident {r.resident_ms:.1f} ms, loader {r.loader_ms:.1f} ms, "
               f"ratio {r.ratio:.3f}", flush=True)
