@@ -82,13 +82,17 @@ def augment_graph(image: Any, matrix: Any, mean: Any, std: Any, *, cfg: AugmentC
     return fn.crop_mirror_normalize(image, mean=mean, std=std, output_layout="CHW", dtype=dtype)
 
 
-def _pipeline_fn(source: Any, cfg: AugmentConfig, device: str, parallel: bool, warp: str | None,
+def _pipeline_fn(source: Any, cfg: AugmentConfig, device: str, parallel: int, warp: str | None,
                  out_hw: tuple[int, int]) -> tuple[Any, Any]:
     from nvidia.dali import fn
 
     names = source.outputs
+    # `parallel` is the number of batches the worker pool computes ahead (0: the source runs inline). A parallel
+    # batch-mode source prefetches ONE batch unless told otherwise, which leaves all but one worker idle.
+    ahead = {"prefetch_queue_depth": parallel} if parallel else {}
     nodes = fn.external_source(source=source, num_outputs=len(names), batch=True, batch_info=True,
-                               parallel=parallel, layout=["HWC" if n == "image" else "" for n in names])
+                               parallel=bool(parallel), layout=["HWC" if n == "image" else "" for n in names],
+                               **ahead)
     x = dict(zip(names, nodes))
     out = augment_graph(x["image"], x.get("matrix"), x["mean"], x["std"], cfg=cfg, device=device, warp=warp,
                         out_hw=out_hw)
@@ -99,7 +103,7 @@ def _train_entry():
     from nvidia.dali import pipeline_def
 
     @pipeline_def
-    def train_pipeline(source: Any, cfg: AugmentConfig, device: str, parallel: bool, out_hw: tuple[int, int]):
+    def train_pipeline(source: Any, cfg: AugmentConfig, device: str, parallel: int, out_hw: tuple[int, int]):
         """Random augmentation: rotation/resized crop as configured, D4/flips, jitter, normalization."""
         return _pipeline_fn(source, cfg, device, parallel, warp_mode(cfg, train=True), out_hw)
 
@@ -110,7 +114,7 @@ def _eval_entry():
     from nvidia.dali import pipeline_def
 
     @pipeline_def
-    def eval_pipeline(source: Any, cfg: AugmentConfig, device: str, parallel: bool, dihedral: bool,
+    def eval_pipeline(source: Any, cfg: AugmentConfig, device: str, parallel: int, dihedral: bool,
                       out_hw: tuple[int, int]):
         """Deterministic TTA views: the window as read (grid cell / centre / full), optional D4 view, normalized."""
         return _pipeline_fn(source, cfg, device, parallel, warp_mode(cfg, train=False, dihedral=dihedral), out_hw)
@@ -140,7 +144,7 @@ def build_pipeline(source: Any, cfg: AugmentConfig, *, train: bool, device: str 
         device_id, graph_device = (int(dev.split(":")[1]) if ":" in dev else 0), "gpu"
     else:
         raise PipelineConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', found {device!r}")
-    parallel = num_workers > 0
+    parallel = max(num_workers, prefetch) if num_workers > 0 else 0  # batches computed ahead by the workers
     kwargs: dict[str, Any] = dict(batch_size=batch_size, num_threads=num_threads or max(1, os.cpu_count() or 1),
                                   device_id=device_id, seed=seed, prefetch_queue_depth=max(1, prefetch),
                                   exec_dynamic=True)  # reference-counted outputs: the loader hands them out zero-copy
