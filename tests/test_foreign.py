@@ -60,3 +60,10 @@ def test_main_job_runs_on_foreign_data(foreign, tmp_path):
     assert not sub.assign(plate=plates).duplicated(["plate", "sirna"]).any()
     report = json.loads((out / "report.json").read_text())
     assert {"validation", "test"} <= set(report["splits"])
+
+    # resumable: a rerun ingests nothing, trains nothing new, and writes the same submission
+    again = subprocess.run([sys.executable, "-m", "trainer.demo", "--profile", "quick", "--data", str(foreign),
+                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "(0 written by this run, 0 failed)" in again.stdout
+    assert pd.read_csv(out / "submission.csv").equals(sub)
