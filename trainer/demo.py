@@ -149,6 +149,20 @@ def predict_all(ckpts: Sequence[Path], store: Any, out: Path, prof: dict[str, An
     return val_files, test_files
 
 
+def sample_submission(raw: Path, out: Path) -> Path:
+    """Kaggle's sample_submission.csv, or (for a directory without one) the same file made from test.csv's rows."""
+    given = raw / "sample_submission.csv"
+    if given.is_file():
+        return given
+    import pandas as pd
+
+    made = out / "sample_submission.csv"
+    test = pd.read_csv(raw / "test.csv", usecols=["id_code"])
+    test.assign(sirna=0).to_csv(made, index=False)
+    print(f"   {given} is missing: the submission follows test.csv's rows ({made})")
+    return made
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.demo", description=__doc__.split("\n")[0])
     p.add_argument("--data", help="an RxRx1 directory in the Kaggle layout (default: make a synthetic one in OUT/raw)")
@@ -190,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer.ensemble import main as ensemble_main
 
     ens_args = ["--store", str(store_path), "--val-predictions", *val_files, "--test-predictions", *test_files,
-                "--sample-submission", str(raw / "sample_submission.csv"), "--out", str(out),
+                "--sample-submission", str(sample_submission(raw, out)), "--out", str(out),
                 "--seed", str(args.seed)]
     if (raw / "test_truth.csv").is_file():
         ens_args += ["--test-truth", str(raw / "test_truth.csv")]
