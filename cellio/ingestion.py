@@ -324,7 +324,10 @@ def _plan(raw: Path, datasets: tuple[str, ...], experiments: tuple[str, ...] | N
         if wanted is None:
             continue
         unknown = sorted(set(wanted) - set(meta[col]))
-        if unknown:
+        if unknown and col == "dataset" and set(wanted) & set(meta[col]):
+            # a split with no sites (a train-only set, say) is not an error; an empty selection is, below
+            log.warning("%s: no %s sites; ingesting %s", raw, "/".join(unknown), sorted(set(wanted) - set(unknown)))
+        elif unknown:
             raise MetadataError(f"{name}={list(wanted)}: {unknown} not found in {raw}; available: "
                                 f"{sorted(set(meta[col]))}")
         meta = meta[meta[col].isin(wanted)]

@@ -333,3 +333,14 @@ def test_cli_ingest_and_inspect(tmp_path, small_raw, capsys):
     assert "complete: 12 of 12 sites" in out and "zstd" in out and "x of" in out and "HUVEC" in out
     assert main(["inspect", str(tmp_path)]) == 2
     assert "not a cellio store" in capsys.readouterr().err
+
+
+def test_a_set_without_test_sites_ingests_by_default_but_not_on_request(tmp_path):
+    from cellio.testing import make_raw
+
+    raw = make_raw(tmp_path / "train_only", classes=4, test_experiments_per_cell_type=0,
+                   cell_types=("HUVEC",), positive_controls=1)
+    report = ingest(raw, tmp_path / "s.zarr", workers=1, progress=False)
+    assert report.complete and set(open_store(tmp_path / "s.zarr").sites["dataset"]) == {"train"}
+    with pytest.raises(MetadataError, match=r"\[.test.\] not found"):
+        ingest(raw, tmp_path / "t.zarr", datasets="test", workers=1, progress=False)
