@@ -147,7 +147,7 @@ def train_head_on_cached_features(model: nn.Module, cfg: "Config", env: "Env", s
                                   train_exps: list[str], val_exps: list[str], loss_fn: nn.Module, runlog: "RunLog",
                                   dtype: torch.dtype | None) -> dict[str, Any]:
     """fusion_stage2 with frozen extractors: cache features (rank 0), train model.head on them, checkpoint."""
-    from .train import Env, _checkpoint_state, build_optimizer, build_scheduler, make_loader
+    from .train import Env, _checkpoint_state, build_optimizer, build_scheduler, make_loader, record_validation
 
     out = Path(cfg.out)
     cache = out / "features.zarr"
@@ -209,15 +209,12 @@ def train_head_on_cached_features(model: nn.Module, cfg: "Config", env: "Env", s
         runlog.event("train", step, epoch=epoch, loss=metrics["train_loss"], lr=sched.get_last_lr()[0])
         if "val" in sets and ((epoch + 1) % cfg.train.val_every == 0 or epoch == epochs - 1):
             val = _head_metrics(model, sets["val"], class_map, loss_fn, env.device)
-            metrics.update(val)
-            runlog.event("val", step, epoch=epoch, **val)
-            runlog.row({"epoch": epoch, "step": step, "lr": sched.get_last_lr()[0],
-                        "elapsed_s": time.perf_counter() - t0, **metrics})
-            if val["val_acc"] > best:
-                best = metrics["best_val_acc"] = val["val_acc"]
-                if env.is_main:
-                    save_checkpoint(ckpt_dir / "best.pt", _checkpoint_state(
-                        model, opt, sched, scaler, None, cfg, class_map, epoch, step, True, metrics))
+            best = record_validation(
+                val, metrics, best, runlog=runlog, step=step, epoch=epoch, is_main=env.is_main,
+                row={"lr": sched.get_last_lr()[0], "elapsed_s": time.perf_counter() - t0},
+                best_path=ckpt_dir / "best.pt",
+                state=lambda: _checkpoint_state(model, opt, sched, scaler, None, cfg, class_map, epoch, step, True,
+                                                metrics))
     if env.is_main:
         save_checkpoint(ckpt_dir / "last.pt", _checkpoint_state(model, opt, sched, scaler, None, cfg, class_map,
                                                                 epochs - 1, step, True, metrics))

@@ -350,6 +350,21 @@ def _checkpoint_state(model: nn.Module, opt: Any, sched: Any, scaler: Any, loade
             "step": step, "epoch_complete": epoch_complete, "metrics": metrics}
 
 
+def record_validation(val: dict[str, Any], metrics: dict[str, Any], best: float, *, runlog: Any, step: int,
+                      epoch: int, row: dict[str, Any], is_main: bool, best_path: Path,
+                      state: Any) -> float:
+    """Log one validation (event + CSV row) and, when it beats `best`, save `state()` as the best checkpoint.
+    Returns the new best accuracy. Shared by the image loop and the cached-feature head loop."""
+    metrics.update(val)
+    runlog.event("val", step, epoch=epoch, **val)
+    runlog.row({"epoch": epoch, "step": step, **row, **metrics})
+    if val["val_acc"] > best:
+        best = metrics["best_val_acc"] = val["val_acc"]
+        if is_main:
+            save_checkpoint(best_path, state())
+    return best
+
+
 def run(cfg: Config) -> dict[str, Any]:
     """Train as `cfg` says; returns the final metrics (rank 0's view; identical on every rank)."""
     env = setup_env(cfg)
@@ -503,16 +518,14 @@ def run(cfg: Config) -> dict[str, Any]:
         finished = step >= total_steps  # the schedule's end validates even mid-epoch (train.max_steps)
         if val_loader is not None and ((epoch_complete and (epoch + 1) % cfg.train.val_every == 0) or finished):
             val = evaluate(net, val_loader, class_map, loss_fn, cfg, env, dtype)
-            metrics.update(val)
             elapsed = time.perf_counter() - t0
-            runlog.event("val", step, epoch=epoch, **val)
-            runlog.row({"epoch": epoch, "step": step, "lr": sched.get_last_lr()[0], "elapsed_s": elapsed,
-                        "images_per_s": seen * env.world_size / max(elapsed, 1e-9), **metrics})
-            if val["val_acc"] > best:
-                best = metrics["best_val_acc"] = val["val_acc"]
-                if env.is_main:
-                    save_checkpoint(ckpt_dir / "best.pt", _checkpoint_state(
-                        net, opt, sched, scaler, None, cfg, class_map, epoch, step, True, metrics))
+            best = record_validation(
+                val, metrics, best, runlog=runlog, step=step, epoch=epoch, is_main=env.is_main,
+                row={"lr": sched.get_last_lr()[0], "elapsed_s": elapsed,
+                     "images_per_s": seen * env.world_size / max(elapsed, 1e-9)},
+                best_path=ckpt_dir / "best.pt",
+                state=lambda: _checkpoint_state(net, opt, sched, scaler, None, cfg, class_map, epoch, step, True,
+                                                metrics))
         if env.is_main:
             save_checkpoint(last, _checkpoint_state(net, opt, sched, scaler, train_loader, cfg, class_map,
                                                     epoch, step, epoch_complete, metrics))
