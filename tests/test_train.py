@@ -163,6 +163,26 @@ def test_two_stage_perchannel_plan(train_store, tmp_path):
     assert any(not torch.equal(state_ft[k], ext1[k]) for k in ext1 if k.startswith("extractors."))
 
 
+def test_cached_fusion_head_resumes_exactly(train_store, tmp_path):
+    # the head on cached features runs through the same loop as images, so it resumes bit for bit too
+    store = _store_path(train_store)
+    s1 = tmp_path / "s1"
+    run(_cfg(store, s1, "model.name=perchannel_tiny", "train.stage=perchannel_stage1", "train.max_steps=2"))
+    head = ["model.name=perchannel_tiny", "train.stage=fusion_stage2", f"train.init_from={s1 / 'checkpoints' / 'last.pt'}",
+            "optim.epochs=4", "model.kwargs.dropout=0.3"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    a = run(_cfg(store, straight, *head))
+    b1 = run(_cfg(store, resumed, *head, "train.stop_at_step=5"))
+    assert b1["stopped_early"] and b1["step"] == 5
+    b2 = run(_cfg(store, resumed, *head))
+    assert a["step"] == b2["step"] == 4 * (160 // 8)
+    assert [e["loss"] for e in _events(straight)] == [e["loss"] for e in _events(resumed)]
+    wa = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
+    wb = load_checkpoint(resumed / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["val_acc"] == b2["val_acc"]
+
+
 @pytest.mark.parametrize("options", [
     ["train.amp=bf16", "train.channels_last=true", "optim.name=sgd", "optim.grad_clip=1.0",
      "optim.warmup_steps=0", "optim.warmup_epochs=0.5"],

@@ -22,8 +22,10 @@ from cellio.schema import CELL_TYPES
 from .config import Config
 from .labels import ClassMap
 from .models import create_model
+from .runtime import rng_state, unwrap
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_for_inference", "build_model", "REQUIRED_KEYS"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_for_inference", "build_model", "training_state",
+           "REQUIRED_KEYS"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise ConfigError(f"checkpoint {str(path)!r}: expected keys {list(REQUIRED_KEYS)}, missing {missing}")
     return state
+
+
+def training_state(model: nn.Module, opt: Any, sched: Any, scaler: Any, loader: Any, cfg: Config,
+                   class_map: ClassMap, *, epoch: int, step: int, epoch_complete: bool,
+                   metrics: dict[str, Any]) -> dict[str, Any]:
+    """Everything a resume needs (module docstring); `model` may be wrapped (DDP, compile, a stage's forward)."""
+    return {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(), "loader": loader.state_dict() if loader is not None else None,
+            "rng": rng_state(), "config": cfg.to_dict(), "classes": class_map.to_dict(), "epoch": epoch,
+            "step": step, "epoch_complete": epoch_complete, "metrics": metrics}
 
 
 def build_model(cfg: Config, class_map: ClassMap, *, pretrained: bool = True) -> nn.Module:

@@ -10,7 +10,6 @@ The result is still ONE checkpoint holding extractors + head (load_for_inference
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +20,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cellio.schema import CELL_TYPES
 
-from .checkpoint import save_checkpoint
+from .data import make_loader
 from .labels import IGNORE_INDEX, ClassMap
+from .runtime import Env
 
 if TYPE_CHECKING:
     from .config import Config
-    from .train import Env, RunLog
+    from .folds import FoldSplit
 
-__all__ = ["FeatureSet", "extract_features", "write_features", "read_features", "train_head_on_cached_features"]
+__all__ = ["FeatureSet", "FeatureLoader", "extract_features", "write_features", "read_features",
+           "feature_cache_path", "cached_features"]
 
 log = logging.getLogger(__name__)
 
@@ -108,118 +108,96 @@ def read_features(path: str | Path, fingerprint: dict[str, Any]) -> dict[str, Fe
             for split in attrs["splits"]}
 
 
-def _fingerprint(cfg: "Config", class_map: ClassMap, train_exps: list[str], val_exps: list[str]) -> dict[str, Any]:
+def _fingerprint(cfg: "Config", class_map: ClassMap, split: "FoldSplit") -> dict[str, Any]:
     src = Path(cfg.train.init_from or "")
     stat = src.stat() if src.is_file() else None
     return {"init_from": str(src.resolve()), "init_size": stat.st_size if stat else None,
             "init_mtime_ns": stat.st_mtime_ns if stat else None, "store": str(Path(cfg.data.store).resolve()),
             "crop": cfg.data.val_crop_size or cfg.data.crop_size, "normalize": cfg.data.normalize,
             "augment": cfg.data.augment, "model": cfg.model.name, "kwargs": cfg.model.kwargs,
-            "classes": len(class_map), "train": train_exps, "val": val_exps}
+            "classes": len(class_map), "train": split.train, "val": split.val}
 
 
-def _head_metrics(model: nn.Module, fs: FeatureSet, class_map: ClassMap, loss_fn: nn.Module,
-                  device: torch.device, batch: int = 4096) -> dict[str, float]:
-    model.eval()
-    n_types = len(CELL_TYPES)
-    correct, total, loss_sum = np.zeros(n_types), np.zeros(n_types), 0.0
-    with torch.no_grad():
-        for s in range(0, len(fs), batch):
-            f = torch.from_numpy(fs.features[s:s + batch]).to(device)
-            ct = torch.from_numpy(fs.cell_type[s:s + batch]).to(device)
-            target = class_map.encode(torch.from_numpy(fs.label[s:s + batch]).to(device))
-            logits = model.forward_head(f, ct)
-            keep = (target != IGNORE_INDEX).cpu().numpy()
-            hit = (logits.argmax(-1) == target).cpu().numpy() & keep
-            cts = fs.cell_type[s:s + batch]
-            np.add.at(correct, cts[keep], hit[keep])
-            np.add.at(total, cts[keep], 1)
-            loss_sum += float(loss_fn(logits, target)) * int(keep.sum())
-    n = float(total.sum())
-    out = {"val_loss": loss_sum / max(n, 1.0), "val_acc": float(correct.sum()) / max(n, 1.0), "val_n": n,
-           "chance": 1.0 / len(class_map)}
-    for i, name in enumerate(CELL_TYPES):
-        out[f"val_acc_{name}"] = float(correct[i] / total[i]) if total[i] else float("nan")
-    return out
+def feature_cache_path(cfg: "Config") -> Path:
+    return Path(cfg.out) / "features.zarr"
 
 
-def train_head_on_cached_features(model: nn.Module, cfg: "Config", env: "Env", store: Any, class_map: ClassMap,
-                                  train_exps: list[str], val_exps: list[str], loss_fn: nn.Module, runlog: "RunLog",
-                                  dtype: torch.dtype | None) -> dict[str, Any]:
-    """fusion_stage2 with frozen extractors: cache features (rank 0), train model.head on them, checkpoint."""
-    from .train import Env, _checkpoint_state, build_optimizer, build_scheduler, make_loader, record_validation
-
-    out = Path(cfg.out)
-    cache = out / "features.zarr"
-    fingerprint = _fingerprint(cfg, class_map, train_exps, val_exps)
-    if env.is_main:
-        sets = read_features(cache, fingerprint)
-        if sets is None:
-            t0 = time.perf_counter()
-            single = Env(0, 1, env.local_rank, env.device)  # rank 0 reads every site once
-            sets = {"train": extract_features(model, make_loader(cfg, store, single, train_exps, train=False),
-                                              env.device, dtype, cfg.train.progress, "features train")}
-            if val_exps:
-                sets["val"] = extract_features(model, make_loader(cfg, store, single, val_exps, train=False),
-                                               env.device, dtype, cfg.train.progress, "features val")
-            write_features(cache, sets, fingerprint)
-            log.info("cached %s features in %.1fs at %s", {k: v.features.shape for k, v in sets.items()},
-                     time.perf_counter() - t0, cache)
+def cached_features(model: nn.Module, cfg: "Config", env: Env, store: Any, class_map: ClassMap, split: "FoldSplit",
+                    dtype: torch.dtype | None) -> dict[str, FeatureSet]:
+    """The frozen model's features of the train (and held-out) experiments: OUT/features.zarr when its fingerprint
+    still holds, else computed by rank 0 (every site once, the centre view) and cached; every rank returns them."""
+    cache = feature_cache_path(cfg)
+    fingerprint = _fingerprint(cfg, class_map, split)
+    sets = read_features(cache, fingerprint) if env.is_main else None
+    if env.is_main and sets is None:
+        t0 = time.perf_counter()
+        single = env.single()  # rank 0 reads every site once
+        sets = {"train": extract_features(model, make_loader(cfg, store, single, split.train, train=False),
+                                          env.device, dtype, cfg.train.progress, "features train")}
+        if split.val:
+            sets["val"] = extract_features(model, make_loader(cfg, store, single, split.val, train=False),
+                                           env.device, dtype, cfg.train.progress, "features val")
+        write_features(cache, sets, fingerprint)
+        log.info("cached %s features in %.1fs at %s", {k: v.features.shape for k, v in sets.items()},
+                 time.perf_counter() - t0, cache)
     if env.distributed:
         dist.barrier()
     if not env.is_main:
         sets = read_features(cache, fingerprint)
     assert sets is not None
+    return sets
 
-    # every rank trains the same head on the same features (seconds): no gradient exchange is needed
-    train = sets["train"]
-    x_all = torch.from_numpy(train.features).to(env.device)
-    ct_all = torch.from_numpy(train.cell_type).to(env.device)
-    y_all = class_map.encode(torch.from_numpy(train.label).to(env.device))
-    labelled = torch.nonzero(y_all != IGNORE_INDEX).flatten()
-    bs = cfg.data.batch_size * cfg.optim.grad_accum * env.world_size  # the same global batch as the image loop
-    steps_per_epoch = max(1, len(labelled) // bs)
-    total_steps = cfg.train.max_steps or cfg.optim.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    opt = build_optimizer(cfg, model)
-    sched = build_scheduler(cfg, opt, total_steps, steps_per_epoch)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=False)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    step, best, metrics, t0 = 0, -1.0, {}, time.perf_counter()
-    ckpt_dir = out / "checkpoints"
-    for epoch in range(epochs):
-        model.train()
-        model.extractors.eval()
-        perm = labelled[torch.randperm(len(labelled), generator=gen).to(env.device)]
-        losses = []
-        for b in range(steps_per_epoch):
-            if step >= total_steps:
-                break
-            rows = perm[b * bs:(b + 1) * bs]
-            loss = loss_fn(model.forward_head(x_all[rows], ct_all[rows]), y_all[rows])
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.head.parameters(), cfg.optim.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            step += 1
-            losses.append(float(loss.detach()))
-        metrics.update(train_loss=float(np.mean(losses)) if losses else float("nan"))
-        runlog.event("train", step, epoch=epoch, loss=metrics["train_loss"], lr=sched.get_last_lr()[0])
-        if "val" in sets and ((epoch + 1) % cfg.train.val_every == 0 or epoch == epochs - 1):
-            val = _head_metrics(model, sets["val"], class_map, loss_fn, env.device)
-            best = record_validation(
-                val, metrics, best, runlog=runlog, step=step, epoch=epoch, is_main=env.is_main,
-                row={"lr": sched.get_last_lr()[0], "elapsed_s": time.perf_counter() - t0},
-                best_path=ckpt_dir / "best.pt",
-                state=lambda: _checkpoint_state(model, opt, sched, scaler, None, cfg, class_map, epoch, step, True,
-                                                metrics))
-    if env.is_main:
-        save_checkpoint(ckpt_dir / "last.pt", _checkpoint_state(model, opt, sched, scaler, None, cfg, class_map,
-                                                                epochs - 1, step, True, metrics))
-    metrics.update(step=step, epoch=epochs - 1, stopped_early=False, num_classes=len(class_map),
-                   cached_features=str(cache), feature_train_rows=len(train))
-    if env.distributed:
-        dist.barrier()
-    return metrics
+
+class FeatureLoader:
+    """Batches of cached features, loader-like (`len`, `set_epoch`, `state_dict`), on one device.
+
+    train: each epoch a permutation of the labelled rows from one torch.Generator seeded once (epoch e is its
+    e-th draw, so an epoch's order depends only on the seed), `global_batch` rows per step of which this rank
+    takes every world_size-th, a ragged tail dropped. eval: every row once, this rank's share, in order.
+    Batches are dicts with `features`, `cell_type` and `label` (raw sirna) like the image loader's.
+    """
+
+    def __init__(self, fs: FeatureSet, class_map: ClassMap, device: torch.device, *, train: bool,
+                 global_batch: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.train, self.global_batch, self.seed = train, int(global_batch), int(seed)
+        self.rank, self.world_size = rank, world_size
+        self.features = torch.from_numpy(fs.features).to(device)
+        self.cell_type = torch.from_numpy(fs.cell_type).to(device)
+        self.label = torch.from_numpy(fs.label).to(device)
+        labelled = class_map.encode(self.label) != IGNORE_INDEX
+        self.rows = torch.nonzero(labelled).flatten() if train else torch.arange(len(fs), device=device)
+        self.epoch, self.batch = 0, 0
+        self._resume: int | None = None
+
+    def __len__(self) -> int:
+        if self.train:
+            return max(1, len(self.rows) // self.global_batch)
+        return -(-len(self.rows[self.rank::self.world_size]) // self.global_batch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.batch, self._resume = int(epoch), 0, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "rows": len(self.rows), "global_batch": self.global_batch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.batch, self._resume = int(state["epoch"]), int(state["batch"]), int(state["batch"])
+
+    def _order(self) -> torch.Tensor:
+        if not self.train:
+            return self.rows[self.rank::self.world_size]
+        gen = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch):
+            torch.randperm(len(self.rows), generator=gen)
+        return self.rows[torch.randperm(len(self.rows), generator=gen).to(self.rows.device)]
+
+    def __iter__(self) -> Any:
+        order, start = self._order(), self._resume or 0
+        self._resume = None
+        for b in range(start, len(self)):
+            rows = order[b * self.global_batch:(b + 1) * self.global_batch]
+            if self.train:
+                rows = rows[self.rank::self.world_size]
+            self.batch = b + 1
+            yield {"features": self.features[rows], "cell_type": self.cell_type[rows], "label": self.label[rows]}
+        self.epoch, self.batch = self.epoch + 1, 0

@@ -5,16 +5,20 @@ accuracy measures the batch-effect generalisation that matters; site- or well-le
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cellio.errors import ConfigError, MetadataError
+from cellio.schema import CELL_TYPES
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["make_folds", "fold_experiments"]
+    from .config import DataConfig
+
+__all__ = ["make_folds", "fold_experiments", "FoldSplit", "split_experiments"]
 
 
 def make_folds(sites: "pd.DataFrame", n_folds: int, seed: int = 0) -> dict[str, int]:
@@ -47,3 +51,32 @@ def fold_experiments(folds: dict[str, int], fold: int) -> tuple[list[str], list[
     """(train experiments, held-out experiments) for `fold`; fold -1 holds nothing out."""
     held = sorted(e for e, f in folds.items() if f == fold)
     return sorted(e for e in folds if e not in set(held)), held
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """The experiments a run trains on and holds out, and the fold of every train experiment."""
+
+    train: list[str]
+    val: list[str]
+    folds: dict[str, int]
+
+    def to_dict(self, val_fold: int) -> dict:
+        return {"folds": self.folds, "val_fold": val_fold, "train": self.train, "val": self.val}
+
+
+def split_experiments(data: "DataConfig", sites: "pd.DataFrame") -> FoldSplit:
+    """The one fold selection of a config's `data` section: trainer.train trains on `train` and validates on
+    `val`, and trainer.predict's out-of-fold predictions use the same `val` (they must agree exactly).
+    A per-cell-type config (data.cell_types) keeps only its cell types' experiments."""
+    folds = make_folds(sites, data.n_folds, data.fold_seed)
+    if data.cell_types:
+        unknown = sorted(set(data.cell_types) - set(CELL_TYPES))
+        if unknown:
+            raise ConfigError(f"config key 'data.cell_types': unknown {unknown}; expected a subset of {CELL_TYPES}")
+        keep = set(sites.loc[sites["cell_type"].isin(data.cell_types), "experiment"])
+        folds = {e: f for e, f in folds.items() if e in keep}
+    train, val = fold_experiments(folds, data.val_fold)
+    if not train:
+        raise ConfigError(f"config key 'data.val_fold': fold {data.val_fold} leaves no train experiment")
+    return FoldSplit(train, val, folds)

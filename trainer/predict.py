@@ -105,19 +105,13 @@ def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
 
 
 def validation_experiments(cfg: Any, sites: Any) -> list[str]:
-    """The held-out experiments of a checkpoint's config (same folds as trainer.train: data.n_folds/val_fold)."""
-    from trainer.folds import fold_experiments, make_folds
+    """The held-out experiments of a checkpoint's config: trainer.folds.split_experiments, as trainer.train used."""
+    from trainer.folds import split_experiments
 
     if cfg.data.val_fold < 0:
         raise ConfigError("this checkpoint trained on every experiment (data.val_fold=-1): it has no validation "
                           "experiments, so it cannot give out-of-fold predictions")
-    train_sites = sites[sites["dataset"] == "train"]
-    folds = make_folds(train_sites, cfg.data.n_folds, cfg.data.fold_seed)
-    if cfg.data.cell_types:
-        keep = set(train_sites.loc[train_sites["cell_type"].isin(cfg.data.cell_types), "experiment"])
-        folds = {e: f for e, f in folds.items() if e in keep}
-    _, val = fold_experiments(folds, cfg.data.val_fold)
-    return list(val)
+    return list(split_experiments(cfg.data, sites).val)
 
 
 def predict(checkpoint: str | Path, store: Any, *, datasets: Sequence[str] | str = ("test",),
