@@ -137,7 +137,7 @@ def test_given_rotation_overrides_inference(groups):
 
 
 def test_inference_steps_chain_on_two_models(groups):
-    from trainer.ensemble import inference_steps
+    from trainer.chain import inference_steps
     from trainer.predict import Predictions
 
     truth_sites = make_sites({"HEPG2-09": ("test", 2), "RPE-09": ("test", 0)}, seed=9)

@@ -1,17 +1,17 @@
 """The inference chain, step by step: single view -> TTA (mean logits / mean probs / geometric mean / vote) ->
 LightGBM stacker -> model ensemble -> + plate assignment, with per-well labels for every step so the report can
-put them side by side.
+put them side by side, and the submission.
 
-    val = inference_steps([oof_seed0, oof_seed1], store.sites, groups=groups, stacker_scores=cv_scores)
-    stacker = fit_stacker(build_features(...oof_seed0...), truth)
-    test = inference_steps([test_a, test_b], store.sites, groups=groups, stacker=stacker)
-    test.labels["ensemble + plate assignment"]      # id_code, sirna -> trainer.submission.write_submission
+    result = run_chain(ChainInputs(sites, val=[oof_a, oof_b], test=[test_a, test_b],
+                                   sample_submission="data/sample_submission.csv"), out="out/inference")
+    result.submitted, result.reports["validation"]       # the submitted step; accuracy of every step
 
-`models[0]` is the primary model (the single-model steps use it); the ensemble averages the mean logits of every
-model, aligned by sirna. Every step's labels come from `trainer.assign.predict_labels` (treatment wells over
-treatment classes only, controls keep their given labels) or from plate assignment.
+`inference_steps` is one split's chain (no files): `models[0]` is the primary model (the single-model steps use
+it); the ensemble averages the mean logits of every model, aligned by sirna. Every step's labels come from
+`trainer.assign.predict_labels` (treatment wells over treatment classes only, controls keep their given labels) or
+from plate assignment.
 
-    python -m trainer.ensemble --store rxrx1.zarr --val-predictions oof_s0.npz oof_s1.npz \
+    python -m trainer.chain --store rxrx1.zarr --val-predictions oof_s0.npz oof_s1.npz \
         --test-predictions test_s0.npz test_s1.npz --sample-submission data/sample_submission.csv \
         [--test-truth data/test_truth.csv] --out out/inference
 """
@@ -34,7 +34,8 @@ from trainer.aggregate import (WellScores, ensemble, geometric_mean, majority_vo
                                single_view)
 from trainer.assign import Assignment, PlateGroupsLike, assign_plates, predict_labels
 
-__all__ = ["STEP_ORDER", "StepResults", "inference_steps", "truth_of", "main"]
+__all__ = ["STEP_ORDER", "StepResults", "inference_steps", "truth_of", "ChainInputs", "ChainResult",
+           "run_chain", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +114,105 @@ def truth_of(sites: pd.DataFrame, test_truth: str | Path | None = None) -> pd.Se
     return truth
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@dataclass(frozen=True)
+class ChainInputs:
+    """Per-view predictions of one or more models (`trainer.predict.Predictions`; the first is the primary model)
+    over the sites of one store."""
+
+    sites: pd.DataFrame                          # the store's site table (what Predictions.index refers to)
+    val: Sequence[Any] = ()                      # out-of-fold predictions, one per model (its folds concatenated)
+    test: Sequence[Any] = ()                     # test predictions, one per model, same order
+    weights: Sequence[float] | None = None       # ensemble weights, one per model
+    top_k: int = 10                              # stacker candidates per well
+    seed: int = 0
+    sample_submission: str | Path | None = None  # write submission.csv in this file's rows
+    test_truth: str | Path | None = None         # a synthetic set's test labels: score the test steps too
+
+
+@dataclass
+class ChainResult:
+    validation: StepResults | None = None
+    test: StepResults | None = None
+    reports: dict[str, Any] = field(default_factory=dict)  # split -> trainer.report.build_report
+    extra: dict[str, Any] = field(default_factory=dict)    # assignment summaries, skipped steps
+    submitted: str | None = None                           # the step written to submission.csv
+    submission: pd.DataFrame | None = None
+
+
+def run_chain(inputs: ChainInputs, out: str | Path) -> ChainResult:
+    """Every step on validation (out of fold) and test; writes OUT/submission.csv, test_predictions.csv,
+    report.json (+ plots) and assignment.json."""
     import cellio
-    from trainer.aggregate import load_sites
-    from trainer.predict import concat_predictions, load_predictions
-    from trainer.report import build_report, format_table, write_report
+    from trainer.report import build_report, write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sites, res = inputs.sites, ChainResult()
+    try:
+        groups = cellio.derive_plate_groups(sites[sites["dataset"] == "train"])
+    except CellioError as exc:  # no 4-group plate structure in this data set: no assignment steps
+        log.warning("plate assignment skipped: %s", exc)
+        res.extra["assignment_skipped"] = str(exc)
+        groups = None
+    truth = truth_of(sites, inputs.test_truth)
+    stacker = None
+    if inputs.val:
+        stacker, cv = _stacker(inputs, truth, res.extra)
+        res.validation = inference_steps(inputs.val, sites, groups=groups, weights=inputs.weights,
+                                         stacker_scores=cv, top_k=inputs.top_k)
+        val_ids = res.validation.labels["TTA mean logits"]["id_code"]
+        res.reports["validation"] = build_report(res.validation.labels, truth[truth.index.isin(val_ids)])
+        res.extra["validation_assignment"] = {k: a.summary(known=groups.rotations if groups else None)
+                                              for k, a in res.validation.assignments.items()}
+    if inputs.test:
+        res.test = inference_steps(inputs.test, sites, groups=groups, weights=inputs.weights, stacker=stacker,
+                                   top_k=inputs.top_k)
+        res.extra["test_assignment"] = {k: a.summary() for k, a in res.test.assignments.items()}
+        _submit(inputs, res, truth, out)
+    if res.reports:
+        write_report(res.reports, out, extra=res.extra)
+    (out / "assignment.json").write_text(json.dumps(res.extra, indent=2))
+    return res
+
+
+def _stacker(inputs: ChainInputs, truth: pd.Series, extra: dict[str, Any]) -> tuple[Any, WellScores | None]:
+    """The stacker fitted on the primary model's out-of-fold views, and its cross-fitted validation scores."""
     from trainer.stacker import build_features, cross_fit, fit_stacker
+
+    first = inputs.val[0]
+    treatments = np.unique(truth.to_numpy())  # treatment wells' labels: candidates never include controls
+    feats = build_features(first.logits, first.index, inputs.sites, classes=first.classes, top_k=inputs.top_k,
+                           candidates=treatments)
+    try:
+        cv = cross_fit(feats, truth, seed=inputs.seed)
+        return fit_stacker(feats, truth, seed=inputs.seed), cv
+    except CellioError as exc:  # too few labelled wells/experiments: the other steps still run
+        log.warning("stacker skipped: %s", exc)
+        extra["stacker_skipped"] = str(exc)
+        return None, None
+
+
+def _submit(inputs: ChainInputs, res: ChainResult, truth: pd.Series, out: Path) -> None:
+    from trainer.report import build_report
     from trainer.submission import write_submission
 
-    p = argparse.ArgumentParser(prog="python -m trainer.ensemble", description=__doc__.split("\n")[0])
+    assert res.test is not None
+    res.submitted = res.test.final
+    labels = res.test.labels[res.submitted]
+    labels.to_csv(out / "test_predictions.csv", index=False)
+    if inputs.test_truth:
+        test_ids = set(labels["id_code"])
+        res.reports["test"] = build_report(res.test.labels, truth[truth.index.isin(test_ids)])
+    if inputs.sample_submission:
+        res.submission = write_submission(labels, inputs.sites, inputs.sample_submission, out / "submission.csv")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from trainer.aggregate import load_sites
+    from trainer.predict import concat_predictions, load_predictions
+    from trainer.report import format_table
+
+    p = argparse.ArgumentParser(prog="python -m trainer.chain", description=__doc__.split("\n")[0])
     p.add_argument("--store", required=True, help="the store every predictions file refers to")
     p.add_argument("--val-predictions", nargs="+", default=[],
                    help="out-of-fold per-view files, one per model; a model's fold files joined by commas "
@@ -135,53 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output directory")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    sites = load_sites(args.store)
-    reports: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    try:
-        groups = cellio.derive_plate_groups(sites[sites["dataset"] == "train"])
-    except CellioError as exc:  # no 4-group plate structure in this data set: no assignment steps
-        log.warning("plate assignment skipped: %s", exc)
-        extra["assignment_skipped"] = str(exc)
-        groups = None
-    truth = truth_of(sites, args.test_truth)
-    stacker = None
-    if args.val_predictions:
-        val = [concat_predictions([load_predictions(f) for f in item.split(",")]) for item in args.val_predictions]
-        treatments = np.unique(truth.to_numpy())  # treatment wells' labels: candidates never include controls
-        feats = build_features(val[0].logits, val[0].index, sites, classes=val[0].classes, top_k=args.top_k,
-                               candidates=treatments)
-        cv = None
-        try:
-            cv = cross_fit(feats, truth, seed=args.seed)
-            stacker = fit_stacker(feats, truth, seed=args.seed)
-        except CellioError as exc:  # too few labelled wells/experiments: the other steps still run
-            log.warning("stacker skipped: %s", exc)
-            extra["stacker_skipped"] = str(exc)
-        steps = inference_steps(val, sites, groups=groups, weights=args.weights, stacker_scores=cv)
-        val_ids = steps.labels["TTA mean logits"]["id_code"]
-        reports["validation"] = build_report(steps.labels, truth[truth.index.isin(val_ids)])
-        extra["validation_assignment"] = {k: a.summary(known=groups.rotations if groups else None)
-                                          for k, a in steps.assignments.items()}
-    if args.test_predictions:
-        test = [load_predictions(f) for f in args.test_predictions]
-        steps = inference_steps(test, sites, groups=groups, weights=args.weights, stacker=stacker)
-        extra["test_assignment"] = {k: a.summary() for k, a in steps.assignments.items()}
-        final = steps.final
-        steps.labels[final].to_csv(out / "test_predictions.csv", index=False)
-        if args.test_truth:
-            test_ids = set(steps.labels[final]["id_code"])
-            reports["test"] = build_report(steps.labels, truth[truth.index.isin(test_ids)])
-        if args.sample_submission:
-            write_submission(steps.labels[final], sites, args.sample_submission, out / "submission.csv")
-            print(f"submission ({final}) -> {out / 'submission.csv'}")
-    if reports:
-        write_report(reports, out, extra=extra)
-        print(format_table(reports))
-    (out / "assignment.json").write_text(json.dumps(extra, indent=2))
+    val = [concat_predictions([load_predictions(f) for f in item.split(",")]) for item in args.val_predictions]
+    test = [load_predictions(f) for f in args.test_predictions]
+    result = run_chain(ChainInputs(load_sites(args.store), val, test, args.weights, args.top_k, args.seed,
+                                   args.sample_submission, args.test_truth), args.out)
+    if result.submission is not None:
+        print(f"submission ({result.submitted}) -> {Path(args.out) / 'submission.csv'}")
+    if result.reports:
+        print(format_table(result.reports))
     return 0
 
 

@@ -1,5 +1,5 @@
 """The main job, end to end: synth (or a given RxRx1 directory) -> metadata -> ingest -> inspect -> one loader
-epoch -> train the 6-channel model and the seed's two-stage per-channel + fusion plan -> predict (TTA views) on
+epoch -> train the 6-channel model and the two-stage per-channel + fusion plan -> predict (TTA views) on
 the held-out experiments and the test set -> aggregate / stacker / ensemble / plate assignment ->
 OUT/submission.csv and OUT/report.json (+ plots).
 
@@ -104,7 +104,7 @@ def loader_epoch(store: Any, prof: dict[str, Any]) -> None:
 
 
 def train_models(store_path: Path, out: Path, prof: dict[str, Any], args: argparse.Namespace) -> list[Path]:
-    """The 6-channel model and the seed's per-channel extractors + fusion head; returns their checkpoints."""
+    """The 6-channel model and the per-channel extractors + fusion head; returns their checkpoints."""
     from trainer.train import run
 
     common = [f"data.store={store_path}", f"data.crop_size={prof['crop']}", f"data.batch_size={prof['batch']}",
@@ -201,14 +201,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     val_files, test_files = predict_all(ckpts, store, out, prof)
     _done(t)
     t = _step("7. aggregate, stack, ensemble, plate assignment, submission")
-    from trainer.ensemble import main as ensemble_main
+    from trainer.chain import ChainInputs, run_chain
+    from trainer.predict import load_predictions
+    from trainer.report import format_table
 
-    ens_args = ["--store", str(store_path), "--val-predictions", *val_files, "--test-predictions", *test_files,
-                "--sample-submission", str(sample_submission(raw, out)), "--out", str(out),
-                "--seed", str(args.seed)]
-    if (raw / "test_truth.csv").is_file():
-        ens_args += ["--test-truth", str(raw / "test_truth.csv")]
-    ensemble_main(ens_args)
+    truth = raw / "test_truth.csv"
+    result = run_chain(ChainInputs(store.sites, [load_predictions(f) for f in val_files],
+                                   [load_predictions(f) for f in test_files], seed=args.seed,
+                                   sample_submission=sample_submission(raw, out),
+                                   test_truth=truth if truth.is_file() else None), out)
+    print(f"submission ({result.submitted}) -> {out / 'submission.csv'}")
+    print(format_table(result.reports))
     _done(t)
     print(f"\nmain job done in {time.perf_counter() - start:.0f} s")
     for name in ("submission.csv", "report.json", "steps.png", "cell_types.png"):
