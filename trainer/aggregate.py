@@ -1,4 +1,4 @@
-"""Per-view logits -> per-well scores (seed §6.1) and model ensembling (seed §7.2).
+"""Per-view logits -> per-well scores and model ensembling.
 
 A well is an `id_code`: both of its sites and every TTA view of each site are pooled. Every method returns a
 `WellScores` (one row per well, one column per raw sirna id in `classes`); `kind` says what the numbers are so
@@ -9,7 +9,7 @@ later steps (assignment, the stacker, ensembling) can turn them into log-probabi
 
 Note: the geometric mean of the views' softmax probabilities, renormalised, equals the softmax of the mean logits
 (log_softmax(z) = z - logsumexp(z), and the mean of the per-view constants cancels), so `geometric_mean` and
-`mean_logits` always agree on the argmax; both are kept because the seed asks for both and tests check the identity.
+`mean_logits` always agree on the argmax; both are kept so the report shows the identity (a test checks it).
 
     python -m trainer.aggregate --predictions preds.npz --store test.zarr --method mean_logits --out wells.npz
 """
@@ -259,7 +259,7 @@ def aggregate(method: str, logits: np.ndarray, index: np.ndarray, sites: pd.Data
 
 def ensemble(members: Sequence[WellScores], weights: Sequence[float] | None = None, *,
              classes: str = "union") -> WellScores:
-    """Weighted mean of several models' per-well scores, aligned by raw sirna id (seed §7.2).
+    """Weighted mean of several models' per-well scores, aligned by raw sirna id.
 
     Logits are averaged as logits (the winners' choice); any other kind is averaged as log-probabilities. Models
     with different class maps (e.g. with and without the 31 controls) are aligned by sirna: with

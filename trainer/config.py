@@ -132,14 +132,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, found {value!r}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
@@ -232,6 +231,18 @@ def validate(cfg: Config) -> None:
     if cfg.train.stage == "fusion_stage2" and not cfg.train.init_from:
         raise ConfigError("config key 'train.init_from': train.stage=fusion_stage2 needs the stage-1 checkpoint "
                           "(e.g. train.init_from=runs/stage1/checkpoints/best.pt), found none")
+    _check_augment(cfg)
+
+
+def _check_augment(cfg: Config) -> None:
+    """data.augment / normalize / crop_size as cellio's loader will take them (cellio validates, numpy only)."""
+    import cellio
+
+    _choice(cfg.data.augment, tuple(cellio.list_presets()), "data.augment")
+    try:
+        cellio.get_preset(cfg.data.augment).replace(normalize=cfg.data.normalize, crop_size=cfg.data.crop_size)
+    except cellio.PipelineConfigError as exc:
+        raise ConfigError(f"config keys 'data.augment', 'data.normalize', 'data.crop_size': {exc}") from None
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

@@ -1,5 +1,5 @@
 """Losses over class indices (`labels.IGNORE_INDEX` rows are skipped): cross-entropy (default) or
-one-vs-all BCE-with-logits (the seed's open question), both with label smoothing.
+one-vs-all BCE-with-logits, both with label smoothing.
 """
 from __future__ import annotations
 

@@ -5,7 +5,10 @@
 
 Every model exposes `num_features`, `forward_features(x, cell_type=None) -> (B, F)`,
 `forward_head(feats, cell_type=None) -> (B, C)` and `forward(x, cell_type=None) -> (B, C)`; `cell_type` is the
-int64 index into `cellio.schema.CELL_TYPES` the loader yields. The head (`ClassifierHead`) can concatenate the
+int64 index into `cellio.schema.CELL_TYPES` the loader yields. Unlike timm, `forward_features` returns the POOLED
+feature vector (the embedding), not the feature map: the fusion head, the stage-2 feature cache and exported
+embeddings all work on one vector per site, and a per-channel model has six maps, not one. The map of a
+6-channel model is `model.features(x)`. The head (`ClassifierHead`) can concatenate the
 cell type as a one-hot before the classifier (what the winners did) and/or keep one head per cell type.
 
 Pretrained weights come from a local torchvision DenseNet file only (hubs are unreachable on training hosts);
@@ -14,6 +17,7 @@ a missing file is an error, never a silent random init. The RGB stem is adapted 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -236,7 +240,7 @@ class DenseNetClassifier(nn.Module):
 
 
 class PerChannelFusion(nn.Module):
-    """Seed §3-§5: one 1-channel DenseNet per image channel, their features fused by an MLP head.
+    """One 1-channel DenseNet per image channel, their features fused by an MLP head (the two-stage plan).
 
     `extractors[i]` sees channel i only and has its own linear classifier `channel_heads[i]` for stage 1
     (`forward_channels`). `forward_features` concatenates the six pooled feature vectors (6 x 1024 for
@@ -291,55 +295,19 @@ class PerChannelFusion(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# registered factories
+# registered factories: one per (family, architecture), all with create_model's signature
 
 
-def _densenet(arch: str, num_classes: int, in_chans: int, num_cell_types: int, pretrained: Any,
-              **kw: Any) -> nn.Module:
-    return DenseNetClassifier(arch, num_classes=num_classes, in_chans=in_chans, num_cell_types=num_cell_types,
-                              pretrained=pretrained, **kw)
+def _register_family(cls: type[nn.Module], names: dict[str, str]) -> None:
+    for name, arch in names.items():
+        factory = functools.partial(cls, arch)
+        factory.__name__ = name  # type: ignore[attr-defined]  (register_model keys on __name__)
+        factory.__doc__ = f"{cls.__name__} on torchvision's {arch} shape {DENSENET_ARCHS[arch]}."
+        register_model(factory)
 
 
-def _perchannel(arch: str, num_classes: int, in_chans: int, num_cell_types: int, pretrained: Any,
-                **kw: Any) -> nn.Module:
-    return PerChannelFusion(arch, num_classes=num_classes, in_chans=in_chans, num_cell_types=num_cell_types,
-                            pretrained=pretrained, **kw)
-
-
-@register_model
-def densenet121(*, num_classes: int, in_chans: int = 6, num_cell_types: int = 4, pretrained: Any = None,
-                **kw: Any) -> nn.Module:
-    return _densenet("densenet121", num_classes, in_chans, num_cell_types, pretrained, **kw)
-
-
-@register_model
-def densenet161(*, num_classes: int, in_chans: int = 6, num_cell_types: int = 4, pretrained: Any = None,
-                **kw: Any) -> nn.Module:
-    return _densenet("densenet161", num_classes, in_chans, num_cell_types, pretrained, **kw)
-
-
-@register_model
-def densenet201(*, num_classes: int, in_chans: int = 6, num_cell_types: int = 4, pretrained: Any = None,
-                **kw: Any) -> nn.Module:
-    return _densenet("densenet201", num_classes, in_chans, num_cell_types, pretrained, **kw)
-
-
-@register_model
-def densenet_tiny(*, num_classes: int, in_chans: int = 6, num_cell_types: int = 4, pretrained: Any = None,
-                  **kw: Any) -> nn.Module:
-    return _densenet("densenet_tiny", num_classes, in_chans, num_cell_types, pretrained, **kw)
-
-
-@register_model
-def perchannel_densenet121(*, num_classes: int, in_chans: int = 6, num_cell_types: int = 4, pretrained: Any = None,
-                           **kw: Any) -> nn.Module:
-    return _perchannel("densenet121", num_classes, in_chans, num_cell_types, pretrained, **kw)
-
-
-@register_model
-def perchannel_tiny(*, num_classes: int, in_chans: int = 6, num_cell_types: int = 4, pretrained: Any = None,
-                    **kw: Any) -> nn.Module:
-    return _perchannel("densenet_tiny", num_classes, in_chans, num_cell_types, pretrained, **kw)
+_register_family(DenseNetClassifier, {arch: arch for arch in DENSENET_ARCHS})
+_register_family(PerChannelFusion, {"perchannel_densenet121": "densenet121", "perchannel_tiny": "densenet_tiny"})
 
 
 def is_perchannel(model: nn.Module) -> bool:

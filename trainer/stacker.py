@@ -1,4 +1,4 @@
-"""LightGBM stacker over TTA views (seed §6.2), built to scale to 1108 classes.
+"""LightGBM stacker over TTA views, built to scale to 1108 classes.
 
 For each well the top-k candidate classes of the mean logits are kept; each (well, candidate) pair becomes one
 row of view statistics (mean/max/min/std logit over views, mean/max probability, vote share, rank, margins to the
