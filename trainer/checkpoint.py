@@ -25,7 +25,7 @@ from .models import create_model
 from .runtime import rng_state, unwrap
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_for_inference", "build_model", "training_state",
-           "REQUIRED_KEYS"]
+           "check_resume_config", "apply_schedule_change", "REQUIRED_KEYS"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,62 @@ def training_state(model: nn.Module, opt: Any, sched: Any, scaler: Any, loader: 
             "scaler": scaler.state_dict(), "loader": loader.state_dict() if loader is not None else None,
             "rng": rng_state(), "config": cfg.to_dict(), "classes": class_map.to_dict(), "epoch": epoch,
             "step": step, "epoch_complete": epoch_complete, "metrics": metrics}
+
+
+# What a resume may change. Execution keys never alter what is learned; schedule and logging keys alter the rest
+# of the run and need train.allow_schedule_change; every other key (data selection, folds, augmentation, model,
+# loss, stage, seed, and any key added later) is refused, because the weights would no longer mean what the
+# config says (a changed data.val_fold would validate on experiments the run trained on).
+_EXECUTION_KEYS = ("out", "data.num_workers", "data.backend", "data.val_batch_size", "train.device",
+                   "train.num_threads", "train.amp", "train.channels_last", "train.compile", "train.stop_at_step",
+                   "train.resume", "train.progress", "train.tensorboard", "train.allow_schedule_change")
+_SCHEDULE_KEYS = ("optim.lr", "optim.weight_decay", "optim.momentum", "optim.warmup_steps", "optim.warmup_epochs",
+                  "optim.epochs", "optim.min_lr_ratio", "optim.grad_clip", "train.max_steps", "train.log_every",
+                  "train.ckpt_every", "train.val_every")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        # model.kwargs is a free mapping: compared as one value
+        if isinstance(value, dict) and f"{prefix}{key}" != "model.kwargs":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume_config(saved: dict[str, Any], cfg: Config, path: str | Path) -> list[str]:
+    """The schedule/logging keys that differ between the checkpoint's config and `cfg` (allowed with
+    train.allow_schedule_change); raises ConfigError naming every other differing key. Call it before anything
+    of the run directory is overwritten."""
+    old, new = _flatten(Config.from_dict(saved).to_dict()), _flatten(cfg.to_dict())
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    refused = [k for k in changed if k not in _EXECUTION_KEYS and k not in _SCHEDULE_KEYS]
+    schedule = [k for k in changed if k in _SCHEDULE_KEYS]
+    detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in refused + schedule)
+    if refused:
+        raise ConfigError(f"{path}: this run was trained with another config; resuming would change {detail}. "
+                          f"Keys {refused} can never change on resume: use a new out= directory (or "
+                          f"train.resume=false to start over there)")
+    if schedule and not cfg.train.allow_schedule_change:
+        raise ConfigError(f"{path}: resuming would change {detail}; pass train.allow_schedule_change=true to "
+                          f"continue with the new values, or a new out= directory")
+    return schedule
+
+
+def apply_schedule_change(opt: torch.optim.Optimizer, sched: Any, cfg: Config) -> None:
+    """After loading a checkpoint's optimizer and scheduler state: use cfg's peak lr, weight decay and momentum
+    (the loaded state carries the old ones); warmup, cosine floor and length come from cfg's schedule already."""
+    sched.base_lrs = [cfg.optim.lr for _ in opt.param_groups]
+    factor = sched.lr_lambdas[0](sched.last_epoch)
+    for i, group in enumerate(opt.param_groups):
+        group["initial_lr"] = cfg.optim.lr
+        group["lr"] = cfg.optim.lr * factor
+        if i == 0:  # the decayed group (trainer.optim.build_optimizer); norms and biases stay at 0
+            group["weight_decay"] = cfg.optim.weight_decay
+        if "momentum" in group:
+            group["momentum"] = cfg.optim.momentum
 
 
 def build_model(cfg: Config, class_map: ClassMap, *, pretrained: bool = True) -> nn.Module:

@@ -95,6 +95,8 @@ class TrainConfig:
     max_steps: int = 0                    # >0: schedule length in optimizer steps instead of epochs
     stop_at_step: int = 0                 # >0: stop (with a checkpoint) after this step; the schedule is unchanged
     resume: bool = True                   # continue from OUT/checkpoints/last.pt when it exists
+    allow_schedule_change: bool = False   # a resume may change optim.lr/epochs/... and logging (then used);
+                                          # data, folds, model and loss changes are always refused
     log_every: int = 10                   # optimizer steps between train log lines
     ckpt_every: int = 0                   # optimizer steps between checkpoints; 0 = at epoch ends only
     val_every: int = 1                    # epochs between validations
@@ -214,9 +216,18 @@ def validate(cfg: Config) -> None:
     _choice(cfg.train.amp, _AMP, "train.amp")
     _choice(cfg.train.device, _DEVICES, "train.device")
     _choice(cfg.data.backend, _BACKENDS, "data.backend")
+    non_negative = {"train.seed": cfg.train.seed, "data.fold_seed": cfg.data.fold_seed,
+                    "data.num_workers": cfg.data.num_workers, "train.max_steps": cfg.train.max_steps,
+                    "train.stop_at_step": cfg.train.stop_at_step, "train.ckpt_every": cfg.train.ckpt_every,
+                    "train.num_threads": cfg.train.num_threads, "data.val_crop_size": cfg.data.val_crop_size,
+                    "data.val_batch_size": cfg.data.val_batch_size, "optim.warmup_steps": cfg.optim.warmup_steps}
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"config key {key!r}: expected an integer >= 0, found {value!r}")
     positive = {"data.crop_size": cfg.data.crop_size, "data.batch_size": cfg.data.batch_size,
                 "optim.epochs": cfg.optim.epochs, "optim.grad_accum": cfg.optim.grad_accum,
-                "data.n_folds": cfg.data.n_folds, "train.log_every": cfg.train.log_every}
+                "data.n_folds": cfg.data.n_folds, "train.log_every": cfg.train.log_every,
+                "train.val_every": cfg.train.val_every}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"config key {key!r}: expected a positive integer, found {value!r}")

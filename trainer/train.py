@@ -30,7 +30,8 @@ from torch import nn
 import cellio
 from cellio.errors import CellioError, ConfigError
 
-from .checkpoint import build_model, load_checkpoint, save_checkpoint, training_state
+from .checkpoint import (apply_schedule_change, build_model, check_resume_config, load_checkpoint, save_checkpoint,
+                         training_state)
 from .config import Config, load_config, save_config
 from .folds import split_experiments
 from .labels import ClassMap
@@ -115,7 +116,12 @@ def prepare(cfg: Config) -> Run:
     """Everything `run` needs, checked before the first step; resumed from last.pt when cfg.train.resume."""
     env = setup_env(cfg)
     out = Path(cfg.out)
-    if env.is_main:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"config key 'out': {out} is a file; expected a run directory (new or existing)")
+    last = out / "checkpoints" / "last.pt"
+    resume_from = load_checkpoint(last) if cfg.train.resume and last.exists() else None
+    changed = check_resume_config(resume_from["config"], cfg, last) if resume_from is not None else []
+    if env.is_main:  # only now, with the resume checked, may anything in OUT change
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     seed_everything(cfg.train.seed, cfg.train.deterministic)
@@ -141,8 +147,11 @@ def prepare(cfg: Config) -> Run:
     r = Run(cfg, ctx, stage, model, model, train_loader, val_loader, schedule, opt,
             build_scheduler(cfg, opt, schedule), torch.amp.GradScaler(env.device.type, enabled=ctx.dtype == torch.float16),
             RunLog(out, env.is_main, cfg.train.tensorboard))
-    if cfg.train.resume and (r.ckpt_dir / "last.pt").exists():
-        _resume(r, load_checkpoint(r.ckpt_dir / "last.pt"))
+    if resume_from is not None:
+        _resume(r, resume_from)
+        if changed:
+            apply_schedule_change(r.opt, r.sched, cfg)
+            log.warning("resumed with changed %s (train.allow_schedule_change)", changed)
     r.net = _wrap(stage.forward_module(model), cfg, env)
     return r
 
