@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from cellio import kaggle
 from cellio.errors import CredentialsError, DownloadError, MetadataError
 from cellio.kaggle import (MANIFEST_NAME, PART_DIR, CredentialKind, check_credentials, download, submit,
                            unzip_dataset, validate_submission, verify_dataset)
@@ -255,7 +254,7 @@ DiskUsage = namedtuple("DiskUsage", "total used free")
 
 
 def test_disk_space_is_checked_before_any_network_call(token, tmp_path, monkeypatch):
-    monkeypatch.setattr(kaggle.shutil, "disk_usage", lambda path: DiskUsage(100 * 10**9, 90 * 10**9, 10 * 10**9))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: DiskUsage(100 * 10**9, 90 * 10**9, 10 * 10**9))
     api = FakeApi({"train.zip": b"z"})
     dest = tmp_path / "not" / "yet"
     with pytest.raises(DownloadError) as err:
