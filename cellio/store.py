@@ -2,7 +2,7 @@
 
 The store is a plain Zarr v3 group any client can read. For speed this reader bypasses zarr-python's per-call
 overhead on local, unsharded stores: it computes each site's chunk file from the array metadata and reads it with
-one `preadv` straight into the output batch (uncompressed), or reads the file and decodes it with numcodecs
+one `pread` copied into the output batch (uncompressed), or reads the file and decodes it with numcodecs
 (blosc-lz4 / zstd). Crops of uncompressed NHWC sites read only rows y..y+h. Everything else (fsspec URLs, sharded
 or rechunked arrays) goes through zarr-python with concurrent per-site reads, never fancy indexing.
 
@@ -299,7 +299,7 @@ class Store:
         try:
             if self._codec is None:
                 # rows y..y+h are one contiguous byte range of an NHWC chunk. Read them into a fresh bytes object,
-                # then copy: measured ~2x faster here than preadv straight into a large, cache-cold batch array
+                # then copy: measured ~2x faster than preadv straight into a large, cache-cold batch array
                 # (the kernel's copy_to_user pays write-allocate on cold lines; numpy's large memcpy streams).
                 row = W * C
                 want = h * row
