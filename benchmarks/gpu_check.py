@@ -1,4 +1,4 @@
-"""The prepared GPU check: one run on the lent H200 (or, with --device cpu --tiny, in seconds on any CPU).
+"""The prepared GPU check: one run on an H200 (or, with --device cpu --tiny, in seconds on any CPU).
 
 Sections (run in this order; each is guarded, so one failing section still lets the others report):
   parity      DALI on --device vs the pure-torch reference (cellio.transforms.apply_torch, on the same device) on

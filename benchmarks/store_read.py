@@ -72,7 +72,7 @@ def main() -> None:
     total = n * site_bytes
     print(f"{n} sites of {H}x{W}x{C} uint8 ({total / 1e6:.0f} MB), batches of {args.batch}, shuffled")
 
-    # per-site .npy files (the seed's format)
+    # per-site .npy files (one (H, W, 6) array per file: a common way to keep RxRx1 sites)
     npy = stores / "npy"
     if not (npy / f"{n - 1}.npy").exists():
         npy.mkdir(parents=True, exist_ok=True)

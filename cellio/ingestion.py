@@ -20,9 +20,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,11 +30,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._format import CODECS, CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, JOURNAL_DIR, STATUS_FAILED, STATUS_OK, \
+    TMP_DIR, FileTarget, chunk_key, column_kind, decode_strings, encode_column, group_metadata, images_metadata, \
+    journal_key, numcodec_from_metadata, read_journal, read_small_array
 from .errors import ImageError, MetadataError, StoreError
 from .schema import CHANNEL_NAMES, CHANNELS, DATASETS, N_CHANNELS, PATH_COLUMNS, PIXEL_MEAN_COLUMNS, \
     PIXEL_STD_COLUMNS
-from .store import CODECS, CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, JOURNAL_DIR, STATUS_FAILED, STATUS_OK, \
-    codec_metadata, get_fs, is_url, numcodec_from_metadata, read_journal, read_small_array, small_array_files
 
 __all__ = ["ingest", "IngestReport", "FailedSite", "DEFAULT_CODEC", "VERIFY_ATOL", "ON_ERROR"]
 
@@ -50,7 +49,6 @@ DEFAULT_CODEC = "lz4"
 # channel or truncated image moves them by far more.
 VERIFY_ATOL = 0.1
 ON_ERROR: tuple[str, ...] = ("fail", "skip")
-TMP_DIR = ".cellio-tmp"
 
 
 @dataclass(frozen=True)
@@ -89,49 +87,6 @@ class IngestReport:
         return d
 
 
-# ----------------------------------------------------------------------------------------------- file target
-class _Target:
-    """Writes into the store root: atomic temp+rename on local disks, whole-object puts on fsspec URLs."""
-
-    def __init__(self, path: str, storage_options: dict[str, Any] | None):
-        self.path = path
-        self.storage_options = storage_options or {}
-        self.fs, self.root = get_fs(path, storage_options)
-        self.local = not is_url(path)
-
-    def key(self, rel: str) -> str:
-        return f"{self.root}/{rel}"
-
-    def exists(self, rel: str) -> bool:
-        return self.fs.exists(self.key(rel))
-
-    def write(self, rel: str, data: bytes | memoryview) -> None:
-        full = self.key(rel)
-        if self.local:
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            tmpdir = self.key(TMP_DIR)
-            os.makedirs(tmpdir, exist_ok=True)
-            tmp = os.path.join(tmpdir, uuid.uuid4().hex)
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, full)  # atomic: readers and reruns see the old file or the whole new one
-        else:
-            self.fs.pipe_file(full, bytes(data))
-
-    def write_json(self, rel: str, obj: Any) -> None:
-        self.write(rel, json.dumps(obj, indent=2).encode())
-
-    def remove(self, rel: str, recursive: bool = False) -> None:
-        full = self.key(rel)
-        if self.local:
-            if os.path.isdir(full):
-                shutil.rmtree(full)
-            elif os.path.exists(full):
-                os.remove(full)
-        elif self.fs.exists(full):
-            self.fs.rm(full, recursive=recursive)
-
-
 # ----------------------------------------------------------------------------------------------- per-site work
 @dataclass(frozen=True)
 class _BatchJob:
@@ -140,7 +95,7 @@ class _BatchJob:
     store: str
     storage_options: dict[str, Any]
     raw_dir: str
-    codecs: list[dict[str, Any]]
+    images: dict[str, Any]                        # images/zarr.json: where each site's chunk goes and its codecs
     shape: tuple[int, int]
     indices: tuple[int, ...]
     id_codes: tuple[str, ...]
@@ -239,8 +194,8 @@ def _run_batch(job: _BatchJob) -> list[dict[str, Any]]:
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    codec = numcodec_from_metadata(job.codecs)
-    target = _Target(job.store, job.storage_options)
+    codec = numcodec_from_metadata(job.images["codecs"])
+    target = FileTarget(job.store, job.storage_options)
     H, W = job.shape
     buffers = [np.empty((H, W, N_CHANNELS), dtype=np.uint8) for _ in range(2)]  # double buffering
 
@@ -251,7 +206,8 @@ def _run_batch(job: _BatchJob) -> list[dict[str, Any]]:
         for c, p in enumerate(planes):
             site[:, :, c] = p
         i = job.indices[k]
-        target.write(f"images/c/{i}/0/0/0", memoryview(site).cast("B") if codec is None else codec.encode(site))
+        target.write(f"images/{chunk_key(job.images, (i, 0, 0, 0))}",
+                     memoryview(site).cast("B") if codec is None else codec.encode(site))
         return {"i": i, "ok": True, "sum": sums, "sumsq": sumsq}
 
     def failed(k: int, exc: ImageError) -> dict[str, Any]:
@@ -288,7 +244,7 @@ def _run_batch(job: _BatchJob) -> list[dict[str, Any]]:
             except ImageError as exc:
                 entries.append(failed(k, exc))
     # the journal record comes after every chunk of the batch is in place: recorded => durable
-    target.write_json(f"{JOURNAL_DIR}/{job.indices[0]:010d}-{job.indices[-1]:010d}.json", {"entries": entries})
+    target.write_json(journal_key(job.indices[0], job.indices[-1]), {"entries": entries})
     return entries
 
 
@@ -358,28 +314,6 @@ def _probe_shape(raw: Path, plan: pd.DataFrame) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------------------- skeleton
-def _column_kind(s: pd.Series) -> str:
-    if isinstance(s.dtype, pd.Int64Dtype):
-        return "Int64"
-    if pd.api.types.is_bool_dtype(s):
-        return "bool"
-    if pd.api.types.is_integer_dtype(s):
-        return "int64"
-    if pd.api.types.is_float_dtype(s):
-        return "float64"
-    return "str"
-
-
-def _encode_column(s: pd.Series, kind: str) -> np.ndarray:
-    if kind == "Int64":
-        return s.fillna(-1).astype(np.int64).to_numpy()
-    if kind == "str":
-        enc = [str(v).encode("utf-8") for v in s]
-        width = max((len(b) for b in enc), default=0) or 1
-        return np.frombuffer(np.array(enc, dtype=f"S{width}").tobytes(), dtype=np.uint8).reshape(len(enc), width)
-    return s.to_numpy().astype(kind)
-
-
 def _ingest_params(codec: str, verify: bool, datasets: tuple[str, ...],
                    experiments: tuple[str, ...] | None, cell_types: tuple[str, ...] | None,
                    limit: int | None) -> dict[str, Any]:
@@ -388,25 +322,19 @@ def _ingest_params(codec: str, verify: bool, datasets: tuple[str, ...],
             "cell_types": list(cell_types) if cell_types else None, "limit": limit}
 
 
-def _create_skeleton(target: _Target, plan: pd.DataFrame, shape: tuple[int, int], params: dict[str, Any],
+def _create_skeleton(target: FileTarget, plan: pd.DataFrame, shape: tuple[int, int], params: dict[str, Any],
                      raw: Path) -> dict[str, Any]:
     """Array metadata, the site table and the root attributes (complete=false), guarded by CREATING_MARKER."""
     if target.local:
         os.makedirs(target.root, exist_ok=True)
     target.write(CREATING_MARKER, b"")
     H, W = shape
-    images = {"shape": [len(plan), H, W, N_CHANNELS], "data_type": "uint8",
-              "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, H, W, N_CHANNELS]}},
-              "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-              "fill_value": 0, "codecs": codec_metadata(params["codec"]), "attributes": {},
-              "dimension_names": ["site", "y", "x", "channel"], "zarr_format": 3, "node_type": "array",
-              "storage_transformers": []}
-    target.write_json("images/zarr.json", images)
-    target.write_json("sites/zarr.json", {"attributes": {}, "zarr_format": 3, "node_type": "group"})
+    target.write_json("images/zarr.json", images_metadata(len(plan), shape, params["codec"]))
+    target.write_json("sites/zarr.json", group_metadata())
     columns = []
     for name in plan.columns:
-        kind = _column_kind(plan[name])
-        _write_small(target, f"sites/{name}", _encode_column(plan[name], kind))
+        kind = column_kind(plan[name])
+        target.write_small_array(f"sites/{name}", encode_column(plan[name], kind))
         columns.append({"name": name, "dtype": kind})
     attrs = {
         "format": FORMAT_NAME,
@@ -429,16 +357,11 @@ def _create_skeleton(target: _Target, plan: pd.DataFrame, shape: tuple[int, int]
     return attrs
 
 
-def _write_small(target: _Target, name: str, data: np.ndarray) -> None:
-    for key, blob in small_array_files(data).items():
-        target.write(f"{name}/{key}", blob)
+def _write_root(target: FileTarget, attrs: dict[str, Any]) -> None:
+    target.write_json("zarr.json", group_metadata(attrs))
 
 
-def _write_root(target: _Target, attrs: dict[str, Any]) -> None:
-    target.write_json("zarr.json", {"attributes": attrs, "zarr_format": 3, "node_type": "group"})
-
-
-def _read_root(target: _Target) -> dict[str, Any] | None:
+def _read_root(target: FileTarget) -> dict[str, Any] | None:
     try:
         with target.fs.open(target.key("zarr.json"), "rb") as f:
             node = json.loads(f.read())
@@ -448,7 +371,7 @@ def _read_root(target: _Target) -> dict[str, Any] | None:
     return attrs if attrs.get("format") == FORMAT_NAME else None
 
 
-def _prepare(target: _Target, plan: pd.DataFrame, raw: Path, params: dict[str, Any],
+def _prepare(target: FileTarget, plan: pd.DataFrame, raw: Path, params: dict[str, Any],
              image_size: tuple[int, int] | None) -> dict[str, Any]:
     """Create the skeleton, or validate an existing one for resuming."""
     if target.exists(CREATING_MARKER):
@@ -475,15 +398,13 @@ def _prepare(target: _Target, plan: pd.DataFrame, raw: Path, params: dict[str, A
     return attrs
 
 
-def _decode_ids(target: _Target) -> list[str]:
-    from .store import _decode_strings
-
-    idc = _decode_strings(read_small_array(target.fs, target.key("sites/id_code")))
+def _decode_ids(target: FileTarget) -> list[str]:
+    idc = decode_strings(read_small_array(target.fs, target.key("sites/id_code")))
     site = read_small_array(target.fs, target.key("sites/site"))
     return [f"{a}_s{int(b)}" for a, b in zip(idc, site)]
 
 
-def _finalize(target: _Target, attrs: dict[str, Any], plan: pd.DataFrame) -> tuple[dict[str, Any], list[FailedSite]]:
+def _finalize(target: FileTarget, attrs: dict[str, Any], plan: pd.DataFrame) -> tuple[dict[str, Any], list[FailedSite]]:
     done = read_journal(target.fs, target.root)
     n = len(plan)
     missing = [i for i in range(n) if i not in done]
@@ -505,10 +426,10 @@ def _finalize(target: _Target, attrs: dict[str, Any], plan: pd.DataFrame) -> tup
     npix = float(attrs["pixels_per_site"])
     mean = sums.astype(np.float64) / npix
     std = np.sqrt(np.maximum(sumsq.astype(np.float64) / npix - mean * mean, 0.0))
-    target.write_json("stats/zarr.json", {"attributes": {}, "zarr_format": 3, "node_type": "group"})
+    target.write_json("stats/zarr.json", group_metadata())
     for name, data in (("status", status), ("stats/sum", sums), ("stats/sumsq", sumsq), ("stats/mean", mean),
                        ("stats/std", std)):
-        _write_small(target, name, data)
+        target.write_small_array(name, data)
     attrs = dict(attrs)
     attrs.update(complete=True, n_ok=int((status == STATUS_OK).sum()), n_failed=len(failed),
                  failed=[f.to_dict() for f in failed])
@@ -545,7 +466,7 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
     exps, cts = _as_tuple(experiments), _as_tuple(cell_types)
     plan = _plan(raw, ds, exps, cts, limit)
     params = _ingest_params(codec, verify, ds, exps, cts, limit)
-    target = _Target(str(store_path), storage_options)
+    target = FileTarget(str(store_path), storage_options)
     attrs = _prepare(target, plan, raw, params, image_size)
     n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
 
@@ -573,19 +494,19 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
                         n_workers, True, tuple(failed), sites_seconds)
 
 
-def _make_jobs(plan: pd.DataFrame, todo: list[int], raw: Path, target: _Target, attrs: dict[str, Any],
+def _make_jobs(plan: pd.DataFrame, todo: list[int], raw: Path, target: FileTarget, attrs: dict[str, Any],
                verify: bool, on_error: str, batch_size: int | None, n_workers: int) -> list[_BatchJob]:
     if batch_size is None:  # ~4 batches per worker for balance, at most 16 sites lost to a kill per worker
         batch_size = max(1, min(16, math.ceil(len(todo) / (4 * n_workers))))
     paths = plan[list(PATH_COLUMNS)].to_numpy()
     stats = plan[list(PIXEL_MEAN_COLUMNS) + list(PIXEL_STD_COLUMNS)].to_numpy(dtype=np.float64)
-    codecs = codec_metadata(attrs["codec"])
     shape = (int(attrs["image_shape"][0]), int(attrs["image_shape"][1]))
+    images = images_metadata(int(attrs["n_sites"]), shape, attrs["codec"])
     jobs = []
     for start in range(0, len(todo), batch_size):
         idx = todo[start:start + batch_size]
         jobs.append(_BatchJob(
-            store=target.path, storage_options=target.storage_options, raw_dir=str(raw.resolve()), codecs=codecs,
+            store=target.path, storage_options=target.storage_options, raw_dir=str(raw.resolve()), images=images,
             shape=shape, indices=tuple(idx), id_codes=tuple(plan["id_code"].iloc[idx]),
             sites=tuple(int(s) for s in plan["site"].iloc[idx]),
             paths=tuple(tuple(paths[i]) for i in idx),

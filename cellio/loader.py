@@ -19,6 +19,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from ._validate import parse_choice, parse_device, parse_int
 from .errors import PipelineConfigError
 from .sampling import BALANCE_MODES, LAST_BATCH_POLICIES, ShardedSampler, balance_weights
 from .schema import CELL_TYPES, DATASETS, WellType
@@ -356,8 +357,7 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     from .pipeline import dali_available, require_dali
 
     # --- configuration, all checked before any data is touched
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise PipelineConfigError(f"batch_size: expected an integer >= 1, found {batch_size!r}")
+    batch_size = parse_int("batch_size", batch_size, minimum=1)
     if isinstance(augment, str):
         cfg = get_preset(augment)
     elif isinstance(augment, AugmentConfig):
@@ -375,38 +375,24 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     if not train:  # deterministic views: geometry comes from the TTA grid, nothing random
         cfg = cfg.replace(rotation="none", shift=False, hflip=0.0, vflip=0.0, rrc_scale=None,
                           intensity_scale=None, intensity_shift=None)
-        tta = tta or "center"
-        if tta not in TTA_MODES:
-            raise PipelineConfigError(f"tta: expected one of {TTA_MODES}, found {tta!r}")
+        tta = parse_choice("tta", tta or "center", TTA_MODES)
     elif tta is not None or dihedral:
         raise PipelineConfigError("tta / dihedral apply to train=False (evaluation) only; found "
                                   f"tta={tta!r}, dihedral={dihedral!r} with train=True")
-    if balance is not None and balance not in BALANCE_MODES:
-        raise PipelineConfigError(f"balance: expected None or one of {BALANCE_MODES}, found {balance!r}")
+    parse_choice("balance", balance, BALANCE_MODES, optional=True)
     if balance is not None and not train:
         raise PipelineConfigError("balance: a balanced sampler is for training; found it with train=False")
-    last_batch = last_batch or ("drop" if train else "partial")
-    if last_batch not in LAST_BATCH_POLICIES:
-        raise PipelineConfigError(f"last_batch: expected one of {LAST_BATCH_POLICIES}, found {last_batch!r}")
-    if backend is None:
-        backend = "dali" if dali_available() else "torch"
-    if backend not in BACKENDS:
-        raise PipelineConfigError(f"backend: expected one of {BACKENDS} or None, found {backend!r}")
+    last_batch = parse_choice("last_batch", last_batch or ("drop" if train else "partial"), LAST_BATCH_POLICIES)
+    backend = parse_choice("backend", backend, BACKENDS, optional=True) or ("dali" if dali_available() else "torch")
     if backend == "dali":
         require_dali("create_loader(backend='dali')")
-    device = device or _default_device()
-    if not (device == "cpu" or device == "cuda" or str(device).startswith("cuda:")):
-        raise PipelineConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', found {device!r}")
+    device = parse_device(device or _default_device())
     if rank is None or world_size is None:
         d_rank, d_world = _default_distributed()
         rank = d_rank if rank is None else rank
         world_size = d_world if world_size is None else world_size
-    if num_workers is None:
-        num_workers = min(4, os.cpu_count() or 1)
-    if num_workers < 0:
-        raise PipelineConfigError(f"num_workers: expected an integer >= 0, found {num_workers}")
-    if prefetch < 1:
-        raise PipelineConfigError(f"prefetch: expected an integer >= 1, found {prefetch}")
+    num_workers = parse_int("num_workers", min(4, os.cpu_count() or 1) if num_workers is None else num_workers)
+    prefetch = parse_int("prefetch", prefetch, minimum=1)
 
     # --- the store and the selection
     if isinstance(store, (str, os.PathLike)):
@@ -432,9 +418,8 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     elif balance == "plate":
         sel = store.sites.iloc[rows]
         weights = balance_weights((sel["experiment"].astype(str) + "/" + sel["plate"].astype(str)).to_numpy())
-    sampler = ShardedSampler(len(rows) * len(views), batch_size=int(batch_size), rank=int(rank),
-                             world_size=int(world_size), seed=seed, shuffle=train, last_batch=last_batch,
-                             weights=weights)
+    sampler = ShardedSampler(len(rows) * len(views), batch_size=batch_size, rank=rank, world_size=world_size,
+                             seed=seed, shuffle=train, last_batch=last_batch, weights=weights)
     sites = store.sites.iloc[rows]
     log.info("loader: %d sites x %d views, rank %d/%d, %d batches of %d, backend %s on %s", len(rows), len(views),
              rank, world_size, sampler.num_batches(), batch_size, backend, device)

@@ -18,7 +18,8 @@ import logging
 import os
 from typing import Any
 
-from .errors import MissingDependencyError, PipelineConfigError
+from ._validate import parse_choice, parse_device, parse_int
+from .errors import MissingDependencyError
 from .transforms import AugmentConfig
 
 __all__ = ["DALI_PACKAGE", "dali_available", "require_dali", "augment_graph", "build_pipeline", "close_pipeline",
@@ -133,26 +134,20 @@ def build_pipeline(source: Any, cfg: AugmentConfig, *, train: bool, device: str 
     (DALI refuses to fork then; SiteSource and Store pickle by value/path for spawn).
     """
     require_dali()
-    if batch_size < 1:
-        raise PipelineConfigError(f"batch_size: expected an integer >= 1, found {batch_size}")
-    if num_workers < 0:
-        raise PipelineConfigError(f"num_workers: expected an integer >= 0, found {num_workers}")
-    dev = str(device)
+    parse_int("batch_size", batch_size, minimum=1)
+    parse_int("num_workers", num_workers)
+    dev = parse_device("cuda" if str(device) == "gpu" else device)
     if dev == "cpu":
         device_id, graph_device = None, "cpu"
-    elif dev in ("gpu", "cuda") or dev.startswith("cuda:"):
-        device_id, graph_device = (int(dev.split(":")[1]) if ":" in dev else 0), "gpu"
     else:
-        raise PipelineConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', found {device!r}")
+        device_id, graph_device = (int(dev.split(":")[1]) if ":" in dev else 0), "gpu"
     parallel = max(num_workers, prefetch) if num_workers > 0 else 0  # batches computed ahead by the workers
     kwargs: dict[str, Any] = dict(batch_size=batch_size, num_threads=num_threads or max(1, os.cpu_count() or 1),
                                   device_id=device_id, seed=seed, prefetch_queue_depth=max(1, prefetch),
                                   exec_dynamic=True)  # reference-counted outputs: the loader hands them out zero-copy
     if parallel:
-        if start_method is None:
-            start_method = "spawn" if graph_device == "gpu" or _cuda_initialized() else "fork"
-        if start_method not in ("fork", "spawn"):
-            raise PipelineConfigError(f"start_method: expected 'fork', 'spawn' or None, found {start_method!r}")
+        start_method = parse_choice("start_method", start_method, ("fork", "spawn"), optional=True) or \
+            ("spawn" if graph_device == "gpu" or _cuda_initialized() else "fork")
         kwargs.update(py_num_workers=num_workers, py_start_method=start_method)
     out_hw = source.out_hw
     if train:

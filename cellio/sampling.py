@@ -20,6 +20,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from ._validate import parse_choice, parse_int
 from .errors import PipelineConfigError
 
 __all__ = ["LAST_BATCH_POLICIES", "BALANCE_MODES", "ShardedSampler", "balance_weights"]
@@ -51,32 +52,26 @@ class ShardedSampler:
 
     def __init__(self, n: int, *, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                  shuffle: bool = True, last_batch: LastBatch = "partial", weights: np.ndarray | None = None):
-        if int(n) < 1:
+        self.n = parse_int("n", n)
+        if self.n < 1:
             raise PipelineConfigError(f"sampler: expected at least 1 item, found n={n} (did the filters remove "
                                       "every site?)")
-        if int(batch_size) < 1:
-            raise PipelineConfigError(f"batch_size: expected an integer >= 1, found {batch_size}")
-        if int(world_size) < 1:
-            raise PipelineConfigError(f"world_size: expected an integer >= 1, found {world_size}")
-        if not 0 <= int(rank) < int(world_size):
+        self.batch_size = parse_int("batch_size", batch_size, minimum=1)
+        self.world_size = parse_int("world_size", world_size, minimum=1)
+        self.rank = parse_int("rank", rank)
+        if self.rank >= self.world_size:
             raise PipelineConfigError(f"rank: expected 0 <= rank < world_size={world_size}, found {rank}")
-        if last_batch not in LAST_BATCH_POLICIES:
-            raise PipelineConfigError(f"last_batch: expected one of {LAST_BATCH_POLICIES}, found {last_batch!r}")
+        self.last_batch: LastBatch = parse_choice("last_batch", last_batch, LAST_BATCH_POLICIES)
         if weights is not None:
             weights = np.asarray(weights, dtype=np.float64)
-            if weights.shape != (int(n),) or not np.all(np.isfinite(weights)) or np.any(weights < 0) \
+            if weights.shape != (self.n,) or not np.all(np.isfinite(weights)) or np.any(weights < 0) \
                     or weights.sum() <= 0:
                 raise PipelineConfigError(f"weights: expected {n} finite non-negative numbers with a positive sum, "
                                           f"found shape {weights.shape}")
             weights = weights / weights.sum()
-        self.n = int(n)
-        self.batch_size = int(batch_size)
-        self.rank = int(rank)
-        self.world_size = int(world_size)
+        self.weights = weights
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
-        self.last_batch: LastBatch = last_batch
-        self.weights = weights
         self.epoch = 0
         if self.last_batch == "drop" and self.n < self.world_size * self.batch_size:
             raise PipelineConfigError(
@@ -84,9 +79,7 @@ class ShardedSampler:
                 f"{self.world_size} ranks; use a smaller batch_size or last_batch='partial'/'pad'")
 
     def set_epoch(self, epoch: int) -> None:
-        if int(epoch) < 0:
-            raise PipelineConfigError(f"epoch: expected an integer >= 0, found {epoch}")
-        self.epoch = int(epoch)
+        self.epoch = parse_int("epoch", epoch)
 
     def global_order(self, epoch: int | None = None) -> np.ndarray:
         """The epoch's order over all ranks (identical on every rank), before the last-batch policy."""
@@ -107,11 +100,12 @@ class ShardedSampler:
             return -(-self.n // step) * step
         return self.n
 
-    def positions(self, epoch: int | None = None) -> np.ndarray:
-        """This rank's global positions in the epoch order (what per-sample random draws are keyed on)."""
-        total = self._policy_total()
-        pos = np.arange(self.rank, total, self.world_size, dtype=np.int64)
-        return pos
+    def positions(self) -> np.ndarray:
+        """This rank's global positions in the epoch order (what per-sample random draws are keyed on).
+
+        The same in every epoch: they depend only on rank, world size and the last-batch policy, not on the order.
+        """
+        return np.arange(self.rank, self._policy_total(), self.world_size, dtype=np.int64)
 
     def rank_order(self, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(items, positions) for this rank: item ids in 0..n-1 and their global positions in the epoch.
@@ -119,7 +113,7 @@ class ShardedSampler:
         Under "pad", positions past n wrap around to the start of the order (repeats, by design).
         """
         order = self.global_order(epoch)
-        pos = self.positions(epoch)
+        pos = self.positions()
         return order[pos % self.n], pos
 
     def __len__(self) -> int:

@@ -2,15 +2,14 @@
 
 The store is a plain Zarr v3 group any client can read. For speed this reader bypasses zarr-python's per-call
 overhead on local, unsharded stores: it computes each site's chunk file from the array metadata and reads it with
-one `preadv` straight into the output batch (uncompressed), or reads the file and decodes it with numcodecs
+one `pread` copied into the output batch (uncompressed), or reads the file and decodes it with numcodecs
 (blosc-lz4 / zstd). Crops of uncompressed NHWC sites read only rows y..y+h. Everything else (fsspec URLs, sharded
 or rechunked arrays) goes through zarr-python with concurrent per-site reads, never fancy indexing.
 
-Nothing here writes; ingest lives in cellio/ingestion.py.
+Nothing here writes: ingest lives in cellio/ingestion.py, and the byte layout both follow in cellio/_format.py.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -21,210 +20,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._format import CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, STATUS_OK, chunk_key, decode_column, get_fs, \
+    is_url, numcodec_from_metadata, read_journal, read_json, read_small_array
 from .errors import StoreError, StoreIncompleteError
 
-__all__ = [
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "CODECS",
-    "STATS_LEVELS",
-    "Store",
-    "open_store",
-    "codec_metadata",
-    "numcodec_from_metadata",
-    "is_url",
-    "get_fs",
-    "read_journal",
-    "small_array_files",
-    "read_small_array",
-    "JOURNAL_DIR",
-    "CREATING_MARKER",
-]
+__all__ = ["STATS_LEVELS", "Store", "open_store"]
 
 log = logging.getLogger(__name__)
 
-FORMAT_NAME = "cellio-rxrx1"
-FORMAT_VERSION = "1.0"
-CODECS: tuple[str, ...] = ("none", "lz4", "zstd")
 STATS_LEVELS: tuple[str, ...] = ("site", "plate", "experiment", "global")
-JOURNAL_DIR = ".cellio-journal"      # per-batch completion records while an ingest is unfinished
-CREATING_MARKER = ".cellio-creating"  # present only while the store skeleton is being written
-
-# status array values (docs/data_format.md)
-STATUS_MISSING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 
 # A batch smaller than this is read on the calling thread: pool hand-off costs more than it saves.
 _MIN_PARALLEL_BATCH = 4
 
 
-# ----------------------------------------------------------------------------------------------- format helpers
-def codec_metadata(codec: str) -> list[dict[str, Any]]:
-    """The Zarr v3 `codecs` list for one of CODECS (what ingest writes into images/zarr.json)."""
-    if codec == "none":
-        return [{"name": "bytes"}]
-    if codec == "lz4":
-        # bitshuffle groups the mostly-zero high bits of dim cell images (~0.54x vs ~0.66x of raw without it);
-        # clevel 1 encodes ~2.5x faster than 5 for ~2% more bytes (docs/performance.md)
-        return [{"name": "bytes"}, {"name": "blosc", "configuration": {
-            "typesize": 1, "cname": "lz4", "clevel": 1, "shuffle": "bitshuffle", "blocksize": 0}}]
-    if codec == "zstd":
-        return [{"name": "bytes"}, {"name": "zstd", "configuration": {"level": 1, "checksum": False}}]
-    raise StoreError(f"codec {codec!r} is unknown; expected one of {', '.join(CODECS)}")
-
-
-def numcodec_from_metadata(codecs: list[dict[str, Any]]) -> Any | None:
-    """numcodecs object that encodes/decodes a chunk for a `bytes [+ blosc|zstd]` pipeline; None if uncompressed.
-
-    Raises StoreError for pipelines the fast path does not handle (the caller then falls back to zarr-python).
-    """
-    import numcodecs
-
-    if not codecs or codecs[0].get("name") != "bytes":
-        raise StoreError(f"codec pipeline {codecs} does not start with 'bytes'")
-    rest = codecs[1:]
-    if not rest:
-        return None
-    if len(rest) > 1:
-        raise StoreError(f"codec pipeline {codecs} has more than one bytes->bytes codec")
-    name, cfg = rest[0]["name"], rest[0].get("configuration", {})
-    if name == "blosc":
-        shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
-                   "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[cfg.get("shuffle", "noshuffle")]
-        return numcodecs.Blosc(cname=cfg.get("cname", "lz4"), clevel=int(cfg.get("clevel", 5)), shuffle=shuffle,
-                               blocksize=int(cfg.get("blocksize", 0)))
-    if name == "zstd":
-        if cfg.get("checksum"):
-            raise StoreError("zstd with checksum is not handled by the fast path")
-        return numcodecs.Zstd(level=int(cfg.get("level", 0)))
-    raise StoreError(f"codec {name!r} is not handled by the fast path")
-
-
-def is_url(path: str | os.PathLike[str]) -> bool:
-    """True for fsspec URLs other than plain local files."""
-    s = str(path)
-    return "://" in s and not s.startswith("file://")
-
-
-def get_fs(path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
-    """(fsspec filesystem, root path without protocol) for a local path or URL."""
-    import fsspec.core
-
-    s = str(path)
-    if not is_url(s):
-        s = os.path.abspath(s[7:] if s.startswith("file://") else s)
-        from fsspec.implementations.local import LocalFileSystem
-
-        return LocalFileSystem(), s
-    fs, root = fsspec.core.url_to_fs(s, **(storage_options or {}))
-    return fs, root.rstrip("/")
-
-
-def read_journal(fs: Any, root: str) -> dict[int, dict[str, Any]]:
-    """All per-batch completion records of an unfinished ingest, by site index (later records win)."""
-    jdir = f"{root}/{JOURNAL_DIR}"
-    entries: dict[int, dict[str, Any]] = {}
-    try:
-        names = sorted(p for p in fs.ls(jdir, detail=False) if p.endswith(".json"))
-    except FileNotFoundError:
-        return entries
-    for name in names:
-        try:
-            with fs.open(name, "rb") as f:
-                batch = json.loads(f.read())
-        except (OSError, ValueError) as exc:  # only a torn write from a killed run: its sites are redone
-            log.warning("ignoring unreadable journal file %s: %s", name, exc)
-            continue
-        for e in batch["entries"]:
-            entries[int(e["i"])] = e
-    return entries
-
-
-def _read_json(fs: Any, path: str) -> dict[str, Any]:
-    try:
-        with fs.open(path, "rb") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        raise StoreError(f"{path} not found: not a cellio store (expected a Zarr v3 group written by "
-                         f"`cellio ingest`)") from None
-    except ValueError as exc:
-        raise StoreError(f"{path} is not valid JSON ({exc}); the store is damaged") from None
-
-
-def _chunk_key(meta: dict[str, Any], index: tuple[int, ...]) -> str:
-    enc = meta.get("chunk_key_encoding", {"name": "default"})
-    sep = enc.get("configuration", {}).get("separator", "/" if enc["name"] == "default" else ".")
-    if enc["name"] == "default":
-        return "c" + sep + sep.join(str(i) for i in index)
-    if enc["name"] == "v2":
-        return sep.join(str(i) for i in index)
-    raise StoreError(f"chunk_key_encoding {enc['name']!r} is not supported")
-
-
-def _decode_strings(raw: np.ndarray) -> np.ndarray:
-    """uint8 (N, L) zero-padded UTF-8 -> object array of str."""
-    n, width = raw.shape
-    if width == 0:
-        return np.array([""] * n, dtype=object)
-    as_bytes = np.ascontiguousarray(raw).view(f"S{width}").ravel()
-    return np.array([b.decode("utf-8") for b in as_bytes], dtype=object)
-
-
-_SMALL_CODECS: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}},
-                                        {"name": "zstd", "configuration": {"level": 0, "checksum": False}}]
-
-
-def small_array_files(data: np.ndarray, attributes: dict[str, Any] | None = None) -> dict[str, bytes]:
-    """zarr.json + the single chunk of a one-chunk Zarr v3 array (bytes + zstd), as {relative key: bytes}.
-
-    The site table and statistics are small: writing them directly keeps ingest and `open_store` free of
-    zarr-python's import and per-call costs while staying plain Zarr v3 (tests read them back with zarr-python
-    and tensorstore).
-    """
-    import numcodecs
-
-    data = np.ascontiguousarray(data)
-    if data.dtype.byteorder == ">":
-        data = data.astype(data.dtype.newbyteorder("<"))
-    kind = "bool" if data.dtype == np.bool_ else data.dtype.name
-    fill: Any = False if kind == "bool" else 0.0 if data.dtype.kind == "f" else 0
-    meta = {"shape": list(data.shape), "data_type": kind,
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [max(1, d) for d in data.shape]}},
-            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-            "fill_value": fill, "codecs": _SMALL_CODECS, "attributes": attributes or {}, "zarr_format": 3,
-            "node_type": "array", "storage_transformers": []}
-    files = {"zarr.json": json.dumps(meta, indent=2).encode()}
-    if data.size:
-        files["c/" + "/".join("0" for _ in data.shape)] = bytes(numcodecs.Zstd(level=0).encode(data))
-    return files
-
-
-def read_small_array(fs: Any, path: str, storage_options: dict[str, Any] | None = None) -> np.ndarray:
-    """Read a whole array written by `small_array_files`; anything else (rechunked, other codecs) via zarr."""
-    import numcodecs
-
-    meta = _read_json(fs, f"{path}/zarr.json")
-    shape = tuple(meta["shape"])
-    if meta.get("codecs") == _SMALL_CODECS and \
-            tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]) == tuple(max(1, d) for d in shape) and \
-            meta.get("chunk_key_encoding", {}).get("name") == "default":
-        dtype = np.dtype("bool" if meta["data_type"] == "bool" else meta["data_type"]).newbyteorder("<")
-        if not all(shape):
-            return np.zeros(shape, dtype=dtype)
-        try:
-            with fs.open(f"{path}/c/" + "/".join("0" for _ in shape), "rb") as f:
-                raw = numcodecs.Zstd().decode(f.read())
-        except FileNotFoundError:
-            return np.full(shape, meta["fill_value"], dtype=dtype)
-        return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
-    import zarr
-
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if "file" in protocols:
-        return zarr.open_array(path, mode="r")[...]
-    return zarr.open_array(fs.unstrip_protocol(path), mode="r", storage_options=storage_options or None)[...]
-
-
-# ----------------------------------------------------------------------------------------------- the reader
 class Store:
     """A read-only cellio store. Rows of `sites` are the successfully ingested sites, row i <-> image i.
 
@@ -252,7 +61,7 @@ class Store:
         self._fs, self._root = fs, root
         if fs.exists(f"{root}/{CREATING_MARKER}"):
             raise StoreIncompleteError(f"{self.path}: the store skeleton was never finished; rerun `cellio ingest`")
-        group = _read_json(fs, f"{root}/zarr.json")
+        group = read_json(fs, f"{root}/zarr.json")
         attrs = group.get("attributes", {})
         if group.get("node_type") != "group" or attrs.get("format") != FORMAT_NAME:
             raise StoreError(f"{self.path}: expected a Zarr v3 group with attribute format={FORMAT_NAME!r}, "
@@ -268,7 +77,7 @@ class Store:
                 f"{self.path}: ingest did not finish ({attrs.get('n_sites')} sites planned); rerun `cellio ingest` "
                 f"with the same arguments to complete it, or open with allow_incomplete=True")
         self._n_all = int(attrs["n_sites"])
-        self._meta = _read_json(fs, f"{root}/images/zarr.json")
+        self._meta = read_json(fs, f"{root}/images/zarr.json")
         shape = tuple(self._meta["shape"])
         self.layout: str = attrs.get("layout", "NHWC")
         if self.layout != "NHWC":
@@ -294,7 +103,7 @@ class Store:
             return False
         try:
             self._codec = numcodec_from_metadata(m["codecs"])  # sharded pipelines start with sharding_indexed
-            _chunk_key(m, (0, 0, 0, 0))
+            chunk_key(m, (0, 0, 0, 0))
         except StoreError as exc:
             log.info("%s: %s; reading through zarr-python", self.path, exc)
             return False
@@ -333,16 +142,7 @@ class Store:
         cols: dict[str, Any] = {}
         for spec in self.attrs["site_columns"]:
             name, kind = spec["name"], spec["dtype"]
-            raw = self._zarr_read(f"sites/{name}")[self._rows]
-            if kind == "str":
-                cols[name] = _decode_strings(raw)
-            elif kind == "Int64":
-                cols[name] = pd.array(np.where(raw < 0, 0, raw), dtype="Int64")
-                cols[name][raw < 0] = pd.NA
-            elif kind == "bool":
-                cols[name] = raw.astype(bool)
-            else:
-                cols[name] = raw.astype(kind)
+            cols[name] = decode_column(self._zarr_read(f"sites/{name}")[self._rows], kind)
         df = pd.DataFrame(cols)
         df.attrs["raw_dir"] = self.attrs.get("source", {}).get("raw_dir")
         df.attrs["store"] = self.path
@@ -401,7 +201,7 @@ class Store:
 
     # -- images -----------------------------------------------------------------------------------------------
     def _chunk_path(self, pos: int) -> str:
-        return os.path.join(self._root, "images", *_chunk_key(self._meta, (pos, 0, 0, 0)).split("/"))
+        return os.path.join(self._root, "images", *chunk_key(self._meta, (pos, 0, 0, 0)).split("/"))
 
     def _check_fork(self) -> None:
         if os.getpid() != self._pid:  # a forked child must not reuse the parent's threads or zarr handles
@@ -499,7 +299,7 @@ class Store:
         try:
             if self._codec is None:
                 # rows y..y+h are one contiguous byte range of an NHWC chunk. Read them into a fresh bytes object,
-                # then copy: measured ~2x faster here than preadv straight into a large, cache-cold batch array
+                # then copy: measured ~2x faster than preadv straight into a large, cache-cold batch array
                 # (the kernel's copy_to_user pays write-allocate on cold lines; numpy's large memcpy streams).
                 row = W * C
                 want = h * row

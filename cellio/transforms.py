@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from ._validate import parse_choice, parse_int, parse_probability, parse_range
 from .errors import PipelineConfigError
 from .schema import N_CHANNELS
 
@@ -50,20 +51,6 @@ NORMALIZE_LEVELS: tuple[str, ...] = ("global", "experiment", "plate", "sample")
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 TTA_MODES: tuple[str, ...] = ("center", "grid9", "full")
 MIN_STD = 1e-3  # a constant channel (std 0) would divide by zero; clip its std instead
-
-
-def _range(name: str, value: Any, lo: float, hi: float) -> tuple[float, float] | None:
-    """Parse an optional (low, high) pair inside [lo, hi] with low <= high."""
-    if value is None:
-        return None
-    try:
-        a, b = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise PipelineConfigError(f"{name}: expected a (low, high) pair of numbers or None, found {value!r}") \
-            from None
-    if not (lo <= a <= b <= hi):
-        raise PipelineConfigError(f"{name}: expected {lo} <= low <= high <= {hi}, found ({a}, {b})")
-    return (a, b)
 
 
 @dataclass(frozen=True)
@@ -99,12 +86,8 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass normalisation)
-        if isinstance(self.crop_size, bool) or not isinstance(self.crop_size, (int, np.integer)) \
-                or self.crop_size < 1:
-            raise PipelineConfigError(f"crop_size: expected an integer >= 1, found {self.crop_size!r}")
-        set_("crop_size", int(self.crop_size))
-        if self.rotation not in ROTATIONS:
-            raise PipelineConfigError(f"rotation: expected one of {ROTATIONS}, found {self.rotation!r}")
+        set_("crop_size", parse_int("crop_size", self.crop_size, minimum=1))
+        parse_choice("rotation", self.rotation, ROTATIONS)
         if not (0.0 <= float(self.max_angle) <= 180.0):
             raise PipelineConfigError(f"max_angle: expected 0 <= max_angle <= 180 degrees, found {self.max_angle}")
         set_("max_angle", float(self.max_angle))
@@ -115,25 +98,19 @@ class AugmentConfig:
         if not isinstance(self.shift, bool):
             set_("shift", int(self.shift))
         for name in ("hflip", "vflip"):
-            p = getattr(self, name)
-            if not (0.0 <= float(p) <= 1.0):
-                raise PipelineConfigError(f"{name}: expected a probability in [0, 1], found {p!r}")
-            set_(name, float(p))
-        set_("rrc_scale", _range("rrc_scale", self.rrc_scale, 1e-6, 1.0))
-        ratio = _range("rrc_ratio", self.rrc_ratio, 1e-3, 1e3)
+            set_(name, parse_probability(name, getattr(self, name)))
+        set_("rrc_scale", parse_range("rrc_scale", self.rrc_scale, 1e-6, 1.0))
+        ratio = parse_range("rrc_ratio", self.rrc_ratio, 1e-3, 1e3)
         if ratio is None:
             raise PipelineConfigError("rrc_ratio: expected a (low, high) aspect ratio pair, found None")
         set_("rrc_ratio", ratio)
         if self.rrc_scale is not None and self.rotation == "any":
             raise PipelineConfigError("rrc_scale and rotation='any' cannot be combined: use rotation='d4' with "
                                       "rrc_scale, or rrc_scale=None with rotation='any'")
-        set_("intensity_scale", _range("intensity_scale", self.intensity_scale, 1e-3, 100.0))
-        set_("intensity_shift", _range("intensity_shift", self.intensity_shift, -255.0, 255.0))
-        if self.normalize is not None and self.normalize not in NORMALIZE_LEVELS:
-            raise PipelineConfigError(f"normalize: expected one of {NORMALIZE_LEVELS} or None, "
-                                      f"found {self.normalize!r}")
-        if self.dtype not in DTYPES:
-            raise PipelineConfigError(f"dtype: expected one of {DTYPES}, found {self.dtype!r}")
+        set_("intensity_scale", parse_range("intensity_scale", self.intensity_scale, 1e-3, 100.0))
+        set_("intensity_shift", parse_range("intensity_shift", self.intensity_shift, -255.0, 255.0))
+        parse_choice("normalize", self.normalize, NORMALIZE_LEVELS, optional=True)
+        parse_choice("dtype", self.dtype, DTYPES)
 
     @property
     def is_random(self) -> bool:
@@ -325,8 +302,7 @@ def epoch_params(cfg: AugmentConfig, seed: int, epoch: int, positions: np.ndarra
 
 def eval_views(tta: str, dihedral: bool) -> np.ndarray:
     """View ids of a TTA mode: view = cell * 8 + d4, cell the 3x3 grid cell (row-major, 4 = centre; 0 in 'full')."""
-    if tta not in TTA_MODES:
-        raise PipelineConfigError(f"tta: expected one of {TTA_MODES}, found {tta!r}")
+    parse_choice("tta", tta, TTA_MODES)
     cells = {"center": [4], "grid9": list(range(9)), "full": [0]}[tta]
     d4s = list(range(8)) if dihedral else [0]
     return np.array([c * 8 + d for c in cells for d in d4s], dtype=np.int64)

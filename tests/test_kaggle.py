@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from cellio import kaggle
 from cellio.errors import CredentialsError, DownloadError, MetadataError
 from cellio.kaggle import (MANIFEST_NAME, PART_DIR, CredentialKind, check_credentials, download, submit,
                            unzip_dataset, validate_submission, verify_dataset)
@@ -255,7 +254,7 @@ DiskUsage = namedtuple("DiskUsage", "total used free")
 
 
 def test_disk_space_is_checked_before_any_network_call(token, tmp_path, monkeypatch):
-    monkeypatch.setattr(kaggle.shutil, "disk_usage", lambda path: DiskUsage(100 * 10**9, 90 * 10**9, 10 * 10**9))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: DiskUsage(100 * 10**9, 90 * 10**9, 10 * 10**9))
     api = FakeApi({"train.zip": b"z"})
     dest = tmp_path / "not" / "yet"
     with pytest.raises(DownloadError) as err:
@@ -382,6 +381,37 @@ def test_invalid_submissions(tmp_path, sample, rows, header, expect):
     with pytest.raises(MetadataError) as err:
         validate_submission(_submission(tmp_path, rows, header), sample)
     assert expect in str(err.value)
+
+
+def test_header_is_exact_and_sirna_digits_are_ascii(tmp_path, sample):
+    with pytest.raises(MetadataError, match="header must be exactly 'id_code,sirna', found 'id_code, sirna'"):
+        validate_submission(_submission(tmp_path, "HUVEC-17_1_B03,0\n", header="id_code, sirna"), sample)
+    rows = "HUVEC-17_1_B03,\u0661\u0662\nHUVEC-17_1_B04,\uff13\nRPE-08_2_C05,1\n"  # Arabic-Indic 12, fullwidth 3
+    with pytest.raises(MetadataError) as err:
+        validate_submission(_submission(tmp_path, rows), sample)
+    assert "line 2 HUVEC-17_1_B03: '\u0661\u0662', line 3 HUVEC-17_1_B04: '\uff13'" in str(err.value)
+
+
+def test_a_dataframe_in_the_sample_order_with_allowed_labels(tmp_path, sample):
+    import pandas as pd
+
+    ids = ["HUVEC-17_1_B03", "HUVEC-17_1_B04", "RPE-08_2_C05"]
+    frame = pd.DataFrame({"id_code": ids, "sirna": [3, 5, 3]})
+    report = validate_submission(frame, sample, allowed=[3, 5], ordered=True)
+    assert report.path is None and report.rows == 3 and report.ordered
+    assert "in its order" in report.summary()
+    with pytest.raises(MetadataError, match="rows must follow the order of sample_submission.csv: line 2 has "
+                                            "'HUVEC-17_1_B04', sample_submission.csv has 'HUVEC-17_1_B03' there"):
+        validate_submission(frame.iloc[[1, 0, 2]], sample, ordered=True)
+    validate_submission(frame.iloc[[1, 0, 2]], sample)  # Kaggle itself matches rows by id_code
+    with pytest.raises(MetadataError, match="one of the 2 allowed treatment classes: line 3 HUVEC-17_1_B04: '5'"):
+        validate_submission(frame, sample, allowed=[3, 7])
+    with pytest.raises(MetadataError, match="line 2 HUVEC-17_1_B03: '3.0'"):  # a float column is no integer id
+        validate_submission(frame.astype({"sirna": float}), sample)
+    with pytest.raises(MetadataError, match="header must be exactly"):
+        validate_submission(frame.rename(columns={"sirna": "label"}), sample)
+    with pytest.raises(MetadataError, match="1 test id_codes of sample_submission.csv are missing"):
+        validate_submission(frame.iloc[:2], sample, ordered=True)
 
 
 def test_test_csv_beside_the_submission_is_used(tmp_path):

@@ -58,6 +58,16 @@ def test_trainer_uses_only_public_cellio():
     assert private == []
 
 
+def test_cli_help_shows_each_default_once():
+    out = subprocess.run([sys.executable, "-m", "cellio", "ingest", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    text = " ".join(out.split())  # argparse wraps lines
+    assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
+    assert "(default: all cores) (default:" not in text and "(default: lz4)" in text
+    for option in text.split(" --"):
+        assert option.count("(default:") <= 1, option
+
+
 def test_cli_help_for_every_command():
     from cellio.cli import COMMANDS, build_parser
 

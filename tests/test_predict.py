@@ -123,7 +123,7 @@ def test_write_submission_follows_sample_order_and_validates(tmp_path):
     with pytest.raises(MetadataError, match="no prediction for 1"):
         write_submission(preds.iloc[1:], None, sample, tmp_path / "bad.csv")
     assert not (tmp_path / "bad.csv").exists()
-    with pytest.raises(MetadataError, match="not a treatment"):
+    with pytest.raises(MetadataError, match="allowed treatment classes"):
         write_submission(preds, None, sample, tmp_path / "bad.csv", treatments=[3, 5])
     with pytest.raises(MetadataError, match="twice"):
         write_submission(pd.concat([preds, preds]), None, sample, tmp_path / "bad.csv")

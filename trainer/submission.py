@@ -1,8 +1,9 @@
 """submission.csv in Kaggle's format: `id_code,sirna`, every id of sample_submission.csv once, in its order.
 
-Kaggle's sample submission lists the 19,897 test treatment wells (test.csv); control wells are not scored. The file
-is checked (by `cellio.validate_submission` when that exists, and always by our own checks) before it is
-atomically moved into place, so a half-written or invalid file never sits at `out_path`.
+Kaggle's sample submission lists the 19,897 test treatment wells (test.csv); control wells are not scored. The frame
+is checked by `cellio.validate_submission` (the same check `cellio submit` runs before uploading, here also
+requiring the sample's row order) before it is written, and the file is atomically moved into place, so a
+half-written or invalid file never sits at `out_path`.
 
     python -m trainer.submission --predictions assigned.csv --sample data/sample_submission.csv --out submission.csv
     cellio submit submission.csv -m "densenet + plate assignment"
@@ -18,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cellio import validate_submission
 from cellio.errors import MetadataError
 
-__all__ = ["read_sample_submission", "check_submission", "write_submission", "main"]
+__all__ = ["read_sample_submission", "write_submission", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -38,34 +40,6 @@ def read_sample_submission(path: str | Path) -> pd.DataFrame:
     if dup.any():
         raise MetadataError(f"{path}: id_code {frame['id_code'][dup].iloc[0]!r} appears more than once")
     return frame
-
-
-def check_submission(frame: pd.DataFrame, sample: pd.DataFrame, *, where: str = "submission",
-                     valid_sirnas: Sequence[int] | None = None) -> None:
-    """Raise MetadataError unless `frame` has the header, ids, order and integer labels Kaggle expects."""
-    if tuple(frame.columns) != COLUMNS:
-        raise MetadataError(f"{where}: expected columns {list(COLUMNS)}, found {list(frame.columns)}")
-    if len(frame) != len(sample):
-        raise MetadataError(f"{where}: expected {len(sample)} rows (one per sample_submission id), "
-                            f"found {len(frame)}")
-    mismatch = frame["id_code"].to_numpy() != sample["id_code"].to_numpy()
-    if mismatch.any():
-        i = int(np.flatnonzero(mismatch)[0])
-        raise MetadataError(f"{where}: row {i + 2} has id_code {frame['id_code'].iloc[i]!r}, expected "
-                            f"{sample['id_code'].iloc[i]!r} (sample_submission order)")
-    s = frame["sirna"]
-    num = pd.to_numeric(s, errors="coerce")
-    bad_rows = np.flatnonzero((num.isna() | (num != np.floor(num))).to_numpy())
-    if len(bad_rows) or not pd.api.types.is_integer_dtype(s):
-        bad = int(bad_rows[0]) if len(bad_rows) else 0
-        raise MetadataError(f"{where}: row {bad + 2} has sirna {s.iloc[bad]!r} ({s.dtype}), expected integer "
-                            f"sirna ids")
-    if valid_sirnas is not None:
-        bad = ~s.isin(valid_sirnas)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise MetadataError(f"{where}: row {i + 2} has sirna {int(s.iloc[i])}, which is not a treatment "
-                                f"class")
 
 
 def _as_series(predictions: pd.DataFrame | Mapping[str, int] | pd.Series) -> pd.Series:
@@ -102,28 +76,18 @@ def write_submission(well_predictions: pd.DataFrame | Mapping[str, int] | pd.Ser
                                 f"of the site table; is it the same data set?")
     frame = pd.DataFrame({"id_code": sample["id_code"].to_numpy(),
                           "sirna": pred.loc[sample["id_code"]].to_numpy().astype(np.int64)})
-    check_submission(frame, sample, where=str(out_path), valid_sirnas=treatments)
+    validate_submission(frame, sample_submission_path, allowed=treatments, ordered=True)
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False)
     try:
-        _external_validate(tmp, Path(sample_submission_path))
+        frame.to_csv(tmp, index=False)
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
     log.info("wrote %s (%d wells)", out_path, len(frame))
     return frame
-
-
-def _external_validate(path: Path, sample: Path) -> None:
-    """`cellio.validate_submission` (the same check `cellio submit` runs before uploading) on the temp file."""
-    import cellio
-
-    validate = getattr(cellio, "validate_submission", None)
-    if validate is not None:
-        validate(path, sample)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,7 @@ def _csv(value: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..ingestion import DEFAULT_CODEC, ON_ERROR
-    from ..store import CODECS
+    from .._format import CODECS
 
     parser.add_argument("raw", type=Path, help="the unzipped RxRx1 directory (train/, test/, *.csv)")
     parser.add_argument("store", help="store path or fsspec URL to create or resume (e.g. rxrx1.zarr)")

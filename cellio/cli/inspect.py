@@ -32,7 +32,8 @@ def _human(n: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..store import get_fs, open_store
+    from .._format import get_fs
+    from ..store import open_store
 
     store = open_store(args.store, allow_incomplete=True)
     a = store.attrs

@@ -5,7 +5,6 @@ import argparse
 import json
 import re
 
-from ..errors import ConfigError
 from ..schema import CELL_TYPES
 
 HELP = "write a synthetic RxRx1 data set (Kaggle layout, learnable morphology) for tests and demos"
@@ -31,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=_size, default=(512, 512), help="image size: SIZE or HEIGHTxWIDTH")
     p.add_argument("--positive-controls", type=int, default=4, help="positive control siRNAs per plate (<= 30)")
     p.add_argument("--missing-wells", type=float, default=0.0, help="fraction of treatment wells dropped")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (the output is a pure function of the arguments)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--zip", action="store_true", help="also write train.zip/test.zip like Kaggle's")
     p.add_argument("--no-pixel-stats", action="store_true", help="do not write pixel_stats.csv")
@@ -43,8 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..synth import synthesize
 
-    if args.sites < 1:
-        raise ConfigError(f"--sites must be >= 1, got {args.sites}")
     summary = synthesize(
         args.out, classes=args.classes, train_experiments_per_cell_type=args.train_experiments,
         test_experiments_per_cell_type=args.test_experiments, cell_types=args.cell_types, sites=args.sites,
@@ -59,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {summary['sites']} sites ({summary['train_sites']} train, {summary['test_sites']} test; "
           f"{summary['images']} PNGs of {h}x{w}) to {summary['out_dir']}")
     print(f"wells: {summary['wells']} " + ", ".join(f"{k} {v}" for k, v in summary["well_types"].items()))
-    print(f"rotations: " + ", ".join(f"{e}={r}" for e, r in summary["rotations"].items()))
+    print("rotations: " + ", ".join(f"{e}={r}" for e, r in summary["rotations"].items()))
     print(f"time: {summary['seconds']:.1f} s total, rendering {summary['render_seconds']:.1f} s "
           f"= {summary['sites_per_s']:.1f} sites/s with {summary['workers']} worker(s); "
           f"{summary['cpu_ms_per_site']:.1f} CPU ms per site (= {1000 / summary['cpu_ms_per_site']:.1f} sites/s "
