@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINER_XFAIL = pytest.mark.xfail(strict=False, reason="trainer restructure in progress")
-PACKAGES = ["cellio", pytest.param("trainer", marks=TRAINER_XFAIL)]
+PACKAGES = ["cellio", "trainer"]
 
 
 @dataclass(frozen=True)
