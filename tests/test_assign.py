@@ -1,6 +1,8 @@
 """Plate assignment on simulated logits over a site table with the real RxRx1 plate structure (40 classes)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -164,3 +166,97 @@ def test_inference_steps_chain_on_two_models(groups):
     ctrl = truth_sites.loc[truth_sites["well_type"] != "treatment", "id_code"].unique()
     final = res.labels[res.final].set_index("id_code")["sirna"]
     assert (final.loc[ctrl] == truth.loc[ctrl]).all()
+
+
+def _view_predictions(sites: pd.DataFrame, truth_sites: pd.DataFrame, *, signal: float, scale: float, seed: int,
+                      views: int = 4):
+    """Per-view logits of a model whose true class gets +signal, noise of std `scale`."""
+    from trainer.predict import Predictions
+
+    rng = np.random.default_rng(seed)
+    index = np.repeat(np.arange(len(sites)), views)
+    col = pd.Index(CLASSES).get_indexer(truth_sites["sirna"].to_numpy(dtype=np.int64)[index])
+    logits = rng.normal(scale=scale, size=(len(index), len(CLASSES))).astype(np.float32)
+    logits[np.arange(len(index)), col] += signal
+    return Predictions(logits, index, np.tile(np.arange(views), len(sites)), CLASSES)
+
+
+def _accuracy(labels: pd.DataFrame, truth: pd.Series, ids) -> float:
+    return float((labels.set_index("id_code")["sirna"].loc[ids] == truth.loc[ids]).mean())
+
+
+def test_a_near_chance_model_never_lowers_the_ensemble_below_the_best_single_model(groups):
+    from trainer.chain import fit_calibration, inference_steps
+
+    truth_sites = make_sites({"HEPG2-01": ("train", 0), "RPE-01": ("train", 1), "U2OS-01": ("train", 2)}, seed=11)
+    truth = truth_sites.drop_duplicates("id_code").set_index("id_code")["sirna"].astype(np.int64)
+    treat = truth_sites.loc[truth_sites["well_type"] == "treatment", "id_code"].unique()
+    good = _view_predictions(truth_sites, truth_sites, signal=1.2, scale=1.0, seed=12)
+    # near chance but loud: equal-weight averaging of raw logits lets it drown the good model
+    noise = _view_predictions(truth_sites, truth_sites, signal=0.3, scale=12.0, seed=13)
+    plain = inference_steps([good, noise], truth_sites, groups=None)
+    cal = fit_calibration([good, noise], truth_sites, truth.loc[treat])
+    fitted = inference_steps([good, noise], truth_sites, groups=None, calibration=cal)
+    best_single = _accuracy(fitted.labels["TTA mean logits"], truth, treat)
+    assert _accuracy(plain.labels["ensemble"], truth, treat) < best_single - 0.1  # the defect this guards
+    assert _accuracy(fitted.labels["ensemble"], truth, treat) >= best_single
+    assert cal.temperatures[1] > 10 * cal.temperatures[0]  # the loud near-chance model is flattened
+
+
+def test_an_ambiguous_rotation_never_zeroes_an_experiment(groups):
+    truth_sites = make_sites({"HEPG2-08": ("test", 3), "U2OS-04": ("test", 1)}, seed=14)
+    sites = _hide_treatment_labels(truth_sites)
+    scores, truth = noisy_scores(truth_sites, signal=2.5, noise=1.0, seed=15)
+    # HEPG2-08's model knows almost nothing: its rotation evidence is flat
+    meta = truth_sites.drop_duplicates("id_code").set_index("id_code").loc[scores.id_codes]
+    weak = (meta["experiment"] == "HEPG2-08").to_numpy()
+    s = scores.scores.copy()
+    s[weak] = np.random.default_rng(16).normal(scale=1.0, size=s[weak].shape)
+    s[weak, pd.Index(CLASSES).get_indexer(truth.loc[meta.index[weak]].to_numpy())] += 0.4
+    scores = WellScores(scores.id_codes, s, CLASSES)
+    result = assign_plates(scores, sites, groups)
+    assert result.evidence["HEPG2-08"].separation < 3.0 <= result.evidence["U2OS-04"].separation
+    assert "HEPG2-08" in result.fallbacks and "no plate mask" in result.fallbacks["HEPG2-08"]
+    assert "HEPG2-08" not in result.rotations and result.rotations["U2OS-04"] == 1
+    plain = predict_labels(scores, sites, groups)
+    treat = meta.index[(meta["well_type"] == "treatment").to_numpy()]
+    weak_treat = [i for i in treat if i.startswith("HEPG2-08")]
+    # the weak experiment is assigned without a mask (never a wrong rotation's zero), each class once per plate
+    assert _accuracy(result.predictions, truth, weak_treat) >= _accuracy(plain, truth, weak_treat) > 0
+    got = result.predictions.set_index("id_code")["sirna"].loc[weak_treat]
+    assert not pd.DataFrame({"plate": [i.rsplit("_", 1)[0] for i in weak_treat], "s": got.to_numpy()}).duplicated().any()
+    strong = [i for i in treat if i.startswith("U2OS-04")]
+    assert _accuracy(result.predictions, truth, strong) >= _accuracy(plain, truth, strong)
+    # with a confident member model as fallback, the experiment uses that model's rotation
+    from trainer.assign import rotation_evidence
+
+    member = rotation_evidence(noisy_scores(truth_sites, signal=3.0, noise=1.0, seed=17)[0], sites, groups)
+    again = assign_plates(scores, sites, groups, fallbacks=[member])
+    assert again.rotations["HEPG2-08"] == 3 and "member model" in again.fallbacks["HEPG2-08"]
+
+
+def test_the_submission_is_the_step_validation_ranks_first(groups, tmp_path):
+    from trainer.chain import ChainInputs, run_chain
+
+    # a train/validation experiment and a test experiment of the same data set: out-of-fold views of a model
+    # that is good on validation, plus a second model that is near chance
+    truth_sites = make_sites({"HEPG2-01": ("train", 0), "RPE-01": ("train", 1), "U2OS-01": ("train", 2),
+                              "HEPG2-08": ("test", 3)}, seed=18)
+    test_truth = truth_sites[(truth_sites["dataset"] == "test") & (truth_sites["well_type"] == "treatment")]
+    (test_truth.drop_duplicates("id_code")[["id_code", "sirna"]]).to_csv(tmp_path / "truth.csv", index=False)
+    sites = truth_sites.copy()
+    sites.loc[(sites["dataset"] == "test") & (sites["well_type"] == "treatment"), "sirna"] = pd.NA
+    models = [_view_predictions(sites, truth_sites, signal=1.5, scale=1.0, seed=19),
+              _view_predictions(sites, truth_sites, signal=0.2, scale=8.0, seed=20)]
+    is_val = (sites["dataset"] == "train").to_numpy()[models[0].index]
+    val = [m.rows(is_val) for m in models]
+    test = [m.rows(~is_val) for m in models]
+    res = run_chain(ChainInputs(sites, val, test, test_truth=tmp_path / "truth.csv"), tmp_path / "out")
+    ranking = res.extra["submission"]["ranking"]
+    best_acc = max(v["accuracy"] for v in res.reports["validation"]["steps"].values())
+    assert res.submitted == ranking[0][0] and ranking[0][1] == best_acc
+    assert "plate assignment" in res.submitted  # on this data assignment is what validation ranks first
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["submission"]["step"] == res.submitted and "out-of-fold" in rep["submission"]["why"]
+    assert (pd.read_csv(tmp_path / "out" / "test_predictions.csv")["sirna"].to_numpy()
+            == res.test.labels[res.submitted]["sirna"].to_numpy()).all()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from cellio.errors import MetadataError
+from cellio.errors import ConfigError, MetadataError
 from trainer.aggregate import mean_logits
 from trainer.checkpoint import save_checkpoint
 from trainer.config import Config
@@ -157,8 +157,6 @@ def test_report_scores_each_step_and_writes_json_and_plots(tmp_path):
 
 
 def test_predictions_reject_inconsistent_arrays():
-    from cellio.errors import ConfigError
-
     with pytest.raises(ConfigError):
         Predictions(np.zeros((3, 2), np.float32), np.arange(3), np.zeros(2, np.int64), np.arange(2))
 
@@ -175,8 +173,8 @@ def test_ensemble_cli_end_to_end_on_the_tiny_set(tiny_raw, tiny_store, checkpoin
     predict(path, tiny_store, datasets="test", tta="center", progress=False, out=tmp_path / "test2.npz")
     store_path = str(tiny_store.path)
     out = tmp_path / "inference"
-    rc = ensemble_main(["--store", store_path, "--val-predictions", f"{tmp_path}/oof_a.npz,{tmp_path}/oof_b.npz",
-                        "--test-predictions", str(tmp_path / "test1.npz"), str(tmp_path / "test2.npz"),
+    folds = f"{tmp_path}/oof_a.npz,{tmp_path}/oof_b.npz"
+    rc = ensemble_main(["--store", store_path, "--val-predictions", folds, folds, "--test-predictions", str(tmp_path / "test1.npz"), str(tmp_path / "test2.npz"),
                         "--sample-submission", str(tiny_raw / "sample_submission.csv"),
                         "--test-truth", str(tiny_raw / "test_truth.csv"), "--top-k", "4", "--out", str(out)])
     assert rc == 0
@@ -185,10 +183,15 @@ def test_ensemble_cli_end_to_end_on_the_tiny_set(tiny_raw, tiny_store, checkpoin
     assert sub["id_code"].tolist() == sample["id_code"].tolist()
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["splits"]) == {"validation", "test"}
-    assert "ensemble" not in rep["splits"]["validation"]["order"]  # one validation model: no ensemble step
     test_steps = rep["splits"]["test"]["order"]
     assert test_steps[0] == "single view" and test_steps[-1] == "ensemble + plate assignment"
-    assert "stacker" in test_steps
+    assert "stacker" in test_steps and "ensemble" in rep["splits"]["validation"]["order"]
+    chosen = rep["submission"]
+    assert chosen["step"] == chosen["ranking"][0][0] and "out-of-fold" in chosen["why"]
+    assert len(rep["calibration"]["temperatures"]) == 2
+    with pytest.raises(ConfigError, match="validation predictions"):  # every model needs out-of-fold views
+        ensemble_main(["--store", store_path, "--val-predictions", folds, "--test-predictions",
+                       str(tmp_path / "test1.npz"), str(tmp_path / "test2.npz"), "--out", str(out)])
 
 
 def test_report_scores_well_scores_over_the_truths_classes_only():

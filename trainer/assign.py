@@ -4,8 +4,12 @@ The 1108 treatment siRNAs form 4 groups; each plate holds one group, each siRNA 
 group->plate mapping is one of 4 cyclic rotations (`cellio.derive_plate_groups` learns groups and train rotations
 from train.csv). For each test experiment we
 
-1. score each rotation r by the mean, over its treatment wells, of the probability mass the model puts on the
-   classes allowed on the well's plate under r, and keep the best (the margin to the runner-up is reported);
+1. score each rotation r by the mean probability mass the treatment wells put on the classes their plate allows
+   under r, and keep the best (`rotation_evidence`). The scores are compared with those of random groupings of
+   the same classes: an experiment whose best rotation stands less than `min_separation` null standard
+   deviations above the runner-up takes a clearer fallback (an ensemble member's own rotation) or, without one,
+   no plate mask (only "each class once per plate"): a wrong rotation masks out every true class and would zero
+   the experiment;
 2. mask every class not allowed on the plate and solve, per plate, a min-cost assignment
    (`scipy.optimize.linear_sum_assignment`) on -log p of treatment wells x allowed classes. With missing wells
    the matrix is rectangular: every well gets exactly one class and every class is used at most once.
@@ -31,8 +35,8 @@ from cellio.errors import ConfigError, MetadataError
 
 from trainer.aggregate import WellScores, load_sites, load_well_scores, log_softmax
 
-__all__ = ["PlateGroupsLike", "Assignment", "well_table", "treatment_classes", "predict_labels",
-           "infer_rotations", "assign_plates", "main"]
+__all__ = ["PlateGroupsLike", "Assignment", "RotationEvidence", "well_table", "treatment_classes", "predict_labels",
+           "rotation_evidence", "infer_rotations", "choose_rotations", "assign_plates", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,8 @@ class Assignment:
     margins: dict[str, float] = field(default_factory=dict)        # experiment -> best minus runner-up
     changed: int = 0                               # treatment wells whose label differs from the masked argmax
     masked: pd.DataFrame | None = None             # id_code, sirna: argmax over the plate's allowed classes only
+    evidence: dict[str, "RotationEvidence"] = field(default_factory=dict)  # experiment -> rotation evidence
+    fallbacks: dict[str, str] = field(default_factory=dict)  # experiment -> why it did not use its own rotation
 
     def summary(self, known: Mapping[str, int] | None = None) -> dict[str, Any]:
         """JSON-able summary; with `known` rotations (train experiments) it says which were inferred right."""
@@ -65,7 +71,10 @@ class Assignment:
             # best over runner-up, relative: the absolute margin shrinks with flat (weak or many-class) models
             "relative_margins": {e: float(m / max(sorted(self.rotation_scores[e])[-2], 1e-12))
                                  for e, m in self.margins.items()},
-            "changed_wells": self.changed}
+            "changed_wells": self.changed,
+            "rotation_z": {e: list(v.z) for e, v in self.evidence.items()},
+            "rotation_separation": {e: v.separation for e, v in self.evidence.items()},
+            "fallbacks": dict(self.fallbacks)}
         if known:
             out["rotation_correct"] = {e: int(r) == int(known[e]) for e, r in self.rotations.items() if e in known}
         return out
@@ -140,37 +149,106 @@ def _resolve_treatments(groups: PlateGroupsLike | None, treatments: Sequence[int
     return np.unique(labelled["sirna"].to_numpy(dtype=np.int64))
 
 
-def infer_rotations(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLike
-                    ) -> tuple[dict[str, int], dict[str, list[float]]]:
-    """Best rotation per experiment: mean allowed probability mass over its treatment wells, for r = 0..3."""
+@dataclass(frozen=True)
+class RotationEvidence:
+    """What one experiment's wells say about its rotation r = 0..3.
+
+    `mass[r]`: the mean probability mass its treatment wells put on the classes their plate allows under r
+    (0.25 each for a model that knows nothing). `null_mean` / `null_std`: the same statistic for random groupings
+    of the same classes into groups of the same sizes - what a rotation scores when it is unrelated to the truth,
+    WITH this model's noise (a likelihood posterior over the 4 rotations would take that noise for evidence).
+    `separation`: how many null standard deviations the best rotation stands above the runner-up."""
+
+    mass: tuple[float, ...]
+    null_mean: float
+    null_std: float
+
+    @property
+    def rotation(self) -> int:
+        return int(np.argmax(self.mass))
+
+    @property
+    def z(self) -> tuple[float, ...]:
+        return tuple((m - self.null_mean) / self.null_std if self.null_std > 0 else 0.0 for m in self.mass)
+
+    @property
+    def separation(self) -> float:
+        z = sorted(self.z)
+        return float(z[-1] - z[-2])
+
+
+def rotation_evidence(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLike, *,
+                      null_draws: int = 64, seed: int = 0) -> dict[str, RotationEvidence]:
+    """RotationEvidence of every experiment with treatment wells among `wells` (null: `null_draws` random
+    groupings, seeded, the same for every experiment)."""
     treat = treatment_classes(groups)
     meta = well_table(sites).loc[wells.id_codes]
     is_treat = ~meta["well_type"].isin(_CONTROL_TYPES).to_numpy()
     lp, cls = _treatment_log_probs(wells, treat)
     prob = np.exp(lp)
     col_of = {int(c): j for j, c in enumerate(cls)}
-    rotations: dict[str, int] = {}
-    scores: dict[str, list[float]] = {}
+    # column -> its real group, and `null_draws` random relabellings with the same group sizes
+    real = np.full(len(cls), -1)
+    for g, members in enumerate(groups.groups):
+        real[[col_of[s] for s in members if s in col_of]] = g
+    rng = np.random.default_rng([seed, 0x5107])
+    scored = np.flatnonzero(real >= 0)
+    fake = np.stack([real] * null_draws)
+    for k in range(null_draws):
+        fake[k, scored] = real[scored][rng.permutation(len(scored))]
+    exp_arr, plate_arr = meta["experiment"].to_numpy(), meta["plate"].to_numpy()
+    out: dict[str, RotationEvidence] = {}
     for exp in sorted(meta["experiment"].unique()):
-        rows_exp = (meta["experiment"].to_numpy() == exp) & is_treat
-        if not rows_exp.any():
+        rows = np.flatnonzero((exp_arr == exp) & is_treat)
+        if not len(rows):
             continue
-        per_r = []
-        for r in range(4):
-            mass = 0.0
-            for plate in sorted(meta.loc[rows_exp, "plate"].unique()):
-                rows = rows_exp & (meta["plate"].to_numpy() == plate)
-                cols = [col_of[s] for s in groups.allowed_sirnas(int(plate), r) if s in col_of]
-                mass += float(prob[np.ix_(rows, cols)].sum())
-            per_r.append(mass / int(rows_exp.sum()))
-        scores[exp] = per_r
-        rotations[exp] = int(np.argmax(per_r))
-    return rotations, scores
+        # per well and labelling: mass on each group (wells x labellings x 4)
+        onehot = np.stack([real, *fake])[:, :, None] == np.arange(4)[None, None, :]
+        group_mass = np.einsum("wc,lcg->wlg", prob[rows], onehot.astype(np.float64))
+        wanted = (plate_arr[rows][:, None] - 1 + np.arange(4)[None, :]) % 4  # well x rotation -> its group
+        per_rot = np.take_along_axis(group_mass, np.broadcast_to(wanted[:, None, :], group_mass.shape),
+                                     axis=2).mean(axis=0)  # labellings x rotations
+        null = per_rot[1:].ravel()
+        out[exp] = RotationEvidence(tuple(float(v) for v in per_rot[0]), float(null.mean()), float(null.std()))
+    return out
+
+
+def infer_rotations(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLike
+                    ) -> tuple[dict[str, int], dict[str, list[float]]]:
+    """Best rotation per experiment, and each rotation's mean allowed probability mass."""
+    ev = rotation_evidence(wells, sites, groups)
+    return {e: v.rotation for e, v in ev.items()}, {e: list(v.mass) for e, v in ev.items()}
+
+
+def choose_rotations(evidence: Mapping[str, RotationEvidence], *, min_separation: float,
+                     fallbacks: Sequence[Mapping[str, RotationEvidence]] = ()) -> tuple[dict[str, int], dict[str, str]]:
+    """(experiment -> rotation to use, experiment -> why a fallback was taken). An experiment whose best rotation
+    is less than `min_separation` null standard deviations above the runner-up takes the most separated fallback
+    (e.g. one ensemble member's own evidence) that reaches it; with none it gets no rotation at all (no plate
+    mask: a wrong rotation would mask out every true class and zero the experiment)."""
+    chosen: dict[str, int] = {}
+    why: dict[str, str] = {}
+    for exp, ev in evidence.items():
+        if ev.separation >= min_separation:
+            chosen[exp] = ev.rotation
+            continue
+        alt = max((f[exp] for f in fallbacks if exp in f), key=lambda e: e.separation, default=None)
+        if alt is not None and alt.separation >= min_separation:
+            chosen[exp] = alt.rotation
+            why[exp] = (f"ambiguous rotation (separation {ev.separation:.2f} < {min_separation}); used a member "
+                        f"model's rotation {alt.rotation} (separation {alt.separation:.2f})")
+        else:
+            why[exp] = (f"ambiguous rotation (separation {ev.separation:.2f} < {min_separation}, no clearer "
+                        f"fallback): no plate mask, each treatment class at most once per plate")
+    return chosen, why
 
 
 def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLike, *,
-                  rotations: Mapping[str, int] | None = None) -> Assignment:
-    """Infer each experiment's rotation (unless given), mask impossible classes and solve per-plate assignments."""
+                  rotations: Mapping[str, int] | None = None, min_separation: float = 3.0,
+                  fallbacks: Sequence[Mapping[str, RotationEvidence]] = ()) -> Assignment:
+    """Infer each experiment's rotation (unless given), mask impossible classes and solve per-plate assignments.
+    Experiments whose rotation stays ambiguous (`choose_rotations`) get no mask: their plates are assigned over
+    every treatment class (each still at most once per plate)."""
     from scipy.optimize import linear_sum_assignment
 
     treat = treatment_classes(groups)
@@ -179,12 +257,15 @@ def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLik
     if len(missing):
         raise MetadataError(f"wells {list(missing[:5])} are not in the site table")
     meta = meta.loc[wells.id_codes]
-    inferred, scores = infer_rotations(wells, sites, groups)
-    chosen = {**inferred, **(dict(rotations) if rotations else {})}
-    margins = {e: float(sorted(s)[-1] - sorted(s)[-2]) for e, s in scores.items()}
-    for e, r in chosen.items():
-        log.info("experiment %s: rotation %d (scores %s, margin %.4f)", e, r,
-                 [round(x, 4) for x in scores.get(e, [])], margins.get(e, float("nan")))
+    evidence = rotation_evidence(wells, sites, groups)
+    chosen, why = choose_rotations(evidence, min_separation=min_separation, fallbacks=fallbacks)
+    for e, r in (rotations or {}).items():
+        chosen[e] = int(r)
+        why.pop(e, None)
+    for e, ev in evidence.items():
+        log.info("experiment %s: rotation %s (mass %s, z %s)%s", e, chosen.get(e),
+                 [round(x, 4) for x in ev.mass], [round(x, 2) for x in ev.z],
+                 f"; {why[e]}" if e in why else "")
 
     base = predict_labels(wells, sites, groups)
     labels = base["sirna"].to_numpy().copy()
@@ -197,7 +278,9 @@ def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLik
     masked_argmax = labels.copy()
     for (exp, plate), _ in meta[is_treat].groupby(["experiment", "plate"], sort=True):
         rows = np.flatnonzero(is_treat & (exp_arr == exp) & (plate_arr == plate))
-        allowed = np.asarray(groups.allowed_sirnas(int(plate), chosen[exp]), dtype=np.int64)
+        # without a rotation every treatment class is allowed, still each at most once per plate
+        allowed = (np.asarray(groups.allowed_sirnas(int(plate), chosen[exp]), dtype=np.int64) if exp in chosen
+                   else treat)
         cost = np.full((len(rows), len(allowed)), _UNSCORED_COST, dtype=np.float64)
         scored = np.array([a in col_of for a in allowed])
         if scored.any():
@@ -213,7 +296,10 @@ def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLik
         changed += int((labels[rows] != masked_argmax[rows]).sum())
     preds = pd.DataFrame({"id_code": wells.id_codes, "sirna": labels.astype(np.int64)})
     masked = pd.DataFrame({"id_code": wells.id_codes, "sirna": masked_argmax.astype(np.int64)})
-    return Assignment(preds, {e: int(r) for e, r in chosen.items()}, scores, margins, changed, masked)
+    return Assignment(preds, {e: int(r) for e, r in chosen.items()},
+                      {e: list(ev.mass) for e, ev in evidence.items()},
+                      {e: float(sorted(ev.mass)[-1] - sorted(ev.mass)[-2]) for e, ev in evidence.items()},
+                      changed, masked, evidence, why)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,10 +32,10 @@ from cellio.errors import CellioError, ConfigError
 
 from trainer.aggregate import (WellScores, ensemble, geometric_mean, majority_vote, mean_logits, mean_probs,
                                single_view)
-from trainer.assign import Assignment, PlateGroupsLike, assign_plates, predict_labels
+from trainer.assign import Assignment, PlateGroupsLike, assign_plates, predict_labels, rotation_evidence
 
-__all__ = ["STEP_ORDER", "StepResults", "inference_steps", "truth_of", "ChainInputs", "ChainResult",
-           "run_chain", "main"]
+__all__ = ["STEP_ORDER", "StepResults", "Calibration", "fit_calibration", "inference_steps", "rank_steps",
+           "truth_of", "ChainInputs", "ChainResult", "run_chain", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,71 @@ class StepResults:
 
     @property
     def final(self) -> str:
-        """The last step computed (the one to submit)."""
+        """The last step computed."""
         return list(self.labels)[-1]
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """What the chain learns from out-of-fold wells and applies to test: one softmax temperature per model (on
+    its TTA mean logits) and the ensemble weights (greedy selection on the out-of-fold accuracy)."""
+
+    temperatures: tuple[float, ...]
+    weights: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperatures": list(self.temperatures), "weights": list(self.weights)}
+
+
+def fit_calibration(models: Sequence[Any], sites: pd.DataFrame, truth: pd.Series, *,
+                    weights: Sequence[float] | None = None, max_rounds: int = 12) -> Calibration:
+    """Temperatures and ensemble weights from out-of-fold predictions (one Predictions per model).
+
+    Weights, unless given: Caruana-style ensemble selection with replacement. Start from the best single model,
+    then repeatedly add the model (possibly again) that raises the out-of-fold accuracy of the calibrated
+    ensemble most (ties: lower NLL); stop when none does. A model that only hurts is never added, so the
+    ensemble's out-of-fold accuracy is never below the best single model's."""
+    from trainer.calibrate import fit_temperature, nll, temper
+
+    means = [mean_logits(m.logits, m.index, sites, classes=m.classes) for m in models]
+    temps = tuple(fit_temperature(ws, truth) for ws in means)
+    cal = [temper(ws, t) for ws, t in zip(means, temps)]
+    if weights is not None or len(models) == 1:
+        return Calibration(temps, tuple(float(w) for w in (weights or [1.0])))
+
+    def score(counts: np.ndarray) -> tuple[float, float]:
+        ws = ensemble(cal, counts.tolist()) if counts.sum() else cal[0]
+        labels = predict_labels(ws, sites).set_index("id_code")["sirna"]
+        common = truth.index.intersection(labels.index)
+        return float((labels.loc[common] == truth.loc[common]).mean()), -nll(ws, truth)
+
+    counts = np.zeros(len(models))
+    singles = [score(np.eye(len(models))[i]) for i in range(len(models))]
+    counts[int(max(range(len(models)), key=lambda i: singles[i]))] = 1
+    best = score(counts)
+    for _ in range(max_rounds):
+        trials = [(score(counts + np.eye(len(models))[i]), i) for i in range(len(models))]
+        top, i = max(trials)
+        if top <= best:
+            break
+        best, counts = top, counts + np.eye(len(models))[i]
+    log.info("ensemble weights %s (out-of-fold accuracy %.4f; single models %s)", counts.tolist(), best[0],
+             [round(s[0], 4) for s in singles])
+    return Calibration(temps, tuple(float(c) for c in counts))
+
+
 def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: PlateGroupsLike | None,
-                    weights: Sequence[float] | None = None, stacker: Any | None = None,
-                    stacker_scores: WellScores | None = None, top_k: int = 10) -> StepResults:
+                    calibration: Calibration | None = None, stacker: Any | None = None,
+                    stacker_scores: WellScores | None = None, min_separation: float = 3.0) -> StepResults:
     """Every step's per-well labels for `models` (trainer.predict.Predictions over the same sites).
 
-    The stacker step uses `stacker_scores` when given (e.g. cross-fitted out-of-fold scores on validation) or
-    applies a fitted `stacker` (trainer.stacker.Stacker) to models[0]. Plate assignment needs `groups`.
+    With a `calibration` each model's mean logits are tempered to log-probabilities before they are ensembled
+    (with its weights) and before rotation inference; without one, raw mean logits, equal weights. The stacker
+    step uses `stacker_scores` when given (e.g. cross-fitted out-of-fold scores on validation) or applies a
+    fitted `stacker` (trainer.stacker.Stacker) to models[0]. Plate assignment needs `groups`; an experiment with
+    an ambiguous rotation (below `min_separation`) takes a confident member model's rotation or no constraint.
     """
+    from trainer.calibrate import temper
     from trainer.stacker import build_features
 
     if not models:
@@ -77,8 +130,8 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
         res.labels[name] = predict_labels(ws, sites, groups)
 
     add("single view", single_view(first.logits, first.index, sites, classes=first.classes, view=first.view))
-    mean = mean_logits(first.logits, first.index, sites, classes=first.classes)
-    add("TTA mean logits", mean)
+    means = [mean_logits(m.logits, m.index, sites, classes=m.classes) for m in models]
+    add("TTA mean logits", means[0])
     add("TTA mean probs", mean_probs(first.logits, first.index, sites, classes=first.classes))
     add("TTA geometric mean", geometric_mean(first.logits, first.index, sites, classes=first.classes))
     add("TTA majority vote", majority_vote(first.logits, first.index, sites, classes=first.classes))
@@ -88,18 +141,38 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
         feats = build_features(first.logits, first.index, sites, classes=first.classes, top_k=stacker.top_k,
                                candidates=stacker.candidates)
         add("stacker", stacker.predict(feats))
-    final = mean
+    cal = [temper(ws, t) for ws, t in zip(means, calibration.temperatures)] if calibration else means
+    final = cal[0]
     if len(models) > 1:
-        members = [mean] + [mean_logits(m.logits, m.index, sites, classes=m.classes) for m in models[1:]]
-        final = ensemble(members, weights)
+        final = ensemble(cal, calibration.weights if calibration else None)
         add("ensemble", final)
     if groups is not None:
-        for base, ws in (("TTA mean", mean), *((("ensemble", final),) if len(models) > 1 else ())):
-            a = assign_plates(ws, sites, groups)
+        members = [rotation_evidence(ws, sites, groups) for ws in cal] if len(models) > 1 else []
+        for base, ws, fallbacks in (("TTA mean", cal[0], []), *((("ensemble", final, members),)
+                                                               if len(models) > 1 else ())):
+            a = assign_plates(ws, sites, groups, min_separation=min_separation, fallbacks=fallbacks)
             res.assignments[f"{base} + plate assignment"] = a
             res.labels[f"{base} + plate mask"] = a.masked  # rotation inferred, impossible classes masked, argmax
             res.labels[f"{base} + plate assignment"] = a.predictions
     return res
+
+
+def rank_steps(report: dict[str, Any], tie_wells: float = 1.0) -> list[tuple[str, float]]:
+    """Steps by validation accuracy, best first. Accuracies within `tie_wells` wells of each other (one well by
+    default: below what a validation set can tell apart) count as a tie, which goes to the later step of
+    STEP_ORDER, the more refined one (assignment after mask after ensemble ...)."""
+    order = {name: i for i, name in enumerate(STEP_ORDER)}
+    tol = tie_wells / max(int(report["n_wells"]), 1) + 1e-12
+    steps = [(name, float(v["accuracy"])) for name, v in report["steps"].items()]
+    ranked: list[tuple[str, float]] = []
+    rest = sorted(steps, key=lambda nv: -nv[1])
+    while rest:
+        top = rest[0][1]
+        tied = [nv for nv in rest if nv[1] >= top - tol]
+        pick = max(tied, key=lambda nv: order.get(nv[0], -1))
+        ranked.append(pick)
+        rest.remove(pick)
+    return ranked
 
 
 def truth_of(sites: pd.DataFrame, test_truth: str | Path | None = None) -> pd.Series:
@@ -122,7 +195,8 @@ class ChainInputs:
     sites: pd.DataFrame                          # the store's site table (what Predictions.index refers to)
     val: Sequence[Any] = ()                      # out-of-fold predictions, one per model (its folds concatenated)
     test: Sequence[Any] = ()                     # test predictions, one per model, same order
-    weights: Sequence[float] | None = None       # ensemble weights, one per model
+    weights: Sequence[float] | None = None       # ensemble weights, one per model (default: chosen out of fold)
+    min_separation: float = 3.0                  # rotation evidence below this: fall back (trainer.assign)
     top_k: int = 10                              # stacker candidates per well
     seed: int = 0
     sample_submission: str | Path | None = None  # write submission.csv in this file's rows
@@ -140,8 +214,9 @@ class ChainResult:
 
 
 def run_chain(inputs: ChainInputs, out: str | Path) -> ChainResult:
-    """Every step on validation (out of fold) and test; writes OUT/submission.csv, test_predictions.csv,
-    report.json (+ plots) and assignment.json."""
+    """Every step on validation (out of fold) and test; the test labels of the step validation ranks first go to
+    OUT/submission.csv (report.json says which and why); also test_predictions.csv, report.json (+ plots) and
+    assignment.json."""
     import cellio
     from trainer.report import build_report, write_report
 
@@ -155,24 +230,45 @@ def run_chain(inputs: ChainInputs, out: str | Path) -> ChainResult:
         res.extra["assignment_skipped"] = str(exc)
         groups = None
     truth = truth_of(sites, inputs.test_truth)
-    stacker = None
+    stacker, calibration = None, None
     if inputs.val:
         stacker, cv = _stacker(inputs, truth, res.extra)
-        res.validation = inference_steps(inputs.val, sites, groups=groups, weights=inputs.weights,
-                                         stacker_scores=cv, top_k=inputs.top_k)
+        calibration = fit_calibration(inputs.val, sites, truth, weights=inputs.weights)
+        res.extra["calibration"] = calibration.to_dict()
+        res.validation = inference_steps(inputs.val, sites, groups=groups, calibration=calibration,
+                                         stacker_scores=cv, min_separation=inputs.min_separation)
         val_ids = res.validation.labels["TTA mean logits"]["id_code"]
         res.reports["validation"] = build_report(res.validation.labels, truth[truth.index.isin(val_ids)])
         res.extra["validation_assignment"] = {k: a.summary(known=groups.rotations if groups else None)
                                               for k, a in res.validation.assignments.items()}
     if inputs.test:
-        res.test = inference_steps(inputs.test, sites, groups=groups, weights=inputs.weights, stacker=stacker,
-                                   top_k=inputs.top_k)
+        if calibration is not None and len(calibration.temperatures) != len(inputs.test):
+            raise ConfigError(f"{len(inputs.val)} models have validation predictions but {len(inputs.test)} have "
+                              "test predictions; give both for every model, in the same order")
+        res.test = inference_steps(inputs.test, sites, groups=groups, calibration=calibration, stacker=stacker,
+                                   min_separation=inputs.min_separation)
         res.extra["test_assignment"] = {k: a.summary() for k, a in res.test.assignments.items()}
+        res.extra["submission"] = _choose_submission(res)
         _submit(inputs, res, truth, out)
     if res.reports:
         write_report(res.reports, out, extra=res.extra)
     (out / "assignment.json").write_text(json.dumps(res.extra, indent=2))
     return res
+
+
+def _choose_submission(res: ChainResult) -> dict[str, Any]:
+    """The step whose test labels are submitted: the best on validation among those the test split has."""
+    assert res.test is not None
+    if "validation" not in res.reports:
+        res.submitted = res.test.final
+        return {"step": res.submitted, "why": "no out-of-fold predictions to rank the steps: the chain's last step"}
+    ranking = [(name, acc) for name, acc in rank_steps(res.reports["validation"]) if name in res.test.labels]
+    res.submitted, acc = ranking[0]
+    runner = f"; runner-up {ranking[1][0]!r} {ranking[1][1]:.4f}" if len(ranking) > 1 else ""
+    return {"step": res.submitted, "validation_accuracy": acc,
+            "why": f"highest out-of-fold accuracy ({acc:.4f} on {res.reports['validation']['n_wells']} wells"
+                   f"{runner}; within one well the later step of the chain wins)",
+            "ranking": [[name, a] for name, a in ranking]}
 
 
 def _stacker(inputs: ChainInputs, truth: pd.Series, extra: dict[str, Any]) -> tuple[Any, WellScores | None]:
@@ -196,8 +292,7 @@ def _submit(inputs: ChainInputs, res: ChainResult, truth: pd.Series, out: Path) 
     from trainer.report import build_report
     from trainer.submission import write_submission
 
-    assert res.test is not None
-    res.submitted = res.test.final
+    assert res.test is not None and res.submitted is not None
     labels = res.test.labels[res.submitted]
     labels.to_csv(out / "test_predictions.csv", index=False)
     if inputs.test_truth:
@@ -228,8 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     val = [concat_predictions([load_predictions(f) for f in item.split(",")]) for item in args.val_predictions]
     test = [load_predictions(f) for f in args.test_predictions]
-    result = run_chain(ChainInputs(load_sites(args.store), val, test, args.weights, args.top_k, args.seed,
-                                   args.sample_submission, args.test_truth), args.out)
+    result = run_chain(ChainInputs(load_sites(args.store), val, test, weights=args.weights, top_k=args.top_k,
+                                   seed=args.seed, sample_submission=args.sample_submission,
+                                   test_truth=args.test_truth), args.out)
     if result.submission is not None:
         print(f"submission ({result.submitted}) -> {Path(args.out) / 'submission.csv'}")
     if result.reports:
