@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,11 +27,12 @@ from .sources import META_FIELDS, SiteMeta, SiteSource
 from .transforms import (AugmentConfig, TTA_MODES, apply_torch, check_fits, eval_views, get_preset,
                          torch_dtype)
 
-__all__ = ["BACKENDS", "create_loader", "Loader", "select_sites"]
+__all__ = ["BACKENDS", "BATCH_BY", "create_loader", "Loader", "select_sites"]
 
 log = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("dali", "torch")
+BATCH_BY: tuple[str, ...] = ("plate", "experiment")
 STATE_VERSION = 1
 
 
@@ -103,9 +104,17 @@ def select_sites(sites: pd.DataFrame, *, datasets: Any = ("train",), cell_types:
     return np.flatnonzero(keep).astype(np.int64)
 
 
-def _site_meta(store: Any, rows: np.ndarray, normalize: str | None) -> SiteMeta:
+def _site_meta(store: Any, rows: np.ndarray, normalize: str | None,
+               labels: Mapping[int, int] | None = None) -> SiteMeta:
     sites = store.sites.iloc[rows]
     label = sites["sirna"].astype("Int64").fillna(-1).to_numpy(dtype=np.int64)
+    if labels:
+        given = pd.Series(labels, dtype="int64")
+        pos = pd.Index(rows).get_indexer(given.index)
+        if (pos < 0).any():
+            raise PipelineConfigError(f"labels: store rows {given.index[pos < 0][:5].tolist()} are not in the "
+                                      "loader's selection (filters and indices)")
+        label[pos] = given.to_numpy()
     ct_index = {c: i for i, c in enumerate(CELL_TYPES)}
     cell_type = np.array([ct_index.get(c, -1) for c in sites["cell_type"]], dtype=np.int64)
     if normalize is None:  # x / 255 -> [0, 1]
@@ -342,7 +351,8 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
                   experiments: Sequence[str] | None = None, controls: bool | str = True,
                   indices: Sequence[int] | np.ndarray | None = None, balance: str | None = None,
                   last_batch: str | None = None, num_workers: int | None = None, tta: str | None = None,
-                  dihedral: bool = False, prefetch: int = 2) -> Loader:
+                  dihedral: bool = False, prefetch: int = 2, batch_by: str | None = None,
+                  samples_per_epoch: int | None = None, labels: Mapping[int, int] | None = None) -> Loader:
     """A DataLoader-like iterable over `store` (a Store or a path) for one rank. Checks everything up front.
 
     augment: a preset name (see cellio.transforms.list_presets) or an AugmentConfig; crop_size / dtype override
@@ -353,6 +363,10 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     backend: "dali" (default when importable) or "torch"; device: "cuda" when available, else "cpu".
     last_batch: "drop" (train default) | "pad" | "partial" (eval default). balance: None | "class" | "plate".
     num_workers: worker processes (DALI external_source workers or DataLoader workers); 0 = in-process.
+    batch_by: "plate" | "experiment": every batch holds sites of one plate (experiment); still every (site, view)
+    exactly once per epoch across ranks with last_batch="partial" (cellio.sampling).
+    samples_per_epoch: a training epoch of that many sites whatever the selection's size (len(loader) fixed).
+    labels: store row -> label for rows whose label should not come from the store (pseudo-labels; -1 unknown).
     """
     from .pipeline import dali_available, require_dali
 
@@ -380,6 +394,12 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
         raise PipelineConfigError("tta / dihedral apply to train=False (evaluation) only; found "
                                   f"tta={tta!r}, dihedral={dihedral!r} with train=True")
     parse_choice("balance", balance, BALANCE_MODES, optional=True)
+    parse_choice("batch_by", batch_by, BATCH_BY, optional=True)
+    if samples_per_epoch is not None:
+        parse_int("samples_per_epoch", samples_per_epoch, minimum=1)
+        if not train:
+            raise PipelineConfigError("samples_per_epoch: a fixed epoch length is for training; found it with "
+                                      "train=False (evaluation yields every view exactly once)")
     if balance is not None and not train:
         raise PipelineConfigError("balance: a balanced sampler is for training; found it with train=False")
     last_batch = parse_choice("last_batch", last_batch or ("drop" if train else "partial"), LAST_BATCH_POLICIES)
@@ -410,7 +430,7 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     if len(rows) == 0:
         raise PipelineConfigError(f"the filters (datasets={datasets}, cell_types={cell_types}, experiments="
                                   f"{experiments}, controls={controls}) leave no site in {store!r}")
-    meta = _site_meta(store, rows, cfg.normalize)
+    meta = _site_meta(store, rows, cfg.normalize, labels)
     views = eval_views(tta, dihedral) if not train else np.zeros(1, dtype=np.int64)
     weights = None
     if balance == "class":
@@ -418,8 +438,14 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     elif balance == "plate":
         sel = store.sites.iloc[rows]
         weights = balance_weights((sel["experiment"].astype(str) + "/" + sel["plate"].astype(str)).to_numpy())
+    groups = None
+    if batch_by is not None:  # an item is (site j, view v) = j * len(views) + v
+        sel = store.sites.iloc[rows]
+        key = sel["experiment"].astype(str) + ("/" + sel["plate"].astype(str) if batch_by == "plate" else "")
+        groups = np.repeat(key.to_numpy(), len(views))
     sampler = ShardedSampler(len(rows) * len(views), batch_size=batch_size, rank=rank, world_size=world_size,
-                             seed=seed, shuffle=train, last_batch=last_batch, weights=weights)
+                             seed=seed, shuffle=train, last_batch=last_batch, weights=weights, groups=groups,
+                             num_samples=None if samples_per_epoch is None else samples_per_epoch * len(views))
     sites = store.sites.iloc[rows]
     log.info("loader: %d sites x %d views, rank %d/%d, %d batches of %d, backend %s on %s", len(rows), len(views),
              rank, world_size, sampler.num_batches(), batch_size, backend, device)

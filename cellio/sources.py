@@ -94,7 +94,7 @@ class SiteSource:
         # output size: the crop, or the whole site for tta="full"
         self.out_hw: tuple[int, int] = self.image_hw if (not self.train and tta == "full") \
             else (cfg.crop_size, cfg.crop_size)
-        self._cache: tuple[int, np.ndarray, np.ndarray, dict[str, np.ndarray] | None] | None = None
+        self._cache: tuple[int, np.ndarray, np.ndarray, dict[str, np.ndarray] | None, np.ndarray] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -113,7 +113,7 @@ class SiteSource:
             params = None
             if self.train:  # this rank's draws, keyed on global positions (see transforms.epoch_params)
                 params = epoch_params(self.cfg, self.sampler.seed, epoch, pos, self.image_hw)
-            self._cache = (epoch, items, pos, params)
+            self._cache = (epoch, items, pos, params, self.sampler.batch_bounds(epoch))
 
     def num_batches(self) -> int:
         return self.sampler.num_batches()
@@ -124,8 +124,8 @@ class SiteSource:
         if batch_index < 0 or batch_index >= self.num_batches():
             return None
         items, pos = self.order(epoch)
-        bs = self.sampler.batch_size
-        sel = slice(batch_index * bs, min((batch_index + 1) * bs, len(items)))
+        start, stop = self._cache[4][batch_index]
+        sel = slice(int(start), int(stop))
         items, pos = items[sel], pos[sel]
         rank_params = self._cache[3]
         nv = len(self.views)

@@ -311,3 +311,39 @@ def test_hand_made_rxrx1_store_three_ranks_224(hand_store, backend):
     again.load_state_dict(state)
     rest = list(again)
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(full[1:], rest)) and len(rest) == len(full) - 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plate_pure_batches_cover_every_site_once_over_three_ranks(tiny_store, backend):
+    train = tiny_store.sites[tiny_store.sites["dataset"] == "train"]
+    seen = []
+    for rank in range(3):
+        loader = _make(tiny_store, 6, rank=rank, world_size=3, last_batch="partial", backend=backend, seed=4,
+                       batch_by="plate")
+        loader.set_epoch(1)
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        for b in batches:
+            rows = tiny_store.sites.iloc[b["index"].numpy()]
+            assert rows.groupby(["experiment", "plate"]).ngroups == 1  # one plate per batch
+        seen.append(_cat(batches, "index").numpy())
+    assert sorted(np.concatenate(seen).tolist()) == train.index.tolist()
+
+
+def test_labels_override_and_a_fixed_epoch_length(tiny_store):
+    sites = tiny_store.sites
+    test_rows = np.flatnonzero((sites["dataset"] == "test").to_numpy())[:6]
+    train_rows = np.flatnonzero((sites["dataset"] == "train").to_numpy())[:30]
+    pseudo = {int(r): 3 for r in test_rows}
+    loader = _make(tiny_store, 4, datasets=None, indices=np.concatenate([train_rows, test_rows]), labels=pseudo,
+                   samples_per_epoch=len(train_rows), last_batch="drop")
+    assert len(loader) == len(train_rows) // 4
+    got = {}
+    for b in loader:
+        got.update(zip(b["index"].tolist(), b["label"].tolist()))
+    for r, lab in got.items():
+        assert lab == (3 if r in pseudo else int(sites["sirna"].iloc[r]))
+    with pytest.raises(PipelineConfigError, match="labels"):
+        _make(tiny_store, 4, labels={int(test_rows[0]): 1})  # a test row outside datasets=("train",)
+    with pytest.raises(PipelineConfigError, match="samples_per_epoch"):
+        _make(tiny_store, 4, train=False, samples_per_epoch=10)

@@ -83,3 +83,49 @@ def test_bad_configuration_raises_naming_the_parameter(kwargs, field):
     n = kwargs.pop("n")
     with pytest.raises(PipelineConfigError, match=field):
         ShardedSampler(n, **kwargs)
+
+
+def _grouped(n: int, world: int, bs: int, policy: str, keys: np.ndarray, epoch: int = 0):
+    out = []
+    for r in range(world):
+        s = ShardedSampler(n, batch_size=bs, rank=r, world_size=world, seed=5, last_batch=policy, groups=keys)
+        s.set_epoch(epoch)
+        items, _ = s.rank_order()
+        out.append([items[a:b] for a, b in s.batch_bounds()])
+        assert len(out[-1]) == s.num_batches()
+    return out
+
+
+@pytest.mark.parametrize("n,world,bs", [(61, 3, 4), (40, 3, 7), (9, 2, 5)])
+def test_group_pure_batches_cover_every_item_exactly_once_over_ranks(n, world, bs):
+    keys = np.random.default_rng(1).integers(0, 4, size=n)  # uneven "plates"
+    for epoch in (0, 3):
+        ranks = _grouped(n, world, bs, "partial", keys, epoch)
+        seen = np.concatenate([np.concatenate(r) for r in ranks if r])
+        assert sorted(seen.tolist()) == list(range(n))
+        for batches in ranks:
+            assert all(len(set(keys[b].tolist())) == 1 and 0 < len(b) <= bs for b in batches)
+    first = [b.tolist() for r in _grouped(n, world, bs, "partial", keys, 0) for b in r]
+    assert first != [b.tolist() for r in _grouped(n, world, bs, "partial", keys, 1) for b in r]  # reshuffled
+
+
+def test_group_pure_drop_gives_full_batches_and_equal_counts_per_rank():
+    keys = np.repeat(np.arange(5), [9, 7, 12, 3, 10])
+    ranks = _grouped(len(keys), 3, 4, "drop", keys)
+    assert len({len(r) for r in ranks}) == 1
+    flat = np.concatenate([np.concatenate(r) for r in ranks])
+    assert len(set(flat.tolist())) == len(flat) and all(len(b) == 4 for r in ranks for b in r)
+    pad = _grouped(len(keys), 3, 4, "pad", keys)
+    assert len({len(r) for r in pad}) == 1 and all(len(set(keys[b].tolist())) == 1 for r in pad for b in r)
+
+
+def test_num_samples_fixes_the_epoch_length():
+    s = ShardedSampler(10, batch_size=4, seed=2, num_samples=25, last_batch="drop")
+    items, _ = s.rank_order(0)
+    assert s.num_batches() == 6 and len(items) == 24
+    counts = np.bincount(items, minlength=10)
+    assert counts.min() >= 2 and counts.max() <= 3  # consecutive permutations: nobody is left behind
+    default = ShardedSampler(10, batch_size=4, seed=2, last_batch="partial")
+    assert np.array_equal(default.global_order(0), ShardedSampler(10, batch_size=4, seed=2).global_order(0))
+    with pytest.raises(PipelineConfigError, match="groups"):
+        ShardedSampler(10, batch_size=4, groups=np.zeros(10), num_samples=20)
