@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import cellio
 from cellio.errors import ConfigError, MetadataError
 from trainer.aggregate import mean_logits
 from trainer.checkpoint import save_checkpoint
@@ -202,3 +203,46 @@ def test_report_scores_well_scores_over_the_truths_classes_only():
     ws = WellScores(ids, np.array([[2.0, 1.0, 9.0], [1.0, 2.0, 9.0]], np.float32), np.array([5, 6, 1108]))
     truth = pd.Series({"RPE-08_1_B03": 5, "RPE-08_1_B04": 6})
     assert build_report({"mean": ws}, truth)["steps"]["mean"]["accuracy"] == 1.0
+
+
+def test_adabn_recomputes_batchnorm_per_plate_and_changes_nothing_else(tiny_store):
+    from trainer.adabn import bn_modules, bn_state, plate_bn_states
+    from trainer.predict import predict_views
+
+    class ConvBN(nn.Module):  # the 17x11 fixture is too small for a DenseNet
+        def __init__(self, num_classes: int):
+            super().__init__()
+            self.conv, self.bn, self.fc = nn.Conv2d(6, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, num_classes)
+
+        def forward(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
+            return self.fc(self.bn(self.conv(x)).relu().mean(dim=(2, 3)))
+
+    cfg = Config()
+    cfg.data.crop_size, cfg.data.num_workers, cfg.data.backend = 8, 0, "torch"
+    class_map = ClassMap.from_sites(tiny_store.sites, include_controls=True)
+    torch.manual_seed(1)
+    model = ConvBN(len(class_map)).eval()
+    for m in bn_modules(model):  # as if trained elsewhere: running statistics far from these plates'
+        m.running_mean.fill_(3.0)
+        m.running_var.fill_(9.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = predict_views(model, cfg, class_map, tiny_store, tta="center", batch_size=5, progress=False)
+    adapted = predict_views(model, cfg, class_map, tiny_store, tta="center", batch_size=5, adabn=True,
+                            progress=False)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the model itself is untouched
+    order_p, order_a = np.lexsort((plain.view, plain.index)), np.lexsort((adapted.view, adapted.index))
+    assert np.array_equal(plain.index[order_p], adapted.index[order_a])
+    assert not np.allclose(plain.logits[order_p], adapted.logits[order_a])
+    # the per-plate states differ only in BatchNorm buffers, one state per test plate
+    stats = cellio.create_loader(tiny_store, 5, train=False, crop_size=8, num_workers=0, backend="torch",
+                                 datasets=("test",), controls=False, batch_by="plate", device="cpu")
+    states = plate_bn_states(model, stats, torch.device("cpu"), tiny_store.sites)
+    test = tiny_store.sites[(tiny_store.sites["dataset"] == "test") & (tiny_store.sites["well_type"] == "treatment")]
+    assert set(states) == set(map(tuple, test[["experiment", "plate"]].drop_duplicates().itertuples(index=False)))
+    bn_names = {n for n, _ in model.named_buffers() if "running" in n or "num_batches" in n}
+    state = next(iter(states.values()))
+    assert set(state) == bn_names
+    with bn_state(model, state):
+        assert not torch.equal(model.state_dict()[next(iter(bn_names))], before[next(iter(bn_names))])
+    assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)

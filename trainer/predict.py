@@ -18,6 +18,7 @@ by `python -m trainer.aggregate --predictions ...`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -31,7 +32,8 @@ import numpy as np
 
 from cellio.errors import ConfigError, MetadataError
 
-__all__ = ["Predictions", "predict", "load_predictions", "concat_predictions", "validation_experiments", "main"]
+__all__ = ["Predictions", "predict", "predict_views", "load_predictions", "concat_predictions",
+           "validation_experiments", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +116,82 @@ def validation_experiments(cfg: Any, sites: Any) -> list[str]:
     return list(split_experiments(cfg.data, sites).val)
 
 
+def predict_views(model: Any, cfg: Any, class_map: Any, store: Any, *, datasets: Sequence[str] | None = ("test",),
+                  experiments: Sequence[str] | None = None, indices: Sequence[int] | None = None,
+                  tta: str = "grid9", dihedral: bool = False, batch_size: int = 64, backend: str | None = None,
+                  device: Any = None, crop_size: int | None = None, controls: bool = False,
+                  num_workers: int | None = None, adabn: bool = False, rank: int = 0, world_size: int = 1,
+                  progress: bool = True, desc: str = "predict") -> Predictions:
+    """Per-view logits of an in-memory model (eval mode) over the selected sites, this rank's share of them.
+
+    `cfg` is the model's training config: crop size, normalisation, augmentation preset, backend and workers come
+    from it unless given. With `adabn` each plate is predicted with BatchNorm statistics recomputed on that plate
+    (trainer.adabn; one extra centre-view pass over the plate's sites)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    import cellio
+
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    crop = crop_size or cfg.data.val_crop_size or cfg.data.crop_size
+    common = dict(train=False, augment=cfg.data.augment, crop_size=crop, normalize=cfg.data.normalize,
+                  backend=backend or cfg.data.backend, device="cuda" if dev.type == "cuda" else "cpu",
+                  num_workers=num_workers if num_workers is not None else cfg.data.num_workers, datasets=datasets,
+                  experiments=experiments, indices=indices, cell_types=cfg.data.cell_types or None,
+                  controls=controls, last_batch="partial", batch_by="plate" if adabn else None)
+    loader = cellio.create_loader(store, batch_size, rank=rank, world_size=world_size, tta=tta, dihedral=dihedral,
+                                  **common)
+    use_amp = dev.type == "cuda"
+    states = None
+    if adabn:
+        from trainer.adabn import bn_state, plate_bn_states
+
+        stats = cellio.create_loader(store, batch_size, rank=0, world_size=1, tta="center", **common)
+        states = plate_bn_states(model, stats, dev, store.sites, torch.bfloat16 if use_amp else None)
+    experiment = store.sites["experiment"].to_numpy()
+    logits, index, view = [], [], []
+    t0 = time.perf_counter()
+    model.eval()
+    with torch.inference_mode():
+        for batch in tqdm(loader, total=len(loader), desc=desc, disable=not progress):
+            x = batch["image"].to(dev, non_blocking=True)
+            ct = batch["cell_type"].to(dev, non_blocking=True)
+            plate_norm = contextlib.nullcontext() if states is None else \
+                bn_state(model, states[(str(experiment[int(batch["index"][0])]), int(batch["plate"][0]))])
+            with plate_norm, torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                out_b = model(x.float() if not use_amp else x, ct)
+            logits.append(out_b.float().cpu().numpy())
+            index.append(batch["index"].cpu().numpy())
+            view.append(batch["view"].cpu().numpy())
+    elapsed = time.perf_counter() - t0
+    n_cls = len(class_map)
+    preds = Predictions(
+        np.concatenate(logits) if logits else np.zeros((0, n_cls), np.float32),
+        np.concatenate(index).astype(np.int64) if index else np.zeros(0, np.int64),
+        np.concatenate(view).astype(np.int64) if view else np.zeros(0, np.int64),
+        np.asarray(class_map.classes, dtype=np.int64),
+        {"store": str(getattr(store, "path", store)), "datasets": list(datasets) if datasets else None,
+         "experiments": list(experiments) if experiments else None, "tta": tta, "dihedral": dihedral,
+         "crop_size": crop, "normalize": cfg.data.normalize, "model": cfg.model.name, "adabn": adabn,
+         "seconds": elapsed})
+    keys = preds.index * 1_000_003 + preds.view
+    if len(np.unique(keys)) != len(keys):
+        raise MetadataError("the loader yielded a (site, view) pair twice; predictions would double-count it")
+    log.info("%d views of %d sites in %.1f s (%.1f views/s)", len(preds), len(np.unique(preds.index)), elapsed,
+             len(preds) / max(elapsed, 1e-9))
+    return preds
+
+
 def predict(checkpoint: str | Path, store: Any, *, datasets: Sequence[str] | str = ("test",),
             experiments: Sequence[str] | None = None, tta: str = "grid9", dihedral: bool = False,
             batch_size: int = 64, backend: str | None = None, device: str | None = None,
             crop_size: int | None = None, controls: bool = False, num_workers: int | None = None,
-            progress: bool = True, out: str | Path | None = None, half: bool = False) -> Predictions:
+            adabn: bool = False, progress: bool = True, out: str | Path | None = None,
+            half: bool = False) -> Predictions:
     """Per-view logits of one checkpoint over `datasets` ("train", "test" or "validation" = the checkpoint's own
     held-out experiments). The crop size and normalisation come from the checkpoint's config unless given.
     Controls are skipped by default (their labels are known); `controls=True` predicts them too."""
     import torch
-    from tqdm.auto import tqdm
 
     import cellio
     from trainer.checkpoint import load_for_inference
@@ -139,40 +207,12 @@ def predict(checkpoint: str | Path, store: Any, *, datasets: Sequence[str] | str
         experiments = validation_experiments(cfg, st.sites)
         ds = ("train",)
         log.info("validation experiments of %s: %s", checkpoint, experiments)
-    crop = crop_size or cfg.data.val_crop_size or cfg.data.crop_size
-    loader = cellio.create_loader(
-        st, batch_size, train=False, augment=cfg.data.augment, crop_size=crop, normalize=cfg.data.normalize,
-        rank=0, world_size=1, backend=backend or cfg.data.backend, device="cuda" if dev.type == "cuda" else "cpu",
-        num_workers=num_workers if num_workers is not None else cfg.data.num_workers, datasets=ds,
-        experiments=experiments, cell_types=cfg.data.cell_types or None, controls=controls,
-        last_batch="partial", tta=tta, dihedral=dihedral)
-    logits, index, view = [], [], []
-    use_amp = dev.type == "cuda"
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for batch in tqdm(loader, total=len(loader), desc=f"predict {Path(checkpoint).name}", disable=not progress):
-            x = batch["image"].to(dev, non_blocking=True)
-            ct = batch["cell_type"].to(dev, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                out_b = model(x.float() if not use_amp else x, ct)
-            logits.append(out_b.float().cpu().numpy())
-            index.append(batch["index"].cpu().numpy())
-            view.append(batch["view"].cpu().numpy())
-    elapsed = time.perf_counter() - t0
-    n_cls = len(class_map)
-    preds = Predictions(
-        np.concatenate(logits) if logits else np.zeros((0, n_cls), np.float32),
-        np.concatenate(index).astype(np.int64) if index else np.zeros(0, np.int64),
-        np.concatenate(view).astype(np.int64) if view else np.zeros(0, np.int64),
-        np.asarray(class_map.classes, dtype=np.int64),
-        {"checkpoint": str(checkpoint), "store": str(getattr(st, "path", store)), "datasets": list(ds),
-         "experiments": list(experiments) if experiments else None, "tta": tta, "dihedral": dihedral,
-         "crop_size": crop, "normalize": cfg.data.normalize, "model": cfg.model.name, "seconds": elapsed})
-    keys = preds.index * 1_000_003 + preds.view
-    if len(np.unique(keys)) != len(keys):
-        raise MetadataError("the loader yielded a (site, view) pair twice; predictions would double-count it")
-    log.info("%d views of %d sites in %.1f s (%.1f views/s)", len(preds), len(np.unique(preds.index)), elapsed,
-             len(preds) / max(elapsed, 1e-9))
+    preds = predict_views(model, cfg, class_map, st, datasets=ds, experiments=experiments, tta=tta,
+                          dihedral=dihedral, batch_size=batch_size, backend=backend, device=dev, crop_size=crop_size,
+                          controls=controls, num_workers=num_workers, adabn=adabn, progress=progress,
+                          desc=f"predict {Path(checkpoint).name}")
+    preds = Predictions(preds.logits, preds.index, preds.view, preds.classes,
+                        {"checkpoint": str(checkpoint), **preds.meta})
     if out is not None:
         preds.save(out, half=half)
     return preds
@@ -197,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     p.add_argument("--workers", type=int, help="loader workers (default: the checkpoint's data.num_workers)")
     p.add_argument("--half", action="store_true", help="store logits as float16 (half the file size)")
+    p.add_argument("--adabn", action="store_true", help="BatchNorm statistics recomputed on each plate")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="output .npz (numbered when several checkpoints)")
     args = p.parse_args(argv)
@@ -207,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         preds = predict(ckpt, args.store, datasets=args.datasets, experiments=args.experiments, tta=args.tta,
                         dihedral=args.dihedral, batch_size=args.batch_size, backend=args.backend,
                         device=args.device, crop_size=args.crop_size, controls=args.controls,
-                        num_workers=args.workers, progress=not args.no_progress, out=path, half=args.half)
+                        num_workers=args.workers, adabn=args.adabn, progress=not args.no_progress, out=path,
+                        half=args.half)
         print(f"{ckpt}: {len(preds)} views x {len(preds.classes)} classes -> {path}")
     return 0
 
