@@ -70,7 +70,7 @@ class ShardedSampler:
                                           f"found shape {weights.shape}")
             weights = weights / weights.sum()
         self.weights = weights
-        self.seed = int(seed)
+        self.seed = parse_int("seed", seed)  # numpy seeds are non-negative: fail here, not at the first batch
         self.shuffle = bool(shuffle)
         self.epoch = 0
         if self.last_batch == "drop" and self.n < self.world_size * self.batch_size:
