@@ -35,6 +35,7 @@ setup(
         "pyarrow>=14",
         "zarr>=3.1,<3.2",
         "numcodecs>=0.13",
+        "google-crc32c>=1.5",  # the crc32c checksum on every store chunk (format 1.1)
         "pillow>=10",
         "scipy>=1.11",
         "tqdm>=4.66",

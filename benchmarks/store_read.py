@@ -1,5 +1,7 @@
 """Shuffled batch reads of 512x512x6 sites, side by side: PNG (PIL, cv2), per-site .npy, raw chunk files,
-zarr-python, tensorstore and the cellio reader for each codec. Target P1: cellio (uncompressed) >= 0.8x raw files.
+zarr-python, tensorstore and the cellio reader for each codec, with and without crc32c verification (format 1.1
+stores checksum every chunk; `open_store(verify=False)` skips the check). Target P1: cellio (uncompressed)
+>= 0.8x raw files, reported for both.
 
     python benchmarks/store_read.py                      # >= 200 sites at 512x512, made with cellio.synthesize
     python benchmarks/store_read.py --classes 8 --size 128 --repeats 2   # quick smoke run
@@ -37,8 +39,12 @@ def make_data(args: argparse.Namespace) -> tuple[Path, Path]:
     stores = root.with_name(root.name + "-stores")
     for codec in ("none", "lz4", "zstd"):
         path = stores / f"{codec}.zarr"
-        if not (path / "zarr.json").exists() or not cellio.open_store(path, allow_incomplete=True).complete:
+        old = cellio.open_store(path, allow_incomplete=True) if (path / "zarr.json").exists() else None
+        if old is None or not old.complete or not old.checksums:
+            # missing, unfinished, or written by an older cellio (format 1.0: no checksums to measure)
             print(f"ingesting {path} ...", flush=True)
+            if path.exists():
+                shutil.rmtree(path)
             cellio.ingest(root, path, codec=codec, workers=args.workers, progress=False)
     return root, stores
 
@@ -81,11 +87,12 @@ def main() -> None:
     chunk_paths = [ref._chunk_path(int(i)) for i in range(n)]
     cases: list[Case] = []
 
+    # the chunk file holds the pixels then a 4-byte crc32c: the baseline reads the file, uses the pixels
     def raw_files() -> None:
         for b in batches:
             for i in b:
                 with open(chunk_paths[i], "rb") as f:
-                    np.frombuffer(f.read(), np.uint8).reshape(H, W, C)
+                    np.frombuffer(f.read(), np.uint8, count=site_bytes).reshape(H, W, C)
     cases.append(Case(BASELINE, raw_files, n, total, "baseline"))
 
     def raw_files_stacked() -> None:
@@ -93,7 +100,7 @@ def main() -> None:
         for b in batches:
             for k, i in enumerate(b):
                 with open(chunk_paths[i], "rb") as f:
-                    out[k] = np.frombuffer(f.read(), np.uint8).reshape(H, W, C)
+                    out[k] = np.frombuffer(f.read(), np.uint8, count=site_bytes).reshape(H, W, C)
     cases.append(Case("raw chunk file, copied into a batch", raw_files_stacked, n, total, "baseline"))
 
     def npy_files() -> None:
@@ -144,15 +151,16 @@ def main() -> None:
 
     out = np.empty((args.batch, H, W, C), np.uint8)  # a loader reuses its batch buffers: no page faults per batch
     for codec in ("none", "lz4", "zstd"):
-        for threads in (None, 1):
-            s = cellio.open_store(stores / f"{codec}.zarr", threads=threads)
+        for threads, verify in ((None, True), (None, False), (1, True), (1, False)):
+            s = cellio.open_store(stores / f"{codec}.zarr", threads=threads, verify=verify)
 
             def cellio_read(s=s) -> None:
                 for b in batches:
                     s.read(b, out=out[:len(b)])
-            label = f"cellio {codec}" + (", 1 thread" if threads == 1 else "")
-            cases.append(Case(label, cellio_read, n, total, "cellio",
-                              {"codec": codec, "threads": s._threads,
+            label = f"cellio {codec}" + (", 1 thread" if threads == 1 else "") + \
+                (" (verify)" if verify else " (no verify)")
+            cases.append(Case(label, cellio_read, n, total, "cellio" if verify else "cellio, no verify",
+                              {"codec": codec, "threads": s._threads, "verify": verify,
                                "stored_bytes": chunk_nbytes(stores / f"{codec}.zarr")}))
     s_none = cellio.open_store(stores / "none.zarr")
 
@@ -167,13 +175,15 @@ def main() -> None:
                            np.full(len(b), c), np.full(len(b), c)], 1) for b in batches]
         cout = np.empty((args.batch, c, c, C), np.uint8)
         for codec in ("none", "lz4"):
-            s = cellio.open_store(stores / f"{codec}.zarr")
+            for verify in (True, False):  # verify reads whole uncompressed chunks; no verify only the crop's rows
+                s = cellio.open_store(stores / f"{codec}.zarr", verify=verify)
 
-            def cellio_crop(s=s) -> None:
-                for b, cr in zip(batches, crops):
-                    s.read(b, crop=cr, out=cout[:len(b)])
-            cases.append(Case(f"cellio {codec}, {c}x{c} random crops", cellio_crop, n, n * c * c * C,
-                              "cellio crop"))
+                def cellio_crop(s=s) -> None:
+                    for b, cr in zip(batches, crops):
+                        s.read(b, crop=cr, out=cout[:len(b)])
+                cases.append(Case(f"cellio {codec}, {c}x{c} random crops" + (" (verify)" if verify else
+                                                                              " (no verify)"),
+                                  cellio_crop, n, n * c * c * C, "cellio crop", {"verify": verify}))
     results = compare(cases, warmup=args.warmup, repeats=args.repeats)
 
     sizes = {codec: chunk_nbytes(stores / f"{codec}.zarr") / total for codec in ("none", "lz4", "zstd")}
@@ -184,8 +194,14 @@ def main() -> None:
                       size_ratio=sizes, png_size_ratio=png_bytes, reader_threads=ref._threads)
     rows = report(results, "store_read", baseline=BASELINE, env=env,
                   title=f"shuffled batch reads of {n} {H}x{W}x{C} sites (batch {args.batch}, warm cache)")
-    p1 = next(r["ratio"] for r in rows if r["name"] == "cellio none")
-    print(f"\nP1 (cellio uncompressed / raw files) = {p1:.2f}  (target >= 0.8)")
+    for verify in ("verify", "no verify"):
+        p1 = next(r["ratio"] for r in rows if r["name"] == f"cellio none ({verify})")
+        print(f"P1 (cellio uncompressed / raw files), {verify:9s} = {p1:.2f}  (target >= 0.8)")
+    for codec in ("none", "lz4", "zstd"):
+        on = next(r for r in rows if r["name"] == f"cellio {codec} (verify)")
+        off = next(r for r in rows if r["name"] == f"cellio {codec} (no verify)")
+        print(f"checksum cost, {codec:4s}: {on['sites_per_s']:.0f} vs {off['sites_per_s']:.0f} sites/s "
+              f"({on['sites_per_s'] / off['sites_per_s']:.2f}x)")
 
 
 if __name__ == "__main__":

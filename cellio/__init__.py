@@ -4,7 +4,8 @@ Public API (imported lazily so `import cellio` stays light and never pulls in to
 
     read_metadata, derive_plate_groups, PlateGroups      -- cellio.metadata
     synthesize                                           -- cellio.synth
-    ingest, open_store, Store                            -- cellio.ingestion / cellio.store
+    ingest, repair_store, open_store, Store              -- cellio.ingestion / cellio.store
+    verify_store                                         -- cellio.verification
     create_loader, Loader, AugmentConfig                 -- cellio.loader / cellio.transforms
     download, submit, check_credentials                  -- cellio.kaggle
 """
@@ -26,6 +27,8 @@ _LAZY: dict[str, str] = {
     "PlateGroups": "cellio.metadata",
     "synthesize": "cellio.synth",
     "ingest": "cellio.ingestion",
+    "repair_store": "cellio.ingestion",
+    "verify_store": "cellio.verification",
     "open_store": "cellio.store",
     "Store": "cellio.store",
     "create_loader": "cellio.loader",

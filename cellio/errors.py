@@ -5,12 +5,18 @@ input without reading our code.
 """
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CellioError",
     "MetadataError",
     "ImageError",
     "StoreError",
     "StoreIncompleteError",
+    "StoreDamagedError",
+    "ChecksumError",
+    "StoreLockedError",
+    "DiskFullError",
     "PipelineConfigError",
     "MissingDependencyError",
     "CredentialsError",
@@ -37,6 +43,71 @@ class StoreError(CellioError):
 
 class StoreIncompleteError(StoreError):
     """The store's ingest did not finish; rerun `cellio ingest` with the same arguments to complete it."""
+
+
+def _rebuild(cls: type, message: str, state: dict[str, Any]) -> BaseException:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.__dict__.update(state)
+    return exc
+
+
+class _Picklable:
+    """Errors with keyword attributes pickle as (message, attributes): they cross worker-process boundaries
+    (ingest's process pool, Dask, DALI's external_source workers) intact."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), str(self), dict(self.__dict__))
+
+
+class StoreDamagedError(_Picklable, StoreError):
+    """A store file is missing, truncated, undecodable or fails its checksum. `file` is the path, `id_code` and
+    `site` name the site when the file is an image chunk. `cellio verify STORE` lists every damaged site;
+    `cellio verify STORE --repair RAW` rewrites them from the PNGs."""
+
+    def __init__(self, message: str, *, file: str | None = None, id_code: str | None = None,
+                 site: int | None = None):
+        super().__init__(message)
+        self.file = file
+        self.id_code = id_code
+        self.site = site
+
+
+class ChecksumError(StoreDamagedError):
+    """A chunk's bytes do not match its crc32c checksum (bit rot, a torn copy, an edited file)."""
+
+
+class StoreLockedError(_Picklable, StoreError):
+    """Another process holds the store's ingest lock. `holder` is its record: host, pid, started_at, purpose."""
+
+    def __init__(self, message: str, *, holder: dict[str, Any] | None = None, lock: str | None = None):
+        super().__init__(message)
+        self.holder = dict(holder or {})
+        self.lock = lock
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+class DiskFullError(_Picklable, StoreError):
+    """Not enough free space to write `path`: `needed_bytes` (an estimate of what the whole job still needs, or
+    None when unknown) versus `free_bytes` (None when the file system does not say). Raised before an ingest
+    starts when its estimate does not fit, and for ENOSPC/EDQUOT during any write; what was written before stays
+    valid, so the same command rerun after freeing space resumes."""
+
+    def __init__(self, path: str, needed_bytes: int | None, free_bytes: int | None, *, what: str = "this write",
+                 hint: str = "free some space (or choose another path) and rerun the same command: it resumes"):
+        need = f"needs about {_human_bytes(needed_bytes)}" if needed_bytes is not None else "needs more space"
+        free = f"{_human_bytes(free_bytes)} free" if free_bytes is not None else "free space unknown"
+        super().__init__(f"{path}: not enough disk space: {what} {need}, {free} there; {hint}")
+        self.path = path
+        self.needed_bytes = needed_bytes
+        self.free_bytes = free_bytes
 
 
 class PipelineConfigError(CellioError, ValueError):

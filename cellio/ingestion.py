@@ -11,6 +11,12 @@ Design, in the order things happen:
    at most the batches in flight; a rerun redoes exactly the sites with no journal record.
 4. Finalization merges the journal into `status` and `stats/*`, flips `complete` to true and deletes the
    journal, so a finished store holds no trace of how many runs built it.
+
+The whole job holds the store's writer lock (cellio/_lock.py): a second ingest of the same path refuses, naming
+the holder. Ingest deletes only its own state files (journal, temp files); it never builds over, or deletes,
+files it did not write. Free space is checked before any site is written, and ENOSPC during a write becomes a
+DiskFullError saying how much the rest of the job needs; `repair_store` re-ingests chosen sites of a finished store
+with the same batch tasks (atomic chunk writes, journal) after `cellio verify` found them damaged.
 """
 from __future__ import annotations
 
@@ -20,9 +26,11 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,14 +38,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._format import CODECS, CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, JOURNAL_DIR, STATUS_FAILED, STATUS_OK, \
-    TMP_DIR, FileTarget, chunk_key, column_kind, decode_strings, encode_column, group_metadata, images_metadata, \
-    journal_key, numcodec_from_metadata, read_journal, read_small_array
-from .errors import ImageError, MetadataError, StoreError
+from ._format import CODECS, CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, JOURNAL_DIR, LOCK_NAME, STATUS_FAILED, \
+    STATUS_OK, TMP_DIR, FileTarget, chunk_codec, chunk_key, column_kind, decode_strings, encode_column, \
+    group_metadata, has_checksums, images_metadata, is_store_file, journal_key, read_journal, read_small_array
+from ._lock import lock_store
+from .errors import DiskFullError, ImageError, MetadataError, StoreDamagedError, StoreError
 from .schema import CHANNEL_NAMES, CHANNELS, DATASETS, N_CHANNELS, PATH_COLUMNS, PIXEL_MEAN_COLUMNS, \
     PIXEL_STD_COLUMNS
 
-__all__ = ["ingest", "IngestReport", "FailedSite", "DEFAULT_CODEC", "VERIFY_ATOL", "ON_ERROR"]
+__all__ = ["ingest", "repair_store", "IngestReport", "RepairReport", "FailedSite", "DEFAULT_CODEC", "VERIFY_ATOL",
+           "ON_ERROR", "COMPRESSION_ESTIMATE"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,9 @@ DEFAULT_CODEC = "lz4"
 # channel or truncated image moves them by far more.
 VERIFY_ATOL = 0.1
 ON_ERROR: tuple[str, ...] = ("fail", "skip")
+# Stored bytes per raw uint8 byte assumed by the free-space check before an ingest (measured ~0.54-0.67 on cell
+# images, docs/performance.md); the check refuses only when even this estimate does not fit.
+COMPRESSION_ESTIMATE: dict[str, float] = {"none": 1.0, "lz4": 0.6, "zstd": 0.6}
 
 
 @dataclass(frozen=True)
@@ -194,7 +207,7 @@ def _run_batch(job: _BatchJob) -> list[dict[str, Any]]:
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    codec = numcodec_from_metadata(job.images["codecs"])
+    codec = chunk_codec(job.images["codecs"])
     target = FileTarget(job.store, job.storage_options)
     H, W = job.shape
     buffers = [np.empty((H, W, N_CHANNELS), dtype=np.uint8) for _ in range(2)]  # double buffering
@@ -206,8 +219,7 @@ def _run_batch(job: _BatchJob) -> list[dict[str, Any]]:
         for c, p in enumerate(planes):
             site[:, :, c] = p
         i = job.indices[k]
-        target.write(f"images/{chunk_key(job.images, (i, 0, 0, 0))}",
-                     memoryview(site).cast("B") if codec is None else codec.encode(site))
+        target.write(f"images/{chunk_key(job.images, (i, 0, 0, 0))}", codec.encode(site))
         return {"i": i, "ok": True, "sum": sums, "sumsq": sumsq}
 
     def failed(k: int, exc: ImageError) -> dict[str, Any]:
@@ -249,6 +261,12 @@ def _run_batch(job: _BatchJob) -> list[dict[str, Any]]:
 
 
 def _worker_init() -> None:
+    # Ctrl-C reaches the whole process group: only the parent acts on it (finishes or stops the batches in
+    # flight); a worker killed mid-batch would print its traceback and could leave the pool hanging
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread (a Dask worker): Dask handles its own signals
+        pass
     try:  # one decode per process; cv2's own threads would fight the other workers for the cores
         import cv2
 
@@ -324,9 +342,10 @@ def _ingest_params(codec: str, verify: bool, datasets: tuple[str, ...],
 
 def _create_skeleton(target: FileTarget, plan: pd.DataFrame, shape: tuple[int, int], params: dict[str, Any],
                      raw: Path) -> dict[str, Any]:
-    """Array metadata, the site table and the root attributes (complete=false), guarded by CREATING_MARKER."""
-    if target.local:
-        os.makedirs(target.root, exist_ok=True)
+    """Array metadata, the site table and the root attributes (complete=false), guarded by CREATING_MARKER.
+
+    Every file is written in place (atomic replace), so rebuilding over an interrupted skeleton deletes nothing.
+    """
     target.write(CREATING_MARKER, b"")
     H, W = shape
     target.write_json("images/zarr.json", images_metadata(len(plan), shape, params["codec"]))
@@ -362,30 +381,59 @@ def _write_root(target: FileTarget, attrs: dict[str, Any]) -> None:
 
 
 def _read_root(target: FileTarget) -> dict[str, Any] | None:
+    """The root attributes of a cellio store; None when zarr.json is missing, torn or not cellio's."""
     try:
         with target.fs.open(target.key("zarr.json"), "rb") as f:
             node = json.loads(f.read())
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         return None
-    attrs = node.get("attributes", {})
+    attrs = node.get("attributes", {}) if isinstance(node, dict) else {}
     return attrs if attrs.get("format") == FORMAT_NAME else None
+
+
+def _examples(items: Sequence[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
 def _prepare(target: FileTarget, plan: pd.DataFrame, raw: Path, params: dict[str, Any],
              image_size: tuple[int, int] | None) -> dict[str, Any]:
-    """Create the skeleton, or validate an existing one for resuming."""
-    if target.exists(CREATING_MARKER):
-        log.info("%s: skeleton of an interrupted run found; rebuilding it", target.path)
-        target.remove("", recursive=True)
-    attrs = _read_root(target) if target.exists("zarr.json") else None
+    """Create the skeleton, or validate an existing one for resuming. Never deletes a file cellio did not write."""
+    files = target.files(skip=("images/c",))
+    foreign = [f for f in files if not is_store_file(f)]
+    if CREATING_MARKER in files:
+        if foreign:
+            raise StoreError(f"{target.path} holds a {CREATING_MARKER} marker (a `cellio ingest` stopped while "
+                             f"creating a store here) and files cellio does not write ({_examples(foreign)}); "
+                             f"nothing was changed: move those files away, or choose a new store path")
+        log.info("%s: skeleton of an interrupted run found; rebuilding it in place", target.path)
+        target.remove(JOURNAL_DIR, recursive=True)  # cellio's own; no batch can have finished before a skeleton
+        return _new_store(target, plan, raw, params, image_size)
+    attrs = _read_root(target) if "zarr.json" in files else None
     if attrs is None:
-        if target.exists("") and target.fs.ls(target.root, detail=False):
-            raise StoreError(f"{target.path} exists and is not a cellio store; choose a new path or delete it")
-        shape = image_size or _probe_shape(raw, plan)
-        return _create_skeleton(target, plan, tuple(shape), params, raw)
+        if foreign or "zarr.json" in files:
+            shown = foreign or ["zarr.json"]
+            raise StoreError(f"{target.path} exists and is not a cellio store (it holds {_examples(shown)}); choose "
+                             f"a new path or delete it")
+        ours = [f for f in files if f != LOCK_NAME and not f.startswith(TMP_DIR + "/")]
+        if ours:
+            raise StoreError(f"{target.path} holds cellio store files ({_examples(ours)}) but no root zarr.json: a "
+                             f"damaged store, not resumable; delete it or choose a new path")
+        return _new_store(target, plan, raw, params, image_size)
     if attrs.get("ingest") != params:
         raise StoreError(f"{target.path} was ingested with {attrs.get('ingest')}, this call asks for {params}; "
                          f"rerun with the original arguments to resume, or use a new store path")
+    _check_plan(target, attrs, plan)
+    return attrs
+
+
+def _new_store(target: FileTarget, plan: pd.DataFrame, raw: Path, params: dict[str, Any],
+               image_size: tuple[int, int] | None) -> dict[str, Any]:
+    shape = tuple(image_size or _probe_shape(raw, plan))
+    _check_space(target, shape, params["codec"], len(plan))  # before the first byte
+    return _create_skeleton(target, plan, shape, params, raw)
+
+
+def _check_plan(target: FileTarget, attrs: dict[str, Any], plan: pd.DataFrame) -> None:
     if attrs["n_sites"] != len(plan):
         raise StoreError(f"{target.path} plans {attrs['n_sites']} sites, the raw data now gives {len(plan)}; "
                          f"the source changed since the store was started")
@@ -395,13 +443,23 @@ def _prepare(target: FileTarget, plan: pd.DataFrame, raw: Path, params: dict[str
         first = next(k for k, (a, b) in enumerate(zip(ids, mine)) if a != b)
         raise StoreError(f"{target.path}: site {first} is {ids[first]} in the store but {mine[first]} in the raw "
                          f"data; the source changed since the store was started")
-    return attrs
 
 
 def _decode_ids(target: FileTarget) -> list[str]:
     idc = decode_strings(read_small_array(target.fs, target.key("sites/id_code")))
     site = read_small_array(target.fs, target.key("sites/site"))
     return [f"{a}_s{int(b)}" for a, b in zip(idc, site)]
+
+
+def _write_tables(target: FileTarget, status: np.ndarray, sums: np.ndarray, sumsq: np.ndarray,
+                  npix: float, checksum: bool = True) -> None:
+    """status and stats/* from per-site integer sums (finalize, repair), in the store's format version."""
+    mean = sums.astype(np.float64) / npix
+    std = np.sqrt(np.maximum(sumsq.astype(np.float64) / npix - mean * mean, 0.0))
+    target.write_json("stats/zarr.json", group_metadata())
+    for name, data in (("status", status), ("stats/sum", sums), ("stats/sumsq", sumsq), ("stats/mean", mean),
+                       ("stats/std", std)):
+        target.write_small_array(name, data, checksum)
 
 
 def _finalize(target: FileTarget, attrs: dict[str, Any], plan: pd.DataFrame) -> tuple[dict[str, Any], list[FailedSite]]:
@@ -423,13 +481,7 @@ def _finalize(target: FileTarget, attrs: dict[str, Any], plan: pd.DataFrame) -> 
         else:
             status[i] = STATUS_FAILED
             failed.append(FailedSite(i, e["id_code"], int(e["site"]), e["file"], e["reason"]))
-    npix = float(attrs["pixels_per_site"])
-    mean = sums.astype(np.float64) / npix
-    std = np.sqrt(np.maximum(sumsq.astype(np.float64) / npix - mean * mean, 0.0))
-    target.write_json("stats/zarr.json", group_metadata())
-    for name, data in (("status", status), ("stats/sum", sums), ("stats/sumsq", sumsq), ("stats/mean", mean),
-                       ("stats/std", std)):
-        target.write_small_array(name, data)
+    _write_tables(target, status, sums, sumsq, float(attrs["pixels_per_site"]), has_checksums(attrs))
     attrs = dict(attrs)
     attrs.update(complete=True, n_ok=int((status == STATUS_OK).sum()), n_failed=len(failed),
                  failed=[f.to_dict() for f in failed])
@@ -437,6 +489,21 @@ def _finalize(target: FileTarget, attrs: dict[str, Any], plan: pd.DataFrame) -> 
     target.remove(JOURNAL_DIR, recursive=True)
     target.remove(TMP_DIR, recursive=True)
     return attrs, failed
+
+
+def _estimate_bytes(shape: Sequence[int], codec: str, n_sites: int) -> int:
+    """Bytes `n_sites` more sites take: chunks (COMPRESSION_ESTIMATE of raw), checksums, journal, tables."""
+    H, W = int(shape[0]), int(shape[1])
+    return int(n_sites * (H * W * N_CHANNELS * COMPRESSION_ESTIMATE.get(codec, 1.0) + 4 + 512))
+
+
+def _check_space(target: FileTarget, shape: Sequence[int], codec: str, n_sites: int) -> None:
+    free = target.free_bytes()
+    needed = _estimate_bytes(shape, codec, n_sites)
+    if free is not None and free < needed:
+        raise DiskFullError(target.path, needed, free, what=f"writing {n_sites} sites ({codec}, estimated at "
+                            f"{COMPRESSION_ESTIMATE.get(codec, 1.0)}x of raw)",
+                            hint="no site was written; free some space (or choose another path) and rerun")
 
 
 # ----------------------------------------------------------------------------------------------- entry point
@@ -450,6 +517,8 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
 
     scheduler: a Dask distributed address ("tcp://host:port") or Client; the same batch tasks then run on the
     cluster, whose workers must see `raw` and `store_path` (shared file system or fsspec URL).
+    Raises StoreLockedError (naming the holder) while another ingest writes the same store, DiskFullError when the
+    estimate does not fit or a write hits ENOSPC (the rerun resumes), ImageError for a bad PNG (on_error="fail").
     """
     t0 = time.perf_counter()
     if codec not in CODECS:
@@ -467,31 +536,75 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
     plan = _plan(raw, ds, exps, cts, limit)
     params = _ingest_params(codec, verify, ds, exps, cts, limit)
     target = FileTarget(str(store_path), storage_options)
-    attrs = _prepare(target, plan, raw, params, image_size)
     n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    with _locked_root(target, "ingest") as lock:
+        attrs = _prepare(target, plan, raw, params, image_size)
+        if attrs.get("complete"):
+            log.info("%s is already complete", target.path)
+            target.remove(JOURNAL_DIR, recursive=True)
+            target.remove(TMP_DIR, recursive=True)
+            failed = tuple(FailedSite(**f) for f in attrs.get("failed", []))
+            return IngestReport(str(store_path), len(plan), attrs["n_ok"], attrs["n_failed"], 0,
+                                time.perf_counter() - t0, codec, n_workers, True, failed)
 
-    if attrs.get("complete"):
-        log.info("%s is already complete", target.path)
-        target.remove(JOURNAL_DIR, recursive=True)
-        target.remove(TMP_DIR, recursive=True)
-        failed = tuple(FailedSite(**f) for f in attrs.get("failed", []))
-        return IngestReport(str(store_path), len(plan), attrs["n_ok"], attrs["n_failed"], 0,
-                            time.perf_counter() - t0, codec, n_workers, True, failed)
-
-    done = read_journal(target.fs, target.root)
-    todo = [i for i in range(len(plan)) if i not in done]
-    if done:
-        log.info("%s: resuming, %d of %d sites already done", target.path, len(done), len(plan))
-    jobs = _make_jobs(plan, todo, raw, target, attrs, verify, on_error, batch_size, n_workers)
-    t1 = time.perf_counter()
-    _run(jobs, len(todo), n_workers, scheduler, progress)
-    sites_seconds = time.perf_counter() - t1
-    attrs, failed = _finalize(target, attrs, plan)
+        done = read_journal(target.fs, target.root)
+        todo = [i for i in range(len(plan)) if i not in done]
+        if done:
+            log.info("%s: resuming, %d of %d sites already done", target.path, len(done), len(plan))
+        _check_space(target, attrs["image_shape"], attrs["codec"], len(todo))
+        jobs = _make_jobs(plan, todo, raw, target, attrs, verify, on_error, batch_size, n_workers)
+        t1 = time.perf_counter()
+        _run_checked(target, attrs, jobs, len(todo), n_workers, scheduler, progress, lock)
+        sites_seconds = time.perf_counter() - t1
+        lock.check()  # nobody took the store from us: safe to commit
+        attrs, failed = _finalize_checked(target, attrs, plan)
     seconds = time.perf_counter() - t0
     log.info("ingested %d sites into %s in %.1f s (%.1f s on sites; %d failed)", len(todo), target.path, seconds,
              sites_seconds, len(failed))
     return IngestReport(str(store_path), len(plan), attrs["n_ok"], attrs["n_failed"], len(todo), seconds, codec,
                         n_workers, True, tuple(failed), sites_seconds)
+
+
+@contextmanager
+def _locked_root(target: FileTarget, purpose: str) -> Iterator[Any]:
+    """The store's writer lock, creating the root directory for it (and removing it again if still empty)."""
+    created = False
+    if target.local:
+        if os.path.exists(target.root) and not os.path.isdir(target.root):
+            raise StoreError(f"{target.path} is a file, not a store directory; choose another path")
+        if not os.path.isdir(target.root):
+            os.makedirs(target.root, exist_ok=True)
+            created = True
+    try:
+        with lock_store(target, purpose) as lock:
+            yield lock
+    finally:
+        if created:
+            try:
+                os.rmdir(target.root)  # only if nothing was written: rmdir refuses non-empty directories
+            except OSError:
+                pass
+
+
+def _run_checked(target: FileTarget, attrs: dict[str, Any], jobs: list[_BatchJob], total: int, n_workers: int,
+                 scheduler: Any, progress: bool, lock: Any) -> None:
+    """`_run`, with ENOSPC reported as what the rest of the job needs (the rerun resumes from the journal)."""
+    try:
+        _run(jobs, total, n_workers, scheduler, progress, lock)
+    except DiskFullError as exc:
+        left = int(attrs["n_sites"]) - len(read_journal(target.fs, target.root))
+        raise DiskFullError(target.path, _estimate_bytes(attrs["image_shape"], attrs["codec"], left),
+                            target.free_bytes(),
+                            what=f"the rest of the ingest ({left} sites; writing {exc.path} failed)") from None
+
+
+def _finalize_checked(target: FileTarget, attrs: dict[str, Any],
+                      plan: pd.DataFrame) -> tuple[dict[str, Any], list[FailedSite]]:
+    try:
+        return _finalize(target, attrs, plan)
+    except DiskFullError as exc:
+        raise DiskFullError(target.path, 64 * len(plan) * N_CHANNELS, target.free_bytes(),
+                            what=f"finishing the store (writing {exc.path} failed)") from None
 
 
 def _make_jobs(plan: pd.DataFrame, todo: list[int], raw: Path, target: FileTarget, attrs: dict[str, Any],
@@ -501,7 +614,7 @@ def _make_jobs(plan: pd.DataFrame, todo: list[int], raw: Path, target: FileTarge
     paths = plan[list(PATH_COLUMNS)].to_numpy()
     stats = plan[list(PIXEL_MEAN_COLUMNS) + list(PIXEL_STD_COLUMNS)].to_numpy(dtype=np.float64)
     shape = (int(attrs["image_shape"][0]), int(attrs["image_shape"][1]))
-    images = images_metadata(int(attrs["n_sites"]), shape, attrs["codec"])
+    images = _read_images_meta(target, attrs, shape)
     jobs = []
     for start in range(0, len(todo), batch_size):
         idx = todo[start:start + batch_size]
@@ -515,24 +628,36 @@ def _make_jobs(plan: pd.DataFrame, todo: list[int], raw: Path, target: FileTarge
     return jobs
 
 
-def _run(jobs: list[_BatchJob], total: int, n_workers: int, scheduler: Any, progress: bool) -> None:
+def _read_images_meta(target: FileTarget, attrs: dict[str, Any], shape: tuple[int, int]) -> dict[str, Any]:
+    """The store's own images/zarr.json (a 1.0 store resumed or repaired keeps its codecs: no checksums)."""
+    try:
+        with target.fs.open(target.key("images/zarr.json"), "rb") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, ValueError):
+        return images_metadata(int(attrs["n_sites"]), shape, attrs["codec"], has_checksums(attrs))
+
+
+def _run(jobs: list[_BatchJob], total: int, n_workers: int, scheduler: Any, progress: bool,
+         lock: Any = None) -> None:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, unit="site", desc="ingest", disable=not progress)
+    check = lock.check if lock is not None else (lambda: None)
     try:
         if scheduler is not None:
             _run_dask(jobs, scheduler, bar)
         elif n_workers == 1 or len(jobs) == 1:  # in this process; its global cv2/blosc settings stay untouched
             for job in jobs:
+                check()
                 _run_batch(job)
                 bar.update(len(job.indices))
         else:
-            _run_pool(jobs, n_workers, bar)
+            _run_pool(jobs, n_workers, bar, check)
     finally:
         bar.close()
 
 
-def _run_pool(jobs: list[_BatchJob], n_workers: int, bar: Any) -> None:
+def _run_pool(jobs: list[_BatchJob], n_workers: int, bar: Any, check: Any = lambda: None) -> None:
     import multiprocessing as mp
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
@@ -549,10 +674,143 @@ def _run_pool(jobs: list[_BatchJob], n_workers: int, bar: Any) -> None:
                     job = pending.pop(fut)
                     fut.result()  # re-raises a worker's ImageError (on_error="fail") here
                     bar.update(len(job.indices))
+                check()
+        except KeyboardInterrupt:
+            # workers ignore SIGINT (_worker_init): let the batches in flight finish and journal themselves, so
+            # one Ctrl-C stops cleanly and the rerun redoes only what never started; a second Ctrl-C stops now
+            running = sum(f.running() for f in pending)
+            for fut in pending:
+                fut.cancel()
+            log.warning("interrupted: finishing the %d batches in flight (Ctrl-C again to stop them now); rerun "
+                        "the same command to resume", running)
+            try:
+                pool.shutdown(wait=True, cancel_futures=True)
+            except KeyboardInterrupt:
+                _terminate(pool)
+            raise
         except BaseException:
             for fut in pending:
                 fut.cancel()
             raise
+
+
+def _terminate(pool: Any) -> None:
+    """Kill a ProcessPoolExecutor's workers now (their unfinished batches have no journal record: redone)."""
+    for proc in list(getattr(pool, "_processes", {}).values()):  # the executor has no public kill
+        proc.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+@dataclass(frozen=True)
+class RepairReport:
+    """What `repair_store` did: the sites re-ingested, the arrays rewritten, and the verification afterwards."""
+
+    store: str
+    repaired: tuple[int, ...]    # site indices re-ingested from the PNGs
+    rewritten: tuple[str, ...]   # arrays / metadata files rewritten
+    seconds: float
+    after: Any                   # cellio.verification.VerifyReport of the repaired store
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"store": self.store, "repaired": list(self.repaired), "rewritten": list(self.rewritten),
+                "seconds": round(self.seconds, 3), "after": self.after.to_dict()}
+
+
+def repair_store(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, report: Any = None,
+           workers: int | None = None, threads: int | None = None, progress: bool = True,
+           batch_size: int | None = None, storage_options: dict[str, Any] | None = None) -> RepairReport:
+    """Rewrite what `cellio.verification.verify_store` found damaged in a finished store, then verify it again.
+
+    Damaged sites are re-ingested from `raw` with the ingest's own batch tasks (same decode, checks, atomic chunk
+    writes and journal; the store's codec); a damaged site-table column or images/zarr.json is rewritten from the
+    plan of the store's original ingest arguments; status and stats/ are rewritten from the stored (or, when those
+    are damaged, the freshly verified) per-site sums. Holds the store's writer lock throughout. `report`: a full
+    VerifyReport of the store to act on (None: verify first). The returned report's `after` says whether the
+    store is whole now; `last_verified` records it.
+    """
+    from .verification import verify_store, write_last_verified
+
+    t0 = time.perf_counter()
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise MetadataError(f"{raw}: raw data directory not found (repair re-ingests damaged sites from the PNGs)")
+    target = FileTarget(str(store_path), storage_options)
+    n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    with lock_store(target, "repair") as lock:
+        if report is None:
+            report = verify_store(store_path, threads=threads, progress=progress, record=False,
+                                  storage_options=storage_options)
+        attrs = _read_root(target)
+        if attrs is None:
+            raise StoreDamagedError(f"{target.key('zarr.json')}: the root document is unreadable, so the store's "
+                                    f"plan is unknown: not repairable; ingest again into a new path",
+                                    file=target.key("zarr.json"))
+        params = attrs["ingest"]
+        plan = _plan(raw, tuple(params["datasets"]), _as_tuple(params["experiments"]),
+                     _as_tuple(params["cell_types"]), params["limit"])
+        n = int(attrs["n_sites"])
+        if len(plan) != n:
+            raise StoreError(f"{target.path} plans {n} sites, {raw} now gives {len(plan)}: not the raw data this "
+                             f"store was ingested from")
+        H, W, _ = attrs["image_shape"]
+        damaged = {d.file for d in report.arrays}
+
+        def hit(name: str) -> bool:
+            return any(f == name or f.startswith(name + "/") for f in damaged)
+
+        rewritten: list[str] = []
+        if hit("images/zarr.json"):
+            target.write_json("images/zarr.json", images_metadata(n, (H, W), attrs["codec"], has_checksums(attrs)))
+            rewritten.append("images/zarr.json")
+        for spec in attrs["site_columns"]:
+            name, kind = spec["name"], spec["dtype"]
+            if hit(f"sites/{name}"):
+                target.write_small_array(f"sites/{name}", encode_column(plan[name], kind), has_checksums(attrs))
+                rewritten.append(f"sites/{name}")
+        _check_plan(target, attrs, plan)  # the (repaired) site table is this raw data's plan
+
+        todo = report.damaged_indices
+        if todo:
+            log.info("%s: re-ingesting %d damaged sites from %s", target.path, len(todo), raw)
+            _check_space(target, attrs["image_shape"], attrs["codec"], len(todo))
+            jobs = _make_jobs(plan, todo, raw, target, attrs, bool(params["verify"]), "fail", batch_size, n_workers)
+            _run_checked(target, attrs, jobs, len(todo), n_workers, None, progress, lock)
+        tables = [name for name in ("status", "stats/sum", "stats/sumsq", "stats/mean", "stats/std") if hit(name)]
+        if todo or tables:
+            status, sums, sumsq = _repair_tables(target, attrs, report, todo, tables)
+            _write_tables(target, status, sums, sumsq, float(attrs["pixels_per_site"]), has_checksums(attrs))
+            rewritten += ["status", "stats/sum", "stats/sumsq", "stats/mean", "stats/std"]
+        target.remove(JOURNAL_DIR, recursive=True)
+        target.remove(TMP_DIR, recursive=True)
+        lock.check()
+        after = verify_store(store_path, threads=threads, progress=progress, record=False,
+                             storage_options=storage_options)
+        write_last_verified(store_path, after, storage_options=storage_options, lock=False)  # we hold the lock
+    return RepairReport(str(store_path), tuple(todo), tuple(rewritten), time.perf_counter() - t0, after)
+
+
+def _repair_tables(target: FileTarget, attrs: dict[str, Any], report: Any, todo: list[int],
+                   damaged: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """status and per-site sums after a repair: stored values where intact, else rebuilt; repaired rows from the
+    journal of the re-ingest."""
+    n = int(attrs["n_sites"])
+    failed = [int(f["index"]) for f in attrs.get("failed", [])]
+    if "status" in damaged:
+        status = np.full(n, STATUS_OK, dtype=np.uint8)
+        status[failed] = STATUS_FAILED
+    else:
+        status = read_small_array(target.fs, target.key("status"))
+    if "stats/sum" in damaged or "stats/sumsq" in damaged:
+        if report.sums is None or report.n_checked + len(todo) < int((status == STATUS_OK).sum()):
+            raise StoreError(f"{target.path}: stats/ is damaged and the verification report does not cover every "
+                             f"site; run `cellio verify --repair` without site selections")
+        sums, sumsq = report.sums.copy(), report.sumsq.copy()  # exact, from chunks that passed their checksums
+    else:
+        sums = read_small_array(target.fs, target.key("stats/sum"))
+        sumsq = read_small_array(target.fs, target.key("stats/sumsq"))
+    done = read_journal(target.fs, target.root)
+    for i in todo:
+        e = done[i]
+        sums[i], sumsq[i] = e["sum"], e["sumsq"]
+    return status, sums, sumsq
 
 
 def _run_dask(jobs: list[_BatchJob], scheduler: Any, bar: Any) -> None:

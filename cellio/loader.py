@@ -352,7 +352,8 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
                   indices: Sequence[int] | np.ndarray | None = None, balance: str | None = None,
                   last_batch: str | None = None, num_workers: int | None = None, tta: str | None = None,
                   dihedral: bool = False, prefetch: int = 2, batch_by: str | None = None,
-                  samples_per_epoch: int | None = None, labels: Mapping[int, int] | None = None) -> Loader:
+                  samples_per_epoch: int | None = None, labels: Mapping[int, int] | None = None,
+                  verify: bool = True) -> Loader:
     """A DataLoader-like iterable over `store` (a Store or a path) for one rank. Checks everything up front.
 
     augment: a preset name (see cellio.transforms.list_presets) or an AugmentConfig; crop_size / dtype override
@@ -367,11 +368,16 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     exactly once per epoch across ranks with last_batch="partial" (cellio.sampling).
     samples_per_epoch: a training epoch of that many sites whatever the selection's size (len(loader) fixed).
     labels: store row -> label for rows whose label should not come from the store (pseudo-labels; -1 unknown).
+    verify: check every chunk's crc32c checksum as it is read (default); a damaged chunk then stops the epoch with
+    a StoreDamagedError naming the file and the site. False only for trusted local disks (docs/performance.md).
     """
     from .pipeline import dali_available, require_dali
 
     # --- configuration, all checked before any data is touched
     batch_size = parse_int("batch_size", batch_size, minimum=1)
+    seed = parse_int("seed", seed)
+    if not isinstance(verify, (bool, np.bool_)):
+        raise PipelineConfigError(f"verify: expected True or False, found {verify!r}")
     if isinstance(augment, str):
         cfg = get_preset(augment)
     elif isinstance(augment, AugmentConfig):
@@ -418,7 +424,9 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     if isinstance(store, (str, os.PathLike)):
         from .store import open_store
 
-        store = open_store(store)
+        store = open_store(store, verify=bool(verify))
+    elif hasattr(store, "with_verify"):
+        store = store.with_verify(bool(verify))
     h, w, c = (int(v) for v in store.image_shape)
     if c != 6:
         raise PipelineConfigError(f"store image_shape: expected 6 channels, found {store.image_shape}")

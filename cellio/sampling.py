@@ -94,7 +94,7 @@ class ShardedSampler:
             _, codes = np.unique(keys, return_inverse=True)
             order = np.argsort(codes, kind="stable")
             self.groups = np.split(order.astype(np.int64), np.flatnonzero(np.diff(codes[order])) + 1)
-        self.seed = parse_int("seed", seed)
+        self.seed = parse_int("seed", seed)  # numpy seeds are non-negative: fail here, not at the first batch
         self.shuffle = bool(shuffle)
         self.epoch = 0
         if self.last_batch == "drop" and self.num_batches() < 1:

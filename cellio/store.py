@@ -1,10 +1,16 @@
 """Read path of the cellio store: `open_store(path) -> Store` (spec: docs/data_format.md).
 
 The store is a plain Zarr v3 group any client can read. For speed this reader bypasses zarr-python's per-call
-overhead on local, unsharded stores: it computes each site's chunk file from the array metadata and reads it with
-one `pread` copied into the output batch (uncompressed), or reads the file and decodes it with numcodecs
-(blosc-lz4 / zstd). Crops of uncompressed NHWC sites read only rows y..y+h. Everything else (fsspec URLs, sharded
-or rechunked arrays) goes through zarr-python with concurrent per-site reads, never fancy indexing.
+overhead on unsharded stores: it computes each site's chunk file from the array metadata and reads it with one
+`pread` copied into the output batch (uncompressed), or reads the file and decodes it with numcodecs
+(blosc-lz4 / zstd); fsspec URLs fetch the same chunk objects with `cat_file`. Everything else (sharded or rechunked
+arrays) goes through zarr-python with concurrent per-site reads, never fancy indexing.
+
+Integrity (format 1.1): every chunk ends with a crc32c checksum, verified on every read by default
+(`verify=False` skips it on trusted local disks). Uncompressed crops then read the whole chunk (the checksum
+covers all of it); with verify=False they read only rows y..y+h. A mismatch, a missing chunk or undecodable bytes
+raise StoreDamagedError naming the chunk file and the site's id_code; a missing chunk is never read as zeros.
+Format 1.0 stores (no checksums) still open; their damage shows only as decode errors or in `cellio verify`.
 
 Nothing here writes: ingest lives in cellio/ingestion.py, and the byte layout both follow in cellio/_format.py.
 """
@@ -20,9 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._format import CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, STATUS_OK, chunk_key, decode_column, get_fs, \
-    is_url, numcodec_from_metadata, read_journal, read_json, read_small_array
-from .errors import StoreError, StoreIncompleteError
+from ._format import CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, STATUS_OK, ChunkCodec, chunk_codec, chunk_key, \
+    decode_column, decode_strings, get_fs, has_checksums, is_url, read_journal, read_json, read_small_array
+from .errors import StoreDamagedError, StoreError, StoreIncompleteError
 
 __all__ = ["STATS_LEVELS", "Store", "open_store"]
 
@@ -38,11 +44,13 @@ class Store:
     """A read-only cellio store. Rows of `sites` are the successfully ingested sites, row i <-> image i.
 
     Picklable (only path and options travel; the child reopens lazily), fork-, spawn- and thread-safe.
+    `verify`: check each chunk's crc32c on read (default; see the module docstring for the cost).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, allow_incomplete: bool = False,
-                 storage_options: dict[str, Any] | None = None, threads: int | None = None):
+                 storage_options: dict[str, Any] | None = None, threads: int | None = None, verify: bool = True):
         self.path = str(path)
+        self.verify = bool(verify)
         self._allow_incomplete = allow_incomplete
         self._storage_options = dict(storage_options or {})
         self._threads = threads if threads is not None else min(8, os.cpu_count() or 1)
@@ -52,6 +60,8 @@ class Store:
         self._zarr_images: Any = None
         self._sites: pd.DataFrame | None = None
         self._sums: tuple[np.ndarray, np.ndarray] | None = None
+        self._journal: dict[int, dict[str, Any]] = {}  # incomplete stores: the journal as read at open
+        self._names: np.ndarray | None = None            # "id_code s<site>" by array position, for error messages
         self._local_scratch = threading.local()
         self._open()
 
@@ -71,6 +81,10 @@ class Store:
             raise StoreError(f"{self.path}: format_version {attrs.get('format_version')!r} is not readable by "
                              f"this cellio (reads {FORMAT_VERSION.split('.')[0]}.x); upgrade cellio or re-ingest")
         self.attrs: dict[str, Any] = attrs
+        self.checksums: bool = has_checksums(attrs)
+        if not self.checksums:
+            log.debug("%s: format %s store: its chunks carry no checksums (re-ingest to add them)", self.path,
+                      attrs.get("format_version"))
         self.complete: bool = bool(attrs.get("complete"))
         if not self.complete and not self._allow_incomplete:
             raise StoreIncompleteError(
@@ -84,43 +98,57 @@ class Store:
             raise StoreError(f"{self.path}: layout {self.layout!r} is not supported (expected 'NHWC')")
         self.image_shape: tuple[int, int, int] = (int(shape[1]), int(shape[2]), int(shape[3]))
         self._rows = self._load_rows()
-        self._fast = self._fast_path_ok()
-        log.debug("opened %s: %d sites, fast path %s", self.path, len(self._rows), self._fast)
+        self._mode = self._read_mode()
+        self._fast = self._mode == "local"
+        log.debug("opened %s: %d sites, reader %s, verify %s", self.path, len(self._rows), self._mode, self.verify)
 
     def _load_rows(self) -> np.ndarray:
         """Array positions of the sites that were ingested successfully (sorted)."""
         if self.complete:
             status = self._zarr_read("status")
+            if status.shape != (self._n_all,):
+                raise StoreDamagedError(f"{self._root}/status holds {status.shape} values, expected ({self._n_all},) "
+                                        f"(n_sites); the store is damaged", file=f"{self._root}/status")
             return np.flatnonzero(status == STATUS_OK).astype(np.int64)
-        done = read_journal(self._fs, self._root)
-        return np.array(sorted(i for i, e in done.items() if e.get("ok")), dtype=np.int64)
+        # one snapshot of the journal serves rows, stats and failures alike, even if the ingest finishes (and
+        # deletes its journal) while this Store is in use
+        self._journal = read_journal(self._fs, self._root)
+        return np.array(sorted(i for i, e in self._journal.items() if e.get("ok")), dtype=np.int64)
 
-    def _fast_path_ok(self) -> bool:
+    def _read_mode(self) -> str:
+        """"local" (pread the chunk files), "fsspec" (cat_file the chunk objects) or "zarr" (anything else)."""
         m = self._meta
-        if is_url(self.path) or m.get("storage_transformers"):
-            return False
-        if tuple(m["chunk_grid"]["configuration"]["chunk_shape"]) != (1, *self.image_shape):
-            return False
+        if m.get("storage_transformers") or \
+                tuple(m["chunk_grid"]["configuration"]["chunk_shape"]) != (1, *self.image_shape):
+            return "zarr"
         try:
-            self._codec = numcodec_from_metadata(m["codecs"])  # sharded pipelines start with sharding_indexed
+            self._codec: ChunkCodec = chunk_codec(m["codecs"])  # sharded pipelines start with sharding_indexed
             chunk_key(m, (0, 0, 0, 0))
         except StoreError as exc:
             log.info("%s: %s; reading through zarr-python", self.path, exc)
-            return False
-        return True
+            return "zarr"
+        return "fsspec" if is_url(self.path) else "local"
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "allow_incomplete": self._allow_incomplete,
-                "storage_options": self._storage_options, "threads": self._threads}
+                "storage_options": self._storage_options, "threads": self._threads, "verify": self.verify}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"], allow_incomplete=state["allow_incomplete"],  # type: ignore[misc]
-                      storage_options=state["storage_options"], threads=state["threads"])
+                      storage_options=state["storage_options"], threads=state["threads"],
+                      verify=state.get("verify", True))
+
+    def with_verify(self, verify: bool) -> "Store":
+        """This store with checksum verification on or off (self when already so; otherwise a new Store)."""
+        if bool(verify) == self.verify:
+            return self
+        return Store(self.path, allow_incomplete=self._allow_incomplete, storage_options=self._storage_options,
+                     threads=self._threads, verify=verify)
 
     def __repr__(self) -> str:
         codec = self.attrs.get("codec", "?")
         return (f"Store({self.path!r}, sites={len(self)}, image_shape={self.image_shape}, layout={self.layout}, "
-                f"codec={codec}, complete={self.complete})")
+                f"codec={codec}, complete={self.complete}, verify={self.verify})")
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -153,16 +181,22 @@ class Store:
         """Sites the ingest skipped (`--on-error skip`): id_code, site, file, reason."""
         rows = self.attrs.get("failed", [])
         if not self.complete:
-            rows = [e for e in read_journal(self._fs, self._root).values() if not e.get("ok")]
+            rows = [e for e in self._journal.values() if not e.get("ok")]
         return pd.DataFrame([{k: r[k] for k in ("id_code", "site", "file", "reason")} for r in rows],
                             columns=["id_code", "site", "file", "reason"])
 
     def _stat_sums(self) -> tuple[np.ndarray, np.ndarray]:
         if self._sums is None:
             if self.complete:
-                s, q = self._zarr_read("stats/sum")[self._rows], self._zarr_read("stats/sumsq")[self._rows]
+                s, q = self._zarr_read("stats/sum"), self._zarr_read("stats/sumsq")
+                for name, a in (("stats/sum", s), ("stats/sumsq", q)):
+                    if a.shape != (self._n_all, self.image_shape[2]):
+                        raise StoreDamagedError(f"{self._root}/{name} has shape {a.shape}, expected "
+                                                f"({self._n_all}, {self.image_shape[2]}); the store is damaged",
+                                                file=f"{self._root}/{name}")
+                s, q = s[self._rows], q[self._rows]
             else:
-                done = read_journal(self._fs, self._root)
+                done = self._journal
                 s = np.array([done[int(i)]["sum"] for i in self._rows], dtype=np.uint64).reshape(-1, 6)
                 q = np.array([done[int(i)]["sumsq"] for i in self._rows], dtype=np.uint64).reshape(-1, 6)
             self._sums = (s, q)
@@ -253,7 +287,10 @@ class Store:
 
     def read(self, indices: Sequence[int] | np.ndarray, crop: Any = None,
              out: np.ndarray | None = None) -> np.ndarray:
-        """uint8 (B, h, w, 6) batch of sites `indices` (rows of `sites`), optionally cropped (y, x, h, w)."""
+        """uint8 (B, h, w, 6) batch of sites `indices` (rows of `sites`), optionally cropped (y, x, h, w).
+
+        Raises StoreDamagedError (ChecksumError for a checksum mismatch) naming the chunk file and the site.
+        """
         self._check_fork()
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(self._rows)
@@ -268,11 +305,14 @@ class Store:
         elif out.shape != (len(idx), h, w, C) or out.dtype != np.uint8 or not out.flags.c_contiguous:
             raise StoreError(f"out must be a C-contiguous uint8 array of shape {(len(idx), h, w, C)}; found "
                              f"{out.dtype} {out.shape}")
-        reader = self._read_fast if self._fast else self._read_zarr
+        reader = {"local": self._read_fast, "fsspec": self._read_fsspec, "zarr": self._read_zarr}[self._mode]
 
         def run(part: range) -> None:
             for b in part:
-                reader(int(pos[b]), crops[b], out[b])
+                try:
+                    reader(int(pos[b]), crops[b], out[b])
+                except StoreDamagedError as exc:
+                    raise self._name_site(exc, int(pos[b])) from None
 
         n_parts = min(self._threads, len(idx) // _MIN_PARALLEL_BATCH) if self._fast else min(self._threads * 4,
                                                                                               len(idx))
@@ -288,6 +328,40 @@ class Store:
         """uint8 (h, w, 6) of site i."""
         return self.read([i], crop)[0]
 
+    # -- damage reports --------------------------------------------------------------------------------------------
+    def site_name(self, pos: int) -> tuple[str | None, int | None]:
+        """(id_code, site) of array position `pos` (None, None if the site table itself is unreadable)."""
+        if self._names is None:
+            try:
+                ids = decode_strings(self._zarr_read("sites/id_code"))
+                sites = self._zarr_read("sites/site")
+                self._names = np.array(list(zip(ids, sites.tolist())), dtype=object)
+            except StoreError:
+                return None, None
+        if not 0 <= pos < len(self._names):
+            return None, None
+        id_code, site = self._names[pos]
+        return str(id_code), int(site)
+
+    def _name_site(self, exc: StoreDamagedError, pos: int) -> StoreDamagedError:
+        id_code, site = self.site_name(pos)
+        who = f"site {pos}" + (f" ({id_code} site {site})" if id_code else "")
+        msg = (f"{exc} [{who}; run `cellio verify {self.path}` to list every damaged site, and "
+               f"`--repair RAW` to rewrite them from the PNGs]")
+        return type(exc)(msg, file=exc.file, id_code=id_code, site=site)
+
+    # -- chunk readers ---------------------------------------------------------------------------------------------
+    def _decode(self, data: Any, path: str, crop: np.ndarray, dst: np.ndarray) -> None:
+        """A whole chunk's bytes -> the crop of it in dst (checksum verified when self.verify)."""
+        H, W, C = self.image_shape
+        y, x, h, w = (int(v) for v in crop)
+        if h == H and w == W:
+            self._codec.decode(data, dst, file=path, verify=self.verify)
+        else:
+            tmp = self._scratch(H * W * C)
+            self._codec.decode(data, tmp, file=path, verify=self.verify)
+            dst[...] = tmp.reshape(H, W, C)[y:y + h, x:x + w]
+
     def _read_fast(self, pos: int, crop: np.ndarray, dst: np.ndarray) -> None:
         H, W, C = self.image_shape
         y, x, h, w = (int(v) for v in crop)
@@ -295,9 +369,10 @@ class Store:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            raise StoreError(f"{path}: chunk of site {pos} is missing; the store is damaged or incomplete") from None
+            raise StoreDamagedError(f"{path}: the chunk file is missing (expected one chunk per stored site); the "
+                                    f"store is damaged", file=path) from None
         try:
-            if self._codec is None:
+            if self._codec.compressor is None and not (self._codec.checksum and self.verify):
                 # rows y..y+h are one contiguous byte range of an NHWC chunk. Read them into a fresh bytes object,
                 # then copy: measured ~2x faster than preadv straight into a large, cache-cold batch array
                 # (the kernel's copy_to_user pays write-allocate on cold lines; numpy's large memcpy streams).
@@ -307,23 +382,30 @@ class Store:
                 while len(data) < want:  # pread may return short on some file systems
                     more = os.pread(fd, want - len(data), y * row + len(data))
                     if not more:
-                        raise StoreError(f"{path}: chunk is truncated (read {len(data)} of {want} bytes at "
-                                         f"offset {y * row})")
+                        raise StoreDamagedError(f"{path}: chunk is truncated (read {len(data)} of {want} bytes at "
+                                                f"offset {y * row}; expected {H * W * C} bytes of pixels)", file=path)
                     data += more
                 src = np.frombuffer(data, dtype=np.uint8).reshape(h, W, C)
                 dst[...] = src if w == W else src[:, x:x + w]
-            else:
-                data = os.read(fd, os.fstat(fd).st_size)
-                if h == H and w == W:
-                    self._codec.decode(data, out=dst)
-                else:
-                    tmp = self._scratch(H * W * C)
-                    self._codec.decode(data, out=tmp)
-                    dst[...] = tmp.reshape(H, W, C)[y:y + h, x:x + w]
+            else:  # compressed, or checksummed: the whole chunk
+                self._decode(os.read(fd, os.fstat(fd).st_size), path, crop, dst)
         finally:
             os.close(fd)
 
+    def _read_fsspec(self, pos: int, crop: np.ndarray, dst: np.ndarray) -> None:
+        key = f"{self._root}/images/{chunk_key(self._meta, (pos, 0, 0, 0))}"
+        try:
+            data = self._fs.cat_file(key)
+        except FileNotFoundError:
+            url = self._fs.unstrip_protocol(key)
+            raise StoreDamagedError(f"{url}: the chunk object is missing (expected one chunk per stored site); the "
+                                    f"store is damaged", file=url) from None
+        self._decode(data, self._fs.unstrip_protocol(key), crop, dst)
+
     def _read_zarr(self, pos: int, crop: np.ndarray, dst: np.ndarray) -> None:
+        """Sharded or rechunked arrays. zarr-python verifies a crc32c codec itself (it cannot be turned off) and
+        raises its own error; a chunk missing inside a shard would read as zeros (shard files are checked by
+        `cellio verify`)."""
         if self._zarr_images is None:
             import zarr
 
@@ -334,10 +416,20 @@ class Store:
                                                         storage_options=self._storage_options or None) \
                         if is_url(url) else zarr.open_array(os.path.join(self._root, "images"), mode="r")
         y, x, h, w = (int(v) for v in crop)
-        dst[...] = self._zarr_images[pos, y:y + h, x:x + w, :]
+        try:
+            dst[...] = self._zarr_images[pos, y:y + h, x:x + w, :]
+        except (RuntimeError, ValueError) as exc:  # crc32c mismatch or undecodable chunk, in zarr's words
+            raise StoreDamagedError(f"{self.path}/images: zarr-python cannot read the chunk of site {pos} "
+                                    f"({type(exc).__name__}: {exc})", file=f"{self.path}/images") from None
 
 
 def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False,
-               storage_options: dict[str, Any] | None = None, threads: int | None = None) -> Store:
-    """Open a cellio store read-only. Raises StoreIncompleteError for an unfinished ingest unless allowed."""
-    return Store(path, allow_incomplete=allow_incomplete, storage_options=storage_options, threads=threads)
+               storage_options: dict[str, Any] | None = None, threads: int | None = None,
+               verify: bool = True) -> Store:
+    """Open a cellio store read-only. Raises StoreIncompleteError for an unfinished ingest unless allowed.
+
+    verify: check every chunk's crc32c checksum on read (default). Turn it off only for trusted local disks: the
+    cost is measured in benchmarks/store_read.py (docs/performance.md).
+    """
+    return Store(path, allow_incomplete=allow_incomplete, storage_options=storage_options, threads=threads,
+                 verify=verify)

@@ -3,14 +3,17 @@
     HELP: str                                  one line for `cellio --help`
     def add_arguments(parser) -> None          its flags
     def run(args) -> int | None                does the work (library calls only)
+    INTERRUPTED: str (optional)                what to tell the user after Ctrl-C (e.g. "rerun to resume")
 
-so commands stay independent. CellioError becomes a one-line message and exit code 2.
+so commands stay independent. CellioError becomes a one-line message and exit code 2; Ctrl-C exit code 130;
+a closed stdout (`cellio inspect | head`) ends quietly.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from ..errors import CellioError
@@ -22,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "download": "download",
     "ingest": "ingest",
     "inspect": "inspect",
+    "verify": "verify",
     "show": "show",
     "submit": "submit",
 }
@@ -56,13 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)  # INFO by default on the CLI, DEBUG with -v
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args._run(args) or 0)
+        rc = int(args._run(args) or 0)
+        sys.stdout.flush()  # a reader that went away (`| head`) shows up here, not at interpreter exit
+        return rc
     except CellioError as exc:
         print(f"cellio {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"cellio {args.command}: interrupted", file=sys.stderr)
+        hint = getattr(importlib.import_module(args._run.__module__), "INTERRUPTED", "")
+        print(f"cellio {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader closed stdout: stop quietly, as `head` expects; point stdout at /dev/null so the
+        # interpreter's final flush does not raise again (Python docs, "Note on SIGPIPE")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

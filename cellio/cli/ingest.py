@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 HELP = "ingest an RxRx1 directory into a Zarr v3 store (parallel, resumable after any crash, verified)"
+INTERRUPTED = "finished batches are kept: rerun the same command to resume"
 
 
 def _csv(value: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""`cellio inspect STORE`: what a store holds (counts, codec, size on disk, completeness, failed sites)."""
+"""`cellio inspect STORE`: what a store holds (counts, codec, checksums, size on disk, completeness, last
+verification, failed sites). Reads every small array, so a damaged table is reported, never shown as data."""
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,17 @@ def _human(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _verified(record: dict[str, Any] | None) -> str:
+    if not record:
+        return "never (run `cellio verify STORE`)"
+    outcome = "OK" if record.get("ok") else (f"DAMAGED: {record.get('damaged_sites')} sites, "
+                                             f"{record.get('damaged_arrays')} arrays (see `cellio verify`)")
+    return f"{record.get('at')}: {outcome}, {record.get('sites_checked')} sites checked in {record.get('seconds')} s"
+
+
 def run(args: argparse.Namespace) -> int:
     from .._format import get_fs
+    from ..errors import StoreDamagedError
     from ..store import open_store
 
     store = open_store(args.store, allow_incomplete=True)
@@ -41,8 +51,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"store       {store.path}")
     print(f"format      {a['format']} {a['format_version']}, layout {store.layout}, sites {H}x{W}x{C} uint8")
     print(f"codec       {a['codec']}")
+    print("checksums   " + ("crc32c on every chunk (verified on read)" if store.checksums else
+                           "no checksums (format 1.0 store; re-ingest to add them)"))
     print(f"source      {a.get('source', {}).get('raw_dir')}")
     print(f"created     {a.get('created_at')}")
+    print(f"verified    {_verified(a.get('last_verified'))}")
+    try:  # every table: a missing or damaged one must not pass for data
+        sites = store.sites
+        if len(store):
+            store.channel_stats("site")
+    except StoreDamagedError as exc:
+        print(f"ingest      DAMAGED: {exc}")
+        return 1
     state = "complete" if store.complete else "INCOMPLETE (rerun `cellio ingest` with the same arguments)"
     print(f"ingest      {state}: {len(store)} of {a['n_sites']} sites stored, {len(store.failed)} failed")
     fs, root = get_fs(store.path)
@@ -51,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
     ratio = img_bytes / raw_bytes if raw_bytes else float("nan")
     print(f"size        {_human(total)} on disk ({_human(img_bytes)} of image chunks = {ratio:.3f}x of "
           f"{_human(raw_bytes)} raw uint8)")
-    sites = store.sites
     if len(sites):
         print("\nsites per split and cell type")
         table = sites.groupby(["dataset", "cell_type"]).size().unstack(fill_value=0)

@@ -1,0 +1,170 @@
+"""Failures with a name (the issue's item 5): disk full, Ctrl-C, a closed pipe, a bad seed, a store finishing
+under a reader. Each says which file, site or parameter, what was expected, and leaves a resumable state."""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellio._format import JOURNAL_DIR, TMP_DIR
+from cellio.errors import DiskFullError, ImageError, PipelineConfigError, StoreError
+from cellio.ingestion import ingest
+from cellio.store import open_store
+
+from store_damage import assert_same_store
+
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+
+
+@pytest.fixture(scope="module")
+def small_raw(tmp_path_factory) -> Path:
+    from cellio.testing import make_raw
+
+    return make_raw(tmp_path_factory.mktemp("fail") / "rxrx1", classes=4, cell_types=("HUVEC",))
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory, small_raw) -> Path:
+    return Path(ingest(small_raw, tmp_path_factory.mktemp("fail-store") / "lz4.zarr", codec="lz4", workers=1,
+                       progress=False).store)
+
+
+# ------------------------------------------------------------------------------------------------ disk full
+def test_not_enough_space_is_refused_before_anything_is_written(tmp_path, small_raw, monkeypatch):
+    import cellio._format
+
+    monkeypatch.setattr(cellio._format, "free_bytes", lambda path: 10_000)
+    with pytest.raises(DiskFullError) as err:
+        ingest(small_raw, tmp_path / "s.zarr", workers=1, progress=False)
+    e = err.value
+    assert isinstance(e, StoreError) and e.path == str(tmp_path / "s.zarr") and e.free_bytes == 10_000
+    assert e.needed_bytes >= 64 * 17 * 11 * 6 * 0.6  # 64 sites of 17x11x6 at the lz4 estimate
+    assert "writing 64 sites (lz4" in str(e) and "9.8 KiB free" in str(e) and "rerun" in str(e)
+    assert not (tmp_path / "s.zarr").exists()  # checked before the first byte: not even a directory is left
+
+
+def test_enospc_during_ingest_names_the_path_and_the_rerun_resumes(tmp_path, small_raw, clean, monkeypatch):
+    import builtins
+
+    import cellio._format
+
+    store = tmp_path / "s.zarr"
+    writes = {"n": 0}
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            writes["n"] += 1
+            if writes["n"] > 100:  # the skeleton (~57 files) and some sites fit, then the disk is full
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(cellio._format, "open", lambda p, mode="r", *a, **k: Full(builtins.open(p, mode, *a, **k)),
+                        raising=False)
+    with pytest.raises(DiskFullError) as err:
+        ingest(small_raw, store, codec="lz4", workers=1, batch_size=4, progress=False)
+    e = err.value
+    assert e.path == str(store) and e.needed_bytes > 0 and e.free_bytes is not None
+    assert "the rest of the ingest" in str(e) and "sites; writing" in str(e) and "rerun" in str(e)
+    assert not any((store / TMP_DIR).iterdir())  # the torn temp file was removed
+    monkeypatch.undo()
+    report = ingest(small_raw, store, codec="lz4", workers=1, batch_size=4, progress=False)
+    assert report.complete and 0 < report.n_written < report.n_sites  # resumed, not redone
+    assert_same_store(clean, store)
+
+
+def test_disk_full_error_pickles_across_processes():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(DiskFullError("/data/s.zarr", 2**30, 2**20, what="the ingest")))
+    assert isinstance(e, DiskFullError) and e.needed_bytes == 2**30 and e.free_bytes == 2**20
+    assert "the ingest needs about 1.0 GiB, 1.0 MiB free" in str(e)
+
+
+# ------------------------------------------------------------------------------------------------ Ctrl-C
+def test_ctrl_c_stops_a_two_worker_ingest_once_cleanly_and_it_resumes(tmp_path, small_raw, clean):
+    store = tmp_path / "s.zarr"
+    cmd = [sys.executable, "-m", "cellio", "ingest", str(small_raw), str(store), "--workers", "2", "--batch-size",
+           "1", "--codec", "lz4", "--no-progress"]
+    # its own process group, like a shell job: SIGINT goes to the CLI and its workers at once, as Ctrl-C does
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    journal = store / JOURNAL_DIR
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.is_dir() and len(os.listdir(journal)) >= 4:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "ingest finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=30)  # one Ctrl-C is enough: no hang
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert "interrupted; finished batches are kept: rerun the same command to resume" in err
+    assert not (store / ".cellio-lock").exists()
+    report = ingest(small_raw, store, codec="lz4", workers=1, progress=False)
+    assert report.complete and report.n_written < report.n_sites
+    assert_same_store(clean, store)
+
+
+# ------------------------------------------------------------------------------------------------ small things
+def test_inspect_into_a_closed_pipe_ends_quietly(clean):
+    r, w = os.pipe()
+    os.close(r)  # the reader (`head`) is gone before the first line
+    proc = subprocess.run([sys.executable, "-m", "cellio", "inspect", str(clean)], stdout=w, stderr=subprocess.PIPE,
+                          env=ENV, text=True, timeout=60)
+    os.close(w)
+    assert "BrokenPipeError" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141
+
+
+def test_a_negative_seed_fails_up_front_naming_the_parameter(clean):
+    import cellio
+
+    with pytest.raises(PipelineConfigError, match=r"seed: expected an integer >= 0, found -5"):
+        cellio.create_loader(str(clean), 4, crop_size=7, backend="torch", device="cpu", num_workers=0, seed=-5)
+    with pytest.raises(PipelineConfigError, match="verify: expected True or False"):
+        cellio.create_loader(str(clean), 4, crop_size=7, backend="torch", device="cpu", num_workers=0, verify="no")
+
+
+def test_an_incomplete_store_keeps_its_view_while_the_ingest_finishes(tmp_path, small_raw, clean):
+    """open_store(allow_incomplete=True) during finalize used to raise KeyError: 0 from channel_stats."""
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(small_raw, raw)
+    from cellio.metadata import read_metadata
+
+    bad = raw / read_metadata(raw).iloc[20]["path_w3"]
+    original = bad.read_bytes()
+    bad.write_bytes(b"not a png")
+    store = tmp_path / "s.zarr"
+    with pytest.raises(ImageError):
+        ingest(raw, store, codec="lz4", workers=1, batch_size=4, progress=False)
+    partial = open_store(store, allow_incomplete=True)
+    assert not partial.complete and len(partial) == 20
+    bad.write_bytes(original)
+    ingest(raw, store, codec="lz4", workers=1, batch_size=4, progress=False)  # finalize deletes the journal
+    mean, std = partial.channel_stats("plate")  # the snapshot taken at open still answers
+    assert mean.shape == (20, 6) and np.isfinite(std).all()
+    np.testing.assert_allclose(partial.channel_stats("site")[0], open_store(clean).channel_stats("site")[0][:20])
+    assert partial.failed.empty
