@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -192,3 +193,55 @@ def test_loop_options(train_store, tmp_path, options):
     metrics = run(_cfg(_store_path(train_store), tmp_path / "o", "train.max_steps=2", *options))
     assert metrics["step"] == 2 and metrics["val_n"] == 160
     assert all(e["loss"] == e["loss"] for e in _events(tmp_path / "o"))  # finite, not NaN
+
+
+@pytest.fixture(scope="module")
+def single_ckpt(train_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pl_init") / "single"
+    run(_cfg(_store_path(train_store), out, "train.max_steps=10", "data.augment=d4_shift"))
+    return out / "checkpoints" / "last.pt"
+
+
+PSEUDO = ["train.stage=pseudo_label", "optim.epochs=4", "pseudo.rounds=2", "pseudo.first_fraction=0.5",
+          "pseudo.fraction_step=0.5", "model.kwargs.dropout=0.2"]
+
+
+def test_pseudo_label_rounds_respect_the_plate_and_report_precision(train_store, single_ckpt, tmp_path):
+    out = tmp_path / "pl"
+    m = run(_cfg(_store_path(train_store), out, *PSEUDO, f"train.init_from={single_ckpt}"))
+    rounds = m["pseudo_rounds"]
+    assert [r["round"] for r in rounds] == [0, 1] and [r["epoch"] for r in rounds] == [0, 2]
+    assert rounds[1]["pseudo_labels"] > rounds[0]["pseudo_labels"] > 0
+    assert all(0.0 <= r["validation_precision"] <= 1.0 and r["validation_labelled"] > 0 for r in rounds)
+    assert [e["round"] for e in _events(out, "stage")] == [0, 1]
+    labels = pd.DataFrame(load_checkpoint(out / "checkpoints" / "last.pt")["stage"]["labels"])
+    plate = labels["id_code"].str.rsplit("_", n=1).str[0]
+    assert not labels.assign(plate=plate).duplicated(["plate", "sirna"]).any()  # never two wells one class
+    assert m["step"] == 4 * (160 // 8)  # epochs keep the train experiments' length as labels are added
+
+
+def test_resume_through_a_pseudo_label_round_is_bit_identical(train_store, single_ckpt, tmp_path):
+    store = _store_path(train_store)
+    common = [*PSEUDO, f"train.init_from={single_ckpt}"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    a = run(_cfg(store, straight, *common))
+    run(_cfg(store, resumed, *common, "train.stop_at_step=45"))  # mid epoch 2, just after round 1 started
+    b = run(_cfg(store, resumed, *common))
+    assert [e["loss"] for e in _events(straight)] == [e["loss"] for e in _events(resumed)]
+    wa = load_checkpoint(straight / "checkpoints" / "last.pt")
+    wb = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    assert all(torch.equal(wa["model"][k], wb["model"][k]) for k in wa["model"])
+    assert wa["stage"] == wb["stage"] and a["val_acc"] == b["val_acc"]
+
+
+def test_pseudo_labels_under_torchrun_agree_across_ranks(train_store, single_ckpt, tmp_path):
+    # the stage all-gathers every rank's predictions and checks that all ranks chose the same labels
+    out = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "trainer.train", *BASE, *PSEUDO, f"data.store={_store_path(train_store)}", "data.batch_size=4",
+           f"train.init_from={single_ckpt}", f"out={out}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rounds = _events(out, "stage")
+    assert [e["round"] for e in rounds] == [0, 1] and all(e["pseudo_labels"] > 0 for e in rounds)

@@ -20,11 +20,11 @@ from typing import Any
 from cellio.errors import ConfigError
 
 __all__ = [
-    "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "TrainConfig", "Config",
+    "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "TrainConfig", "PseudoConfig", "Config",
     "STAGES", "load_config", "save_config", "apply_overrides",
 ]
 
-STAGES = ("single", "perchannel_stage1", "fusion_stage2")
+STAGES = ("single", "perchannel_stage1", "fusion_stage2", "pseudo_label")
 _OPTIMIZERS = ("adamw", "sgd")
 _LOSSES = ("ce", "bce")
 _AMP = ("auto", "bf16", "fp16", "off")
@@ -105,12 +105,26 @@ class TrainConfig:
 
 
 @dataclass
+class PseudoConfig:
+    """train.stage=pseudo_label: rounds of pseudo-labels for the test set (trainer/pseudo.py)."""
+
+    rounds: int = 3                       # round k starts at epoch k * epochs / rounds (k = 0 at the start)
+    first_fraction: float = 0.4           # share of each plate's wells labelled in round 0 ...
+    fraction_step: float = 0.3            # ... and this much more each later round (capped at 1)
+    include_validation: bool = True       # also pseudo-label the held-out fold (its accuracy then measures it)
+    tta: str = "center"                   # views the pseudo-labels are predicted from (center | grid9 | full)
+    adabn: bool = False                   # BatchNorm statistics per plate for those predictions
+    min_separation: float = 3.0           # rotation evidence needed to mask (trainer.assign)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     out: str = "runs/default"
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,6 +257,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'train.init_from': train.stage=fusion_stage2 needs the stage-1 checkpoint "
                           "(e.g. train.init_from=runs/stage1/checkpoints/best.pt), found none")
     _check_augment(cfg)
+    if cfg.pseudo.rounds < 1:
+        raise ConfigError(f"config key 'pseudo.rounds': expected a positive integer, found {cfg.pseudo.rounds!r}")
+    for key, value in (("pseudo.first_fraction", cfg.pseudo.first_fraction),
+                       ("pseudo.fraction_step", cfg.pseudo.fraction_step)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"config key {key!r}: expected a fraction in [0, 1], found {value!r}")
+    _choice(cfg.pseudo.tta, ("center", "grid9", "full"), "pseudo.tta")
 
 
 def _check_augment(cfg: Config) -> None:

@@ -12,14 +12,18 @@ if TYPE_CHECKING:
 __all__ = ["make_loader"]
 
 
-def make_loader(cfg: "Config", store: Any, env: "Env", experiments: list[str], *, train: bool) -> Any:
-    """A cellio loader over the given train experiments; train mode drops the ragged tail, eval keeps every site."""
+def make_loader(cfg: "Config", store: Any, env: "Env", experiments: list[str] | None, *, train: bool,
+                **extra: Any) -> Any:
+    """A cellio loader over the given train experiments; train mode drops the ragged tail, eval keeps every site.
+    `extra` goes to cellio.create_loader as it is (e.g. indices=, labels=, samples_per_epoch= with
+    experiments=None and datasets=None for pseudo-labelled rows)."""
     crop = cfg.data.crop_size if train or not cfg.data.val_crop_size else cfg.data.val_crop_size
     bs = cfg.data.batch_size if train or not cfg.data.val_batch_size else cfg.data.val_batch_size
     return cellio.create_loader(
         store, bs, train=train, augment=cfg.data.augment, crop_size=crop,
         normalize=cfg.data.normalize, rank=env.rank, world_size=env.world_size, seed=cfg.train.seed,
         backend=cfg.data.backend, device="cuda" if env.device.type == "cuda" else "cpu",
-        num_workers=cfg.data.num_workers, datasets=("train",), experiments=experiments,
-        cell_types=cfg.data.cell_types or None, controls=cfg.data.include_controls,
-        last_batch="drop" if train else "partial")
+        num_workers=cfg.data.num_workers, **{"datasets": ("train",), "experiments": experiments,
+                                             "cell_types": cfg.data.cell_types or None,
+                                             "controls": cfg.data.include_controls,
+                                             "last_batch": "drop" if train else "partial", **extra})

@@ -22,13 +22,17 @@ A new training mode (pseudo-labels, say) is one new class registered in `_STAGES
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
-from cellio.errors import ConfigError
+from cellio.errors import CellioError, ConfigError
 
 from .config import Config
 from .data import make_loader
@@ -38,7 +42,9 @@ from .labels import ClassMap
 from .models import is_perchannel
 from .runtime import Env
 
-__all__ = ["StageContext", "StepOutput", "Stage", "create_stage"]
+__all__ = ["StageContext", "StageUpdate", "StepOutput", "Stage", "create_stage"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,12 @@ class StageContext:
     split: FoldSplit
     loss_fn: nn.Module
     dtype: torch.dtype | None
+
+
+@dataclass(frozen=True)
+class StageUpdate:
+    loader: Any                       # the train loader from now on
+    event: dict[str, Any]             # what changed, for log.jsonl
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,19 @@ class Stage:
     def summary(self) -> dict[str, Any]:
         """Stage-specific figures for the run's final metrics."""
         return {}
+
+    def begin_epoch(self, net: nn.Module, epoch: int, schedule: Any, ctx: StageContext) -> StageUpdate | None:
+        """Called before each epoch's first step (after a resume too); a stage whose data changes between epochs
+        returns its new train loader. The loop forks the RNG around it, so a resumed run draws the same numbers."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resume needs besides model and loaders (saved in every checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any], ctx: StageContext) -> Any | None:
+        """Restore `state_dict()`; returns the train loader that state implies (or None: unchanged)."""
+        return None
 
 
 class _ChannelsForward(nn.Module):
@@ -197,6 +222,119 @@ class CachedFusionHead(FusionHead):
         return StepOutput(ctx.loss_fn(logits, target), logits, target)
 
 
+class PseudoLabel(Stage):
+    """Progressive pseudo-labelling (trainer/pseudo.py): the train experiments with their labels plus the test
+    wells (and the held-out fold's, without their labels) that the current model labels confidently under the
+    plate constraint. Round k (pseudo.rounds of them over the run) starts at epoch k * epochs / rounds and relabels
+    with the model as it is then, a larger share of each plate every round. An epoch keeps the length of the train
+    experiments alone (cellio samples_per_epoch), so the schedule does not move as pseudo-labels are added. Every
+    rank predicts its share of the wells and all ranks gather the same logits: they choose the same labels."""
+
+    name = "pseudo_label"
+
+    def __init__(self) -> None:
+        self.round = -1
+        self.labels = pd.DataFrame({"id_code": [], "sirna": [], "margin": []})
+        self.history: list[dict[str, Any]] = []
+
+    def loaders(self, model: nn.Module, ctx: StageContext) -> tuple[Any, Any | None]:
+        sites = ctx.store.sites
+        is_train = sites["experiment"].isin(ctx.split.train).to_numpy() & (sites["dataset"] == "train").to_numpy()
+        if not ctx.cfg.data.include_controls:
+            is_train &= (sites["well_type"] == "treatment").to_numpy()
+        if ctx.cfg.data.cell_types:
+            is_train &= sites["cell_type"].isin(ctx.cfg.data.cell_types).to_numpy()
+        targets = (sites["dataset"] == "test").to_numpy().copy()
+        if ctx.cfg.pseudo.include_validation:
+            targets |= sites["experiment"].isin(ctx.split.val).to_numpy() & (sites["dataset"] == "train").to_numpy()
+        targets &= (sites["well_type"] == "treatment").to_numpy()
+        self._train_rows, self._target_rows = np.flatnonzero(is_train), np.flatnonzero(targets)
+        if not len(self._target_rows):
+            raise ConfigError("train.stage=pseudo_label: the store has no test (or held-out) treatment sites to "
+                              "pseudo-label")
+        if not ctx.cfg.train.init_from:
+            log.warning("train.stage=pseudo_label without train.init_from: round 0 labels come from an untrained "
+                        "model")
+        import cellio
+
+        self._groups = cellio.derive_plate_groups(sites[sites["dataset"] == "train"])
+        val = make_loader(ctx.cfg, ctx.store, ctx.env, ctx.split.val, train=False) if ctx.split.val else None
+        return self._train_loader(ctx), val
+
+    def _train_loader(self, ctx: StageContext) -> Any:
+        sites = ctx.store.sites
+        row_of = pd.Series(self._target_rows, index=sites["id_code"].to_numpy()[self._target_rows])
+        label = dict(zip(self.labels["id_code"], self.labels["sirna"].astype(int)))
+        pseudo = [int(r) for code, r in row_of.items() if code in label]
+        rows = np.concatenate([self._train_rows, np.asarray(pseudo, dtype=np.int64)])
+        return make_loader(ctx.cfg, ctx.store, ctx.env, None, train=True, datasets=None, cell_types=None,
+                           controls=True, indices=rows, samples_per_epoch=len(self._train_rows),
+                           labels={r: label[sites["id_code"].iat[r]] for r in pseudo})
+
+    def begin_epoch(self, net: nn.Module, epoch: int, schedule: Any, ctx: StageContext) -> StageUpdate | None:
+        k = epoch * ctx.cfg.pseudo.rounds // max(schedule.epochs, 1)
+        if k <= self.round:
+            return None
+        from .pseudo import precision, round_fraction, select_pseudo_labels
+
+        p = ctx.cfg.pseudo
+        wells = self._predict_wells(net, ctx)
+        fraction = round_fraction(k, p.first_fraction, p.fraction_step)
+        self.labels = select_pseudo_labels(wells, ctx.store.sites, self._groups, fraction=fraction,
+                                           min_separation=p.min_separation)
+        self.round = k
+        digest = hashlib.sha1(self.labels[["id_code", "sirna"]].to_csv(index=False).encode()).hexdigest()[:16]
+        if ctx.env.distributed:  # every rank gathered the same logits; a difference would be a bug, not noise
+            digests: list[Any] = [None] * ctx.env.world_size
+            torch.distributed.all_gather_object(digests, digest)
+            if len(set(digests)) != 1:
+                raise CellioError(f"pseudo-label round {k}: ranks chose different labels ({digests})")
+        truth = ctx.store.sites[ctx.store.sites["experiment"].isin(ctx.split.val)]
+        truth = truth.drop_duplicates("id_code").set_index("id_code")["sirna"].dropna().astype(np.int64)
+        prec, n = precision(self.labels, truth)
+        event = {"round": k, "epoch": epoch, "fraction": fraction, "pseudo_labels": int(len(self.labels)),
+                 "validation_precision": prec, "validation_labelled": n, "labels_digest": digest}
+        self.history.append(event)
+        log.info("pseudo-label round %d (epoch %d): %d wells (%.0f%% of each plate), held-out precision %.3f on %d",
+                 k, epoch, len(self.labels), 100 * fraction, prec, n)
+        return StageUpdate(self._train_loader(ctx), event)
+
+    def _predict_wells(self, net: nn.Module, ctx: StageContext) -> Any:
+        """Mean logits per target well; every rank predicts its share, all ranks get everyone's."""
+        from .aggregate import mean_logits
+        from .predict import Predictions, predict_views
+        from .runtime import unwrap
+
+        env, p = ctx.env, ctx.cfg.pseudo
+        model = unwrap(net)
+        was_training = model.training
+        part = predict_views(model, ctx.cfg, ctx.class_map, ctx.store, datasets=None, indices=self._target_rows,
+                             tta=p.tta, adabn=p.adabn, rank=env.rank, world_size=env.world_size, device=env.device,
+                             batch_size=ctx.cfg.data.val_batch_size or ctx.cfg.data.batch_size, progress=False)
+        model.train(was_training)
+        parts = [part]
+        if env.distributed:
+            parts = [None] * env.world_size
+            torch.distributed.all_gather_object(parts, (part.logits, part.index, part.view))
+            parts = [Predictions(lg, ix, vw, part.classes) for lg, ix, vw in parts]
+        logits = np.concatenate([q.logits for q in parts])
+        index = np.concatenate([q.index for q in parts])
+        return mean_logits(logits, index, ctx.store.sites, classes=part.classes)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "history": list(self.history),
+                "labels": {"id_code": self.labels["id_code"].tolist(), "sirna": self.labels["sirna"].tolist(),
+                           "margin": self.labels["margin"].tolist()}}
+
+    def load_state_dict(self, state: dict[str, Any], ctx: StageContext) -> Any | None:
+        self.round, self.history = int(state["round"]), list(state["history"])
+        self.labels = pd.DataFrame(state["labels"])
+        return self._train_loader(ctx)
+
+    def summary(self) -> dict[str, Any]:
+        return {"pseudo_rounds": list(self.history)}
+
+
 def _inputs(batch: dict[str, torch.Tensor], ctx: StageContext) -> tuple[torch.Tensor, ...]:
     x = batch["image"].to(ctx.env.device, non_blocking=True)
     if ctx.cfg.train.channels_last:
@@ -222,6 +360,7 @@ _STAGES: dict[str, Callable[[Config], Stage]] = {
     "single": lambda cfg: Stage(),
     "perchannel_stage1": lambda cfg: PerChannelStage1(),
     "fusion_stage2": _fusion_stage,
+    "pseudo_label": lambda cfg: PseudoLabel(),
 }
 
 

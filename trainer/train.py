@@ -77,8 +77,9 @@ class Run:
         return Path(self.cfg.out) / "checkpoints"
 
     def state(self, epoch: int, *, epoch_complete: bool, loader: Any) -> dict[str, Any]:
-        return training_state(self.net, self.opt, self.sched, self.scaler, loader, self.cfg, self.ctx.class_map,
-                              epoch=epoch, step=self.step, epoch_complete=epoch_complete, metrics=self.metrics)
+        return {**training_state(self.net, self.opt, self.sched, self.scaler, loader, self.cfg, self.ctx.class_map,
+                                 epoch=epoch, step=self.step, epoch_complete=epoch_complete, metrics=self.metrics),
+                "stage": self.stage.state_dict()}
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -175,6 +176,8 @@ def _resume(r: Run, state: dict[str, Any]) -> None:
     r.step, r.metrics = int(state["step"]), dict(state.get("metrics") or {})
     r.best = float(r.metrics.get("best_val_acc", -1.0))
     r.start_epoch = int(state["epoch"]) + (1 if state["epoch_complete"] else 0)
+    if state.get("stage"):  # a stage whose data changes (pseudo-labels) rebuilds its loader as it was
+        r.train_loader = r.stage.load_state_dict(state["stage"], r.ctx) or r.train_loader
     if not state["epoch_complete"]:
         r.resume_mid_epoch = True
         r.train_loader.set_epoch(r.start_epoch)
@@ -196,6 +199,11 @@ def _wrap(net: nn.Module, cfg: Config, env: Any) -> nn.Module:
 def train_one_epoch(r: Run, epoch: int, bar: Any = None) -> None:
     """Optimizer steps of `epoch` up to its end or train.stop_at_step; a checkpoint every train.ckpt_every."""
     cfg, env, accum = r.cfg, r.ctx.env, r.schedule.grad_accum
+    with torch.random.fork_rng(devices=[]):  # whatever the stage draws, the training stream stays the same
+        update = r.stage.begin_epoch(r.net, epoch, r.schedule, r.ctx)
+    if update is not None:
+        r.train_loader = update.loader
+        r.runlog.event("stage", r.step, **update.event)
     if not (r.resume_mid_epoch and epoch == r.start_epoch):
         r.train_loader.set_epoch(epoch)
     r.stage.train_mode(r.model, cfg)
