@@ -215,7 +215,7 @@ def test_an_ambiguous_rotation_never_zeroes_an_experiment(groups):
     s[weak, pd.Index(CLASSES).get_indexer(truth.loc[meta.index[weak]].to_numpy())] += 0.4
     scores = WellScores(scores.id_codes, s, CLASSES)
     result = assign_plates(scores, sites, groups)
-    assert result.evidence["HEPG2-08"].separation < 3.0 <= result.evidence["U2OS-04"].separation
+    assert not result.evidence["HEPG2-08"].trusted(3.0) and result.evidence["U2OS-04"].trusted(3.0)
     assert "HEPG2-08" in result.fallbacks and "no plate mask" in result.fallbacks["HEPG2-08"]
     assert "HEPG2-08" not in result.rotations and result.rotations["U2OS-04"] == 1
     plain = predict_labels(scores, sites, groups)

@@ -6,8 +6,8 @@ from train.csv). For each test experiment we
 
 1. score each rotation r by the mean probability mass the treatment wells put on the classes their plate allows
    under r, and keep the best (`rotation_evidence`). The scores are compared with those of random groupings of
-   the same classes: an experiment whose best rotation stands less than `min_separation` null standard
-   deviations above the runner-up takes a clearer fallback (an ensemble member's own rotation) or, without one,
+   the same classes: an experiment whose best rotation stands less than `min_z` null standard
+   deviations above the null (or not clear of the runner-up) takes a clearer fallback (an ensemble member's own rotation) or, without one,
    no plate mask (only "each class once per plate"): a wrong rotation masks out every true class and would zero
    the experiment;
 2. mask every class not allowed on the plate and solve, per plate, a min-cost assignment
@@ -157,7 +157,9 @@ class RotationEvidence:
     (0.25 each for a model that knows nothing). `null_mean` / `null_std`: the same statistic for random groupings
     of the same classes into groups of the same sizes - what a rotation scores when it is unrelated to the truth,
     WITH this model's noise (a likelihood posterior over the 4 rotations would take that noise for evidence).
-    `separation`: how many null standard deviations the best rotation stands above the runner-up."""
+    `z`: each rotation in null standard deviations above the null mean; `separation`: best minus runner-up.
+    A rotation is trusted when its z reaches ~3 (a rotation unrelated to the truth does that ~0.5% of the time)
+    and it stands clear of the runner-up."""
 
     mass: tuple[float, ...]
     null_mean: float
@@ -175,6 +177,9 @@ class RotationEvidence:
     def separation(self) -> float:
         z = sorted(self.z)
         return float(z[-1] - z[-2])
+
+    def trusted(self, min_z: float, min_gap: float = 1.0) -> bool:
+        return max(self.z) >= min_z and self.separation >= min_gap
 
 
 def rotation_evidence(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLike, *,
@@ -220,31 +225,32 @@ def infer_rotations(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsL
     return {e: v.rotation for e, v in ev.items()}, {e: list(v.mass) for e, v in ev.items()}
 
 
-def choose_rotations(evidence: Mapping[str, RotationEvidence], *, min_separation: float,
+def choose_rotations(evidence: Mapping[str, RotationEvidence], *, min_z: float,
                      fallbacks: Sequence[Mapping[str, RotationEvidence]] = ()) -> tuple[dict[str, int], dict[str, str]]:
     """(experiment -> rotation to use, experiment -> why a fallback was taken). An experiment whose best rotation
-    is less than `min_separation` null standard deviations above the runner-up takes the most separated fallback
-    (e.g. one ensemble member's own evidence) that reaches it; with none it gets no rotation at all (no plate
-    mask: a wrong rotation would mask out every true class and zero the experiment)."""
+    is not trusted (`RotationEvidence.trusted(min_z)`) takes the strongest trusted fallback (e.g. one ensemble
+    member's own evidence); with none it gets no rotation at all (no plate mask: a wrong rotation would mask out
+    every true class and zero the experiment)."""
     chosen: dict[str, int] = {}
     why: dict[str, str] = {}
     for exp, ev in evidence.items():
-        if ev.separation >= min_separation:
+        if ev.trusted(min_z):
             chosen[exp] = ev.rotation
             continue
-        alt = max((f[exp] for f in fallbacks if exp in f), key=lambda e: e.separation, default=None)
-        if alt is not None and alt.separation >= min_separation:
+        alts = [f[exp] for f in fallbacks if exp in f and f[exp].trusted(min_z)]
+        alt = max(alts, key=lambda e: max(e.z), default=None)
+        if alt is not None:
             chosen[exp] = alt.rotation
-            why[exp] = (f"ambiguous rotation (separation {ev.separation:.2f} < {min_separation}); used a member "
-                        f"model's rotation {alt.rotation} (separation {alt.separation:.2f})")
+            why[exp] = (f"ambiguous rotation (z {max(ev.z):.2f}, gap {ev.separation:.2f}; needs z >= {min_z}); "
+                        f"used a member model's rotation {alt.rotation} (z {max(alt.z):.2f})")
         else:
-            why[exp] = (f"ambiguous rotation (separation {ev.separation:.2f} < {min_separation}, no clearer "
-                        f"fallback): no plate mask, each treatment class at most once per plate")
+            why[exp] = (f"ambiguous rotation (z {max(ev.z):.2f}, gap {ev.separation:.2f}; needs z >= {min_z}, "
+                        f"no trusted fallback): no plate mask, each treatment class at most once per plate")
     return chosen, why
 
 
 def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLike, *,
-                  rotations: Mapping[str, int] | None = None, min_separation: float = 3.0,
+                  rotations: Mapping[str, int] | None = None, min_z: float = 3.0,
                   fallbacks: Sequence[Mapping[str, RotationEvidence]] = ()) -> Assignment:
     """Infer each experiment's rotation (unless given), mask impossible classes and solve per-plate assignments.
     Experiments whose rotation stays ambiguous (`choose_rotations`) get no mask: their plates are assigned over
@@ -258,7 +264,7 @@ def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLik
         raise MetadataError(f"wells {list(missing[:5])} are not in the site table")
     meta = meta.loc[wells.id_codes]
     evidence = rotation_evidence(wells, sites, groups)
-    chosen, why = choose_rotations(evidence, min_separation=min_separation, fallbacks=fallbacks)
+    chosen, why = choose_rotations(evidence, min_z=min_z, fallbacks=fallbacks)
     for e, r in (rotations or {}).items():
         chosen[e] = int(r)
         why.pop(e, None)

@@ -108,14 +108,14 @@ def fit_calibration(models: Sequence[Any], sites: pd.DataFrame, truth: pd.Series
 
 def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: PlateGroupsLike | None,
                     calibration: Calibration | None = None, stacker: Any | None = None,
-                    stacker_scores: WellScores | None = None, min_separation: float = 3.0) -> StepResults:
+                    stacker_scores: WellScores | None = None, min_z: float = 3.0) -> StepResults:
     """Every step's per-well labels for `models` (trainer.predict.Predictions over the same sites).
 
     With a `calibration` each model's mean logits are tempered to log-probabilities before they are ensembled
     (with its weights) and before rotation inference; without one, raw mean logits, equal weights. The stacker
     step uses `stacker_scores` when given (e.g. cross-fitted out-of-fold scores on validation) or applies a
     fitted `stacker` (trainer.stacker.Stacker) to models[0]. Plate assignment needs `groups`; an experiment with
-    an ambiguous rotation (below `min_separation`) takes a confident member model's rotation or no constraint.
+    an ambiguous rotation (below `min_z`) takes a confident member model's rotation or no constraint.
     """
     from trainer.calibrate import temper
     from trainer.stacker import build_features
@@ -150,7 +150,7 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
         members = [rotation_evidence(ws, sites, groups) for ws in cal] if len(models) > 1 else []
         for base, ws, fallbacks in (("TTA mean", cal[0], []), *((("ensemble", final, members),)
                                                                if len(models) > 1 else ())):
-            a = assign_plates(ws, sites, groups, min_separation=min_separation, fallbacks=fallbacks)
+            a = assign_plates(ws, sites, groups, min_z=min_z, fallbacks=fallbacks)
             res.assignments[f"{base} + plate assignment"] = a
             res.labels[f"{base} + plate mask"] = a.masked  # rotation inferred, impossible classes masked, argmax
             res.labels[f"{base} + plate assignment"] = a.predictions
@@ -196,7 +196,7 @@ class ChainInputs:
     val: Sequence[Any] = ()                      # out-of-fold predictions, one per model (its folds concatenated)
     test: Sequence[Any] = ()                     # test predictions, one per model, same order
     weights: Sequence[float] | None = None       # ensemble weights, one per model (default: chosen out of fold)
-    min_separation: float = 3.0                  # rotation evidence below this: fall back (trainer.assign)
+    min_z: float = 3.0                           # rotation evidence below this: fall back (trainer.assign)
     top_k: int = 10                              # stacker candidates per well
     seed: int = 0
     sample_submission: str | Path | None = None  # write submission.csv in this file's rows
@@ -236,7 +236,7 @@ def run_chain(inputs: ChainInputs, out: str | Path) -> ChainResult:
         calibration = fit_calibration(inputs.val, sites, truth, weights=inputs.weights)
         res.extra["calibration"] = calibration.to_dict()
         res.validation = inference_steps(inputs.val, sites, groups=groups, calibration=calibration,
-                                         stacker_scores=cv, min_separation=inputs.min_separation)
+                                         stacker_scores=cv, min_z=inputs.min_z)
         val_ids = res.validation.labels["TTA mean logits"]["id_code"]
         res.reports["validation"] = build_report(res.validation.labels, truth[truth.index.isin(val_ids)])
         res.extra["validation_assignment"] = {k: a.summary(known=groups.rotations if groups else None)
@@ -246,7 +246,7 @@ def run_chain(inputs: ChainInputs, out: str | Path) -> ChainResult:
             raise ConfigError(f"{len(inputs.val)} models have validation predictions but {len(inputs.test)} have "
                               "test predictions; give both for every model, in the same order")
         res.test = inference_steps(inputs.test, sites, groups=groups, calibration=calibration, stacker=stacker,
-                                   min_separation=inputs.min_separation)
+                                   min_z=inputs.min_z)
         res.extra["test_assignment"] = {k: a.summary() for k, a in res.test.assignments.items()}
         res.extra["submission"] = _choose_submission(res)
         _submit(inputs, res, truth, out)

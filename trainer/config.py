@@ -114,7 +114,7 @@ class PseudoConfig:
     include_validation: bool = True       # also pseudo-label the held-out fold (its accuracy then measures it)
     tta: str = "center"                   # views the pseudo-labels are predicted from (center | grid9 | full)
     adabn: bool = False                   # BatchNorm statistics per plate for those predictions
-    min_separation: float = 3.0           # rotation evidence needed to mask (trainer.assign)
+    min_z: float = 3.0           # rotation evidence needed to mask (trainer.assign)
 
 
 @dataclass

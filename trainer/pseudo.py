@@ -29,10 +29,10 @@ def round_fraction(k: int, first: float, step: float) -> float:
 
 
 def select_pseudo_labels(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLike, *, fraction: float,
-                         min_separation: float = 3.0) -> pd.DataFrame:
+                         min_z: float = 3.0) -> pd.DataFrame:
     """id_code, sirna, margin of the kept treatment wells: per plate the top `fraction` (at least one well) by
     margin = log-probability of the assigned class minus the best other class the plate allows."""
-    assigned = assign_plates(wells, sites, groups, min_separation=min_separation)
+    assigned = assign_plates(wells, sites, groups, min_z=min_z)
     label = assigned.predictions.set_index("id_code")["sirna"]
     meta = well_table(sites).loc[wells.id_codes]
     treat = treatment_classes(groups)

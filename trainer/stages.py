@@ -281,7 +281,7 @@ class PseudoLabel(Stage):
         wells = self._predict_wells(net, ctx)
         fraction = round_fraction(k, p.first_fraction, p.fraction_step)
         self.labels = select_pseudo_labels(wells, ctx.store.sites, self._groups, fraction=fraction,
-                                           min_separation=p.min_separation)
+                                           min_z=p.min_z)
         self.round = k
         digest = hashlib.sha1(self.labels[["id_code", "sirna"]].to_csv(index=False).encode()).hexdigest()[:16]
         if ctx.env.distributed:  # every rank gathered the same logits; a difference would be a bug, not noise
