@@ -186,7 +186,7 @@ def _accuracy(labels: pd.DataFrame, truth: pd.Series, ids) -> float:
 
 
 def test_a_near_chance_model_never_lowers_the_ensemble_below_the_best_single_model(groups):
-    from trainer.chain import fit_calibration, inference_steps
+    from trainer.chain import fit_calibration, inference_steps, members_of
 
     truth_sites = make_sites({"HEPG2-01": ("train", 0), "RPE-01": ("train", 1), "U2OS-01": ("train", 2)}, seed=11)
     truth = truth_sites.drop_duplicates("id_code").set_index("id_code")["sirna"].astype(np.int64)
@@ -195,7 +195,7 @@ def test_a_near_chance_model_never_lowers_the_ensemble_below_the_best_single_mod
     # near chance but loud: equal-weight averaging of raw logits lets it drown the good model
     noise = _view_predictions(truth_sites, truth_sites, signal=0.3, scale=12.0, seed=13)
     plain = inference_steps([good, noise], truth_sites, groups=None)
-    cal = fit_calibration([good, noise], truth_sites, truth.loc[treat])
+    cal = fit_calibration(members_of([good, noise], truth_sites), truth_sites, truth.loc[treat])
     fitted = inference_steps([good, noise], truth_sites, groups=None, calibration=cal)
     best_single = _accuracy(fitted.labels["TTA mean logits"], truth, treat)
     assert _accuracy(plain.labels["ensemble"], truth, treat) < best_single - 0.1  # the defect this guards

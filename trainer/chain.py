@@ -34,14 +34,16 @@ from trainer.aggregate import (WellScores, ensemble, geometric_mean, majority_vo
                                single_view)
 from trainer.assign import Assignment, PlateGroupsLike, assign_plates, predict_labels, rotation_evidence
 
-__all__ = ["STEP_ORDER", "StepResults", "Calibration", "fit_calibration", "inference_steps", "rank_steps",
+__all__ = ["STEP_ORDER", "StepResults", "Calibration", "fit_calibration", "members_of", "inference_steps",
+           "rank_steps", "wells_of",
            "truth_of", "ChainInputs", "ChainResult", "run_chain", "main"]
 
 log = logging.getLogger(__name__)
 
 # Names used in reports, in the order of the chain.
 STEP_ORDER = ("single view", "TTA mean logits", "TTA mean probs", "TTA geometric mean", "TTA majority vote",
-              "stacker", "ensemble", "TTA mean + plate mask", "TTA mean + plate assignment",
+              "stacker", "embedding centroids", "ensemble", "TTA mean + plate mask", "TTA mean + plate assignment",
+              "embedding centroids + plate mask", "embedding centroids + plate assignment",
               "ensemble + plate mask", "ensemble + plate assignment")
 
 
@@ -69,9 +71,10 @@ class Calibration:
         return {"temperatures": list(self.temperatures), "weights": list(self.weights)}
 
 
-def fit_calibration(models: Sequence[Any], sites: pd.DataFrame, truth: pd.Series, *,
+def fit_calibration(members: Sequence[WellScores], sites: pd.DataFrame, truth: pd.Series, *,
                     weights: Sequence[float] | None = None, max_rounds: int = 12) -> Calibration:
-    """Temperatures and ensemble weights from out-of-fold predictions (one Predictions per model).
+    """Temperatures and ensemble weights from out-of-fold well scores, one per ensemble member (`members`: each
+    model's TTA mean logits, then any other scores such as embedding centroids).
 
     Weights, unless given: Caruana-style ensemble selection with replacement. Start from the best single model,
     then repeatedly add the model (possibly again) that raises the out-of-fold accuracy of the calibrated
@@ -79,9 +82,9 @@ def fit_calibration(models: Sequence[Any], sites: pd.DataFrame, truth: pd.Series
     ensemble's out-of-fold accuracy is never below the best single model's."""
     from trainer.calibrate import fit_temperature, nll, temper
 
-    means = [mean_logits(m.logits, m.index, sites, classes=m.classes) for m in models]
-    temps = tuple(fit_temperature(ws, truth) for ws in means)
-    cal = [temper(ws, t) for ws, t in zip(means, temps)]
+    models = list(members)
+    temps = tuple(fit_temperature(ws, truth) for ws in models)
+    cal = [temper(ws, t) for ws, t in zip(models, temps)]
     if weights is not None or len(models) == 1:
         return Calibration(temps, tuple(float(w) for w in (weights or [1.0])))
 
@@ -106,10 +109,17 @@ def fit_calibration(models: Sequence[Any], sites: pd.DataFrame, truth: pd.Series
     return Calibration(temps, tuple(float(c) for c in counts))
 
 
+def members_of(models: Sequence[Any], sites: pd.DataFrame, extra: Sequence[WellScores] = ()) -> list[WellScores]:
+    """The ensemble members: every model's TTA mean logits, then the `extra` well scores."""
+    return [mean_logits(m.logits, m.index, sites, classes=m.classes) for m in models] + list(extra)
+
+
 def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: PlateGroupsLike | None,
                     calibration: Calibration | None = None, stacker: Any | None = None,
-                    stacker_scores: WellScores | None = None, min_z: float = 3.0) -> StepResults:
-    """Every step's per-well labels for `models` (trainer.predict.Predictions over the same sites).
+                    stacker_scores: WellScores | None = None, min_z: float = 3.0,
+                    extra: Sequence[WellScores] = ()) -> StepResults:
+    """Every step's per-well labels for `models` (trainer.predict.Predictions over the same sites) and `extra`
+    well scores (embedding centroids, one step of their own and ensemble members).
 
     With a `calibration` each model's mean logits are tempered to log-probabilities before they are ensembled
     (with its weights) and before rotation inference; without one, raw mean logits, equal weights. The stacker
@@ -130,7 +140,7 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
         res.labels[name] = predict_labels(ws, sites, groups)
 
     add("single view", single_view(first.logits, first.index, sites, classes=first.classes, view=first.view))
-    means = [mean_logits(m.logits, m.index, sites, classes=m.classes) for m in models]
+    means = members_of(models, sites, extra)
     add("TTA mean logits", means[0])
     add("TTA mean probs", mean_probs(first.logits, first.index, sites, classes=first.classes))
     add("TTA geometric mean", geometric_mean(first.logits, first.index, sites, classes=first.classes))
@@ -141,15 +151,21 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
         feats = build_features(first.logits, first.index, sites, classes=first.classes, top_k=stacker.top_k,
                                candidates=stacker.candidates)
         add("stacker", stacker.predict(feats))
+    if extra:
+        add("embedding centroids", extra[0])
     cal = [temper(ws, t) for ws, t in zip(means, calibration.temperatures)] if calibration else means
     final = cal[0]
-    if len(models) > 1:
+    if len(means) > 1:
         final = ensemble(cal, calibration.weights if calibration else None)
         add("ensemble", final)
     if groups is not None:
-        members = [rotation_evidence(ws, sites, groups) for ws in cal] if len(models) > 1 else []
-        for base, ws, fallbacks in (("TTA mean", cal[0], []), *((("ensemble", final, members),)
-                                                               if len(models) > 1 else ())):
+        evidence = [rotation_evidence(ws, sites, groups) for ws in cal] if len(means) > 1 else []
+        bases = [("TTA mean", cal[0], [])]
+        if extra:
+            bases.append(("embedding centroids", cal[len(models)], evidence))
+        if len(means) > 1:
+            bases.append(("ensemble", final, evidence))
+        for base, ws, fallbacks in bases:
             a = assign_plates(ws, sites, groups, min_z=min_z, fallbacks=fallbacks)
             res.assignments[f"{base} + plate assignment"] = a
             res.labels[f"{base} + plate mask"] = a.masked  # rotation inferred, impossible classes masked, argmax
@@ -201,6 +217,7 @@ class ChainInputs:
     seed: int = 0
     sample_submission: str | Path | None = None  # write submission.csv in this file's rows
     test_truth: str | Path | None = None         # a synthetic set's test labels: score the test steps too
+    embeddings: Sequence[Any] = ()               # trainer.embed.WellEmbeddings of every well, one per model
 
 
 @dataclass
@@ -233,20 +250,22 @@ def run_chain(inputs: ChainInputs, out: str | Path) -> ChainResult:
     stacker, calibration = None, None
     if inputs.val:
         stacker, cv = _stacker(inputs, truth, res.extra)
-        calibration = fit_calibration(inputs.val, sites, truth, weights=inputs.weights)
+        val_extra = _centroids(inputs, wells_of(inputs.val[0], sites), held_out=True)
+        calibration = fit_calibration(members_of(inputs.val, sites, val_extra), sites, truth, weights=inputs.weights)
         res.extra["calibration"] = calibration.to_dict()
         res.validation = inference_steps(inputs.val, sites, groups=groups, calibration=calibration,
-                                         stacker_scores=cv, min_z=inputs.min_z)
+                                         stacker_scores=cv, min_z=inputs.min_z, extra=val_extra)
         val_ids = res.validation.labels["TTA mean logits"]["id_code"]
         res.reports["validation"] = build_report(res.validation.labels, truth[truth.index.isin(val_ids)])
         res.extra["validation_assignment"] = {k: a.summary(known=groups.rotations if groups else None)
                                               for k, a in res.validation.assignments.items()}
     if inputs.test:
-        if calibration is not None and len(calibration.temperatures) != len(inputs.test):
+        if inputs.val and len(inputs.val) != len(inputs.test):
             raise ConfigError(f"{len(inputs.val)} models have validation predictions but {len(inputs.test)} have "
                               "test predictions; give both for every model, in the same order")
+        test_extra = _centroids(inputs, wells_of(inputs.test[0], sites), held_out=False)
         res.test = inference_steps(inputs.test, sites, groups=groups, calibration=calibration, stacker=stacker,
-                                   min_z=inputs.min_z)
+                                   min_z=inputs.min_z, extra=test_extra)
         res.extra["test_assignment"] = {k: a.summary() for k, a in res.test.assignments.items()}
         res.extra["submission"] = _choose_submission(res)
         _submit(inputs, res, truth, out)
@@ -269,6 +288,28 @@ def _choose_submission(res: ChainResult) -> dict[str, Any]:
             "why": f"highest out-of-fold accuracy ({acc:.4f} on {res.reports['validation']['n_wells']} wells"
                    f"{runner}; within one well the later step of the chain wins)",
             "ranking": [[name, a] for name, a in ranking]}
+
+
+def wells_of(preds: Any, sites: pd.DataFrame) -> list[str]:
+    """The wells a Predictions covers, sorted."""
+    return sorted(set(sites["id_code"].to_numpy()[preds.index]))
+
+
+def _centroids(inputs: ChainInputs, targets: list[str], *, held_out: bool) -> list[WellScores]:
+    """Embedding-centroid scores of `targets` for every model with embeddings. Out of fold (`held_out`) the
+    class centres come only from experiments other than the targets'; for test, from every labelled train well."""
+    from trainer.embed import centroid_scores
+
+    if not inputs.embeddings:
+        return []
+    sites = inputs.sites
+    wells = sites.drop_duplicates("id_code")
+    labelled = wells[(wells["dataset"] == "train") & wells["sirna"].notna()]
+    if held_out:
+        exps = set(sites.loc[sites["id_code"].isin(targets), "experiment"])
+        labelled = labelled[~labelled["experiment"].isin(exps)]
+    return [centroid_scores(e, sites, reference=labelled["id_code"].tolist(), targets=targets)
+            for e in inputs.embeddings]
 
 
 def _stacker(inputs: ChainInputs, truth: pd.Series, extra: dict[str, Any]) -> tuple[Any, WellScores | None]:

@@ -48,6 +48,7 @@ class DataConfig:
     fold_seed: int = 0
     include_controls: bool = True         # controls as extra classes (1139 on RxRx1, what the winners did)
     cell_types: list[str] = field(default_factory=list)  # empty = all; one entry = a per-cell-type model
+    batch_by: str = ""                    # "" | plate | experiment: training batches of one plate (for AdaBN)
 
 
 @dataclass
@@ -257,6 +258,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'train.init_from': train.stage=fusion_stage2 needs the stage-1 checkpoint "
                           "(e.g. train.init_from=runs/stage1/checkpoints/best.pt), found none")
     _check_augment(cfg)
+    if cfg.data.batch_by:
+        _choice(cfg.data.batch_by, ("plate", "experiment"), "data.batch_by")
     if cfg.pseudo.rounds < 1:
         raise ConfigError(f"config key 'pseudo.rounds': expected a positive integer, found {cfg.pseudo.rounds!r}")
     for key, value in (("pseudo.first_fraction", cfg.pseudo.first_fraction),

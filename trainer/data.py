@@ -26,4 +26,6 @@ def make_loader(cfg: "Config", store: Any, env: "Env", experiments: list[str] | 
         num_workers=cfg.data.num_workers, **{"datasets": ("train",), "experiments": experiments,
                                              "cell_types": cfg.data.cell_types or None,
                                              "controls": cfg.data.include_controls,
-                                             "last_batch": "drop" if train else "partial", **extra})
+                                             "last_batch": "drop" if train else "partial",
+                                             "batch_by": (cfg.data.batch_by or None) if train else None,
+                                             **extra})

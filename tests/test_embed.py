@@ -1,0 +1,86 @@
+"""trainer.embed: per-plate centring, per-cell-type class centres, the embeddings files and the CLI."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from trainer.embed import WellEmbeddings, centre_per_plate, centroid_scores, main, write_embeddings
+
+
+def _table(n_classes=6, cell_types=("HUVEC", "RPE"), experiments=3):
+    rows = []
+    for ct in cell_types:
+        for e in range(1, experiments + 1):
+            for plate in (1, 2):
+                for c in range(n_classes):
+                    rows.append({"id_code": f"{ct}-0{e}_{plate}_W{c:02d}", "dataset": "train" if e < experiments
+                                 else "test", "experiment": f"{ct}-0{e}", "cell_type": ct, "plate": plate,
+                                 "well": f"W{c:02d}", "well_type": "treatment", "sirna": c, "site": 1})
+    return pd.DataFrame(rows).astype({"sirna": "Int64"})
+
+
+def test_centroids_classify_cell_type_specific_phenotypes_under_plate_effects():
+    sites = _table()
+    rng = np.random.default_rng(0)
+    dim = 16
+    huvec = rng.normal(size=(6, dim))
+    proto = {"HUVEC": huvec, "RPE": np.roll(huvec, 1, axis=0)}  # in RPE class c looks like HUVEC's class c - 1
+    plate_shift = {k: rng.normal(scale=8.0, size=dim) for k in sites[["experiment", "plate"]].itertuples(index=False)}
+    vec = np.stack([proto[r.cell_type][r.sirna] + plate_shift[(r.experiment, r.plate)] + rng.normal(scale=0.3, size=dim)
+                    for r in sites.itertuples()]).astype(np.float32)
+    emb = WellEmbeddings(sites["id_code"].to_numpy(dtype=object), vec)
+    ref = sites.loc[sites["dataset"] == "train", "id_code"]
+    tgt = sites.loc[sites["dataset"] == "test", "id_code"]
+    truth = sites.set_index("id_code").loc[tgt, "sirna"].to_numpy()
+
+    def accuracy(ws):
+        return float((ws.classes[ws.scores.argmax(1)] == truth).mean())
+
+    assert accuracy(centroid_scores(emb, sites, reference=ref, targets=tgt)) == 1.0
+    assert accuracy(centroid_scores(emb, sites, reference=ref, targets=tgt, per_cell_type=False)) <= 0.5
+    x = centre_per_plate(emb, sites)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
+
+
+def test_embeddings_files_keep_the_wells_metadata(tmp_path):
+    sites = _table(n_classes=3, experiments=2)
+    emb = WellEmbeddings(sites["id_code"].to_numpy(dtype=object), np.arange(len(sites) * 4, dtype=np.float32)
+                         .reshape(-1, 4))
+    frame = pd.read_parquet(write_embeddings(emb, sites, tmp_path / "e.parquet"))
+    assert frame["id_code"].tolist() == sites["id_code"].tolist() and list(frame.columns[-4:]) == ["f0", "f1",
+                                                                                                    "f2", "f3"]
+    np.testing.assert_array_equal(frame[["f0", "f1", "f2", "f3"]].to_numpy(), emb.vectors)
+    import zarr
+
+    group = zarr.open_group(str(write_embeddings(emb, sites, tmp_path / "e.zarr")), mode="r")
+    np.testing.assert_array_equal(group["vectors"][:], emb.vectors)
+    assert group["experiment"][:].tolist() == sites["experiment"].tolist()
+    with pytest.raises(Exception, match="parquet or .zarr"):
+        write_embeddings(emb, sites, tmp_path / "e.csv")
+
+
+def test_the_cli_writes_well_and_site_embeddings(tmp_path):
+    from cellio.testing import make_store
+    from trainer.checkpoint import save_checkpoint
+    from trainer.config import load_config
+    from trainer.labels import ClassMap
+    from trainer.models import create_model
+
+    store = make_store(tmp_path / "s.zarr", size=(40, 40), classes=8)
+    cfg = load_config(None, [f"data.store={store.path}", "data.crop_size=32", "data.num_workers=0",
+                             "data.backend=torch"])
+    class_map = ClassMap.from_sites(store.sites, include_controls=True)
+    torch.manual_seed(0)
+    model = create_model("densenet_tiny", num_classes=len(class_map))
+    ckpt = save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
+                                              "classes": class_map.to_dict()})
+    assert main(["--checkpoint", str(ckpt), "--store", str(store.path), "--out", str(tmp_path / "w.parquet"),
+                 "--device", "cpu"]) == 0
+    wells = pd.read_parquet(tmp_path / "w.parquet")
+    assert len(wells) == store.sites["id_code"].nunique() and wells["id_code"].is_unique
+    assert main(["--checkpoint", str(ckpt), "--store", str(store.path), "--out", str(tmp_path / "s.parquet"),
+                 "--level", "site", "--device", "cpu"]) == 0
+    per_site = pd.read_parquet(tmp_path / "s.parquet")
+    assert len(per_site) == len(store.sites) and {"row", "site", "f0"} <= set(per_site.columns)

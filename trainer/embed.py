@@ -1,0 +1,205 @@
+"""Embeddings: a model's pooled features per site and per well, centred per plate, and classification by cosine
+similarity to class centres (the 2nd place's single model).
+
+A well's embedding is the mean of `forward_features` over its views and sites. Subtracting each plate's mean
+embedding (and dividing by its spread) removes what the plate adds to every well; what is left is compared, by
+cosine, with the centre of each class's labelled wells. Centres are per cell type where that cell type has the
+class (the same siRNA looks different in different cell types), else over all cell types.
+
+    emb = extract_embeddings(model, cfg, store, datasets=("train", "test"))      # WellEmbeddings
+    scores = centroid_scores(emb, store.sites, reference=train_wells, targets=test_wells)   # WellScores
+
+    python -m trainer.embed --checkpoint runs/a/checkpoints/last.pt --store rxrx1.zarr --out emb.parquet \\
+        [--level well|site] [--tta center|grid9|full]       # .parquet or .zarr, with the wells' metadata
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellio.errors import ConfigError, MetadataError
+
+from trainer.aggregate import WellScores, group_views, well_mean
+
+__all__ = ["WellEmbeddings", "extract_embeddings", "centre_per_plate", "centroid_scores", "write_embeddings",
+           "main"]
+
+log = logging.getLogger(__name__)
+
+META_COLUMNS = ("id_code", "dataset", "experiment", "cell_type", "plate", "well", "well_type", "sirna")
+
+
+@dataclass(frozen=True)
+class WellEmbeddings:
+    id_codes: np.ndarray    # (n,) sorted well ids
+    vectors: np.ndarray     # (n, F) float32: mean over the well's sites and views
+
+    def __len__(self) -> int:
+        return len(self.id_codes)
+
+    def select(self, id_codes: Sequence[str]) -> "WellEmbeddings":
+        pos = pd.Index(self.id_codes).get_indexer(pd.Index(id_codes))
+        if (pos < 0).any():
+            raise MetadataError(f"wells {list(np.asarray(id_codes)[pos < 0][:5])} have no embedding")
+        return WellEmbeddings(np.asarray(id_codes, dtype=object), self.vectors[pos])
+
+
+def site_embeddings(model: Any, cfg: Any, store: Any, *, datasets: Sequence[str] | None = ("train", "test"),
+                    indices: Sequence[int] | None = None, tta: str = "center", batch_size: int = 64,
+                    device: Any = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(store rows, features) per view: `model.forward_features` over the selected sites, controls included."""
+    import torch
+    from tqdm.auto import tqdm
+
+    import cellio
+
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    loader = cellio.create_loader(store, batch_size, train=False, augment=cfg.data.augment,
+                                  crop_size=cfg.data.val_crop_size or cfg.data.crop_size,
+                                  normalize=cfg.data.normalize, backend=cfg.data.backend,
+                                  device="cuda" if dev.type == "cuda" else "cpu", num_workers=cfg.data.num_workers,
+                                  datasets=datasets, indices=indices, controls=True, rank=0, world_size=1, tta=tta)
+    rows, feats = [], []
+    model.eval()
+    with torch.inference_mode():
+        for batch in tqdm(loader, total=len(loader), desc="embeddings", disable=not progress):
+            x = batch["image"].to(dev)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                f = model.forward_features(x.float() if dev.type != "cuda" else x, batch["cell_type"].to(dev))
+            feats.append(f.float().cpu().numpy())
+            rows.append(batch["index"].numpy())
+    return np.concatenate(rows), np.concatenate(feats)
+
+
+def extract_embeddings(model: Any, cfg: Any, store: Any, **kwargs: Any) -> WellEmbeddings:
+    """Per-well mean embeddings (site_embeddings' keywords)."""
+    rows, feats = site_embeddings(model, cfg, store, **kwargs)
+    g = group_views(rows, store.sites)
+    return WellEmbeddings(g.id_codes, well_mean(feats, g))
+
+
+def centre_per_plate(emb: WellEmbeddings, sites: pd.DataFrame, *, scale: bool = True) -> np.ndarray:
+    """Each plate's wells minus the plate's mean embedding (divided by its per-feature spread with `scale`),
+    then L2-normalised: (n, F)."""
+    meta = sites.drop_duplicates("id_code").set_index("id_code").loc[emb.id_codes]
+    plate = (meta["experiment"].astype(str) + "/" + meta["plate"].astype(str)).to_numpy()
+    x = emb.vectors.astype(np.float64).copy()
+    for p in np.unique(plate):
+        m = plate == p
+        x[m] -= x[m].mean(axis=0)
+        if scale and m.sum() > 1:
+            x[m] /= x[m].std(axis=0) + 1e-6
+    return (x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
+
+
+def centroid_scores(emb: WellEmbeddings, sites: pd.DataFrame, *, reference: Sequence[str],
+                    targets: Sequence[str], per_cell_type: bool = True) -> WellScores:
+    """Cosine similarity of each target well to the centre of each class's reference wells (their labels come
+    from `sites`; treatment wells only), after per-plate centring. Kind "logits": calibrate the scale with
+    trainer.calibrate before combining it with other scores."""
+    x = pd.DataFrame(centre_per_plate(emb, sites), index=emb.id_codes)
+    meta = sites.drop_duplicates("id_code").set_index("id_code")
+    ref = meta.loc[list(reference)]
+    ref = ref[(ref["well_type"] == "treatment") & ref["sirna"].notna()]
+    if ref.empty:
+        raise ConfigError("centroid_scores: no labelled treatment well among the reference wells")
+    labels = ref["sirna"].astype(np.int64)
+    classes = np.unique(labels.to_numpy())
+    xr = x.loc[ref.index].to_numpy()
+    onehot = (labels.to_numpy()[:, None] == classes[None, :]).astype(np.float64)
+
+    def centres(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        counts = onehot[mask].sum(axis=0)
+        c = onehot[mask].T @ xr[mask]
+        return c / (np.linalg.norm(c, axis=1, keepdims=True) + 1e-12), counts > 0
+
+    overall, _ = centres(np.ones(len(ref), bool))
+    tmeta = meta.loc[list(targets)]
+    xt = x.loc[tmeta.index].to_numpy()
+    scores = xt @ overall.T
+    if per_cell_type:
+        for ct in np.unique(tmeta["cell_type"]):
+            c, has = centres((ref["cell_type"] == ct).to_numpy())
+            rows = (tmeta["cell_type"] == ct).to_numpy()
+            scores[np.ix_(rows, has)] = xt[rows] @ c[has].T
+    return WellScores(tmeta.index.to_numpy(dtype=object), scores.astype(np.float32), classes, "logits")
+
+
+def write_embeddings(emb: WellEmbeddings, sites: pd.DataFrame, path: str | Path) -> Path:
+    """Embeddings with their wells' metadata: `.parquet` (one column per feature, f0..) or `.zarr` (a group with
+    `vectors` (n, F) and one array per metadata column)."""
+    path = Path(path)
+    meta = sites.drop_duplicates("id_code").set_index("id_code").loc[emb.id_codes].reset_index()
+    meta = meta[[c for c in META_COLUMNS if c in meta.columns]]
+    if path.suffix == ".parquet":
+        frame = pd.concat([meta, pd.DataFrame(emb.vectors, columns=[f"f{i}" for i in range(emb.vectors.shape[1])])],
+                          axis=1)
+        tmp = path.with_name(path.name + ".tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+        return path
+    if path.suffix == ".zarr":
+        import zarr
+
+        group = zarr.open_group(str(path), mode="w")
+        group.create_array("vectors", data=emb.vectors)
+        for col in meta.columns:
+            values = meta[col]
+            if col == "sirna":  # nullable: NaN for test treatments
+                data = values.astype("float64").to_numpy()
+            elif pd.api.types.is_numeric_dtype(values):
+                data = values.to_numpy()
+            else:
+                data = np.asarray(values.astype(str).tolist(), dtype="U")
+            group.create_array(col, data=data)
+        group.attrs.update({"columns": list(meta.columns), "level": "well"})
+        return path
+    raise ConfigError(f"--out {path}: expected a .parquet or .zarr path")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import cellio
+    from trainer.checkpoint import load_for_inference
+
+    p = argparse.ArgumentParser(prog="python -m trainer.embed", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True, help="output .parquet or .zarr")
+    p.add_argument("--datasets", nargs="+", default=["train", "test"])
+    p.add_argument("--tta", default="center", choices=["center", "grid9", "full"])
+    p.add_argument("--level", default="well", choices=["well", "site"])
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, cfg, _ = load_for_inference(args.checkpoint, dev)
+    store = cellio.open_store(args.store)
+    rows, feats = site_embeddings(model, cfg, store, datasets=args.datasets, tta=args.tta, progress=True)
+    if args.level == "well":
+        g = group_views(rows, store.sites)
+        emb = WellEmbeddings(g.id_codes, well_mean(feats, g))
+        write_embeddings(emb, store.sites, args.out)
+    else:  # one row per site: the mean over the site's views, keyed by store row
+        frame = pd.DataFrame(feats).groupby(rows).mean()
+        sites = store.sites.iloc[frame.index].reset_index(names="row")
+        meta = sites[["row", *[c for c in META_COLUMNS if c in sites.columns], "site"]]
+        out = pd.concat([meta, pd.DataFrame(frame.to_numpy(), columns=[f"f{i}" for i in range(feats.shape[1])])],
+                        axis=1)
+        if not str(args.out).endswith(".parquet"):
+            raise ConfigError("--level site writes .parquet only")
+        out.to_parquet(args.out, index=False)
+    print(f"{len(np.unique(rows))} sites -> {args.out} ({args.level} level, {feats.shape[1]} features)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,249 @@
+"""The main job's plan: what to train, how, and for how long, chosen from the data and the machine.
+
+    facts = DataFacts.from_store(store); hw = Hardware.detect()
+    plan = make_plan(facts, hw, budget_s=15 * 60, overrides={"crop": 256})   # pure: no timing, no I/O
+    plan = fit_to_budget(plan, step_s=0.8, view_s=0.012, spent_s=40.0)       # steps from measured speeds
+    plan.describe()                                                          # what it picked and why
+
+A plan is saved as OUT/plan.json before any training, so a rerun of the main job (a resume) reuses it instead of
+re-measuring. Every field can be overridden (`plan.<field>=value` on the main job's command line); trainer
+config keys (`optim.lr=...`) go to every training run on top of the plan's own overrides.
+
+What the plan picks (docs/training.md has the measurements behind each choice):
+- CPU: the small 6-channel DenseNet (`densenet_tiny`) on random crops of 0.44 x the site (224 of 512 px: the
+  winners trained on full sites or large crops; 96 px of 512 is too little context), batch 32, the torch loader
+  in-process (DALI's CPU threads compete with torch's for two cores: measured slower here), one thread per core.
+- CUDA: DenseNet-121 (DenseNet-161 with more than ~2 GPU-hours) at 384 px crops, bf16, DALI on the GPU, one
+  process per GPU through torchrun, batch 32 per GPU.
+- Both: a single-stage run with one validation fold held out (whole experiments), then a pseudo-label stage from
+  it (test and held-out wells labelled under the plate constraint), nine-crop TTA over both sites, and the
+  inference chain (calibration, ensemble weights, rotation inference, plate assignment) choosing by validation.
+- Steps: what the time budget leaves after ingest, prediction and the chain, at the measured step time, split
+  between the two stages (2 : 1), rounded down to a multiple of 25 so reruns on one machine agree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cellio.errors import ConfigError
+
+__all__ = ["Hardware", "DataFacts", "Plan", "make_plan", "fit_to_budget", "load_plan", "save_plan",
+           "PLAN_FIELDS", "STEP_QUANTUM"]
+
+STEP_QUANTUM = 25           # steps are rounded down to a multiple of this
+VIEWS = {"center": 1, "grid9": 9, "full": 1}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cpu_cores: int
+    gpus: tuple[tuple[str, float], ...] = ()   # (name, memory GiB) per visible CUDA device
+    dali: bool = False
+
+    @classmethod
+    def detect(cls) -> "Hardware":
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cores = os.cpu_count() or 1
+        gpus: list[tuple[str, float]] = []
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                for i in range(torch.cuda.device_count()):
+                    prop = torch.cuda.get_device_properties(i)
+                    gpus.append((prop.name, round(prop.total_memory / 2**30, 1)))
+        except ImportError:
+            pass
+        from cellio.pipeline import dali_available
+
+        return cls(cores, tuple(gpus), dali_available())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cpu_cores": self.cpu_cores, "gpus": [list(g) for g in self.gpus], "dali": self.dali}
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    site_size: tuple[int, int]
+    train_sites: int
+    test_sites: int
+    classes: int                        # treatment classes in train
+    train_experiments: tuple[str, ...]
+    test_experiments: tuple[str, ...]
+    cell_types: tuple[str, ...]
+    sites_per_well: float
+
+    @classmethod
+    def from_store(cls, store: Any) -> "DataFacts":
+        s = store.sites
+        train, test = s[s["dataset"] == "train"], s[s["dataset"] == "test"]
+        treat = train[train["well_type"] == "treatment"]
+        return cls((int(store.image_shape[0]), int(store.image_shape[1])), len(train), len(test),
+                   int(treat["sirna"].nunique()), tuple(sorted(train["experiment"].unique())),
+                   tuple(sorted(test["experiment"].unique())), tuple(sorted(s["cell_type"].unique())),
+                   round(len(s) / max(s["id_code"].nunique(), 1), 2))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+@dataclass
+class Plan:
+    """Everything the main job does, with the reason of each choice in `reasons`."""
+
+    budget_s: float
+    device: str                 # cpu | cuda
+    processes: int              # training processes (torchrun when > 1)
+    backend: str                # cellio loader backend
+    num_workers: int
+    threads: int                # torch CPU threads per process
+    model: str
+    crop: int
+    batch: int
+    lr: float
+    n_folds: int
+    val_fold: int               # -1: no validation fold (then the chain submits its last step)
+    steps_single: int
+    steps_pseudo: int           # 0: no pseudo-label stage
+    pseudo_rounds: int
+    eval_tta: str               # center | grid9 | full
+    dihedral: bool
+    adabn: bool
+    batch_by: str = ""          # "" | plate: plate-pure training batches
+    estimates: dict[str, float] = field(default_factory=dict)   # seconds per step of the job
+    reasons: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    hardware: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"plan: unknown fields {unknown}; expected some of {sorted(names)}")
+        return cls(**d)
+
+    def trainer_overrides(self) -> list[str]:
+        """Trainer config keys every training run of this plan shares."""
+        out = [f"data.crop_size={self.crop}", f"data.batch_size={self.batch}", f"data.backend={self.backend}",
+               f"data.num_workers={self.num_workers}", f"data.n_folds={self.n_folds}",
+               f"data.val_fold={self.val_fold}", f"model.name={self.model}", f"optim.lr={self.lr}",
+               f"train.device={self.device}", f"train.num_threads={self.threads}",
+               f"pseudo.rounds={self.pseudo_rounds}", f"pseudo.adabn={str(self.adabn).lower()}"]
+        if self.batch_by:
+            out.append(f"data.batch_by={self.batch_by}")
+        return out
+
+    def describe(self) -> str:
+        lines = [f"plan: {self.model} on {self.crop}px crops, batch {self.batch}, {self.device} x {self.processes} "
+                 f"({self.backend} loader, {self.num_workers} workers, {self.threads} threads); "
+                 f"{self.steps_single} single + {self.steps_pseudo} pseudo-label steps ({self.pseudo_rounds} "
+                 f"rounds); validation fold {self.val_fold} of {self.n_folds}; TTA {self.eval_tta}"
+                 f"{' x 8 dihedral' if self.dihedral else ''}{' + AdaBN' if self.adabn else ''}; budget "
+                 f"{self.budget_s / 60:.1f} min"]
+        lines += [f"   - {r}" for r in self.reasons]
+        if self.estimates:
+            lines.append("   estimates: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.estimates.items()))
+        return "\n".join(lines)
+
+
+PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(Plan))
+_OVERRIDABLE = {"device", "processes", "backend", "num_workers", "threads", "model", "crop", "batch", "lr",
+                "n_folds", "val_fold", "steps_single", "steps_pseudo", "pseudo_rounds", "eval_tta", "dihedral",
+                "adabn", "batch_by"}
+
+
+def _n_folds(facts: DataFacts) -> int:
+    """About a quarter (at most a fifth on big sets) of the train experiments held out, at least two folds."""
+    n = len(facts.train_experiments)
+    return max(2, min(5, n // 2)) if n >= 2 else 2
+
+
+def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
+              overrides: dict[str, Any] | None = None) -> Plan:
+    """The plan for these data on this machine (steps still 0: `fit_to_budget` sets them from measurements)."""
+    if budget_s <= 0:
+        raise ConfigError(f"--budget: expected a positive number of minutes, found {budget_s / 60:g}")
+    h, w = facts.site_size
+    side = min(h, w)
+    reasons: list[str] = []
+    if hw.gpus:
+        gpu_hours = budget_s / 3600 * len(hw.gpus)
+        model = "densenet161" if gpu_hours > 2 else "densenet121"
+        crop = min(side, 384)
+        plan = Plan(budget_s, "cuda", len(hw.gpus), "dali" if hw.dali else "torch", min(6, max(1, hw.cpu_cores //
+                    max(len(hw.gpus), 1) - 1)), 0, model, crop, 32, 6e-4, _n_folds(facts), 0, 0, 0, 3, "grid9",
+                    False, False)
+        reasons.append(f"{len(hw.gpus)} CUDA device(s) ({hw.gpus[0][0]}, {hw.gpus[0][1]} GiB): {model} at {crop} px, "
+                       f"bf16, one process per GPU" + ("" if hw.dali else "; DALI not installed: torch loader"))
+    else:
+        crop = max(32, min(side, int(round(0.44 * side / 8)) * 8))
+        plan = Plan(budget_s, "cpu", 1, "torch", 0, max(1, hw.cpu_cores), "densenet_tiny", crop, 32, 2e-3,
+                    _n_folds(facts), 0, 0, 0, 3, "grid9", False, False)
+        reasons.append(f"no CUDA device, {hw.cpu_cores} cores: densenet_tiny on {crop} px crops (0.44 of the "
+                       f"{side} px site), torch loader in-process (DALI's CPU threads compete with the model's)")
+    reasons.append(f"{len(facts.train_experiments)} train experiments: {plan.n_folds} folds, fold 0 held out "
+                   "for validation (whole experiments)")
+    for key, value in (overrides or {}).items():
+        if key not in _OVERRIDABLE:
+            raise ConfigError(f"plan.{key}: not a plan field; expected one of {sorted(_OVERRIDABLE)}")
+        kind = type(getattr(plan, key))
+        setattr(plan, key, kind(value) if not isinstance(value, kind) else value)
+        reasons.append(f"plan.{key}={value} (override)")
+    plan.data, plan.hardware = facts.to_dict(), hw.to_dict()
+    return plan
+
+
+def fit_to_budget(plan: Plan, *, step_s: float, view_s: float, spent_s: float, facts: DataFacts,
+                  fixed_steps: bool = False) -> Plan:
+    """Steps of both stages from the measured seconds per training step and per predicted view, after `spent_s`
+    already used (ingest, setup). Prediction: every test and held-out site at the plan's TTA views, plus one
+    centre view of them per pseudo-label round. With `fixed_steps` (steps given as overrides) only the
+    estimates are filled in."""
+    views = VIEWS[plan.eval_tta] * (8 if plan.dihedral else 1) * (2 if plan.adabn else 1)
+    held = facts.train_sites / max(plan.n_folds, 1) if plan.val_fold >= 0 else 0.0
+    predict_s = view_s * (facts.test_sites + held) * views
+    pseudo_s = view_s * (facts.test_sites + held) * plan.pseudo_rounds * (2 if plan.adabn else 1)
+    chain_s, margin_s = 20.0 + 0.002 * (facts.test_sites + held), 0.05 * plan.budget_s
+    left = plan.budget_s - spent_s - predict_s - pseudo_s - chain_s - margin_s
+    if not fixed_steps:
+        total = max(0, int(left / max(step_s, 1e-6)))
+        single = total * 2 // 3 // STEP_QUANTUM * STEP_QUANTUM
+        pseudo = (total - single) // STEP_QUANTUM * STEP_QUANTUM
+        if single < 2 * STEP_QUANTUM:
+            raise ConfigError(f"the budget ({plan.budget_s / 60:.1f} min) leaves {max(left, 0):.0f} s for training "
+                              f"at {step_s:.2f} s per step after {spent_s:.0f} s spent and ~{predict_s + pseudo_s:.0f} s "
+                              f"of prediction: raise --budget or lower plan.crop / plan.eval_tta")
+        plan.steps_single, plan.steps_pseudo = single, pseudo
+        if pseudo < STEP_QUANTUM:
+            plan.steps_pseudo = 0
+        plan.reasons.append(f"measured {step_s:.3f} s per step and {1000 * view_s:.1f} ms per view: "
+                            f"{plan.steps_single} single-stage steps, {plan.steps_pseudo} pseudo-label steps")
+    plan.estimates = {"spent": spent_s, "train": (plan.steps_single + plan.steps_pseudo) * step_s,
+                      "pseudo-label predictions": pseudo_s if plan.steps_pseudo else 0.0, "predict": predict_s,
+                      "chain": chain_s}
+    return plan
+
+
+def save_plan(plan: Plan, path: str | Path) -> Path:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(plan.to_dict(), indent=2))
+    tmp.replace(path)
+    return path
+
+
+def load_plan(path: str | Path) -> Plan:
+    return Plan.from_dict(json.loads(Path(path).read_text()))
+
