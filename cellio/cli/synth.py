@@ -29,7 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sites", type=int, default=2, help="sites per well")
     p.add_argument("--size", type=_size, default=(512, 512), help="image size: SIZE or HEIGHTxWIDTH")
     p.add_argument("--positive-controls", type=int, default=4, help="positive control siRNAs per plate (<= 30)")
-    p.add_argument("--missing-wells", type=float, default=0.0, help="fraction of treatment wells dropped")
+    p.add_argument("--missing-wells", type=float, default=None,
+                   help="fraction of treatment wells dropped (default: the profile's, 0 or 0.05)")
+    p.add_argument("--profile", default="default", choices=["default", "hard"],
+                   help="hard: subtle, cell-type-specific phenotypes, stronger plate gain, spread of cell sizes")
     p.add_argument("--seed", type=int, default=0, help="random seed (the output is a pure function of the arguments)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--zip", action="store_true", help="also write train.zip/test.zip like Kaggle's")
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         args.out, classes=args.classes, train_experiments_per_cell_type=args.train_experiments,
         test_experiments_per_cell_type=args.test_experiments, cell_types=args.cell_types, sites=args.sites,
         size=args.size, positive_controls=args.positive_controls, missing_wells=args.missing_wells,
+        profile=args.profile,
         seed=args.seed, workers=args.workers, zip=args.zip, pixel_stats=not args.no_pixel_stats,
         progress=not args.no_progress, check=not args.no_check,
     )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..schema import GLOBAL_PIXEL_MEAN, GLOBAL_PIXEL_STD, N_CHANNELS, NEGATIVE_CONTROL_SIRNA
+from ..schema import CELL_TYPES, GLOBAL_PIXEL_MEAN, GLOBAL_PIXEL_STD, N_CHANNELS, NEGATIVE_CONTROL_SIRNA
 
 __all__ = ["MORPHOLOGY", "BatchEffects", "class_morphology", "site_batch", "render_synthetic_site",
            "texture_features", "pixel_stats", "encode_png", "N_TEXTURE"]
@@ -80,17 +80,47 @@ _TRAITS: dict[str, _CellTypeTraits] = {
 
 # Random-stream purposes (first key after the seed), for every stream of the generator: the layout and site
 # streams are drawn by cellio.synth.writer.
-KEY_LAYOUT, KEY_CLASS, KEY_BATCH_EXP, KEY_BATCH_PLATE, KEY_SITE, KEY_BATCH_CELL_TYPE = 1, 2, 3, 4, 5, 6
+KEY_LAYOUT, KEY_CLASS, KEY_BATCH_EXP, KEY_BATCH_PLATE, KEY_SITE, KEY_BATCH_CELL_TYPE, KEY_CLASS_CELL_TYPE = \
+    1, 2, 3, 4, 5, 6, 7
+
+
+@dataclass(frozen=True)
+class SynthProfile:
+    """How hard a synthetic set is. "default" is the original generator (every class anywhere in the morphology
+    box, the same in every cell type); "hard" makes phenotypes subtle (a class sits within `strength` of the
+    box around its centre) and cell-type-specific (a `cell_type_specific` share of its position is drawn per cell
+    type, so one siRNA looks different in different cell types), with stronger per-plate gain, a wider spread
+    of cell sizes within a well and missing wells."""
+
+    name: str
+    strength: float = 1.0
+    cell_type_specific: float = 0.0
+    plate_gain: float = 0.1             # log-normal sd of a plate's per-channel mean/std factor
+    size_spread: float = 0.12           # log-normal sd of cell radii within a site
+    missing_wells: float = 0.0          # default share of missing treatment wells
+
+
+PROFILES: dict[str, SynthProfile] = {
+    "default": SynthProfile("default"),
+    "hard": SynthProfile("hard", strength=0.5, cell_type_specific=0.6, plate_gain=0.2, size_spread=0.3,
+                         missing_wells=0.05),
+}
 _TEXTURE_CROP = 160  # texture statistics of the check use a central crop (speed)
 N_TEXTURE = 5  # texture features per channel
 
 
-def class_morphology(sirna: int, seed: int = 0) -> dict[str, float]:
-    """The morphology point of a siRNA (treatment or control); the negative control sits at the box centre."""
+def class_morphology(sirna: int, seed: int = 0, cell_type: str | None = None,
+                     profile: SynthProfile = PROFILES["default"]) -> dict[str, float]:
+    """The morphology point of a siRNA (treatment or control) in a cell type; the negative control sits at the box
+    centre. Under the default profile the cell type plays no part."""
     if int(sirna) == NEGATIVE_CONTROL_SIRNA:
         return {k: (lo + hi) / 2 for k, (lo, hi) in MORPHOLOGY.items()}
     rng = np.random.default_rng([int(seed), KEY_CLASS, int(sirna)])
     u = rng.random(len(MORPHOLOGY))
+    if profile.cell_type_specific > 0 and cell_type is not None:
+        own = np.random.default_rng([int(seed), KEY_CLASS_CELL_TYPE, int(sirna), CELL_TYPES.index(cell_type)])
+        u = (1 - profile.cell_type_specific) * u + profile.cell_type_specific * own.random(len(MORPHOLOGY))
+    u = 0.5 + profile.strength * (u - 0.5)
     return {k: lo + float(x) * (hi - lo) for (k, (lo, hi)), x in zip(MORPHOLOGY.items(), u)}
 
 
@@ -111,10 +141,10 @@ def _experiment_batch(seed: int, exp_index: int) -> tuple[np.ndarray, ...]:
 
 
 def site_batch(seed: int, exp_index: int, plate: int, site_rng: np.random.Generator,
-               cell_type_index: int) -> BatchEffects:
+               cell_type_index: int, plate_gain: float = 0.1) -> BatchEffects:
     g_mean, g_std, background, noise = _experiment_batch(seed, exp_index)
     prng = np.random.default_rng([seed, KEY_BATCH_PLATE, exp_index, plate])
-    p_mean, p_std = np.exp(prng.normal(0, 0.1, N_CHANNELS)), np.exp(prng.normal(0, 0.1, N_CHANNELS))
+    p_mean, p_std = np.exp(prng.normal(0, plate_gain, N_CHANNELS)), np.exp(prng.normal(0, plate_gain, N_CHANNELS))
     grad = prng.normal(0, 0.15, (N_CHANNELS, 2))
     ct = np.exp(np.random.default_rng([seed, KEY_BATCH_CELL_TYPE, cell_type_index]).normal(0, 0.15, 2))
     s_mean, s_std = np.exp(site_rng.normal(0, 0.05, N_CHANNELS)), np.exp(site_rng.normal(0, 0.05, N_CHANNELS))
@@ -136,7 +166,7 @@ def _bump(d: np.ndarray) -> np.ndarray:
 
 
 def render_synthetic_site(height: int, width: int, morph: dict[str, float], cell_type: str, batch: BatchEffects,
-                          rng: np.random.Generator) -> np.ndarray:
+                          rng: np.random.Generator, size_spread: float = 0.12) -> np.ndarray:
     """Render one site: uint8 (6, height, width), channel order w1..w6.
 
     Cells tile the field like a confluent culture: every pixel belongs to its nearest cell centre (one Euclidean
@@ -165,7 +195,7 @@ def render_synthetic_site(height: int, width: int, morph: dict[str, float], cell
         cx[clustered] = np.mod(centres[pick, 1] + jitter[:, 1], width)
     aligned = rng.random(n) < m["align"]
     phi = np.where(aligned, rng.uniform(0, math.pi) + rng.normal(0, 0.2, n), rng.uniform(0, math.pi, n))
-    radius = r0 * np.exp(rng.normal(0, 0.12, n))
+    radius = r0 * np.exp(rng.normal(0, size_spread, n))
     cell_side = np.where(rng.random(n) < 0.5, -1.0, 1.0)
 
     # Per-cell parameters, gathered to pixels in one take (the fewer, the faster). Brightness varies per cell in

@@ -36,8 +36,8 @@ from ..schema import (
     WellType,
     make_id_code,
 )
-from .cells import KEY_LAYOUT, KEY_SITE, N_TEXTURE, class_morphology, encode_png, pixel_stats, \
-    render_synthetic_site, site_batch, texture_features
+from .cells import KEY_LAYOUT, KEY_SITE, N_TEXTURE, PROFILES, SynthProfile, class_morphology, encode_png, \
+    pixel_stats, render_synthetic_site, site_batch, texture_features
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,19 +56,19 @@ _Task = tuple[str, int, str, int, int, tuple[int, ...]]
 
 
 def _render_chunk(out_dir: str, seed: int, height: int, width: int, tasks: list[_Task],
-                  texture: bool) -> tuple[list[np.ndarray], float]:
+                  texture: bool, profile: SynthProfile = PROFILES["default"]) -> tuple[list[np.ndarray], float]:
     """Render, encode and write the sites of `tasks`; return per site the pixel statistics (6 x 5) and, when
     `texture`, the texture features of the classifier check (else zeros); and the CPU seconds it took."""
     results = []
     cpu0 = time.process_time()
-    morph_cache: dict[int, dict[str, float]] = {}
+    morph_cache: dict[tuple[int, str], dict[str, float]] = {}
     for prefix, sirna, cell_type, exp_index, plate, key in tasks:
-        morph = morph_cache.get(sirna)
+        morph = morph_cache.get((sirna, cell_type))
         if morph is None:
-            morph = morph_cache[sirna] = class_morphology(sirna, seed)
+            morph = morph_cache[(sirna, cell_type)] = class_morphology(sirna, seed, cell_type, profile)
         rng = np.random.default_rng([seed, KEY_SITE, *key])
-        batch = site_batch(seed, exp_index, plate, rng, CELL_TYPES.index(cell_type))
-        img = render_synthetic_site(height, width, morph, cell_type, batch, rng)
+        batch = site_batch(seed, exp_index, plate, rng, CELL_TYPES.index(cell_type), profile.plate_gain)
+        img = render_synthetic_site(height, width, morph, cell_type, batch, rng, profile.size_spread)
         for ci, channel in enumerate(CHANNELS):
             with open(os.path.join(out_dir, f"{prefix}_w{channel}.png"), "wb") as fh:
                 fh.write(encode_png(img[ci]))
@@ -194,9 +194,10 @@ def _classifier_check(features: np.ndarray, labels: np.ndarray, is_train: np.nda
 
 def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_experiments_per_cell_type: int = 2,
                test_experiments_per_cell_type: int = 1, cell_types: Iterable[str] = CELL_TYPES, sites: int = 2,
-               size: int | Sequence[int] = (512, 512), positive_controls: int = 4, missing_wells: float = 0.0,
-               seed: int = 0, workers: int | None = None, zip: bool = False, pixel_stats: bool = True,
-               progress: bool = True, check: bool | None = None) -> dict[str, Any]:
+               size: int | Sequence[int] = (512, 512), positive_controls: int = 4,
+               missing_wells: float | None = None, seed: int = 0, workers: int | None = None, zip: bool = False,
+               pixel_stats: bool = True, progress: bool = True, check: bool | None = None,
+               profile: str = "default") -> dict[str, Any]:
     """Write a synthetic RxRx1 data set in the exact Kaggle layout under `out_dir`; return a summary dict
     (counts, seconds, sites/s, groups, rotations, and the classifier check).
 
@@ -204,7 +205,13 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
     sites and scores the test experiments': on pixel-stats mean/std it should be near chance, on affine-invariant
     texture statistics well above. `check=None` runs it only when there are at least
     AUTO_CHECK_MIN_SITES test treatment sites (importing scikit-learn costs seconds; tiny test sets skip it).
+    `profile`: "default" or "hard" (cellio.synth.cells.PROFILES: subtle, cell-type-specific phenotypes, stronger
+    plate gain, spread of cell sizes, missing wells); `missing_wells` defaults to the profile's.
     """
+    if profile not in PROFILES:
+        raise ConfigError(f"profile must be one of {sorted(PROFILES)}; got {profile!r}")
+    prof = PROFILES[profile]
+    missing_wells = prof.missing_wells if missing_wells is None else missing_wells
     cell_types = tuple(cell_types)
     h, w = _parse_size(size)
     unknown = [c for c in cell_types if c not in CELL_TYPES]
@@ -264,7 +271,7 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
     with tqdm(total=len(tasks), unit="site", desc="synth", disable=not progress) as bar:
         if n_workers <= 1:
             for chunk in chunks:
-                part, cpu = _render_chunk(str(out), seed, h, w, chunk, check)
+                part, cpu = _render_chunk(str(out), seed, h, w, chunk, check, prof)
                 results += part
                 cpu_s += cpu
                 bar.update(len(chunk))
@@ -273,7 +280,7 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
 
             ctx = multiprocessing.get_context("spawn")  # safe even if the caller has threads or torch loaded
             with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
-                futures = [pool.submit(_render_chunk, str(out), seed, h, w, chunk, check) for chunk in chunks]
+                futures = [pool.submit(_render_chunk, str(out), seed, h, w, chunk, check, prof) for chunk in chunks]
                 for fut in futures:  # in submission order: output is independent of workers
                     part, cpu = fut.result()
                     results += part
@@ -305,7 +312,7 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
                                      classes, seed) if check else None
     truth = {
         "seed": seed, "classes": classes, "size": [h, w], "sites": sites, "cell_types": list(cell_types),
-        "positive_controls": positive_controls, "missing_wells": missing_wells,
+        "positive_controls": positive_controls, "missing_wells": missing_wells, "profile": profile,
         "groups": groups, "rotations": {e: rotations[e] for e in order},
     }
     (out / "synth.json").write_text(json.dumps(truth, indent=1) + "\n")
