@@ -1,11 +1,13 @@
 # The README's two commands. Both create .venv on first use and are quick afterwards.
-#   make demo [DATA=/path/to/rxrx1] [OUT=out/demo]   the main job, end to end
+#   make demo [DATA=/path/to/rxrx1] [OUT=out/demo] [BUDGET=minutes] [RECIPE=file.yaml]   the main job
 #   make test                                        the test suite
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 OUT    ?= out/demo
 DATA   ?=
+BUDGET ?=
+RECIPE ?=
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test install clean-venv
@@ -19,7 +21,8 @@ $(STAMP): setup.py constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m trainer.demo --out '$(OUT)' $(if $(DATA),--data '$(DATA)')
+	$(PY) -m trainer.demo --out '$(OUT)' $(if $(DATA),--data '$(DATA)') $(if $(BUDGET),--budget '$(BUDGET)') \
+		$(if $(RECIPE),--recipe '$(RECIPE)')
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests

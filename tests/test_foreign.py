@@ -45,10 +45,14 @@ def test_metadata_matches_the_csvs(foreign):
     assert sorted(set(groups.rotations.values())) == [0, 1]  # 2 train experiments per cell type: rotations 0, 1
 
 
+# a tiny plan: fixed steps (no measurement), small crops
+QUICK = ["plan.steps_single=30", "plan.steps_pseudo=10", "plan.pseudo_rounds=2", "plan.crop=24", "plan.batch=16"]
+
+
 def test_main_job_runs_on_foreign_data(foreign, tmp_path):
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "trainer.demo", "--profile", "quick", "--data", str(foreign),
-                          "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    run = subprocess.run([sys.executable, "-m", "trainer.demo", "--data", str(foreign), "--out", str(out), *QUICK],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     sub = pd.read_csv(out / "submission.csv")
     sample = pd.read_csv(foreign / "sample_submission.csv")
@@ -65,8 +69,8 @@ def test_main_job_runs_on_foreign_data(foreign, tmp_path):
     assert {"validation", "test"} <= set(report["splits"])
 
     # resumable: a rerun ingests nothing, trains nothing new, and writes the same submission
-    again = subprocess.run([sys.executable, "-m", "trainer.demo", "--profile", "quick", "--data", str(foreign),
-                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    again = subprocess.run([sys.executable, "-m", "trainer.demo", "--data", str(foreign), "--out", str(out), *QUICK],
+                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "(0 written by this run, 0 failed)" in again.stdout
     assert pd.read_csv(out / "submission.csv").equals(sub)

@@ -218,6 +218,7 @@ class ChainInputs:
     sample_submission: str | Path | None = None  # write submission.csv in this file's rows
     test_truth: str | Path | None = None         # a synthetic set's test labels: score the test steps too
     embeddings: Sequence[Any] = ()               # trainer.embed.WellEmbeddings of every well, one per model
+    notes: dict[str, Any] = field(default_factory=dict)  # more for report.json (the plan, training metrics)
 
 
 @dataclass
@@ -240,6 +241,7 @@ def run_chain(inputs: ChainInputs, out: str | Path) -> ChainResult:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sites, res = inputs.sites, ChainResult()
+    res.extra.update(inputs.notes)
     try:
         groups = cellio.derive_plate_groups(sites[sites["dataset"] == "train"])
     except CellioError as exc:  # no 4-group plate structure in this data set: no assignment steps

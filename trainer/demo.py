@@ -1,42 +1,63 @@
-"""The main job, end to end: synth (or a given RxRx1 directory) -> metadata -> ingest -> inspect -> one loader
-epoch -> train the 6-channel model and the two-stage per-channel + fusion plan -> predict (TTA views) on
-the held-out experiments and the test set -> aggregate / stacker / ensemble / plate assignment ->
-OUT/submission.csv and OUT/report.json (+ plots).
+"""The main job, end to end: data -> metadata -> ingest -> a plan from the data and the machine -> a 6-channel
+model (one validation fold held out) -> a pseudo-label stage from it -> TTA predictions and embeddings of the
+held-out and test wells -> the inference chain (calibration, ensemble, rotation inference, plate assignment,
+chosen by validation) -> OUT/submission.csv and OUT/report.json (+ plots).
 
-    python -m trainer.demo --out out/demo                      # on an embedded synthetic RxRx1 set
-    python -m trainer.demo --data /path/to/rxrx1 --out out/rx  # on a directory in the Kaggle layout
+    python -m trainer.demo --out out/demo                          # on the embedded synthetic RxRx1 set
+    python -m trainer.demo --data /path/to/rxrx1 --out out/rx      # a directory in the Kaggle layout
+    python -m trainer.demo --data DIR --budget 120 plan.crop=512 optim.lr=3e-4   # overrides
 
-Every step is resumable: rerunning the command skips what is complete (synth marker, ingest journal, training
-checkpoints, prediction files). `make demo DATA=... OUT=...` calls this.
+The plan (trainer/plan.py) is printed before any training and saved as OUT/plan.json. On CUDA it trains the GPU
+recipe on every local GPU, launching torchrun itself. Every step is resumable: a rerun skips what is complete
+(synth marker, ingest journal, plan.json, training checkpoints, prediction files). `make demo DATA=... OUT=...
+BUDGET=... RECIPE=...` calls this.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cellio
 
-from trainer.config import load_config
+from trainer.config import Config, load_config, save_config
+from trainer.plan import DataFacts, Hardware, Plan, fit_to_budget, load_plan, make_plan, save_plan
 
 log = logging.getLogger("trainer.demo")
 
-RECIPES = Path(__file__).resolve().parent / "recipes"
 SYNTH_MARKER = ".cellio-synth.json"
+DEFAULT_BUDGET_MIN = 14.0
 
-# Sizes of the embedded synthetic set and of the CPU recipes. "quick" is the test suite's end-to-end check.
+# The embedded synthetic set ("default": subtle, cell-type-specific phenotypes at 512 px, ~1,700 sites) and the
+# test suite's tiny one ("quick").
 PROFILES: dict[str, dict[str, Any]] = {
-    "default": {"classes": 40, "size": 256, "train_experiments": 2, "test_experiments": 1, "crop": 96,
-                "sixch_epochs": 12, "stage1_epochs": 4, "stage2_epochs": 30, "batch": 32, "tta": "grid9"},
-    "quick": {"classes": 8, "size": 48, "train_experiments": 2, "test_experiments": 1, "crop": 24,
-              "sixch_epochs": 2, "stage1_epochs": 1, "stage2_epochs": 3, "batch": 16, "tta": "grid9"},
+    "default": {"classes": 60, "size": 512, "train_experiments_per_cell_type": 2,
+                "test_experiments_per_cell_type": 1, "profile": "hard"},
+    "quick": {"classes": 8, "size": 48, "train_experiments_per_cell_type": 2, "test_experiments_per_cell_type": 1,
+              "profile": "default"},
 }
+
+
+@dataclass
+class JobOptions:
+    out: Path
+    data: Path | None = None          # None: the embedded synthetic set in OUT/raw
+    profile: str = "default"
+    budget_min: float = DEFAULT_BUDGET_MIN
+    seed: int = 0
+    workers: int | None = None        # synth and ingest processes
+    recipe: Path | None = None        # trainer YAML under the plan's own keys
+    overrides: list[str] = field(default_factory=list)       # trainer keys, for every run
+    plan_overrides: dict[str, Any] = field(default_factory=dict)  # plan.<field>=value
+    hardware: str = "auto"            # auto | cpu | gpu (gpu on a CPU machine: the GPU plan's code path)
 
 
 def _step(title: str) -> float:
@@ -48,105 +69,197 @@ def _done(t0: float) -> None:
     print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
 
 
-def make_data(args: argparse.Namespace, prof: dict[str, Any], out: Path) -> Path:
+def make_data(opts: JobOptions) -> Path:
     """The RxRx1 directory to use: the given one, or the embedded synthetic set (made once, then reused)."""
-    if args.data:
-        raw = Path(args.data).resolve()
+    if opts.data:
+        raw = Path(opts.data).resolve()
         if not raw.is_dir():
             raise cellio.CellioError(f"--data {raw}: no such directory (expected an RxRx1 directory in the Kaggle "
                                      "layout: train.csv, test.csv, train/, test/ ...)")
         print(f"   using {raw}")
         return raw
-    raw = out / "raw"
+    raw = opts.out / "raw"
     marker = raw / SYNTH_MARKER
-    params = {"classes": prof["classes"], "train_experiments_per_cell_type": prof["train_experiments"],
-              "test_experiments_per_cell_type": prof["test_experiments"], "size": prof["size"], "seed": args.seed}
+    params = {**PROFILES[opts.profile], "seed": opts.seed}
     if marker.is_file() and json.loads(marker.read_text()).get("params") == params:
         print(f"   synthetic set already at {raw}")
         return raw
-    summary = cellio.synthesize(raw, workers=args.workers, **params)
-    marker.write_text(json.dumps({"params": params, "summary": _jsonable(summary)}, indent=2))
+    summary = cellio.synthesize(raw, workers=opts.workers, **params)
+    marker.write_text(json.dumps({"params": params, "summary": json.loads(json.dumps(summary, default=str))},
+                                 indent=2))
     print(f"   synthetic RxRx1 -> {raw}: {summary.get('sites')} sites, {summary.get('sites_per_s', 0):.1f} sites/s")
-    check = summary.get("classifier")
-    if check:
-        print(f"   class from per-channel mean/std alone: {check['pixel_stats_accuracy']:.3f} accuracy vs chance "
-              f"{check['chance']:.3f}; from texture features: {check['texture_accuracy']:.3f}")
     return raw
 
 
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
-
-
-def summarize_metadata(raw: Path) -> Any:
+def summarize_metadata(raw: Path) -> None:
     sites = cellio.read_metadata(raw)
     groups = cellio.derive_plate_groups(sites[sites["dataset"] == "train"])
-    counts = sites.groupby(["dataset", "cell_type"]).size().unstack(fill_value=0)
-    print(counts.to_string())
+    print(sites.groupby(["dataset", "cell_type"]).size().unstack(fill_value=0).to_string())
     wells = sites.drop_duplicates("id_code")
-    print(f"   {len(sites)} sites in {len(wells)} wells; well types: "
-          f"{wells['well_type'].value_counts().to_dict()}; "
+    print(f"   {len(sites)} sites in {len(wells)} wells; well types: {wells['well_type'].value_counts().to_dict()}; "
           f"{wells.loc[wells['well_type'] == 'treatment', 'sirna'].nunique()} labelled treatment classes")
     print(f"   plate groups: {[len(g) for g in groups.groups]} siRNAs; train rotations: {dict(groups.rotations)}")
-    return sites
 
 
-def loader_epoch(store: Any, prof: dict[str, Any]) -> None:
-    loader = cellio.create_loader(store, batch_size=64, crop_size=prof["crop"], train=True, seed=0)
-    t0 = time.perf_counter()
-    n = 0
-    for batch in loader:
-        n += int(batch["image"].shape[0])
-    dt = time.perf_counter() - t0
-    shape = tuple(batch["image"].shape)
-    print(f"   one training epoch ({type(loader).__name__}, backend {getattr(loader, 'backend', '?')}): {n} sites "
-          f"in {dt:.2f} s = {n / dt:.0f} sites/s; batch image {shape} {batch['image'].dtype}")
+def ingest(raw: Path, opts: JobOptions) -> Path:
+    store_path = opts.out / "store.zarr"
+    report = cellio.ingest(raw, store_path, workers=opts.workers)
+    print(f"   {report.n_ok} of {report.n_sites} sites stored ({report.n_written} written by this run, "
+          f"{report.n_failed} failed) in {report.seconds:.1f} s; codec {report.codec}, {report.workers} workers")
+    subprocess.run([sys.executable, "-m", "cellio", "inspect", str(store_path)], check=True)
+    return store_path
 
 
-def train_models(store_path: Path, out: Path, prof: dict[str, Any], args: argparse.Namespace) -> list[Path]:
-    """The 6-channel model and the per-channel extractors + fusion head; returns their checkpoints."""
+# ------------------------------------------------------------------------------------------------------- the plan
+def run_config(plan: Plan, opts: JobOptions, store_path: Path, out: Path, *extra: str) -> Config:
+    """A training run's config: the recipe (if any), the plan's keys, the user's overrides, then `extra`."""
+    keys = [f"data.store={store_path}", f"train.seed={opts.seed}", "train.progress=true", "train.tensorboard=false",
+            *plan.trainer_overrides()]
+    return load_config(opts.recipe, [*keys, *opts.overrides, f"out={out}", *extra])
+
+
+def measure(plan: Plan, opts: JobOptions, store: Any, store_path: Path) -> tuple[float, float]:
+    """(seconds per training step, seconds per predicted view) of this plan on this machine: a few real steps of
+    the single stage (trainer.train in-process), then a few batches of prediction."""
+    from trainer.checkpoint import load_for_inference
+    from trainer.predict import predict_views
     from trainer.train import run
 
-    common = [f"data.store={store_path}", f"data.crop_size={prof['crop']}", f"data.batch_size={prof['batch']}",
-              f"train.seed={args.seed}", "train.progress=true"]
-    sixch = out / "runs" / "sixch"
-    cfg = load_config(RECIPES / "demo_cpu.yaml", common + [f"out={sixch}", f"optim.epochs={prof['sixch_epochs']}"])
-    print(f"   6-channel {cfg.model.name} -> {sixch}")
-    m6 = run(cfg)
-    _print_metrics("6-channel", m6)
+    calib = opts.out / "runs" / "calibration"
+    warm, timed = 2, 4
+    cfg = run_config(plan, opts, store_path, calib, f"train.max_steps={warm + timed}", "train.log_every=1",
+                     "train.progress=false", "train.resume=false", "train.device=" + _device(plan))
+    run(cfg)
+    times = [e["time"] for e in map(json.loads, (calib / "log.jsonl").read_text().splitlines())
+             if e["event"] == "train"]
+    step_s = (times[-1] - times[warm - 1]) / timed
+    model, mcfg, class_map = load_for_inference(calib / "checkpoints" / "last.pt", _device(plan))
+    test_rows = store.sites.index[store.sites["dataset"] == "test"][:48].to_numpy()
+    t0 = time.perf_counter()
+    preds = predict_views(model, mcfg, class_map, store, datasets=None, indices=test_rows, tta="center",
+                          batch_size=plan.batch, progress=False)
+    view_s = (time.perf_counter() - t0) / max(len(preds), 1)
+    return step_s, view_s
 
-    s1, s2 = out / "runs" / "perchannel_s1", out / "runs" / "perchannel_s2"
-    cfg1 = load_config(RECIPES / "fusion_cpu.yaml", common + [f"out={s1}", f"optim.epochs={prof['stage1_epochs']}"])
-    print(f"   per-channel extractors (stage 1) {cfg1.model.name} -> {s1}")
-    _print_metrics("per-channel stage 1", run(cfg1))
-    cfg2 = load_config(RECIPES / "fusion_cpu.yaml",
-                       common + [f"out={s2}", "train.stage=fusion_stage2", f"train.init_from={s1 / 'checkpoints' / 'last.pt'}",
-                                 f"optim.epochs={prof['stage2_epochs']}", "optim.lr=1e-3"])
-    print(f"   fusion head on frozen per-channel features (stage 2) -> {s2}")
-    _print_metrics("per-channel + fusion", run(cfg2))
-    return [sixch / "checkpoints" / "last.pt", s2 / "checkpoints" / "last.pt"]
+
+def _device(plan: Plan) -> str:
+    import torch
+
+    return "cuda" if plan.device == "cuda" and torch.cuda.is_available() else "cpu"
+
+
+def make_job_plan(opts: JobOptions, store: Any, store_path: Path, start: float) -> Plan:
+    """OUT/plan.json when it exists (a rerun), else a new plan fitted to the budget by measurement."""
+    path = opts.out / "plan.json"
+    if path.is_file():
+        plan = load_plan(path)
+        print(f"   plan from {path} (delete it to plan again)")
+        return plan
+    facts = DataFacts.from_store(store)
+    hw = Hardware.detect()
+    if opts.hardware == "cpu":
+        hw = Hardware(hw.cpu_cores, (), hw.dali)
+    elif opts.hardware == "gpu" and not hw.gpus:  # the GPU plan's code path on a CPU machine (tests)
+        n = int(opts.plan_overrides.get("processes", 1))
+        hw = Hardware(hw.cpu_cores, tuple(("(forced) cpu", 0.0) for _ in range(n)), hw.dali)
+    plan = make_plan(facts, hw, opts.budget_min * 60, opts.plan_overrides)
+    if plan.device == "cuda" and not _has_cuda():
+        plan.device = "cpu"
+    if {"steps_single", "steps_pseudo"} <= set(opts.plan_overrides):  # nothing to measure
+        plan.reasons.append("steps given as plan overrides: no measurement, no budget check")
+    else:
+        step_s, view_s = measure(plan, opts, store, store_path)
+        plan = fit_to_budget(plan, step_s=step_s, view_s=view_s, spent_s=time.perf_counter() - start, facts=facts)
+    save_plan(plan, path)
+    return plan
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------------------------------------------- training
+def train(cfg: Config, plan: Plan) -> dict[str, Any]:
+    """One training run: in this process, or under torchrun with one process per GPU (plan.processes > 1)."""
+    from trainer.train import run
+
+    if plan.processes <= 1:
+        return run(cfg)
+    requested = save_config(cfg, Path(cfg.out) / "requested.yaml")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    if plan.device == "cpu":
+        env.setdefault("OMP_NUM_THREADS", "1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(plan.processes),
+           "-m", "trainer.train", "--config", str(requested)]
+    print(f"   torchrun: {' '.join(cmd[3:])}", flush=True)
+    subprocess.run(cmd, env=env, check=True)
+    return json.loads((Path(cfg.out) / "final_metrics.json").read_text())
+
+
+def train_models(plan: Plan, opts: JobOptions, store_path: Path) -> tuple[Path, dict[str, Any]]:
+    """The single stage, then the pseudo-label stage from it; (final checkpoint, metrics of both)."""
+    single = opts.out / "runs" / "single"
+    m1 = train(run_config(plan, opts, store_path, single, f"train.max_steps={plan.steps_single}"), plan)
+    _print_metrics("6-channel model", m1)
+    metrics = {"single": _scalars(m1)}
+    final = single / "checkpoints" / "last.pt"
+    if plan.steps_pseudo > 0:
+        pseudo = opts.out / "runs" / "pseudo"
+        m2 = train(run_config(plan, opts, store_path, pseudo, "train.stage=pseudo_label", f"train.init_from={final}",
+                              f"train.max_steps={plan.steps_pseudo}"), plan)
+        for r in m2.get("pseudo_rounds", []):
+            print(f"   pseudo-label round {r['round']}: {r['pseudo_labels']} wells, held-out precision "
+                  f"{r['validation_precision']:.3f}")
+        _print_metrics("6-channel model + pseudo-labels", m2)
+        metrics["pseudo"] = {**_scalars(m2), "rounds": m2.get("pseudo_rounds", [])}
+        final = pseudo / "checkpoints" / "last.pt"
+    return final, metrics
+
+
+def _scalars(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in m.items() if isinstance(v, (int, float, str, bool))}
 
 
 def _print_metrics(name: str, metrics: dict[str, Any]) -> None:
-    keys = [k for k in metrics if "acc" in k]
-    shown = ", ".join(f"{k}={metrics[k]:.3f}" for k in keys if isinstance(metrics[k], float))
+    shown = ", ".join(f"{k}={metrics[k]:.3f}" for k in metrics if "acc" in k and isinstance(metrics[k], float))
     print(f"   {name}: {shown}")
 
 
-def predict_all(ckpts: Sequence[Path], store: Any, out: Path, prof: dict[str, Any]) -> tuple[list[str], list[str]]:
-    from trainer.predict import predict
+# ------------------------------------------------------------------------------------------------------- inference
+def predict_and_embed(ckpt: Path, plan: Plan, store: Any, out: Path) -> tuple[list[Any], list[Any], list[Any]]:
+    """Out-of-fold and test predictions at the plan's TTA, and every well's embedding (centre view); cached."""
+    import numpy as np
 
-    val_files, test_files = [], []
-    for ckpt in ckpts:
-        name = ckpt.parent.parent.name
-        for ds, files in (("validation", val_files), ("test", test_files)):
-            path = out / "predictions" / f"{name}_{ds}.npz"
-            if not path.is_file():
-                preds = predict(ckpt, store, datasets=ds, tta=prof["tta"], out=path)
-                rate = len(preds) / max(preds.meta.get("seconds", 0.0), 1e-9)
-                print(f"   {name} {ds}: {len(preds)} views ({prof['tta']}) at {rate:.0f} views/s -> {path}")
-            files.append(str(path))
-    return val_files, test_files
+    from trainer.checkpoint import load_for_inference
+    from trainer.embed import WellEmbeddings, extract_embeddings
+    from trainer.predict import load_predictions, predict
+
+    files = {ds: out / "predictions" / f"model_{ds}.npz" for ds in ("validation", "test")}
+    kinds = ("validation", "test") if plan.val_fold >= 0 else ("test",)
+    preds = {}
+    for ds in kinds:
+        if files[ds].is_file() and load_predictions(files[ds]).meta.get("checkpoint") == str(ckpt):
+            preds[ds] = load_predictions(files[ds])
+            continue
+        preds[ds] = predict(ckpt, store, datasets=ds, tta=plan.eval_tta, dihedral=plan.dihedral, adabn=plan.adabn,
+                            device=_device(plan), batch_size=plan.batch, out=files[ds])
+        rate = len(preds[ds]) / max(preds[ds].meta.get("seconds", 0.0), 1e-9)
+        print(f"   {ds}: {len(preds[ds])} views ({plan.eval_tta}) at {rate:.0f} views/s -> {files[ds]}")
+    emb_file = out / "predictions" / "embeddings.npz"
+    if emb_file.is_file():
+        z = np.load(emb_file, allow_pickle=False)
+        emb = WellEmbeddings(z["id_codes"].astype(object), z["vectors"])
+    else:
+        model, cfg, _ = load_for_inference(ckpt, _device(plan))
+        t0 = time.perf_counter()
+        emb = extract_embeddings(model, cfg, store, datasets=("train", "test"), tta="center",
+                                 batch_size=plan.batch)
+        np.savez(emb_file, id_codes=emb.id_codes.astype(str), vectors=emb.vectors)
+        print(f"   embeddings of {len(emb)} wells in {time.perf_counter() - t0:.1f} s -> {emb_file}")
+    return [preds["validation"]] if "validation" in preds else [], [preds["test"]], [emb]
 
 
 def sample_submission(raw: Path, out: Path) -> Path:
@@ -157,66 +270,94 @@ def sample_submission(raw: Path, out: Path) -> Path:
     import pandas as pd
 
     made = out / "sample_submission.csv"
-    test = pd.read_csv(raw / "test.csv", usecols=["id_code"])
-    test.assign(sirna=0).to_csv(made, index=False)
+    pd.read_csv(raw / "test.csv", usecols=["id_code"]).assign(sirna=0).to_csv(made, index=False)
     print(f"   {given} is missing: the submission follows test.csv's rows ({made})")
     return made
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run_job(opts: JobOptions) -> dict[str, Any]:
+    """The whole main job; returns the chain's reports and what was submitted."""
+    from trainer.chain import ChainInputs, run_chain
+    from trainer.report import format_table
+
+    opts.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def timed(name: str, title: str, fn: Any, *a: Any) -> Any:
+        t = _step(title)
+        value = fn(*a)
+        timings[name] = time.perf_counter() - t
+        _done(t)
+        return value
+
+    raw = timed("data", "1. data", make_data, opts)
+    timed("metadata", "2. metadata", summarize_metadata, raw)
+    store_path = timed("ingest", "3. ingest", ingest, raw, opts)
+    store = cellio.open_store(store_path)
+    plan = timed("plan", "4. plan", make_job_plan, opts, store, store_path, start)
+    print(plan.describe())
+    ckpt, metrics = timed("train", "5. train", train_models, plan, opts, store_path)
+    val, test, emb = timed("predict", "6. predict, embed", predict_and_embed, ckpt, plan, store, opts.out)
+    t = _step("7. calibrate, ensemble, plate assignment, submission")
+    truth = raw / "test_truth.csv"
+    result = run_chain(ChainInputs(store.sites, val, test, seed=opts.seed, embeddings=emb,
+                                   sample_submission=sample_submission(raw, opts.out),
+                                   test_truth=truth if truth.is_file() else None,
+                                   notes={"plan": plan.to_dict(), "training": metrics}), opts.out)
+    timings["chain"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    _add_to_report(opts.out / "report.json", {"timings_s": timings})
+    print(f"submission ({result.submitted}) -> {opts.out / 'submission.csv'}\n{format_table(result.reports)}")
+    _done(t)
+    print(f"\nmain job done in {timings['total']:.0f} s (budget {opts.budget_min:.1f} min)")
+    for name in ("plan.json", "submission.csv", "report.json", "steps.png", "cell_types.png"):
+        path = opts.out / name
+        print(f"   {name:<15} {path if path.exists() else '(not written)'}")
+    return {"submitted": result.submitted, "reports": result.reports, "timings": timings}
+
+
+def _add_to_report(path: Path, extra: dict[str, Any]) -> None:
+    if path.is_file():
+        report = json.loads(path.read_text())
+        report.update(extra)
+        path.write_text(json.dumps(report, indent=2))
+
+
+def parse_args(argv: Sequence[str] | None) -> JobOptions:
     p = argparse.ArgumentParser(prog="python -m trainer.demo", description=__doc__.split("\n")[0])
     p.add_argument("--data", help="an RxRx1 directory in the Kaggle layout (default: make a synthetic one in OUT/raw)")
     p.add_argument("--out", default="out/demo", help="output folder")
-    p.add_argument("--profile", default="default", choices=sorted(PROFILES), help="sizes (quick = the test suite's)")
+    p.add_argument("--profile", default="default", choices=sorted(PROFILES),
+                   help="the embedded synthetic set (quick = the test suite's)")
+    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_MIN,
+                   help=f"minutes for the whole job, data to submission (default {DEFAULT_BUDGET_MIN:g})")
+    p.add_argument("--recipe", help="trainer YAML recipe under the plan's keys (trainer/recipes/*.yaml)")
+    p.add_argument("--hardware", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="plan for this machine (auto), or force the CPU or GPU plan")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="processes for synth and ingest (default: all cores)")
-    args = p.parse_args(argv)
+    p.add_argument("--workers", type=int, help="processes for synth and ingest (all cores if not given)")
+    p.add_argument("overrides", nargs="*", help="plan.<field>=value (trainer/plan.py) or trainer keys "
+                                                "(optim.lr=3e-4) for every training run")
+    a = p.parse_args(argv)
+    import yaml
+
+    plan_over = {k.split(".", 1)[1]: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in a.overrides
+                                                                   if o.startswith("plan."))}
+    return JobOptions(out=Path(a.out).resolve(), data=Path(a.data) if a.data else None, profile=a.profile,
+                      budget_min=a.budget, seed=a.seed, workers=a.workers,
+                      recipe=Path(a.recipe) if a.recipe else None,
+                      overrides=[o for o in a.overrides if not o.startswith("plan.")], plan_overrides=plan_over,
+                      hardware=a.hardware)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    prof = PROFILES[args.profile]
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-
-    t = _step("1. data")
-    raw = make_data(args, prof, out)
-    _done(t)
-    t = _step("2. metadata")
-    summarize_metadata(raw)
-    _done(t)
-    t = _step("3. ingest")
-    store_path = out / "store.zarr"
-    report = cellio.ingest(raw, store_path, workers=args.workers)
-    print(f"   {report.n_ok} of {report.n_sites} sites stored ({report.n_written} written by this run, "
-          f"{report.n_failed} failed) in {report.seconds:.1f} s; codec {report.codec}, {report.workers} workers")
-    subprocess.run([sys.executable, "-m", "cellio", "inspect", str(store_path)], check=True)
-    _done(t)
-    store = cellio.open_store(store_path)
-    t = _step("4. loader")
-    loader_epoch(store, prof)
-    _done(t)
-    t = _step("5. train")
-    ckpts = train_models(store_path, out, prof, args)
-    _done(t)
-    t = _step("6. predict")
-    val_files, test_files = predict_all(ckpts, store, out, prof)
-    _done(t)
-    t = _step("7. aggregate, stack, ensemble, plate assignment, submission")
-    from trainer.chain import ChainInputs, run_chain
-    from trainer.predict import load_predictions
-    from trainer.report import format_table
-
-    truth = raw / "test_truth.csv"
-    result = run_chain(ChainInputs(store.sites, [load_predictions(f) for f in val_files],
-                                   [load_predictions(f) for f in test_files], seed=args.seed,
-                                   sample_submission=sample_submission(raw, out),
-                                   test_truth=truth if truth.is_file() else None), out)
-    print(f"submission ({result.submitted}) -> {out / 'submission.csv'}")
-    print(format_table(result.reports))
-    _done(t)
-    print(f"\nmain job done in {time.perf_counter() - start:.0f} s")
-    for name in ("submission.csv", "report.json", "steps.png", "cell_types.png"):
-        path = out / name
-        print(f"   {name:<15} {path if path.exists() else '(not written)'}")
+    try:
+        run_job(parse_args(argv))
+    except cellio.CellioError as exc:
+        print(f"trainer.demo: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

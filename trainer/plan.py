@@ -193,6 +193,7 @@ def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
                     _n_folds(facts), 0, 0, 0, 3, "grid9", False, False)
         reasons.append(f"no CUDA device, {hw.cpu_cores} cores: densenet_tiny on {crop} px crops (0.44 of the "
                        f"{side} px site), torch loader in-process (DALI's CPU threads compete with the model's)")
+    plan.reasons = reasons
     reasons.append(f"{len(facts.train_experiments)} train experiments: {plan.n_folds} folds, fold 0 held out "
                    "for validation (whole experiments)")
     for key, value in (overrides or {}).items():
@@ -205,31 +206,26 @@ def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
     return plan
 
 
-def fit_to_budget(plan: Plan, *, step_s: float, view_s: float, spent_s: float, facts: DataFacts,
-                  fixed_steps: bool = False) -> Plan:
+def fit_to_budget(plan: Plan, *, step_s: float, view_s: float, spent_s: float, facts: DataFacts) -> Plan:
     """Steps of both stages from the measured seconds per training step and per predicted view, after `spent_s`
     already used (ingest, setup). Prediction: every test and held-out site at the plan's TTA views, plus one
-    centre view of them per pseudo-label round. With `fixed_steps` (steps given as overrides) only the
-    estimates are filled in."""
+    centre view of them per pseudo-label round."""
     views = VIEWS[plan.eval_tta] * (8 if plan.dihedral else 1) * (2 if plan.adabn else 1)
     held = facts.train_sites / max(plan.n_folds, 1) if plan.val_fold >= 0 else 0.0
     predict_s = view_s * (facts.test_sites + held) * views
     pseudo_s = view_s * (facts.test_sites + held) * plan.pseudo_rounds * (2 if plan.adabn else 1)
     chain_s, margin_s = 20.0 + 0.002 * (facts.test_sites + held), 0.05 * plan.budget_s
     left = plan.budget_s - spent_s - predict_s - pseudo_s - chain_s - margin_s
-    if not fixed_steps:
-        total = max(0, int(left / max(step_s, 1e-6)))
-        single = total * 2 // 3 // STEP_QUANTUM * STEP_QUANTUM
-        pseudo = (total - single) // STEP_QUANTUM * STEP_QUANTUM
-        if single < 2 * STEP_QUANTUM:
-            raise ConfigError(f"the budget ({plan.budget_s / 60:.1f} min) leaves {max(left, 0):.0f} s for training "
-                              f"at {step_s:.2f} s per step after {spent_s:.0f} s spent and ~{predict_s + pseudo_s:.0f} s "
-                              f"of prediction: raise --budget or lower plan.crop / plan.eval_tta")
-        plan.steps_single, plan.steps_pseudo = single, pseudo
-        if pseudo < STEP_QUANTUM:
-            plan.steps_pseudo = 0
-        plan.reasons.append(f"measured {step_s:.3f} s per step and {1000 * view_s:.1f} ms per view: "
-                            f"{plan.steps_single} single-stage steps, {plan.steps_pseudo} pseudo-label steps")
+    total = max(0, int(left / max(step_s, 1e-6)))
+    single = total * 2 // 3 // STEP_QUANTUM * STEP_QUANTUM
+    pseudo = (total - single) // STEP_QUANTUM * STEP_QUANTUM
+    if single < 2 * STEP_QUANTUM:
+        raise ConfigError(f"the budget ({plan.budget_s / 60:.1f} min) leaves {max(left, 0):.0f} s for training "
+                          f"at {step_s:.2f} s per step after {spent_s:.0f} s spent and ~{predict_s + pseudo_s:.0f} s "
+                          f"of prediction: raise --budget or lower plan.crop / plan.eval_tta")
+    plan.steps_single, plan.steps_pseudo = single, pseudo if pseudo >= STEP_QUANTUM else 0
+    plan.reasons.append(f"measured {step_s:.3f} s per step and {1000 * view_s:.1f} ms per view: "
+                        f"{plan.steps_single} single-stage steps, {plan.steps_pseudo} pseudo-label steps")
     plan.estimates = {"spent": spent_s, "train": (plan.steps_single + plan.steps_pseudo) * step_s,
                       "pseudo-label predictions": pseudo_s if plan.steps_pseudo else 0.0, "predict": predict_s,
                       "chain": chain_s}

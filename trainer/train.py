@@ -108,6 +108,8 @@ def run(cfg: Config) -> dict[str, Any]:
     r.runlog.close()
     r.metrics.update(step=r.step, epoch=epoch, stopped_early=r.step < r.schedule.total_steps,
                      num_classes=len(r.ctx.class_map), **r.stage.summary())
+    if env.is_main:  # the final figures, for whoever launched this run (the main job under torchrun)
+        (Path(cfg.out) / "final_metrics.json").write_text(json.dumps(r.metrics, indent=1, default=str))
     if env.distributed:
         dist.barrier()
     return r.metrics

@@ -1,0 +1,82 @@
+"""The main job's plan (trainer.plan, pure) and the GPU plan's code path run end to end on a CPU at tiny size:
+one process, and torchrun with two (gloo)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cellio.errors import ConfigError
+from trainer.plan import STEP_QUANTUM, DataFacts, Hardware, fit_to_budget, make_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+FACTS = DataFacts((512, 512), 1300, 440, 60, tuple(f"E{i}" for i in range(8)), ("T1", "T2", "T3", "T4"),
+                  ("HEPG2", "HUVEC", "RPE", "U2OS"), 2.0)
+
+
+def test_the_cpu_plan_crops_a_share_of_the_site_and_uses_the_torch_loader():
+    plan = make_plan(FACTS, Hardware(2), 14 * 60)
+    assert (plan.device, plan.model, plan.backend, plan.num_workers, plan.threads) == ("cpu", "densenet_tiny",
+                                                                                       "torch", 0, 2)
+    assert plan.crop == 224 and plan.n_folds == 4 and plan.val_fold == 0
+    small = make_plan(DataFacts((256, 256), *[getattr(FACTS, f) for f in ("train_sites", "test_sites", "classes",
+                      "train_experiments", "test_experiments", "cell_types", "sites_per_well")]), Hardware(2), 600)
+    assert small.crop == 112  # the same share of a smaller site
+    assert any("0.44 of the" in r for r in plan.reasons)
+
+
+def test_the_gpu_plan_and_overrides():
+    plan = make_plan(FACTS, Hardware(16, (("H200", 139.0),) * 8, dali=True), 3 * 3600)
+    assert (plan.device, plan.processes, plan.backend, plan.model, plan.crop) == ("cuda", 8, "dali",
+                                                                                  "densenet161", 384)
+    one = make_plan(FACTS, Hardware(16, (("H200", 139.0),), dali=False), 3600)
+    assert (one.model, one.backend) == ("densenet121", "torch")
+    over = make_plan(FACTS, Hardware(2), 600, {"crop": 160, "eval_tta": "center"})
+    assert over.crop == 160 and over.eval_tta == "center" and "plan.crop=160 (override)" in over.reasons
+    with pytest.raises(ConfigError, match="plan.cropsize"):
+        make_plan(FACTS, Hardware(2), 600, {"cropsize": 3})
+
+
+def test_steps_come_from_the_budget_and_a_too_small_budget_is_an_error():
+    plan = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60), step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
+    assert plan.steps_single % STEP_QUANTUM == 0 and plan.steps_pseudo % STEP_QUANTUM == 0
+    assert 1.8 <= plan.steps_single / plan.steps_pseudo <= 2.3
+    used = sum(plan.estimates.values())
+    assert 0.85 * 14 * 60 <= used <= 14 * 60  # the budget, less a safety margin
+    with pytest.raises(ConfigError, match="raise --budget"):
+        fit_to_budget(make_plan(FACTS, Hardware(2), 120), step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    from cellio.testing import make_raw
+
+    return make_raw(tmp_path_factory.mktemp("job") / "rxrx1", size=(40, 40), classes=8,
+                    train_experiments_per_cell_type=2)
+
+
+TINY = ["plan.model=densenet_tiny", "plan.crop=32", "plan.batch=8", "plan.steps_single=8", "plan.steps_pseudo=4",
+        "plan.pseudo_rounds=2", "plan.eval_tta=center"]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_gpu_plan_runs_end_to_end_on_cpu(raw, tmp_path, processes):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "trainer.demo", "--data", str(raw), "--out", str(out), "--hardware", "gpu",
+           f"plan.processes={processes}", *TINY]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["processes"] == processes and plan["device"] == "cpu" and plan["lr"] == 6e-4  # the GPU recipe
+    assert ("torchrun" in proc.stdout) == (processes > 1)
+    for stage in ("single", "pseudo"):
+        assert (out / "runs" / stage / "checkpoints" / "last.pt").is_file()
+    sub = pd.read_csv(out / "submission.csv")
+    assert sub["id_code"].tolist() == pd.read_csv(raw / "sample_submission.csv")["id_code"].tolist()
+    report = json.loads((out / "report.json").read_text())
+    assert report["plan"]["processes"] == processes and report["training"]["pseudo"]["rounds"]
