@@ -16,8 +16,9 @@ Two variations:
   cut into batches (its tail is a short batch under "partial", dropped under "drop", filled from the group's own
   items under "pad"); the batches are shuffled and dealt to the ranks in turn ("drop"/"pad" keep the same number
   of batches on every rank). Under "partial" every item is still seen exactly once per epoch across ranks.
-* ``num_samples``: the epoch is that many items (consecutive seeded permutations, cut), whatever ``n`` is: a
-  data set that grows between epochs (pseudo-labels) keeps the same number of batches per epoch.
+* ``num_samples``: the epoch is that many items (consecutive seeded permutations, cut; with ``groups``,
+  consecutive passes over the groups, cut to num_samples // batch_size batches), whatever ``n`` is: a data set
+  that grows between epochs (pseudo-labels) keeps the same number of batches per epoch.
 
 Resuming: the order of an epoch is a pure function of (seed, epoch, n, world_size, rank, batch_size, policy,
 groups, num_samples), so a loader skips the batches it already yielded and reproduces the rest exactly.
@@ -88,9 +89,8 @@ class ShardedSampler:
             keys = np.asarray(groups)
             if keys.shape != (self.n,):
                 raise PipelineConfigError(f"groups: expected one key per item ({self.n}), found shape {keys.shape}")
-            if weights is not None or num_samples is not None:
-                raise PipelineConfigError("groups: group-pure batches do not combine with weights (balance) or "
-                                          "num_samples")
+            if weights is not None:
+                raise PipelineConfigError("groups: group-pure batches do not combine with weights (balance)")
             _, codes = np.unique(keys, return_inverse=True)
             order = np.argsort(codes, kind="stable")
             self.groups = np.split(order.astype(np.int64), np.flatnonzero(np.diff(codes[order])) + 1)
@@ -161,9 +161,28 @@ class ShardedSampler:
         return np.stack([starts, np.minimum(starts + self.batch_size, m)], axis=1)
 
     def _grouped_batches(self, epoch: int) -> list[np.ndarray]:
-        """The epoch's group-pure batches over all ranks (identical on every rank), in dealing order."""
+        """The epoch's group-pure batches over all ranks (identical on every rank), in dealing order. With
+        num_samples, consecutive passes over the groups until the epoch has num_samples // batch_size batches."""
         assert self.groups is not None
         rng = np.random.default_rng([self.seed, epoch, 0x9A7E])
+        want = self._grouped_count()
+        batches: list[np.ndarray] = []
+        while True:
+            one_pass = self._group_pass(rng)
+            batches += one_pass
+            if self.num_samples is None or len(batches) >= want or not one_pass:
+                break
+        batches = batches[:want]
+        w = self.world_size
+        if self.last_batch == "drop":
+            batches = batches[:len(batches) // w * w]
+        elif self.last_batch == "pad" and len(batches) % w:
+            batches += batches[:w - len(batches) % w]
+        return batches
+
+    def _group_pass(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """One pass over every group: its items shuffled and cut into batches; the batches shuffled."""
+        assert self.groups is not None
         bs, batches = self.batch_size, []
         for members in self.groups:
             items = rng.permutation(members) if self.shuffle else members
@@ -176,12 +195,15 @@ class ShardedSampler:
                 batches.append(chunk)
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        w = self.world_size
-        if self.last_batch == "drop":
-            batches = batches[:len(batches) // w * w]
-        elif self.last_batch == "pad" and len(batches) % w:
-            batches += batches[:w - len(batches) % w]
         return batches
+
+    def _grouped_count(self) -> int:
+        """Batches of one epoch over all ranks, before the rank policy."""
+        assert self.groups is not None
+        bs = self.batch_size
+        if self.num_samples is not None:
+            return self.num_samples // bs if self.last_batch == "drop" else -(-self.num_samples // bs)
+        return sum(len(g) // bs if self.last_batch == "drop" else -(-len(g) // bs) for g in self.groups)
 
     def _grouped_rank(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         batches = self._grouped_batches(epoch)
@@ -203,9 +225,7 @@ class ShardedSampler:
     def num_batches(self) -> int:
         """Batches this rank yields per epoch (the same in every epoch)."""
         if self.groups is not None:
-            bs = self.batch_size
-            per_group = [len(g) // bs if self.last_batch == "drop" else -(-len(g) // bs) for g in self.groups]
-            total, w = sum(per_group), self.world_size
+            total, w = self._grouped_count(), self.world_size
             total = total // w * w if self.last_batch == "drop" else -(-total // w) * w if self.last_batch == "pad" \
                 else total
             return len(range(self.rank, total, w))

@@ -127,5 +127,11 @@ def test_num_samples_fixes_the_epoch_length():
     assert counts.min() >= 2 and counts.max() <= 3  # consecutive permutations: nobody is left behind
     default = ShardedSampler(10, batch_size=4, seed=2, last_batch="partial")
     assert np.array_equal(default.global_order(0), ShardedSampler(10, batch_size=4, seed=2).global_order(0))
-    with pytest.raises(PipelineConfigError, match="groups"):
-        ShardedSampler(10, batch_size=4, groups=np.zeros(10), num_samples=20)
+    keys = np.repeat([0, 1, 2], [5, 9, 3])
+    for rank in (0, 1):  # group-pure batches with a fixed epoch length: passes over the groups, cut
+        g = ShardedSampler(17, batch_size=3, rank=rank, world_size=2, seed=1, groups=keys, num_samples=40,
+                           last_batch="drop")
+        items, _ = g.rank_order(0)
+        bounds = g.batch_bounds(0)
+        assert g.num_batches() == len(bounds) == 13 // 2
+        assert all(len(set(keys[items[a:b]].tolist())) == 1 and b - a == 3 for a, b in bounds)
