@@ -40,6 +40,7 @@ _LAZY: dict[str, str] = {
     "download": "cellio.kaggle",
     "submit": "cellio.kaggle",
     "check_credentials": "cellio.kaggle",
+    "dali_available": "cellio.pipeline",
 }
 
 __all__ = ["__version__", *_error_names, *_LAZY]

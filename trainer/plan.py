@@ -61,9 +61,9 @@ class Hardware:
                     gpus.append((prop.name, round(prop.total_memory / 2**30, 1)))
         except ImportError:
             pass
-        from cellio.pipeline import dali_available
+        import cellio
 
-        return cls(cores, tuple(gpus), dali_available())
+        return cls(cores, tuple(gpus), cellio.dali_available())
 
     def to_dict(self) -> dict[str, Any]:
         return {"cpu_cores": self.cpu_cores, "gpus": [list(g) for g in self.gpus], "dali": self.dali}
