@@ -105,3 +105,43 @@ def test_an_unchanged_resume_still_continues(interrupted):
     metrics = run(cfg("train.stop_at_step=5"))
     assert metrics["step"] == 5 and metrics["stopped_early"]
     assert load_config(out / "config.yaml").train.stop_at_step == 5
+
+
+def test_a_full_disk_while_saving_names_the_checkpoint_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from cellio.errors import DiskFullError
+    from trainer.checkpoint import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "last.pt", {"step": 1})
+
+    def full(obj, f, *a, **k):
+        open(f, "wb").write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(DiskFullError, match=r"last\.pt.*saving this checkpoint.*resumes"):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert torch.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_temporary_left_by_a_killed_writer_is_removed_at_the_next_save(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    from trainer.checkpoint import save_checkpoint
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".last.pt.{int(dead.stdout)}.tmp"
+    stale.write_bytes(b"torn")
+    foreign = tmp_path / ".best.pt.1.tmp"  # another file's temporary (pid 1 is alive): left alone
+    foreign.write_bytes(b"x")
+    save_checkpoint(tmp_path / "last.pt", {"step": 3})
+    assert not stale.exists() and foreign.exists()
+    assert torch.load(tmp_path / "last.pt")["step"] == 3

@@ -8,15 +8,17 @@ dict), `classes` (ClassMap dict), `epoch`, `step` and `metrics`. Run directory l
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from cellio.errors import ConfigError
+from cellio.errors import ConfigError, DiskFullError
 from cellio.schema import CELL_TYPES
 
 from .config import Config
@@ -33,17 +35,59 @@ REQUIRED_KEYS = ("model", "config", "classes")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """torch.save to a temporary file beside `path`, then os.replace: a crash never leaves a torn checkpoint."""
+    """torch.save to a temporary file beside `path`, then os.replace: a crash never leaves a torn checkpoint.
+
+    A full disk raises DiskFullError naming the file (the previous checkpoint at `path` is untouched, so the run
+    resumes from it once there is space); temporary files left by a killed writer are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        # torch.save wraps the writer's error in a RuntimeError on some versions; both carry ENOSPC/EDQUOT
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(str(path), None, _free_bytes(path.parent), what="saving this checkpoint",
+                                hint="the previous checkpoint is intact; free some space and rerun the same "
+                                     "command: training resumes from it") from e
+        raise
+    except RuntimeError as e:
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            raise DiskFullError(str(path), None, _free_bytes(path.parent), what="saving this checkpoint",
+                                hint="the previous checkpoint is intact; free some space and rerun the same "
+                                     "command: training resumes from it") from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete `.NAME.<pid>.tmp` files whose writer process is gone (a SIGKILL mid-save leaves one behind)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
