@@ -91,6 +91,14 @@ def write(out: Path, *, classes: int = 16, train: int = 2, test: int = 1, size: 
                     img = render(size, ctype, phenotype(sirna, seed), gain, offset, srng)
                     for ch in range(6):
                         Image.fromarray(img[ch], mode="L").save(folder / f"{well}_s{site}_w{ch + 1}.png")
+    write_kaggle_csvs(out, rows)
+    return out
+
+
+
+def write_kaggle_csvs(out: Path, rows: dict[str, list]) -> None:
+    """The Kaggle CSVs (their exact columns) from rows keyed train/test/train_controls/test_controls/truth; the
+    test truth goes to test_truth.csv and sample_submission.csv lists every test treatment well."""
     heads = {"train": ["id_code", "experiment", "plate", "well", "sirna"],
              "test": ["id_code", "experiment", "plate", "well"],
              "train_controls": ["id_code", "experiment", "plate", "well", "sirna", "well_type"],
@@ -106,7 +114,6 @@ def write(out: Path, *, classes: int = 16, train: int = 2, test: int = 1, size: 
         w = csv.writer(f)
         w.writerow(["id_code", "sirna"])
         w.writerows([r[0], 0] for r in rows["test"])
-    return out
 
 
 def main() -> None:
