@@ -206,9 +206,10 @@ PSEUDO = ["train.stage=pseudo_label", "optim.epochs=4", "pseudo.rounds=2", "pseu
           "pseudo.fraction_step=0.5", "model.kwargs.dropout=0.2"]
 
 
-def test_pseudo_label_rounds_respect_the_plate_and_report_precision(train_store, single_ckpt, tmp_path):
+@pytest.mark.parametrize("source", ["embedding", "logits"])
+def test_pseudo_label_rounds_respect_the_plate_and_report_precision(train_store, single_ckpt, tmp_path, source):
     out = tmp_path / "pl"
-    m = run(_cfg(_store_path(train_store), out, *PSEUDO, f"train.init_from={single_ckpt}"))
+    m = run(_cfg(_store_path(train_store), out, *PSEUDO, f"pseudo.source={source}", f"train.init_from={single_ckpt}"))
     rounds = m["pseudo_rounds"]
     assert [r["round"] for r in rounds] == [0, 1] and [r["epoch"] for r in rounds] == [0, 2]
     assert rounds[1]["pseudo_labels"] > rounds[0]["pseudo_labels"] > 0
@@ -234,13 +235,14 @@ def test_resume_through_a_pseudo_label_round_is_bit_identical(train_store, singl
     assert wa["stage"] == wb["stage"] and a["val_acc"] == b["val_acc"]
 
 
-def test_pseudo_labels_under_torchrun_agree_across_ranks(train_store, single_ckpt, tmp_path):
+@pytest.mark.parametrize("source", ["embedding", "logits"])
+def test_pseudo_labels_under_torchrun_agree_across_ranks(train_store, single_ckpt, tmp_path, source):
     # the stage all-gathers every rank's predictions and checks that all ranks chose the same labels
     out = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "trainer.train", *BASE, *PSEUDO, f"data.store={_store_path(train_store)}", "data.batch_size=4",
-           f"train.init_from={single_ckpt}", f"out={out}"]
+           f"pseudo.source={source}", f"train.init_from={single_ckpt}", f"out={out}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rounds = _events(out, "stage")

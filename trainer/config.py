@@ -116,6 +116,8 @@ class PseudoConfig:
     tta: str = "center"                   # views the pseudo-labels are predicted from (center | grid9 | full)
     adabn: bool = False                   # BatchNorm statistics per plate for those predictions
     min_z: float = 3.0           # rotation evidence needed to mask (trainer.assign)
+    source: str = "embedding"             # scores the labels come from: embedding (cosine to the train wells'
+    #                                       class centres per cell type, trainer.embed) | logits (the model's head)
 
 
 @dataclass
@@ -267,6 +269,7 @@ def validate(cfg: Config) -> None:
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"config key {key!r}: expected a fraction in [0, 1], found {value!r}")
     _choice(cfg.pseudo.tta, ("center", "grid9", "full"), "pseudo.tta")
+    _choice(cfg.pseudo.source, ("embedding", "logits"), "pseudo.source")
 
 
 def _check_augment(cfg: Config) -> None:

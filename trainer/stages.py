@@ -22,6 +22,7 @@ A new training mode (pseudo-labels, say) is one new class registered in `_STAGES
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -45,6 +46,11 @@ from .runtime import Env
 __all__ = ["StageContext", "StageUpdate", "StepOutput", "Stage", "create_stage"]
 
 log = logging.getLogger(__name__)
+
+# Cosine similarities to class centres span ~0.3 between the right class and the rest; the chain fits a temperature
+# of ~0.13 for them on held-out wells (report.json "calibration" of the main job on tests/foreign_subtle.py data),
+# so pseudo-labelling scales them by ~1/0.13 before the plate assignment's rotation evidence reads probabilities.
+CENTROID_SCALE = 8.0
 
 
 @dataclass(frozen=True)
@@ -300,18 +306,45 @@ class PseudoLabel(Stage):
         return StageUpdate(self._train_loader(ctx), event)
 
     def _predict_wells(self, net: nn.Module, ctx: StageContext) -> Any:
+        """Well scores of the targets from the model as it is now; every rank gets the same ones."""
+        from .runtime import unwrap
+
+        model = unwrap(net)
+        was_training = model.training
+        try:
+            if ctx.cfg.pseudo.source == "embedding":
+                return self._centroid_scores(model, ctx)
+            return self._mean_logits(model, ctx)
+        finally:
+            model.train(was_training)
+
+    def _centroid_scores(self, model: nn.Module, ctx: StageContext) -> Any:
+        """Cosine of each target well to the class centres of the labelled train wells, per cell type, after
+        per-plate centring (trainer.embed, the chain's "embedding centroids"). Every rank computes all of them
+        (one centre view per site: cheap next to training), so no gather is needed. Scaled by CENTROID_SCALE so
+        that the rotation evidence of assign_plates sees probabilities, not near-uniform cosines."""
+        from .embed import centroid_scores, extract_embeddings
+
+        p = ctx.cfg.pseudo
+        rows = np.concatenate([self._train_rows, self._target_rows])
+        emb = extract_embeddings(model, ctx.cfg, ctx.store, datasets=None, indices=rows, tta=p.tta,
+                                 batch_size=ctx.cfg.data.val_batch_size or ctx.cfg.data.batch_size,
+                                 device=ctx.env.device)
+        codes = ctx.store.sites["id_code"].to_numpy()
+        reference = pd.unique(codes[self._train_rows]).tolist()
+        targets = sorted(pd.unique(codes[self._target_rows]))
+        scores = centroid_scores(emb, ctx.store.sites, reference=reference, targets=targets)
+        return dataclasses.replace(scores, scores=scores.scores * CENTROID_SCALE)
+
+    def _mean_logits(self, model: nn.Module, ctx: StageContext) -> Any:
         """Mean logits per target well; every rank predicts its share, all ranks get everyone's."""
         from .aggregate import mean_logits
         from .predict import Predictions, predict_views
-        from .runtime import unwrap
 
         env, p = ctx.env, ctx.cfg.pseudo
-        model = unwrap(net)
-        was_training = model.training
         part = predict_views(model, ctx.cfg, ctx.class_map, ctx.store, datasets=None, indices=self._target_rows,
                              tta=p.tta, adabn=p.adabn, rank=env.rank, world_size=env.world_size, device=env.device,
                              batch_size=ctx.cfg.data.val_batch_size or ctx.cfg.data.batch_size, progress=False)
-        model.train(was_training)
         parts = [part]
         if env.distributed:
             parts = [None] * env.world_size
