@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import cellio
+from cellio.errors import ConfigError
 from cellio.schema import ALL_WELLS, NEGATIVE_CONTROL_SIRNA
 from trainer.aggregate import WellScores
 from trainer.assign import assign_plates, infer_rotations, predict_labels
@@ -260,3 +261,29 @@ def test_the_submission_is_the_step_validation_ranks_first(groups, tmp_path):
     assert rep["submission"]["step"] == res.submitted and "out-of-fold" in rep["submission"]["why"]
     assert (pd.read_csv(tmp_path / "out" / "test_predictions.csv")["sirna"].to_numpy()
             == res.test.labels[res.submitted]["sirna"].to_numpy()).all()
+
+
+def test_sinkhorn_balance_spreads_a_class_that_a_biased_model_gives_every_well(groups):
+    # a model biased towards one class per plate: plain masked argmax piles wells onto it; balancing each plate's
+    # block gives every class about one well, so the masked argmax recovers most wells; the assignment stays a
+    # one-class-per-plate permutation either way
+    truth_sites = make_sites({"HUVEC-17": ("test", 0)}, seed=5)
+    scores, truth = noisy_scores(truth_sites, signal=2.0, noise=0.5, seed=6)
+    sites = _hide_treatment_labels(truth_sites)
+    biased = scores.scores.copy()
+    for plate in range(1, 5):
+        favourite = groups.allowed_sirnas(plate, 0)[0]
+        rows = [i for i, c in enumerate(scores.id_codes) if c.startswith(f"HUVEC-17_{plate}_")]
+        biased[rows, list(CLASSES).index(favourite)] += 3.0
+    ws = WellScores(scores.id_codes, biased, scores.classes)
+    plain = assign_plates(ws, sites, groups, rotations={"HUVEC-17": 0})
+    balanced = assign_plates(ws, sites, groups, rotations={"HUVEC-17": 0}, balance="sinkhorn")
+    treat = sites.loc[sites["well_type"] == "treatment", "id_code"].unique()
+
+    def acc(labels: pd.DataFrame) -> float:
+        return float((labels.set_index("id_code")["sirna"].loc[treat] == truth.loc[treat]).mean())
+
+    assert acc(plain.masked) < 0.5 < acc(balanced.masked)
+    assert acc(balanced.predictions) >= acc(plain.predictions) - 0.05
+    with pytest.raises(ConfigError, match="balance"):
+        assign_plates(ws, sites, groups, balance="softmax")

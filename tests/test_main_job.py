@@ -51,6 +51,18 @@ def test_steps_come_from_the_budget_and_a_too_small_budget_is_an_error():
         fit_to_budget(make_plan(FACTS, Hardware(2), 120), step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
 
 
+def test_one_stage_plan_spends_the_pseudo_label_time_on_single_steps():
+    two = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60), step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
+    one = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"pseudo_share": 0.0}), step_s=0.8, view_s=0.012,
+                        spent_s=60, facts=FACTS)
+    assert one.steps_pseudo == 0 and one.estimates["pseudo-label predictions"] == 0
+    # the labelling rounds' prediction time goes to training too
+    assert one.steps_single > two.steps_single + two.steps_pseudo
+    with pytest.raises(ConfigError, match="pseudo_share"):
+        fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"pseudo_share": 1.0}), step_s=0.8, view_s=0.012,
+                      spent_s=60, facts=FACTS)
+
+
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     from cellio.testing import make_raw

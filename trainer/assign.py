@@ -34,6 +34,7 @@ import pandas as pd
 from cellio.errors import ConfigError, MetadataError
 
 from trainer.aggregate import WellScores, load_sites, load_well_scores, log_softmax
+from trainer.calibrate import sinkhorn
 
 __all__ = ["PlateGroupsLike", "Assignment", "RotationEvidence", "well_table", "treatment_classes", "predict_labels",
            "rotation_evidence", "infer_rotations", "choose_rotations", "assign_plates", "main"]
@@ -251,12 +252,17 @@ def choose_rotations(evidence: Mapping[str, RotationEvidence], *, min_z: float,
 
 def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLike, *,
                   rotations: Mapping[str, int] | None = None, min_z: float = 3.0,
-                  fallbacks: Sequence[Mapping[str, RotationEvidence]] = ()) -> Assignment:
+                  fallbacks: Sequence[Mapping[str, RotationEvidence]] = (), balance: str = "none") -> Assignment:
     """Infer each experiment's rotation (unless given), mask impossible classes and solve per-plate assignments.
     Experiments whose rotation stays ambiguous (`choose_rotations`) get no mask: their plates are assigned over
-    every treatment class (each still at most once per plate)."""
+    every treatment class (each still at most once per plate). `balance="sinkhorn"` first balances each plate's
+    wells x allowed classes block (trainer.calibrate.sinkhorn: every class the same share of the plate), which
+    changes the masked argmax and, where a plate has fewer wells than classes, the assignment."""
+
     from scipy.optimize import linear_sum_assignment
 
+    if balance not in ("none", "sinkhorn"):
+        raise ConfigError(f"assign_plates: balance must be 'none' or 'sinkhorn', found {balance!r}")
     treat = treatment_classes(groups)
     meta = well_table(sites)
     missing = pd.Index(wells.id_codes).difference(meta.index)
@@ -290,7 +296,8 @@ def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLik
         cost = np.full((len(rows), len(allowed)), _UNSCORED_COST, dtype=np.float64)
         scored = np.array([a in col_of for a in allowed])
         if scored.any():
-            cost[:, scored] = -lp[np.ix_(rows, [col_of[a] for a in allowed[scored]])]
+            block = lp[np.ix_(rows, [col_of[a] for a in allowed[scored]])]
+            cost[:, scored] = -(sinkhorn(block) if balance == "sinkhorn" else block)
         masked_argmax[rows] = allowed[np.argmin(cost, axis=1)]
         r_idx, c_idx = linear_sum_assignment(cost)
         labels[rows[r_idx]] = allowed[c_idx]

@@ -117,7 +117,7 @@ def members_of(models: Sequence[Any], sites: pd.DataFrame, extra: Sequence[WellS
 def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: PlateGroupsLike | None,
                     calibration: Calibration | None = None, stacker: Any | None = None,
                     stacker_scores: WellScores | None = None, min_z: float = 3.0,
-                    extra: Sequence[WellScores] = ()) -> StepResults:
+                    extra: Sequence[WellScores] = (), balance: str = "none") -> StepResults:
     """Every step's per-well labels for `models` (trainer.predict.Predictions over the same sites) and `extra`
     well scores (embedding centroids, one step of their own and ensemble members).
 
@@ -126,6 +126,7 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
     step uses `stacker_scores` when given (e.g. cross-fitted out-of-fold scores on validation) or applies a
     fitted `stacker` (trainer.stacker.Stacker) to models[0]. Plate assignment needs `groups`; an experiment with
     an ambiguous rotation (below `min_z`) takes a confident member model's rotation or no constraint.
+    `balance="sinkhorn"` balances each plate's scores before the mask and the assignment (trainer.assign).
     """
     from trainer.calibrate import temper
     from trainer.stacker import build_features
@@ -166,7 +167,7 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
         if len(means) > 1:
             bases.append(("ensemble", final, evidence))
         for base, ws, fallbacks in bases:
-            a = assign_plates(ws, sites, groups, min_z=min_z, fallbacks=fallbacks)
+            a = assign_plates(ws, sites, groups, min_z=min_z, fallbacks=fallbacks, balance=balance)
             res.assignments[f"{base} + plate assignment"] = a
             res.labels[f"{base} + plate mask"] = a.masked  # rotation inferred, impossible classes masked, argmax
             res.labels[f"{base} + plate assignment"] = a.predictions
@@ -213,6 +214,7 @@ class ChainInputs:
     test: Sequence[Any] = ()                     # test predictions, one per model, same order
     weights: Sequence[float] | None = None       # ensemble weights, one per model (default: chosen out of fold)
     min_z: float = 3.0                           # rotation evidence below this: fall back (trainer.assign)
+    balance: str = "none"                        # "sinkhorn": balance each plate before mask and assignment
     top_k: int = 10                              # stacker candidates per well
     seed: int = 0
     sample_submission: str | Path | None = None  # write submission.csv in this file's rows
@@ -256,7 +258,8 @@ def run_chain(inputs: ChainInputs, out: str | Path) -> ChainResult:
         calibration = fit_calibration(members_of(inputs.val, sites, val_extra), sites, truth, weights=inputs.weights)
         res.extra["calibration"] = calibration.to_dict()
         res.validation = inference_steps(inputs.val, sites, groups=groups, calibration=calibration,
-                                         stacker_scores=cv, min_z=inputs.min_z, extra=val_extra)
+                                         stacker_scores=cv, min_z=inputs.min_z, extra=val_extra,
+                                         balance=inputs.balance)
         val_ids = res.validation.labels["TTA mean logits"]["id_code"]
         res.reports["validation"] = build_report(res.validation.labels, truth[truth.index.isin(val_ids)])
         res.extra["validation_assignment"] = {k: a.summary(known=groups.rotations if groups else None)
@@ -267,7 +270,7 @@ def run_chain(inputs: ChainInputs, out: str | Path) -> ChainResult:
                               "test predictions; give both for every model, in the same order")
         test_extra = _centroids(inputs, wells_of(inputs.test[0], sites), held_out=False)
         res.test = inference_steps(inputs.test, sites, groups=groups, calibration=calibration, stacker=stacker,
-                                   min_z=inputs.min_z, extra=test_extra)
+                                   min_z=inputs.min_z, extra=test_extra, balance=inputs.balance)
         res.extra["test_assignment"] = {k: a.summary() for k, a in res.test.assignments.items()}
         res.extra["submission"] = _choose_submission(res)
         _submit(inputs, res, truth, out)
@@ -361,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sample-submission", help="write submission.csv checked against this file")
     p.add_argument("--test-truth", help="test_truth.csv of a synthetic set: score the test steps too")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--balance", choices=["none", "sinkhorn"], default="none",
+                   help="balance each plate's scores (Sinkhorn) before the plate mask and assignment")
     p.add_argument("--out", required=True, help="output directory")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -368,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = [load_predictions(f) for f in args.test_predictions]
     result = run_chain(ChainInputs(load_sites(args.store), val, test, weights=args.weights, top_k=args.top_k,
                                    seed=args.seed, sample_submission=args.sample_submission,
-                                   test_truth=args.test_truth), args.out)
+                                   test_truth=args.test_truth, balance=args.balance), args.out)
     if result.submission is not None:
         print(f"submission ({result.submitted}) -> {Path(args.out) / 'submission.csv'}")
     if result.reports:
