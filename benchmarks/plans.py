@@ -7,6 +7,7 @@ sequential: on a small machine two at once would change each other's budgets.
 
     python benchmarks/plans.py DATA --out runs/plans \
         --plan default:14 --plan short:7 --plan crop160:7:crop=160 --plan one_stage:7:pseudo_share=0 \
+        --plan arcface:14:loss.margin=arcface \
         --peer ../shared/peers/plain_densenet.py --peer-budget 480
 
 Writes benchmarks/results/plans.{csv,png} (and plans_env.json): per plan the budget, the wall time, the
@@ -35,7 +36,8 @@ COLUMNS = ["plan", "budget_min", "wall_s", "overrides", "val_acc_training", "val
 
 
 def parse_plan(text: str) -> tuple[str, float, list[str]]:
-    """NAME:BUDGET[:field=value,field=value] -> (name, minutes, ["plan.field=value", ...])."""
+    """NAME:BUDGET[:field=value,section.key=value] -> (name, minutes, ["plan.field=value", "section.key=value"]):
+    a plain field is a plan field, a dotted key a trainer config key (e.g. loss.margin=arcface)."""
     parts = text.split(":", 2)
     if len(parts) < 2 or not parts[0]:
         raise SystemExit(f"--plan {text!r}: expected NAME:BUDGET_MINUTES[:field=value,...]")
@@ -43,7 +45,8 @@ def parse_plan(text: str) -> tuple[str, float, list[str]]:
         budget = float(parts[1])
     except ValueError:
         raise SystemExit(f"--plan {text!r}: budget {parts[1]!r} is not a number of minutes") from None
-    overrides = [f"plan.{kv}" for kv in parts[2].split(",") if kv] if len(parts) == 3 else []
+    items = [kv for kv in parts[2].split(",") if kv] if len(parts) == 3 else []
+    overrides = [kv if "." in kv.split("=", 1)[0] else f"plan.{kv}" for kv in items]
     return parts[0], budget, overrides
 
 

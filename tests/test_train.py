@@ -247,3 +247,41 @@ def test_pseudo_labels_under_torchrun_agree_across_ranks(train_store, single_ckp
     assert proc.returncode == 0, proc.stderr[-3000:]
     rounds = _events(out, "stage")
     assert [e["round"] for e in rounds] == [0, 1] and all(e["pseudo_labels"] > 0 for e in rounds)
+
+
+def test_margin_loss_penalises_the_true_class_and_skips_unlabelled_rows():
+    import math
+
+    import torch.nn.functional as F
+
+    from trainer.labels import IGNORE_INDEX
+    from trainer.losses import MarginLoss
+
+    cos = torch.tensor([[0.8, 0.1, -0.2], [0.3, 0.6, 0.0], [0.5, 0.5, 0.5]], requires_grad=True)
+    target = torch.tensor([0, 1, IGNORE_INDEX])
+    plain = F.cross_entropy(30 * cos[:2], target[:2])
+    arc = MarginLoss("arcface", 0.5, 30)(cos, target)
+    cosface = MarginLoss("cosface", 0.35, 30)(cos, target)
+    assert arc > plain and cosface > plain  # the margin makes the true class harder to win
+    arc.backward()
+    assert torch.isfinite(cos.grad).all() and cos.grad[2].abs().sum() == 0  # the unlabelled row has no gradient
+    # by hand for row 0 of ArcFace: target logit 30 * cos(acos(0.8) + 0.5)
+    t = 30 * math.cos(math.acos(0.8) + 0.5)
+    row0 = -t + math.log(math.exp(t) + math.exp(3.0) + math.exp(-6.0))
+    row1_t = 30 * math.cos(math.acos(0.6) + 0.5)
+    row1 = -row1_t + math.log(math.exp(9.0) + math.exp(row1_t) + 1.0)
+    assert abs(arc.item() - (row0 + row1) / 2) < 1e-4
+
+
+def test_a_margin_head_trains_beside_the_plain_head_and_predicts_with_the_plain_one(train_store, tmp_path):
+    out = tmp_path / "arc"
+    m = run(_cfg(_store_path(train_store), out, "train.max_steps=6", "loss.margin=arcface", "loss.margin_weight=0.2"))
+    assert m["step"] == 6 and m["val_n"] == 160
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert "margin_head.weight" in state["model"]
+    model, cfg, classes = load_for_inference(out / "checkpoints" / "last.pt")
+    logits = model(torch.zeros(2, 6, 32, 32), torch.zeros(2, dtype=torch.long))
+    assert cfg.loss.margin == "arcface" and logits.shape == (2, len(classes))
+    with pytest.raises(Exception, match="loss.margin"):
+        run(_cfg(_store_path(train_store), tmp_path / "bad", "loss.margin=arcface", "train.stage=perchannel_stage1",
+                 "model.name=perchannel_tiny"))

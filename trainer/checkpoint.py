@@ -23,6 +23,7 @@ from cellio.schema import CELL_TYPES
 
 from .config import Config
 from .labels import ClassMap
+from .losses import CosineHead
 from .models import create_model
 from .runtime import rng_state, unwrap
 
@@ -172,9 +173,13 @@ def apply_schedule_change(opt: torch.optim.Optimizer, sched: Any, cfg: Config) -
 
 
 def build_model(cfg: Config, class_map: ClassMap, *, pretrained: bool = True) -> nn.Module:
-    """The model a config describes; `pretrained=False` skips the weights file (weights come from a checkpoint)."""
-    return create_model(cfg.model.name, num_classes=len(class_map), in_chans=6, num_cell_types=len(CELL_TYPES),
-                        pretrained=cfg.model.pretrained if pretrained else None, **cfg.model.kwargs)
+    """The model a config describes; `pretrained=False` skips the weights file (weights come from a checkpoint).
+    With loss.margin the model carries `margin_head` (a CosineHead on its pooled features), used by the loss only."""
+    model = create_model(cfg.model.name, num_classes=len(class_map), in_chans=6, num_cell_types=len(CELL_TYPES),
+                         pretrained=cfg.model.pretrained if pretrained else None, **cfg.model.kwargs)
+    if cfg.loss.margin != "none":
+        model.margin_head = CosineHead(model.num_features, len(class_map))
+    return model
 
 
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config, ClassMap]:

@@ -76,6 +76,11 @@ class OptimConfig:
 class LossConfig:
     name: str = "ce"                      # ce | bce (one-vs-all)
     label_smoothing: float = 0.0
+    margin: str = "none"                  # none | arcface | cosface: a margin term on a cosine head of the
+    #                                       pooled features (model.margin_head), mixed in with margin_weight
+    margin_weight: float = 0.2            # loss = (1 - w) * name + w * margin term (the 1st place: 0.8 / 0.2)
+    margin_m: float = 0.5                 # the margin (ArcFace: radians, 0.5; CosFace: cosine units, ~0.35)
+    margin_s: float = 30.0                # the scale of the cosines
 
 
 @dataclass
@@ -270,6 +275,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key {key!r}: expected a fraction in [0, 1], found {value!r}")
     _choice(cfg.pseudo.tta, ("center", "grid9", "full"), "pseudo.tta")
     _choice(cfg.pseudo.source, ("embedding", "logits"), "pseudo.source")
+    _choice(cfg.loss.margin, ("none", "arcface", "cosface"), "loss.margin")
+    if cfg.loss.margin != "none" and cfg.train.stage not in ("single", "pseudo_label"):
+        raise ConfigError(f"config key 'loss.margin': the margin head trains with train.stage=single or "
+                          f"pseudo_label (the 6-channel models), found train.stage={cfg.train.stage!r}")
+    if cfg.loss.margin != "none" and not 0.0 < cfg.loss.margin_weight <= 1.0:
+        raise ConfigError(f"config key 'loss.margin_weight': expected a weight in (0, 1], found "
+                          f"{cfg.loss.margin_weight!r}")
 
 
 def _check_augment(cfg: Config) -> None:

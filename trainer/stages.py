@@ -64,6 +64,7 @@ class StageContext:
     split: FoldSplit
     loss_fn: nn.Module
     dtype: torch.dtype | None
+    margin_fn: nn.Module | None = None   # loss.margin: the ArcFace/CosFace term on model.margin_head
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Stage:
         return make_loader(ctx.cfg, ctx.store, ctx.env, ctx.split.train, train=True), val
 
     def forward_module(self, model: nn.Module) -> nn.Module:
-        return model
+        return _MarginForward(model) if hasattr(model, "margin_head") else model
 
     def train_mode(self, model: nn.Module, cfg: Config) -> None:
         """model.train(); with train.freeze_bn every BatchNorm keeps its running statistics."""
@@ -108,8 +109,13 @@ class Stage:
 
     def step(self, net: nn.Module, batch: dict[str, torch.Tensor], ctx: StageContext) -> StepOutput:
         x, cell_type, target = _inputs(batch, ctx)
-        logits = net(x, cell_type)
-        return StepOutput(ctx.loss_fn(logits, target), logits, target)
+        out = net(x, cell_type)
+        if isinstance(out, tuple):  # _MarginForward: (logits, cosines); the plain head stays the prediction
+            logits, cosine = out
+            w = ctx.cfg.loss.margin_weight
+            return StepOutput((1 - w) * ctx.loss_fn(logits, target) + w * ctx.margin_fn(cosine, target), logits,
+                              target)
+        return StepOutput(ctx.loss_fn(out, target), out, target)
 
     def summary(self) -> dict[str, Any]:
         """Stage-specific figures for the run's final metrics."""
@@ -127,6 +133,20 @@ class Stage:
     def load_state_dict(self, state: dict[str, Any], ctx: StageContext) -> Any | None:
         """Restore `state_dict()`; returns the train loader that state implies (or None: unchanged)."""
         return None
+
+
+class _MarginForward(nn.Module):
+    """forward = (head logits, margin-head cosines) from one features pass; DDP and compile wrap this forward."""
+
+    wraps_model = True  # trainer.runtime.unwrap looks through it
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.model.forward_features(x, cell_type)
+        return self.model.forward_head(feats, cell_type), self.model.margin_head(feats)
 
 
 class _ChannelsForward(nn.Module):

@@ -35,7 +35,7 @@ from .checkpoint import (apply_schedule_change, build_model, check_resume_config
 from .config import Config, load_config, save_config
 from .folds import split_experiments
 from .labels import ClassMap
-from .losses import create_loss
+from .losses import MarginLoss, create_loss
 from .metrics import ClassificationMeter, TrainWindow
 from .optim import Schedule, build_optimizer, build_scheduler
 from .runlog import RunLog
@@ -142,8 +142,10 @@ def prepare(cfg: Config) -> Run:
     model.to(env.device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    margin = (MarginLoss(cfg.loss.margin, cfg.loss.margin_m, cfg.loss.margin_s) if cfg.loss.margin != "none"
+              else None)
     ctx = StageContext(cfg, env, store, class_map, split, create_loss(cfg.loss.name, cfg.loss.label_smoothing),
-                       amp_dtype(cfg, env.device))
+                       amp_dtype(cfg, env.device), margin)
     train_loader, val_loader = stage.loaders(model, ctx)
     schedule = Schedule.create(cfg, len(train_loader), stage.grad_accum(cfg))
     opt = build_optimizer(cfg, model)
@@ -166,7 +168,12 @@ def _initial_model(cfg: Config, class_map: ClassMap) -> nn.Module:
         if ClassMap.from_dict(init["classes"]) != class_map:
             raise ConfigError(f"train.init_from {cfg.train.init_from!r}: its classes differ from this run's "
                               "(different store or data.include_controls)")
-        model.load_state_dict(init["model"])
+        # a margin head new in this run starts fresh; every other weight must match
+        missing, unexpected = model.load_state_dict(init["model"], strict=False)
+        bad = [k for k in missing if not k.startswith("margin_head.")] + list(unexpected)
+        if bad:
+            raise ConfigError(f"train.init_from {cfg.train.init_from!r}: weights do not fit this model "
+                              f"(first mismatched keys {bad[:4]}); same model.name and model.kwargs expected")
     return model
 
 
