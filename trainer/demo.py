@@ -1,5 +1,5 @@
 """The main job, end to end: data -> metadata -> ingest -> a plan from the data and the machine -> a 6-channel
-model (one validation fold held out) -> a pseudo-label stage from it -> TTA predictions and embeddings of the
+model (one validation fold held out) -> a pseudo-label stage from it (GPU plan; plan.pseudo_share) -> TTA predictions and embeddings of the
 held-out and test wells -> the inference chain (calibration, ensemble, rotation inference, plate assignment,
 chosen by validation) -> OUT/submission.csv and OUT/report.json (+ plots).
 

@@ -197,6 +197,11 @@ def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
                     _n_folds(facts), 0, 0, 0, 3, "grid9", False, False)
         reasons.append(f"no CUDA device, {hw.cpu_cores} cores: densenet_tiny on {crop} px crops (0.44 of the "
                        f"{side} px site), torch loader in-process (DALI's CPU threads compete with the model's)")
+        # benchmarks/plans.py on the foreign subtle set: 850 single steps 0.896 (validation 0.804) against
+        # 550 + 300 pseudo-label steps 0.882 (0.776) after plate assignment, at a CPU budget one stage pays more
+        plan.pseudo_share = 0.0
+        reasons.append("one training stage: at a CPU budget the pseudo-label stage's steps do more as single-stage "
+                       "steps (plan.pseudo_share=0.33 turns it on)")
     plan.reasons = reasons
     reasons.append(f"{len(facts.train_experiments)} train experiments: {plan.n_folds} folds, fold 0 held out "
                    "for validation (whole experiments)")
