@@ -96,3 +96,20 @@ def test_the_gpu_plan_runs_end_to_end_on_cpu(raw, tmp_path, processes):
     assert sub["id_code"].tolist() == pd.read_csv(raw / "sample_submission.csv")["id_code"].tolist()
     report = json.loads((out / "report.json").read_text())
     assert report["plan"]["processes"] == processes and report["training"]["pseudo"]["rounds"]
+
+
+def test_a_repeated_budget_measurement_times_only_its_own_steps(raw, tmp_path):
+    # a plan that failed (budget too small) and is measured again must not read the first attempt's log as its own
+    import cellio
+    from trainer.demo import JobOptions, measure
+
+    store_path = tmp_path / "s.zarr"
+    cellio.ingest(raw, store_path, workers=1)
+    store = cellio.open_store(store_path)
+    plan = make_plan(DataFacts.from_store(store), Hardware(1), 600, {"crop": 32, "batch": 8, "eval_tta": "center"})
+    opts = JobOptions(out=tmp_path / "out", data=raw)
+    measure(plan, opts, store, store_path)
+    step_s, view_s = measure(plan, opts, store, store_path)
+    log = (opts.out / "runs" / "calibration" / "log.jsonl").read_text().splitlines()
+    assert sum(json.loads(e)["event"] == "train" for e in log) == 6
+    assert 0 < step_s < 5 and 0 < view_s < 1

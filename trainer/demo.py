@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -126,6 +127,8 @@ def measure(plan: Plan, opts: JobOptions, store: Any, store_path: Path) -> tuple
     from trainer.train import run
 
     calib = opts.out / "runs" / "calibration"
+    # a scratch run: an earlier attempt's log.jsonl would otherwise be appended to and its times read as ours
+    shutil.rmtree(calib, ignore_errors=True)
     warm, timed = 2, 4
     cfg = run_config(plan, opts, store_path, calib, f"train.max_steps={warm + timed}", "train.log_every=1",
                      "train.progress=false", "train.resume=false", "train.device=" + _device(plan))
