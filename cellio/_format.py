@@ -700,8 +700,11 @@ class FileTarget:
                 with open(tmp, "wb") as f:
                     f.write(data)
                 os.replace(tmp, full)  # atomic: readers and reruns see the old file or the whole new one
-            else:
-                self.fs.pipe_file(full, bytes(data))
+            else:  # one put; transient failures retried, then RemoteStoreError naming the object
+                from ._remote import with_retries
+
+                blob = bytes(data)
+                with_retries(lambda: self.fs.pipe_file(full, blob), self.fs.unstrip_protocol(full), what="put")
         except OSError as exc:
             if exc.errno not in _NO_SPACE:
                 raise

@@ -314,12 +314,16 @@ class ObjectLock:
         if self.holder is None:
             return
         holder, self.holder = self.holder, None
-        current = self._read()
-        if current is not None and current.token == holder.token:
-            try:
-                self.fs.rm(self.key)
-            except FileNotFoundError:
-                pass
+        try:
+            current = self._read()
+            if current is not None and current.token == holder.token:
+                try:
+                    self.fs.rm(self.key)
+                except FileNotFoundError:
+                    pass
+        except Exception as exc:  # the store is unreachable (the error that stopped the job, most likely)
+            log.warning("%s: could not release the lock %s (%s: %s); it goes stale when this process exits or its "
+                        "heartbeat expires", self.store, self.key, type(exc).__name__, exc)
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import RemoteStoreError
 
-__all__ = ["RetryPolicy", "RangeFetcher", "remote_error"]
+__all__ = ["RetryPolicy", "RangeFetcher", "remote_error", "with_retries"]
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +124,23 @@ class RangeFetcher:
                         attempt + 1, self.retry.attempts)
             time.sleep(wait)
         return out
+
+
+def with_retries(call: Any, url: str, retry: RetryPolicy | None = None, what: str = "request") -> Any:
+    """call() with transient failures retried like `RangeFetcher.fetch` (FileNotFoundError and access denied are
+    raised at once; anything else becomes RemoteStoreError naming `url` after the last attempt)."""
+    retry = retry or RetryPolicy()
+    t0 = time.monotonic()
+    for attempt in range(1, retry.attempts + 1):
+        try:
+            return call()
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            if _is_denied(exc) or attempt >= retry.attempts:
+                raise remote_error(url, exc, attempt, time.monotonic() - t0) from None
+            wait = retry.wait(attempt)
+            log.warning("%s of %s failed (%s: %s); retrying in %.2f s (attempt %d of %d)", what, url,
+                        type(exc).__name__, exc, wait, attempt + 1, retry.attempts)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
