@@ -349,14 +349,17 @@ class Store:
             raise StoreError(f"out must be a C-contiguous uint8 array of shape {(len(idx), h, w, C)}; found "
                              f"{out.dtype} {out.shape}")
         if self._mode == "remote":
-            reader = self._remote_batch(pos, crops)
+            site = self._remote_batch(pos, crops, out)  # every byte range fetched here, decoded by site(b)
         else:
             reader = {"local": self._read_fast, "sharded": self._read_sharded, "zarr": self._read_zarr}[self._mode]
+
+            def site(b: int) -> None:
+                reader(int(pos[b]), crops[b], out[b])
 
         def run(part: range) -> None:
             for b in part:
                 try:
-                    reader(int(pos[b]), crops[b], out[b])
+                    site(b)
                 except StoreDamagedError as exc:
                     raise self._name_site(exc, int(pos[b])) from None
 
@@ -480,13 +483,13 @@ class Store:
                         file=path, verify=self.verify)
 
     # -- object stores: one concurrent fetch per batch -------------------------------------------------------------
-    def _remote_batch(self, pos: np.ndarray, crops: np.ndarray) -> Any:
+    def _remote_batch(self, pos: np.ndarray, crops: np.ndarray, out: np.ndarray) -> Any:
         """Fetch every byte range the batch needs in one concurrent call (after the shard indexes it lacks, in
-        another), and return the per-site decoder the reader threads run: (pos, crop, dst) -> None."""
+        another), and return the decoder the reader threads run for batch slot b: decode(b) -> None into out[b]
+        (slots, not sites: a batch may read one site twice with different crops)."""
         assert self._fetcher is not None
         H, W, C = self.image_shape
         images = f"{self._root}/images"
-        fetched: dict[int, tuple[bytes | None, int, Any]] = {}
         requests: list[tuple[str, int, int | None]] = []
         lay = self._shards
         if lay is not None:
@@ -524,11 +527,11 @@ class Store:
                 else:
                     requests.append((key, 0, None))
                     plans.append((-1, None))
-        for (key, _, _), p, plan, data in zip(requests, pos.tolist(), plans, self._fetcher.fetch(requests)):
-            fetched[p] = (data, key, plan)
+        fetched = list(zip(self._fetcher.fetch(requests), (r[0] for r in requests), plans))
 
-        def decode(p: int, crop: np.ndarray, dst: np.ndarray) -> None:
-            data, key, (first, extra) = fetched[p]
+        def decode(b: int) -> None:
+            data, key, (first, extra) = fetched[b]
+            crop, dst = crops[b], out[b]
             url = self._fetcher.url(key)
             if data is None:
                 raise StoreDamagedError(f"{url}: the {'shard' if lay else 'chunk'} object is missing (expected one "

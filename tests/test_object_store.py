@@ -124,6 +124,8 @@ def test_reads_from_the_server_equal_the_local_store(s3, s3_stores, tiny_store, 
                       np.random.default_rng(5).integers(0, 11 - 5 + 1, len(idx)),
                       np.full(len(idx), 9), np.full(len(idx), 5)], 1)
     np.testing.assert_array_equal(s.read(idx, crop=crops), tiny_store.read(idx, crop=crops))
+    two_views = [(0, 0, 9, 5), (8, 6, 9, 5)]  # one site twice in a batch, two windows (TTA does this)
+    np.testing.assert_array_equal(s.read([5, 5], crop=two_views), tiny_store.read([5, 5], crop=two_views))
     np.testing.assert_array_equal(s.channel_stats("site")[0], tiny_store.channel_stats("site")[0][:LIMIT])
     assert s.sites["id_code"].tolist() == tiny_store.sites["id_code"].iloc[:LIMIT].tolist()
     # the store pickles by URL and options (a DALI or DataLoader worker reopens it with its own client)
