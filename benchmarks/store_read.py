@@ -217,8 +217,10 @@ def main() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- object storage
-REMOTE_STORES = {"chunked-none": dict(codec="none", layout="chunked"), "chunked-lz4": dict(codec="lz4", layout="chunked"),
-                 "sharded-none": dict(codec="none", layout="sharded"), "sharded-lz4": dict(codec="lz4", layout="sharded")}
+REMOTE_STORES = {"chunked-none": dict(codec="none", layout="chunked"),
+                 "chunked-lz4": dict(codec="lz4", layout="chunked"),
+                 "sharded-none": dict(codec="none", layout="sharded"),
+                 "sharded-lz4": dict(codec="lz4", layout="sharded")}
 
 
 def start_local_server() -> tuple[Any, str]:

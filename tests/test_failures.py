@@ -99,8 +99,8 @@ def test_disk_full_error_pickles_across_processes():
 # ------------------------------------------------------------------------------------------------ Ctrl-C
 def test_ctrl_c_stops_a_two_worker_ingest_once_cleanly_and_it_resumes(tmp_path, small_raw, clean):
     store = tmp_path / "s.zarr"
-    cmd = [sys.executable, "-m", "cellio", "ingest", "--layout", "chunked", str(small_raw), str(store), "--workers", "2", "--batch-size",
-           "1", "--codec", "lz4", "--no-progress"]
+    cmd = [sys.executable, "-m", "cellio", "ingest", "--layout", "chunked", str(small_raw), str(store), "--workers",
+           "2", "--batch-size", "1", "--codec", "lz4", "--no-progress"]
     # its own process group, like a shell job: SIGINT goes to the CLI and its workers at once, as Ctrl-C does
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -163,7 +163,8 @@ def test_an_incomplete_store_keeps_its_view_while_the_ingest_finishes(tmp_path, 
     partial = open_store(store, allow_incomplete=True)
     assert not partial.complete and len(partial) == 20
     bad.write_bytes(original)
-    ingest(raw, store, codec="lz4", workers=1, batch_size=4, progress=False, layout="chunked")  # finalize deletes the journal
+    # finalize deletes the journal
+    ingest(raw, store, codec="lz4", workers=1, batch_size=4, progress=False, layout="chunked")
     mean, std = partial.channel_stats("plate")  # the snapshot taken at open still answers
     assert mean.shape == (20, 6) and np.isfinite(std).all()
     np.testing.assert_allclose(partial.channel_stats("site")[0], open_store(clean).channel_stats("site")[0][:20])

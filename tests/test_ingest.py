@@ -154,9 +154,11 @@ def test_subsets(tmp_path, tiny_raw):
 
     meta = read_metadata(tiny_raw)
     exp = sorted(meta.loc[meta.dataset == "train", "experiment"].unique())[0]
-    s = open_store(ingest(tiny_raw, tmp_path / "a.zarr", experiments=[exp], workers=1, progress=False, layout="chunked").store)
+    s = open_store(ingest(tiny_raw, tmp_path / "a.zarr", experiments=[exp], workers=1, progress=False,
+                          layout="chunked").store)
     assert set(s.sites.experiment) == {exp} and len(s) == (meta.experiment == exp).sum()
-    r = ingest(tiny_raw, tmp_path / "b.zarr", cell_types="RPE,U2OS", datasets="test", workers=1, progress=False, layout="chunked")
+    r = ingest(tiny_raw, tmp_path / "b.zarr", cell_types="RPE,U2OS", datasets="test", workers=1, progress=False,
+               layout="chunked")
     s = open_store(r.store)
     assert set(s.sites.cell_type) == {"RPE", "U2OS"} and set(s.sites.dataset) == {"test"}
     s = open_store(ingest(tiny_raw, tmp_path / "c.zarr", limit=7, workers=1, progress=False, layout="chunked").store)
@@ -277,7 +279,8 @@ def test_on_error_skip_records_every_bad_site(tmp_path, small_ref, raw_copy):
     for k, case in enumerate(sorted(CASES)):
         i = 3 + 4 * k
         bad[i] = (case, _break(raw_copy, meta, case, i))
-    report = ingest(raw_copy, tmp_path / "s.zarr", on_error="skip", workers=2, limit=LIMIT, progress=False, layout="chunked")
+    report = ingest(raw_copy, tmp_path / "s.zarr", on_error="skip", workers=2, limit=LIMIT, progress=False,
+                    layout="chunked")
     assert report.complete and report.n_failed == len(CASES) and report.n_ok == LIMIT - len(CASES)
     s = open_store(tmp_path / "s.zarr")
     assert len(s) == LIMIT - len(CASES)
@@ -324,7 +327,8 @@ def test_cli_ingest_and_inspect(tmp_path, small_raw, capsys):
     from cellio.cli import main
 
     store = tmp_path / "cli.zarr"
-    rc = main(["ingest", "--layout", "chunked", str(small_raw), str(store), "--workers", "1", "--limit", "12", "--codec", "zstd",
+    rc = main(["ingest", "--layout", "chunked", str(small_raw), str(store), "--workers", "1", "--limit", "12",
+               "--codec", "zstd",
                "--no-progress", "--report", str(tmp_path / "report.json")])
     assert rc == 0
     assert json.loads((tmp_path / "report.json").read_text())["n_ok"] == 12
