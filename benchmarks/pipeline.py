@@ -188,7 +188,7 @@ def run_row(row: str, scenario: str, args: argparse.Namespace, store: Any) -> di
         loader.close()
     print(f"  {row:16s} {scenario:10s} {median:9.1f} sites/s  (epoch of {n}; runs {[round(r) for r in rates]})",
           flush=True)
-    return {"store": args.store_name, "row": row, "scenario": scenario, "sites_per_s": round(median, 1),
+    return {"store": getattr(args, "store_name", "default"), "row": row, "scenario": scenario, "sites_per_s": round(median, 1),
             "sites_per_epoch": n,
             "runs": " ".join(f"{r:.1f}" for r in rates), "crop": args.crop, "batch": args.batch,
             "workers": 0 if row == "dali_cpu_inline" else args.workers,

@@ -613,10 +613,13 @@ def journal_key(first: int, last: int) -> str:
 
 def read_journal(fs: Any, root: str) -> dict[int, dict[str, Any]]:
     """All per-batch completion records of an unfinished ingest, by site index (later records win)."""
+    from ._remote import with_retries
+
     jdir = f"{root}/{JOURNAL_DIR}"
     entries: dict[int, dict[str, Any]] = {}
     try:
-        names = sorted(p for p in fs.ls(jdir, detail=False) if p.endswith(".json"))
+        listed = with_retries(lambda: fs.ls(jdir, detail=False), fs.unstrip_protocol(jdir), what="listing")
+        names = sorted(p for p in listed if p.endswith(".json"))
     except FileNotFoundError:
         return entries
     for name in names:

@@ -233,8 +233,11 @@ class ObjectLock:
         self._beat: threading.Thread | None = None
 
     def _read(self) -> LockHolder | None:
-        try:
-            return _parse(self.fs.cat_file(self.key))
+        from ._remote import with_retries
+
+        try:  # transient failures retried, then RemoteStoreError naming the lock object
+            return _parse(with_retries(lambda: self.fs.cat_file(self.key), self.fs.unstrip_protocol(self.key),
+                                       what="reading the lock"))
         except FileNotFoundError:
             return None
 

@@ -32,23 +32,89 @@ SHARDED = dict(layout="sharded", sites_per_shard=8, tile=(8, 4))  # 17x11 sites:
 FAST_FAIL = RetryPolicy(attempts=2, backoff=0.05)
 
 
+class _Front:
+    """A TCP front for the server that can be killed like a server process: the listening socket closes and every
+    open connection is reset (a stopped werkzeug server would keep serving its keep-alive connections), then it
+    starts again on the same port. moto keeps its objects meanwhile, so a restarted server serves the same data."""
+
+    def __init__(self, backend_port: int):
+        self.backend = backend_port
+        self.port = 0
+        self.sock: Any = None
+        self.conns: set[Any] = set()
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        import socket
+
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(128)
+        self.port = sock.getsockname()[1]
+        self.sock = sock
+        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
+
+    def _accept(self, sock: Any) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = sock.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.backend))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a: Any, b: Any) -> None:
+        try:
+            while data := a.recv(1 << 16):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(a, b)
+
+    def _close(self, *socks: Any) -> None:
+        import socket
+
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+            with self.lock:
+                self.conns.discard(s)
+
+    def kill(self) -> None:
+        self._close(self.sock)
+        with self.lock:
+            conns = list(self.conns)
+        self._close(*conns)
+
+
 @dataclass
 class Server:
     endpoint: str
-    port: int
     env: dict[str, str]
     options: dict[str, Any]         # fsspec storage_options (credentials and endpoint)
+    front: _Front
     server: Any
 
     def stop(self) -> None:
-        self.server.stop()
+        """Kill the server as its clients see it: connections refused, open ones reset."""
+        self.front.kill()
 
     def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        # moto keeps its buckets in this process: a restarted server on the same port serves the same objects
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
+        self.front.start()
 
     def url(self, name: str) -> str:
         return f"s3://{BUCKET}/{name}"
@@ -69,16 +135,18 @@ def s3():
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    front = _Front(server.get_host_and_port()[1])
+    front.start()
+    endpoint = f"http://127.0.0.1:{front.port}"
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true",
            "AWS_MAX_ATTEMPTS": "1"}
     boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
                  region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    srv = Server(endpoint, port, env, _options(endpoint), server)
+    srv = Server(endpoint, env, _options(endpoint), front, server)
     yield srv
-    srv.stop()
+    front.kill()
+    server.stop()
 
 
 @pytest.fixture(scope="session")
