@@ -338,6 +338,16 @@ def remote_main(args: argparse.Namespace) -> None:
                     for b, cr in zip(batches, crops):
                         s.read(b, crop=cr if crop else None, out=out[:len(b)])
                 cases.append(Case(f"cellio, {what}", cellio_read, n, nbytes, "cellio", {"store": name, "crop": crop}))
+                if name == "sharded-lz4":  # the other range client, for the choice in cellio/_remote.py
+                    sf = cellio.open_store(url, storage_options=options, client="fsspec")
+                    sf.read(batches[0])
+                    [sf.read(b) for b in batches]  # every shard index cached
+
+                    def cellio_fsspec(s=sf, crop=crop, out=out) -> None:
+                        for b, cr in zip(batches, crops):
+                            s.read(b, crop=cr if crop else None, out=out[:len(b)])
+                    cases.append(Case(f"cellio (fsspec client), {what}", cellio_fsspec, n, nbytes, "cellio",
+                                      {"store": name, "crop": crop, "client": "fsspec"}))
             import zarr
 
             z = zarr.open_array(url + "/images", mode="r", storage_options=options)
@@ -364,7 +374,7 @@ def remote_main(args: argparse.Namespace) -> None:
         results = compare(cases, warmup=args.warmup, repeats=args.repeats)
         env = environment(sites=n, batch=args.batch, repeats=args.repeats, endpoint="local moto server (own process)"
                           if proc is not None else "given", url_zarr_sites=args.url_zarr_sites)
-        base = f"range GETs s3fs cat_ranges, sharded-lz4, {c} crops"
+        base = f"range GETs obstore, sharded-lz4, {c} crops"
         rows = report(results, "store_read_remote", baseline=base, env=env,
                       title=f"shuffled batch reads of {n} sites from an S3-compatible server (batch {args.batch})")
         by = {r["name"]: r["sites_per_s"] for r in rows}

@@ -36,7 +36,7 @@ import pandas as pd
 from ._format import CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, STATUS_OK, ChunkCodec, ShardLayout, chunk_codec, \
     chunk_key, decode_column, decode_strings, get_fs, has_checksums, image_layout, is_url, read_journal, read_json, \
     read_small_array
-from ._remote import RangeFetcher, RetryPolicy, remote_error
+from ._remote import RetryPolicy, make_fetcher, remote_error
 from .errors import CellioError, StoreDamagedError, StoreError, StoreIncompleteError
 
 __all__ = ["STATS_LEVELS", "Store", "open_store", "RetryPolicy"]
@@ -58,8 +58,9 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str], *, allow_incomplete: bool = False,
                  storage_options: dict[str, Any] | None = None, threads: int | None = None, verify: bool = True,
-                 retry: RetryPolicy | None = None, concurrency: int = 64):
+                 retry: RetryPolicy | None = None, concurrency: int = 64, client: str = "auto"):
         self.path = str(path)
+        self._client = client
         self.verify = bool(verify)
         self._retry = retry or RetryPolicy()
         self._concurrency = int(concurrency)
@@ -93,7 +94,11 @@ class Store:
     def _open_store(self) -> None:
         fs, root = get_fs(self.path, self._storage_options)
         self._fs, self._root = fs, root
-        self._fetcher = RangeFetcher(fs, self._retry, self._concurrency) if is_url(self.path) else None
+        try:
+            self._fetcher = make_fetcher(fs, self.path, self._storage_options, self._retry, self._concurrency,
+                                         self._client) if is_url(self.path) else None
+        except ValueError as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
         if fs.exists(f"{root}/{CREATING_MARKER}"):
             raise StoreIncompleteError(f"{self.path}: the store skeleton was never finished; rerun `cellio ingest`")
         try:
@@ -170,20 +175,21 @@ class Store:
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "allow_incomplete": self._allow_incomplete,
                 "storage_options": self._storage_options, "threads": self._threads, "verify": self.verify,
-                "retry": self._retry, "concurrency": self._concurrency}
+                "retry": self._retry, "concurrency": self._concurrency, "client": self._client}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"], allow_incomplete=state["allow_incomplete"],  # type: ignore[misc]
                       storage_options=state["storage_options"], threads=state["threads"],
                       verify=state.get("verify", True), retry=state.get("retry"),
-                      concurrency=state.get("concurrency", 64))
+                      concurrency=state.get("concurrency", 64), client=state.get("client", "auto"))
 
     def with_verify(self, verify: bool) -> "Store":
         """This store with checksum verification on or off (self when already so; otherwise a new Store)."""
         if bool(verify) == self.verify:
             return self
         return Store(self.path, allow_incomplete=self._allow_incomplete, storage_options=self._storage_options,
-                     threads=self._threads, verify=verify, retry=self._retry, concurrency=self._concurrency)
+                     threads=self._threads, verify=verify, retry=self._retry, concurrency=self._concurrency,
+                     client=self._client)
 
     def __repr__(self) -> str:
         codec = self.attrs.get("codec", "?")
@@ -286,7 +292,8 @@ class Store:
             self._local_scratch = threading.local()
             if self._fetcher is not None:  # a fresh client: the parent's connections and event loop stay its own
                 self._fs, self._root = get_fs(self.path, self._storage_options)
-                self._fetcher = RangeFetcher(self._fs, self._retry, self._concurrency)
+                self._fetcher = make_fetcher(self._fs, self.path, self._storage_options, self._retry,
+                                             self._concurrency, self._client)
 
     def _get_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -576,7 +583,8 @@ class Store:
 
 def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False,
                storage_options: dict[str, Any] | None = None, threads: int | None = None,
-               verify: bool = True, retry: RetryPolicy | None = None, concurrency: int = 64) -> Store:
+               verify: bool = True, retry: RetryPolicy | None = None, concurrency: int = 64,
+               client: str = "auto") -> Store:
     """Open a cellio store read-only: a local path, or an fsspec URL (s3://bucket/rxrx1.zarr, gs://...).
 
     Raises StoreIncompleteError for an unfinished ingest unless allowed.
@@ -585,8 +593,9 @@ def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False,
     storage_options: fsspec options for URLs (e.g. {"client_kwargs": {"endpoint_url": ...}, "key": ..., "secret":
     ...}); without them the client reads the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS). Never logged.
     retry: how transient object-store failures are retried (RetryPolicy: 5 attempts, backoff from 0.25 s);
-    concurrency: range requests in flight at once per batch. Both apply to URLs only.
+    concurrency: range requests in flight at once per batch. client: "auto" (obstore for s3:// when installed,
+    fsspec otherwise), "obstore" or "fsspec" (cellio/_remote.py says why). All three apply to URLs only.
     A URL that cannot be reached raises RemoteStoreError naming it.
     """
     return Store(path, allow_incomplete=allow_incomplete, storage_options=storage_options, threads=threads,
-                 verify=verify, retry=retry, concurrency=concurrency)
+                 verify=verify, retry=retry, concurrency=concurrency, client=client)

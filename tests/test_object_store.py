@@ -182,10 +182,11 @@ def _objects(s3: Server, url: str) -> dict[str, bytes]:
 
 
 # ----------------------------------------------------------------------------------------------- reading
-@pytest.mark.parametrize("layout", ["chunked", "sharded"])
-def test_reads_from_the_server_equal_the_local_store(s3, s3_stores, tiny_store, layout):
-    s = open_store(s3_stores[layout], storage_options=s3.options)
+@pytest.mark.parametrize("layout,client", [("chunked", "auto"), ("sharded", "auto"), ("sharded", "fsspec")])
+def test_reads_from_the_server_equal_the_local_store(s3, s3_stores, tiny_store, layout, client):
+    s = open_store(s3_stores[layout], storage_options=s3.options, client=client)
     assert len(s) == LIMIT and s._mode == "remote" and s.image_layout == layout
+    assert type(s._fetcher).__name__ == ("RangeFetcher" if client == "fsspec" else "ObstoreFetcher")
     idx = np.random.default_rng(3).permutation(LIMIT)[:19]
     np.testing.assert_array_equal(s.read(idx), tiny_store.read(idx))  # one batch: every range in one fetch
     crops = np.stack([np.random.default_rng(4).integers(0, 17 - 9 + 1, len(idx)),
@@ -237,6 +238,8 @@ def test_bad_urls_and_parameters_fail_naming_them(s3, tmp_path):
         open_store(s3.url("no-such.zarr"), storage_options=s3.options)
     with pytest.raises(StoreError, match="s3://no-such-bucket-cellio/x.zarr"):
         open_store("s3://no-such-bucket-cellio/x.zarr", storage_options=s3.options)
+    with pytest.raises(StoreError, match="client 'boto' is unknown"):
+        open_store(s3.url("chunked.zarr"), storage_options=s3.options, client="boto")
     dead = _options("http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(RemoteStoreError, match="s3://cellio-test/chunked.zarr.*endpoint") as info:
         open_store(s3.url("chunked.zarr"), storage_options=dead)
