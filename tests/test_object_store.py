@@ -360,3 +360,15 @@ def test_cli_ingest_inspect_verify_show_on_a_url(s3, tiny_raw, tmp_path, monkeyp
     assert main(["show", url, s.sites["id_code"].iloc[3], "--site", str(int(s.sites["site"].iloc[3])),
                  "-o", str(png)]) == 0
     assert png.stat().st_size > 0
+
+
+def test_ingest_on_dask_workers_into_the_server_gives_the_same_store(s3, s3_stores, tiny_raw):
+    distributed = pytest.importorskip("distributed")
+    url = s3.url("dask.zarr")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
+                                  silence_logs=40) as cluster:
+        report = ingest(tiny_raw, url, codec="lz4", workers=1, progress=False, limit=LIMIT, batch_size=8,
+                        storage_options=s3.options, scheduler=cluster.scheduler_address, **SHARDED)
+    assert report.complete
+    a, b = _objects(s3, s3_stores["sharded"]), _objects(s3, url)
+    assert sorted(a) == sorted(b) and [k for k in a if a[k] != b[k]] == []
