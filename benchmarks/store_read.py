@@ -71,6 +71,8 @@ def main() -> None:
                         "s3://bucket/prefix (endpoint and credentials from AWS_*)")
     p.add_argument("--url-sites", type=int, default=96, help="sites per remote store (the first N of the set)")
     p.add_argument("--url-zarr-sites", type=int, default=32, help="sites per repeat for the slow zarr-python rows")
+    p.add_argument("--url-stores", default=",".join(REMOTE_STORES),
+                   help=f"comma list of remote stores from {tuple(REMOTE_STORES)}")
     args = p.parse_args()
     if args.url:
         remote_main(args)
@@ -311,7 +313,12 @@ def remote_main(args: argparse.Namespace) -> None:
                 return await obstore.get_range_async(ost, path, start=s, end=e)
             return await asyncio.gather(*(one(*r) for r in reqs))
 
-        for name, kw in REMOTE_STORES.items():
+        chosen = [x for x in args.url_stores.split(",") if x]
+        for name in chosen:
+            if name not in REMOTE_STORES:
+                raise SystemExit(f"--url-stores: unknown store {name!r}; expected some of {tuple(REMOTE_STORES)}")
+        for name in chosen:
+            kw = REMOTE_STORES[name]
             url = f"s3://{bucket}/{prefix}/{name}.zarr"
             if not fs.exists(f"{bucket}/{prefix}/{name}.zarr/zarr.json"):
                 print(f"ingesting {url} ({n} sites) ...", flush=True)
@@ -374,12 +381,12 @@ def remote_main(args: argparse.Namespace) -> None:
         results = compare(cases, warmup=args.warmup, repeats=args.repeats)
         env = environment(sites=n, batch=args.batch, repeats=args.repeats, endpoint="local moto server (own process)"
                           if proc is not None else "given", url_zarr_sites=args.url_zarr_sites)
-        base = f"range GETs obstore, sharded-lz4, {c} crops"
+        base = f"range GETs obstore, {chosen[-1]}, {c} crops"
         rows = report(results, "store_read_remote", baseline=base, env=env,
                       title=f"shuffled batch reads of {n} sites from an S3-compatible server (batch {args.batch})")
         by = {r["name"]: r["sites_per_s"] for r in rows}
         print()
-        for name in REMOTE_STORES:
+        for name in chosen:
             for what in (f"{args.size} px", f"{c} crops"):
                 ceil = max(by[f"range GETs s3fs cat_ranges, {name}, {what}"], by[f"range GETs obstore, {name}, {what}"])
                 mine = by[f"cellio, {name}, {what}"]

@@ -7,8 +7,8 @@ not exist (the caller reports that as damage, naming the object). Two clients:
 - `ObstoreFetcher` (s3:// when obstore is installed): obstore's Rust object_store client, every range of the
   batch an `asyncio.gather`ed `get_range_async` (at most `concurrency` in flight) on fsspec's I/O event loop.
   **Chosen by measurement**: against the same local S3-compatible server, a plain loop of these range GETs ran
-  1.1-2.6x the same ranges through s3fs's `cat_ranges` (benchmarks/store_read.py --url, both rows, and
-  docs/performance.md#object-storage), at about half the client CPU per request.
+  1.0-3.1x the same ranges through s3fs's `cat_ranges`, at about half the client CPU per request, and cellio's
+  reader on it 1.8-2.3x the same reader on fsspec (benchmarks/store_read.py --url; docs/performance.md#object-storage).
 - `RangeFetcher` (any other fsspec URL: gs://, az://, http://, memory://, or s3:// without obstore, or
   `client="fsspec"`): the file system's async `_cat_ranges` (all requests in flight together), sync
   `cat_ranges` otherwise.
