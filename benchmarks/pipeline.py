@@ -8,8 +8,13 @@ Rows (each over the same store / raw set, same batch size and worker count):
   dali_cpu_inline  the same with num_workers=0: the source runs in DALI's thread, store.read's thread pool reads
   dali_gpu / torch_gpu   the same on CUDA, only when a GPU is present (skipped cleanly otherwise)
 
-    python benchmarks/pipeline.py                     # makes benchmarks/data/rxrx1_512{,.zarr} on first use
+    python benchmarks/pipeline.py                     # makes benchmarks/data/rxrx1_512{,.zarr,-none.zarr} on first use
     python benchmarks/pipeline.py --repeats 5 --rows dali_cpu,torch --scenarios d4_shift
+    python benchmarks/pipeline.py --stores default    # only the store made with the default ingest options
+
+Stores (--stores): "default" is made by `cellio ingest` with its default options (codec and layout: what a user
+gets), "none" is the same data uncompressed in one-chunk-per-site files (the fastest possible source); every row
+runs on each, with a `store` column in the CSV.
 
 Writes benchmarks/results/pipeline.csv, pipeline.png and pipeline_env.json. Epochs are timed whole (one warm-up
 epoch first, then the median of --repeats epochs); the DALI pipeline is reused across epochs as in training.
@@ -57,16 +62,26 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def ensure_data(raw: Path, store: Path, sites_hint: int) -> None:
-    """Synthesize a 512x512 RxRx1-layout set and ingest it uncompressed, unless it already exists."""
+# ingest options of each store; "lz4-chunked" (the format 1.1 default) and "lz4-tile64" are for the layout decision
+STORES = {"default": {}, "none": {"codec": "none", "layout": "chunked"},
+          "lz4-chunked": {"codec": "lz4", "layout": "chunked"}, "lz4-tile64": {"codec": "lz4", "tile": 64}}
+DEFAULT_STORES = ("default", "none")
+
+
+def store_path(base: Path, name: str) -> Path:
+    return base if name == "default" else base.with_name(base.stem + f"-{name}.zarr")
+
+
+def ensure_data(raw: Path, store: Path, sites_hint: int, options: dict[str, Any]) -> None:
+    """Synthesize a 512x512 RxRx1-layout set and ingest it with `options`, unless it already exists."""
     if not raw.exists():
         # 8 classes + 2 positive controls + the negative, 2 sites, 4 plates, 8 experiments -> 320 sites
         print(f"synthesizing {raw} ...", flush=True)
         cellio.synthesize(raw, classes=8, train_experiments_per_cell_type=1, test_experiments_per_cell_type=1,
                           size=(512, 512), positive_controls=2, progress=True)
     if not store.exists():
-        print(f"ingesting {store} ...", flush=True)
-        cellio.ingest(raw, store, codec="none", progress=True)
+        print(f"ingesting {store} ({options or 'default options'}) ...", flush=True)
+        cellio.ingest(raw, store, progress=True, **options)
     n = len(cellio.open_store(store))
     if n < sites_hint:
         print(f"note: the store has {n} sites (< {sites_hint}); figures are per epoch over {n}", flush=True)
@@ -173,7 +188,8 @@ def run_row(row: str, scenario: str, args: argparse.Namespace, store: Any) -> di
         loader.close()
     print(f"  {row:16s} {scenario:10s} {median:9.1f} sites/s  (epoch of {n}; runs {[round(r) for r in rates]})",
           flush=True)
-    return {"row": row, "scenario": scenario, "sites_per_s": round(median, 1), "sites_per_epoch": n,
+    return {"store": getattr(args, "store_name", "default"), "row": row, "scenario": scenario, "sites_per_s": round(median, 1),
+            "sites_per_epoch": n,
             "runs": " ".join(f"{r:.1f}" for r in rates), "crop": args.crop, "batch": args.batch,
             "workers": 0 if row == "dali_cpu_inline" else args.workers,
             "out_MB_per_s": round(median * 6 * args.crop * args.crop * 4 / 1e6, 1)}
@@ -185,13 +201,14 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scenarios = sorted({r["scenario"] for r in results})
+    scenarios = sorted({(r["store"], r["scenario"]) for r in results})
     rows = [r for r in ROWS if any(x["row"] == r for x in results)]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.8 / max(1, len(scenarios))
-    for k, sc in enumerate(scenarios):
-        vals = [next((x["sites_per_s"] for x in results if x["row"] == r and x["scenario"] == sc), 0) for r in rows]
-        ax.bar(np.arange(len(rows)) + k * width, vals, width, label=sc)
+    for k, (st, sc) in enumerate(scenarios):
+        vals = [next((x["sites_per_s"] for x in results if x["row"] == r and x["scenario"] == sc and x["store"] == st),
+                     0) for r in rows]
+        ax.bar(np.arange(len(rows)) + k * width, vals, width, label=f"{st} store, {sc}")
     ax.axhline(1000, color="grey", ls="--", lw=1, label="P2 target (DALI CPU)")
     ax.set_xticks(np.arange(len(rows)) + width * (len(scenarios) - 1) / 2, rows, rotation=20)
     ax.set_yscale("log")  # the naive baseline and the store read are orders of magnitude apart
@@ -204,7 +221,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", default=str(ROOT / "benchmarks/data/rxrx1_512.zarr"))
+    p.add_argument("--store", default=str(ROOT / "benchmarks/data/rxrx1_512.zarr"),
+                   help="the default store's path; the others sit beside it (NAME-none.zarr)")
+    p.add_argument("--stores", default=",".join(DEFAULT_STORES), help=f"comma list from {tuple(STORES)}")
     p.add_argument("--raw", default=str(ROOT / "benchmarks/data/rxrx1_512"), help="PNG set (naive baseline)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma list from {ROWS}")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list from {tuple(SCENARIOS)}")
@@ -225,26 +244,38 @@ def main(argv: list[str] | None = None) -> int:
     for s in scenarios:
         if s not in SCENARIOS:
             p.error(f"--scenarios: unknown scenario {s!r}; expected some of {tuple(SCENARIOS)}")
-    ensure_data(Path(args.raw), Path(args.store), 200)
-    store = cellio.open_store(args.store)
+    names = [n for n in args.stores.split(",") if n]
+    for n in names:
+        if n not in STORES:
+            p.error(f"--stores: unknown store {n!r}; expected some of {tuple(STORES)}")
+    stores = {}
+    for n in names:
+        path = store_path(Path(args.store), n)
+        ensure_data(Path(args.raw), path, 200, STORES[n])
+        stores[n] = cellio.open_store(path)
     env = environment()
-    print(f"store {store}\nenv {json.dumps(env)}", flush=True)
+    print("stores\n" + "\n".join(f"  {n}: {s}" for n, s in stores.items()) + f"\nenv {json.dumps(env)}", flush=True)
     results = []
     for sc in scenarios:
         for r in rows:
-            res = run_row(r, sc, args, store)
-            if res is not None:
-                results.append(res)
+            for n, store in stores.items():  # interleaved: a change in machine load hits both stores alike
+                args.store_name = n
+                res = run_row(r, sc, args, store)
+                if res is not None:
+                    results.append(res)
     base = {x["scenario"]: x["sites_per_s"] for x in results if x["row"] == "naive"}
     for x in results:
         x["x_naive"] = round(x["sites_per_s"] / base[x["scenario"]], 1) if x["scenario"] in base else ""
-    print(f"\n{'row':16s} {'scenario':10s} {'sites/s':>9s} {'x naive':>8s}")
+    print(f"\n{'store':8s} {'row':16s} {'scenario':10s} {'sites/s':>9s} {'x naive':>8s}")
     for x in results:
-        print(f"{x['row']:16s} {x['scenario']:10s} {x['sites_per_s']:9.1f} {str(x['x_naive']):>8s}")
-    p2 = next((x["sites_per_s"] for x in results if x["row"] == "dali_cpu" and x["scenario"] == "d4_shift"), None)
-    if p2 is not None:
-        print(f"\nP2 (DALI CPU mode, D4 + shift, {args.crop} crops from the store, >= 1000 sites/s): {p2:.0f} sites/s"
-              f" -> {'met' if p2 >= 1000 else 'NOT met'} (load average at start {env['load_avg_at_start']})")
+        print(f"{x['store']:8s} {x['row']:16s} {x['scenario']:10s} {x['sites_per_s']:9.1f} {str(x['x_naive']):>8s}")
+    for n in stores:
+        p2 = next((x["sites_per_s"] for x in results if x["row"] == "dali_cpu" and x["scenario"] == "d4_shift"
+                   and x["store"] == n), None)
+        if p2 is not None:
+            print(f"P2 on the {n} store ({stores[n].attrs['codec']}, {stores[n].image_layout}; DALI CPU mode, D4 + "
+                  f"shift, {args.crop} crops, >= 1000 sites/s): {p2:.0f} sites/s -> "
+                  f"{'met' if p2 >= 1000 else 'NOT met'} (load average at start {env['load_avg_at_start']})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "pipeline.csv", "w", newline="") as f:

@@ -5,6 +5,8 @@ One home for everything the write path (`cellio/ingestion.py`), the read path (`
 
 - names and versions: `FORMAT_NAME`, `FORMAT_VERSION`, the `status` codes, the ingest-state files
   (`CREATING_MARKER`, `JOURNAL_DIR`, `TMP_DIR`, `LOCK_NAME`), `is_store_file` (what cellio may ever write);
+- the sharded image layout: `ShardLayout` (shard keys, the shard index, which tiles a crop needs, encoding a
+  shard and decoding a site's tiles from its bytes);
 - chunk bytes: the image codecs (`codec_metadata`), `chunk_codec` -> `ChunkCodec` (encode, verify the crc32c
   trailer, decode, every failure a StoreDamagedError naming the file), `crc32c`, `images_metadata`, `chunk_key`;
 - small one-chunk arrays (the site table, `status`, `stats/*`): `small_array_files`, `read_small_array`;
@@ -34,9 +36,11 @@ from .errors import ChecksumError, DiskFullError, MissingDependencyError, StoreD
 from .schema import N_CHANNELS
 
 __all__ = [
-    "FORMAT_NAME", "FORMAT_VERSION", "CODECS", "STATUS_MISSING", "STATUS_OK", "STATUS_FAILED",
+    "FORMAT_NAME", "FORMAT_VERSION", "CODECS", "LAYOUTS", "DEFAULT_SITES_PER_SHARD", "DEFAULT_TILE", "ShardLayout",
+    "shard_layout", "image_layout", "STATUS_MISSING", "STATUS_OK", "STATUS_FAILED",
     "JOURNAL_DIR", "CREATING_MARKER", "TMP_DIR", "LOCK_NAME", "is_store_file", "has_checksums",
-    "codec_metadata", "ChunkCodec", "chunk_codec", "crc32c", "images_metadata", "group_metadata", "chunk_key",
+    "codec_metadata", "ChunkCodec", "chunk_codec", "crc32c", "images_metadata", "tile_shape", "group_metadata",
+    "chunk_key",
     "small_array_files", "read_small_array", "read_json",
     "column_kind", "encode_column", "decode_column", "encode_strings", "decode_strings",
     "journal_key", "read_journal", "is_url", "get_fs", "FileTarget",
@@ -45,8 +49,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "cellio-rxrx1"
-FORMAT_VERSION = "1.1"  # 1.1: a crc32c codec ends every array's pipeline (1.0 stores: no checksums, still read)
+# 1.1: a crc32c codec ends every array's pipeline (1.0 stores: no checksums, still read)
+# 1.2: the optional sharded image layout (`image_chunks` attribute; 1.1 stores are the "chunked" layout, still read)
+FORMAT_VERSION = "1.2"
 CODECS: tuple[str, ...] = ("none", "lz4", "zstd")
+# image layouts: "chunked" = one chunk file per site (format 1.1); "sharded" = a shard file per group of sites, an
+# inner chunk per tile of a site (Zarr v3 sharding_indexed), so a crop decodes only the tiles it overlaps
+LAYOUTS: tuple[str, ...] = ("chunked", "sharded")
+DEFAULT_SITES_PER_SHARD = 32
+DEFAULT_TILE = 128
 
 # status array values
 STATUS_MISSING, STATUS_OK, STATUS_FAILED = 0, 1, 2
@@ -222,13 +233,31 @@ def chunk_codec(codecs: list[dict[str, Any]]) -> ChunkCodec:
     raise StoreError(f"codec {name!r} is not handled by the fast path")
 
 
-def images_metadata(n_sites: int, shape: tuple[int, int], codec: str, checksum: bool = True) -> dict[str, Any]:
-    """images/zarr.json: uint8 (N, H, W, 6), one site per chunk, NHWC, crc32c-checksummed (format 1.1)."""
+def images_metadata(n_sites: int, shape: tuple[int, int], codec: str, checksum: bool = True,
+                    layout: str = "chunked", sites_per_shard: int = DEFAULT_SITES_PER_SHARD,
+                    tile: tuple[int, int] | None = None) -> dict[str, Any]:
+    """images/zarr.json: uint8 (N, H, W, 6), NHWC, crc32c-checksummed.
+
+    layout "chunked": one site per chunk (format 1.1). "sharded": a shard of `sites_per_shard` sites per file,
+    `sharding_indexed` with an inner chunk per (th, tw) tile of a site (index first, checksummed); the shard's
+    spatial shape is H and W rounded up to whole tiles (edge tiles are padded with the fill value 0).
+    """
     H, W = shape
+    if layout == "sharded":
+        th, tw = tile_shape(shape, tile)
+        grid = [int(sites_per_shard), -(-H // th) * th, -(-W // tw) * tw, N_CHANNELS]
+        codecs = [{"name": "sharding_indexed", "configuration": {
+            "chunk_shape": [1, th, tw, N_CHANNELS], "codecs": codec_metadata(codec, checksum),
+            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, dict(_CRC32C)],
+            "index_location": "start"}}]
+    elif layout == "chunked":
+        grid, codecs = [1, H, W, N_CHANNELS], codec_metadata(codec, checksum)
+    else:
+        raise StoreError(f"layout {layout!r} is unknown; expected one of {', '.join(LAYOUTS)}")
     return {"shape": [n_sites, H, W, N_CHANNELS], "data_type": "uint8",
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, H, W, N_CHANNELS]}},
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": grid}},
             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-            "fill_value": 0, "codecs": codec_metadata(codec, checksum), "attributes": {},
+            "fill_value": 0, "codecs": codecs, "attributes": {},
             "dimension_names": ["site", "y", "x", "channel"], "zarr_format": 3, "node_type": "array",
             "storage_transformers": []}
 
@@ -247,6 +276,171 @@ def chunk_key(meta: dict[str, Any], index: tuple[int, ...]) -> str:
     if enc["name"] == "v2":
         return sep.join(str(i) for i in index)
     raise StoreError(f"chunk_key_encoding {enc['name']!r} is not supported")
+
+
+# ----------------------------------------------------------------------------------------------- sharded layout
+_EMPTY = np.uint64(2**64 - 1)  # sharding_indexed: (offset, nbytes) of an inner chunk that is not stored
+
+
+def tile_shape(shape: tuple[int, int], tile: int | tuple[int, int] | None) -> tuple[int, int]:
+    """(th, tw) of a sharded store's tiles: `tile` (an int for square tiles; None: DEFAULT_TILE), at most H x W."""
+    H, W = shape
+    if tile is None:
+        tile = DEFAULT_TILE
+    th, tw = (tile, tile) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
+    if th < 1 or tw < 1:
+        raise StoreError(f"tile {tile!r}: expected a positive tile size (pixels)")
+    return min(th, H), min(tw, W)
+
+
+def image_layout(meta: dict[str, Any]) -> str:
+    """"chunked" (one site per chunk), "sharded" (cellio's sharding_indexed layout) or "other" (anything else)."""
+    grid = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+    codecs = meta.get("codecs") or [{}]
+    if meta.get("storage_transformers"):
+        return "other"
+    if codecs[0].get("name") == "sharding_indexed":
+        try:
+            ShardLayout.from_metadata(meta)
+        except (StoreError, KeyError, ValueError, TypeError):
+            return "other"
+        return "sharded"
+    return "chunked" if grid == (1, *meta["shape"][1:]) else "other"
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """The byte layout of a sharded images array (docs/data_format.md#sharded-layout).
+
+    A shard file holds `sites` consecutive sites. It starts with the index: for every inner chunk in C order of
+    (site, tile row, tile column), its (offset, nbytes) as two little-endian uint64 (2**64-1 twice: not stored),
+    then the index's crc32c (4 bytes). Inner chunks follow, each encoded with `codec` (crc32c at the end). The
+    cellio writer stores a site's tiles contiguously in C order, so a crop's tiles are one byte range.
+    """
+
+    sites: int                      # sites per shard
+    image: tuple[int, int, int]     # (H, W, C) of a site
+    tile: tuple[int, int]           # (th, tw)
+    codec: ChunkCodec
+    meta: dict[str, Any]            # images/zarr.json (for chunk keys)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> "ShardLayout":
+        grid = [int(v) for v in meta["chunk_grid"]["configuration"]["chunk_shape"]]
+        (sh,) = meta["codecs"]
+        if sh.get("name") != "sharding_indexed":
+            raise StoreError("not a sharding_indexed array")
+        cfg = sh["configuration"]
+        inner = [int(v) for v in cfg["chunk_shape"]]
+        H, W, C = (int(v) for v in meta["shape"][1:])
+        index_ok = cfg.get("index_codecs") == [{"name": "bytes", "configuration": {"endian": "little"}},
+                                               dict(_CRC32C)]
+        if inner[0] != 1 or inner[3] != C or grid[3] != C or cfg.get("index_location", "end") != "start" \
+                or not index_ok or grid[1] % inner[1] or grid[2] % inner[2] or grid[1] < H or grid[2] < W:
+            raise StoreError(f"sharding configuration {cfg} (shard {grid}) is not cellio's sharded layout")
+        return cls(grid[0], (H, W, C), (inner[1], inner[2]), chunk_codec(cfg["codecs"]), meta)
+
+    @property
+    def tiles(self) -> tuple[int, int]:
+        """(tile rows, tile columns) of one site."""
+        return -(-self.image[0] // self.tile[0]), -(-self.image[1] // self.tile[1])
+
+    @property
+    def index_nbytes(self) -> int:
+        ty, tx = self.tiles
+        return self.sites * ty * tx * 16 + 4
+
+    def locate(self, pos: int) -> tuple[int, int]:
+        """(shard number, site within the shard) of array position `pos`."""
+        return pos // self.sites, pos % self.sites
+
+    def shard_key(self, shard: int) -> str:
+        return chunk_key(self.meta, (shard, 0, 0, 0))
+
+    def decode_index(self, data: Any, *, file: str) -> np.ndarray:
+        """The shard index as uint64 (sites, tile rows, tile columns, 2), its checksum verified (always)."""
+        mv = memoryview(data).cast("B")
+        if len(mv) != self.index_nbytes:
+            raise StoreDamagedError(f"{file}: the shard index is {len(mv)} bytes, expected {self.index_nbytes}; the "
+                                    f"shard is truncated or damaged", file=file)
+        body = ChunkCodec(None, True).payload(mv, file=file + " (shard index)")
+        ty, tx = self.tiles
+        return np.frombuffer(body, dtype="<u8").reshape(self.sites, ty, tx, 2).astype(np.uint64)
+
+    def tile_range(self, y: int, x: int, h: int, w: int) -> tuple[int, int, int, int]:
+        """(r0, r1, c0, c1): the tile rows r0..r1-1 and columns c0..c1-1 a crop (y, x, h, w) overlaps."""
+        th, tw = self.tile
+        return y // th, -(-(y + h) // th), x // tw, -(-(x + w) // tw)
+
+    def site_span(self, entries: np.ndarray, tiles: tuple[int, int, int, int], *, file: str) -> tuple[int, int]:
+        """The byte range [start, end) of the shard holding the given tiles of one site (entries: its index
+        rows, (tile rows, tile columns, 2)). A tile that is not stored is damage: never read as zeros."""
+        r0, r1, c0, c1 = tiles
+        sel = entries[r0:r1, c0:c1].reshape(-1, 2)
+        if np.any(sel == _EMPTY):
+            raise StoreDamagedError(f"{file}: the shard index has no inner chunk for this site (a stored site's "
+                                    f"tiles are missing from its shard); the store is damaged", file=file)
+        start = int(sel[:, 0].min())
+        return start, int((sel[:, 0] + sel[:, 1]).max())
+
+    def decode_site(self, data: Any, start: int, entries: np.ndarray, tiles: tuple[int, int, int, int],
+                    crop: tuple[int, int, int, int], dst: np.ndarray, scratch: np.ndarray, *, file: str,
+                    verify: bool = True) -> None:
+        """Decode the tiles `tiles` of one site from `data` (the shard's bytes from offset `start`) and write the
+        crop (y, x, h, w) of the site into dst (h, w, C). scratch: a (th * tw * C,) uint8 buffer."""
+        th, tw = self.tile
+        C = self.image[2]
+        y, x, h, w = crop
+        mv = memoryview(data).cast("B")
+        r0, r1, c0, c1 = tiles
+        tile_buf = scratch[:th * tw * C].reshape(th, tw, C)
+        for r in range(r0, r1):
+            ys, ye = max(y, r * th), min(y + h, (r + 1) * th)
+            for c in range(c0, c1):
+                off, n = (int(v) for v in entries[r, c])
+                xs, xe = max(x, c * tw), min(x + w, (c + 1) * tw)
+                full = ys == r * th and ye == (r + 1) * th and xs == c * tw and xe == (c + 1) * tw
+                chunk = mv[off - start:off - start + n]
+                if full and w == tw:  # the tile is a whole, contiguous part of dst: decode straight into it
+                    self.codec.decode(chunk, dst[ys - y:ye - y], file=file, verify=verify)
+                    continue
+                self.codec.decode(chunk, tile_buf, file=file, verify=verify)
+                dst[ys - y:ye - y, xs - x:xe - x] = tile_buf[ys - r * th:ye - r * th, xs - c * tw:xe - c * tw]
+
+    def encode_tiles(self, site: np.ndarray) -> list[bytes]:
+        """One (H, W, C) uint8 site -> its encoded tiles in C order (edge tiles padded with zeros)."""
+        th, tw = self.tile
+        ty, tx = self.tiles
+        H, W, C = self.image
+        if (ty * th, tx * tw) != (H, W):
+            pad = np.zeros((ty * th, tx * tw, C), dtype=np.uint8)
+            pad[:H, :W] = site
+            site = pad
+        return [bytes(self.codec.encode(np.ascontiguousarray(site[r * th:(r + 1) * th, c * tw:(c + 1) * tw])))
+                for r in range(ty) for c in range(tx)]
+
+    def assemble(self, tiles: dict[int, list[bytes]]) -> bytes:
+        """A whole shard file from `encode_tiles` output by site-within-shard; absent sites are not stored."""
+        ty, tx = self.tiles
+        index = np.full((self.sites, ty, tx, 2), _EMPTY, dtype="<u8")
+        parts: list[bytes] = []
+        offset = self.index_nbytes
+        for k in sorted(tiles):
+            for t, blob in enumerate(tiles[k]):
+                index[k, t // tx, t % tx] = (offset, len(blob))
+                parts.append(blob)
+                offset += len(blob)
+        head = index.tobytes()
+        return b"".join([head, crc32c(head).to_bytes(4, "little"), *parts])
+
+    def encode_shard(self, sites: dict[int, np.ndarray]) -> bytes:
+        """A whole shard file: `sites` maps site-within-shard -> (H, W, C) uint8; absent sites are not stored."""
+        return self.assemble({k: self.encode_tiles(v) for k, v in sites.items()})
+
+
+def shard_layout(meta: dict[str, Any]) -> ShardLayout:
+    """The ShardLayout of a sharded images/zarr.json (StoreError if it is not cellio's sharded layout)."""
+    return ShardLayout.from_metadata(meta)
 
 
 # ----------------------------------------------------------------------------------------------- small arrays
@@ -419,10 +613,13 @@ def journal_key(first: int, last: int) -> str:
 
 def read_journal(fs: Any, root: str) -> dict[int, dict[str, Any]]:
     """All per-batch completion records of an unfinished ingest, by site index (later records win)."""
+    from ._remote import with_retries
+
     jdir = f"{root}/{JOURNAL_DIR}"
     entries: dict[int, dict[str, Any]] = {}
     try:
-        names = sorted(p for p in fs.ls(jdir, detail=False) if p.endswith(".json"))
+        listed = with_retries(lambda: fs.ls(jdir, detail=False), fs.unstrip_protocol(jdir), what="listing")
+        names = sorted(p for p in listed if p.endswith(".json"))
     except FileNotFoundError:
         return entries
     for name in names:
@@ -507,8 +704,11 @@ class FileTarget:
                 with open(tmp, "wb") as f:
                     f.write(data)
                 os.replace(tmp, full)  # atomic: readers and reruns see the old file or the whole new one
-            else:
-                self.fs.pipe_file(full, bytes(data))
+            else:  # one put; transient failures retried, then RemoteStoreError naming the object
+                from ._remote import with_retries
+
+                blob = bytes(data)
+                with_retries(lambda: self.fs.pipe_file(full, blob), self.fs.unstrip_protocol(full), what="put")
         except OSError as exc:
             if exc.errno not in _NO_SPACE:
                 raise

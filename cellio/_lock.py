@@ -233,8 +233,11 @@ class ObjectLock:
         self._beat: threading.Thread | None = None
 
     def _read(self) -> LockHolder | None:
-        try:
-            return _parse(self.fs.cat_file(self.key))
+        from ._remote import with_retries
+
+        try:  # transient failures retried, then RemoteStoreError naming the lock object
+            return _parse(with_retries(lambda: self.fs.cat_file(self.key), self.fs.unstrip_protocol(self.key),
+                                       what="reading the lock"))
         except FileNotFoundError:
             return None
 
@@ -314,12 +317,16 @@ class ObjectLock:
         if self.holder is None:
             return
         holder, self.holder = self.holder, None
-        current = self._read()
-        if current is not None and current.token == holder.token:
-            try:
-                self.fs.rm(self.key)
-            except FileNotFoundError:
-                pass
+        try:
+            current = self._read()
+            if current is not None and current.token == holder.token:
+                try:
+                    self.fs.rm(self.key)
+                except FileNotFoundError:
+                    pass
+        except Exception as exc:  # the store is unreachable (the error that stopped the job, most likely)
+            log.warning("%s: could not release the lock %s (%s: %s); it goes stale when this process exits or its "
+                        "heartbeat expires", self.store, self.key, type(exc).__name__, exc)
 
 
 @contextmanager

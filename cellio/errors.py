@@ -17,6 +17,7 @@ __all__ = [
     "ChecksumError",
     "StoreLockedError",
     "DiskFullError",
+    "RemoteStoreError",
     "PipelineConfigError",
     "MissingDependencyError",
     "CredentialsError",
@@ -136,3 +137,13 @@ class DownloadError(CellioError):
 
 class ConfigError(CellioError, ValueError):
     """A configuration key or parameter value is unknown or invalid (trainer config, synthesize arguments)."""
+
+
+class RemoteStoreError(_Picklable, StoreError):
+    """An object store (S3, GCS, an S3-compatible server) could not be reached, or refused the request, after the
+    retries. `url` names the object (never the credentials); `attempts` is how many tries were made."""
+
+    def __init__(self, message: str, *, url: str | None = None, attempts: int = 0):
+        super().__init__(message)
+        self.url = url
+        self.attempts = attempts

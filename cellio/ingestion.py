@@ -38,22 +38,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._format import CODECS, CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, JOURNAL_DIR, LOCK_NAME, STATUS_FAILED, \
-    STATUS_OK, TMP_DIR, FileTarget, chunk_codec, chunk_key, column_kind, decode_strings, encode_column, \
-    group_metadata, has_checksums, images_metadata, is_store_file, journal_key, read_journal, read_small_array
+from ._format import CODECS, CREATING_MARKER, DEFAULT_SITES_PER_SHARD, DEFAULT_TILE, FORMAT_NAME, FORMAT_VERSION, \
+    JOURNAL_DIR, LAYOUTS, LOCK_NAME, STATUS_FAILED, STATUS_OK, TMP_DIR, FileTarget, ShardLayout, chunk_codec, \
+    chunk_key, column_kind, decode_strings, encode_column, group_metadata, has_checksums, image_layout, \
+    images_metadata, is_store_file, journal_key, read_journal, read_small_array
 from ._lock import lock_store
 from .errors import DiskFullError, ImageError, MetadataError, StoreDamagedError, StoreError
 from .schema import CHANNEL_NAMES, CHANNELS, DATASETS, N_CHANNELS, PATH_COLUMNS, PIXEL_MEAN_COLUMNS, \
     PIXEL_STD_COLUMNS
 
-__all__ = ["ingest", "repair_store", "IngestReport", "RepairReport", "FailedSite", "DEFAULT_CODEC", "VERIFY_ATOL",
-           "ON_ERROR", "COMPRESSION_ESTIMATE"]
+__all__ = ["ingest", "repair_store", "IngestReport", "RepairReport", "FailedSite", "DEFAULT_CODEC", "DEFAULT_LAYOUT",
+           "VERIFY_ATOL", "ON_ERROR", "COMPRESSION_ESTIMATE"]
 
 log = logging.getLogger(__name__)
 
 # Chosen by benchmarks/store_read.py (docs/performance.md): blosc-lz4 stores ~0.65x of raw and decodes several
 # times faster than zstd-1, which stores about the same.
 DEFAULT_CODEC = "lz4"
+# Chosen by benchmarks/store_read.py and benchmarks/pipeline.py (docs/data_format.md#choosing-a-layout): a shard of
+# DEFAULT_SITES_PER_SHARD sites per file, DEFAULT_TILE x DEFAULT_TILE tiles, so a 224 crop of an lz4 site decodes
+# the ~9 tiles it overlaps instead of the whole site, and an object store holds 32x fewer objects.
+DEFAULT_LAYOUT = "sharded"
 # |ours - pixel_stats.csv| allowed on each channel's mean and std (0..255 scale). Kaggle's numbers come from the
 # same 8-bit PNGs, so honest differences are rounding of the printed value and ddof; a wrong file, swapped
 # channel or truncated image moves them by far more.
@@ -117,6 +122,7 @@ class _BatchJob:
     expected: tuple[tuple[float, ...] | None, ...]  # 12 numbers (6 means, 6 stds) from pixel_stats.csv, or None
     verify: bool
     on_error: str
+    shard: int | None = None                      # sharded layout: the shard this job writes whole
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -207,8 +213,11 @@ def _run_batch(job: _BatchJob) -> list[dict[str, Any]]:
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    codec = chunk_codec(job.images["codecs"])
+    sharded = job.shard is not None
+    layout = ShardLayout.from_metadata(job.images) if sharded else None
+    codec = layout.codec if layout is not None else chunk_codec(job.images["codecs"])
     target = FileTarget(job.store, job.storage_options)
+    tiles: dict[int, list[bytes]] = {}  # sharded: encoded tiles by site within the shard
     H, W = job.shape
     buffers = [np.empty((H, W, N_CHANNELS), dtype=np.uint8) for _ in range(2)]  # double buffering
 
@@ -219,7 +228,10 @@ def _run_batch(job: _BatchJob) -> list[dict[str, Any]]:
         for c, p in enumerate(planes):
             site[:, :, c] = p
         i = job.indices[k]
-        target.write(f"images/{chunk_key(job.images, (i, 0, 0, 0))}", codec.encode(site))
+        if layout is not None:  # the shard is written whole once every site of it is encoded
+            tiles[layout.locate(i)[1]] = layout.encode_tiles(site)
+        else:
+            target.write(f"images/{chunk_key(job.images, (i, 0, 0, 0))}", codec.encode(site))
         return {"i": i, "ok": True, "sum": sums, "sumsq": sumsq}
 
     def failed(k: int, exc: ImageError) -> dict[str, Any]:
@@ -255,6 +267,8 @@ def _run_batch(job: _BatchJob) -> list[dict[str, Any]]:
                 entries.append(r.result())
             except ImageError as exc:
                 entries.append(failed(k, exc))
+    if layout is not None:  # one atomic write of the whole shard (failed sites are simply not stored in it)
+        target.write(f"images/{layout.shard_key(job.shard)}", layout.assemble(tiles))
     # the journal record comes after every chunk of the batch is in place: recorded => durable
     target.write_json(journal_key(job.indices[0], job.indices[-1]), {"entries": entries})
     return entries
@@ -334,10 +348,38 @@ def _probe_shape(raw: Path, plan: pd.DataFrame) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------- skeleton
 def _ingest_params(codec: str, verify: bool, datasets: tuple[str, ...],
                    experiments: tuple[str, ...] | None, cell_types: tuple[str, ...] | None,
-                   limit: int | None) -> dict[str, Any]:
-    return {"codec": codec, "verify": verify, "verify_atol": VERIFY_ATOL, "datasets": list(datasets),
-            "experiments": list(experiments) if experiments else None,
-            "cell_types": list(cell_types) if cell_types else None, "limit": limit}
+                   limit: int | None, layout: dict[str, Any] | None = None) -> dict[str, Any]:
+    params = {"codec": codec, "verify": verify, "verify_atol": VERIFY_ATOL, "datasets": list(datasets),
+              "experiments": list(experiments) if experiments else None,
+              "cell_types": list(cell_types) if cell_types else None, "limit": limit}
+    if layout is not None and layout["layout"] != "chunked":  # chunked stores keep the 1.1 params (resumable)
+        params["layout"] = dict(layout)
+    return params
+
+
+def _layout_params(layout: str, sites_per_shard: int, tile: int | tuple[int, int] | None) -> dict[str, Any]:
+    """The image layout as recorded in the ingest arguments (tile as asked; clipped to the sites later)."""
+    if layout not in LAYOUTS:
+        raise StoreError(f"layout {layout!r} is unknown; expected one of {', '.join(LAYOUTS)}")
+    if layout == "chunked":
+        return {"layout": "chunked"}
+    if int(sites_per_shard) < 1:
+        raise StoreError(f"sites_per_shard={sites_per_shard}: expected a positive number of sites per shard")
+    t = DEFAULT_TILE if tile is None else tile
+    t = [int(t), int(t)] if isinstance(t, int) else [int(v) for v in t]
+    if len(t) != 2 or min(t) < 1:
+        raise StoreError(f"tile={tile!r}: expected a positive tile size in pixels, or (height, width)")
+    return {"layout": "sharded", "sites_per_shard": int(sites_per_shard), "tile": t}
+
+
+def _images_meta_for(attrs: dict[str, Any], n: int, shape: tuple[int, int], codec: str,
+                     checksum: bool) -> dict[str, Any]:
+    """images/zarr.json of a store from its ingest arguments (chunked when they name no layout: format <= 1.1)."""
+    lay = attrs.get("ingest", {}).get("layout") or {"layout": "chunked"}
+    if lay["layout"] == "sharded":
+        return images_metadata(n, shape, codec, checksum, "sharded", int(lay["sites_per_shard"]),
+                               tuple(lay["tile"]))
+    return images_metadata(n, shape, codec, checksum)
 
 
 def _create_skeleton(target: FileTarget, plan: pd.DataFrame, shape: tuple[int, int], params: dict[str, Any],
@@ -348,7 +390,8 @@ def _create_skeleton(target: FileTarget, plan: pd.DataFrame, shape: tuple[int, i
     """
     target.write(CREATING_MARKER, b"")
     H, W = shape
-    target.write_json("images/zarr.json", images_metadata(len(plan), shape, params["codec"]))
+    images = _images_meta_for({"ingest": params}, len(plan), shape, params["codec"], True)
+    target.write_json("images/zarr.json", images)
     target.write_json("sites/zarr.json", group_metadata())
     columns = []
     for name in plan.columns:
@@ -360,6 +403,7 @@ def _create_skeleton(target: FileTarget, plan: pd.DataFrame, shape: tuple[int, i
         "format_version": FORMAT_VERSION,
         "complete": False,
         "layout": "NHWC",
+        "image_chunks": _image_chunks(images),
         "image_shape": [H, W, N_CHANNELS],
         "channels": list(CHANNELS),
         "channel_names": list(CHANNEL_NAMES),
@@ -374,6 +418,14 @@ def _create_skeleton(target: FileTarget, plan: pd.DataFrame, shape: tuple[int, i
     _write_root(target, attrs)
     target.remove(CREATING_MARKER)
     return attrs
+
+
+def _image_chunks(images: dict[str, Any]) -> dict[str, Any]:
+    """The root attribute `image_chunks` (format 1.2): how sites are laid out in images/."""
+    if image_layout(images) != "sharded":
+        return {"layout": "chunked"}
+    lay = ShardLayout.from_metadata(images)
+    return {"layout": "sharded", "sites_per_shard": lay.sites, "tile": list(lay.tile)}
 
 
 def _write_root(target: FileTarget, attrs: dict[str, Any]) -> None:
@@ -512,11 +564,15 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
            cell_types: str | Iterable[str] | None = None, datasets: str | Iterable[str] = DATASETS,
            limit: int | None = None, scheduler: Any = None, verify: bool = True, progress: bool = True,
            storage_options: dict[str, Any] | None = None, batch_size: int | None = None,
-           image_size: tuple[int, int] | None = None) -> IngestReport:
+           image_size: tuple[int, int] | None = None, layout: str = DEFAULT_LAYOUT,
+           sites_per_shard: int = DEFAULT_SITES_PER_SHARD, tile: int | tuple[int, int] | None = None) -> IngestReport:
     """Ingest an RxRx1-layout directory into a Zarr v3 store; resumes an interrupted run of the same call.
 
     scheduler: a Dask distributed address ("tcp://host:port") or Client; the same batch tasks then run on the
-    cluster, whose workers must see `raw` and `store_path` (shared file system or fsspec URL).
+    cluster, whose workers must see `raw` and `store_path` (shared file system or fsspec URL, e.g. s3://; pass
+    credentials and endpoints in `storage_options`, fsspec form, or the usual environment variables).
+    layout: "sharded" (default: `sites_per_shard` sites per shard file, an inner chunk per `tile` x `tile` tile)
+    or "chunked" (one chunk file per site, the format 1.1 layout); docs/data_format.md says which to choose.
     Raises StoreLockedError (naming the holder) while another ingest writes the same store, DiskFullError when the
     estimate does not fit or a write hits ENOSPC (the rerun resumes), ImageError for a bad PNG (on_error="fail").
     """
@@ -534,7 +590,7 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
         raise MetadataError(f"datasets={list(ds)}: {bad} unknown; expected a subset of {list(DATASETS)}")
     exps, cts = _as_tuple(experiments), _as_tuple(cell_types)
     plan = _plan(raw, ds, exps, cts, limit)
-    params = _ingest_params(codec, verify, ds, exps, cts, limit)
+    params = _ingest_params(codec, verify, ds, exps, cts, limit, _layout_params(layout, sites_per_shard, tile))
     target = FileTarget(str(store_path), storage_options)
     n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     with _locked_root(target, "ingest") as lock:
@@ -616,6 +672,20 @@ def _make_jobs(plan: pd.DataFrame, todo: list[int], raw: Path, target: FileTarge
     shape = (int(attrs["image_shape"][0]), int(attrs["image_shape"][1]))
     images = _read_images_meta(target, attrs, shape)
     jobs = []
+    if image_layout(images) == "sharded":  # a job per shard, written whole (a shard is also the resume unit)
+        per = ShardLayout.from_metadata(images).sites
+        by_shard: dict[int, list[int]] = {}
+        for i in todo:
+            by_shard.setdefault(i // per, []).append(i)
+        for shard, idx in sorted(by_shard.items()):
+            jobs.append(_BatchJob(
+                store=target.path, storage_options=target.storage_options, raw_dir=str(raw.resolve()),
+                images=images, shape=shape, indices=tuple(idx), id_codes=tuple(plan["id_code"].iloc[idx]),
+                sites=tuple(int(s) for s in plan["site"].iloc[idx]), paths=tuple(tuple(paths[i]) for i in idx),
+                expected=tuple(None if np.isnan(stats[i]).all() else tuple(float(v) for v in stats[i])
+                               for i in idx),
+                verify=verify, on_error=on_error, shard=shard))
+        return jobs
     for start in range(0, len(todo), batch_size):
         idx = todo[start:start + batch_size]
         jobs.append(_BatchJob(
@@ -634,7 +704,7 @@ def _read_images_meta(target: FileTarget, attrs: dict[str, Any], shape: tuple[in
         with target.fs.open(target.key("images/zarr.json"), "rb") as f:
             return json.loads(f.read())
     except (FileNotFoundError, ValueError):
-        return images_metadata(int(attrs["n_sites"]), shape, attrs["codec"], has_checksums(attrs))
+        return _images_meta_for(attrs, int(attrs["n_sites"]), shape, attrs["codec"], has_checksums(attrs))
 
 
 def _run(jobs: list[_BatchJob], total: int, n_workers: int, scheduler: Any, progress: bool,
@@ -758,7 +828,8 @@ def repair_store(raw: str | os.PathLike[str], store_path: str | os.PathLike[str]
 
         rewritten: list[str] = []
         if hit("images/zarr.json"):
-            target.write_json("images/zarr.json", images_metadata(n, (H, W), attrs["codec"], has_checksums(attrs)))
+            target.write_json("images/zarr.json", _images_meta_for(attrs, n, (H, W), attrs["codec"],
+                                                                   has_checksums(attrs)))
             rewritten.append("images/zarr.json")
         for spec in attrs["site_columns"]:
             name, kind = spec["name"], spec["dtype"]
@@ -767,7 +838,7 @@ def repair_store(raw: str | os.PathLike[str], store_path: str | os.PathLike[str]
                 rewritten.append(f"sites/{name}")
         _check_plan(target, attrs, plan)  # the (repaired) site table is this raw data's plan
 
-        todo = report.damaged_indices
+        todo = _whole_shards(target, attrs, report.damaged_indices, (H, W))
         if todo:
             log.info("%s: re-ingesting %d damaged sites from %s", target.path, len(todo), raw)
             _check_space(target, attrs["image_shape"], attrs["codec"], len(todo))
@@ -785,6 +856,19 @@ def repair_store(raw: str | os.PathLike[str], store_path: str | os.PathLike[str]
                              storage_options=storage_options)
         write_last_verified(store_path, after, storage_options=storage_options, lock=False)  # we hold the lock
     return RepairReport(str(store_path), tuple(todo), tuple(rewritten), time.perf_counter() - t0, after)
+
+
+def _whole_shards(target: FileTarget, attrs: dict[str, Any], damaged: list[int], shape: tuple[int, int]) -> list[int]:
+    """Sites to re-ingest for `damaged`: themselves, or in the sharded layout every stored site of their shards
+    (a shard is rewritten whole)."""
+    images = _read_images_meta(target, attrs, shape)
+    if not damaged or image_layout(images) != "sharded":
+        return list(damaged)
+    per = ShardLayout.from_metadata(images).sites
+    failed = {int(f["index"]) for f in attrs.get("failed", [])}
+    n = int(attrs["n_sites"])
+    shards = sorted({i // per for i in damaged})
+    return [i for s in shards for i in range(s * per, min(n, (s + 1) * per)) if i not in failed]
 
 
 def _repair_tables(target: FileTarget, attrs: dict[str, Any], report: Any, todo: list[int],

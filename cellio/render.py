@@ -178,9 +178,17 @@ def _read_png_channel(path: Path) -> np.ndarray:
 def load_site(source: str | Path, id_code: str, site: int = 1) -> tuple[np.ndarray, dict[str, Any]]:
     """Read one site as uint8 (H, W, 6) plus its site-table row (as a dict).
 
-    `source` is a cellio store (a Zarr group: has zarr.json) or a raw RxRx1 directory (has train.csv or
-    test.csv; the six PNGs are read directly).
+    `source` is a cellio store (a Zarr group: has zarr.json; a local path or an fsspec URL such as
+    s3://bucket/rxrx1.zarr) or a raw RxRx1 directory (has train.csv or test.csv; the six PNGs are read directly).
     """
+    from ._format import is_url
+
+    if is_url(source):
+        from .store import open_store
+
+        store = open_store(str(source))
+        i = _pick_row(store.sites, id_code, site, source)
+        return np.asarray(store.read([i])[0]), store.sites.iloc[i].to_dict()
     source = Path(source)
     if (source / "zarr.json").is_file():
         from .store import open_store

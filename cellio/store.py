@@ -1,10 +1,17 @@
 """Read path of the cellio store: `open_store(path) -> Store` (spec: docs/data_format.md).
 
 The store is a plain Zarr v3 group any client can read. For speed this reader bypasses zarr-python's per-call
-overhead on unsharded stores: it computes each site's chunk file from the array metadata and reads it with one
-`pread` copied into the output batch (uncompressed), or reads the file and decodes it with numcodecs
-(blosc-lz4 / zstd); fsspec URLs fetch the same chunk objects with `cat_file`. Everything else (sharded or rechunked
-arrays) goes through zarr-python with concurrent per-site reads, never fancy indexing.
+overhead: it computes each site's bytes from the array metadata and reads them itself.
+
+- chunked layout (one chunk per site), local: one `pread` per site copied into the batch (uncompressed), or the
+  file read and decoded with numcodecs (blosc-lz4 / zstd);
+- sharded layout (a shard per group of sites, a tile per inner chunk), local: the shard index (read once per
+  shard, cached) gives the byte range of the tiles a crop overlaps: one `pread`, and only those tiles decoded;
+- fsspec URLs (S3, GCS, ...), either layout: for a whole batch, the missing shard indexes and then every site's
+  byte range are fetched concurrently in one call each (`cellio._remote.RangeFetcher`, with retries), then decoded
+  and checksum-verified on the reader's threads straight into the batch;
+- anything else (rechunked, foreign sharding) goes through zarr-python with concurrent per-site reads, never fancy
+  indexing.
 
 Integrity (format 1.1): every chunk ends with a crc32c checksum, verified on every read by default
 (`verify=False` skips it on trusted local disks). Uncompressed crops then read the whole chunk (the checksum
@@ -26,11 +33,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._format import CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, STATUS_OK, ChunkCodec, chunk_codec, chunk_key, \
-    decode_column, decode_strings, get_fs, has_checksums, is_url, read_journal, read_json, read_small_array
-from .errors import StoreDamagedError, StoreError, StoreIncompleteError
+from ._format import CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, STATUS_OK, ChunkCodec, ShardLayout, chunk_codec, \
+    chunk_key, decode_column, decode_strings, get_fs, has_checksums, image_layout, is_url, read_journal, read_json, \
+    read_small_array
+from ._remote import RetryPolicy, make_fetcher, remote_error
+from .errors import CellioError, StoreDamagedError, StoreError, StoreIncompleteError
 
-__all__ = ["STATS_LEVELS", "Store", "open_store"]
+__all__ = ["STATS_LEVELS", "Store", "open_store", "RetryPolicy"]
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +57,14 @@ class Store:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, allow_incomplete: bool = False,
-                 storage_options: dict[str, Any] | None = None, threads: int | None = None, verify: bool = True):
+                 storage_options: dict[str, Any] | None = None, threads: int | None = None, verify: bool = True,
+                 retry: RetryPolicy | None = None, concurrency: int = 64, client: str = "auto"):
         self.path = str(path)
+        self._client = client
         self.verify = bool(verify)
+        self._retry = retry or RetryPolicy()
+        self._concurrency = int(concurrency)
+        self._indexes: dict[int, np.ndarray] = {}  # sharded layout: shard -> its decoded index (never changes)
         self._allow_incomplete = allow_incomplete
         self._storage_options = dict(storage_options or {})
         self._threads = threads if threads is not None else min(8, os.cpu_count() or 1)
@@ -67,11 +81,32 @@ class Store:
 
     # -- open / pickle ------------------------------------------------------------------------------------
     def _open(self) -> None:
+        if not is_url(self.path):
+            self._open_store()
+            return
+        try:  # an unreachable endpoint, a missing bucket or refused credentials: say which URL, and what to check
+            self._open_store()
+        except CellioError:
+            raise
+        except Exception as exc:
+            raise remote_error(self.path, exc, 1, 0.0) from None
+
+    def _open_store(self) -> None:
         fs, root = get_fs(self.path, self._storage_options)
         self._fs, self._root = fs, root
+        try:
+            self._fetcher = make_fetcher(fs, self.path, self._storage_options, self._retry, self._concurrency,
+                                         self._client) if is_url(self.path) else None
+        except ValueError as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
         if fs.exists(f"{root}/{CREATING_MARKER}"):
             raise StoreIncompleteError(f"{self.path}: the store skeleton was never finished; rerun `cellio ingest`")
-        group = read_json(fs, f"{root}/zarr.json")
+        try:
+            group = read_json(fs, f"{root}/zarr.json")
+        except StoreDamagedError:
+            raise
+        except StoreError as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
         attrs = group.get("attributes", {})
         if group.get("node_type") != "group" or attrs.get("format") != FORMAT_NAME:
             raise StoreError(f"{self.path}: expected a Zarr v3 group with attribute format={FORMAT_NAME!r}, "
@@ -116,39 +151,50 @@ class Store:
         return np.array(sorted(i for i, e in self._journal.items() if e.get("ok")), dtype=np.int64)
 
     def _read_mode(self) -> str:
-        """"local" (pread the chunk files), "fsspec" (cat_file the chunk objects) or "zarr" (anything else)."""
+        """"local" (pread the chunk files), "sharded" (pread the tiles from local shard files), "remote" (ranges of
+        objects fetched per batch, either layout) or "zarr" (anything else)."""
         m = self._meta
-        if m.get("storage_transformers") or \
-                tuple(m["chunk_grid"]["configuration"]["chunk_shape"]) != (1, *self.image_shape):
-            return "zarr"
+        self.image_layout: str = image_layout(m)
+        self._shards: ShardLayout | None = None
         try:
-            self._codec: ChunkCodec = chunk_codec(m["codecs"])  # sharded pipelines start with sharding_indexed
+            if self.image_layout == "sharded":
+                self._shards = ShardLayout.from_metadata(m)
+                self._codec: ChunkCodec = self._shards.codec
+            elif self.image_layout == "chunked":
+                self._codec = chunk_codec(m["codecs"])
+            else:
+                raise StoreError(f"chunk grid {m['chunk_grid']} / codecs are not a cellio layout")
             chunk_key(m, (0, 0, 0, 0))
         except StoreError as exc:
             log.info("%s: %s; reading through zarr-python", self.path, exc)
             return "zarr"
-        return "fsspec" if is_url(self.path) else "local"
+        if is_url(self.path):
+            return "remote"
+        return "sharded" if self._shards is not None else "local"
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "allow_incomplete": self._allow_incomplete,
-                "storage_options": self._storage_options, "threads": self._threads, "verify": self.verify}
+                "storage_options": self._storage_options, "threads": self._threads, "verify": self.verify,
+                "retry": self._retry, "concurrency": self._concurrency, "client": self._client}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"], allow_incomplete=state["allow_incomplete"],  # type: ignore[misc]
                       storage_options=state["storage_options"], threads=state["threads"],
-                      verify=state.get("verify", True))
+                      verify=state.get("verify", True), retry=state.get("retry"),
+                      concurrency=state.get("concurrency", 64), client=state.get("client", "auto"))
 
     def with_verify(self, verify: bool) -> "Store":
         """This store with checksum verification on or off (self when already so; otherwise a new Store)."""
         if bool(verify) == self.verify:
             return self
         return Store(self.path, allow_incomplete=self._allow_incomplete, storage_options=self._storage_options,
-                     threads=self._threads, verify=verify)
+                     threads=self._threads, verify=verify, retry=self._retry, concurrency=self._concurrency,
+                     client=self._client)
 
     def __repr__(self) -> str:
         codec = self.attrs.get("codec", "?")
         return (f"Store({self.path!r}, sites={len(self)}, image_shape={self.image_shape}, layout={self.layout}, "
-                f"codec={codec}, complete={self.complete}, verify={self.verify})")
+                f"image_layout={self.image_layout}, codec={codec}, complete={self.complete}, verify={self.verify})")
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -244,6 +290,10 @@ class Store:
             self._pool = None
             self._zarr_images = None
             self._local_scratch = threading.local()
+            if self._fetcher is not None:  # a fresh client: the parent's connections and event loop stay its own
+                self._fs, self._root = get_fs(self.path, self._storage_options)
+                self._fetcher = make_fetcher(self._fs, self.path, self._storage_options, self._retry,
+                                             self._concurrency, self._client)
 
     def _get_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -305,17 +355,23 @@ class Store:
         elif out.shape != (len(idx), h, w, C) or out.dtype != np.uint8 or not out.flags.c_contiguous:
             raise StoreError(f"out must be a C-contiguous uint8 array of shape {(len(idx), h, w, C)}; found "
                              f"{out.dtype} {out.shape}")
-        reader = {"local": self._read_fast, "fsspec": self._read_fsspec, "zarr": self._read_zarr}[self._mode]
+        if self._mode == "remote":
+            site = self._remote_batch(pos, crops, out)  # every byte range fetched here, decoded by site(b)
+        else:
+            reader = {"local": self._read_fast, "sharded": self._read_sharded, "zarr": self._read_zarr}[self._mode]
+
+            def site(b: int) -> None:
+                reader(int(pos[b]), crops[b], out[b])
 
         def run(part: range) -> None:
             for b in part:
                 try:
-                    reader(int(pos[b]), crops[b], out[b])
+                    site(b)
                 except StoreDamagedError as exc:
                     raise self._name_site(exc, int(pos[b])) from None
 
-        n_parts = min(self._threads, len(idx) // _MIN_PARALLEL_BATCH) if self._fast else min(self._threads * 4,
-                                                                                              len(idx))
+        n_parts = min(self._threads, len(idx) // _MIN_PARALLEL_BATCH) if self._mode != "zarr" \
+            else min(self._threads * 4, len(idx))
         if n_parts > 1:
             # one contiguous slice of the batch per thread: pool hand-offs cost ~tens of us, a site read ~100s
             bounds = np.linspace(0, len(idx), n_parts + 1).astype(int)
@@ -392,15 +448,117 @@ class Store:
         finally:
             os.close(fd)
 
-    def _read_fsspec(self, pos: int, crop: np.ndarray, dst: np.ndarray) -> None:
-        key = f"{self._root}/images/{chunk_key(self._meta, (pos, 0, 0, 0))}"
+    # -- sharded layout ---------------------------------------------------------------------------------------
+    def _shard_file(self, shard: int) -> str:
+        assert self._shards is not None
+        return os.path.join(self._root, "images", *self._shards.shard_key(shard).split("/"))
+
+    def _index(self, shard: int) -> np.ndarray:
+        """The decoded index of a local shard (read once: shards are written whole, never edited in place)."""
+        got = self._indexes.get(shard)
+        if got is None:
+            assert self._shards is not None
+            path = self._shard_file(shard)
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(self._shards.index_nbytes)
+            except FileNotFoundError:
+                raise StoreDamagedError(f"{path}: the shard file is missing (expected one per "
+                                        f"{self._shards.sites} sites); the store is damaged", file=path) from None
+            got = self._shards.decode_index(data, file=path)
+            self._indexes[shard] = got  # a dict assignment is atomic: two threads may both read, both agree
+        return got
+
+    def _read_sharded(self, pos: int, crop: np.ndarray, dst: np.ndarray) -> None:
+        lay = self._shards
+        assert lay is not None
+        shard, k = lay.locate(pos)
+        entries = self._index(shard)[k]
+        y, x, h, w = (int(v) for v in crop)
+        path = self._shard_file(shard)
+        tiles = lay.tile_range(y, x, h, w)
+        start, end = lay.site_span(entries, tiles, file=path)
+        fd = os.open(path, os.O_RDONLY)
         try:
-            data = self._fs.cat_file(key)
-        except FileNotFoundError:
-            url = self._fs.unstrip_protocol(key)
-            raise StoreDamagedError(f"{url}: the chunk object is missing (expected one chunk per stored site); the "
-                                    f"store is damaged", file=url) from None
-        self._decode(data, self._fs.unstrip_protocol(key), crop, dst)
+            data = os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
+        if len(data) != end - start:
+            raise StoreDamagedError(f"{path}: the shard is truncated (read {len(data)} of {end - start} bytes at "
+                                    f"offset {start})", file=path)
+        lay.decode_site(data, start, entries, tiles, (y, x, h, w), dst, self._scratch(lay.tile[0] * lay.tile[1] * 6),
+                        file=path, verify=self.verify)
+
+    # -- object stores: one concurrent fetch per batch -------------------------------------------------------------
+    def _remote_batch(self, pos: np.ndarray, crops: np.ndarray, out: np.ndarray) -> Any:
+        """Fetch every byte range the batch needs in one concurrent call (after the shard indexes it lacks, in
+        another), and return the decoder the reader threads run for batch slot b: decode(b) -> None into out[b]
+        (slots, not sites: a batch may read one site twice with different crops)."""
+        assert self._fetcher is not None
+        H, W, C = self.image_shape
+        images = f"{self._root}/images"
+        requests: list[tuple[str, int, int | None]] = []
+        lay = self._shards
+        if lay is not None:
+            need = sorted({lay.locate(int(p))[0] for p in pos} - set(self._indexes))
+            if need:
+                keys = [f"{images}/{lay.shard_key(s)}" for s in need]
+                got = self._fetcher.fetch([(key, 0, lay.index_nbytes) for key in keys])
+                for s, key, data in zip(need, keys, got):
+                    url = self._fetcher.url(key)
+                    if data is None:
+                        raise self._name_site(StoreDamagedError(
+                            f"{url}: the shard object is missing (expected one per {lay.sites} sites); the store "
+                            f"is damaged", file=url), int(next(p for p in pos if lay.locate(int(p))[0] == s)))
+                    self._indexes[s] = lay.decode_index(data, file=url)
+        plans: list[tuple[int, Any]] = []
+        for p, crop in zip(pos.tolist(), crops):
+            y, x, h, w = (int(v) for v in crop)
+            if lay is not None:
+                shard, k = lay.locate(p)
+                key = f"{images}/{lay.shard_key(shard)}"
+                entries = self._indexes[shard][k]
+                tiles = lay.tile_range(y, x, h, w)
+                try:
+                    start, end = lay.site_span(entries, tiles, file=self._fetcher.url(key))
+                except StoreDamagedError as exc:
+                    raise self._name_site(exc, p) from None
+                requests.append((key, start, end))
+                plans.append((start, (entries, tiles)))
+            else:
+                key = f"{images}/{chunk_key(self._meta, (p, 0, 0, 0))}"
+                if self._codec.compressor is None and not (self._codec.checksum and self.verify) \
+                        and h < H:  # an uncompressed crop without verification: only its rows
+                    requests.append((key, y * W * C, (y + h) * W * C))
+                    plans.append((y, None))
+                else:
+                    requests.append((key, 0, None))
+                    plans.append((-1, None))
+        fetched = list(zip(self._fetcher.fetch(requests), (r[0] for r in requests), plans))
+
+        def decode(b: int) -> None:
+            data, key, (first, extra) = fetched[b]
+            crop, dst = crops[b], out[b]
+            url = self._fetcher.url(key)
+            if data is None:
+                raise StoreDamagedError(f"{url}: the {'shard' if lay else 'chunk'} object is missing (expected one "
+                                        f"per {'%d sites' % lay.sites if lay else 'stored site'}); the store is "
+                                        f"damaged", file=url)
+            y, x, h, w = (int(v) for v in crop)
+            if lay is not None:
+                entries, tiles = extra
+                lay.decode_site(data, first, entries, tiles, (y, x, h, w), dst,
+                                self._scratch(lay.tile[0] * lay.tile[1] * C), file=url, verify=self.verify)
+            elif first >= 0:  # rows y..y+h of an uncompressed chunk
+                if len(data) != h * W * C:
+                    raise StoreDamagedError(f"{url}: chunk is truncated (got {len(data)} of {h * W * C} bytes at "
+                                            f"offset {y * W * C})", file=url)
+                src = np.frombuffer(data, dtype=np.uint8).reshape(h, W, C)
+                dst[...] = src if w == W else src[:, x:x + w]
+            else:
+                self._decode(data, url, crop, dst)
+
+        return decode
 
     def _read_zarr(self, pos: int, crop: np.ndarray, dst: np.ndarray) -> None:
         """Sharded or rechunked arrays. zarr-python verifies a crc32c codec itself (it cannot be turned off) and
@@ -425,11 +583,19 @@ class Store:
 
 def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False,
                storage_options: dict[str, Any] | None = None, threads: int | None = None,
-               verify: bool = True) -> Store:
-    """Open a cellio store read-only. Raises StoreIncompleteError for an unfinished ingest unless allowed.
+               verify: bool = True, retry: RetryPolicy | None = None, concurrency: int = 64,
+               client: str = "auto") -> Store:
+    """Open a cellio store read-only: a local path, or an fsspec URL (s3://bucket/rxrx1.zarr, gs://...).
 
+    Raises StoreIncompleteError for an unfinished ingest unless allowed.
     verify: check every chunk's crc32c checksum on read (default). Turn it off only for trusted local disks: the
     cost is measured in benchmarks/store_read.py (docs/performance.md).
+    storage_options: fsspec options for URLs (e.g. {"client_kwargs": {"endpoint_url": ...}, "key": ..., "secret":
+    ...}); without them the client reads the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS). Never logged.
+    retry: how transient object-store failures are retried (RetryPolicy: 5 attempts, backoff from 0.25 s);
+    concurrency: range requests in flight at once per batch. client: "auto" (obstore for s3:// when installed,
+    fsspec otherwise), "obstore" or "fsspec" (cellio/_remote.py says why). All three apply to URLs only.
+    A URL that cannot be reached raises RemoteStoreError naming it.
     """
     return Store(path, allow_incomplete=allow_incomplete, storage_options=storage_options, threads=threads,
-                 verify=verify)
+                 verify=verify, retry=retry, concurrency=concurrency, client=client)

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from ._format import FORMAT_NAME, FORMAT_VERSION, STATUS_FAILED, STATUS_OK, FileTarget, chunk_codec, chunk_key, \
-    decode_strings, get_fs, group_metadata, has_checksums, is_url, read_json, read_small_array
+from ._format import FORMAT_NAME, FORMAT_VERSION, STATUS_FAILED, STATUS_OK, FileTarget, ShardLayout, chunk_codec, \
+    chunk_key, decode_strings, get_fs, group_metadata, has_checksums, image_layout, is_url, read_json, \
+    read_small_array
 from .errors import StoreDamagedError, StoreError, StoreIncompleteError
 
 __all__ = ["Damage", "VerifyReport", "verify_store", "site_sums"]
@@ -247,12 +248,18 @@ def verify_store(path: str | os.PathLike[str], *, threads: int | None = None, pr
     counters = {"stored": 0, "checked": 0}
     if meta is not None and todo:
         read_chunk = _chunk_reader(fs, root, meta, (H, W, C), path, storage_options)
+        shards = ShardLayout.from_metadata(meta) if image_layout(meta) == "sharded" else None
+
+        def site_file(i: int) -> str:  # the file holding site i, relative to the root
+            if shards is not None:
+                return f"images/{shards.shard_key(shards.locate(i)[0])}"
+            return f"images/{chunk_key(meta, (i, 0, 0, 0))}"
 
         def check(part: list[int]) -> tuple[list[Damage], int, int]:
             damage, nbytes, checked = [], 0, 0
             buf = np.empty((H, W, C), dtype=np.uint8)
             for i in part:
-                file = f"images/{chunk_key(meta, (i, 0, 0, 0))}"
+                file = site_file(i)
                 checked += 1
                 try:
                     nbytes += read_chunk(i, buf)
@@ -301,8 +308,10 @@ def _chunk_reader(fs: Any, root: str, meta: dict[str, Any], shape: tuple[int, in
     """read(i, buf) -> stored bytes: site i's chunk decoded (checksum verified) into buf, or StoreDamagedError."""
     H, W, C = shape
     try:
-        if meta.get("storage_transformers") or \
-                tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]) != (1, H, W, C):
+        kind = image_layout(meta)
+        if kind == "sharded":
+            return _shard_reader(fs, root, ShardLayout.from_metadata(meta))
+        if kind != "chunked":
             raise StoreError("not one site per chunk")
         codec = chunk_codec(meta["codecs"])
     except StoreError:
@@ -315,6 +324,41 @@ def _chunk_reader(fs: Any, root: str, meta: dict[str, Any], shape: tuple[int, in
         except FileNotFoundError:
             raise StoreDamagedError(f"{file}: the chunk file is missing", file=file) from None
         codec.decode(data, buf, file=file, verify=True)
+        return len(data)
+
+    return read
+
+
+def _shard_reader(fs: Any, root: str, lay: ShardLayout) -> Any:
+    """The sharded layout: each shard's index read once (and checked), then each site's tiles as one range."""
+    import threading
+
+    indexes: dict[int, np.ndarray] = {}
+    lock = threading.Lock()
+    H, W, C = lay.image
+
+    def index(shard: int, file: str) -> np.ndarray:
+        with lock:  # a shard's sites are checked by one task at a time mostly; read each index once
+            if shard not in indexes:
+                try:
+                    data = fs.cat_file(file, start=0, end=lay.index_nbytes)
+                except FileNotFoundError:
+                    raise StoreDamagedError(f"{file}: the shard file is missing", file=file) from None
+                indexes[shard] = lay.decode_index(data, file=file)
+            return indexes[shard]
+
+    def read(i: int, buf: np.ndarray) -> int:
+        shard, k = lay.locate(i)
+        file = f"{root}/images/{lay.shard_key(shard)}"
+        entries = index(shard, file)[k]
+        tiles = lay.tile_range(0, 0, H, W)
+        start, end = lay.site_span(entries, tiles, file=file)
+        data = fs.cat_file(file, start=start, end=end)
+        if len(data) != end - start:
+            raise StoreDamagedError(f"{file}: the shard is truncated (read {len(data)} of {end - start} bytes at "
+                                    f"offset {start})", file=file)
+        scratch = np.empty(lay.tile[0] * lay.tile[1] * C, dtype=np.uint8)
+        lay.decode_site(data, start, entries, tiles, (0, 0, H, W), buf, scratch, file=file, verify=True)
         return len(data)
 
     return read

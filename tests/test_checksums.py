@@ -33,7 +33,8 @@ def clean(tmp_path_factory, small_raw) -> dict[str, Path]:
     from cellio.ingestion import ingest
 
     root = tmp_path_factory.mktemp("ck-stores")
-    return {c: Path(ingest(small_raw, root / f"{c}.zarr", codec=c, workers=1, progress=False).store) for c in CODECS}
+    return {c: Path(ingest(small_raw, root / f"{c}.zarr", codec=c, workers=1, progress=False,
+                           layout="chunked").store) for c in CODECS}
 
 
 def _chunk(store: Path, i: int) -> Path:

@@ -33,7 +33,7 @@ def small_raw(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory, small_raw) -> Path:
     return Path(ingest(small_raw, tmp_path_factory.mktemp("fail-store") / "lz4.zarr", codec="lz4", workers=1,
-                       progress=False).store)
+                       progress=False, layout="chunked").store)
 
 
 # ------------------------------------------------------------------------------------------------ disk full
@@ -42,7 +42,7 @@ def test_not_enough_space_is_refused_before_anything_is_written(tmp_path, small_
 
     monkeypatch.setattr(cellio._format, "free_bytes", lambda path: 10_000)
     with pytest.raises(DiskFullError) as err:
-        ingest(small_raw, tmp_path / "s.zarr", workers=1, progress=False)
+        ingest(small_raw, tmp_path / "s.zarr", workers=1, progress=False, layout="chunked")
     e = err.value
     assert isinstance(e, StoreError) and e.path == str(tmp_path / "s.zarr") and e.free_bytes == 10_000
     assert e.needed_bytes >= 64 * 17 * 11 * 6 * 0.6  # 64 sites of 17x11x6 at the lz4 estimate
@@ -77,13 +77,13 @@ def test_enospc_during_ingest_names_the_path_and_the_rerun_resumes(tmp_path, sma
     monkeypatch.setattr(cellio._format, "open", lambda p, mode="r", *a, **k: Full(builtins.open(p, mode, *a, **k)),
                         raising=False)
     with pytest.raises(DiskFullError) as err:
-        ingest(small_raw, store, codec="lz4", workers=1, batch_size=4, progress=False)
+        ingest(small_raw, store, codec="lz4", workers=1, batch_size=4, progress=False, layout="chunked")
     e = err.value
     assert e.path == str(store) and e.needed_bytes > 0 and e.free_bytes is not None
     assert "the rest of the ingest" in str(e) and "sites; writing" in str(e) and "rerun" in str(e)
     assert not any((store / TMP_DIR).iterdir())  # the torn temp file was removed
     monkeypatch.undo()
-    report = ingest(small_raw, store, codec="lz4", workers=1, batch_size=4, progress=False)
+    report = ingest(small_raw, store, codec="lz4", workers=1, batch_size=4, progress=False, layout="chunked")
     assert report.complete and 0 < report.n_written < report.n_sites  # resumed, not redone
     assert_same_store(clean, store)
 
@@ -99,8 +99,8 @@ def test_disk_full_error_pickles_across_processes():
 # ------------------------------------------------------------------------------------------------ Ctrl-C
 def test_ctrl_c_stops_a_two_worker_ingest_once_cleanly_and_it_resumes(tmp_path, small_raw, clean):
     store = tmp_path / "s.zarr"
-    cmd = [sys.executable, "-m", "cellio", "ingest", str(small_raw), str(store), "--workers", "2", "--batch-size",
-           "1", "--codec", "lz4", "--no-progress"]
+    cmd = [sys.executable, "-m", "cellio", "ingest", "--layout", "chunked", str(small_raw), str(store), "--workers",
+           "2", "--batch-size", "1", "--codec", "lz4", "--no-progress"]
     # its own process group, like a shell job: SIGINT goes to the CLI and its workers at once, as Ctrl-C does
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -121,7 +121,7 @@ def test_ctrl_c_stops_a_two_worker_ingest_once_cleanly_and_it_resumes(tmp_path, 
     assert "Traceback" not in err, err
     assert "interrupted; finished batches are kept: rerun the same command to resume" in err
     assert not (store / ".cellio-lock").exists()
-    report = ingest(small_raw, store, codec="lz4", workers=1, progress=False)
+    report = ingest(small_raw, store, codec="lz4", workers=1, progress=False, layout="chunked")
     assert report.complete and report.n_written < report.n_sites
     assert_same_store(clean, store)
 
@@ -159,11 +159,12 @@ def test_an_incomplete_store_keeps_its_view_while_the_ingest_finishes(tmp_path, 
     bad.write_bytes(b"not a png")
     store = tmp_path / "s.zarr"
     with pytest.raises(ImageError):
-        ingest(raw, store, codec="lz4", workers=1, batch_size=4, progress=False)
+        ingest(raw, store, codec="lz4", workers=1, batch_size=4, progress=False, layout="chunked")
     partial = open_store(store, allow_incomplete=True)
     assert not partial.complete and len(partial) == 20
     bad.write_bytes(original)
-    ingest(raw, store, codec="lz4", workers=1, batch_size=4, progress=False)  # finalize deletes the journal
+    # finalize deletes the journal
+    ingest(raw, store, codec="lz4", workers=1, batch_size=4, progress=False, layout="chunked")
     mean, std = partial.channel_stats("plate")  # the snapshot taken at open still answers
     assert mean.shape == (20, 6) and np.isfinite(std).all()
     np.testing.assert_allclose(partial.channel_stats("site")[0], open_store(clean).channel_stats("site")[0][:20])

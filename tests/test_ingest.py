@@ -55,14 +55,14 @@ def small_raw(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clean_lz4(tmp_path_factory, small_raw) -> Path:
     path = tmp_path_factory.mktemp("clean") / "lz4.zarr"
-    ingest(small_raw, path, codec="lz4", workers=1, progress=False)
+    ingest(small_raw, path, codec="lz4", workers=1, progress=False, layout="chunked")
     return path
 
 
 @pytest.fixture(scope="module")
 def small_ref(tmp_path_factory, small_raw):
     return open_store(ingest(small_raw, tmp_path_factory.mktemp("ref") / "none.zarr", codec="none", workers=1,
-                             progress=False).store)
+                             progress=False, layout="chunked").store)
 
 
 # ------------------------------------------------------------------------------------------------ hand-made set
@@ -103,7 +103,7 @@ def _write_handmade(root: Path, shape=(13, 7)) -> dict[tuple[str, int], np.ndarr
 
 def test_handmade_rxrx1_directory(tmp_path):
     images = _write_handmade(tmp_path / "raw")
-    report = ingest(tmp_path / "raw", tmp_path / "s.zarr", workers=1, progress=False)
+    report = ingest(tmp_path / "raw", tmp_path / "s.zarr", workers=1, progress=False, layout="chunked")
     assert report.complete and report.n_ok == 10 and report.n_failed == 0
     s = open_store(tmp_path / "s.zarr")
     assert s.image_shape == (13, 7, 6)
@@ -126,26 +126,26 @@ def test_round_trip_every_site_equals_its_pngs(tiny_raw, tiny_store):
 
 
 def test_codecs_and_workers_give_the_same_images(tmp_path, small_raw, small_ref, clean_lz4):
-    zstd = ingest(small_raw, tmp_path / "zstd.zarr", codec="zstd", workers=2, progress=False)
+    zstd = ingest(small_raw, tmp_path / "zstd.zarr", codec="zstd", workers=2, progress=False, layout="chunked")
     assert zstd.workers == 2 and zstd.n_ok == len(small_ref)
     for path in (clean_lz4, tmp_path / "zstd.zarr"):
         s = open_store(path)
         np.testing.assert_array_equal(s.read(np.arange(len(s))), small_ref.read(np.arange(len(s))))
         np.testing.assert_array_equal(s.channel_stats("plate")[1], small_ref.channel_stats("plate")[1])
     # the number of workers and the batch size do not change a single byte
-    ingest(small_raw, tmp_path / "lz4-2.zarr", codec="lz4", workers=2, batch_size=3, progress=False)
+    ingest(small_raw, tmp_path / "lz4-2.zarr", codec="lz4", workers=2, batch_size=3, progress=False, layout="chunked")
     _assert_same_store(clean_lz4, tmp_path / "lz4-2.zarr")
 
 
 def test_rerun_of_a_complete_store_does_nothing_and_checks_arguments(tmp_path, small_raw, clean_lz4):
-    again = ingest(small_raw, clean_lz4, codec="lz4", workers=1, progress=False)
+    again = ingest(small_raw, clean_lz4, codec="lz4", workers=1, progress=False, layout="chunked")
     assert again.n_written == 0 and again.complete
     with pytest.raises(StoreError, match="ingested with"):
-        ingest(small_raw, clean_lz4, codec="zstd", workers=1, progress=False)
+        ingest(small_raw, clean_lz4, codec="zstd", workers=1, progress=False, layout="chunked")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(StoreError, match="not a cellio store"):
-        ingest(small_raw, tmp_path / "other", workers=1, progress=False)
+        ingest(small_raw, tmp_path / "other", workers=1, progress=False, layout="chunked")
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 
@@ -154,26 +154,28 @@ def test_subsets(tmp_path, tiny_raw):
 
     meta = read_metadata(tiny_raw)
     exp = sorted(meta.loc[meta.dataset == "train", "experiment"].unique())[0]
-    s = open_store(ingest(tiny_raw, tmp_path / "a.zarr", experiments=[exp], workers=1, progress=False).store)
+    s = open_store(ingest(tiny_raw, tmp_path / "a.zarr", experiments=[exp], workers=1, progress=False,
+                          layout="chunked").store)
     assert set(s.sites.experiment) == {exp} and len(s) == (meta.experiment == exp).sum()
-    r = ingest(tiny_raw, tmp_path / "b.zarr", cell_types="RPE,U2OS", datasets="test", workers=1, progress=False)
+    r = ingest(tiny_raw, tmp_path / "b.zarr", cell_types="RPE,U2OS", datasets="test", workers=1, progress=False,
+               layout="chunked")
     s = open_store(r.store)
     assert set(s.sites.cell_type) == {"RPE", "U2OS"} and set(s.sites.dataset) == {"test"}
-    s = open_store(ingest(tiny_raw, tmp_path / "c.zarr", limit=7, workers=1, progress=False).store)
+    s = open_store(ingest(tiny_raw, tmp_path / "c.zarr", limit=7, workers=1, progress=False, layout="chunked").store)
     pd.testing.assert_frame_equal(s.sites, meta.head(7), check_dtype=False)
     with pytest.raises(MetadataError, match="NOPE-01"):
-        ingest(tiny_raw, tmp_path / "d.zarr", experiments=["NOPE-01"], workers=1, progress=False)
+        ingest(tiny_raw, tmp_path / "d.zarr", experiments=["NOPE-01"], workers=1, progress=False, layout="chunked")
     with pytest.raises(MetadataError, match="valid"):
-        ingest(tiny_raw, tmp_path / "e.zarr", datasets=["valid"], workers=1, progress=False)
+        ingest(tiny_raw, tmp_path / "e.zarr", datasets=["valid"], workers=1, progress=False, layout="chunked")
 
 
 # ------------------------------------------------------------------------------------------------ crash safety
 def test_sigkill_then_rerun_gives_the_clean_store(tmp_path, tiny_raw):
     clean = tmp_path / "clean.zarr"
-    ingest(tiny_raw, clean, codec="lz4", workers=1, progress=False)
+    ingest(tiny_raw, clean, codec="lz4", workers=1, progress=False, layout="chunked")
     store = tmp_path / "killed.zarr"
     code = ("import sys; from cellio.ingestion import ingest; "
-            "ingest(sys.argv[1], sys.argv[2], codec='lz4', workers=1, batch_size=1, progress=False)")
+            "ingest(sys.argv[1], sys.argv[2], codec='lz4', workers=1, batch_size=1, progress=False, layout='chunked')")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.Popen([sys.executable, "-c", code, str(tiny_raw), str(store)], env=env)
     journal = store / JOURNAL_DIR
@@ -191,7 +193,7 @@ def test_sigkill_then_rerun_gives_the_clean_store(tmp_path, tiny_raw):
     assert 10 <= len(partial) < partial.attrs["n_sites"]
     np.testing.assert_array_equal(partial.read([0, len(partial) - 1]),
                                   open_store(clean).read(partial._rows[[0, -1]]))
-    report = ingest(tiny_raw, store, codec="lz4", workers=2, progress=False)
+    report = ingest(tiny_raw, store, codec="lz4", workers=2, progress=False, layout="chunked")
     assert report.complete and 0 < report.n_written < report.n_sites
     _assert_same_store(clean, store)
 
@@ -203,7 +205,7 @@ def test_interrupted_skeleton_is_rebuilt(tmp_path, small_raw, clean_lz4):
     (store / "images" / "zarr.json").write_text("{ torn")
     with pytest.raises(StoreIncompleteError):
         open_store(store)
-    ingest(small_raw, store, codec="lz4", workers=1, progress=False)
+    ingest(small_raw, store, codec="lz4", workers=1, progress=False, layout="chunked")
     _assert_same_store(clean_lz4, store)
 
 
@@ -257,14 +259,14 @@ def test_bad_input_fails_naming_the_file_and_loses_nothing(tmp_path, small_ref, 
     rel = _break(raw_copy, meta, case, 9)
     store = tmp_path / "s.zarr"
     with pytest.raises(ImageError, match=CASES[case]) as info:
-        ingest(raw_copy, store, workers=1, batch_size=4, limit=LIMIT, progress=False)
+        ingest(raw_copy, store, workers=1, batch_size=4, limit=LIMIT, progress=False, layout="chunked")
     assert rel in str(info.value)
     with pytest.raises(StoreIncompleteError):
         open_store(store)
     # fix the input, rerun: the store completes with every site, equal to the PNGs
     (raw_copy / rel).write_bytes(original)
     (raw_copy / "pixel_stats.csv").write_bytes(ps_original)
-    report = ingest(raw_copy, store, workers=1, batch_size=4, limit=LIMIT, progress=False)
+    report = ingest(raw_copy, store, workers=1, batch_size=4, limit=LIMIT, progress=False, layout="chunked")
     assert report.complete and report.n_ok == LIMIT and report.n_written < LIMIT
     np.testing.assert_array_equal(open_store(store).read(np.arange(LIMIT)), small_ref.read(np.arange(LIMIT)))
 
@@ -277,7 +279,8 @@ def test_on_error_skip_records_every_bad_site(tmp_path, small_ref, raw_copy):
     for k, case in enumerate(sorted(CASES)):
         i = 3 + 4 * k
         bad[i] = (case, _break(raw_copy, meta, case, i))
-    report = ingest(raw_copy, tmp_path / "s.zarr", on_error="skip", workers=2, limit=LIMIT, progress=False)
+    report = ingest(raw_copy, tmp_path / "s.zarr", on_error="skip", workers=2, limit=LIMIT, progress=False,
+                    layout="chunked")
     assert report.complete and report.n_failed == len(CASES) and report.n_ok == LIMIT - len(CASES)
     s = open_store(tmp_path / "s.zarr")
     assert len(s) == LIMIT - len(CASES)
@@ -296,7 +299,7 @@ def test_malformed_csv_is_a_clear_error(tmp_path, raw_copy):
     csv = pd.read_csv(raw_copy / "train.csv").drop(columns=["well"])
     csv.to_csv(raw_copy / "train.csv", index=False)
     with pytest.raises(CellioError, match="train.csv"):
-        ingest(raw_copy, tmp_path / "s.zarr", workers=1, progress=False)
+        ingest(raw_copy, tmp_path / "s.zarr", workers=1, progress=False, layout="chunked")
     assert not (tmp_path / "s.zarr").exists()
 
 
@@ -304,7 +307,7 @@ def test_verify_off_accepts_stats_mismatch(tmp_path, raw_copy):
     from cellio.metadata import read_metadata
 
     _break(raw_copy, read_metadata(raw_copy), "stats", 2)
-    report = ingest(raw_copy, tmp_path / "s.zarr", verify=False, workers=1, limit=8, progress=False)
+    report = ingest(raw_copy, tmp_path / "s.zarr", verify=False, workers=1, limit=8, progress=False, layout="chunked")
     assert report.n_ok == 8
 
 
@@ -314,7 +317,7 @@ def test_dask_local_cluster_gives_the_same_store(tmp_path, small_raw, clean_lz4)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   silence_logs=40) as cluster:
         report = ingest(small_raw, tmp_path / "dask.zarr", codec="lz4", scheduler=cluster.scheduler_address,
-                        progress=False)
+                        progress=False, layout="chunked")
     assert report.complete
     _assert_same_store(clean_lz4, tmp_path / "dask.zarr")
 
@@ -324,7 +327,8 @@ def test_cli_ingest_and_inspect(tmp_path, small_raw, capsys):
     from cellio.cli import main
 
     store = tmp_path / "cli.zarr"
-    rc = main(["ingest", str(small_raw), str(store), "--workers", "1", "--limit", "12", "--codec", "zstd",
+    rc = main(["ingest", "--layout", "chunked", str(small_raw), str(store), "--workers", "1", "--limit", "12",
+               "--codec", "zstd",
                "--no-progress", "--report", str(tmp_path / "report.json")])
     assert rc == 0
     assert json.loads((tmp_path / "report.json").read_text())["n_ok"] == 12
@@ -341,7 +345,7 @@ def test_a_set_without_test_sites_ingests_by_default_but_not_on_request(tmp_path
 
     raw = make_raw(tmp_path / "train_only", classes=4, test_experiments_per_cell_type=0,
                    cell_types=("HUVEC",), positive_controls=1)
-    report = ingest(raw, tmp_path / "s.zarr", workers=1, progress=False)
+    report = ingest(raw, tmp_path / "s.zarr", workers=1, progress=False, layout="chunked")
     assert report.complete and set(open_store(tmp_path / "s.zarr").sites["dataset"]) == {"train"}
     with pytest.raises(MetadataError, match=r"\[.test.\] not found"):
-        ingest(raw, tmp_path / "t.zarr", datasets="test", workers=1, progress=False)
+        ingest(raw, tmp_path / "t.zarr", datasets="test", workers=1, progress=False, layout="chunked")

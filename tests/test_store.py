@@ -151,8 +151,10 @@ def test_other_zarr_clients_read_the_images(tiny_store):
     s = tiny_store
     z = zarr.open_group(s.path, mode="r")
     np.testing.assert_array_equal(z["images"][5], s.read_one(5))
-    assert z.attrs["format_version"] == "1.1" and z.attrs["complete"] is True
-    assert z["images"].metadata.to_dict()["codecs"][-1]["name"] == "crc32c"  # every chunk checksummed
+    assert z.attrs["format_version"] == "1.2" and z.attrs["complete"] is True
+    (shard,) = z["images"].metadata.to_dict()["codecs"]  # the default layout: sharded, every inner chunk checksummed
+    assert shard["name"] == "sharding_indexed" and shard["configuration"]["codecs"][-1]["name"] == "crc32c"
+    assert shard["configuration"]["index_codecs"][-1]["name"] == "crc32c"
     np.testing.assert_array_equal(z["stats/sum"][...], s._zarr_read("stats/sum"))
     ts = pytest.importorskip("tensorstore")
     arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(s.path, "images")}}).result()
@@ -183,7 +185,7 @@ def test_fsspec_url_store_reads_its_chunk_objects(tiny_raw, tiny_store):
     url = "memory://cellio-test/url.zarr"
     ingest(tiny_raw, url, codec="zstd", workers=1, progress=False, limit=24)
     s = open_store(url)
-    assert len(s) == 24 and s._mode == "fsspec"
+    assert len(s) == 24 and s._mode == "remote"
     np.testing.assert_array_equal(s.read([3, 1, 20]), tiny_store.read([3, 1, 20]))
     np.testing.assert_array_equal(s.read([3], crop=(1, 2, 5, 5)), tiny_store.read([3], crop=(1, 2, 5, 5)))
 
@@ -225,6 +227,6 @@ def test_rechunked_or_sharded_store_falls_back_to_zarr(tmp_path, tiny_store):
         z = zarr.create_array(copy / name, shape=data.shape, chunks=chunks, shards=shards, dtype=data.dtype)
         z[...] = data
     s = open_store(copy)
-    assert not s._fast
+    assert s._mode == "zarr"
     np.testing.assert_array_equal(s.read([4, 0, 9], crop=(2, 1, 9, 5)), tiny_store.read([4, 0, 9], crop=(2, 1, 9, 5)))
     np.testing.assert_array_equal(s.channel_stats("plate")[0], tiny_store.channel_stats("plate")[0])

@@ -25,7 +25,7 @@ def small_raw(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory, small_raw) -> Path:
     return Path(ingest(small_raw, tmp_path_factory.mktemp("verify-store") / "lz4.zarr", codec="lz4", workers=1,
-                       progress=False).store)
+                       progress=False, layout="chunked").store)
 
 
 def _chunk(store: Path, i: int) -> Path:
@@ -89,7 +89,7 @@ def test_every_kind_of_damage_is_reported_then_repaired_to_the_clean_store(tmp_p
 def test_stats_that_disagree_with_the_pixels_are_found_without_checksums(tmp_path, clean, small_raw):
     """A format 1.0 store has no checksums: verify still finds a changed pixel through the exact pixel sums."""
     old = downgrade_to_1_0(Path(ingest(small_raw, tmp_path / "old.zarr", codec="none", workers=1,
-                                       progress=False).store))
+                                       progress=False, layout="chunked").store))
     assert verify_store(old, progress=False).ok
     pristine = copy_store(old, tmp_path / "pristine.zarr")
     flip_byte(_chunk(old, 7), offset=100)

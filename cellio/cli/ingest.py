@@ -14,12 +14,20 @@ def _csv(value: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..ingestion import DEFAULT_CODEC, ON_ERROR
-    from .._format import CODECS
+    from ..ingestion import DEFAULT_CODEC, DEFAULT_LAYOUT, ON_ERROR
+    from .._format import CODECS, DEFAULT_SITES_PER_SHARD, DEFAULT_TILE, LAYOUTS
 
     parser.add_argument("raw", type=Path, help="the unzipped RxRx1 directory (train/, test/, *.csv)")
-    parser.add_argument("store", help="store path or fsspec URL to create or resume (e.g. rxrx1.zarr)")
+    parser.add_argument("store", help="store path or fsspec URL to create or resume (e.g. rxrx1.zarr, "
+                                      "s3://bucket/rxrx1.zarr; credentials and endpoint from AWS_* / "
+                                      "GOOGLE_APPLICATION_CREDENTIALS)")
     parser.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC, help="chunk compression")
+    parser.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
+                        help="sharded: a shard file per group of sites, a tile per inner chunk (crops decode only "
+                             "their tiles; few objects); chunked: a file per site (format 1.1)")
+    parser.add_argument("--sites-per-shard", type=int, default=DEFAULT_SITES_PER_SHARD,
+                        help="sharded layout: sites per shard file")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="sharded layout: tile size in pixels")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--on-error", choices=ON_ERROR, default="fail",
                         help="fail: stop at the first bad site; skip: record it in the store and go on")
@@ -42,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     report = ingest(args.raw, args.store, codec=args.codec, workers=args.workers, on_error=args.on_error,
                     experiments=args.experiments, cell_types=args.cell_types, datasets=args.datasets,
                     limit=args.limit, scheduler=args.scheduler, verify=args.verify, progress=args.progress,
-                    batch_size=args.batch_size)
+                    batch_size=args.batch_size, layout=args.layout, sites_per_shard=args.sites_per_shard,
+                    tile=args.tile)
     rate = report.n_written / report.seconds if report.seconds > 0 else 0.0
     print(f"{report.store}: {report.n_ok} sites stored, {report.n_failed} failed, {report.n_written} written "
           f"by this run in {report.seconds:.1f} s ({rate:.1f} sites/s, codec {report.codec}, "

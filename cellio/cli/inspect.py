@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"store       {store.path}")
     print(f"format      {a['format']} {a['format_version']}, layout {store.layout}, sites {H}x{W}x{C} uint8")
     print(f"codec       {a['codec']}")
+    chunks = a.get("image_chunks") or {"layout": "chunked"}
+    print("images      " + (f"sharded: {chunks['sites_per_shard']} sites per shard, {chunks['tile'][0]}x"
+                            f"{chunks['tile'][1]} tiles" if chunks["layout"] == "sharded" else
+                            "chunked: one chunk per site"))
     print("checksums   " + ("crc32c on every chunk (verified on read)" if store.checksums else
                            "no checksums (format 1.0 store; re-ingest to add them)"))
     print(f"source      {a.get('source', {}).get('raw_dir')}")

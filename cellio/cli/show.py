@@ -8,7 +8,8 @@ HELP = "render one site of a store or raw RxRx1 directory: six auto-contrasted c
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", type=Path, help="a cellio store (.zarr) or a raw RxRx1 directory")
+    parser.add_argument("source", help="a cellio store (.zarr path or URL, e.g. s3://bucket/rxrx1.zarr) or a raw "
+                                       "RxRx1 directory")
     parser.add_argument("id_code", help="well id, e.g. HUVEC-07_1_B03")
     parser.add_argument("--site", type=int, default=1, choices=(1, 2), help="site within the well")
     parser.add_argument("-o", "--output", type=Path, default=None,
