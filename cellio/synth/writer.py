@@ -42,7 +42,7 @@ from .cells import KEY_LAYOUT, KEY_SITE, N_TEXTURE, PROFILES, SynthProfile, clas
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["synthesize", "AUTO_CHECK_MIN_SITES", "LAYOUTS", "RXRX1_EXPERIMENTS", "rxrx1_experiments"]
+__all__ = ["synthesize", "AUTO_CHECK_MIN_SITES", "LAYOUTS", "RXRX1_EXPERIMENTS", "rxrx1_experiments", "rxrx1_wells"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,15 @@ def _drop_rxrx1_missing(wells: pd.DataFrame, seed: int) -> pd.DataFrame:
         rows = np.flatnonzero(pool.to_numpy())
         drop += rng.choice(rows, size=n, replace=False).tolist()
     return wells.drop(index=wells.index[drop]).reset_index(drop=True)
+
+
+def rxrx1_wells(seed: int = 0) -> tuple[pd.DataFrame, list[list[int]], dict[str, int]]:
+    """The wells `synthesize(layout="rxrx1", seed=seed)` writes, without writing anything: (one row per well with
+    dataset, experiment, plate, well, well_type, sirna, cell_type, id_code; the 4 plate groups; the rotation of
+    each experiment)."""
+    train_exps, test_exps = rxrx1_experiments()
+    wells, groups, rotations, _ = _plan(N_TREATMENTS, train_exps, test_exps, 30, 0.0, seed)
+    return _drop_rxrx1_missing(wells, seed), groups, rotations
 
 
 def _write_csvs(out: Path, wells: pd.DataFrame, stats: pd.DataFrame | None) -> None:
@@ -301,7 +310,7 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
         # Files of a larger earlier run would survive next to the new ones; the CSVs only list the new ones.
         log.warning("%s already holds a data set; overwriting it (remove the directory first for a clean set)", out)
     wells, groups, rotations, order = _plan(classes, train_exps, test_exps, positive_controls, missing_wells, seed)
-    if layout == "rxrx1":
+    if layout == "rxrx1":  # (as rxrx1_wells)
         wells = _drop_rxrx1_missing(wells, seed)
     if keep_exps is not None:
         wells = wells[wells["experiment"].isin(keep_exps)].reset_index(drop=True)
