@@ -310,7 +310,8 @@ class PseudoLabel(Stage):
         was_training = model.training
         part = predict_views(model, ctx.cfg, ctx.class_map, ctx.store, datasets=None, indices=self._target_rows,
                              tta=p.tta, adabn=p.adabn, rank=env.rank, world_size=env.world_size, device=env.device,
-                             batch_size=ctx.cfg.data.val_batch_size or ctx.cfg.data.batch_size, progress=False)
+                             batch_size=ctx.cfg.data.val_batch_size or ctx.cfg.data.batch_size,
+                             progress=ctx.cfg.train.progress and env.is_main, desc="pseudo-labels: predict")
         model.train(was_training)
         parts = [part]
         if env.distributed:
