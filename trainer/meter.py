@@ -10,7 +10,9 @@ How memory is measured: on entering a step the kernel's peak-RSS mark of this pr
 samples the resident memory of the whole process tree (this process plus every child: synth and ingest workers,
 torchrun, `cellio inspect`) every `interval` seconds (psutil), which catches children the mark cannot see.
 `peak_rss` is the larger of the two. Where the mark cannot be reset (not Linux, no permission) the sampled figure
-alone is reported (`exact: false`). A step that is not entered (a resumed run skipped it) is not recorded.
+alone is reported (`exact: false`). `cpu_s` is the CPU time the step used, this process plus the children that
+ended within it (`resource.getrusage`): on a shared machine it says what the step costs when wall time says how
+busy the neighbours were. A step that is not entered (a resumed run skipped it) is not recorded.
 
 `JobOptions.meter` and `run_chain(..., meter=...)` take any callable name -> context manager; `no_meter` (the
 default) does nothing.
@@ -18,6 +20,7 @@ default) does nothing.
 from __future__ import annotations
 
 import contextlib
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +46,11 @@ def _read_hwm() -> int | None:
     except OSError:
         return None
     return None
+
+
+def _cpu_seconds() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _reset_hwm() -> bool:
@@ -110,7 +118,7 @@ class StepMeter:
         self._stack.append(state)
         sampler = _Sampler(self.interval)
         sampler.start()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_seconds()
         record: dict[str, Any] = {"step": name, "depth": len(self._stack) - 1}
         try:
             yield record
@@ -119,7 +127,8 @@ class StepMeter:
             sampler.stop()
             self._stack.pop()
             hwm = max(state["hwm"], _read_hwm() or 0) if state["exact"] else 0
-            record.update(seconds=round(seconds, 3), peak_rss=max(hwm, sampler.peak_tree), peak_rss_main=hwm,
+            record.update(seconds=round(seconds, 3), cpu_s=round(_cpu_seconds() - cpu0, 3),
+                          peak_rss=max(hwm, sampler.peak_tree), peak_rss_main=hwm,
                           peak_rss_children=sampler.peak_children, exact=state["exact"])
             if self._stack:
                 self._stack[-1]["hwm"] = max(self._stack[-1]["hwm"], hwm)

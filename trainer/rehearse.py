@@ -138,10 +138,12 @@ def _human(n: float) -> str:
 
 def format_steps(records: Sequence[dict[str, Any]]) -> str:
     """A markdown table of the meter's records (nested steps indented), in the order they started."""
-    lines = ["| step | wall s | peak RSS | of which children |", "|---|---:|---:|---:|"]
+    lines = ["| step | wall s | CPU s | peak RSS | of which children |", "|---|---:|---:|---:|---:|"]
     for r in sorted(records, key=lambda r: r.get("started", 0.0)):
         name = ("&nbsp;&nbsp;" * int(r.get("depth", 0))) + r["step"] + ("" if r.get("fresh", True) else " (earlier run)")
-        lines.append(f"| {name} | {r['seconds']:.1f} | {_human(r['peak_rss'])} | {_human(r['peak_rss_children'])} |")
+        cpu = f"{r['cpu_s']:.1f}" if "cpu_s" in r else "-"
+        lines.append(f"| {name} | {r['seconds']:.1f} | {cpu} | {_human(r['peak_rss'])} | "
+                     f"{_human(r['peak_rss_children'])} |")
     return "\n".join(lines)
 
 
