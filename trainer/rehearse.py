@@ -158,6 +158,29 @@ def _load_steps(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _complete_before(job: Path) -> set[str]:
+    """The main job's steps a rerun will find done (so it does no work in them): their measurement is the earlier
+    run's."""
+    done = set()
+    try:
+        if (job / "store.zarr").is_dir() and cellio.open_store(job / "store.zarr") is not None:
+            done.add("ingest")
+    except cellio.CellioError:  # absent or incomplete: this run ingests
+        pass
+    stages = {"train: single stage": job / "runs" / "single", "train: pseudo-label stage": job / "runs" / "pseudo"}
+    for name, run in stages.items():
+        if (run / "final_metrics.json").is_file():
+            done.add(name)
+    if set(stages) <= done:
+        done.add("train")
+    for ds in ("validation", "test"):
+        if (job / "predictions" / f"model_{ds}.npz").is_file():
+            done.add(f"predict: {ds}")
+    if (job / "predictions" / "embeddings.npz").is_file():
+        done.add("embeddings")
+    return done
+
+
 def rehearse(opts: RehearsalOptions) -> dict[str, Any]:
     """The rehearsal (module docstring); returns what OUT/rehearsal.json holds."""
     from trainer.demo import JobOptions, parse_args, run_job
@@ -172,12 +195,14 @@ def rehearse(opts: RehearsalOptions) -> dict[str, Any]:
     def keep(record: dict[str, Any]) -> None:
         record["started"] = time.time() - record["seconds"]
         record["fresh"] = True
-        if record.get("reused"):  # nothing was done: the run that did it has the measurement
+        record["reused"] = record.get("reused") or record["step"] in done_before
+        if record["reused"]:  # nothing was done: the run that did it has the measurement
             return
         with open(steps_file, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     meter = StepMeter(on_record=keep)
+    done_before = _complete_before(opts.out / "job")
     # The main job's own parser turns the user's overrides into plan and trainer keys.
     user = parse_args(["--out", str(opts.out / "job"), *opts.overrides])
     t0 = time.perf_counter()
