@@ -98,15 +98,15 @@ def loader_epoch(store_path: Path, plan: Any) -> dict[str, Any]:
 
 
 def file_sizes(root: Path, *, group_over: int = 50) -> list[dict[str, Any]]:
-    """Every file under `root` with its size; a folder with more than `group_over` files (the images, the store's
-    chunks) is one row: its file count and total size."""
+    """Every file under `root` with its size; a folder with more than `group_over` entries (the images, the
+    store's chunk folders) is one row: its file count and total size."""
     rows: list[dict[str, Any]] = []
 
     def walk(d: Path) -> None:
         entries = sorted(os.scandir(d), key=lambda e: e.name)
         files = [e for e in entries if e.is_file(follow_symlinks=False)]
         dirs = [e for e in entries if e.is_dir(follow_symlinks=False)]
-        if len(files) > group_over:
+        if len(entries) > group_over:
             n, total = _tree_size(Path(d))
             rows.append({"path": str(Path(d).relative_to(root)) + "/", "files": n, "bytes": total})
             return
