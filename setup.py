@@ -15,7 +15,7 @@ extras = {
     "ingest": ["opencv-python-headless>=4.9"],  # faster PNG decode; PIL is the fallback
     "bench": ["matplotlib>=3.8", "tensorstore>=0.1.60", "opencv-python-headless>=4.9"],
     "train": TORCH + ["torchvision>=0.21", "pyyaml>=6", "tensorboard>=2.15", "scikit-learn>=1.4",
-                      "lightgbm>=4", "matplotlib>=3.8"],
+                      "lightgbm>=4", "matplotlib>=3.8", "psutil>=5.9"],
     "test": ["pytest>=8"],
 }
 extras["all"] = sorted({req for reqs in extras.values() for req in reqs})
