@@ -51,7 +51,7 @@ def test_the_rehearsal_runs_the_whole_job_on_a_reduced_real_layout(tmp_path):
 
 def test_a_rerun_keeps_the_measurement_of_the_step_that_did_the_work(tmp_path):
     out = tmp_path / "r"
-    opts = RehearsalOptions(out, size=4, experiments=["U2OS-05"], workers=1, synth_only=True)
+    opts = RehearsalOptions(out, size=8, experiments=["U2OS-05"], workers=2, synth_only=True)
     rehearse(opts)
     rehearse(opts)  # the set is reused: the first run's synth measurement stays the only one
     lines = [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]

@@ -40,7 +40,7 @@ def test_wells_have_the_real_cardinality_and_plate_structure():
 def test_a_reduced_layout_writes_the_same_wells_as_the_whole(tmp_path):
     import pandas as pd
 
-    out = synthesize(tmp_path / "r", layout="rxrx1", experiments=["U2OS-05"], size=4, workers=2,
+    out = synthesize(tmp_path / "r", layout="rxrx1", experiments=["U2OS-05"], size=8, workers=2,
                      progress=False, pixel_stats=False)
     assert out["experiments"] == ["U2OS-05"]
     wells, _, _ = rxrx1_wells(seed=0)
