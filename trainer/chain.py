@@ -174,6 +174,7 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
 def _assignment_steps(res: StepResults, models: Sequence[Any], extra: Sequence[WellScores],
                       cal: list[WellScores], final: WellScores, means: list[WellScores], sites: pd.DataFrame,
                       groups: PlateGroupsLike | None, min_z: float) -> None:
+    """The plate mask and plate assignment steps of each base (TTA mean, embedding centroids, ensemble)."""
     if groups is not None:
         evidence = [rotation_evidence(ws, sites, groups) for ws in cal] if len(means) > 1 else []
         bases = [("TTA mean", cal[0], [])]

@@ -183,7 +183,8 @@ def _complete_before(job: Path) -> set[str]:
 
 def rehearse(opts: RehearsalOptions) -> dict[str, Any]:
     """The rehearsal (module docstring); returns what OUT/rehearsal.json holds."""
-    from trainer.demo import JobOptions, parse_args, run_job
+    from trainer.demo import JobOptions, run_job
+    from trainer.demo import parse_args as parse_job_args
     from trainer.plan import load_plan
 
     opts.out = Path(opts.out).resolve()
@@ -204,7 +205,7 @@ def rehearse(opts: RehearsalOptions) -> dict[str, Any]:
     meter = StepMeter(on_record=keep)
     done_before = _complete_before(opts.out / "job")
     # The main job's own parser turns the user's overrides into plan and trainer keys.
-    user = parse_args(["--out", str(opts.out / "job"), *opts.overrides])
+    user = parse_job_args(["--out", str(opts.out / "job"), *opts.overrides])
     t0 = time.perf_counter()
     with meter("synth (cellio synth --layout rxrx1)") as step:
         raw, step["reused"] = make_set(opts)
