@@ -14,7 +14,7 @@ extras = {
     "synth": ["scikit-learn>=1.4"],
     "ingest": ["opencv-python-headless>=4.9"],  # faster PNG decode; PIL is the fallback
     "train": TORCH + ["torchvision>=0.21", "pyyaml>=6", "tensorboard>=2.15", "scikit-learn>=1.4",
-                      "lightgbm>=4", "matplotlib>=3.8"],
+                      "lightgbm>=4", "matplotlib>=3.8", "psutil>=5.9"],
     "s3": ["s3fs>=2024.1"],  # s3:// stores (gcsfs for gs://, adlfs for az:// work the same way)
     "test": ["pytest>=8", "moto[server]>=5", "s3fs>=2024.1"],  # a local S3-compatible server for the tests
     "bench": ["matplotlib>=3.8", "tensorstore>=0.1.60", "opencv-python-headless>=4.9", "obstore>=0.4"],

@@ -729,7 +729,7 @@ def _run(jobs: list[_BatchJob], total: int, n_workers: int, scheduler: Any, prog
 
 def _run_pool(jobs: list[_BatchJob], n_workers: int, bar: Any, check: Any = lambda: None) -> None:
     import multiprocessing as mp
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # forkserver: workers fork from a clean server process, never from this one (which may hold zarr's event
     # loop thread); spawn where fork does not exist
@@ -738,13 +738,16 @@ def _run_pool(jobs: list[_BatchJob], n_workers: int, bar: Any, check: Any = lamb
     with ProcessPoolExecutor(min(n_workers, len(jobs)), mp_context=ctx, initializer=_worker_init) as pool:
         pending = {pool.submit(_run_batch, job): job for job in jobs}
         try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_EXCEPTION)
-                for fut in finished:
-                    job = pending.pop(fut)
-                    fut.result()  # re-raises a worker's ImageError (on_error="fail") here
-                    bar.update(len(job.indices))
-                check()
+            # each batch as it completes: the bar moves and the lock is checked batch by batch (waiting for
+            # FIRST_EXCEPTION returned only when every batch was done, so the bar sat at 0 for the whole ingest)
+            checked = time.monotonic()
+            for fut in as_completed(list(pending)):
+                job = pending.pop(fut)
+                fut.result()  # re-raises a worker's ImageError (on_error="fail") here
+                bar.update(len(job.indices))
+                if time.monotonic() - checked >= 0.5 or not pending:  # (a remote lock's check is a read)
+                    check()
+                    checked = time.monotonic()
         except KeyboardInterrupt:
             # workers ignore SIGINT (_worker_init): let the batches in flight finish and journal themselves, so
             # one Ctrl-C stops cleanly and the rerun redoes only what never started; a second Ctrl-C stops now

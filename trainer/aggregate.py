@@ -11,6 +11,9 @@ Note: the geometric mean of the views' softmax probabilities, renormalised, equa
 (log_softmax(z) = z - logsumexp(z), and the mean of the per-view constants cancels), so `geometric_mean` and
 `mean_logits` always agree on the argmax; both are kept so the report shows the identity (a test checks it).
 
+Every method walks the views in row blocks (trainer.logits.iter_rows), so `logits` may be an array or a
+LogitsFile on disk (the main job's predictions): memory grows with the wells x classes, not with the views.
+
     python -m trainer.aggregate --predictions preds.npz --store test.zarr --method mean_logits --out wells.npz
 """
 from __future__ import annotations
@@ -25,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 from cellio.errors import ConfigError, MetadataError
+
+from trainer.logits import LogitsFile, iter_rows
 
 __all__ = [
     "WellScores",
@@ -122,6 +127,7 @@ class ViewGroups:
     order: np.ndarray     # view rows sorted by well
     starts: np.ndarray    # first position in `order` of each well
     counts: np.ndarray    # views per well
+    codes: np.ndarray     # (n_views,) the well (position in id_codes) of each view row
 
 
 def _check_inputs(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, classes: np.ndarray) -> None:
@@ -136,31 +142,43 @@ def _check_inputs(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, cl
 
 
 def group_views(index: np.ndarray, sites: pd.DataFrame) -> ViewGroups:
-    wells = sites["id_code"].to_numpy()[np.asarray(index, dtype=np.int64)]
-    codes, uniques = pd.factorize(wells, sort=True)
+    index = np.asarray(index, dtype=np.int64)
+    # Factorize the distinct sites' wells, not one string per view (72 views per site at full TTA).
+    site_rows, inverse = np.unique(index, return_inverse=True)
+    site_codes, uniques = pd.factorize(sites["id_code"].to_numpy()[site_rows], sort=True)
+    codes = np.asarray(site_codes, dtype=np.int64)[inverse.ravel()]
     order = np.argsort(codes, kind="stable")
     counts = np.bincount(codes, minlength=len(uniques))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    return ViewGroups(np.asarray(uniques, dtype=object), order, starts, counts)
+    return ViewGroups(np.asarray(uniques, dtype=object), order, starts, counts, codes)
 
 
-def well_mean(values: np.ndarray, g: ViewGroups, chunk: int = 65536) -> np.ndarray:
-    """Per-well mean of `values` rows; sorted in chunks so an (n_views, 1139) float64 copy never exists at once."""
+def well_sums(values: np.ndarray | LogitsFile, g: ViewGroups, fn: Callable[[np.ndarray], np.ndarray] | None = None,
+              desc: str | None = None) -> np.ndarray:
+    """(n_wells, C) float64 per-well sums of `values` rows (after the row-wise `fn`), walking the rows in blocks:
+    nothing of the size of `values` is ever made."""
     out = np.zeros((len(g.id_codes), values.shape[1]), dtype=np.float64)
-    codes = np.repeat(np.arange(len(g.id_codes)), g.counts)
-    for lo in range(0, len(g.order), chunk):
-        rows = g.order[lo:lo + chunk]
-        c = codes[lo:lo + chunk]
-        block = values[rows].astype(np.float64)
-        # codes are sorted, so reduceat over the block's run starts sums each well's rows.
+    for lo, block in iter_rows(values, desc=desc):
+        if fn is not None:
+            block = fn(block)
+        c = g.codes[lo:lo + len(block)]
+        if len(c) > 1 and (c[1:] < c[:-1]).any():  # (the loader's views come well by well: usually sorted)
+            o = np.argsort(c, kind="stable")
+            c, block = c[o], block[o]
         run = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-        out[c[run]] += np.add.reduceat(block, run, axis=0)
-    return (out / g.counts[:, None]).astype(np.float32)
+        out[c[run]] += np.add.reduceat(block.astype(np.float64), run, axis=0)
+    return out
 
 
-def _as_arrays(logits: np.ndarray, index: np.ndarray, classes: Sequence[int] | np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return (np.asarray(logits), np.asarray(index, dtype=np.int64), np.asarray(classes, dtype=np.int64))
+def well_mean(values: np.ndarray | LogitsFile, g: ViewGroups, desc: str | None = None) -> np.ndarray:
+    """Per-well mean of `values` rows (float32), in row blocks."""
+    return (well_sums(values, g, desc=desc) / g.counts[:, None]).astype(np.float32)
+
+
+def _as_arrays(logits: np.ndarray | LogitsFile, index: np.ndarray, classes: Sequence[int] | np.ndarray
+               ) -> tuple[np.ndarray | LogitsFile, np.ndarray, np.ndarray]:
+    return (logits if isinstance(logits, LogitsFile) else np.asarray(logits), np.asarray(index, dtype=np.int64),
+            np.asarray(classes, dtype=np.int64))
 
 
 def mean_logits(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *,
@@ -169,16 +187,13 @@ def mean_logits(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *,
     logits, index, classes = _as_arrays(logits, index, classes)
     _check_inputs(logits, index, sites, classes)
     g = group_views(index, sites)
-    return WellScores(g.id_codes, well_mean(logits, g), classes, "logits")
+    return WellScores(g.id_codes, well_mean(logits, g, desc="mean logits"), classes, "logits")
 
 
-def well_mean_of(fn: Callable[[np.ndarray], np.ndarray], logits: np.ndarray, g: ViewGroups,
-              chunk: int = 65536) -> np.ndarray:
-    """Apply a row-wise transform chunk by chunk, then average per well."""
-    out = np.empty(logits.shape, dtype=np.float32)
-    for lo in range(0, len(logits), chunk):
-        out[lo:lo + chunk] = fn(logits[lo:lo + chunk])
-    return well_mean(out, g)
+def well_mean_of(fn: Callable[[np.ndarray], np.ndarray], logits: np.ndarray | LogitsFile, g: ViewGroups,
+                 desc: str | None = None) -> np.ndarray:
+    """Per-well mean of a row-wise transform of the rows, block by block (float32)."""
+    return (well_sums(logits, g, fn, desc=desc) / g.counts[:, None]).astype(np.float32)
 
 
 def mean_probs(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *,
@@ -187,7 +202,7 @@ def mean_probs(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *,
     logits, index, classes = _as_arrays(logits, index, classes)
     _check_inputs(logits, index, sites, classes)
     g = group_views(index, sites)
-    return WellScores(g.id_codes, well_mean_of(softmax, logits, g), classes, "probs")
+    return WellScores(g.id_codes, well_mean_of(softmax, logits, g, desc="mean probs"), classes, "probs")
 
 
 def geometric_mean(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *,
@@ -196,7 +211,8 @@ def geometric_mean(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *
     logits, index, classes = _as_arrays(logits, index, classes)
     _check_inputs(logits, index, sites, classes)
     g = group_views(index, sites)
-    return WellScores(g.id_codes, log_softmax(well_mean_of(log_softmax, logits, g)), classes, "log_probs")
+    return WellScores(g.id_codes, log_softmax(well_mean_of(log_softmax, logits, g, desc="geometric mean")), classes,
+                      "log_probs")
 
 
 def majority_vote(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *,
@@ -208,11 +224,10 @@ def majority_vote(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *,
     logits, index, classes = _as_arrays(logits, index, classes)
     _check_inputs(logits, index, sites, classes)
     g = group_views(index, sites)
-    onehot = np.zeros(logits.shape, dtype=np.float32)
-    if len(logits):
-        onehot[np.arange(len(logits)), np.argmax(logits, axis=1)] = 1.0
-    votes = well_mean(onehot, g) * g.counts[:, None]
-    votes = np.rint(votes) + 0.5 * well_mean_of(softmax, logits, g)
+    votes = np.zeros((len(g.id_codes), len(classes)), dtype=np.float64)
+    for lo, block in iter_rows(logits, desc="votes"):
+        np.add.at(votes, (g.codes[lo:lo + len(block)], np.argmax(block, axis=1)), 1.0)
+    votes = votes + 0.5 * well_mean_of(softmax, logits, g, desc="vote tie-breaks")
     return WellScores(g.id_codes, votes.astype(np.float32), classes, "votes")
 
 
@@ -228,8 +243,8 @@ def single_view(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *,
     wells = sites["id_code"].to_numpy()[index]
     frame = pd.DataFrame({"well": wells, "site": site_no, "view": view, "row": np.arange(len(index))})
     first = frame.sort_values(["well", "site", "view", "row"]).drop_duplicates("well", keep="first")
-    return WellScores(first["well"].to_numpy(dtype=object), logits[first["row"].to_numpy()].astype(np.float32),
-                      classes, "logits")
+    return WellScores(first["well"].to_numpy(dtype=object),
+                      np.asarray(logits[first["row"].to_numpy()], dtype=np.float32), classes, "logits")
 
 
 METHODS: dict[str, Callable[..., WellScores]] = {

@@ -117,7 +117,8 @@ def members_of(models: Sequence[Any], sites: pd.DataFrame, extra: Sequence[WellS
 def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: PlateGroupsLike | None,
                     calibration: Calibration | None = None, stacker: Any | None = None,
                     stacker_scores: WellScores | None = None, min_z: float = 3.0,
-                    extra: Sequence[WellScores] = (), balance: str = "none") -> StepResults:
+                    extra: Sequence[WellScores] = (), balance: str = "none", meter: Any = None,
+                    split: str = "") -> StepResults:
     """Every step's per-well labels for `models` (trainer.predict.Predictions over the same sites) and `extra`
     well scores (embedding centroids, one step of their own and ensemble members).
 
@@ -127,9 +128,14 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
     fitted `stacker` (trainer.stacker.Stacker) to models[0]. Plate assignment needs `groups`; an experiment with
     an ambiguous rotation (below `min_z`) takes a confident member model's rotation or no constraint.
     `balance="sinkhorn"` balances each plate's scores before the mask and the assignment (trainer.assign).
+    `meter` (trainer.meter) times the aggregation, stacker, ensemble and assignment steps, named after `split`.
     """
     from trainer.calibrate import temper
+    from trainer.meter import no_meter
     from trainer.stacker import build_features
+
+    meter = meter or no_meter
+    at = f"{split}: " if split else ""
 
     if not models:
         raise ConfigError("inference_steps needs at least one model's predictions")
@@ -140,25 +146,37 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
         res.scores[name] = ws
         res.labels[name] = predict_labels(ws, sites, groups)
 
-    add("single view", single_view(first.logits, first.index, sites, classes=first.classes, view=first.view))
-    means = members_of(models, sites, extra)
-    add("TTA mean logits", means[0])
-    add("TTA mean probs", mean_probs(first.logits, first.index, sites, classes=first.classes))
-    add("TTA geometric mean", geometric_mean(first.logits, first.index, sites, classes=first.classes))
-    add("TTA majority vote", majority_vote(first.logits, first.index, sites, classes=first.classes))
+    with meter(f"{at}aggregation"):
+        add("single view", single_view(first.logits, first.index, sites, classes=first.classes, view=first.view))
+        means = members_of(models, sites, extra)
+        add("TTA mean logits", means[0])
+        add("TTA mean probs", mean_probs(first.logits, first.index, sites, classes=first.classes))
+        add("TTA geometric mean", geometric_mean(first.logits, first.index, sites, classes=first.classes))
+        add("TTA majority vote", majority_vote(first.logits, first.index, sites, classes=first.classes))
     if stacker_scores is not None:
         add("stacker", stacker_scores)
     elif stacker is not None:
-        feats = build_features(first.logits, first.index, sites, classes=first.classes, top_k=stacker.top_k,
-                               candidates=stacker.candidates)
-        add("stacker", stacker.predict(feats))
+        with meter(f"{at}stacker"):
+            feats = build_features(first.logits, first.index, sites, classes=first.classes, top_k=stacker.top_k,
+                                   candidates=stacker.candidates)
+            add("stacker", stacker.predict(feats))
     if extra:
         add("embedding centroids", extra[0])
-    cal = [temper(ws, t) for ws, t in zip(means, calibration.temperatures)] if calibration else means
-    final = cal[0]
-    if len(means) > 1:
-        final = ensemble(cal, calibration.weights if calibration else None)
-        add("ensemble", final)
+    with meter(f"{at}ensemble"):
+        cal = [temper(ws, t) for ws, t in zip(means, calibration.temperatures)] if calibration else means
+        final = cal[0]
+        if len(means) > 1:
+            final = ensemble(cal, calibration.weights if calibration else None)
+            add("ensemble", final)
+    with meter(f"{at}plate assignment"):
+        _assignment_steps(res, models, extra, cal, final, means, sites, groups, min_z, balance)
+    return res
+
+
+def _assignment_steps(res: StepResults, models: Sequence[Any], extra: Sequence[WellScores],
+                      cal: list[WellScores], final: WellScores, means: list[WellScores], sites: pd.DataFrame,
+                      groups: PlateGroupsLike | None, min_z: float, balance: str) -> None:
+    """The plate mask and plate assignment steps of each base (TTA mean, embedding centroids, ensemble)."""
     if groups is not None:
         evidence = [rotation_evidence(ws, sites, groups) for ws in cal] if len(means) > 1 else []
         bases = [("TTA mean", cal[0], [])]
@@ -171,7 +189,6 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
             res.assignments[f"{base} + plate assignment"] = a
             res.labels[f"{base} + plate mask"] = a.masked  # rotation inferred, impossible classes masked, argmax
             res.labels[f"{base} + plate assignment"] = a.predictions
-    return res
 
 
 def rank_steps(report: dict[str, Any], tie_wells: float = 1.0) -> list[tuple[str, float]]:
@@ -233,12 +250,15 @@ class ChainResult:
     submission: pd.DataFrame | None = None
 
 
-def run_chain(inputs: ChainInputs, out: str | Path) -> ChainResult:
+def run_chain(inputs: ChainInputs, out: str | Path, meter: Any = None) -> ChainResult:
     """Every step on validation (out of fold) and test; the test labels of the step validation ranks first go to
     OUT/submission.csv (report.json says which and why); also test_predictions.csv, report.json (+ plots) and
-    assignment.json."""
+    assignment.json. `meter` (trainer.meter) times each step."""
     import cellio
+    from trainer.meter import no_meter
     from trainer.report import build_report, write_report
+
+    meter = meter or no_meter
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -253,13 +273,17 @@ def run_chain(inputs: ChainInputs, out: str | Path) -> ChainResult:
     truth = truth_of(sites, inputs.test_truth)
     stacker, calibration = None, None
     if inputs.val:
-        stacker, cv = _stacker(inputs, truth, res.extra)
-        val_extra = _centroids(inputs, wells_of(inputs.val[0], sites), held_out=True)
-        calibration = fit_calibration(members_of(inputs.val, sites, val_extra), sites, truth, weights=inputs.weights)
+        with meter("validation: stacker (cross-fit + fit)"):
+            stacker, cv = _stacker(inputs, truth, res.extra)
+        with meter("validation: embedding centroids"):
+            val_extra = _centroids(inputs, wells_of(inputs.val[0], sites), held_out=True)
+        with meter("validation: calibration, ensemble weights"):
+            calibration = fit_calibration(members_of(inputs.val, sites, val_extra), sites, truth,
+                                          weights=inputs.weights)
         res.extra["calibration"] = calibration.to_dict()
         res.validation = inference_steps(inputs.val, sites, groups=groups, calibration=calibration,
                                          stacker_scores=cv, min_z=inputs.min_z, extra=val_extra,
-                                         balance=inputs.balance)
+                                         balance=inputs.balance, meter=meter, split="validation")
         val_ids = res.validation.labels["TTA mean logits"]["id_code"]
         res.reports["validation"] = build_report(res.validation.labels, truth[truth.index.isin(val_ids)])
         res.extra["validation_assignment"] = {k: a.summary(known=groups.rotations if groups else None)
@@ -268,14 +292,18 @@ def run_chain(inputs: ChainInputs, out: str | Path) -> ChainResult:
         if inputs.val and len(inputs.val) != len(inputs.test):
             raise ConfigError(f"{len(inputs.val)} models have validation predictions but {len(inputs.test)} have "
                               "test predictions; give both for every model, in the same order")
-        test_extra = _centroids(inputs, wells_of(inputs.test[0], sites), held_out=False)
+        with meter("test: embedding centroids"):
+            test_extra = _centroids(inputs, wells_of(inputs.test[0], sites), held_out=False)
         res.test = inference_steps(inputs.test, sites, groups=groups, calibration=calibration, stacker=stacker,
-                                   min_z=inputs.min_z, extra=test_extra, balance=inputs.balance)
+                                   min_z=inputs.min_z, extra=test_extra, balance=inputs.balance, meter=meter,
+                                   split="test")
         res.extra["test_assignment"] = {k: a.summary() for k, a in res.test.assignments.items()}
         res.extra["submission"] = _choose_submission(res)
-        _submit(inputs, res, truth, out)
+        with meter("submission"):
+            _submit(inputs, res, truth, out)
     if res.reports:
-        write_report(res.reports, out, extra=res.extra)
+        with meter("report"):
+            write_report(res.reports, out, extra=res.extra)
     (out / "assignment.json").write_text(json.dumps(res.extra, indent=2))
     return res
 

@@ -59,6 +59,13 @@ class JobOptions:
     overrides: list[str] = field(default_factory=list)       # trainer keys, for every run
     plan_overrides: dict[str, Any] = field(default_factory=dict)  # plan.<field>=value
     hardware: str = "auto"            # auto | cpu | gpu (gpu on a CPU machine: the GPU plan's code path)
+    meter: Any = None                 # name -> context manager around each step (trainer.meter.StepMeter)
+
+
+def _meter(opts: JobOptions) -> Any:
+    from trainer.meter import no_meter
+
+    return opts.meter or no_meter
 
 
 def _step(title: str) -> float:
@@ -205,14 +212,16 @@ def train(cfg: Config, plan: Plan) -> dict[str, Any]:
 def train_models(plan: Plan, opts: JobOptions, store_path: Path) -> tuple[Path, dict[str, Any]]:
     """The single stage, then the pseudo-label stage from it; (final checkpoint, metrics of both)."""
     single = opts.out / "runs" / "single"
-    m1 = train(run_config(plan, opts, store_path, single, f"train.max_steps={plan.steps_single}"), plan)
+    with _meter(opts)("train: single stage"):
+        m1 = train(run_config(plan, opts, store_path, single, f"train.max_steps={plan.steps_single}"), plan)
     _print_metrics("6-channel model", m1)
     metrics = {"single": _scalars(m1)}
     final = single / "checkpoints" / "last.pt"
     if plan.steps_pseudo > 0:
         pseudo = opts.out / "runs" / "pseudo"
-        m2 = train(run_config(plan, opts, store_path, pseudo, "train.stage=pseudo_label", f"train.init_from={final}",
-                              f"train.max_steps={plan.steps_pseudo}"), plan)
+        with _meter(opts)("train: pseudo-label stage"):
+            m2 = train(run_config(plan, opts, store_path, pseudo, "train.stage=pseudo_label",
+                                  f"train.init_from={final}", f"train.max_steps={plan.steps_pseudo}"), plan)
         for r in m2.get("pseudo_rounds", []):
             print(f"   pseudo-label round {r['round']}: {r['pseudo_labels']} wells, held-out precision "
                   f"{r['validation_precision']:.3f}")
@@ -232,7 +241,8 @@ def _print_metrics(name: str, metrics: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- inference
-def predict_and_embed(ckpt: Path, plan: Plan, store: Any, out: Path) -> tuple[list[Any], list[Any], list[Any]]:
+def predict_and_embed(ckpt: Path, plan: Plan, store: Any, out: Path,
+                      meter: Any = None) -> tuple[list[Any], list[Any], list[Any]]:
     """Out-of-fold and test predictions at the plan's TTA, and every well's embedding (centre view); cached."""
     import numpy as np
 
@@ -242,13 +252,17 @@ def predict_and_embed(ckpt: Path, plan: Plan, store: Any, out: Path) -> tuple[li
 
     files = {ds: out / "predictions" / f"model_{ds}.npz" for ds in ("validation", "test")}
     kinds = ("validation", "test") if plan.val_fold >= 0 else ("test",)
+    from trainer.meter import no_meter
+
+    meter = meter or no_meter
     preds = {}
     for ds in kinds:
         if files[ds].is_file() and load_predictions(files[ds]).meta.get("checkpoint") == str(ckpt):
             preds[ds] = load_predictions(files[ds])
             continue
-        preds[ds] = predict(ckpt, store, datasets=ds, tta=plan.eval_tta, dihedral=plan.dihedral, adabn=plan.adabn,
-                            device=_device(plan), batch_size=plan.batch, out=files[ds])
+        with meter(f"predict: {ds}"):
+            preds[ds] = predict(ckpt, store, datasets=ds, tta=plan.eval_tta, dihedral=plan.dihedral,
+                                adabn=plan.adabn, device=_device(plan), batch_size=plan.batch, out=files[ds])
         rate = len(preds[ds]) / max(preds[ds].meta.get("seconds", 0.0), 1e-9)
         print(f"   {ds}: {len(preds[ds])} views ({plan.eval_tta}) at {rate:.0f} views/s -> {files[ds]}")
     emb_file = out / "predictions" / "embeddings.npz"
@@ -258,9 +272,10 @@ def predict_and_embed(ckpt: Path, plan: Plan, store: Any, out: Path) -> tuple[li
     else:
         model, cfg, _ = load_for_inference(ckpt, _device(plan))
         t0 = time.perf_counter()
-        emb = extract_embeddings(model, cfg, store, datasets=("train", "test"), tta="center",
-                                 batch_size=plan.batch)
-        np.savez(emb_file, id_codes=emb.id_codes.astype(str), vectors=emb.vectors)
+        with meter("embeddings"):
+            emb = extract_embeddings(model, cfg, store, datasets=("train", "test"), tta="center",
+                                     batch_size=plan.batch)
+            np.savez(emb_file, id_codes=emb.id_codes.astype(str), vectors=emb.vectors)
         print(f"   embeddings of {len(emb)} wells in {time.perf_counter() - t0:.1f} s -> {emb_file}")
     return [preds["validation"]] if "validation" in preds else [], [preds["test"]], [emb]
 
@@ -289,7 +304,8 @@ def run_job(opts: JobOptions) -> dict[str, Any]:
 
     def timed(name: str, title: str, fn: Any, *a: Any) -> Any:
         t = _step(title)
-        value = fn(*a)
+        with _meter(opts)(name):
+            value = fn(*a)
         timings[name] = time.perf_counter() - t
         _done(t)
         return value
@@ -301,13 +317,16 @@ def run_job(opts: JobOptions) -> dict[str, Any]:
     plan = timed("plan", "4. plan", make_job_plan, opts, store, store_path, start)
     print(plan.describe())
     ckpt, metrics = timed("train", "5. train", train_models, plan, opts, store_path)
-    val, test, emb = timed("predict", "6. predict, embed", predict_and_embed, ckpt, plan, store, opts.out)
+    val, test, emb = timed("predict", "6. predict, embed", predict_and_embed, ckpt, plan, store, opts.out,
+                           opts.meter)
     t = _step("7. calibrate, ensemble, plate assignment, submission")
     truth = raw / "test_truth.csv"
-    result = run_chain(ChainInputs(store.sites, val, test, seed=opts.seed, embeddings=emb,
-                                   sample_submission=sample_submission(raw, opts.out),
-                                   test_truth=truth if truth.is_file() else None,
-                                   notes={"plan": plan.to_dict(), "training": metrics}), opts.out)
+    with _meter(opts)("chain"):
+        result = run_chain(ChainInputs(store.sites, val, test, seed=opts.seed, embeddings=emb,
+                                       sample_submission=sample_submission(raw, opts.out),
+                                       test_truth=truth if truth.is_file() else None,
+                                       notes={"plan": plan.to_dict(), "training": metrics}), opts.out,
+                           meter=opts.meter)
     timings["chain"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
     _add_to_report(opts.out / "report.json", {"timings_s": timings})

@@ -32,7 +32,7 @@ from cellio.errors import ConfigError
 
 __all__ = [
     "create_model", "list_models", "register_model", "ClassifierHead", "DenseNetClassifier",
-    "PerChannelFusion", "adapt_input_conv", "load_densenet_weights", "is_perchannel", "DENSENET_ARCHS",
+    "PerChannelFusion", "ConvNetMicro", "adapt_input_conv", "load_densenet_weights", "is_perchannel", "DENSENET_ARCHS",
 ]
 
 log = logging.getLogger(__name__)
@@ -308,6 +308,41 @@ def _register_family(cls: type[nn.Module], names: dict[str, str]) -> None:
 
 _register_family(DenseNetClassifier, {arch: arch for arch in DENSENET_ARCHS})
 _register_family(PerChannelFusion, {"perchannel_densenet121": "densenet121", "perchannel_tiny": "densenet_tiny"})
+
+
+class ConvNetMicro(nn.Module):
+    """Two strided 3x3 convolutions (BatchNorm, ReLU), global average pooling and a `ClassifierHead`: almost no
+    compute per view, for rehearsing the whole job at RxRx1's real cardinality on tiny images (trainer.rehearse)
+    and for smoke runs. Not a model to learn RxRx1 with."""
+
+    def __init__(self, *, num_classes: int, in_chans: int = 6, num_cell_types: int = 4,
+                 pretrained: str | Path | None = None, width: int = 8, **head_kw: Any):
+        super().__init__()
+        if pretrained is not None:
+            raise ConfigError("convnet_micro has no pretrained weights (model.pretrained must be null)")
+        self.in_chans, self.num_features = in_chans, 2 * width
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width))
+        self.head = ClassifierHead(self.num_features, num_classes, num_cell_types=num_cell_types, **head_kw)
+
+    def forward_features(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
+        return _pool(self.features(x))
+
+    def forward_head(self, feats: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(feats, cell_type)
+
+    def forward(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x, cell_type), cell_type)
+
+
+def convnet_micro(**kw: Any) -> nn.Module:
+    """ConvNetMicro: two strided convolutions, for rehearsals and smoke runs at tiny image sizes."""
+    return ConvNetMicro(**kw)
+
+
+register_model(convnet_micro)
 
 
 def is_perchannel(model: nn.Module) -> bool:

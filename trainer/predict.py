@@ -12,6 +12,10 @@ aggregation (`trainer.aggregate`) and the stacker (`trainer.stacker`) work from 
     python -m trainer.predict --checkpoint runs/f0/checkpoints/best.pt --store rxrx1.zarr --datasets validation \
         --out oof_f0.npz        # the checkpoint's own held-out experiments (out-of-fold predictions)
 
+With `out`, the logits stream to disk as they are predicted (`preds_test.logits.npy` beside `preds_test.npz`,
+trainer/logits.py): float16 when float32 would pass 1 GiB (`half=None`, the default), and the returned
+Predictions reads them in blocks (a `LogitsFile`), so no step holds a whole split's views in memory.
+
 Several --checkpoint arguments write one file each (`preds_test.0.npz`, `preds_test.1.npz`, ...), to be ensembled
 by `python -m trainer.aggregate --predictions ...`.
 """
@@ -32,7 +36,9 @@ import numpy as np
 
 from cellio.errors import ConfigError, MetadataError
 
-__all__ = ["Predictions", "predict", "predict_views", "load_predictions", "concat_predictions",
+from trainer.logits import HALF_ABOVE_BYTES, LogitsFile, LogitsWriter
+
+__all__ = ["Predictions", "predict", "predict_views", "load_predictions", "concat_predictions", "logits_path",
            "validation_experiments", "main"]
 
 log = logging.getLogger(__name__)
@@ -44,7 +50,7 @@ _ARRAYS = ("logits", "index", "view", "classes")
 class Predictions:
     """Per-view logits of one model: row r is view `view[r]` of site `index[r]` (row of the store's site table)."""
 
-    logits: np.ndarray   # (n_views_total, C) float32 (float16 when saved with half=True)
+    logits: np.ndarray   # (n_views_total, C) float32, or a LogitsFile (float16 or float32 on disk, read in blocks)
     index: np.ndarray    # (n_views_total,) int64
     view: np.ndarray     # (n_views_total,) int64
     classes: np.ndarray  # (C,) int64 raw sirna id of each column
@@ -60,20 +66,30 @@ class Predictions:
         return len(self.index)
 
     def save(self, path: str | Path, *, half: bool = False) -> Path:
-        """`.npz` with logits, index, view, classes and meta (JSON); atomic (temp file, then rename)."""
+        """`.npz` with logits, index, view, classes and meta (JSON); atomic (temp file, then rename). Logits on
+        disk (a LogitsFile) stay there: the .npz names their file (which must sit beside it) instead."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        arrays: dict[str, Any] = {"index": self.index, "view": self.view, "classes": self.classes}
+        meta = dict(self.meta)
+        if isinstance(self.logits, LogitsFile):
+            if self.logits.path.parent.resolve() != path.parent.resolve():
+                raise ConfigError(f"Predictions.save: the logits file {self.logits.path} must be in {path.parent}")
+            meta["logits_file"] = self.logits.path.name
+        else:
+            arrays["logits"] = self.logits.astype(np.float16 if half else np.float32)
         try:
-            np.savez(tmp, logits=self.logits.astype(np.float16 if half else np.float32), index=self.index,
-                     view=self.view, classes=self.classes, meta=np.array(json.dumps(self.meta)))
+            np.savez(tmp, **arrays, meta=np.array(json.dumps(meta)))
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         return path
 
     def rows(self, mask: np.ndarray) -> Predictions:
-        return Predictions(self.logits[mask], self.index[mask], self.view[mask], self.classes, dict(self.meta))
+        """The rows of `mask` (boolean or row numbers), in memory."""
+        return Predictions(np.asarray(self.logits[mask], dtype=np.float32), self.index[mask], self.view[mask],
+                           self.classes, dict(self.meta))
 
 
 def load_predictions(path: str | Path) -> Predictions:
@@ -81,11 +97,13 @@ def load_predictions(path: str | Path) -> Predictions:
     if not path.is_file():
         raise MetadataError(f"predictions file {path} does not exist (write it with python -m trainer.predict)")
     with np.load(path, allow_pickle=False) as z:
-        missing = [a for a in _ARRAYS if a not in z.files]
+        missing = [a for a in _ARRAYS if a not in z.files and a != "logits"]
         if missing:
             raise MetadataError(f"{path} is not a predictions file: missing arrays {missing}")
         meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
-        return Predictions(z["logits"].astype(np.float32), z["index"].astype(np.int64), z["view"].astype(np.int64),
+        logits = (LogitsFile(path.with_name(meta["logits_file"])) if "logits_file" in meta
+                  else z["logits"].astype(np.float32))
+        return Predictions(logits, z["index"].astype(np.int64), z["view"].astype(np.int64),
                            z["classes"].astype(np.int64), meta)
 
 
@@ -101,7 +119,8 @@ def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
     keys = np.concatenate([p.index * 1_000_003 + p.view for p in parts])
     if len(np.unique(keys)) != len(keys):
         raise MetadataError("concat_predictions: the parts share (site, view) rows; they must be disjoint")
-    return Predictions(np.concatenate([p.logits for p in parts]), np.concatenate([p.index for p in parts]),
+    return Predictions(np.concatenate([np.asarray(p.logits, dtype=np.float32) for p in parts]),
+                       np.concatenate([p.index for p in parts]),
                        np.concatenate([p.view for p in parts]), classes,
                        {"parts": [p.meta for p in parts]})
 
@@ -121,12 +140,15 @@ def predict_views(model: Any, cfg: Any, class_map: Any, store: Any, *, datasets:
                   tta: str = "grid9", dihedral: bool = False, batch_size: int = 64, backend: str | None = None,
                   device: Any = None, crop_size: int | None = None, controls: bool = False,
                   num_workers: int | None = None, adabn: bool = False, rank: int = 0, world_size: int = 1,
-                  progress: bool = True, desc: str = "predict") -> Predictions:
+                  progress: bool = True, desc: str = "predict", logits_out: str | Path | None = None,
+                  half: bool | None = False) -> Predictions:
     """Per-view logits of an in-memory model (eval mode) over the selected sites, this rank's share of them.
 
     `cfg` is the model's training config: crop size, normalisation, augmentation preset, backend and workers come
     from it unless given. With `adabn` each plate is predicted with BatchNorm statistics recomputed on that plate
-    (trainer.adabn; one extra centre-view pass over the plate's sites)."""
+    (trainer.adabn; one extra centre-view pass over the plate's sites). With `logits_out` (a .npy path) the
+    logits stream there batch by batch (float16 with `half`; `half=None`: float16 when float32 would pass 1 GiB)
+    and the returned Predictions reads them from it (trainer.logits.LogitsFile)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -149,6 +171,12 @@ def predict_views(model: Any, cfg: Any, class_map: Any, store: Any, *, datasets:
         stats = cellio.create_loader(store, batch_size, rank=0, world_size=1, tta="center", **common)
         states = plate_bn_states(model, stats, dev, store.sites, torch.bfloat16 if use_amp else None)
     experiment = store.sites["experiment"].to_numpy()
+    n_cls = len(class_map)
+    writer = None
+    if logits_out is not None:
+        if half is None:
+            half = len(loader) * batch_size * n_cls * 4 > HALF_ABOVE_BYTES
+        writer = LogitsWriter(logits_out, n_cls, np.float16 if half else np.float32)
     logits, index, view = [], [], []
     t0 = time.perf_counter()
     model.eval()
@@ -160,20 +188,26 @@ def predict_views(model: Any, cfg: Any, class_map: Any, store: Any, *, datasets:
                 bn_state(model, states[(str(experiment[int(batch["index"][0])]), int(batch["plate"][0]))])
             with plate_norm, torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 out_b = model(x.float() if not use_amp else x, ct)
-            logits.append(out_b.float().cpu().numpy())
+            if writer is not None:
+                writer.append(out_b.float().cpu().numpy())
+            else:
+                logits.append(out_b.float().cpu().numpy())
             index.append(batch["index"].cpu().numpy())
             view.append(batch["view"].cpu().numpy())
     elapsed = time.perf_counter() - t0
-    n_cls = len(class_map)
+    if writer is not None:
+        all_logits: Any = LogitsFile(writer.close())
+    else:
+        all_logits = np.concatenate(logits) if logits else np.zeros((0, n_cls), np.float32)
     preds = Predictions(
-        np.concatenate(logits) if logits else np.zeros((0, n_cls), np.float32),
+        all_logits,
         np.concatenate(index).astype(np.int64) if index else np.zeros(0, np.int64),
         np.concatenate(view).astype(np.int64) if view else np.zeros(0, np.int64),
         np.asarray(class_map.classes, dtype=np.int64),
         {"store": str(getattr(store, "path", store)), "datasets": list(datasets) if datasets else None,
          "experiments": list(experiments) if experiments else None, "tta": tta, "dihedral": dihedral,
          "crop_size": crop, "normalize": cfg.data.normalize, "model": cfg.model.name, "adabn": adabn,
-         "seconds": elapsed})
+         "seconds": elapsed, "logits_dtype": str(np.dtype(all_logits.dtype))})
     keys = preds.index * 1_000_003 + preds.view
     if len(np.unique(keys)) != len(keys):
         raise MetadataError("the loader yielded a (site, view) pair twice; predictions would double-count it")
@@ -187,10 +221,12 @@ def predict(checkpoint: str | Path, store: Any, *, datasets: Sequence[str] | str
             batch_size: int = 64, backend: str | None = None, device: str | None = None,
             crop_size: int | None = None, controls: bool = False, num_workers: int | None = None,
             adabn: bool = False, progress: bool = True, out: str | Path | None = None,
-            half: bool = False) -> Predictions:
+            half: bool | None = None) -> Predictions:
     """Per-view logits of one checkpoint over `datasets` ("train", "test" or "validation" = the checkpoint's own
     held-out experiments). The crop size and normalisation come from the checkpoint's config unless given.
-    Controls are skipped by default (their labels are known); `controls=True` predicts them too."""
+    Controls are skipped by default (their labels are known); `controls=True` predicts them too. With `out` the
+    logits stream to `out`'s `.logits.npy` sidecar (float16 with `half`; `half=None`: when float32 would pass
+    1 GiB); without, they stay in memory."""
     import torch
 
     import cellio
@@ -210,12 +246,19 @@ def predict(checkpoint: str | Path, store: Any, *, datasets: Sequence[str] | str
     preds = predict_views(model, cfg, class_map, st, datasets=ds, experiments=experiments, tta=tta,
                           dihedral=dihedral, batch_size=batch_size, backend=backend, device=dev, crop_size=crop_size,
                           controls=controls, num_workers=num_workers, adabn=adabn, progress=progress,
-                          desc=f"predict {Path(checkpoint).name}")
+                          desc=f"predict {Path(checkpoint).name}",
+                          logits_out=None if out is None else logits_path(out), half=half)
     preds = Predictions(preds.logits, preds.index, preds.view, preds.classes,
                         {"checkpoint": str(checkpoint), **preds.meta})
     if out is not None:
-        preds.save(out, half=half)
+        preds.save(out)
     return preds
+
+
+def logits_path(out: str | Path) -> Path:
+    """The per-view logits file beside a predictions .npz: preds_test.npz -> preds_test.logits.npy."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.logits.npy")
 
 
 def _numbered(out: Path, i: int, n: int) -> Path:
@@ -236,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backend", choices=["torch", "dali"])
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     p.add_argument("--workers", type=int, help="loader workers (default: the checkpoint's data.num_workers)")
-    p.add_argument("--half", action="store_true", help="store logits as float16 (half the file size)")
+    p.add_argument("--half", action="store_true", default=None,
+                   help="store logits as float16 (default: when float32 would pass 1 GiB)")
     p.add_argument("--adabn", action="store_true", help="BatchNorm statistics recomputed on each plate")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="output .npz (numbered when several checkpoints)")

@@ -30,6 +30,7 @@ from cellio.errors import ConfigError, MetadataError, MissingDependencyError
 from cellio.schema import CELL_TYPES
 
 from trainer.aggregate import WellScores, group_views, load_sites, save_well_scores, softmax, well_mean, well_mean_of
+from trainer.logits import LogitsFile, iter_rows
 
 __all__ = ["FEATURES", "StackerFeatures", "Stacker", "build_features", "fit_stacker", "cross_fit", "main"]
 
@@ -71,13 +72,10 @@ class StackerFeatures:
         return self.candidates.shape[1]
 
 
-def _lse(logits: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    out = np.empty(len(logits), dtype=np.float64)
-    for lo in range(0, len(logits), chunk):
-        x = logits[lo:lo + chunk].astype(np.float64)
-        m = x.max(axis=1)
-        out[lo:lo + chunk] = m + np.log(np.exp(x - m[:, None]).sum(axis=1))
-    return out
+def _lse(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=1)
+    return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
 
 
 def build_features(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *,
@@ -88,7 +86,7 @@ def build_features(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *
     `candidates` (raw sirna ids, e.g. the treatment classes) limits which classes may be candidates, so a model
     with controls as extra outputs does not spend candidate slots on labels a treatment well cannot have.
     """
-    logits = np.asarray(logits)
+    logits = logits if isinstance(logits, LogitsFile) else np.asarray(logits)
     index = np.asarray(index, dtype=np.int64)
     classes = np.asarray(classes, dtype=np.int64)
     if logits.ndim != 2 or logits.shape != (len(index), len(classes)):
@@ -102,10 +100,9 @@ def build_features(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *
     well_of_view = np.empty(len(index), dtype=np.int64)
     well_of_view[order] = np.repeat(np.arange(n), counts)
 
-    lse = _lse(logits)
     # Per-well means over all classes (needed for candidates and for the fallback distribution).
-    mean_logit_all = well_mean(logits, g)
-    mean_prob_all = well_mean_of(softmax, logits, g).astype(np.float64)
+    mean_logit_all = well_mean(logits, g, desc="stacker: mean logits")
+    mean_prob_all = well_mean_of(softmax, logits, g, desc="stacker: mean probs").astype(np.float64)
 
     ranked = mean_logit_all
     if candidates is not None:
@@ -115,10 +112,16 @@ def build_features(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *
         k = min(k, int(allowed.sum()))
         ranked = np.where(allowed[None, :], mean_logit_all, -np.inf)
     cand_col = np.argsort(-ranked, axis=1, kind="stable")[:, :k]                   # (n, k) column ids
-    # Each view's logits at its well's candidates: (n_views, k).
-    v_logit = np.take_along_axis(logits, cand_col[well_of_view], axis=1).astype(np.float64)
-    v_logp = v_logit - lse[:, None]
-    v_vote = (np.argmax(logits, axis=1)[:, None] == cand_col[well_of_view]).astype(np.float64)
+    # Each view's logits at its well's candidates, their log-probabilities and votes: (n_views, k), one pass.
+    v_logit = np.empty((len(index), k), dtype=np.float64)
+    v_logp = np.empty((len(index), k), dtype=np.float64)
+    v_vote = np.empty((len(index), k), dtype=np.float64)
+    for lo, block in iter_rows(logits, desc="stacker: candidates"):
+        cand = cand_col[well_of_view[lo:lo + len(block)]]
+        v = np.take_along_axis(block, cand, axis=1).astype(np.float64)
+        v_logit[lo:lo + len(block)] = v
+        v_logp[lo:lo + len(block)] = v - _lse(block)[:, None]
+        v_vote[lo:lo + len(block)] = np.argmax(block, axis=1)[:, None] == cand
 
     srt = v_logit[order]
     mx = np.maximum.reduceat(srt, starts, axis=0)

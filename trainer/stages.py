@@ -349,7 +349,7 @@ class PseudoLabel(Stage):
         rows = np.concatenate([self._train_rows, self._target_rows])
         emb = extract_embeddings(model, ctx.cfg, ctx.store, datasets=None, indices=rows, tta=p.tta,
                                  batch_size=ctx.cfg.data.val_batch_size or ctx.cfg.data.batch_size,
-                                 device=ctx.env.device)
+                                 device=ctx.env.device, progress=ctx.cfg.train.progress and ctx.env.is_main)
         codes = ctx.store.sites["id_code"].to_numpy()
         reference = pd.unique(codes[self._train_rows]).tolist()
         targets = sorted(pd.unique(codes[self._target_rows]))
@@ -364,7 +364,8 @@ class PseudoLabel(Stage):
         env, p = ctx.env, ctx.cfg.pseudo
         part = predict_views(model, ctx.cfg, ctx.class_map, ctx.store, datasets=None, indices=self._target_rows,
                              tta=p.tta, adabn=p.adabn, rank=env.rank, world_size=env.world_size, device=env.device,
-                             batch_size=ctx.cfg.data.val_batch_size or ctx.cfg.data.batch_size, progress=False)
+                             batch_size=ctx.cfg.data.val_batch_size or ctx.cfg.data.batch_size,
+                             progress=ctx.cfg.train.progress and env.is_main, desc="pseudo-labels: predict")
         parts = [part]
         if env.distributed:
             parts = [None] * env.world_size

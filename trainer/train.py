@@ -265,9 +265,12 @@ def _optimizer_step(r: Run) -> None:
 @torch.no_grad()
 def validate(net: nn.Module, stage: Stage, loader: Any, ctx: StageContext) -> dict[str, float]:
     """Loss and accuracy on the held-out experiments, overall and per cell type (summed over ranks)."""
+    from tqdm.auto import tqdm
+
     net.eval()
     meter = ClassificationMeter()
-    for batch in loader:
+    show = ctx.cfg.train.progress and ctx.env.is_main
+    for batch in tqdm(loader, total=len(loader), desc="validate", leave=False, disable=not show):
         with autocast(ctx.env.device, ctx.dtype):
             out = stage.step(net, batch, ctx)
         meter.update(out.scores.float(), out.target, batch["cell_type"], out.loss)

@@ -3,6 +3,7 @@ verification, failed sites). Reads every small array, so a damaged table is repo
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 HELP = "summarize a cellio store: counts per split / cell type / experiment, codec, size, completeness"
@@ -15,12 +16,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _size_on_disk(fs: Any, root: str) -> tuple[int, int]:
     """(bytes of image chunks, bytes of everything) under the store root."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if "file" in protocols:  # os.scandir: fsspec's find(detail=True) took minutes over RxRx1's 125k chunk files
+        return _local_size_on_disk(root)
     images = total = 0
     for path, info in fs.find(root, detail=True).items():
         size = int(info.get("size") or 0)
         total += size
         if path.startswith(f"{root}/images/c"):
             images += size
+    return images, total
+
+
+def _local_size_on_disk(root: str) -> tuple[int, int]:
+    images = total = 0
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                    continue
+                size = e.stat(follow_symlinks=False).st_size
+                total += size
+                if e.path.startswith(f"{root}/images/c"):
+                    images += size
     return images, total
 
 

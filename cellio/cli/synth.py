@@ -21,6 +21,12 @@ def _size(text: str) -> tuple[int, int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="OUT", help="output directory (created)")
+    p.add_argument("--layout", default="custom", choices=["custom", "rxrx1"],
+                   help="rxrx1: the real data set's experiments, plates, wells, controls and missing wells (125,472 "
+                        "sites; fixes --classes, --*-experiments, --cell-types, --sites, --positive-controls, "
+                        "--missing-wells) at any --size; custom: as those options say")
+    p.add_argument("--experiments", nargs="+", metavar="EXP",
+                   help="only these experiments of the layout (e.g. HUVEC-01 HUVEC-17): a reduced set")
     p.add_argument("--classes", type=int, default=40, help="treatment siRNAs (a multiple of 4: 4 plate groups)")
     p.add_argument("--train-experiments", type=int, default=2, metavar="K", help="train experiments per cell type")
     p.add_argument("--test-experiments", type=int, default=1, metavar="T", help="test experiments per cell type")
@@ -38,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zip", action="store_true", help="also write train.zip/test.zip like Kaggle's")
     p.add_argument("--no-pixel-stats", action="store_true", help="do not write pixel_stats.csv")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-check", action="store_true", help="skip the pixel-stats / texture classifier check")
+    p.add_argument("--no-check", action="store_true", help="skip the pixel-stats / texture classifier check "
+                                                           "(always skipped with --layout rxrx1)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -49,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
         args.out, classes=args.classes, train_experiments_per_cell_type=args.train_experiments,
         test_experiments_per_cell_type=args.test_experiments, cell_types=args.cell_types, sites=args.sites,
         size=args.size, positive_controls=args.positive_controls, missing_wells=args.missing_wells,
-        profile=args.profile,
+        profile=args.profile, layout=args.layout, experiments=args.experiments,
         seed=args.seed, workers=args.workers, zip=args.zip, pixel_stats=not args.no_pixel_stats,
-        progress=not args.no_progress, check=not args.no_check,
+        progress=not args.no_progress, check=not args.no_check and args.layout == "custom",
     )
     if args.json:
         print(json.dumps(summary, indent=1, default=str))

@@ -7,7 +7,7 @@ CSVs, zips, the classifier check). See docs/rxrx1.md.
 from __future__ import annotations
 
 from .cells import MORPHOLOGY, BatchEffects, class_morphology, encode_png, render_synthetic_site, texture_features
-from .writer import AUTO_CHECK_MIN_SITES, synthesize
+from .writer import AUTO_CHECK_MIN_SITES, LAYOUTS, rxrx1_experiments, rxrx1_wells, synthesize
 
-__all__ = ["synthesize", "AUTO_CHECK_MIN_SITES", "MORPHOLOGY", "BatchEffects", "class_morphology",
+__all__ = ["synthesize", "AUTO_CHECK_MIN_SITES", "LAYOUTS", "rxrx1_experiments", "rxrx1_wells", "MORPHOLOGY", "BatchEffects", "class_morphology",
            "render_synthetic_site", "texture_features", "encode_png"]

@@ -42,12 +42,31 @@ from .cells import KEY_LAYOUT, KEY_SITE, N_TEXTURE, PROFILES, SynthProfile, clas
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["synthesize", "AUTO_CHECK_MIN_SITES"]
+__all__ = ["synthesize", "AUTO_CHECK_MIN_SITES", "LAYOUTS", "RXRX1_EXPERIMENTS", "rxrx1_experiments", "rxrx1_wells"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK_SITES = 8
 AUTO_CHECK_MIN_SITES = 160
+
+# "custom": the experiment counts, classes and controls given as arguments; "rxrx1": the real data set's layout
+# and cardinality (docs/rxrx1.md), at any image size.
+LAYOUTS = ("custom", "rxrx1")
+# The real experiments: (train, test) experiments per cell type, numbered on from 01 (train first).
+RXRX1_EXPERIMENTS: dict[str, tuple[int, int]] = {"HEPG2": (7, 4), "HUVEC": (16, 8), "RPE": (7, 4), "U2OS": (3, 2)}
+# Missing treatment wells of the real set: train.csv has 36,515 rows (33 x 4 x 277 = 36,564: 49 missing, 18 of
+# them in HUVEC-14, which has 1,090 treatments), test.csv 19,897 (18 x 4 x 277 = 19,944: 47 missing). Which wells
+# are missing is drawn from the seed; the counts are the real ones.
+RXRX1_MISSING = {"HUVEC-14": 18, "train": 49, "test": 47}
+_KEY_MISSING = 7
+
+
+def rxrx1_experiments() -> tuple[list[str], list[str]]:
+    """(train, test) experiment names of the real RxRx1: HEPG2-01..07, HUVEC-01..16, RPE-01..07, U2OS-01..03 and
+    HEPG2-08..11, HUVEC-17..24, RPE-08..11, U2OS-04..05."""
+    train = [f"{ct}-{i:02d}" for ct, (k, _) in RXRX1_EXPERIMENTS.items() for i in range(1, k + 1)]
+    test = [f"{ct}-{i:02d}" for ct, (k, t) in RXRX1_EXPERIMENTS.items() for i in range(k + 1, k + t + 1)]
+    return sorted(train), sorted(test)
 
 
 # A site task: (relative path prefix "train/HEPG2-01/Plate1/B03_s1", sirna, cell type, exp index, plate,
@@ -90,20 +109,17 @@ def _parse_size(size: int | Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
-def _plan(classes: int, train_k: int, test_k: int, cell_types: Sequence[str],
+def _plan(classes: int, train_exps: Sequence[str], test_exps: Sequence[str],
           positive_controls: int, missing_wells: float, seed: int
           ) -> tuple[pd.DataFrame, list[list[int]], dict[str, int], list[str]]:
-    """Which siRNA sits in which well of which plate of which experiment. Returns (wells, groups,
-    rotations, experiment order)."""
+    """Which siRNA sits in which well of which plate of which experiment (`train_exps`, `test_exps`: sorted
+    names). Returns (wells, groups, rotations, experiment order)."""
     import pandas as pd
 
     rng = np.random.default_rng([seed, KEY_LAYOUT])
     per_group = classes // 4
     perm = rng.permutation(classes)
     groups = [sorted(int(x) for x in perm[g * per_group:(g + 1) * per_group]) for g in range(4)]
-
-    train_exps = sorted(f"{ct}-{i:02d}" for ct in cell_types for i in range(1, train_k + 1))
-    test_exps = sorted(f"{ct}-{i:02d}" for ct in cell_types for i in range(train_k + 1, train_k + test_k + 1))
     # Train uses rotations 0..2 (the first train experiment, by name, is rotation 0 so group g is on its
     # plate g+1, the convention of derive_plate_groups); the 4th rotation first appears in test.
     rotations = {e: i % 3 for i, e in enumerate(train_exps)}
@@ -134,6 +150,30 @@ def _plan(classes: int, train_k: int, test_k: int, cell_types: Sequence[str],
     frame["id_code"] = [make_id_code(e, p, w) for e, p, w in zip(frame["experiment"], frame["plate"], frame["well"])]
     frame = frame.sort_values(["experiment", "plate", "well"], kind="stable").reset_index(drop=True)
     return frame, groups, rotations, order
+
+
+def _drop_rxrx1_missing(wells: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Remove the real set's number of treatment wells (RXRX1_MISSING), chosen from the seed."""
+    rng = np.random.default_rng([seed, KEY_LAYOUT, _KEY_MISSING])
+    treat = wells["well_type"] == WellType.TREATMENT.value
+    huvec14 = wells["experiment"] == "HUVEC-14"
+    drop: list[int] = []
+    pools = [(treat & huvec14, RXRX1_MISSING["HUVEC-14"]),
+             (treat & ~huvec14 & (wells["dataset"] == "train"), RXRX1_MISSING["train"] - RXRX1_MISSING["HUVEC-14"]),
+             (treat & (wells["dataset"] == "test"), RXRX1_MISSING["test"])]
+    for pool, n in pools:
+        rows = np.flatnonzero(pool.to_numpy())
+        drop += rng.choice(rows, size=n, replace=False).tolist()
+    return wells.drop(index=wells.index[drop]).reset_index(drop=True)
+
+
+def rxrx1_wells(seed: int = 0) -> tuple[pd.DataFrame, list[list[int]], dict[str, int]]:
+    """The wells `synthesize(layout="rxrx1", seed=seed)` writes, without writing anything: (one row per well with
+    dataset, experiment, plate, well, well_type, sirna, cell_type, id_code; the 4 plate groups; the rotation of
+    each experiment)."""
+    train_exps, test_exps = rxrx1_experiments()
+    wells, groups, rotations, _ = _plan(N_TREATMENTS, train_exps, test_exps, 30, 0.0, seed)
+    return _drop_rxrx1_missing(wells, seed), groups, rotations
 
 
 def _write_csvs(out: Path, wells: pd.DataFrame, stats: pd.DataFrame | None) -> None:
@@ -197,7 +237,8 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
                size: int | Sequence[int] = (512, 512), positive_controls: int = 4,
                missing_wells: float | None = None, seed: int = 0, workers: int | None = None, zip: bool = False,
                pixel_stats: bool = True, progress: bool = True, check: bool | None = None,
-               profile: str = "default") -> dict[str, Any]:
+               profile: str = "default", layout: str = "custom",
+               experiments: Iterable[str] | None = None) -> dict[str, Any]:
     """Write a synthetic RxRx1 data set in the exact Kaggle layout under `out_dir`; return a summary dict
     (counts, seconds, sites/s, groups, rotations, and the classifier check).
 
@@ -207,7 +248,18 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
     AUTO_CHECK_MIN_SITES test treatment sites (importing scikit-learn costs seconds; tiny test sets skip it).
     `profile`: "default" or "hard" (cellio.synth.cells.PROFILES: subtle, cell-type-specific phenotypes, stronger
     plate gain, spread of cell sizes, missing wells); `missing_wells` defaults to the profile's.
+
+    `layout="rxrx1"`: the real data set's layout and cardinality (RXRX1_EXPERIMENTS: 33 train and 18 test
+    experiments; 1,108 treatments in 4 plate groups of 277, 30 positive controls and the B02 negative control per
+    plate, 2 sites per well, the real numbers of missing treatment wells: 125,472 sites, 19,897 test treatment
+    wells) at any `size`; it fixes `classes`, the experiments, `cell_types`, `positive_controls`, `sites` and
+    `missing_wells` (those arguments are ignored). `experiments` keeps only these experiments of the layout (each
+    with the same wells, labels and pixels as in the whole layout): a reduced real-layout set.
     """
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout must be one of {LAYOUTS}; got {layout!r}")
+    if layout == "rxrx1":
+        classes, positive_controls, sites, missing_wells, cell_types = N_TREATMENTS, 30, 2, 0.0, CELL_TYPES
     if profile not in PROFILES:
         raise ConfigError(f"profile must be one of {sorted(PROFILES)}; got {profile!r}")
     prof = PROFILES[profile]
@@ -238,14 +290,31 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer; got {seed!r}")
 
+    if layout == "rxrx1":
+        train_exps, test_exps = rxrx1_experiments()
+    else:
+        train_exps = sorted(f"{ct}-{i:02d}" for ct in cell_types
+                            for i in range(1, train_experiments_per_cell_type + 1))
+        test_exps = sorted(f"{ct}-{i:02d}" for ct in cell_types for i in range(
+            train_experiments_per_cell_type + 1, train_experiments_per_cell_type + test_experiments_per_cell_type + 1))
+    keep_exps = None if experiments is None else list(experiments)
+    if keep_exps is not None:
+        unknown = sorted(set(keep_exps) - set(train_exps) - set(test_exps))
+        if unknown or not keep_exps:
+            raise ConfigError(f"experiments: {unknown or 'none given'} not in this layout; expected some of "
+                              f"{train_exps + test_exps}")
+
     t0 = time.perf_counter()
     out = Path(out_dir)
     if (out / "train.csv").exists():
         # Files of a larger earlier run would survive next to the new ones; the CSVs only list the new ones.
         log.warning("%s already holds a data set; overwriting it (remove the directory first for a clean set)", out)
-    wells, groups, rotations, order = _plan(classes, train_experiments_per_cell_type,
-                                            test_experiments_per_cell_type, cell_types,
-                                            positive_controls, missing_wells, seed)
+    wells, groups, rotations, order = _plan(classes, train_exps, test_exps, positive_controls, missing_wells, seed)
+    if layout == "rxrx1":  # (as rxrx1_wells)
+        wells = _drop_rxrx1_missing(wells, seed)
+    if keep_exps is not None:
+        wells = wells[wells["experiment"].isin(keep_exps)].reset_index(drop=True)
+        order = [e for e in order if e in set(keep_exps)]
     site_rows = wells.loc[wells.index.repeat(sites)].reset_index(drop=True)
     site_rows["site"] = np.tile(np.arange(1, sites + 1), len(wells))
     well_index = {wname: i for i, wname in enumerate(ALL_WELLS)}
@@ -259,8 +328,8 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
 
     treat = (site_rows["well_type"] == WellType.TREATMENT.value).to_numpy()
     is_train = (site_rows["dataset"] == "train").to_numpy()
-    if check is None:
-        check = int((treat & ~is_train).sum()) >= AUTO_CHECK_MIN_SITES
+    if check is None:  # (not on the rxrx1 layout: a 1,108-class regression on ~80k sites takes long)
+        check = layout == "custom" and int((treat & ~is_train).sum()) >= AUTO_CHECK_MIN_SITES
     check = bool(check)
     chunks = [tasks[i:i + _CHUNK_SITES] for i in range(0, len(tasks), _CHUNK_SITES)]
     n_workers = min(workers or os.cpu_count() or 1, max(len(chunks), 1))
@@ -315,6 +384,8 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
         "positive_controls": positive_controls, "missing_wells": missing_wells, "profile": profile,
         "groups": groups, "rotations": {e: rotations[e] for e in order},
     }
+    if layout != "custom":  # (custom sets keep their synth.json byte for byte)
+        truth["layout"] = layout
     (out / "synth.json").write_text(json.dumps(truth, indent=1) + "\n")
     seconds = time.perf_counter() - t0
     n_sites = len(site_rows)
