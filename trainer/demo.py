@@ -373,14 +373,19 @@ def parse_args(argv: Sequence[str] | None) -> JobOptions:
                       hardware=a.hardware)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run_command(prog: str, job: Any, argv: Sequence[str] | None) -> int:
+    """A job's command line: WARNING logging, and a cellio error as one line on stderr with exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run_job(parse_args(argv))
+        job(argv)
     except cellio.CellioError as exc:
-        print(f"trainer.demo: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command("trainer.demo", lambda a: run_job(parse_args(a)), argv)
 
 
 if __name__ == "__main__":

@@ -216,7 +216,23 @@ def _pool(fmap: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(F.relu(fmap), 1).flatten(1)
 
 
-class DenseNetClassifier(nn.Module):
+class _PooledConvNet(nn.Module):
+    """`features` (a conv trunk) -> global average pool -> `head` (ClassifierHead); subclasses build both."""
+
+    features: nn.Module
+    head: nn.Module
+
+    def forward_features(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
+        return _pool(self.features(x))
+
+    def forward_head(self, feats: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(feats, cell_type)
+
+    def forward(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x, cell_type), cell_type)
+
+
+class DenseNetClassifier(_PooledConvNet):
     """A DenseNet with an `in_chans` stem, global average pooling and a `ClassifierHead`."""
 
     def __init__(self, arch: str, *, num_classes: int, in_chans: int = 6, num_cell_types: int = 4,
@@ -228,15 +244,6 @@ class DenseNetClassifier(nn.Module):
         self.features, self.num_features = _densenet_features(arch, in_chans, pretrained, drop_rate=drop_rate,
                                                               memory_efficient=memory_efficient)
         self.head = ClassifierHead(self.num_features, num_classes, num_cell_types=num_cell_types, **head_kw)
-
-    def forward_features(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
-        return _pool(self.features(x))
-
-    def forward_head(self, feats: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(feats, cell_type)
-
-    def forward(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x, cell_type), cell_type)
 
 
 class PerChannelFusion(nn.Module):
@@ -310,7 +317,7 @@ _register_family(DenseNetClassifier, {arch: arch for arch in DENSENET_ARCHS})
 _register_family(PerChannelFusion, {"perchannel_densenet121": "densenet121", "perchannel_tiny": "densenet_tiny"})
 
 
-class ConvNetMicro(nn.Module):
+class ConvNetMicro(_PooledConvNet):
     """Two strided 3x3 convolutions (BatchNorm, ReLU), global average pooling and a `ClassifierHead`: almost no
     compute per view, for rehearsing the whole job at RxRx1's real cardinality on tiny images (trainer.rehearse)
     and for smoke runs. Not a model to learn RxRx1 with."""
@@ -326,15 +333,6 @@ class ConvNetMicro(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width))
         self.head = ClassifierHead(self.num_features, num_classes, num_cell_types=num_cell_types, **head_kw)
-
-    def forward_features(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
-        return _pool(self.features(x))
-
-    def forward_head(self, feats: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(feats, cell_type)
-
-    def forward(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x, cell_type), cell_type)
 
 
 def convnet_micro(**kw: Any) -> nn.Module:

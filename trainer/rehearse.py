@@ -284,13 +284,9 @@ def parse_args(argv: Sequence[str] | None) -> RehearsalOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        rehearse(parse_args(argv))
-    except cellio.CellioError as exc:
-        print(f"trainer.rehearse: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    from trainer.demo import run_command
+
+    return run_command("trainer.rehearse", lambda a: rehearse(parse_args(a)), argv)
 
 
 if __name__ == "__main__":
