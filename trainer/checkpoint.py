@@ -47,15 +47,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
-    except OSError as e:
-        # torch.save wraps the writer's error in a RuntimeError on some versions; both carry ENOSPC/EDQUOT
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(str(path), None, _free_bytes(path.parent), what="saving this checkpoint",
-                                hint="the previous checkpoint is intact; free some space and rerun the same "
-                                     "command: training resumes from it") from e
-        raise
-    except RuntimeError as e:
-        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+    except (OSError, RuntimeError) as e:
+        if _disk_full(e):
             raise DiskFullError(str(path), None, _free_bytes(path.parent), what="saving this checkpoint",
                                 hint="the previous checkpoint is intact; free some space and rerun the same "
                                      "command: training resumes from it") from e
@@ -64,6 +57,13 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _disk_full(e: BaseException) -> bool:
+    """ENOSPC/EDQUOT, raised as OSError or (torch.save's zip writer, some versions) wrapped in a RuntimeError."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "No space left on device" in str(e) or "Disk quota exceeded" in str(e)
 
 
 def _remove_stale_temporaries(path: Path) -> None:

@@ -75,7 +75,7 @@ class CosineHead(nn.Module):
 
 class MarginLoss(nn.Module):
     """Cross-entropy on `scale` x cosines with a margin on the true class: ArcFace cos(theta + m) or CosFace
-    cos(theta) - m. Past theta = pi - m ArcFace falls back to cos(theta) - m sin(m) m (insightface's rule), so
+    cos(theta) - m. Past theta = pi - m ArcFace falls back to cos(theta) - m sin(m) (insightface's rule), so
     the target logit keeps decreasing in theta."""
 
     def __init__(self, kind: str, margin: float, scale: float):
