@@ -727,6 +727,23 @@ def _run(jobs: list[_BatchJob], total: int, n_workers: int, scheduler: Any, prog
         bar.close()
 
 
+def _start_forkserver_ignoring_sigint() -> None:
+    """Start the forkserver with SIGINT ignored, so every worker it forks ignores SIGINT from birth: a Ctrl-C that
+    lands while a worker is still starting (before `_worker_init` runs) would print that worker's traceback. An
+    ignored SIGINT survives exec, and the forkserver hands its children the disposition it started with (a
+    forkserver some other code started earlier is reused as it is: then `_worker_init` is the only guard)."""
+    import threading
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _run_pool(jobs: list[_BatchJob], n_workers: int, bar: Any, check: Any = lambda: None) -> None:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -735,6 +752,8 @@ def _run_pool(jobs: list[_BatchJob], n_workers: int, bar: Any, check: Any = lamb
     # loop thread); spawn where fork does not exist
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(method)
+    if method == "forkserver":
+        _start_forkserver_ignoring_sigint()
     with ProcessPoolExecutor(min(n_workers, len(jobs)), mp_context=ctx, initializer=_worker_init) as pool:
         pending = {pool.submit(_run_batch, job): job for job in jobs}
         try:

@@ -169,3 +169,22 @@ def test_an_incomplete_store_keeps_its_view_while_the_ingest_finishes(tmp_path, 
     assert mean.shape == (20, 6) and np.isfinite(std).all()
     np.testing.assert_allclose(partial.channel_stats("site")[0], open_store(clean).channel_stats("site")[0][:20])
     assert partial.failed.empty
+
+
+def _sigint_disposition() -> str:
+    return str(signal.getsignal(signal.SIGINT))
+
+
+def test_ingest_workers_ignore_ctrl_c_from_birth():
+    # a Ctrl-C while a worker is still starting (before its initializer) printed that worker's traceback
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from cellio.ingestion import _start_forkserver_ignoring_sigint
+
+    if "forkserver" not in mp.get_all_start_methods():
+        pytest.skip("no forkserver on this platform")
+    _start_forkserver_ignoring_sigint()
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("forkserver")) as pool:
+        assert pool.submit(_sigint_disposition).result() == str(signal.SIG_IGN)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the parent still takes Ctrl-C
