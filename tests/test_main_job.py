@@ -67,6 +67,20 @@ def test_one_stage_plan_spends_the_pseudo_label_time_on_single_steps():
                       spent_s=60, facts=FACTS)
 
 
+def test_finetune_share_splits_the_steps_per_cell_type_and_counts_their_predictions():
+    base = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60), step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
+    ft = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"finetune_share": 0.25}), step_s=0.8, view_s=0.012,
+                       spent_s=60, facts=FACTS)
+    assert base.steps_finetune == 0 and ft.steps_finetune > 0 and ft.steps_finetune % STEP_QUANTUM == 0
+    # the four cell types' runs come out of the same budget, and their predictions cost training steps too
+    assert ft.steps_single + 4 * ft.steps_finetune < base.steps_single
+    assert ft.estimates["predict"] > base.estimates["predict"]
+    assert make_plan(FACTS, Hardware(16, (("H200", 139.0),)), 3600).finetune_share > 0  # the GPU plan fine-tunes
+    with pytest.raises(ConfigError, match="finetune_share"):
+        fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"pseudo_share": 0.5, "finetune_share": 0.5}),
+                      step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
+
+
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     from cellio.testing import make_raw
@@ -83,7 +97,7 @@ TINY = ["plan.model=densenet_tiny", "plan.crop=32", "plan.batch=8", "plan.steps_
 def test_the_gpu_plan_runs_end_to_end_on_cpu(raw, tmp_path, processes):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "trainer.demo", "--data", str(raw), "--out", str(out), "--hardware", "gpu",
-           f"plan.processes={processes}", *TINY]
+           f"plan.processes={processes}", "plan.steps_finetune=4", *TINY]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -96,6 +110,19 @@ def test_the_gpu_plan_runs_end_to_end_on_cpu(raw, tmp_path, processes):
     assert sub["id_code"].tolist() == pd.read_csv(raw / "sample_submission.csv")["id_code"].tolist()
     report = json.loads((out / "report.json").read_text())
     assert report["plan"]["processes"] == processes and report["training"]["pseudo"]["rounds"]
+    # per-cell-type fine-tuning from the pseudo-label model: one run per cell type, one more ensemble member
+    # (its TTA mean and its embedding centroids) covering the same wells as the joint model
+    tuned = report["training"]["finetune"]
+    assert sorted(tuned) == ["HEPG2", "HUVEC", "RPE", "U2OS"]
+    for ct in tuned:
+        cfg = (out / "runs" / f"finetune_{ct}" / "config.yaml").read_text()
+        assert f"- {ct}" in cfg and "pseudo/checkpoints/last.pt" in cfg
+    assert len(report["calibration"]["temperatures"]) == 4
+    from trainer.predict import load_predictions
+
+    for ds in ("validation", "test"):
+        joint, tuned_p = (load_predictions(out / "predictions" / f"{m}_{ds}.npz") for m in ("model", "finetune"))
+        assert sorted(zip(joint.index, joint.view)) == sorted(zip(tuned_p.index, tuned_p.view))
 
 
 def test_a_repeated_budget_measurement_times_only_its_own_steps(raw, tmp_path):

@@ -105,6 +105,48 @@ def test_predict_validation_uses_the_checkpoints_held_out_experiments(tiny_store
         concat_predictions([preds, preds])
 
 
+def test_concat_predictions_streams_to_a_file_equal_to_the_in_memory_join(tiny_store, checkpoint, tmp_path):
+    import numpy as np
+
+    path, _ = checkpoint
+    preds = predict(path, tiny_store, datasets="test", tta="center", batch_size=32, progress=False)
+    half = preds.rows(preds.index % 2 == 0)
+    on_file = predict(path, tiny_store, datasets="test", tta="center", batch_size=32, progress=False,
+                      out=tmp_path / "a.npz")
+    parts = [half, on_file.rows(on_file.index % 2 == 1)]
+    joined = concat_predictions(parts, out=tmp_path / "joined.npz")
+    again = load_predictions(tmp_path / "joined.npz")
+    assert joined.meta["parts"][0]["checkpoint"] == str(path)
+    for got in (joined, again):
+        assert np.array_equal(got.index, np.concatenate([p.index for p in parts]))
+        np.testing.assert_array_equal(np.asarray(got.logits), np.asarray(concat_predictions(parts).logits))
+
+
+def test_out_of_fold_prediction_of_a_cell_type_without_held_out_experiments_is_an_error(tiny_store, checkpoint,
+                                                                                         tmp_path):
+    # a per-cell-type model whose cell type has no experiment in the held-out fold: an empty selection must not
+    # silently mean "every site"
+    from trainer.checkpoint import load_checkpoint
+    from trainer.folds import split_experiments
+
+    state = load_checkpoint(checkpoint[0])
+    cfg = Config.from_dict(state["config"])
+    for ct in sorted(tiny_store.sites["cell_type"].unique()):
+        cfg.data.cell_types = [ct]
+        try:
+            split = split_experiments(cfg.data, tiny_store.sites)
+        except ConfigError:  # every experiment of this cell type is held out
+            continue
+        if not split.val:
+            break
+    else:
+        pytest.skip("every cell type of the fixture has a held-out experiment")
+    path = tmp_path / "ct.pt"
+    save_checkpoint(path, {**state, "config": cfg.to_dict()})
+    with pytest.raises(ConfigError, match="held out no experiment"):
+        predict(path, tiny_store, datasets="validation", progress=False)
+
+
 def _sample(tmp_path, ids):
     path = tmp_path / "sample_submission.csv"
     pd.DataFrame({"id_code": ids, "sirna": 0}).to_csv(path, index=False)

@@ -1,6 +1,7 @@
 """The main job, end to end: data -> metadata -> ingest -> a plan from the data and the machine -> a 6-channel
-model (one validation fold held out) -> a pseudo-label stage from it (GPU plan; plan.pseudo_share) -> TTA predictions and embeddings of the
-held-out and test wells -> the inference chain (calibration, ensemble, rotation inference, plate assignment,
+model (one validation fold held out) -> a pseudo-label stage from it (GPU plan; plan.pseudo_share) -> a short
+fine-tuning run per cell type (GPU plan; plan.finetune_share) -> TTA predictions and embeddings of the
+held-out and test wells (the fine-tuned models' joined into one more ensemble member) -> the inference chain (calibration, ensemble, rotation inference, plate assignment,
 chosen by validation) -> OUT/submission.csv and OUT/report.json (+ plots).
 
     python -m trainer.demo --out out/demo                          # on the embedded synthetic RxRx1 set
@@ -35,6 +36,7 @@ from trainer.plan import DataFacts, Hardware, Plan, fit_to_budget, load_plan, ma
 log = logging.getLogger("trainer.demo")
 
 SYNTH_MARKER = ".cellio-synth.json"
+FINETUNE_LR = 0.5               # a cell type's fine-tuning run starts at this fraction of the plan's lr
 DEFAULT_BUDGET_MIN = 14.0
 
 # The embedded synthetic set ("default": subtle, cell-type-specific phenotypes at 512 px, ~1,700 sites) and the
@@ -231,6 +233,27 @@ def train_models(plan: Plan, opts: JobOptions, store_path: Path) -> tuple[Path, 
     return final, metrics
 
 
+def finetune_cell_types(plan: Plan, opts: JobOptions, store_path: Path, init: Path) -> dict[str, Path]:
+    """A short single-stage run per cell type from the joint model (`plan.steps_finetune` steps each, half the
+    plan's learning rate, the same folds): {cell type: its final checkpoint}. Only cell types with a train
+    experiment outside the held-out fold can be fine-tuned; the others keep the joint model."""
+    if plan.steps_finetune <= 0:
+        return {}
+    folds = json.loads((init.parents[1] / "folds.json").read_text())
+    store = cellio.open_store(store_path)
+    trained = store.sites[store.sites["experiment"].isin(folds["train"])]
+    ckpts: dict[str, Path] = {}
+    for ct in sorted(trained["cell_type"].unique()):
+        out = opts.out / "runs" / f"finetune_{ct}"
+        with _meter(opts)(f"train: fine-tune {ct}"):
+            m = train(run_config(plan, opts, store_path, out, f"data.cell_types=[{ct}]", f"train.init_from={init}",
+                                 f"train.max_steps={plan.steps_finetune}", f"optim.lr={plan.lr * FINETUNE_LR}",
+                                 f"optim.warmup_steps={max(1, plan.steps_finetune // 10)}"), plan)
+        _print_metrics(f"fine-tuned on {ct}", m)
+        ckpts[ct] = out / "checkpoints" / "last.pt"
+    return ckpts
+
+
 def _scalars(m: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in m.items() if isinstance(v, (int, float, str, bool))}
 
@@ -241,43 +264,95 @@ def _print_metrics(name: str, metrics: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- inference
-def predict_and_embed(ckpt: Path, plan: Plan, store: Any, out: Path,
-                      meter: Any = None) -> tuple[list[Any], list[Any], list[Any]]:
-    """Out-of-fold and test predictions at the plan's TTA, and every well's embedding (centre view); cached."""
+def _cached_predictions(ckpt: Path, plan: Plan, store: Any, ds: str, file: Path, meter: Any, name: str) -> Any:
+    """One checkpoint's predictions of `ds` at the plan's TTA, from `file` when it holds this checkpoint's."""
+    from trainer.predict import load_predictions, predict
+
+    if file.is_file() and load_predictions(file).meta.get("checkpoint") == str(ckpt):
+        return load_predictions(file)
+    with meter(name):
+        preds = predict(ckpt, store, datasets=ds, tta=plan.eval_tta, dihedral=plan.dihedral, adabn=plan.adabn,
+                        device=_device(plan), batch_size=plan.batch, out=file)
+    rate = len(preds) / max(preds.meta.get("seconds", 0.0), 1e-9)
+    print(f"   {ds}: {len(preds)} views ({plan.eval_tta}) at {rate:.0f} views/s -> {file}")
+    return preds
+
+
+def _cached_embeddings(ckpt: Path, plan: Plan, store: Any, file: Path, meter: Any, name: str) -> Any:
+    """Every well's embedding (centre view) under one checkpoint (its cell types only), from `file` when there."""
     import numpy as np
 
     from trainer.checkpoint import load_for_inference
     from trainer.embed import WellEmbeddings, extract_embeddings
-    from trainer.predict import load_predictions, predict
 
-    files = {ds: out / "predictions" / f"model_{ds}.npz" for ds in ("validation", "test")}
-    kinds = ("validation", "test") if plan.val_fold >= 0 else ("test",)
+    if file.is_file():
+        z = np.load(file, allow_pickle=False)
+        return WellEmbeddings(z["id_codes"].astype(object), z["vectors"])
+    model, cfg, _ = load_for_inference(ckpt, _device(plan))
+    t0 = time.perf_counter()
+    with meter(name):
+        emb = extract_embeddings(model, cfg, store, datasets=("train", "test"), tta="center", batch_size=plan.batch)
+        np.savez(file, id_codes=emb.id_codes.astype(str), vectors=emb.vectors)
+    print(f"   embeddings of {len(emb)} wells in {time.perf_counter() - t0:.1f} s -> {file}")
+    return emb
+
+
+def predict_and_embed(ckpt: Path, plan: Plan, store: Any, out: Path,
+                      meter: Any = None) -> tuple[list[Any], list[Any], list[Any]]:
+    """Out-of-fold and test predictions at the plan's TTA, and every well's embedding (centre view); cached."""
     from trainer.meter import no_meter
 
     meter = meter or no_meter
-    preds = {}
-    for ds in kinds:
-        if files[ds].is_file() and load_predictions(files[ds]).meta.get("checkpoint") == str(ckpt):
-            preds[ds] = load_predictions(files[ds])
-            continue
-        with meter(f"predict: {ds}"):
-            preds[ds] = predict(ckpt, store, datasets=ds, tta=plan.eval_tta, dihedral=plan.dihedral,
-                                adabn=plan.adabn, device=_device(plan), batch_size=plan.batch, out=files[ds])
-        rate = len(preds[ds]) / max(preds[ds].meta.get("seconds", 0.0), 1e-9)
-        print(f"   {ds}: {len(preds[ds])} views ({plan.eval_tta}) at {rate:.0f} views/s -> {files[ds]}")
-    emb_file = out / "predictions" / "embeddings.npz"
-    if emb_file.is_file():
-        z = np.load(emb_file, allow_pickle=False)
-        emb = WellEmbeddings(z["id_codes"].astype(object), z["vectors"])
-    else:
-        model, cfg, _ = load_for_inference(ckpt, _device(plan))
-        t0 = time.perf_counter()
-        with meter("embeddings"):
-            emb = extract_embeddings(model, cfg, store, datasets=("train", "test"), tta="center",
-                                     batch_size=plan.batch)
-            np.savez(emb_file, id_codes=emb.id_codes.astype(str), vectors=emb.vectors)
-        print(f"   embeddings of {len(emb)} wells in {time.perf_counter() - t0:.1f} s -> {emb_file}")
+    kinds = ("validation", "test") if plan.val_fold >= 0 else ("test",)
+    preds = {ds: _cached_predictions(ckpt, plan, store, ds, out / "predictions" / f"model_{ds}.npz", meter,
+                                     f"predict: {ds}") for ds in kinds}
+    emb = _cached_embeddings(ckpt, plan, store, out / "predictions" / "embeddings.npz", meter, "embeddings")
     return [preds["validation"]] if "validation" in preds else [], [preds["test"]], [emb]
+
+
+def predict_and_embed_finetuned(ckpts: dict[str, Path], joint: tuple[list[Any], list[Any], list[Any]], plan: Plan,
+                                store: Any, out: Path, meter: Any = None) -> tuple[list[Any], list[Any], list[Any]]:
+    """The per-cell-type fine-tuned models as one ensemble member: each cell type's sites predicted and embedded
+    by its own model (a cell type without one keeps the joint model's rows), joined into one Predictions per split
+    and one WellEmbeddings, in the shape `predict_and_embed` returns."""
+    from trainer.embed import WellEmbeddings
+    from trainer.meter import no_meter
+    from trainer.predict import concat_predictions, load_predictions
+
+    meter = meter or no_meter
+    pred_dir = out / "predictions"
+    cell_type = store.sites["cell_type"].to_numpy()
+    wells = store.sites.drop_duplicates("id_code").set_index("id_code")["cell_type"]
+    joint_val, joint_test, joint_emb = joint
+    splits = ([("validation", joint_val[0])] if joint_val else []) + [("test", joint_test[0])]
+    members: dict[str, Any] = {}
+    for ds, joint_preds in splits:
+        parts = []
+        for ct in sorted(set(cell_type[joint_preds.index])):
+            ckpt = ckpts.get(ct)
+            held = ckpt is not None and json.loads((ckpt.parents[1] / "folds.json").read_text())["val"]
+            if ckpt is not None and (ds == "test" or held):
+                parts.append(_cached_predictions(ckpt, plan, store, ds, pred_dir / f"finetune_{ct}_{ds}.npz", meter,
+                                                 f"predict: {ds}, fine-tuned {ct}"))
+            else:  # no fine-tuned model for these sites: the joint model's views
+                parts.append(joint_preds.rows(cell_type[joint_preds.index] == ct))
+        file = pred_dir / f"finetune_{ds}.npz"
+        sources = [p.meta.get("checkpoint", "joint") for p in parts]
+        if file.is_file() and [p.get("checkpoint", "joint") for p in
+                               load_predictions(file).meta.get("parts", [])] == sources:
+            members[ds] = load_predictions(file)
+        else:
+            members[ds] = concat_predictions(parts, out=file)
+    emb_parts = []
+    for ct in sorted(set(wells)):
+        if ct in ckpts:
+            emb_parts.append(_cached_embeddings(ckpts[ct], plan, store, pred_dir / f"finetune_{ct}_embeddings.npz",
+                                                meter, f"embeddings, fine-tuned {ct}"))
+        else:
+            ids = [w for w in joint_emb[0].id_codes if wells.get(w) == ct]
+            emb_parts.append(joint_emb[0].select(ids))
+    emb = WellEmbeddings.concat(emb_parts)
+    return ([members["validation"]] if "validation" in members else [], [members["test"]], [emb])
 
 
 def sample_submission(raw: Path, out: Path) -> Path:
@@ -317,8 +392,15 @@ def run_job(opts: JobOptions) -> dict[str, Any]:
     plan = timed("plan", "4. plan", make_job_plan, opts, store, store_path, start)
     print(plan.describe())
     ckpt, metrics = timed("train", "5. train", train_models, plan, opts, store_path)
+    tuned = timed("finetune", "5b. fine-tune per cell type", finetune_cell_types, plan, opts, store_path, ckpt) \
+        if plan.steps_finetune > 0 else {}
     val, test, emb = timed("predict", "6. predict, embed", predict_and_embed, ckpt, plan, store, opts.out,
                            opts.meter)
+    if tuned:
+        tv, tt, te = timed("predict_finetuned", "6b. predict, embed: the fine-tuned models",
+                           predict_and_embed_finetuned, tuned, (val, test, emb), plan, store, opts.out, opts.meter)
+        val, test, emb = val + tv, test + tt, emb + te
+        metrics["finetune"] = {ct: str(p) for ct, p in tuned.items()}
     t = _step("7. calibrate, ensemble, plate assignment, submission")
     truth = raw / "test_truth.csv"
     with _meter(opts)("chain"):

@@ -44,6 +44,15 @@ class WellEmbeddings:
     def __len__(self) -> int:
         return len(self.id_codes)
 
+    @classmethod
+    def concat(cls, parts: Sequence["WellEmbeddings"]) -> "WellEmbeddings":
+        """Embeddings of disjoint well sets (each cell type's fine-tuned model), sorted by well id."""
+        ids = np.concatenate([p.id_codes.astype(object) for p in parts])
+        if len(set(ids)) != len(ids):
+            raise MetadataError("WellEmbeddings.concat: the parts share wells; they must be disjoint")
+        order = np.argsort(ids.astype(str), kind="stable")
+        return cls(ids[order], np.concatenate([p.vectors for p in parts])[order])
+
     def select(self, id_codes: Sequence[str]) -> "WellEmbeddings":
         pos = pd.Index(self.id_codes).get_indexer(pd.Index(id_codes))
         if (pos < 0).any():
@@ -54,7 +63,8 @@ class WellEmbeddings:
 def site_embeddings(model: Any, cfg: Any, store: Any, *, datasets: Sequence[str] | None = ("train", "test"),
                     indices: Sequence[int] | None = None, tta: str = "center", batch_size: int = 64,
                     device: Any = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(store rows, features) per view: `model.forward_features` over the selected sites, controls included."""
+    """(store rows, features) per view: `model.forward_features` over the selected sites, controls included
+    (only the model's own cell types when it trained on some: data.cell_types)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -65,7 +75,8 @@ def site_embeddings(model: Any, cfg: Any, store: Any, *, datasets: Sequence[str]
                                   crop_size=cfg.data.val_crop_size or cfg.data.crop_size,
                                   normalize=cfg.data.normalize, backend=cfg.data.backend,
                                   device="cuda" if dev.type == "cuda" else "cpu", num_workers=cfg.data.num_workers,
-                                  datasets=datasets, indices=indices, controls=True, rank=0, world_size=1, tta=tta)
+                                  datasets=datasets, indices=indices, cell_types=cfg.data.cell_types or None,
+                                  controls=True, rank=0, world_size=1, tta=tta)
     rows, feats = [], []
     model.eval()
     with torch.inference_mode():

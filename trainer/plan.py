@@ -18,8 +18,12 @@ What the plan picks (docs/training.md has the measurements behind each choice):
 - Both: a single-stage run with one validation fold held out (whole experiments), then a pseudo-label stage from
   it (test and held-out wells labelled under the plate constraint), nine-crop TTA over both sites, and the
   inference chain (calibration, ensemble weights, rotation inference, plate assignment) choosing by validation.
+- Per-cell-type fine-tuning (`plan.finetune_share`): a short single-stage run per cell type from the joint model,
+  its predictions and embeddings one more ensemble member (on the GPU plan, as the winners did; off on CPU until
+  measured to pay, docs/training.md).
 - Steps: what the time budget leaves after ingest, prediction and the chain, at the measured step time, split
-  between the two stages (2 : 1), rounded down to a multiple of 25 so reruns on one machine agree.
+  between the stages (`pseudo_share`, `finetune_share`), rounded down to a multiple of 25 so reruns on one
+  machine agree.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ __all__ = ["Hardware", "DataFacts", "Plan", "make_plan", "fit_to_budget", "load_
 TRAIN_OVERHEAD = 1.15
 STEP_QUANTUM = 25           # steps are rounded down to a multiple of this
 VIEWS = {"center": 1, "grid9": 9, "full": 1}
+GPU_FINETUNE_SHARE = 0.2    # share of the GPU plan's steps in per-cell-type fine-tuning runs
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,8 @@ class Plan:
     adabn: bool
     batch_by: str = ""          # "" | plate: plate-pure training batches
     pseudo_share: float = 1 / 3  # share of the training steps spent in the pseudo-label stage (0: one stage)
+    finetune_share: float = 0.0  # share spent fine-tuning the joint model per cell type (0: no fine-tuning)
+    steps_finetune: int = 0      # steps of each cell type's fine-tuning run
     estimates: dict[str, float] = field(default_factory=dict)   # seconds per step of the job
     reasons: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
@@ -153,7 +160,7 @@ class Plan:
         lines = [f"plan: {self.model} on {self.crop}px crops, batch {self.batch}, {self.device} x {self.processes} "
                  f"({self.backend} loader, {self.num_workers} workers, {self.threads} threads); "
                  f"{self.steps_single} single + {self.steps_pseudo} pseudo-label steps ({self.pseudo_rounds} "
-                 f"rounds); validation fold {self.val_fold} of {self.n_folds}; TTA {self.eval_tta}"
+                 f"rounds){f' + {self.steps_finetune} per cell type' if self.steps_finetune else ''}; validation fold {self.val_fold} of {self.n_folds}; TTA {self.eval_tta}"
                  f"{' x 8 dihedral' if self.dihedral else ''}{' + AdaBN' if self.adabn else ''}; budget "
                  f"{self.budget_s / 60:.1f} min"]
         lines += [f"   - {r}" for r in self.reasons]
@@ -165,7 +172,7 @@ class Plan:
 PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(Plan))
 _OVERRIDABLE = {"device", "processes", "backend", "num_workers", "threads", "model", "crop", "batch", "lr",
                 "n_folds", "val_fold", "steps_single", "steps_pseudo", "pseudo_rounds", "eval_tta", "dihedral",
-                "adabn", "batch_by", "pseudo_share"}
+                "adabn", "batch_by", "pseudo_share", "finetune_share", "steps_finetune"}
 
 
 def _n_folds(facts: DataFacts) -> int:
@@ -191,6 +198,9 @@ def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
                     False, False)
         reasons.append(f"{len(hw.gpus)} CUDA device(s) ({hw.gpus[0][0]}, {hw.gpus[0][1]} GiB): {model} at {crop} px, "
                        f"bf16, one process per GPU" + ("" if hw.dali else "; DALI not installed: torch loader"))
+        plan.finetune_share = GPU_FINETUNE_SHARE
+        reasons.append(f"per-cell-type fine-tuning from the joint model ({GPU_FINETUNE_SHARE:.0%} of the steps, "
+                       "as the 7th place and others did; plan.finetune_share=0 turns it off)")
     else:
         crop = max(32, min(side, int(round(0.44 * side / 8)) * 8))
         plan = Plan(budget_s, "cpu", 1, "torch", 0, max(1, hw.cpu_cores), "densenet_tiny", crop, 32, 2e-3,
@@ -229,19 +239,32 @@ def fit_to_budget(plan: Plan, *, step_s: float, view_s: float, spent_s: float, f
     pseudo_s = 0.0
     if plan.pseudo_share > 0:
         pseudo_s = view_s * (facts.test_sites + facts.train_sites) * plan.pseudo_rounds * (2 if plan.adabn else 1)
+    if not 0.0 <= plan.finetune_share < 1.0 or plan.pseudo_share + plan.finetune_share >= 1.0:
+        raise ConfigError(f"plan.finetune_share: expected a share in [0, 1) that leaves steps for the joint model "
+                          f"with plan.pseudo_share={plan.pseudo_share:g}, found {plan.finetune_share!r}")
+    if plan.finetune_share > 0:  # the fine-tuned models predict every site once more (each its cell type's)
+        predict_s *= 2
+        predict_s += view_s * (facts.test_sites + facts.train_sites)  # and embed them
     chain_s, margin_s = 20.0 + 0.002 * (facts.test_sites + held), 0.05 * plan.budget_s
     left = plan.budget_s - spent_s - predict_s - pseudo_s - chain_s - margin_s
     total = max(0, int(left / max(step_s, 1e-6)))
-    single = int(total * (1 - plan.pseudo_share)) // STEP_QUANTUM * STEP_QUANTUM
+    n_types = max(len(facts.cell_types), 1)
+    finetune = int(total * plan.finetune_share / n_types) // STEP_QUANTUM * STEP_QUANTUM
+    total -= finetune * n_types
+    joint_share = 1 - plan.pseudo_share - plan.finetune_share
+    single = int(total * joint_share / (joint_share + plan.pseudo_share)) // STEP_QUANTUM * STEP_QUANTUM
     pseudo = (total - single) // STEP_QUANTUM * STEP_QUANTUM if plan.pseudo_share > 0 else 0
     if single < 2 * STEP_QUANTUM:
         raise ConfigError(f"the budget ({plan.budget_s / 60:.1f} min) leaves {max(left, 0):.0f} s for training "
                           f"at {step_s:.2f} s per step after {spent_s:.0f} s spent and ~{predict_s + pseudo_s:.0f} s "
                           f"of prediction: raise --budget or lower plan.crop / plan.eval_tta")
     plan.steps_single, plan.steps_pseudo = single, pseudo if pseudo >= STEP_QUANTUM else 0
+    plan.steps_finetune = finetune
     plan.reasons.append(f"measured {step_s:.3f} s per step and {1000 * view_s:.1f} ms per view: "
-                        f"{plan.steps_single} single-stage steps, {plan.steps_pseudo} pseudo-label steps")
-    plan.estimates = {"spent": spent_s, "train": (plan.steps_single + plan.steps_pseudo) * step_s,
+                        f"{plan.steps_single} single-stage steps, {plan.steps_pseudo} pseudo-label steps"
+                        + (f", {finetune} fine-tuning steps per cell type" if plan.finetune_share > 0 else ""))
+    plan.estimates = {"spent": spent_s,
+                      "train": (plan.steps_single + plan.steps_pseudo + finetune * n_types) * step_s,
                       "pseudo-label predictions": pseudo_s if plan.steps_pseudo else 0.0, "predict": predict_s,
                       "chain": chain_s}
     return plan

@@ -107,8 +107,13 @@ def load_predictions(path: str | Path) -> Predictions:
                            z["classes"].astype(np.int64), meta)
 
 
-def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
-    """Stack predictions of disjoint site sets with the same class map (e.g. every fold's out-of-fold views)."""
+def concat_predictions(parts: Sequence[Predictions], out: str | Path | None = None) -> Predictions:
+    """Stack predictions of disjoint site sets with the same class map (e.g. every fold's out-of-fold views, or
+    each cell type's fine-tuned model). With `out` the logits stream part by part, block by block, into out's
+    `.logits.npy` sidecar (float16 when any part is, else float32) and the result is saved there; without, they
+    are concatenated in memory."""
+    from trainer.logits import iter_rows
+
     if not parts:
         raise ConfigError("concat_predictions needs at least one Predictions")
     classes = parts[0].classes
@@ -119,10 +124,20 @@ def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
     keys = np.concatenate([p.index * 1_000_003 + p.view for p in parts])
     if len(np.unique(keys)) != len(keys):
         raise MetadataError("concat_predictions: the parts share (site, view) rows; they must be disjoint")
-    return Predictions(np.concatenate([np.asarray(p.logits, dtype=np.float32) for p in parts]),
-                       np.concatenate([p.index for p in parts]),
-                       np.concatenate([p.view for p in parts]), classes,
-                       {"parts": [p.meta for p in parts]})
+    index = np.concatenate([p.index for p in parts])
+    view = np.concatenate([p.view for p in parts])
+    meta = {"parts": [p.meta for p in parts]}
+    if out is None:
+        return Predictions(np.concatenate([np.asarray(p.logits, dtype=np.float32) for p in parts]), index, view,
+                           classes, meta)
+    half = any(np.dtype(p.logits.dtype) == np.float16 for p in parts)
+    with LogitsWriter(logits_path(out), len(classes), np.float16 if half else np.float32) as writer:
+        for p in parts:
+            for _, block in iter_rows(p.logits):
+                writer.append(block)
+    preds = Predictions(LogitsFile(logits_path(out)), index, view, classes, meta)
+    preds.save(out)
+    return preds
 
 
 def validation_experiments(cfg: Any, sites: Any) -> list[str]:
@@ -241,6 +256,10 @@ def predict(checkpoint: str | Path, store: Any, *, datasets: Sequence[str] | str
             raise ConfigError("datasets='validation' selects the checkpoint's held-out experiments; do not combine "
                               "it with other datasets or explicit experiments")
         experiments = validation_experiments(cfg, st.sites)
+        if not experiments:  # an empty selection would mean "no filter" further down
+            raise ConfigError(f"{checkpoint}: its run held out no experiment (data.val_fold={cfg.data.val_fold}"
+                              f"{', cell types ' + str(cfg.data.cell_types) if cfg.data.cell_types else ''}), "
+                              "so it has no out-of-fold predictions to give")
         ds = ("train",)
         log.info("validation experiments of %s: %s", checkpoint, experiments)
     preds = predict_views(model, cfg, class_map, st, datasets=ds, experiments=experiments, tta=tta,

@@ -6,8 +6,8 @@ and peak memory (RSS) of every step, and the size of every file it writes.
     python -m trainer.rehearse OUT --budget 60 plan.steps_single=100 optim.lr=1e-3     # main-job overrides
 
 It runs `trainer.demo.run_job` itself, the main job's code path end to end (metadata -> ingest -> plan ->
-single stage -> pseudo-label stage -> predictions of every validation and test site at the full TTA (nine crops x
-the 8 dihedral views by default) -> embeddings -> aggregation, stacker, calibration, ensemble, plate assignment,
+single stage -> pseudo-label stage -> predictions of every validation and test site at the plan's full TTA (nine
+crops; `--dihedral` adds the 8 dihedral views, 8x the views, which the main job's plans leave off) -> embeddings -> aggregation, stacker, calibration, ensemble, plate assignment,
 submission), with the plan's model replaced by `convnet_micro` and its training steps cut to a few (plan
 overrides, as a user would give them); then one epoch of the training loader without a model, and
 `cellio.validate_submission` against the set's sample_submission.csv. What breaks at the real size (memory,
@@ -51,7 +51,7 @@ class RehearsalOptions:
     experiments: list[str] | None = None     # a subset of the real layout's experiments (None: all 51)
     budget_min: float = 60.0                 # the main job's --budget (the plan's steps are given, not fitted)
     tta: str = "grid9"                       # the plan's eval TTA ...
-    dihedral: bool = True                    # ... times the 8 dihedral views
+    dihedral: bool = False                   # ... times the 8 dihedral views (off in the main job's plans)
     steps_single: int = 50
     steps_pseudo: int = 25
     batch: int = 256
@@ -270,7 +270,8 @@ def parse_args(argv: Sequence[str] | None) -> RehearsalOptions:
                    help="only these experiments of the real layout (default: all 51)")
     p.add_argument("--budget", type=float, default=60.0, help="the main job's --budget in minutes (default 60)")
     p.add_argument("--tta", default="grid9", choices=["center", "grid9", "full"], help="eval TTA (default grid9)")
-    p.add_argument("--no-dihedral", action="store_true", help="without the 8 dihedral views")
+    p.add_argument("--dihedral", action="store_true",
+                   help="add the 8 dihedral views to every crop (8x the views; the main job's plans leave them off)")
     p.add_argument("--steps", type=int, nargs=2, default=(50, 25), metavar=("SINGLE", "PSEUDO"),
                    help="training steps of the two stages (default 50 25)")
     p.add_argument("--batch", type=int, default=256)
@@ -279,7 +280,7 @@ def parse_args(argv: Sequence[str] | None) -> RehearsalOptions:
     p.add_argument("--synth-only", action="store_true", help="make the set (timed), then stop")
     p.add_argument("overrides", nargs="*", help="plan.<field>=value or trainer keys, as python -m trainer.demo")
     a = p.parse_args(argv)
-    return RehearsalOptions(Path(a.out), a.size, a.experiments, a.budget, a.tta, not a.no_dihedral, a.steps[0],
+    return RehearsalOptions(Path(a.out), a.size, a.experiments, a.budget, a.tta, a.dihedral, a.steps[0],
                             a.steps[1], a.batch, a.seed, a.workers, list(a.overrides), a.synth_only)
 
 
