@@ -62,8 +62,9 @@ def environment() -> dict[str, Any]:
     return env
 
 
-# ingest options of each store; "lz4-chunked" (the format 1.1 default) and "lz4-tile64" are for the layout decision
-STORES = {"default": {}, "none": {"codec": "none", "layout": "chunked"},
+# ingest options of each store; "none-sharded", "lz4-chunked" (the format 1.1 default) and "lz4-tile64" are for
+# the layout and codec decision
+STORES = {"default": {}, "none": {"codec": "none", "layout": "chunked"}, "none-sharded": {"codec": "none"},
           "lz4-chunked": {"codec": "lz4", "layout": "chunked"}, "lz4-tile64": {"codec": "lz4", "tile": 64}}
 DEFAULT_STORES = ("default", "none")
 

@@ -10,8 +10,8 @@ sequential: on a small machine two at once would change each other's budgets.
         --plan arcface:14:loss.margin=arcface \
         --peer ../shared/peers/plain_densenet.py --peer-budget 480
 
-Writes benchmarks/results/plans.{csv,png} (and plans_env.json): per plan the budget, the wall time, the
-6-channel model's validation accuracy during training, and on validation and test the accuracy of the TTA mean,
+Writes benchmarks/results/NAME.{csv,png} (and NAME_env.json; `--name`, default plans): per plan the budget, the
+wall time, the 6-channel model's validation accuracy during training, and on validation and test the accuracy of the TTA mean,
 of the best step after plate assignment and of the submitted step.
 """
 from __future__ import annotations
@@ -99,14 +99,14 @@ def run_peer(script: Path, data: Path, budget_s: int, log: Path) -> dict[str, An
             "submitted_step": "its TTA + plate assignment"}
 
 
-def write(rows: list[dict[str, Any]], data: Path) -> None:
+def write(rows: list[dict[str, Any]], data: Path, name: str = "plans") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     cols = COLUMNS + ["best_test_assigned"]
-    with open(RESULTS / "plans.csv", "w", newline="") as f:
+    with open(RESULTS / f"{name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    (RESULTS / "plans_env.json").write_text(json.dumps(environment(data=str(data)), indent=2))
+    (RESULTS / f"{name}_env.json").write_text(json.dumps(environment(data=str(data)), indent=2))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,7 +124,7 @@ def write(rows: list[dict[str, Any]], data: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title(f"main-job plans vs the plain peer on {data.name}")
     fig.tight_layout()
-    fig.savefig(RESULTS / "plans.png", dpi=120)
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan", action="append", default=[], help="NAME:BUDGET_MINUTES[:field=value,...] (repeat)")
     p.add_argument("--peer", type=Path, help="a peer script: SCRIPT DATA, BUDGET= seconds in the environment")
     p.add_argument("--peer-budget", type=int, default=480, help="seconds of training for the peer")
+    p.add_argument("--name", default="plans", help="results file stem: benchmarks/results/NAME.{csv,png}")
     a = p.parse_args(argv)
     if not (a.data / "test_truth.csv").is_file():
         raise SystemExit(f"{a.data}: expected test_truth.csv (id_code, sirna) to score test accuracy")
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.peer:
         rows.append(run_peer(a.peer, a.data, a.peer_budget, a.out / "peer.log"))
         print(json.dumps(rows[-1]), flush=True)
-    write(rows, a.data)
+    write(rows, a.data, a.name)
     print(f"{'plan':<14}{'budget':>7}{'wall s':>8}{'val TTA':>9}{'val sub':>9}{'test TTA':>9}{'TTA+asg':>9}"
           f"{'test sub':>9}  submitted step")
     for r in rows:

@@ -138,5 +138,5 @@ def test_a_repeated_budget_measurement_times_only_its_own_steps(raw, tmp_path):
     measure(plan, opts, store, store_path)
     step_s, view_s = measure(plan, opts, store, store_path)
     log = (opts.out / "runs" / "calibration" / "log.jsonl").read_text().splitlines()
-    assert sum(json.loads(e)["event"] == "train" for e in log) == 6
+    assert sum(json.loads(e)["event"] == "train" for e in log) == 8
     assert 0 < step_s < 5 and 0 < view_s < 1

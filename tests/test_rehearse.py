@@ -25,10 +25,12 @@ STEPS = ["synth (cellio synth --layout rxrx1)", "metadata", "ingest", "plan", "t
 def test_the_rehearsal_runs_the_whole_job_on_a_reduced_real_layout(tmp_path):
     out = tmp_path / "r"
     summary = rehearse(RehearsalOptions(out, size=8, experiments=EXPERIMENTS, tta="center", dihedral=True,
-                                        steps_single=4, steps_pseudo=4, batch=64, workers=2,
+                                        steps_single=4, steps_pseudo=4, steps_finetune=4, batch=64, workers=2,
                                         overrides=["plan.pseudo_rounds=1"]))
     names = [r["step"] for r in summary["steps"]]
     assert [s for s in STEPS if s not in names] == []
+    assert any(n.startswith("train: fine-tune ") for n in names)  # the cell type outside the held-out fold
+    assert any(n.startswith("predict: test, fine-tuned ") for n in names)
     assert all(r["seconds"] >= 0 and r["peak_rss"] > 0 for r in summary["steps"])
     plan = json.loads((out / "job" / "plan.json").read_text())
     assert (plan["model"], plan["crop"], plan["eval_tta"], plan["dihedral"]) == ("convnet_micro", 8, "center", True)

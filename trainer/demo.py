@@ -131,6 +131,8 @@ def run_config(plan: Plan, opts: JobOptions, store_path: Path, out: Path, *extra
 def measure(plan: Plan, opts: JobOptions, store: Any, store_path: Path) -> tuple[float, float]:
     """(seconds per training step, seconds per predicted view) of this plan on this machine: a few real steps of
     the single stage (trainer.train in-process), then a few batches of prediction."""
+    import numpy as np
+
     from trainer.checkpoint import load_for_inference
     from trainer.predict import predict_views
     from trainer.train import run
@@ -138,13 +140,15 @@ def measure(plan: Plan, opts: JobOptions, store: Any, store_path: Path) -> tuple
     calib = opts.out / "runs" / "calibration"
     # a scratch run: an earlier attempt's log.jsonl would otherwise be appended to and its times read as ours
     shutil.rmtree(calib, ignore_errors=True)
-    warm, timed = 2, 4
+    warm, timed = 2, 6
     cfg = run_config(plan, opts, store_path, calib, f"train.max_steps={warm + timed}", "train.log_every=1",
                      "train.progress=false", "train.resume=false", "train.device=" + _device(plan))
     run(cfg)
     times = [e["time"] for e in map(json.loads, (calib / "log.jsonl").read_text().splitlines())
              if e["event"] == "train"]
-    step_s = (times[-1] - times[warm - 1]) / timed
+    # the median step: one slow step of six (a log flush, another process waking) would otherwise cost the whole
+    # run its share of steps (foreign subtle set: one 1.30 s step among 0.75-0.83 s ones made the mean 0.91 s)
+    step_s = float(np.median(np.diff(times[warm - 1:])))
     model, mcfg, class_map = load_for_inference(calib / "checkpoints" / "last.pt", _device(plan))
     test_rows = store.sites.index[store.sites["dataset"] == "test"][:48].to_numpy()
     t0 = time.perf_counter()

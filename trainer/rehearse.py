@@ -6,13 +6,14 @@ and peak memory (RSS) of every step, and the size of every file it writes.
     python -m trainer.rehearse OUT --budget 60 plan.steps_single=100 optim.lr=1e-3     # main-job overrides
 
 It runs `trainer.demo.run_job` itself, the main job's code path end to end (metadata -> ingest -> plan ->
-single stage -> pseudo-label stage -> predictions of every validation and test site at the plan's full TTA (nine
-crops; `--dihedral` adds the 8 dihedral views, 8x the views, which the main job's plans leave off) -> embeddings -> aggregation, stacker, calibration, ensemble, plate assignment,
-submission), with the plan's model replaced by `convnet_micro` and its training steps cut to a few (plan
-overrides, as a user would give them); then one epoch of the training loader without a model, and
-`cellio.validate_submission` against the set's sample_submission.csv. What breaks at the real size (memory,
-a Python loop over every file, a progress bar that never moves) breaks here first, in minutes, not on rented
-GPUs after hours.
+single stage -> pseudo-label stage -> a fine-tuning run per cell type -> predictions of every validation and test
+site at the plan's full TTA (nine crops; `--dihedral` adds the 8 dihedral views, 8x the views, which the main
+job's plans leave off), by the joint and by the fine-tuned models -> embeddings -> aggregation, stacker,
+calibration, ensemble, plate assignment, submission), with the plan's model replaced by `convnet_micro` and its
+training steps cut to a few (plan overrides, as a user would give them); then one epoch of the training loader
+without a model, and `cellio.validate_submission` against the set's sample_submission.csv. What breaks at the
+real size (memory, a Python loop over every file, a progress bar that never moves) breaks here first, in
+minutes, not on rented GPUs after hours.
 
 Every step is timed by `trainer.meter.StepMeter` (the method: there); the table goes to OUT/rehearsal.md and
 OUT/rehearsal.json, with the plan, the data set's counts and every file's size. A rerun reuses what is complete
@@ -54,6 +55,7 @@ class RehearsalOptions:
     dihedral: bool = False                   # ... times the 8 dihedral views (off in the main job's plans)
     steps_single: int = 50
     steps_pseudo: int = 25
+    steps_finetune: int = 10                 # per cell type (0: no per-cell-type fine-tuning)
     batch: int = 256
     seed: int = 0
     workers: int | None = None               # synth and ingest processes
@@ -64,7 +66,8 @@ class RehearsalOptions:
 def rehearsal_overrides(opts: RehearsalOptions) -> dict[str, Any]:
     """The plan overrides of a rehearsal: the tiny model, few steps, the full TTA, the whole site as the crop."""
     return {"model": "convnet_micro", "crop": opts.size, "batch": opts.batch, "steps_single": opts.steps_single,
-            "steps_pseudo": opts.steps_pseudo, "eval_tta": opts.tta, "dihedral": opts.dihedral}
+            "steps_pseudo": opts.steps_pseudo, "steps_finetune": opts.steps_finetune, "eval_tta": opts.tta,
+            "dihedral": opts.dihedral}
 
 
 def make_set(opts: RehearsalOptions) -> tuple[Path, bool]:
@@ -171,6 +174,9 @@ def _complete_before(job: Path) -> set[str]:
     for name, run in stages.items():
         if (run / "final_metrics.json").is_file():
             done.add(name)
+    for run in sorted((job / "runs").glob("finetune_*")):
+        if (run / "final_metrics.json").is_file():
+            done.add(f"train: fine-tune {run.name.removeprefix('finetune_')}")
     if set(stages) <= done:
         done.add("train")
     for ds in ("validation", "test"):
@@ -274,6 +280,8 @@ def parse_args(argv: Sequence[str] | None) -> RehearsalOptions:
                    help="add the 8 dihedral views to every crop (8x the views; the main job's plans leave them off)")
     p.add_argument("--steps", type=int, nargs=2, default=(50, 25), metavar=("SINGLE", "PSEUDO"),
                    help="training steps of the two stages (default 50 25)")
+    p.add_argument("--finetune-steps", type=int, default=10,
+                   help="steps of each cell type's fine-tuning run (default 10; 0: none)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, help="synth and ingest processes (default: all cores)")
@@ -281,7 +289,7 @@ def parse_args(argv: Sequence[str] | None) -> RehearsalOptions:
     p.add_argument("overrides", nargs="*", help="plan.<field>=value or trainer keys, as python -m trainer.demo")
     a = p.parse_args(argv)
     return RehearsalOptions(Path(a.out), a.size, a.experiments, a.budget, a.tta, a.dihedral, a.steps[0],
-                            a.steps[1], a.batch, a.seed, a.workers, list(a.overrides), a.synth_only)
+                            a.steps[1], a.finetune_steps, a.batch, a.seed, a.workers, list(a.overrides), a.synth_only)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
