@@ -102,8 +102,9 @@ def test_ctrl_c_stops_a_two_worker_ingest_once_cleanly_and_it_resumes(tmp_path, 
     cmd = [sys.executable, "-m", "cellio", "ingest", "--layout", "chunked", str(small_raw), str(store), "--workers",
            "2", "--batch-size", "1", "--codec", "lz4", "--no-progress"]
     # its own process group, like a shell job: SIGINT goes to the CLI and its workers at once, as Ctrl-C does
+    # SIGINT at its default in the child even when this test runs as a background job (which starts with it ignored)
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     journal = store / JOURNAL_DIR
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -184,7 +185,8 @@ def test_ingest_workers_ignore_ctrl_c_from_birth():
 
     if "forkserver" not in mp.get_all_start_methods():
         pytest.skip("no forkserver on this platform")
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     _start_forkserver_ignoring_sigint()
     with ProcessPoolExecutor(1, mp_context=mp.get_context("forkserver")) as pool:
         assert pool.submit(_sigint_disposition).result() == str(signal.SIG_IGN)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the parent still takes Ctrl-C
+    assert signal.getsignal(signal.SIGINT) is before  # the parent still takes Ctrl-C as it did

@@ -1,8 +1,9 @@
 """The main job, end to end: data -> metadata -> ingest -> a plan from the data and the machine -> a 6-channel
 model (one validation fold held out) -> a pseudo-label stage from it (GPU plan; plan.pseudo_share) -> a short
-fine-tuning run per cell type (GPU plan; plan.finetune_share) -> TTA predictions and embeddings of the
-held-out and test wells (the fine-tuned models' joined into one more ensemble member) -> the inference chain (calibration, ensemble, rotation inference, plate assignment,
-chosen by validation) -> OUT/submission.csv and OUT/report.json (+ plots).
+fine-tuning run per cell type (GPU plan; plan.finetune_share) -> TTA predictions and embeddings of the held-out
+and test wells (the fine-tuned models' joined into one more ensemble member) -> the inference chain
+(calibration, ensemble, rotation inference, plate assignment, chosen by validation) -> OUT/submission.csv and
+OUT/report.json (+ plots).
 
     python -m trainer.demo --out out/demo                          # on the embedded synthetic RxRx1 set
     python -m trainer.demo --data /path/to/rxrx1 --out out/rx      # a directory in the Kaggle layout

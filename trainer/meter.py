@@ -114,7 +114,7 @@ class StepMeter:
         if self._stack:  # fold the parent's peak so far in before the mark is reset for this step
             parent = self._stack[-1]
             parent["hwm"] = max(parent["hwm"], _read_hwm() or 0)
-        state = {"name": name, "hwm": 0, "exact": _reset_hwm()}
+        state = {"name": name, "hwm": 0, "nested_peak": 0, "exact": _reset_hwm()}
         self._stack.append(state)
         sampler = _Sampler(self.interval)
         sampler.start()
@@ -128,11 +128,12 @@ class StepMeter:
             self._stack.pop()
             hwm = max(state["hwm"], _read_hwm() or 0) if state["exact"] else 0
             record.update(seconds=round(seconds, 3), cpu_s=round(_cpu_seconds() - cpu0, 3),
-                          peak_rss=max(hwm, sampler.peak_tree), peak_rss_main=hwm,
+                          peak_rss=max(hwm, sampler.peak_tree, state["nested_peak"]), peak_rss_main=hwm,
                           peak_rss_children=sampler.peak_children, exact=state["exact"])
             if self._stack:
                 self._stack[-1]["hwm"] = max(self._stack[-1]["hwm"], hwm)
-                # the parent's sampler ran all along; nothing else to fold in
+                # the parent's sampler ran all along, but at other instants: it can miss a peak this one caught
+                self._stack[-1]["nested_peak"] = max(self._stack[-1]["nested_peak"], record["peak_rss"])
             self.records.append(record)
             if self.on_record is not None:
                 self.on_record(record)

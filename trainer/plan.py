@@ -161,7 +161,8 @@ class Plan:
         lines = [f"plan: {self.model} on {self.crop}px crops, batch {self.batch}, {self.device} x {self.processes} "
                  f"({self.backend} loader, {self.num_workers} workers, {self.threads} threads); "
                  f"{self.steps_single} single + {self.steps_pseudo} pseudo-label steps ({self.pseudo_rounds} "
-                 f"rounds){f' + {self.steps_finetune} per cell type' if self.steps_finetune else ''}; validation fold {self.val_fold} of {self.n_folds}; TTA {self.eval_tta}"
+                 f"rounds){f' + {self.steps_finetune} per cell type' if self.steps_finetune else ''}; "
+                 f"validation fold {self.val_fold} of {self.n_folds}; TTA {self.eval_tta}"
                  f"{' x 8 dihedral' if self.dihedral else ''}{' + AdaBN' if self.adabn else ''}; budget "
                  f"{self.budget_s / 60:.1f} min"]
         lines += [f"   - {r}" for r in self.reasons]
