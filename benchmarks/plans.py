@@ -11,8 +11,8 @@ sequential: on a small machine two at once would change each other's budgets.
         --peer ../shared/peers/plain_densenet.py --peer-budget 480
 
 Writes benchmarks/results/NAME.{csv,png} (and NAME_env.json; `--name`, default plans): per plan the budget, the
-wall time, the 6-channel model's validation accuracy during training, and on validation and test the accuracy of the TTA mean,
-of the best step after plate assignment and of the submitted step.
+wall time, the 6-channel model's validation accuracy during training, and on validation and test the accuracy of
+the TTA mean, of the best step after plate assignment and of the submitted step.
 """
 from __future__ import annotations
 

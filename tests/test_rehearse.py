@@ -35,6 +35,9 @@ def test_the_rehearsal_runs_the_whole_job_on_a_reduced_real_layout(tmp_path):
     tuned = load_predictions(out / "job" / "predictions" / "finetune_test.npz")
     joint = load_predictions(out / "job" / "predictions" / "model_test.npz")
     assert sorted(zip(tuned.index, tuned.view)) == sorted(zip(joint.index, joint.view))
+    # the embeddings file names the checkpoint it came from: a rerun after retraining does not reuse it
+    with np.load(out / "job" / "predictions" / "embeddings.npz") as z:
+        assert str(z["checkpoint"]) == joint.meta["checkpoint"]
     assert all(r["seconds"] >= 0 and r["peak_rss"] > 0 for r in summary["steps"])
     plan = json.loads((out / "job" / "plan.json").read_text())
     assert (plan["model"], plan["crop"], plan["eval_tta"], plan["dihedral"]) == ("convnet_micro", 8, "center", True)

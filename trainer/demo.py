@@ -238,14 +238,13 @@ def train_models(plan: Plan, opts: JobOptions, store_path: Path) -> tuple[Path, 
     return final, metrics
 
 
-def finetune_cell_types(plan: Plan, opts: JobOptions, store_path: Path, init: Path) -> dict[str, Path]:
+def finetune_cell_types(plan: Plan, opts: JobOptions, store: Any, store_path: Path, init: Path) -> dict[str, Path]:
     """A short single-stage run per cell type from the joint model (`plan.steps_finetune` steps each, half the
     plan's learning rate, the same folds): {cell type: its final checkpoint}. Only cell types with a train
     experiment outside the held-out fold can be fine-tuned; the others keep the joint model."""
     if plan.steps_finetune <= 0:
         return {}
     folds = json.loads((init.parents[1] / "folds.json").read_text())
-    store = cellio.open_store(store_path)
     trained = store.sites[store.sites["experiment"].isin(folds["train"])]
     ckpts: dict[str, Path] = {}
     for ct in sorted(trained["cell_type"].unique()):
@@ -284,20 +283,22 @@ def _cached_predictions(ckpt: Path, plan: Plan, store: Any, ds: str, file: Path,
 
 
 def _cached_embeddings(ckpt: Path, plan: Plan, store: Any, file: Path, meter: Any, name: str) -> Any:
-    """Every well's embedding (centre view) under one checkpoint (its cell types only), from `file` when there."""
+    """Every well's embedding (centre view) under one checkpoint (its cell types only), from `file` when it holds
+    this checkpoint's (as `_cached_predictions`: a retrained model must not reuse an earlier model's file)."""
     import numpy as np
 
     from trainer.checkpoint import load_for_inference
     from trainer.embed import WellEmbeddings, extract_embeddings
 
     if file.is_file():
-        z = np.load(file, allow_pickle=False)
-        return WellEmbeddings(z["id_codes"].astype(object), z["vectors"])
+        with np.load(file, allow_pickle=False) as z:
+            if "checkpoint" in z.files and str(z["checkpoint"]) == str(ckpt):
+                return WellEmbeddings(z["id_codes"].astype(object), z["vectors"])
     model, cfg, _ = load_for_inference(ckpt, _device(plan))
     t0 = time.perf_counter()
     with meter(name):
         emb = extract_embeddings(model, cfg, store, datasets=("train", "test"), tta="center", batch_size=plan.batch)
-        np.savez(file, id_codes=emb.id_codes.astype(str), vectors=emb.vectors)
+        np.savez(file, id_codes=emb.id_codes.astype(str), vectors=emb.vectors, checkpoint=np.array(str(ckpt)))
     print(f"   embeddings of {len(emb)} wells in {time.perf_counter() - t0:.1f} s -> {file}")
     return emb
 
@@ -397,8 +398,10 @@ def run_job(opts: JobOptions) -> dict[str, Any]:
     plan = timed("plan", "4. plan", make_job_plan, opts, store, store_path, start)
     print(plan.describe())
     ckpt, metrics = timed("train", "5. train", train_models, plan, opts, store_path)
-    tuned = timed("finetune", "5b. fine-tune per cell type", finetune_cell_types, plan, opts, store_path, ckpt) \
-        if plan.steps_finetune > 0 else {}
+    tuned: dict[str, Path] = {}
+    if plan.steps_finetune > 0:
+        tuned = timed("finetune", "5b. fine-tune per cell type", finetune_cell_types, plan, opts, store, store_path,
+                      ckpt)
     val, test, emb = timed("predict", "6. predict, embed", predict_and_embed, ckpt, plan, store, opts.out,
                            opts.meter)
     if tuned:
