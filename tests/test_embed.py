@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from trainer.embed import WellEmbeddings, centre_per_plate, centroid_scores, main, write_embeddings
+from trainer.embed import (WellEmbeddings, centre_per_plate, centroid_scores, main, within_class_whitening,
+                           write_embeddings)
 
 
 def _table(n_classes=6, cell_types=("HUVEC", "RPE"), experiments=3):
@@ -39,9 +40,41 @@ def test_centroids_classify_cell_type_specific_phenotypes_under_plate_effects():
         return float((ws.classes[ws.scores.argmax(1)] == truth).mean())
 
     assert accuracy(centroid_scores(emb, sites, reference=ref, targets=tgt)) == 1.0
-    assert accuracy(centroid_scores(emb, sites, reference=ref, targets=tgt, per_cell_type=False)) <= 0.5
+    # centres over both cell types mix class c of RPE with class c - 1 of HUVEC
+    assert accuracy(centroid_scores(emb, sites, reference=ref, targets=tgt, per_cell_type=False)) <= 0.6
     x = centre_per_plate(emb, sites)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
+
+
+def test_whitening_finds_classes_hidden_under_large_correlated_well_variation():
+    # wells vary 3x more along two random directions than any class differs: plain cosine is dominated by them,
+    # the within-class covariance knows them and whitening discounts them
+    sites = _table(n_classes=8, experiments=6)
+    rng = np.random.default_rng(3)
+    dim = 12
+    proto = rng.normal(scale=0.5, size=(8, dim))
+    nuisance = rng.normal(size=(2, dim))
+    vec = np.stack([proto[r.sirna] + rng.normal(scale=1.5, size=2) @ nuisance + rng.normal(scale=0.2, size=dim)
+                    for r in sites.itertuples()]).astype(np.float32)
+    emb = WellEmbeddings(sites["id_code"].to_numpy(dtype=object), vec)
+    ref = sites.loc[sites["dataset"] == "train", "id_code"]
+    tgt = sites.loc[sites["dataset"] == "test", "id_code"]
+    truth = sites.set_index("id_code").loc[tgt, "sirna"].to_numpy()
+
+    def accuracy(ws):
+        return float((ws.classes[ws.scores.argmax(1)] == truth).mean())
+
+    whitened = accuracy(centroid_scores(emb, sites, reference=ref, targets=tgt))
+    cosine = accuracy(centroid_scores(emb, sites, reference=ref, targets=tgt, whiten=False))
+    assert whitened >= 0.9 and cosine <= 0.6, (whitened, cosine)
+
+
+def test_whitening_needs_two_wells_of_a_class():
+    x = np.random.default_rng(0).normal(size=(6, 4))
+    assert within_class_whitening(x, np.arange(6), np.zeros(6)) is None  # every class once: nothing to estimate
+    w = within_class_whitening(x, np.array([0, 0, 0, 1, 1, 1]), np.zeros(6))
+    assert w.shape == (4, 4)
+    np.testing.assert_allclose(w, w.T, atol=1e-10)
 
 
 def test_embeddings_files_keep_the_wells_metadata(tmp_path):

@@ -68,9 +68,15 @@ def test_one_stage_plan_spends_the_pseudo_label_time_on_single_steps():
 
 
 def test_finetune_share_splits_the_steps_per_cell_type_and_counts_their_predictions():
-    base = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60), step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
-    ft = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"finetune_share": 0.25}), step_s=0.8, view_s=0.012,
-                       spent_s=60, facts=FACTS)
+    base = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"embed_tta": "center"}), step_s=0.8, view_s=0.012,
+                         spent_s=60, facts=FACTS)
+    ft = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"finetune_share": 0.25, "embed_tta": "center"}),
+                       step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
+    # with whole-site embeddings (twice: joint and fine-tuned) a quarter of this budget is under a quantum per cell
+    # type: the plan says so rather than fine-tuning for nothing
+    none = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"finetune_share": 0.25}), step_s=0.8, view_s=0.012,
+                         spent_s=60, facts=FACTS)
+    assert none.steps_finetune == 0 and any("no fine-tuning" in r for r in none.reasons)
     assert base.steps_finetune == 0 and ft.steps_finetune > 0 and ft.steps_finetune % STEP_QUANTUM == 0
     # the four cell types' runs come out of the same budget, and their predictions cost training steps too
     assert ft.steps_single + 4 * ft.steps_finetune < base.steps_single
@@ -79,6 +85,21 @@ def test_finetune_share_splits_the_steps_per_cell_type_and_counts_their_predicti
     with pytest.raises(ConfigError, match="finetune_share"):
         fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"pseudo_share": 0.5, "finetune_share": 0.5}),
                       step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
+
+
+def test_embedding_views_are_paid_for_in_steps_and_checked():
+    # whole 512 px sites cost (512/224)^2 crops each: fewer steps than centre-crop embeddings, same budget
+    full = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60), step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
+    centre = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"embed_tta": "center"}), step_s=0.8,
+                           view_s=0.012, spent_s=60, facts=FACTS)
+    assert full.embed_tta == "full" and full.whiten and "train.channels_last=true" in full.trainer_overrides()
+    extra = 0.012 * (FACTS.train_sites + FACTS.test_sites) * ((512 / 224) ** 2 - 1)
+    assert full.estimates["predict"] - centre.estimates["predict"] == pytest.approx(extra)
+    assert full.steps_single < centre.steps_single
+    assert "embeddings of full views, whitened centroids" in full.describe()
+    with pytest.raises(ConfigError, match="plan.embed_tta"):
+        fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"embed_tta": "whole"}), step_s=0.8, view_s=0.012,
+                      spent_s=60, facts=FACTS)
 
 
 @pytest.fixture(scope="module")

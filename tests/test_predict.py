@@ -288,3 +288,32 @@ def test_adabn_recomputes_batchnorm_per_plate_and_changes_nothing_else(tiny_stor
     with bn_state(model, state):
         assert not torch.equal(model.state_dict()[next(iter(bn_names))], before[next(iter(bn_names))])
     assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)
+
+
+def test_a_channels_last_checkpoint_predicts_in_that_layout_with_the_same_logits(tmp_path):
+    from cellio.testing import make_store
+    from trainer.checkpoint import load_for_inference
+    from trainer.config import load_config
+    from trainer.models import create_model
+    from trainer.runtime import in_model_layout
+
+    store = make_store(tmp_path / "s.zarr", size=(40, 40), classes=8)
+    class_map = ClassMap.from_sites(store.sites, include_controls=True)
+    torch.manual_seed(0)
+    weights = create_model("densenet_tiny", num_classes=len(class_map)).state_dict()
+    paths = {}
+    for layout in ("false", "true"):
+        cfg = load_config(None, [f"data.store={store.path}", "data.crop_size=32", "data.num_workers=0",
+                                 "data.backend=torch", f"train.channels_last={layout}"])
+        paths[layout] = save_checkpoint(tmp_path / f"m_{layout}.pt", {"model": weights, "config": cfg.to_dict(),
+                                                                       "classes": class_map.to_dict()})
+    model, _, _ = load_for_inference(paths["true"])
+    conv = next(p for p in model.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert in_model_layout(torch.zeros(2, 6, 8, 8), model).is_contiguous(memory_format=torch.channels_last)
+    plain, _, _ = load_for_inference(paths["false"])
+    assert in_model_layout(torch.zeros(2, 6, 8, 8), plain).is_contiguous()
+    a, b = (predict(paths[k], store, datasets="test", tta="center", batch_size=8, progress=False)
+            for k in ("false", "true"))
+    np.testing.assert_array_equal(a.index, b.index)
+    np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-4)

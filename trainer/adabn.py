@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer.runtime import in_model_layout
+
 __all__ = ["bn_modules", "plate_bn_states", "bn_state", "PlateKey"]
 
 PlateKey = tuple[str, int]  # (experiment, plate)
@@ -76,7 +78,7 @@ def plate_bn_states(model: nn.Module, loader: Any, device: torch.device, sites: 
             current = key
         for m in norms:
             m.train()
-        x = batch["image"].to(device)
+        x = in_model_layout(batch["image"].to(device), work)
         ct = batch["cell_type"].to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             work(x, ct)

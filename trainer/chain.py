@@ -237,6 +237,7 @@ class ChainInputs:
     sample_submission: str | Path | None = None  # write submission.csv in this file's rows
     test_truth: str | Path | None = None         # a synthetic set's test labels: score the test steps too
     embeddings: Sequence[Any] = ()               # trainer.embed.WellEmbeddings of every well, one per model
+    whiten: bool = True                          # centroids under the within-class covariance (trainer.embed)
     notes: dict[str, Any] = field(default_factory=dict)  # more for report.json (the plan, training metrics)
 
 
@@ -341,8 +342,8 @@ def _centroids(inputs: ChainInputs, targets: list[str], *, held_out: bool) -> li
     if held_out:
         exps = set(sites.loc[sites["id_code"].isin(targets), "experiment"])
         labelled = labelled[~labelled["experiment"].isin(exps)]
-    return [centroid_scores(e, sites, reference=labelled["id_code"].tolist(), targets=targets)
-            for e in inputs.embeddings]
+    return [centroid_scores(e, sites, reference=labelled["id_code"].tolist(), targets=targets,
+                            whiten=inputs.whiten) for e in inputs.embeddings]
 
 
 def _stacker(inputs: ChainInputs, truth: pd.Series, extra: dict[str, Any]) -> tuple[Any, WellScores | None]:

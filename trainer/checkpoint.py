@@ -194,4 +194,7 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
         raise ConfigError(f"checkpoint {str(path)!r}: weights do not fit model {cfg.model.name!r} "
                           f"with {len(class_map)} classes: {exc}") from None
     log.info("loaded %s (%s, %d classes, step %s)", path, cfg.model.name, len(class_map), state.get("step"))
-    return model.to(device).eval(), cfg, class_map
+    model = model.to(device)
+    if cfg.train.channels_last:  # inference in the layout the model trained in (trainer.runtime.in_model_layout)
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval(), cfg, class_map

@@ -283,8 +283,9 @@ def _cached_predictions(ckpt: Path, plan: Plan, store: Any, ds: str, file: Path,
 
 
 def _cached_embeddings(ckpt: Path, plan: Plan, store: Any, file: Path, meter: Any, name: str) -> Any:
-    """Every well's embedding (centre view) under one checkpoint (its cell types only), from `file` when it holds
-    this checkpoint's (as `_cached_predictions`: a retrained model must not reuse an earlier model's file)."""
+    """Every well's embedding (the plan's `embed_tta` views) under one checkpoint (its cell types only), from
+    `file` when it holds this checkpoint's at these views (as `_cached_predictions`: a retrained model must not
+    reuse an earlier model's file)."""
     import numpy as np
 
     from trainer.checkpoint import load_for_inference
@@ -292,20 +293,24 @@ def _cached_embeddings(ckpt: Path, plan: Plan, store: Any, file: Path, meter: An
 
     if file.is_file():
         with np.load(file, allow_pickle=False) as z:
-            if "checkpoint" in z.files and str(z["checkpoint"]) == str(ckpt):
+            if "checkpoint" in z.files and str(z["checkpoint"]) == str(ckpt) and "tta" in z.files \
+                    and str(z["tta"]) == plan.embed_tta:
                 return WellEmbeddings(z["id_codes"].astype(object), z["vectors"])
     model, cfg, _ = load_for_inference(ckpt, _device(plan))
     t0 = time.perf_counter()
     with meter(name):
-        emb = extract_embeddings(model, cfg, store, datasets=("train", "test"), tta="center", batch_size=plan.batch)
-        np.savez(file, id_codes=emb.id_codes.astype(str), vectors=emb.vectors, checkpoint=np.array(str(ckpt)))
+        # whole sites are ~5x a crop's pixels: a quarter of the batch keeps the activations' memory the same
+        batch = max(1, plan.batch // 4) if plan.embed_tta == "full" else plan.batch
+        emb = extract_embeddings(model, cfg, store, datasets=("train", "test"), tta=plan.embed_tta, batch_size=batch)
+        np.savez(file, id_codes=emb.id_codes.astype(str), vectors=emb.vectors, checkpoint=np.array(str(ckpt)),
+                 tta=np.array(plan.embed_tta))
     print(f"   embeddings of {len(emb)} wells in {time.perf_counter() - t0:.1f} s -> {file}")
     return emb
 
 
 def predict_and_embed(ckpt: Path, plan: Plan, store: Any, out: Path,
                       meter: Any = None) -> tuple[list[Any], list[Any], list[Any]]:
-    """Out-of-fold and test predictions at the plan's TTA, and every well's embedding (centre view); cached."""
+    """Out-of-fold and test predictions at the plan's TTA, and every well's embedding (`embed_tta` views); cached."""
     from trainer.meter import no_meter
 
     meter = meter or no_meter
@@ -412,7 +417,7 @@ def run_job(opts: JobOptions) -> dict[str, Any]:
     t = _step("7. calibrate, ensemble, plate assignment, submission")
     truth = raw / "test_truth.csv"
     with _meter(opts)("chain"):
-        result = run_chain(ChainInputs(store.sites, val, test, seed=opts.seed, embeddings=emb,
+        result = run_chain(ChainInputs(store.sites, val, test, seed=opts.seed, embeddings=emb, whiten=plan.whiten,
                                        sample_submission=sample_submission(raw, opts.out),
                                        test_truth=truth if truth.is_file() else None,
                                        notes={"plan": plan.to_dict(), "training": metrics}), opts.out,

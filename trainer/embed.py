@@ -4,7 +4,11 @@ similarity to class centres (the 2nd place's single model).
 A well's embedding is the mean of `forward_features` over its views and sites. Subtracting each plate's mean
 embedding (and dividing by its spread) removes what the plate adds to every well; what is left is compared, by
 cosine, with the centre of each class's labelled wells. Centres are per cell type where that cell type has the
-class (the same siRNA looks different in different cell types), else over all cell types.
+class (the same siRNA looks different in different cell types), else over all cell types. With `whiten` (the
+default) the centred embeddings are first whitened by the reference wells' pooled within-class covariance
+(Ledoit-Wolf shrinkage): the cosine then weighs a direction by how little it varies between wells of one class,
+not by how much it varies overall (nearest class mean under a shared covariance, as in LDA). On the foreign
+subtle set this raised held-out accuracy after plate assignment from 0.616 to 0.741 (docs/training.md).
 
     emb = extract_embeddings(model, cfg, store, datasets=("train", "test"))      # WellEmbeddings
     scores = centroid_scores(emb, store.sites, reference=train_wells, targets=test_wells)   # WellScores
@@ -28,8 +32,8 @@ from cellio.errors import ConfigError, MetadataError
 
 from trainer.aggregate import WellScores, group_views, well_mean
 
-__all__ = ["WellEmbeddings", "extract_embeddings", "centre_per_plate", "centroid_scores", "write_embeddings",
-           "main"]
+__all__ = ["WellEmbeddings", "extract_embeddings", "centre_per_plate", "within_class_whitening", "centroid_scores",
+           "write_embeddings", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,7 @@ def site_embeddings(model: Any, cfg: Any, store: Any, *, datasets: Sequence[str]
     from tqdm.auto import tqdm
 
     import cellio
+    from trainer.runtime import in_model_layout
 
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     loader = cellio.create_loader(store, batch_size, train=False, augment=cfg.data.augment,
@@ -81,7 +86,7 @@ def site_embeddings(model: Any, cfg: Any, store: Any, *, datasets: Sequence[str]
     model.eval()
     with torch.inference_mode():
         for batch in tqdm(loader, total=len(loader), desc="embeddings", disable=not progress):
-            x = batch["image"].to(dev)
+            x = in_model_layout(batch["image"].to(dev), model)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 f = model.forward_features(x.float() if dev.type != "cuda" else x, batch["cell_type"].to(dev))
             feats.append(f.float().cpu().numpy())
@@ -110,10 +115,30 @@ def centre_per_plate(emb: WellEmbeddings, sites: pd.DataFrame, *, scale: bool = 
     return (x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
 
 
+def within_class_whitening(x: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> np.ndarray | None:
+    """The (F, F) matrix that whitens the pooled within-class covariance of the rows `x` (each class's rows
+    within one group, e.g. one cell type, deviate from their own mean), Ledoit-Wolf shrunk so that a few hundred
+    wells suffice for ~100 features; None when no class has two rows in a group (nothing to estimate from)."""
+    from sklearn.covariance import LedoitWolf
+
+    key = pd.Series(labels.astype(str)).str.cat(pd.Series(groups.astype(str)), sep="/").to_numpy()
+    size = pd.Series(key).map(pd.Series(key).value_counts()).to_numpy()
+    keep = size > 1
+    if keep.sum() < 2:
+        return None
+    res = x - pd.DataFrame(x).groupby(key).transform("mean").to_numpy()
+    # a deviation from a mean of n rows has variance (n-1)/n of the row's: rescale to the rows' own
+    res = res[keep] * np.sqrt(size[keep] / (size[keep] - 1))[:, None]
+    cov = LedoitWolf(assume_centered=True).fit(res).covariance_
+    w, v = np.linalg.eigh(cov)
+    return (v / np.sqrt(np.maximum(w, 1e-12 * max(w.max(), 1e-12)))) @ v.T
+
+
 def centroid_scores(emb: WellEmbeddings, sites: pd.DataFrame, *, reference: Sequence[str],
-                    targets: Sequence[str], per_cell_type: bool = True) -> WellScores:
+                    targets: Sequence[str], per_cell_type: bool = True, whiten: bool = True) -> WellScores:
     """Cosine similarity of each target well to the centre of each class's reference wells (their labels come
-    from `sites`; treatment wells only), after per-plate centring. Kind "logits": calibrate the scale with
+    from `sites`; treatment wells only), after per-plate centring and (`whiten`) whitening by the reference
+    wells' within-class covariance (per cell type and class). Kind "logits": calibrate the scale with
     trainer.calibrate before combining it with other scores."""
     x = pd.DataFrame(centre_per_plate(emb, sites), index=emb.id_codes)
     meta = sites.drop_duplicates("id_code").set_index("id_code")
@@ -123,6 +148,12 @@ def centroid_scores(emb: WellEmbeddings, sites: pd.DataFrame, *, reference: Sequ
         raise ConfigError("centroid_scores: no labelled treatment well among the reference wells")
     labels = ref["sirna"].astype(np.int64)
     classes = np.unique(labels.to_numpy())
+    if whiten:
+        w = within_class_whitening(x.loc[ref.index].to_numpy(np.float64), labels.to_numpy(),
+                                   ref["cell_type"].to_numpy())
+        if w is not None:
+            z = x.to_numpy(np.float64) @ w
+            x = pd.DataFrame(z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-12), index=x.index)
     xr = x.loc[ref.index].to_numpy()
     onehot = (labels.to_numpy()[:, None] == classes[None, :]).astype(np.float64)
 

@@ -18,6 +18,9 @@ What the plan picks (docs/training.md has the measurements behind each choice):
 - Both: a single-stage run with one validation fold held out (whole experiments), then a pseudo-label stage from
   it (test and held-out wells labelled under the plate constraint), nine-crop TTA over both sites, and the
   inference chain (calibration, ensemble weights, rotation inference, plate assignment) choosing by validation.
+- Embeddings: every site whole (`embed_tta=full`: a 224 px centre crop sees a fifth of a 512 px site's cells)
+  and class centres under the within-class covariance (`whiten`); both measured in docs/training.md.
+- Layout: channels_last for training and inference (1.3x faster training steps of densenet_tiny on 2 cores).
 - Per-cell-type fine-tuning (`plan.finetune_share`): a short single-stage run per cell type from the joint model,
   its predictions and embeddings one more ensemble member (on the GPU plan, as the winners did; off on CPU until
   measured to pay, docs/training.md).
@@ -130,6 +133,8 @@ class Plan:
     pseudo_share: float = 1 / 3  # share of the training steps spent in the pseudo-label stage (0: one stage)
     finetune_share: float = 0.0  # share spent fine-tuning the joint model per cell type (0: no fine-tuning)
     steps_finetune: int = 0      # steps of each cell type's fine-tuning run
+    embed_tta: str = "full"      # views the well embeddings average: full | grid9 | center (cellio TTA modes)
+    whiten: bool = True          # embedding centroids under the within-class covariance (trainer.embed)
     estimates: dict[str, float] = field(default_factory=dict)   # seconds per step of the job
     reasons: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
@@ -152,7 +157,8 @@ class Plan:
                f"data.num_workers={self.num_workers}", f"data.n_folds={self.n_folds}",
                f"data.val_fold={self.val_fold}", f"model.name={self.model}", f"optim.lr={self.lr}",
                f"train.device={self.device}", f"train.num_threads={self.threads}",
-               f"pseudo.rounds={self.pseudo_rounds}", f"pseudo.adabn={str(self.adabn).lower()}"]
+               f"pseudo.rounds={self.pseudo_rounds}", f"pseudo.adabn={str(self.adabn).lower()}",
+               "train.channels_last=true"]
         if self.batch_by:
             out.append(f"data.batch_by={self.batch_by}")
         return out
@@ -163,7 +169,8 @@ class Plan:
                  f"{self.steps_single} single + {self.steps_pseudo} pseudo-label steps ({self.pseudo_rounds} "
                  f"rounds){f' + {self.steps_finetune} per cell type' if self.steps_finetune else ''}; "
                  f"validation fold {self.val_fold} of {self.n_folds}; TTA {self.eval_tta}"
-                 f"{' x 8 dihedral' if self.dihedral else ''}{' + AdaBN' if self.adabn else ''}; budget "
+                 f"{' x 8 dihedral' if self.dihedral else ''}{' + AdaBN' if self.adabn else ''}; embeddings of "
+                 f"{self.embed_tta} views, {'whitened' if self.whiten else 'cosine'} centroids; budget "
                  f"{self.budget_s / 60:.1f} min"]
         lines += [f"   - {r}" for r in self.reasons]
         if self.estimates:
@@ -174,7 +181,7 @@ class Plan:
 PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(Plan))
 _OVERRIDABLE = {"device", "processes", "backend", "num_workers", "threads", "model", "crop", "batch", "lr",
                 "n_folds", "val_fold", "steps_single", "steps_pseudo", "pseudo_rounds", "eval_tta", "dihedral",
-                "adabn", "batch_by", "pseudo_share", "finetune_share", "steps_finetune"}
+                "adabn", "batch_by", "pseudo_share", "finetune_share", "steps_finetune", "embed_tta", "whiten"}
 
 
 def _n_folds(facts: DataFacts) -> int:
@@ -227,13 +234,24 @@ def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
     return plan
 
 
+def _crops_per_site(tta: str, plan: Plan, facts: DataFacts) -> float:
+    """The cost of one site's views in TTA mode `tta`, in crop-sized views (a whole site costs its area)."""
+    if tta == "full":
+        return facts.site_size[0] * facts.site_size[1] / max(plan.crop, 1) ** 2
+    return float(VIEWS[tta])
+
+
 def fit_to_budget(plan: Plan, *, step_s: float, view_s: float, spent_s: float, facts: DataFacts) -> Plan:
     """Steps of both stages from the measured seconds per training step and per predicted view, after `spent_s`
-    already used (ingest, setup). Prediction: every test and held-out site at the plan's TTA views, plus one
-    centre view of every train and test site per pseudo-label round (the embedding centroids' references and
-    targets). The short measurement misses validation passes, checkpoints and epoch starts: TRAIN_OVERHEAD."""
+    already used (ingest, setup). Prediction: every test and held-out site at the plan's TTA views, every train
+    and test site at the embeddings' views, plus one centre view of every train and test site per pseudo-label
+    round (the embedding centroids' references and targets). The short measurement misses validation passes,
+    checkpoints and epoch starts: TRAIN_OVERHEAD."""
     step_s *= TRAIN_OVERHEAD
-    views = VIEWS[plan.eval_tta] * (8 if plan.dihedral else 1) * (2 if plan.adabn else 1)
+    for key in ("eval_tta", "embed_tta"):
+        if getattr(plan, key) not in VIEWS:
+            raise ConfigError(f"plan.{key}: expected one of {sorted(VIEWS)}, found {getattr(plan, key)!r}")
+    views = _crops_per_site(plan.eval_tta, plan, facts) * (8 if plan.dihedral else 1) * (2 if plan.adabn else 1)
     held = facts.train_sites / max(plan.n_folds, 1) if plan.val_fold >= 0 else 0.0
     predict_s = view_s * (facts.test_sites + held) * views
     if not 0.0 <= plan.pseudo_share < 1.0:
@@ -244,9 +262,9 @@ def fit_to_budget(plan: Plan, *, step_s: float, view_s: float, spent_s: float, f
     if not 0.0 <= plan.finetune_share < 1.0 or plan.pseudo_share + plan.finetune_share >= 1.0:
         raise ConfigError(f"plan.finetune_share: expected a share in [0, 1) that leaves steps for the joint model "
                           f"with plan.pseudo_share={plan.pseudo_share:g}, found {plan.finetune_share!r}")
-    if plan.finetune_share > 0:  # the fine-tuned models predict every site once more (each its cell type's)
+    predict_s += view_s * (facts.test_sites + facts.train_sites) * _crops_per_site(plan.embed_tta, plan, facts)
+    if plan.finetune_share > 0:  # the fine-tuned models predict and embed every site once more (its cell type's)
         predict_s *= 2
-        predict_s += view_s * (facts.test_sites + facts.train_sites)  # and embed them
     chain_s, margin_s = 20.0 + 0.002 * (facts.test_sites + held), 0.05 * plan.budget_s
     left = plan.budget_s - spent_s - predict_s - pseudo_s - chain_s - margin_s
     total = max(0, int(left / max(step_s, 1e-6)))
@@ -262,6 +280,9 @@ def fit_to_budget(plan: Plan, *, step_s: float, view_s: float, spent_s: float, f
                           f"of prediction: raise --budget or lower plan.crop / plan.eval_tta")
     plan.steps_single, plan.steps_pseudo = single, pseudo if pseudo >= STEP_QUANTUM else 0
     plan.steps_finetune = finetune
+    if plan.finetune_share > 0 and finetune == 0:
+        plan.reasons.append(f"plan.finetune_share={plan.finetune_share:g} leaves under {STEP_QUANTUM} steps per cell "
+                            "type: no fine-tuning (raise --budget, or plan.steps_finetune=N)")
     plan.reasons.append(f"measured {step_s:.3f} s per step and {1000 * view_s:.1f} ms per view: "
                         f"{plan.steps_single} single-stage steps, {plan.steps_pseudo} pseudo-label steps"
                         + (f", {finetune} fine-tuning steps per cell type" if plan.finetune_share > 0 else ""))

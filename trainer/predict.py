@@ -168,6 +168,7 @@ def predict_views(model: Any, cfg: Any, class_map: Any, store: Any, *, datasets:
     from tqdm.auto import tqdm
 
     import cellio
+    from trainer.runtime import in_model_layout
 
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     crop = crop_size or cfg.data.val_crop_size or cfg.data.crop_size
@@ -197,7 +198,7 @@ def predict_views(model: Any, cfg: Any, class_map: Any, store: Any, *, datasets:
     model.eval()
     with torch.inference_mode():
         for batch in tqdm(loader, total=len(loader), desc=desc, disable=not progress):
-            x = batch["image"].to(dev, non_blocking=True)
+            x = in_model_layout(batch["image"].to(dev, non_blocking=True), model)
             ct = batch["cell_type"].to(dev, non_blocking=True)
             plate_norm = contextlib.nullcontext() if states is None else \
                 bn_state(model, states[(str(experiment[int(batch["index"][0])]), int(batch["plate"][0]))])

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .config import Config
 
 __all__ = ["Env", "setup_env", "seed_everything", "rng_state", "set_rng_state", "amp_dtype", "autocast",
-           "all_reduce_sum", "unwrap"]
+           "all_reduce_sum", "unwrap", "in_model_layout"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,17 @@ def amp_dtype(cfg: "Config", device: torch.device) -> torch.dtype | None:
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def in_model_layout(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """A 4-d batch in the memory format of the model's first convolution: channels_last models
+    (train.channels_last, 1.3x faster training steps on CPU for densenet_tiny, docs/training.md) get
+    channels_last inputs at inference too, so no layer converts back and forth."""
+    conv = next((p for p in model.parameters() if p.dim() == 4), None)
+    if x.dim() == 4 and conv is not None and conv.is_contiguous(memory_format=torch.channels_last) \
+            and not conv.is_contiguous():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def all_reduce_sum(t: torch.Tensor, env: Env) -> torch.Tensor:
