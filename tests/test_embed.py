@@ -22,6 +22,14 @@ def _table(n_classes=6, cell_types=("HUVEC", "RPE"), experiments=3):
     return pd.DataFrame(rows).astype({"sirna": "Int64"})
 
 
+def _test_accuracy(emb, sites, **kwargs):
+    """Top-1 accuracy of the test wells' centroid scores (centres from the train wells) against their labels."""
+    ws = centroid_scores(emb, sites, reference=sites.loc[sites["dataset"] == "train", "id_code"],
+                         targets=sites.loc[sites["dataset"] == "test", "id_code"], **kwargs)
+    truth = sites.set_index("id_code").loc[ws.id_codes, "sirna"].to_numpy()
+    return float((ws.classes[ws.scores.argmax(1)] == truth).mean())
+
+
 def test_centroids_classify_cell_type_specific_phenotypes_under_plate_effects():
     sites = _table()
     rng = np.random.default_rng(0)
@@ -32,16 +40,13 @@ def test_centroids_classify_cell_type_specific_phenotypes_under_plate_effects():
     vec = np.stack([proto[r.cell_type][r.sirna] + plate_shift[(r.experiment, r.plate)] + rng.normal(scale=0.3, size=dim)
                     for r in sites.itertuples()]).astype(np.float32)
     emb = WellEmbeddings(sites["id_code"].to_numpy(dtype=object), vec)
-    ref = sites.loc[sites["dataset"] == "train", "id_code"]
-    tgt = sites.loc[sites["dataset"] == "test", "id_code"]
-    truth = sites.set_index("id_code").loc[tgt, "sirna"].to_numpy()
 
-    def accuracy(ws):
-        return float((ws.classes[ws.scores.argmax(1)] == truth).mean())
+    def accuracy(**kwargs):
+        return _test_accuracy(emb, sites, **kwargs)
 
-    assert accuracy(centroid_scores(emb, sites, reference=ref, targets=tgt)) == 1.0
+    assert accuracy() == 1.0
     # centres over both cell types mix class c of RPE with class c - 1 of HUVEC
-    assert accuracy(centroid_scores(emb, sites, reference=ref, targets=tgt, per_cell_type=False)) <= 0.6
+    assert accuracy(per_cell_type=False) <= 0.6
     x = centre_per_plate(emb, sites)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
 
@@ -57,15 +62,7 @@ def test_whitening_finds_classes_hidden_under_large_correlated_well_variation():
     vec = np.stack([proto[r.sirna] + rng.normal(scale=1.5, size=2) @ nuisance + rng.normal(scale=0.2, size=dim)
                     for r in sites.itertuples()]).astype(np.float32)
     emb = WellEmbeddings(sites["id_code"].to_numpy(dtype=object), vec)
-    ref = sites.loc[sites["dataset"] == "train", "id_code"]
-    tgt = sites.loc[sites["dataset"] == "test", "id_code"]
-    truth = sites.set_index("id_code").loc[tgt, "sirna"].to_numpy()
-
-    def accuracy(ws):
-        return float((ws.classes[ws.scores.argmax(1)] == truth).mean())
-
-    whitened = accuracy(centroid_scores(emb, sites, reference=ref, targets=tgt))
-    cosine = accuracy(centroid_scores(emb, sites, reference=ref, targets=tgt, whiten=False))
+    whitened, cosine = _test_accuracy(emb, sites), _test_accuracy(emb, sites, whiten=False)
     assert whitened >= 0.9 and cosine <= 0.6, (whitened, cosine)
 
 
