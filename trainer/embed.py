@@ -7,8 +7,8 @@ cosine, with the centre of each class's labelled wells. Centres are per cell typ
 class (the same siRNA looks different in different cell types), else over all cell types. With `whiten` (the
 default) the centred embeddings are first whitened by the reference wells' pooled within-class covariance
 (Ledoit-Wolf shrinkage): the cosine then weighs a direction by how little it varies between wells of one class,
-not by how much it varies overall (nearest class mean under a shared covariance, as in LDA). On the foreign
-subtle set this raised held-out accuracy after plate assignment from 0.616 to 0.741 (docs/training.md).
+not by how much it varies overall (nearest class mean under a shared covariance, as in LDA). On a foreign
+subtle set this raised held-out accuracy after plate assignment from 0.688 to 0.777 (docs/training.md).
 
     emb = extract_embeddings(model, cfg, store, datasets=("train", "test"))      # WellEmbeddings
     scores = centroid_scores(emb, store.sites, reference=train_wells, targets=test_wells)   # WellScores

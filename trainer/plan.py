@@ -20,7 +20,7 @@ What the plan picks (docs/training.md has the measurements behind each choice):
   inference chain (calibration, ensemble weights, rotation inference, plate assignment) choosing by validation.
 - Embeddings: every site whole (`embed_tta=full`: a 224 px centre crop sees a fifth of a 512 px site's cells)
   and class centres under the within-class covariance (`whiten`); both measured in docs/training.md.
-- Layout: channels_last for training and inference (1.3x faster training steps of densenet_tiny on 2 cores).
+- Layout: channels_last for training and inference (1.22x faster training of densenet_tiny in a full run on 2 cores).
 - Per-cell-type fine-tuning (`plan.finetune_share`): a short single-stage run per cell type from the joint model,
   its predictions and embeddings one more ensemble member (on the GPU plan, as the winners did; off on CPU until
   measured to pay, docs/training.md).
