@@ -42,8 +42,8 @@ def test_the_gpu_plan_and_overrides():
 
 
 def test_steps_come_from_the_budget_and_a_too_small_budget_is_an_error():
-    plan = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"pseudo_share": 1 / 3}), step_s=0.8, view_s=0.012,
-                         spent_s=60, facts=FACTS)
+    plan = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"pseudo_share": 1 / 3, "refit_share": 0}),
+                         step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
     assert plan.steps_single % STEP_QUANTUM == 0 and plan.steps_pseudo % STEP_QUANTUM == 0
     assert 1.8 <= plan.steps_single / plan.steps_pseudo <= 2.3
     used = sum(plan.estimates.values())
@@ -61,21 +61,22 @@ def test_one_stage_plan_spends_the_pseudo_label_time_on_single_steps():
     one = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60), step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
     assert one.steps_pseudo == 0 and one.estimates["pseudo-label predictions"] == 0
     # the labelling rounds' prediction time goes to training too
-    assert one.steps_single > two.steps_single + two.steps_pseudo
+    assert one.steps_single + one.steps_refit > two.steps_single + two.steps_pseudo + two.steps_refit
     with pytest.raises(ConfigError, match="pseudo_share"):
         fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"pseudo_share": 1.0}), step_s=0.8, view_s=0.012,
                       spent_s=60, facts=FACTS)
 
 
 def test_finetune_share_splits_the_steps_per_cell_type_and_counts_their_predictions():
-    base = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"embed_tta": "center"}), step_s=0.8, view_s=0.012,
-                         spent_s=60, facts=FACTS)
-    ft = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"finetune_share": 0.25, "embed_tta": "center"}),
+    base = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"embed_tta": "center", "refit_share": 0}),
+                         step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
+    ft = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"finetune_share": 0.25, "embed_tta": "center",
+                                                               "refit_share": 0}),
                        step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
     # with whole-site embeddings (twice: joint and fine-tuned) a quarter of this budget is under a quantum per cell
     # type: the plan says so rather than fine-tuning for nothing
-    none = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"finetune_share": 0.25}), step_s=0.8, view_s=0.012,
-                         spent_s=60, facts=FACTS)
+    none = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"finetune_share": 0.25, "refit_share": 0}),
+                         step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
     assert none.steps_finetune == 0 and any("no fine-tuning" in r for r in none.reasons)
     assert base.steps_finetune == 0 and ft.steps_finetune > 0 and ft.steps_finetune % STEP_QUANTUM == 0
     # the four cell types' runs come out of the same budget, and their predictions cost training steps too
@@ -93,13 +94,52 @@ def test_embedding_views_are_paid_for_in_steps_and_checked():
     centre = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"embed_tta": "center"}), step_s=0.8,
                            view_s=0.012, spent_s=60, facts=FACTS)
     assert full.embed_tta == "full" and full.whiten and "train.channels_last=true" in full.trainer_overrides()
-    extra = 0.012 * (FACTS.train_sites + FACTS.test_sites) * ((512 / 224) ** 2 - 1)
+    # every train and test site, and the train sites once more by the model before the refit
+    extra = 0.012 * (2 * FACTS.train_sites + FACTS.test_sites) * ((512 / 224) ** 2 - 1)
     assert full.estimates["predict"] - centre.estimates["predict"] == pytest.approx(extra)
     assert full.steps_single < centre.steps_single
     assert "embeddings of full views, whitened centroids" in full.describe()
     with pytest.raises(ConfigError, match="plan.embed_tta"):
         fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"embed_tta": "whole"}), step_s=0.8, view_s=0.012,
                       spent_s=60, facts=FACTS)
+
+
+def test_the_cpu_plan_refits_on_every_experiment_and_says_when_it_cannot():
+    plan = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60), step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
+    assert plan.refit_share > 0 and plan.steps_refit > 0 and plan.steps_refit % STEP_QUANTUM == 0
+    total = plan.steps_single + plan.steps_refit
+    assert abs(plan.steps_refit / total - plan.refit_share) < 0.05
+    assert plan.estimates["train"] == pytest.approx(total * 0.8 * 1.15)
+    assert make_plan(FACTS, Hardware(16, (("H200", 139.0),)), 3600).refit_share == 0  # the GPU plan pseudo-labels
+    # no held-out fold: nothing to refit, and the plan says why
+    every = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"val_fold": -1}), step_s=0.8, view_s=0.012,
+                          spent_s=60, facts=FACTS)
+    assert every.steps_refit == 0 and any(r.startswith("no held-out fold") for r in every.reasons)
+    assert every.steps_single >= total
+    with pytest.raises(ConfigError, match="do not combine"):
+        fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"finetune_share": 0.2}), step_s=0.8, view_s=0.012,
+                      spent_s=60, facts=FACTS)
+    with pytest.raises(ConfigError, match="plan.refit_share"):
+        fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"refit_share": 1.0}), step_s=0.8, view_s=0.012,
+                      spent_s=60, facts=FACTS)
+
+
+def test_the_refit_is_sized_to_the_time_left_and_the_plan_saved(tmp_path):
+    from trainer.demo import JobOptions, seconds_per_step, size_refit
+    from trainer.plan import load_plan
+
+    plan = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60), step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
+    opts = JobOptions(out=tmp_path)
+    after = 14 * 60 - plan.estimates["predict"] - plan.estimates["chain"] - 0.05 * 14 * 60
+    size_refit(plan, opts, elapsed_s=after - 201.0, step_s=0.5)  # 402 steps' time
+    assert plan.steps_refit == 400 and load_plan(tmp_path / "plan.json").steps_refit == 400
+    size_refit(plan, opts, elapsed_s=after - 10.0, step_s=0.5)  # under a quantum of steps left: no refit
+    assert plan.steps_refit == 0 and "no refit" in plan.reasons[-1]
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(json.dumps(e) for e in [{"event": "train", "step": 10, "time": 100.0},
+                                                       {"event": "val", "step": 20, "time": 109.0},
+                                                       {"event": "train", "step": 30, "time": 112.0}]))
+    assert seconds_per_step(log) == pytest.approx(0.6)
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +184,46 @@ def test_the_gpu_plan_runs_end_to_end_on_cpu(raw, tmp_path, processes):
     for ds in ("validation", "test"):
         joint, tuned_p = (load_predictions(out / "predictions" / f"{m}_{ds}.npz") for m in ("model", "finetune"))
         assert sorted(zip(joint.index, joint.view)) == sorted(zip(tuned_p.index, tuned_p.view))
+
+
+def test_the_refit_trains_on_every_experiment_and_scores_only_test(raw, tmp_path):
+    # the CPU plan's refit: validation (predictions and the centroids' embeddings) from the model before it, so no
+    # held-out well is scored by a model that trained on it; test from the model after it
+    import numpy as np
+    import yaml
+
+    from trainer.predict import load_predictions
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "trainer.demo", "--data", str(raw), "--out", str(out), "--hardware", "cpu",
+           "plan.steps_refit=4", *[t for t in TINY if "pseudo" not in t], "plan.steps_pseudo=0"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    single, refit = out / "runs" / "single", out / "runs" / "refit"
+    cfg = yaml.safe_load((refit / "config.yaml").read_text())
+    assert cfg["data"]["val_fold"] == -1 and cfg["train"]["init_from"] == str(single / "checkpoints" / "last.pt")
+    assert cfg["train"]["max_steps"] == 4 and cfg["optim"]["lr"] == pytest.approx(0.5 * cfg_lr(single))
+    held = json.loads((single / "folds.json").read_text())["val"]
+    every = json.loads((refit / "folds.json").read_text())
+    assert held and every["val"] == [] and set(held) <= set(every["train"])
+    pred = out / "predictions"
+    assert load_predictions(pred / "model_validation.npz").meta["checkpoint"] == str(single / "checkpoints/last.pt")
+    assert load_predictions(pred / "model_test.npz").meta["checkpoint"] == str(refit / "checkpoints/last.pt")
+    sites = pd.read_csv(raw / "train.csv")
+    with np.load(pred / "embeddings_validation.npz") as z:
+        assert str(z["checkpoint"]) == str(single / "checkpoints/last.pt")
+        assert set(z["id_codes"]) <= set(sites["id_code"]) | set(pd.read_csv(raw / "train_controls.csv")["id_code"])
+    with np.load(pred / "embeddings.npz") as z:
+        assert str(z["checkpoint"]) == str(refit / "checkpoints/last.pt")
+    report = json.loads((out / "report.json").read_text())
+    assert "refit" in report["training"] and report["plan"]["steps_refit"] == 4
+
+
+def cfg_lr(run: Path) -> float:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"]
 
 
 def test_a_repeated_budget_measurement_times_only_its_own_steps(raw, tmp_path):

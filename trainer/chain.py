@@ -237,6 +237,8 @@ class ChainInputs:
     sample_submission: str | Path | None = None  # write submission.csv in this file's rows
     test_truth: str | Path | None = None         # a synthetic set's test labels: score the test steps too
     embeddings: Sequence[Any] = ()               # trainer.embed.WellEmbeddings of every well, one per model
+    val_embeddings: Sequence[Any] = ()           # for the out-of-fold centroids, when other models made `val`
+                                                 # than `test` (a refit on every experiment); default: embeddings
     whiten: bool = True                          # centroids under the within-class covariance (trainer.embed)
     notes: dict[str, Any] = field(default_factory=dict)  # more for report.json (the plan, training metrics)
 
@@ -334,7 +336,8 @@ def _centroids(inputs: ChainInputs, targets: list[str], *, held_out: bool) -> li
     class centres come only from experiments other than the targets'; for test, from every labelled train well."""
     from trainer.embed import centroid_scores
 
-    if not inputs.embeddings:
+    embeddings = (inputs.val_embeddings or inputs.embeddings) if held_out else inputs.embeddings
+    if not embeddings:
         return []
     sites = inputs.sites
     wells = sites.drop_duplicates("id_code")
@@ -343,7 +346,7 @@ def _centroids(inputs: ChainInputs, targets: list[str], *, held_out: bool) -> li
         exps = set(sites.loc[sites["id_code"].isin(targets), "experiment"])
         labelled = labelled[~labelled["experiment"].isin(exps)]
     return [centroid_scores(e, sites, reference=labelled["id_code"].tolist(), targets=targets,
-                            whiten=inputs.whiten) for e in inputs.embeddings]
+                            whiten=inputs.whiten) for e in embeddings]
 
 
 def _stacker(inputs: ChainInputs, truth: pd.Series, extra: dict[str, Any]) -> tuple[Any, WellScores | None]:

@@ -32,12 +32,13 @@ from typing import Any
 import cellio
 
 from trainer.config import Config, load_config, save_config
-from trainer.plan import DataFacts, Hardware, Plan, fit_to_budget, load_plan, make_plan, save_plan
+from trainer.plan import STEP_QUANTUM, DataFacts, Hardware, Plan, fit_to_budget, load_plan, make_plan, save_plan
 
 log = logging.getLogger("trainer.demo")
 
 SYNTH_MARKER = ".cellio-synth.json"
 FINETUNE_LR = 0.5               # a cell type's fine-tuning run starts at this fraction of the plan's lr
+REFIT_LR = 0.5                  # the refit on every train experiment restarts at this fraction of the plan's lr
 DEFAULT_BUDGET_MIN = 14.0
 
 # The embedded synthetic set ("default": subtle, cell-type-specific phenotypes at 512 px, ~1,700 sites) and the
@@ -216,8 +217,11 @@ def train(cfg: Config, plan: Plan) -> dict[str, Any]:
     return json.loads((Path(cfg.out) / "final_metrics.json").read_text())
 
 
-def train_models(plan: Plan, opts: JobOptions, store_path: Path) -> tuple[Path, dict[str, Any]]:
-    """The single stage, then the pseudo-label stage from it; (final checkpoint, metrics of both)."""
+def train_models(plan: Plan, opts: JobOptions, store_path: Path,
+                 start: float) -> tuple[Path, Path, dict[str, Any]]:
+    """The single stage, then the pseudo-label stage from it, then the refit on every train experiment; (the model
+    that scores the held-out fold, the model that scores test, metrics of every stage). Without a refit both are
+    the last joint model. `start`: when the job started (the refit is sized to the time left)."""
     single = opts.out / "runs" / "single"
     with _meter(opts)("train: single stage"):
         m1 = train(run_config(plan, opts, store_path, single, f"train.max_steps={plan.steps_single}"), plan)
@@ -235,7 +239,47 @@ def train_models(plan: Plan, opts: JobOptions, store_path: Path) -> tuple[Path, 
         _print_metrics("6-channel model + pseudo-labels", m2)
         metrics["pseudo"] = {**_scalars(m2), "rounds": m2.get("pseudo_rounds", [])}
         final = pseudo / "checkpoints" / "last.pt"
-    return final, metrics
+    if plan.steps_refit <= 0 or plan.val_fold < 0:
+        return final, final, metrics
+    refit = opts.out / "runs" / "refit"
+    if plan.estimates and "steps_refit" not in opts.plan_overrides and not (refit / "checkpoints" / "last.pt").exists():
+        size_refit(plan, opts, time.perf_counter() - start, seconds_per_step(single / "log.jsonl"))
+        if plan.steps_refit <= 0:
+            return final, final, metrics
+    with _meter(opts)("train: refit on every experiment"):
+        m3 = train(run_config(plan, opts, store_path, refit, "data.val_fold=-1", f"train.init_from={final}",
+                              f"train.max_steps={plan.steps_refit}", f"optim.lr={plan.lr * REFIT_LR}",
+                              f"optim.warmup_steps={max(1, plan.steps_refit // 10)}"), plan)
+    metrics["refit"] = _scalars(m3)
+    print(f"   refit on every train experiment: {plan.steps_refit} steps")
+    return final, refit / "checkpoints" / "last.pt", metrics
+
+
+def seconds_per_step(log_file: Path) -> float:
+    """A finished run's wall seconds per optimizer step, its validation passes included (from its log.jsonl)."""
+    events = [e for e in map(json.loads, log_file.read_text().splitlines()) if e["event"] == "train"]
+    if len(events) < 2:
+        raise cellio.CellioError(f"{log_file}: fewer than two train log lines; cannot time the run's steps")
+    return (events[-1]["time"] - events[0]["time"]) / max(events[-1]["step"] - events[0]["step"], 1)
+
+
+def size_refit(plan: Plan, opts: JobOptions, elapsed_s: float, step_s: float) -> None:
+    """Set `plan.steps_refit` from the time the budget has left after `elapsed_s`, at the single stage's real
+    seconds per step, less the plan's estimates of prediction and the chain and its 5 % margin; save the plan.
+    The plan's step measurement is a few steps at the job's start (measured 15-20 % slow against the real run),
+    so the refit is where the budget it left unused is spent."""
+    left = plan.budget_s - elapsed_s - plan.estimates.get("predict", 0.0) - plan.estimates.get("chain", 0.0) \
+        - 0.05 * plan.budget_s
+    steps = max(0, int(left / max(step_s, 1e-6))) // STEP_QUANTUM * STEP_QUANTUM
+    if steps < STEP_QUANTUM:
+        plan.reasons.append(f"refit: {max(left, 0):.0f} s left at {step_s:.2f} s per step when it was due: no refit")
+        steps = 0
+    else:
+        plan.reasons.append(f"refit: {steps} steps (planned {plan.steps_refit}) for the {left:.0f} s left at the "
+                            f"single stage's {step_s:.3f} s per step")
+    print(f"   {plan.reasons[-1]}")
+    plan.steps_refit = steps
+    save_plan(plan, opts.out / "plan.json")
 
 
 def finetune_cell_types(plan: Plan, opts: JobOptions, store: Any, store_path: Path, init: Path) -> dict[str, Path]:
@@ -282,8 +326,10 @@ def _cached_predictions(ckpt: Path, plan: Plan, store: Any, ds: str, file: Path,
     return preds
 
 
-def _cached_embeddings(ckpt: Path, plan: Plan, store: Any, file: Path, meter: Any, name: str) -> Any:
-    """Every well's embedding (the plan's `embed_tta` views) under one checkpoint (its cell types only), from
+def _cached_embeddings(ckpt: Path, plan: Plan, store: Any, file: Path, meter: Any, name: str,
+                       datasets: tuple[str, ...] = ("train", "test")) -> Any:
+    """Every well's embedding of `datasets` (the plan's `embed_tta` views) under one checkpoint (its cell types
+    only), from
     `file` when it holds this checkpoint's at these views (as `_cached_predictions`: a retrained model must not
     reuse an earlier model's file)."""
     import numpy as np
@@ -301,31 +347,37 @@ def _cached_embeddings(ckpt: Path, plan: Plan, store: Any, file: Path, meter: An
     with meter(name):
         # whole sites are ~5x a crop's pixels: a quarter of the batch keeps the activations' memory the same
         batch = max(1, plan.batch // 4) if plan.embed_tta == "full" else plan.batch
-        emb = extract_embeddings(model, cfg, store, datasets=("train", "test"), tta=plan.embed_tta, batch_size=batch)
+        emb = extract_embeddings(model, cfg, store, datasets=datasets, tta=plan.embed_tta, batch_size=batch)
         np.savez(file, id_codes=emb.id_codes.astype(str), vectors=emb.vectors, checkpoint=np.array(str(ckpt)),
                  tta=np.array(plan.embed_tta))
     print(f"   embeddings of {len(emb)} wells in {time.perf_counter() - t0:.1f} s -> {file}")
     return emb
 
 
-def predict_and_embed(ckpt: Path, plan: Plan, store: Any, out: Path,
-                      meter: Any = None) -> tuple[list[Any], list[Any], list[Any]]:
-    """Out-of-fold and test predictions at the plan's TTA, and every well's embedding (`embed_tta` views); cached."""
+def predict_and_embed(val_ckpt: Path, test_ckpt: Path, plan: Plan, store: Any, out: Path,
+                      meter: Any = None) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    """Out-of-fold predictions by `val_ckpt` and test predictions by `test_ckpt` at the plan's TTA; every well's
+    embedding (`embed_tta` views) by `test_ckpt`, and, when the two differ (a refit), the train wells' by
+    `val_ckpt` for the out-of-fold centroids: (validation, test, embeddings, validation embeddings); cached."""
     from trainer.meter import no_meter
 
     meter = meter or no_meter
     kinds = ("validation", "test") if plan.val_fold >= 0 else ("test",)
-    preds = {ds: _cached_predictions(ckpt, plan, store, ds, out / "predictions" / f"model_{ds}.npz", meter,
-                                     f"predict: {ds}") for ds in kinds}
-    emb = _cached_embeddings(ckpt, plan, store, out / "predictions" / "embeddings.npz", meter, "embeddings")
-    return [preds["validation"]] if "validation" in preds else [], [preds["test"]], [emb]
+    preds = {ds: _cached_predictions(val_ckpt if ds == "validation" else test_ckpt, plan, store, ds,
+                                     out / "predictions" / f"model_{ds}.npz", meter, f"predict: {ds}") for ds in kinds}
+    emb = _cached_embeddings(test_ckpt, plan, store, out / "predictions" / "embeddings.npz", meter, "embeddings")
+    val_emb = emb
+    if val_ckpt != test_ckpt and "validation" in preds:
+        val_emb = _cached_embeddings(val_ckpt, plan, store, out / "predictions" / "embeddings_validation.npz", meter,
+                                     "embeddings: train wells, before the refit", datasets=("train",))
+    return [preds["validation"]] if "validation" in preds else [], [preds["test"]], [emb], [val_emb]
 
 
 def predict_and_embed_finetuned(ckpts: dict[str, Path], joint: tuple[list[Any], list[Any], list[Any]], plan: Plan,
                                 store: Any, out: Path, meter: Any = None) -> tuple[list[Any], list[Any], list[Any]]:
     """The per-cell-type fine-tuned models as one ensemble member: each cell type's sites predicted and embedded
     by its own model (a cell type without one keeps the joint model's rows), joined into one Predictions per split
-    and one WellEmbeddings, in the shape `predict_and_embed` returns."""
+    and one WellEmbeddings, in the shape of `predict_and_embed`'s first three."""
     from trainer.embed import WellEmbeddings
     from trainer.meter import no_meter
     from trainer.predict import concat_predictions, load_predictions
@@ -402,22 +454,23 @@ def run_job(opts: JobOptions) -> dict[str, Any]:
     store = cellio.open_store(store_path)
     plan = timed("plan", "4. plan", make_job_plan, opts, store, store_path, start)
     print(plan.describe())
-    ckpt, metrics = timed("train", "5. train", train_models, plan, opts, store_path)
+    ckpt, test_ckpt, metrics = timed("train", "5. train", train_models, plan, opts, store_path, start)
     tuned: dict[str, Path] = {}
     if plan.steps_finetune > 0:
         tuned = timed("finetune", "5b. fine-tune per cell type", finetune_cell_types, plan, opts, store, store_path,
                       ckpt)
-    val, test, emb = timed("predict", "6. predict, embed", predict_and_embed, ckpt, plan, store, opts.out,
-                           opts.meter)
-    if tuned:
+    val, test, emb, val_emb = timed("predict", "6. predict, embed", predict_and_embed, ckpt, test_ckpt, plan, store,
+                                    opts.out, opts.meter)
+    if tuned:  # the plan never combines fine-tuning with a refit: test_ckpt is ckpt here, val_emb is emb
         tv, tt, te = timed("predict_finetuned", "6b. predict, embed: the fine-tuned models",
                            predict_and_embed_finetuned, tuned, (val, test, emb), plan, store, opts.out, opts.meter)
-        val, test, emb = val + tv, test + tt, emb + te
+        val, test, emb, val_emb = val + tv, test + tt, emb + te, val_emb + te
         metrics["finetune"] = {ct: str(p) for ct, p in tuned.items()}
     t = _step("7. calibrate, ensemble, plate assignment, submission")
     truth = raw / "test_truth.csv"
     with _meter(opts)("chain"):
-        result = run_chain(ChainInputs(store.sites, val, test, seed=opts.seed, embeddings=emb, whiten=plan.whiten,
+        result = run_chain(ChainInputs(store.sites, val, test, seed=opts.seed, embeddings=emb,
+                                       val_embeddings=val_emb, whiten=plan.whiten,
                                        sample_submission=sample_submission(raw, opts.out),
                                        test_truth=truth if truth.is_file() else None,
                                        notes={"plan": plan.to_dict(), "training": metrics}), opts.out,

@@ -24,9 +24,14 @@ What the plan picks (docs/training.md has the measurements behind each choice):
 - Per-cell-type fine-tuning (`plan.finetune_share`): a short single-stage run per cell type from the joint model,
   its predictions and embeddings one more ensemble member (on the GPU plan, as the winners did; off on CPU until
   measured to pay, docs/training.md).
+- Refit (`plan.refit_share`, on in the CPU plan): the held-out fold is there to choose and calibrate the chain's
+  steps, but it takes a quarter of the labelled experiments from training (with two train experiments per cell
+  type, half of a held-out cell type's). After the single stage, the joint model trains on for a share of the
+  steps on every train experiment; the validation fold is scored by the model before the refit (out of fold),
+  the test set by the model after it. The main job sizes the refit to the time actually left when it starts.
 - Steps: what the time budget leaves after ingest, prediction and the chain, at the measured step time, split
-  between the stages (`pseudo_share`, `finetune_share`), rounded down to a multiple of 25 so reruns on one
-  machine agree.
+  between the stages (`pseudo_share`, `finetune_share`, `refit_share`), rounded down to a multiple of 25 so
+  reruns on one machine agree.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ TRAIN_OVERHEAD = 1.15
 STEP_QUANTUM = 25           # steps are rounded down to a multiple of this
 VIEWS = {"center": 1, "grid9": 9, "full": 1}
 GPU_FINETUNE_SHARE = 0.2    # share of the GPU plan's steps in per-cell-type fine-tuning runs
+CPU_REFIT_SHARE = 0.3       # share of the CPU plan's steps in the refit on every train experiment
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,8 @@ class Plan:
     pseudo_share: float = 1 / 3  # share of the training steps spent in the pseudo-label stage (0: one stage)
     finetune_share: float = 0.0  # share spent fine-tuning the joint model per cell type (0: no fine-tuning)
     steps_finetune: int = 0      # steps of each cell type's fine-tuning run
+    refit_share: float = 0.0     # share spent training on every train experiment after the joint model (0: none)
+    steps_refit: int = 0         # steps of that refit (resized to the time left when it starts)
     embed_tta: str = "full"      # views the well embeddings average: full | grid9 | center (cellio TTA modes)
     whiten: bool = True          # embedding centroids under the within-class covariance (trainer.embed)
     estimates: dict[str, float] = field(default_factory=dict)   # seconds per step of the job
@@ -167,7 +175,8 @@ class Plan:
         lines = [f"plan: {self.model} on {self.crop}px crops, batch {self.batch}, {self.device} x {self.processes} "
                  f"({self.backend} loader, {self.num_workers} workers, {self.threads} threads); "
                  f"{self.steps_single} single + {self.steps_pseudo} pseudo-label steps ({self.pseudo_rounds} "
-                 f"rounds){f' + {self.steps_finetune} per cell type' if self.steps_finetune else ''}; "
+                 f"rounds){f' + {self.steps_finetune} per cell type' if self.steps_finetune else ''}"
+                 f"{f' + {self.steps_refit} refit on every experiment' if self.steps_refit else ''}; "
                  f"validation fold {self.val_fold} of {self.n_folds}; TTA {self.eval_tta}"
                  f"{' x 8 dihedral' if self.dihedral else ''}{' + AdaBN' if self.adabn else ''}; embeddings of "
                  f"{self.embed_tta} views, {'whitened' if self.whiten else 'cosine'} centroids; budget "
@@ -181,7 +190,8 @@ class Plan:
 PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(Plan))
 _OVERRIDABLE = {"device", "processes", "backend", "num_workers", "threads", "model", "crop", "batch", "lr",
                 "n_folds", "val_fold", "steps_single", "steps_pseudo", "pseudo_rounds", "eval_tta", "dihedral",
-                "adabn", "batch_by", "pseudo_share", "finetune_share", "steps_finetune", "embed_tta", "whiten"}
+                "adabn", "batch_by", "pseudo_share", "finetune_share", "steps_finetune", "embed_tta", "whiten",
+                "refit_share", "steps_refit"}
 
 
 def _n_folds(facts: DataFacts) -> int:
@@ -221,6 +231,9 @@ def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
         plan.pseudo_share = 0.0
         reasons.append("one training stage: at a CPU budget the pseudo-label stage's steps do more as single-stage "
                        "steps (plan.pseudo_share=0.33 turns it on)")
+        plan.refit_share = CPU_REFIT_SHARE
+        reasons.append(f"refit: the last {CPU_REFIT_SHARE:.0%} of the steps train on every train experiment, the "
+                       "held-out fold included (validation scored before it; plan.refit_share=0 turns it off)")
     plan.reasons = reasons
     reasons.append(f"{len(facts.train_experiments)} train experiments: {plan.n_folds} folds, fold 0 held out "
                    "for validation (whole experiments)")
@@ -262,7 +275,10 @@ def fit_to_budget(plan: Plan, *, step_s: float, view_s: float, spent_s: float, f
     if not 0.0 <= plan.finetune_share < 1.0 or plan.pseudo_share + plan.finetune_share >= 1.0:
         raise ConfigError(f"plan.finetune_share: expected a share in [0, 1) that leaves steps for the joint model "
                           f"with plan.pseudo_share={plan.pseudo_share:g}, found {plan.finetune_share!r}")
-    predict_s += view_s * (facts.test_sites + facts.train_sites) * _crops_per_site(plan.embed_tta, plan, facts)
+    refit = _refit_share(plan)
+    embed_sites = facts.test_sites + facts.train_sites + (facts.train_sites if refit > 0 else 0)
+    # with a refit, the model before it embeds the train wells once more (the out-of-fold centroids' references)
+    predict_s += view_s * embed_sites * _crops_per_site(plan.embed_tta, plan, facts)
     if plan.finetune_share > 0:  # the fine-tuned models predict and embed every site once more (its cell type's)
         predict_s *= 2
     chain_s, margin_s = 20.0 + 0.002 * (facts.test_sites + held), 0.05 * plan.budget_s
@@ -271,7 +287,9 @@ def fit_to_budget(plan: Plan, *, step_s: float, view_s: float, spent_s: float, f
     n_types = max(len(facts.cell_types), 1)
     finetune = int(total * plan.finetune_share / n_types) // STEP_QUANTUM * STEP_QUANTUM
     total -= finetune * n_types
-    joint_share = 1 - plan.pseudo_share - plan.finetune_share
+    steps_refit = int(total * refit) // STEP_QUANTUM * STEP_QUANTUM
+    total -= steps_refit
+    joint_share = 1 - plan.pseudo_share - plan.finetune_share - refit
     single = int(total * joint_share / (joint_share + plan.pseudo_share)) // STEP_QUANTUM * STEP_QUANTUM
     pseudo = (total - single) // STEP_QUANTUM * STEP_QUANTUM if plan.pseudo_share > 0 else 0
     if single < 2 * STEP_QUANTUM:
@@ -279,18 +297,40 @@ def fit_to_budget(plan: Plan, *, step_s: float, view_s: float, spent_s: float, f
                           f"at {step_s:.2f} s per step after {spent_s:.0f} s spent and ~{predict_s + pseudo_s:.0f} s "
                           f"of prediction: raise --budget or lower plan.crop / plan.eval_tta")
     plan.steps_single, plan.steps_pseudo = single, pseudo if pseudo >= STEP_QUANTUM else 0
-    plan.steps_finetune = finetune
+    plan.steps_finetune, plan.steps_refit = finetune, steps_refit
     if plan.finetune_share > 0 and finetune == 0:
         plan.reasons.append(f"plan.finetune_share={plan.finetune_share:g} leaves under {STEP_QUANTUM} steps per cell "
                             "type: no fine-tuning (raise --budget, or plan.steps_finetune=N)")
     plan.reasons.append(f"measured {step_s:.3f} s per step and {1000 * view_s:.1f} ms per view: "
                         f"{plan.steps_single} single-stage steps, {plan.steps_pseudo} pseudo-label steps"
-                        + (f", {finetune} fine-tuning steps per cell type" if plan.finetune_share > 0 else ""))
+                        + (f", {finetune} fine-tuning steps per cell type" if plan.finetune_share > 0 else "")
+                        + (f", {steps_refit} refit steps on every train experiment" if refit > 0 else ""))
     plan.estimates = {"spent": spent_s,
-                      "train": (plan.steps_single + plan.steps_pseudo + finetune * n_types) * step_s,
+                      "train": (plan.steps_single + plan.steps_pseudo + finetune * n_types + steps_refit) * step_s,
                       "pseudo-label predictions": pseudo_s if plan.steps_pseudo else 0.0, "predict": predict_s,
                       "chain": chain_s}
     return plan
+
+
+def _refit_share(plan: Plan) -> float:
+    """The share of the steps the refit gets: `plan.refit_share`, or 0 where there is no held-out fold (the joint
+    model then trains on every experiment already)."""
+    share = plan.refit_share
+    if not 0.0 <= share < 1.0 or plan.pseudo_share + plan.finetune_share + share >= 1.0:
+        raise ConfigError(f"plan.refit_share: expected a share in [0, 1) that leaves steps for the joint model with "
+                          f"plan.pseudo_share={plan.pseudo_share:g} and plan.finetune_share={plan.finetune_share:g}, "
+                          f"found {share!r}")
+    if share > 0 and plan.finetune_share > 0:
+        # the fine-tuned models train with the fold held out and start from the joint model: which of the two
+        # joint models they would follow, and score validation with, is not defined
+        raise ConfigError(f"plan.refit_share={share:g} with plan.finetune_share={plan.finetune_share:g}: the refit "
+                          "and per-cell-type fine-tuning do not combine; set one of them to 0")
+    if share > 0 and plan.val_fold < 0:
+        if not any(r.startswith("no held-out fold") for r in plan.reasons):
+            plan.reasons.append("no held-out fold (plan.val_fold=-1): the joint model trains on every experiment, "
+                                "no refit")
+        return 0.0
+    return share
 
 
 def save_plan(plan: Plan, path: str | Path) -> Path:
