@@ -116,9 +116,12 @@ def test_the_cpu_plan_refits_on_every_experiment_and_says_when_it_cannot():
                           spent_s=60, facts=FACTS)
     assert every.steps_refit == 0 and any(r.startswith("no held-out fold") for r in every.reasons)
     assert every.steps_single >= total
+    # fine-tuning asked for on the CPU plan: the plan's own refit yields; both asked for: an error
+    tuned = make_plan(FACTS, Hardware(2), 14 * 60, {"finetune_share": 0.2})
+    assert tuned.refit_share == 0 and "no refit" in tuned.reasons[-1]
     with pytest.raises(ConfigError, match="do not combine"):
-        fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"finetune_share": 0.2}), step_s=0.8, view_s=0.012,
-                      spent_s=60, facts=FACTS)
+        fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"finetune_share": 0.2, "refit_share": 0.3}),
+                      step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
     with pytest.raises(ConfigError, match="plan.refit_share"):
         fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"refit_share": 1.0}), step_s=0.8, view_s=0.012,
                       spent_s=60, facts=FACTS)
@@ -136,9 +139,12 @@ def test_the_refit_is_sized_to_the_time_left_and_the_plan_saved(tmp_path):
     size_refit(plan, opts, elapsed_s=after - 10.0, step_s=0.5)  # under a quantum of steps left: no refit
     assert plan.steps_refit == 0 and "no refit" in plan.reasons[-1]
     log = tmp_path / "log.jsonl"
+    # the interval with a validation pass (20 -> 30) does not count: the refit has none
     log.write_text("\n".join(json.dumps(e) for e in [{"event": "train", "step": 10, "time": 100.0},
-                                                       {"event": "val", "step": 20, "time": 109.0},
-                                                       {"event": "train", "step": 30, "time": 112.0}]))
+                                                       {"event": "train", "step": 20, "time": 106.0},
+                                                       {"event": "val", "step": 30, "time": 112.0},
+                                                       {"event": "train", "step": 30, "time": 115.0},
+                                                       {"event": "train", "step": 40, "time": 121.0}]))
     assert seconds_per_step(log) == pytest.approx(0.6)
 
 

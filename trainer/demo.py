@@ -256,11 +256,15 @@ def train_models(plan: Plan, opts: JobOptions, store_path: Path,
 
 
 def seconds_per_step(log_file: Path) -> float:
-    """A finished run's wall seconds per optimizer step, its validation passes included (from its log.jsonl)."""
+    """A finished run's seconds per optimizer step (from its log.jsonl): the median over its logging intervals,
+    so that the intervals holding a validation pass or a checkpoint (the refit has neither) do not count."""
+    import numpy as np
+
     events = [e for e in map(json.loads, log_file.read_text().splitlines()) if e["event"] == "train"]
     if len(events) < 2:
         raise cellio.CellioError(f"{log_file}: fewer than two train log lines; cannot time the run's steps")
-    return (events[-1]["time"] - events[0]["time"]) / max(events[-1]["step"] - events[0]["step"], 1)
+    t, step = np.array([e["time"] for e in events]), np.array([e["step"] for e in events])
+    return float(np.median(np.diff(t) / np.maximum(np.diff(step), 1)))
 
 
 def size_refit(plan: Plan, opts: JobOptions, elapsed_s: float, step_s: float) -> None:
