@@ -24,11 +24,12 @@ What the plan picks (docs/training.md has the measurements behind each choice):
 - Per-cell-type fine-tuning (`plan.finetune_share`): a short single-stage run per cell type from the joint model,
   its predictions and embeddings one more ensemble member (on the GPU plan, as the winners did; off on CPU until
   measured to pay, docs/training.md).
-- Refit (`plan.refit_share`, on in the CPU plan): the held-out fold is there to choose and calibrate the chain's
-  steps, but it takes a quarter of the labelled experiments from training (with two train experiments per cell
-  type, half of a held-out cell type's). After the single stage, the joint model trains on for a share of the
-  steps on every train experiment; the validation fold is scored by the model before the refit (out of fold),
-  the test set by the model after it. The main job sizes the refit to the time actually left when it starts.
+- Refit (`plan.refit_share`, off by default): the held-out fold is there to choose and calibrate the chain's
+  steps, but it takes a quarter of the labelled experiments from training. With a refit, the joint model trains
+  on for a share of the steps on every train experiment; the validation fold is scored by the model before the
+  refit (out of fold), the test set by the model after it; the main job sizes it to the time actually left when
+  it starts. Measured on two foreign sets at the CPU budget it lost to one longer single stage (docs/training.md),
+  so no plan turns it on.
 - Steps: what the time budget leaves after ingest, prediction and the chain, at the measured step time, split
   between the stages (`pseudo_share`, `finetune_share`, `refit_share`), rounded down to a multiple of 25 so
   reruns on one machine agree.
@@ -54,7 +55,6 @@ TRAIN_OVERHEAD = 1.15
 STEP_QUANTUM = 25           # steps are rounded down to a multiple of this
 VIEWS = {"center": 1, "grid9": 9, "full": 1}
 GPU_FINETUNE_SHARE = 0.2    # share of the GPU plan's steps in per-cell-type fine-tuning runs
-CPU_REFIT_SHARE = 0.3       # share of the CPU plan's steps in the refit on every train experiment
 
 
 @dataclass(frozen=True)
@@ -231,9 +231,6 @@ def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
         plan.pseudo_share = 0.0
         reasons.append("one training stage: at a CPU budget the pseudo-label stage's steps do more as single-stage "
                        "steps (plan.pseudo_share=0.33 turns it on)")
-        plan.refit_share = CPU_REFIT_SHARE
-        reasons.append(f"refit: the last {CPU_REFIT_SHARE:.0%} of the steps train on every train experiment, the "
-                       "held-out fold included (validation scored before it; plan.refit_share=0 turns it off)")
     plan.reasons = reasons
     reasons.append(f"{len(facts.train_experiments)} train experiments: {plan.n_folds} folds, fold 0 held out "
                    "for validation (whole experiments)")
@@ -243,9 +240,6 @@ def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
         kind = type(getattr(plan, key))
         setattr(plan, key, kind(value) if not isinstance(value, kind) else value)
         reasons.append(f"plan.{key}={value} (override)")
-    if plan.finetune_share > 0 and plan.refit_share > 0 and "refit_share" not in (overrides or {}):
-        plan.refit_share = 0.0  # the plan's own default yields to fine-tuning asked for; both asked for: an error
-        reasons.append("per-cell-type fine-tuning: no refit (the two do not combine)")
     plan.data, plan.hardware = facts.to_dict(), hw.to_dict()
     return plan
 
