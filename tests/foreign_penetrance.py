@@ -1,7 +1,8 @@
 """An RxRx1-layout data set written WITHOUT cellio: partially penetrant, per-cell discrete siRNA phenotypes.
 
-Independent code and signal model (nothing from cellio or from the other foreign generators is imported or copied;
-only the CSV writer of tests/foreign_rxrx1.py is reused). Kaggle layout
+Independent code and signal model (nothing from cellio or from the other foreign generators' signal code is
+imported or copied; the CSV writer of tests/foreign_rxrx1.py and the plate layout of tests/foreign_layout.py are
+the schema, shared). Kaggle layout
 `{train,test}/{EXP}/Plate{p}/{well}_s{site}_w{ch}.png` (8-bit grey, size x size, 2 sites, 6 channels), the Kaggle
 CSVs with their exact columns (train.csv, test.csv, train_controls.csv, test_controls.csv, pixel_stats.csv,
 sample_submission.csv) plus a held-out test_truth.csv (id_code, sirna) for the test treatment wells.
@@ -47,12 +48,10 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from foreign_layout import NEGATIVE, POSITIVE, WELLS, pixel_stats, plate_layout  # noqa: E402  (layout, not signal)
 from foreign_rxrx1 import write_kaggle_csvs  # noqa: E402  (the CSV schema only; no signal code is shared)
 
 CELL_TYPES = ("HEPG2", "HUVEC", "RPE", "U2OS")
-WELLS = [f"{r}{c:02d}" for r in "BCDEFGHIJKLMNO" for c in range(2, 24)]
-NEGATIVE = 1138
-POSITIVE = (1108, 1109, 1110)
 F32 = np.float32
 
 # per-cell-type base morphology at 512 px: cell radius R, elongation (a/b = 1 + elong), nucleus radius / R, cells
@@ -468,38 +467,6 @@ def _experiments(train: int, test: int):
             yield c_idx, ctype, split, f"{ctype}-{k + 1:02d}", (k % 3 if split == "train" else 3)
 
 
-def _layout(classes: int, train: int, test: int, missing: float, seed: int):
-    perm = _rng(seed, _LAYOUT).permutation(classes)
-    groups = [sorted(int(x) for x in perm[g::4]) for g in range(4)]
-    wells = []  # (split, exp, e_idx, c_idx, ctype, plate, well, sirna, kind)
-    for e_idx, (c_idx, ctype, split, exp, rot) in enumerate(_experiments(train, test)):
-        for plate in (1, 2, 3, 4):
-            pr = _rng(seed, _LAYOUT, e_idx, plate)
-            free = [w for w in WELLS if w != "B02"]
-            pr.shuffle(free)
-            treat = [s for s in groups[(plate - 1 + rot) % 4] if pr.uniform() >= missing]
-            lay = [("B02", NEGATIVE, "negative_control")]
-            lay += [(free[i], s, "positive_control") for i, s in enumerate(POSITIVE)]
-            lay += [(free[len(POSITIVE) + i], s, "treatment") for i, s in enumerate(treat)]
-            for well, sirna, kind in sorted(lay):
-                wells.append((split, exp, e_idx, c_idx, ctype, plate, well, sirna, kind))
-    return groups, wells
-
-
-def _stats(a: np.ndarray) -> list:
-    """mean, std (ddof=0), median, min, max of a uint8 image, exactly, from its histogram."""
-    h = np.bincount(a.ravel(), minlength=256).astype(np.int64)
-    v = np.arange(256, dtype=np.int64)
-    n = int(h.sum())
-    s1, s2 = int((h * v).sum()), int((h * v * v).sum())
-    mean = s1 / n
-    var = max((s2 - s1 * s1 / n) / n, 0.0)
-    c = np.cumsum(h)
-    lo, hi = int(np.searchsorted(c, (n - 1) // 2 + 1)), int(np.searchsorted(c, n // 2 + 1))
-    nz = np.nonzero(h)[0]
-    return [f"{mean:.6f}", f"{np.sqrt(var):.6f}", f"{(lo + hi) / 2:g}", int(nz[0]), int(nz[-1])]
-
-
 def site_images(size: int, seed: int, strength: float, split_row: tuple, site: int) -> np.ndarray:
     """The (6, size, size) uint8 images of one site of a layout row (split, exp, e_idx, c_idx, ctype, plate, well,
     sirna, kind)."""
@@ -522,7 +489,7 @@ def _work(task):
         img = site_images(size, seed, strength, row, site)
         for ch in range(6):
             Image.fromarray(img[ch]).save(folder / f"{well}_s{site}_w{ch + 1}.png", compress_level=1)
-            stats.append([f"{exp}_{plate}_{well}", exp, plate, well, site, ch + 1, *_stats(img[ch])])
+            stats.append([f"{exp}_{plate}_{well}", exp, plate, well, site, ch + 1, *pixel_stats(img[ch])])
     return stats
 
 
@@ -535,7 +502,7 @@ def generate(out, *, classes: int = 60, train: int = 2, test: int = 1, size: int
         raise ValueError("classes must be <= 1108 (1108.. are control siRNAs)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _groups, wells = _layout(classes, train, test, missing, seed)
+    _groups, wells = plate_layout(classes, _experiments(train, test), missing, seed, _LAYOUT)
     for split, exp, _e, _c, _t, plate, *_ in wells:
         (out / split / exp / f"Plate{plate}").mkdir(parents=True, exist_ok=True)
     _textures(seed, size)  # computed once before the workers fork

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -40,12 +39,10 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from scipy.special import expit
 
+from foreign_layout import NEGATIVE, POSITIVE, WELLS, pixel_stats, plate_layout  # the plate layout, not signal
 from foreign_rxrx1 import write_kaggle_csvs  # the CSV schema only; no signal code is shared
 
 CELL_TYPES = ("HEPG2", "HUVEC", "RPE", "U2OS")
-WELLS = [f"{r}{c:02d}" for r in "BCDEFGHIJKLMNO" for c in range(2, 24)]
-NEGATIVE = 1138
-POSITIVE = (1108, 1109, 1110)
 CAP = 0.5  # largest physical shift of one parameter (log units), approached softly
 STRENGTH = 4.5  # size of an siRNA's mean shift, in units of the per-cell standard deviation (calibrated)
 
@@ -415,38 +412,6 @@ def _experiments(train: int, test: int):
             yield c_idx, ctype, k, split, f"{ctype}-{k + 1:02d}", (k % 3 if split == "train" else 3)
 
 
-def _layout(classes: int, train: int, test: int, missing: float, seed: int):
-    perm = _rng(seed, _LAYOUT).permutation(classes)
-    groups = [sorted(int(x) for x in perm[g::4]) for g in range(4)]
-    wells = []  # (split, exp, e_idx, c_idx, ctype, plate, well, sirna, kind)
-    for e_idx, (c_idx, ctype, k, split, exp, rot) in enumerate(_experiments(train, test)):
-        for plate in (1, 2, 3, 4):
-            pr = _rng(seed, _LAYOUT, e_idx, plate)
-            free = [w for w in WELLS if w != "B02"]
-            pr.shuffle(free)
-            treat = [s for s in groups[(plate - 1 + rot) % 4] if pr.uniform() >= missing]
-            lay = [("B02", NEGATIVE, "negative_control")]
-            lay += [(free[i], s, "positive_control") for i, s in enumerate(POSITIVE)]
-            lay += [(free[len(POSITIVE) + i], s, "treatment") for i, s in enumerate(treat)]
-            for well, sirna, kind in sorted(lay):
-                wells.append((split, exp, e_idx, c_idx, ctype, plate, well, sirna, kind))
-    return groups, wells
-
-
-def _stats(a: np.ndarray) -> list:
-    """mean, std (ddof=0), median, min, max of a uint8 image, exactly, from its histogram."""
-    h = np.bincount(a.ravel(), minlength=256).astype(np.int64)
-    v = np.arange(256, dtype=np.int64)
-    n = int(h.sum())
-    s1, s2 = int((h * v).sum()), int((h * v * v).sum())
-    mean = s1 / n
-    var = max((s2 - s1 * s1 / n) / n, 0.0)
-    c = np.cumsum(h)
-    lo, hi = int(np.searchsorted(c, (n - 1) // 2 + 1)), int(np.searchsorted(c, n // 2 + 1))
-    nz = np.nonzero(h)[0]
-    return [f"{mean:.6f}", f"{np.sqrt(var):.6f}", f"{(lo + hi) / 2:g}", int(nz[0]), int(nz[-1])]
-
-
 def _work(task):
     out, size, seed, strength, (split, exp, e_idx, c_idx, ctype, plate, well, sirna, kind) = task
     b = batch(seed, e_idx, plate)
@@ -460,7 +425,7 @@ def _work(task):
         for ch in range(6):
             a = img[ch]
             Image.fromarray(a, mode="L").save(folder / f"{well}_s{site}_w{ch + 1}.png", compress_level=1)
-            stats.append([f"{exp}_{plate}_{well}", exp, plate, well, site, ch + 1, *_stats(a)])
+            stats.append([f"{exp}_{plate}_{well}", exp, plate, well, site, ch + 1, *pixel_stats(a)])
     return stats
 
 
@@ -472,7 +437,8 @@ def write(out, *, classes: int = 60, train: int = 2, test: int = 1, size: int = 
         raise ValueError("classes must be <= 1108 (1108.. are control siRNAs)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    groups, wells = _layout(classes, train, test, missing, seed)
+    exps = ((c, ct, sp, ex, r) for c, ct, _k, sp, ex, r in _experiments(train, test))
+    groups, wells = plate_layout(classes, exps, missing, seed, _LAYOUT)
     for split, exp, *_rest in wells:
         plate = _rest[3]
         (out / split / exp / f"Plate{plate}").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,51 @@
+"""The RxRx1 plate layout and the per-image pixel statistics shared by the foreign generators
+(`foreign_subtle.py`, `foreign_penetrance.py`): the data set's schema, not its signal, so one home for both.
+
+Treatments 0..classes-1 form 4 disjoint groups; each plate holds one group, each siRNA once, at random wells (B02
+is the negative control, sirna 1138; 3 positive controls 1108..1110 on every plate); an experiment with rotation r
+puts group (p-1+r)%4 on plate p; treatment wells go missing at random with probability `missing`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+WELLS = [f"{r}{c:02d}" for r in "BCDEFGHIJKLMNO" for c in range(2, 24)]
+NEGATIVE = 1138
+POSITIVE = (1108, 1109, 1110)
+
+
+def plate_layout(classes: int, experiments: Iterable[tuple[int, str, str, str, int]], missing: float, seed: int,
+                 purpose: int) -> tuple[list[list[int]], list[tuple]]:
+    """(the 4 plate groups, one row per well: (split, exp, e_idx, c_idx, ctype, plate, well, sirna, kind)) for
+    `experiments` rows (c_idx, ctype, split, exp, rotation); every draw from default_rng([seed, purpose, ...])."""
+    perm = np.random.default_rng([seed, purpose]).permutation(classes)
+    groups = [sorted(int(x) for x in perm[g::4]) for g in range(4)]
+    wells = []
+    for e_idx, (c_idx, ctype, split, exp, rot) in enumerate(experiments):
+        for plate in (1, 2, 3, 4):
+            pr = np.random.default_rng([seed, purpose, e_idx, plate])
+            free = [w for w in WELLS if w != "B02"]
+            pr.shuffle(free)
+            treat = [s for s in groups[(plate - 1 + rot) % 4] if pr.uniform() >= missing]
+            lay = [("B02", NEGATIVE, "negative_control")]
+            lay += [(free[i], s, "positive_control") for i, s in enumerate(POSITIVE)]
+            lay += [(free[len(POSITIVE) + i], s, "treatment") for i, s in enumerate(treat)]
+            for well, sirna, kind in sorted(lay):
+                wells.append((split, exp, e_idx, c_idx, ctype, plate, well, sirna, kind))
+    return groups, wells
+
+
+def pixel_stats(a: np.ndarray) -> list:
+    """mean, std (ddof=0), median, min, max of a uint8 image, exactly, from its histogram (pixel_stats.csv)."""
+    h = np.bincount(a.ravel(), minlength=256).astype(np.int64)
+    v = np.arange(256, dtype=np.int64)
+    n = int(h.sum())
+    s1, s2 = int((h * v).sum()), int((h * v * v).sum())
+    mean = s1 / n
+    var = max((s2 - s1 * s1 / n) / n, 0.0)
+    c = np.cumsum(h)
+    lo, hi = int(np.searchsorted(c, (n - 1) // 2 + 1)), int(np.searchsorted(c, n // 2 + 1))
+    nz = np.nonzero(h)[0]
+    return [f"{mean:.6f}", f"{np.sqrt(var):.6f}", f"{(lo + hi) / 2:g}", int(nz[0]), int(nz[-1])]
