@@ -1,4 +1,4 @@
-"""The RxRx1 plate layout and the per-image pixel statistics shared by the foreign generators
+"""The RxRx1 plate layout, the per-image pixel statistics and the CSVs shared by the foreign generators
 (`foreign_subtle.py`, `foreign_penetrance.py`): the data set's schema, not its signal, so one home for both.
 
 Treatments 0..classes-1 form 4 disjoint groups; each plate holds one group, each siRNA once, at random wells (B02
@@ -7,9 +7,13 @@ puts group (p-1+r)%4 on plate p; treatment wells go missing at random with proba
 """
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
+
+from foreign_rxrx1 import write_kaggle_csvs
 
 WELLS = [f"{r}{c:02d}" for r in "BCDEFGHIJKLMNO" for c in range(2, 24)]
 NEGATIVE = 1138
@@ -49,3 +53,24 @@ def pixel_stats(a: np.ndarray) -> list:
     lo, hi = int(np.searchsorted(c, (n - 1) // 2 + 1)), int(np.searchsorted(c, n // 2 + 1))
     nz = np.nonzero(h)[0]
     return [f"{mean:.6f}", f"{np.sqrt(var):.6f}", f"{(lo + hi) / 2:g}", int(nz[0]), int(nz[-1])]
+
+
+def write_layout_csvs(out: Path, wells: list[tuple], stats: Iterable[list]) -> None:
+    """The Kaggle CSVs of `plate_layout`'s wells (test_truth.csv for the test treatments) and pixel_stats.csv from
+    per-well lists of `[id_code, experiment, plate, well, site, channel, *pixel_stats(image)]` rows."""
+    rows: dict[str, list] = {"train": [], "test": [], "train_controls": [], "test_controls": [], "truth": []}
+    for split, exp, _e_idx, _c_idx, _ctype, plate, well, sirna, kind in wells:
+        idc = f"{exp}_{plate}_{well}"
+        if kind == "treatment":
+            rows[split].append([idc, exp, plate, well] + ([sirna] if split == "train" else []))
+            if split == "test":
+                rows["truth"].append([idc, sirna])
+        else:
+            rows[f"{split}_controls"].append([idc, exp, plate, well, sirna, kind])
+    write_kaggle_csvs(out, rows)
+    with open(Path(out) / "pixel_stats.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id_code", "experiment", "plate", "well", "site", "channel", "mean", "std", "median", "min",
+                    "max"])
+        for st in stats:
+            w.writerows(st)

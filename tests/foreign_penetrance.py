@@ -37,7 +37,6 @@ the same bytes for any --workers.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from functools import lru_cache
@@ -48,8 +47,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from foreign_layout import NEGATIVE, POSITIVE, WELLS, pixel_stats, plate_layout  # noqa: E402  (layout, not signal)
-from foreign_rxrx1 import write_kaggle_csvs  # noqa: E402  (the CSV schema only; no signal code is shared)
+from foreign_layout import NEGATIVE, POSITIVE, WELLS, pixel_stats, plate_layout, write_layout_csvs  # noqa: E402  (layout, not signal)
 
 CELL_TYPES = ("HEPG2", "HUVEC", "RPE", "U2OS")
 F32 = np.float32
@@ -530,22 +528,7 @@ def generate(out, *, classes: int = 60, train: int = 2, test: int = 1, size: int
     if bar is not None:
         bar.close()
 
-    rows = {"train": [], "test": [], "train_controls": [], "test_controls": [], "truth": []}
-    for split, exp, e_idx, c_idx, ctype, plate, well, sirna, kind in wells:
-        idc = f"{exp}_{plate}_{well}"
-        if kind == "treatment":
-            rows[split].append([idc, exp, plate, well] + ([sirna] if split == "train" else []))
-            if split == "test":
-                rows["truth"].append([idc, sirna])
-        else:
-            rows[f"{split}_controls"].append([idc, exp, plate, well, sirna, kind])
-    write_kaggle_csvs(out, rows)
-    with open(out / "pixel_stats.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id_code", "experiment", "plate", "well", "site", "channel", "mean", "std", "median", "min",
-                    "max"])
-        for st in stats:
-            w.writerows(st)
+    write_layout_csvs(out, wells, stats)
     return out
 
 
