@@ -15,9 +15,19 @@ import numpy as np
 
 from foreign_rxrx1 import write_kaggle_csvs
 
+CELL_TYPES = ("HEPG2", "HUVEC", "RPE", "U2OS")
 WELLS = [f"{r}{c:02d}" for r in "BCDEFGHIJKLMNO" for c in range(2, 24)]
 NEGATIVE = 1138
 POSITIVE = (1108, 1109, 1110)
+
+
+def experiments(train: int, test: int):
+    """(c_idx, cell type, split, experiment, rotation) per experiment: `train` then `test` experiments per cell
+    type (HEPG2-01 ...); train rotations cycle 0..2, test experiments have rotation 3."""
+    for c_idx, ctype in enumerate(CELL_TYPES):
+        for k in range(train + test):
+            split = "train" if k < train else "test"
+            yield c_idx, ctype, split, f"{ctype}-{k + 1:02d}", (k % 3 if split == "train" else 3)
 
 
 def plate_layout(classes: int, experiments: Iterable[tuple[int, str, str, str, int]], missing: float, seed: int,

@@ -47,9 +47,9 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from foreign_layout import NEGATIVE, POSITIVE, WELLS, pixel_stats, plate_layout, write_layout_csvs  # noqa: E402  (layout, not signal)
+from foreign_layout import (NEGATIVE, POSITIVE, WELLS, experiments, pixel_stats, plate_layout,  # noqa: E402
+                            write_layout_csvs)  # the plate layout and CSVs, not signal
 
-CELL_TYPES = ("HEPG2", "HUVEC", "RPE", "U2OS")
 F32 = np.float32
 
 # per-cell-type base morphology at 512 px: cell radius R, elongation (a/b = 1 + elong), nucleus radius / R, cells
@@ -458,13 +458,6 @@ def acquire(canvas: np.ndarray, size: int, b: dict, well_gain: np.ndarray, r: np
 
 
 # ----------------------------------------------------------------------------------------------- the set
-def _experiments(train: int, test: int):
-    for c_idx, ctype in enumerate(CELL_TYPES):
-        for k in range(train + test):
-            split = "train" if k < train else "test"
-            yield c_idx, ctype, split, f"{ctype}-{k + 1:02d}", (k % 3 if split == "train" else 3)
-
-
 def site_images(size: int, seed: int, strength: float, split_row: tuple, site: int) -> np.ndarray:
     """The (6, size, size) uint8 images of one site of a layout row (split, exp, e_idx, c_idx, ctype, plate, well,
     sirna, kind)."""
@@ -500,7 +493,7 @@ def generate(out, *, classes: int = 60, train: int = 2, test: int = 1, size: int
         raise ValueError("classes must be <= 1108 (1108.. are control siRNAs)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _groups, wells = plate_layout(classes, _experiments(train, test), missing, seed, _LAYOUT)
+    _groups, wells = plate_layout(classes, experiments(train, test), missing, seed, _LAYOUT)
     for split, exp, _e, _c, _t, plate, *_ in wells:
         (out / split / exp / f"Plate{plate}").mkdir(parents=True, exist_ok=True)
     _textures(seed, size)  # computed once before the workers fork

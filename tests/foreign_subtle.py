@@ -38,9 +38,9 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from scipy.special import expit
 
-from foreign_layout import NEGATIVE, POSITIVE, WELLS, pixel_stats, plate_layout, write_layout_csvs  # the plate layout, not signal
+from foreign_layout import (CELL_TYPES, NEGATIVE, POSITIVE, WELLS, experiments, pixel_stats, plate_layout,
+                            write_layout_csvs)  # the plate layout, not signal
 
-CELL_TYPES = ("HEPG2", "HUVEC", "RPE", "U2OS")
 CAP = 0.5  # largest physical shift of one parameter (log units), approached softly
 STRENGTH = 4.5  # size of an siRNA's mean shift, in units of the per-cell standard deviation (calibrated)
 
@@ -403,13 +403,6 @@ def acquire(sig: np.ndarray, size: int, b: dict, r: np.random.Generator) -> np.n
 
 
 # ----------------------------------------------------------------------------------------------- the set
-def _experiments(train: int, test: int):
-    for c_idx, ctype in enumerate(CELL_TYPES):
-        for k in range(train + test):
-            split = "train" if k < train else "test"
-            yield c_idx, ctype, k, split, f"{ctype}-{k + 1:02d}", (k % 3 if split == "train" else 3)
-
-
 def _work(task):
     out, size, seed, strength, (split, exp, e_idx, c_idx, ctype, plate, well, sirna, kind) = task
     b = batch(seed, e_idx, plate)
@@ -435,8 +428,7 @@ def write(out, *, classes: int = 60, train: int = 2, test: int = 1, size: int = 
         raise ValueError("classes must be <= 1108 (1108.. are control siRNAs)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    exps = ((c, ct, sp, ex, r) for c, ct, _k, sp, ex, r in _experiments(train, test))
-    groups, wells = plate_layout(classes, exps, missing, seed, _LAYOUT)
+    groups, wells = plate_layout(classes, experiments(train, test), missing, seed, _LAYOUT)
     for split, exp, *_rest in wells:
         plate = _rest[3]
         (out / split / exp / f"Plate{plate}").mkdir(parents=True, exist_ok=True)
