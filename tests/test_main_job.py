@@ -147,6 +147,12 @@ def test_the_refit_is_sized_to_the_time_left_and_the_plan_saved(tmp_path):
                                                        {"event": "train", "step": 30, "time": 115.0},
                                                        {"event": "train", "step": 40, "time": 121.0}]))
     assert seconds_per_step(log) == pytest.approx(0.6)
+    # steps given as overrides skip the plan's share check: the job refuses both before any training
+    from trainer.demo import train_models
+
+    both = make_plan(FACTS, Hardware(2), 600, {"steps_refit": 25, "steps_finetune": 25})
+    with pytest.raises(ConfigError, match="do not combine"):
+        train_models(both, opts, tmp_path / "no.zarr", 0.0)
 
 
 @pytest.fixture(scope="module")

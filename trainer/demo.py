@@ -222,6 +222,9 @@ def train_models(plan: Plan, opts: JobOptions, store_path: Path,
     """The single stage, then the pseudo-label stage from it, then the refit on every train experiment; (the model
     that scores the held-out fold, the model that scores test, metrics of every stage). Without a refit both are
     the last joint model. `start`: when the job started (the refit is sized to the time left)."""
+    if plan.steps_refit > 0 and plan.steps_finetune > 0:  # steps given as overrides skip fit_to_budget's check
+        raise cellio.ConfigError(f"plan.steps_refit={plan.steps_refit} with plan.steps_finetune={plan.steps_finetune}:"
+                                 " the refit and per-cell-type fine-tuning do not combine; set one of them to 0")
     single = opts.out / "runs" / "single"
     with _meter(opts)("train: single stage"):
         m1 = train(run_config(plan, opts, store_path, single, f"train.max_steps={plan.steps_single}"), plan)
@@ -333,9 +336,8 @@ def _cached_predictions(ckpt: Path, plan: Plan, store: Any, ds: str, file: Path,
 def _cached_embeddings(ckpt: Path, plan: Plan, store: Any, file: Path, meter: Any, name: str,
                        datasets: tuple[str, ...] = ("train", "test")) -> Any:
     """Every well's embedding of `datasets` (the plan's `embed_tta` views) under one checkpoint (its cell types
-    only), from
-    `file` when it holds this checkpoint's at these views (as `_cached_predictions`: a retrained model must not
-    reuse an earlier model's file)."""
+    only), from `file` when it holds this checkpoint's at these views (as `_cached_predictions`: a retrained model
+    must not reuse an earlier model's file)."""
     import numpy as np
 
     from trainer.checkpoint import load_for_inference
