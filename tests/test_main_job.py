@@ -200,8 +200,8 @@ def test_the_gpu_plan_runs_end_to_end_on_cpu(raw, tmp_path, processes):
 
 
 def test_the_refit_trains_on_every_experiment_and_scores_only_test(raw, tmp_path):
-    # the CPU plan's refit: validation (predictions and the centroids' embeddings) from the model before it, so no
-    # held-out well is scored by a model that trained on it; test from the model after it
+    # a refit (plan.steps_refit): validation (predictions and the centroids' embeddings) from the model before it,
+    # so no held-out well is scored by a model that trained on it; test from the model after it
     import numpy as np
     import yaml
 
@@ -214,9 +214,9 @@ def test_the_refit_trains_on_every_experiment_and_scores_only_test(raw, tmp_path
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     single, refit = out / "runs" / "single", out / "runs" / "refit"
-    cfg = yaml.safe_load((refit / "config.yaml").read_text())
+    cfg, before = (yaml.safe_load((run / "config.yaml").read_text()) for run in (refit, single))
     assert cfg["data"]["val_fold"] == -1 and cfg["train"]["init_from"] == str(single / "checkpoints" / "last.pt")
-    assert cfg["train"]["max_steps"] == 4 and cfg["optim"]["lr"] == pytest.approx(0.5 * cfg_lr(single))
+    assert cfg["train"]["max_steps"] == 4 and cfg["optim"]["lr"] == pytest.approx(0.5 * before["optim"]["lr"])
     held = json.loads((single / "folds.json").read_text())["val"]
     every = json.loads((refit / "folds.json").read_text())
     assert held and every["val"] == [] and set(held) <= set(every["train"])
@@ -231,12 +231,6 @@ def test_the_refit_trains_on_every_experiment_and_scores_only_test(raw, tmp_path
         assert str(z["checkpoint"]) == str(refit / "checkpoints/last.pt")
     report = json.loads((out / "report.json").read_text())
     assert "refit" in report["training"] and report["plan"]["steps_refit"] == 4
-
-
-def cfg_lr(run: Path) -> float:
-    import yaml
-
-    return yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"]
 
 
 def test_a_repeated_budget_measurement_times_only_its_own_steps(raw, tmp_path):
