@@ -41,6 +41,17 @@ def test_the_gpu_plan_and_overrides():
         make_plan(FACTS, Hardware(2), 600, {"cropsize": 3})
 
 
+@pytest.mark.parametrize("key, value, expected", [
+    ("crop", "abc", "an integer"), ("crop", 3.5, "an integer"), ("dihedral", "maybe", "true/false"),
+    ("lr", "fast", "a number"), ("whiten", 1, "true/false"), ("embed_tta", None, "a string"),
+])
+def test_a_plan_override_of_the_wrong_type_names_the_override(key, value, expected):
+    # a typo'd value is a ConfigError naming plan.<key> and what it expects, never int()'s ValueError (nor a
+    # silent bool("maybe") == True)
+    with pytest.raises(ConfigError, match=rf"plan\.{key}.*expected {expected}, found {value!r}"):
+        make_plan(FACTS, Hardware(2), 600, {key: value})
+
+
 def test_steps_come_from_the_budget_and_a_too_small_budget_is_an_error():
     plan = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"pseudo_share": 1 / 3}), step_s=0.8, view_s=0.012,
                          spent_s=60, facts=FACTS)

@@ -21,7 +21,7 @@ from cellio.errors import ConfigError
 
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "TrainConfig", "PseudoConfig", "Config",
-    "STAGES", "load_config", "save_config", "apply_overrides",
+    "STAGES", "load_config", "save_config", "apply_overrides", "coerce_value",
 ]
 
 STAGES = ("single", "perchannel_stage1", "fusion_stage2", "pseudo_label")
@@ -149,8 +149,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp` (int, float, bool, str, X | None, list[str], dict)."""
+def coerce_value(value: Any, tp: Any, key: str) -> Any:
+    """`value` as the annotation `tp` says (int, float, bool, str, X | None, list[str], dict), or ConfigError naming
+    `key` and what was expected: the one check of a typed value, for config keys and the main job's plan fields."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -160,14 +161,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return coerce_value(value, arg, key)
             except ConfigError:
                 continue
         raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, found {value!r}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, (list, tuple)):
-            return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+            return [coerce_value(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
         raise ConfigError(f"config key {key!r}: expected a list, found {value!r}")
     if origin is dict:
         if isinstance(value, dict):
@@ -221,7 +222,7 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, d[name], f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(d[name], tp, prefix + name)
+            kwargs[name] = coerce_value(d[name], tp, prefix + name)
     return cls(**kwargs)
 
 

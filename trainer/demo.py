@@ -32,7 +32,8 @@ from typing import Any
 import cellio
 
 from trainer.config import Config, load_config, save_config
-from trainer.plan import STEP_QUANTUM, DataFacts, Hardware, Plan, fit_to_budget, load_plan, make_plan, save_plan
+from trainer.plan import (STEP_QUANTUM, DataFacts, Hardware, Plan, fit_to_budget, load_plan, make_plan,
+                          parse_overrides, save_plan)
 
 log = logging.getLogger("trainer.demo")
 
@@ -173,14 +174,15 @@ def make_job_plan(opts: JobOptions, store: Any, store_path: Path, start: float) 
         plan = load_plan(path)
         print(f"   plan from {path} (delete it to plan again)")
         return plan
+    overrides = parse_overrides(opts.plan_overrides)
     facts = DataFacts.from_store(store)
     hw = Hardware.detect()
     if opts.hardware == "cpu":
         hw = Hardware(hw.cpu_cores, (), hw.dali)
     elif opts.hardware == "gpu" and not hw.gpus:  # the GPU plan's code path on a CPU machine (tests)
-        n = int(opts.plan_overrides.get("processes", 1))
+        n = overrides.get("processes", 1)
         hw = Hardware(hw.cpu_cores, tuple(("(forced) cpu", 0.0) for _ in range(n)), hw.dali)
-    plan = make_plan(facts, hw, opts.budget_min * 60, opts.plan_overrides)
+    plan = make_plan(facts, hw, opts.budget_min * 60, overrides)
     if plan.device == "cuda" and not _has_cuda():
         plan.device = "cpu"
     if {"steps_single", "steps_pseudo"} <= set(opts.plan_overrides):  # nothing to measure

@@ -39,14 +39,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cellio.errors import ConfigError
 
+from .config import coerce_value
+
 __all__ = ["Hardware", "DataFacts", "Plan", "make_plan", "fit_to_budget", "load_plan", "save_plan",
-           "PLAN_FIELDS", "STEP_QUANTUM"]
+           "parse_overrides", "PLAN_FIELDS", "STEP_QUANTUM"]
 
 # real training time / measured step time x steps, main job on the foreign subtle 512 px set: 1.16 for the
 # pseudo-label stage (321 s for 300 steps with 3 labelling rounds, 0.772 s per measured step), 1.12 for the single
@@ -192,6 +195,18 @@ _OVERRIDABLE = {"device", "processes", "backend", "num_workers", "threads", "mod
                 "n_folds", "val_fold", "steps_single", "steps_pseudo", "pseudo_rounds", "eval_tta", "dihedral",
                 "adabn", "batch_by", "pseudo_share", "finetune_share", "steps_finetune", "embed_tta", "whiten",
                 "refit_share", "steps_refit"}
+_FIELD_TYPES = typing.get_type_hints(Plan)
+
+
+def parse_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """`plan.<field>=value` overrides as the plan's field types (a YAML `3e-4` string is a float, `3.0` an int);
+    ConfigError names the override and what it expects (`plan.crop=abc`, `plan.dihedral=maybe`)."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in _OVERRIDABLE:
+            raise ConfigError(f"plan.{key}: not a plan field; expected one of {sorted(_OVERRIDABLE)}")
+        out[key] = coerce_value(value, _FIELD_TYPES[key], f"plan.{key}")
+    return out
 
 
 def _n_folds(facts: DataFacts) -> int:
@@ -234,11 +249,8 @@ def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
     plan.reasons = reasons
     reasons.append(f"{len(facts.train_experiments)} train experiments: {plan.n_folds} folds, fold 0 held out "
                    "for validation (whole experiments)")
-    for key, value in (overrides or {}).items():
-        if key not in _OVERRIDABLE:
-            raise ConfigError(f"plan.{key}: not a plan field; expected one of {sorted(_OVERRIDABLE)}")
-        kind = type(getattr(plan, key))
-        setattr(plan, key, kind(value) if not isinstance(value, kind) else value)
+    for key, value in parse_overrides(overrides or {}).items():
+        setattr(plan, key, value)
         reasons.append(f"plan.{key}={value} (override)")
     plan.data, plan.hardware = facts.to_dict(), hw.to_dict()
     return plan
