@@ -178,6 +178,32 @@ TINY = ["plan.model=densenet_tiny", "plan.crop=32", "plan.batch=8", "plan.steps_
         "plan.pseudo_rounds=2", "plan.eval_tta=center"]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["plan.crops=200"], r"plan\.crops: not a plan field"),
+    (["plan.crop=abc"], r"plan\.crop.*expected an integer"),
+    (["plan.crop"], r"override 'plan\.crop': expected KEY=VALUE"),
+    (["plan.eval_tta=nine"], r"plan\.eval_tta: expected one of"),
+    (["plan.pseudo_share=1.5"], r"plan\.pseudo_share: expected a share"),
+    (["plan.batch=0"], r"plan\.batch: expected an integer >= 1"),
+    (["plan.model=densenet_tyny"], r"plan\.model.*unknown model 'densenet_tyny'"),
+    (["model.name=densenet_tyny"], r"model\.name.*unknown model 'densenet_tyny'"),
+    (["optim.lrr=0.1"], r"unknown config key 'optim\.lrr'; did you mean 'optim\.lr'"),
+    (["--recipe", "no_such_recipe.yaml"], r"no_such_recipe\.yaml.*does not exist"),
+    (["--budget", "0"], r"--budget: expected a positive number of minutes"),
+])
+def test_every_override_and_the_budget_are_checked_before_any_work(raw, tmp_path, capsys, args, message):
+    # on the real data the ingest takes hours: a typo must be reported before data, metadata and ingest run
+    import re
+
+    from trainer.demo import main
+
+    out = tmp_path / "out"
+    assert main(["--data", str(raw), "--out", str(out), *args]) == 2
+    captured = capsys.readouterr()
+    assert re.search(message, captured.err), captured.err
+    assert "== 1. data" not in captured.out and not (out / "store.zarr").exists()
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_the_gpu_plan_runs_end_to_end_on_cpu(raw, tmp_path, processes):
     out = tmp_path / "out"

@@ -21,7 +21,7 @@ from cellio.errors import ConfigError
 
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "TrainConfig", "PseudoConfig", "Config",
-    "STAGES", "load_config", "save_config", "apply_overrides", "coerce_value",
+    "STAGES", "load_config", "save_config", "apply_overrides", "coerce_value", "parse_override",
 ]
 
 STAGES = ("single", "perchannel_stage1", "fusion_stage2", "pseudo_label")
@@ -296,7 +296,8 @@ def _check_augment(cfg: Config) -> None:
         raise ConfigError(f"config keys 'data.augment', 'data.normalize', 'data.crop_size': {exc}") from None
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`KEY=VALUE` -> (the dotted key's parts, the value as a YAML scalar or list); ConfigError when malformed."""
     import yaml
 
     if "=" not in text:
@@ -318,7 +319,7 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 
     d = copy.deepcopy(d)
     for text in overrides:
-        path, value = _parse_override(text)
+        path, value = parse_override(text)
         node = d
         for i, part in enumerate(path[:-1]):
             child = node.get(part)

@@ -31,9 +31,9 @@ from typing import Any
 
 import cellio
 
-from trainer.config import Config, load_config, save_config
-from trainer.plan import (STEP_QUANTUM, DataFacts, Hardware, Plan, fit_to_budget, load_plan, make_plan,
-                          parse_overrides, save_plan)
+from trainer.config import Config, load_config, parse_override, save_config
+from trainer.plan import (STEP_QUANTUM, DataFacts, Hardware, Plan, check_budget, fit_to_budget, load_plan,
+                          make_plan, parse_overrides, save_plan)
 
 log = logging.getLogger("trainer.demo")
 
@@ -41,6 +41,7 @@ SYNTH_MARKER = ".cellio-synth.json"
 FINETUNE_LR = 0.5               # a cell type's fine-tuning run starts at this fraction of the plan's lr
 REFIT_LR = 0.5                  # the refit on every train experiment restarts at this fraction of the plan's lr
 DEFAULT_BUDGET_MIN = 14.0
+HARDWARE = ("auto", "cpu", "gpu")
 
 # The embedded synthetic set ("default": subtle, cell-type-specific phenotypes at 512 px, ~1,700 sites) and the
 # test suite's tiny one ("quick").
@@ -65,6 +66,25 @@ class JobOptions:
     plan_overrides: dict[str, Any] = field(default_factory=dict)  # plan.<field>=value
     hardware: str = "auto"            # auto | cpu | gpu (gpu on a CPU machine: the GPU plan's code path)
     meter: Any = None                 # name -> context manager around each step (trainer.meter.StepMeter)
+
+
+def check_job(opts: JobOptions) -> None:
+    """Everything the command line asks for, checked before any work (on the real data the ingest takes hours, so
+    a typo must not wait for step 4): the budget, every plan override (type and range), the recipe and every
+    trainer key (through the trainer's own config check), the model names, the profile and the hardware choice.
+    The plan overrides are replaced by their typed values."""
+    check_budget(opts.budget_min * 60)
+    if opts.profile not in PROFILES:
+        raise cellio.ConfigError(f"--profile: expected one of {sorted(PROFILES)}, found {opts.profile!r}")
+    if opts.hardware not in HARDWARE:
+        raise cellio.ConfigError(f"--hardware: expected one of {list(HARDWARE)}, found {opts.hardware!r}")
+    opts.plan_overrides = parse_overrides(opts.plan_overrides)
+    from trainer.models import check_model_name
+
+    # the recipe and the user's trainer keys as every training run will read them (the plan's own keys, set
+    # between the two, are checked by parse_overrides above)
+    cfg = load_config(opts.recipe, [f"train.seed={opts.seed}", *opts.overrides, f"out={opts.out}"])
+    check_model_name(cfg.model.name)
 
 
 def _meter(opts: JobOptions) -> Any:
@@ -444,6 +464,7 @@ def run_job(opts: JobOptions) -> dict[str, Any]:
     from trainer.chain import ChainInputs, run_chain
     from trainer.report import format_table
 
+    check_job(opts)
     opts.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -511,17 +532,17 @@ def parse_args(argv: Sequence[str] | None) -> JobOptions:
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_MIN,
                    help=f"minutes for the whole job, data to submission (default {DEFAULT_BUDGET_MIN:g})")
     p.add_argument("--recipe", help="trainer YAML recipe under the plan's keys (trainer/recipes/*.yaml)")
-    p.add_argument("--hardware", default="auto", choices=["auto", "cpu", "gpu"],
+    p.add_argument("--hardware", default="auto", choices=list(HARDWARE),
                    help="plan for this machine (auto), or force the CPU or GPU plan")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, help="processes for synth and ingest (all cores if not given)")
     p.add_argument("overrides", nargs="*", help="plan.<field>=value (trainer/plan.py) or trainer keys "
                                                 "(optim.lr=3e-4) for every training run")
     a = p.parse_args(argv)
-    import yaml
-
-    plan_over = {k.split(".", 1)[1]: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in a.overrides
-                                                                   if o.startswith("plan."))}
+    plan_over = {}
+    for text in (o for o in a.overrides if o.startswith("plan.")):
+        key, value = parse_override(text)
+        plan_over[".".join(key[1:])] = value
     return JobOptions(out=Path(a.out).resolve(), data=Path(a.data) if a.data else None, profile=a.profile,
                       budget_min=a.budget, seed=a.seed, workers=a.workers,
                       recipe=Path(a.recipe) if a.recipe else None,

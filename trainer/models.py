@@ -17,6 +17,7 @@ a missing file is an error, never a silent random init. The RGB stem is adapted 
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 import math
@@ -31,7 +32,7 @@ from torch import nn
 from cellio.errors import ConfigError
 
 __all__ = [
-    "create_model", "list_models", "register_model", "ClassifierHead", "DenseNetClassifier",
+    "create_model", "list_models", "check_model_name", "register_model", "ClassifierHead", "DenseNetClassifier",
     "PerChannelFusion", "ConvNetMicro", "adapt_input_conv", "load_densenet_weights", "is_perchannel", "DENSENET_ARCHS",
 ]
 
@@ -61,12 +62,19 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_model_name(name: str, key: str = "model.name") -> None:
+    """ConfigError naming `key` unless `name` is a registered model (checked before any work, and by create_model)."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"config key {key!r}: unknown model {name!r}{hint}; registered: {', '.join(list_models())}")
+
+
 def create_model(name: str, *, num_classes: int, in_chans: int = 6, num_cell_types: int = 4,
                  pretrained: str | Path | None = None, **kw: Any) -> nn.Module:
     """Build a registered model; `pretrained` is a local weights file (None = random init)."""
-    factory = _REGISTRY.get(name)
-    if factory is None:
-        raise ConfigError(f"config key 'model.name': unknown model {name!r}; registered: {', '.join(list_models())}")
+    check_model_name(name)
+    factory = _REGISTRY[name]
     if num_classes < 1:
         raise ConfigError(f"create_model({name!r}): expected num_classes >= 1, found {num_classes}")
     try:

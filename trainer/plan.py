@@ -49,7 +49,7 @@ from cellio.errors import ConfigError
 from .config import coerce_value
 
 __all__ = ["Hardware", "DataFacts", "Plan", "make_plan", "fit_to_budget", "load_plan", "save_plan",
-           "parse_overrides", "PLAN_FIELDS", "STEP_QUANTUM"]
+           "parse_overrides", "check_budget", "PLAN_FIELDS", "STEP_QUANTUM"]
 
 # real training time / measured step time x steps, main job on the foreign subtle 512 px set: 1.16 for the
 # pseudo-label stage (321 s for 300 steps with 3 labelling rounds, 0.772 s per measured step), 1.12 for the single
@@ -199,14 +199,45 @@ _FIELD_TYPES = typing.get_type_hints(Plan)
 
 
 def parse_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """`plan.<field>=value` overrides as the plan's field types (a YAML `3e-4` string is a float, `3.0` an int);
-    ConfigError names the override and what it expects (`plan.crop=abc`, `plan.dihedral=maybe`)."""
+    """`plan.<field>=value` overrides as the plan's field types (a YAML `3e-4` string is a float, `3.0` an int),
+    each checked on its own (`_check_field`); ConfigError names the override and what it expects (`plan.crop=abc`,
+    `plan.dihedral=maybe`, `plan.eval_tta=nine`). Pure: the main job calls it before any work."""
     out: dict[str, Any] = {}
     for key, value in overrides.items():
         if key not in _OVERRIDABLE:
             raise ConfigError(f"plan.{key}: not a plan field; expected one of {sorted(_OVERRIDABLE)}")
         out[key] = coerce_value(value, _FIELD_TYPES[key], f"plan.{key}")
+        _check_field(key, out[key])
     return out
+
+
+_MINIMUM = {"processes": 1, "num_workers": 0, "threads": 0, "crop": 1, "batch": 1, "n_folds": 1, "val_fold": -1,
+            "steps_single": 0, "steps_pseudo": 0, "pseudo_rounds": 1, "steps_finetune": 0, "steps_refit": 0}
+_CHOICES = {"device": ("cpu", "cuda"), "backend": ("torch", "dali"), "eval_tta": tuple(VIEWS),
+            "embed_tta": tuple(VIEWS), "batch_by": ("", "plate", "experiment")}
+_SHARES = ("pseudo_share", "finetune_share", "refit_share")
+
+
+def _check_field(key: str, value: Any) -> None:
+    """One plan field's value on its own (combinations are checked where they matter: `fit_to_budget`)."""
+    if key in _MINIMUM and value < _MINIMUM[key]:
+        raise ConfigError(f"plan.{key}: expected an integer >= {_MINIMUM[key]}, found {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(f"plan.{key}: expected one of {list(_CHOICES[key])}, found {value!r}")
+    if key in _SHARES and not 0.0 <= value < 1.0:
+        raise ConfigError(f"plan.{key}: expected a share in [0, 1), found {value!r}")
+    if key == "lr" and not value > 0:
+        raise ConfigError(f"plan.lr: expected a positive number, found {value!r}")
+    if key == "model":
+        from .models import check_model_name
+
+        check_model_name(value, "plan.model")
+
+
+def check_budget(budget_s: float) -> None:
+    """The main job's --budget (seconds here), checked before any work."""
+    if not budget_s > 0:
+        raise ConfigError(f"--budget: expected a positive number of minutes, found {budget_s / 60:g}")
 
 
 def _n_folds(facts: DataFacts) -> int:
@@ -218,8 +249,7 @@ def _n_folds(facts: DataFacts) -> int:
 def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
               overrides: dict[str, Any] | None = None) -> Plan:
     """The plan for these data on this machine (steps still 0: `fit_to_budget` sets them from measurements)."""
-    if budget_s <= 0:
-        raise ConfigError(f"--budget: expected a positive number of minutes, found {budget_s / 60:g}")
+    check_budget(budget_s)
     h, w = facts.site_size
     side = min(h, w)
     reasons: list[str] = []
@@ -270,14 +300,11 @@ def fit_to_budget(plan: Plan, *, step_s: float, view_s: float, spent_s: float, f
     round (the embedding centroids' references and targets). The short measurement misses validation passes,
     checkpoints and epoch starts: TRAIN_OVERHEAD."""
     step_s *= TRAIN_OVERHEAD
-    for key in ("eval_tta", "embed_tta"):
-        if getattr(plan, key) not in VIEWS:
-            raise ConfigError(f"plan.{key}: expected one of {sorted(VIEWS)}, found {getattr(plan, key)!r}")
+    for key in ("eval_tta", "embed_tta", "pseudo_share"):  # a plan.json edited by hand skips parse_overrides
+        _check_field(key, getattr(plan, key))
     views = _crops_per_site(plan.eval_tta, plan, facts) * (8 if plan.dihedral else 1) * (2 if plan.adabn else 1)
     held = facts.train_sites / max(plan.n_folds, 1) if plan.val_fold >= 0 else 0.0
     predict_s = view_s * (facts.test_sites + held) * views
-    if not 0.0 <= plan.pseudo_share < 1.0:
-        raise ConfigError(f"plan.pseudo_share: expected a share in [0, 1), found {plan.pseudo_share!r}")
     pseudo_s = 0.0
     if plan.pseudo_share > 0:
         pseudo_s = view_s * (facts.test_sites + facts.train_sites) * plan.pseudo_rounds * (2 if plan.adabn else 1)
