@@ -1,7 +1,9 @@
-"""Parameter checks of the read side (loader, pipeline, sampler, transforms), written once.
+"""Parameter checks, written once: the read side's (loader, pipeline, sampler, transforms) and the counts of the
+write side (ingest, repair, verify, synth, the reader's threads).
 
-Each `parse_*` returns the value in its normal form or raises PipelineConfigError whose message names the
-parameter and says what was expected and what was found: "batch_size: expected an integer >= 1, found 0".
+Each `parse_*` returns the value in its normal form or raises PipelineConfigError (ConfigError for `parse_count`)
+whose message names the parameter and says what was expected and what was found: "batch_size: expected an integer
+>= 1, found 0".
 """
 from __future__ import annotations
 
@@ -11,17 +13,27 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .errors import PipelineConfigError
+from .errors import CellioError, ConfigError, PipelineConfigError
 
-__all__ = ["parse_int", "parse_choice", "parse_probability", "parse_range", "parse_device"]
+__all__ = ["parse_int", "parse_count", "parse_choice", "parse_probability", "parse_range", "parse_device"]
 
 T = TypeVar("T")
 
 
 def parse_int(name: str, value: Any, *, minimum: int = 0) -> int:
     """An integer >= minimum (a bool or a float is not one)."""
+    return _integer(name, value, minimum, "", PipelineConfigError)
+
+
+def parse_count(name: str, value: Any) -> int | None:
+    """A number of worker processes, threads or sites per task: None (chosen from the machine or the data) or an
+    integer >= 1. Zero and negative counts are refused, never clamped to 1: `workers=-1` is not "all cores"."""
+    return None if value is None else _integer(name, value, 1, " or None", ConfigError)
+
+
+def _integer(name: str, value: Any, minimum: int, alternative: str, error: type[CellioError]) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise PipelineConfigError(f"{name}: expected an integer >= {minimum}, found {value!r}")
+        raise error(f"{name}: expected an integer >= {minimum}{alternative}, found {value!r}")
     return int(value)
 
 

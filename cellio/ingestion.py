@@ -43,6 +43,7 @@ from ._format import CODECS, CREATING_MARKER, DEFAULT_SITES_PER_SHARD, DEFAULT_T
     chunk_key, column_kind, decode_strings, encode_column, group_metadata, has_checksums, image_layout, \
     images_metadata, is_store_file, journal_key, read_journal, read_small_array
 from ._lock import lock_store
+from ._validate import parse_count
 from .errors import DiskFullError, ImageError, MetadataError, StoreDamagedError, StoreError
 from .schema import CHANNEL_NAMES, CHANNELS, DATASETS, N_CHANNELS, PATH_COLUMNS, PIXEL_MEAN_COLUMNS, \
     PIXEL_STD_COLUMNS
@@ -577,6 +578,7 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
     estimate does not fit or a write hits ENOSPC (the rerun resumes), ImageError for a bad PNG (on_error="fail").
     """
     t0 = time.perf_counter()
+    workers, batch_size = parse_count("workers", workers), parse_count("batch_size", batch_size)
     if codec not in CODECS:
         raise StoreError(f"codec {codec!r} is unknown; expected one of {', '.join(CODECS)}")
     if on_error not in ON_ERROR:
@@ -592,7 +594,7 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
     plan = _plan(raw, ds, exps, cts, limit)
     params = _ingest_params(codec, verify, ds, exps, cts, limit, _layout_params(layout, sites_per_shard, tile))
     target = FileTarget(str(store_path), storage_options)
-    n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    n_workers = workers or os.cpu_count() or 1
     with _locked_root(target, "ingest") as lock:
         attrs = _prepare(target, plan, raw, params, image_size)
         if attrs.get("complete"):
@@ -821,11 +823,13 @@ def repair_store(raw: str | os.PathLike[str], store_path: str | os.PathLike[str]
     from .verification import verify_store, write_last_verified
 
     t0 = time.perf_counter()
+    workers, batch_size = parse_count("workers", workers), parse_count("batch_size", batch_size)
+    threads = parse_count("threads", threads)
     raw = Path(raw)
     if not raw.is_dir():
         raise MetadataError(f"{raw}: raw data directory not found (repair re-ingests damaged sites from the PNGs)")
     target = FileTarget(str(store_path), storage_options)
-    n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    n_workers = workers or os.cpu_count() or 1
     with lock_store(target, "repair") as lock:
         if report is None:
             report = verify_store(store_path, threads=threads, progress=progress, record=False,

@@ -37,6 +37,7 @@ from ._format import CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, STATUS_OK, Ch
     chunk_key, decode_column, decode_strings, get_fs, has_checksums, image_layout, is_url, read_journal, read_json, \
     read_small_array
 from ._remote import RetryPolicy, make_fetcher, remote_error
+from ._validate import parse_count
 from .errors import CellioError, StoreDamagedError, StoreError, StoreIncompleteError
 
 __all__ = ["STATS_LEVELS", "Store", "open_store", "RetryPolicy"]
@@ -67,7 +68,7 @@ class Store:
         self._indexes: dict[int, np.ndarray] = {}  # sharded layout: shard -> its decoded index (never changes)
         self._allow_incomplete = allow_incomplete
         self._storage_options = dict(storage_options or {})
-        self._threads = threads if threads is not None else min(8, os.cpu_count() or 1)
+        self._threads = parse_count("threads", threads) or min(8, os.cpu_count() or 1)
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._pool: ThreadPoolExecutor | None = None

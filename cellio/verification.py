@@ -30,6 +30,7 @@ import numpy as np
 from ._format import FORMAT_NAME, FORMAT_VERSION, STATUS_FAILED, STATUS_OK, FileTarget, ShardLayout, chunk_codec, \
     chunk_key, decode_strings, get_fs, group_metadata, has_checksums, image_layout, is_url, read_json, \
     read_small_array
+from ._validate import parse_count
 from .errors import StoreDamagedError, StoreError, StoreIncompleteError
 
 __all__ = ["Damage", "VerifyReport", "verify_store", "site_sums"]
@@ -158,6 +159,7 @@ def verify_store(path: str | os.PathLike[str], *, threads: int | None = None, pr
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
+    threads = parse_count("threads", threads)
     fs, root = get_fs(path, storage_options)
     node = read_json(fs, f"{root}/zarr.json")
     attrs = node.get("attributes", {})
@@ -241,7 +243,7 @@ def verify_store(path: str | os.PathLike[str], *, threads: int | None = None, pr
         meta = None
     stored = set(range(n)) - set(failed_attr) if status is None else set(np.flatnonzero(status == STATUS_OK).tolist())
     todo = sorted(stored if indices is None else stored & {int(i) for i in indices})
-    n_threads = max(1, threads if threads is not None else min(8, os.cpu_count() or 1))
+    n_threads = threads or min(8, os.cpu_count() or 1)
     site_damage: list[Damage] = []
     got_s = np.zeros((n, C), dtype=np.uint64)
     got_q = np.zeros((n, C), dtype=np.uint64)

@@ -190,3 +190,32 @@ def test_ingest_workers_ignore_ctrl_c_from_birth():
     with ProcessPoolExecutor(1, mp_context=mp.get_context("forkserver")) as pool:
         assert pool.submit(_sigint_disposition).result() == str(signal.SIG_IGN)
     assert signal.getsignal(signal.SIGINT) is before  # the parent still takes Ctrl-C as it did
+
+
+# ------------------------------------------------------------------------------------------------ counts
+@pytest.mark.parametrize("argv, name, value", [
+    (["ingest", "{raw}", "{new}", "--workers", "-1"], "workers", "-1"),
+    (["ingest", "{raw}", "{new}", "--workers", "0"], "workers", "0"),
+    (["ingest", "{raw}", "{new}", "--batch-size", "0"], "batch_size", "0"),
+    (["verify", "{store}", "--threads", "-2"], "threads", "-2"),
+    (["verify", "{store}", "--repair", "{raw}", "--workers", "0"], "workers", "0"),
+    (["synth", "{new}", "--workers", "-1"], "workers", "-1"),
+])
+def test_zero_or_negative_counts_are_refused_everywhere_in_the_same_words(tmp_path, small_raw, clean, capsys, argv,
+                                                                           name, value):
+    # they used to run as 1 (max(1, workers)) everywhere but in `cellio synth`
+    from cellio.cli import main
+
+    new = tmp_path / "new"
+    argv = [a.format(raw=small_raw, new=new, store=clean) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {name}: expected an integer >= 1 or None, found {value}\n" in err, err
+    assert not new.exists()
+
+
+def test_a_zero_thread_reader_is_refused_naming_the_parameter(clean):
+    from cellio.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"threads: expected an integer >= 1 or None, found 0"):
+        open_store(clean, threads=0)

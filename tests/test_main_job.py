@@ -190,6 +190,7 @@ TINY = ["plan.model=densenet_tiny", "plan.crop=32", "plan.batch=8", "plan.steps_
     (["optim.lrr=0.1"], r"unknown config key 'optim\.lrr'; did you mean 'optim\.lr'"),
     (["--recipe", "no_such_recipe.yaml"], r"no_such_recipe\.yaml.*does not exist"),
     (["--budget", "0"], r"--budget: expected a positive number of minutes"),
+    (["--workers", "0"], r"--workers: expected an integer >= 1 or None, found 0"),
 ])
 def test_every_override_and_the_budget_are_checked_before_any_work(raw, tmp_path, capsys, args, message):
     # on the real data the ingest takes hours: a typo must be reported before data, metadata and ingest run

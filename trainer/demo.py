@@ -78,6 +78,8 @@ def check_job(opts: JobOptions) -> None:
         raise cellio.ConfigError(f"--profile: expected one of {sorted(PROFILES)}, found {opts.profile!r}")
     if opts.hardware not in HARDWARE:
         raise cellio.ConfigError(f"--hardware: expected one of {list(HARDWARE)}, found {opts.hardware!r}")
+    if opts.workers is not None and (type(opts.workers) is not int or opts.workers < 1):  # as cellio words it
+        raise cellio.ConfigError(f"--workers: expected an integer >= 1 or None, found {opts.workers!r}")
     opts.plan_overrides = parse_overrides(opts.plan_overrides)
     from trainer.models import check_model_name
 

@@ -21,9 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._validate import parse_count
     from ..ingestion import repair_store
     from ..verification import verify_store
 
+    parse_count("workers", args.workers)  # --repair's: refused before the verification, not after it
     report = verify_store(args.store, threads=args.threads, progress=args.progress, record=args.repair is None)
     print(report.summary())
     out = {"verify": report.to_dict()}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from .._validate import parse_count
 from ..errors import ConfigError
 from ..schema import (
     ALL_WELLS,
@@ -285,8 +286,7 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
         raise ConfigError(f"sites must be in 1..9; got {sites}")
     if not 0.0 <= missing_wells < 1.0:
         raise ConfigError(f"missing_wells must be a fraction in [0, 1); got {missing_wells}")
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workers must be >= 1 or None; got {workers}")
+    workers = parse_count("workers", workers)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer; got {seed!r}")
 
