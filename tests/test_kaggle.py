@@ -463,3 +463,28 @@ def test_images_listed_one_by_one_fall_back_to_the_bundle(token, tiny_raw, tmp_p
     api = FakeApi(listing, bundle=bundle.read_bytes())
     again = download(tmp_path / "d", api=api, check_disk=False, progress=False)
     assert api.calls == ["list"] and again.unzip.extracted == 0
+
+
+def test_submit_refuses_a_file_whose_test_ids_are_unknown(token, tmp_path):
+    # no sample_submission.csv or test.csv beside it: an incomplete file would have been uploaded after an INFO line
+    api = FakeSubmitApi()
+    sub = _submission(tmp_path, "HUVEC-17_1_B03,0\n")
+    with pytest.raises(MetadataError, match=r"test id_codes .* unknown.*--sample-submission"):
+        submit(sub, "densenet", api=api)
+    assert api.calls == []
+
+
+def test_submit_check_validates_without_credentials_or_a_message(home, tmp_path, sample, capsys):
+    from cellio.cli import main
+
+    good = _submission(tmp_path, "HUVEC-17_1_B03,0\nHUVEC-17_1_B04,1\nRPE-08_2_C05,2\n")
+    assert main(["submit", str(good), "--check", "--sample-submission", str(sample)]) == 0
+    out = capsys.readouterr().out
+    assert "3 rows" in out and "matches every id_code of" in out and "not submitted" in out
+    bad = _submission(tmp_path, "HUVEC-17_1_B03,0\n")
+    assert main(["submit", str(bad), "--check", "--sample-submission", str(sample)]) == 2
+    assert "2 test id_codes of sample_submission.csv are missing" in capsys.readouterr().err
+    assert main(["submit", str(bad), "--check"]) == 2  # no test ids to check against: not a pass
+    assert "--sample-submission" in capsys.readouterr().err
+    assert main(["submit", str(good), "--sample-submission", str(sample)]) == 2  # an upload needs -m
+    assert "non-empty message" in capsys.readouterr().err

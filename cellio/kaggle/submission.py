@@ -66,14 +66,17 @@ def _examples(items: Sequence[Any], n: int = 5) -> str:
 
 
 def validate_submission(submission: str | os.PathLike[str] | Any, sample_submission: str | Path | None = None, *,
-                        allowed: Collection[int] | None = None, ordered: bool = False) -> SubmissionReport:
+                        allowed: Collection[int] | None = None, ordered: bool = False,
+                        require_test_ids: bool = False) -> SubmissionReport:
     """Check a submission the way Kaggle reads it: a CSV file, or a pandas DataFrame before it is written as one.
 
     Header exactly `id_code,sirna`; every sirna an integer (ASCII digits) in 0..1107, and in `allowed` when given;
     no id_code twice; and, when the test id_codes are known (`sample_submission`, else for a file
     sample_submission.csv or test.csv beside it), every one present and no other, and with `ordered=True` in the
     sample's row order. Raises MetadataError listing each problem with the CSV line numbers (for a DataFrame, those
-    of the CSV `to_csv(index=False)` writes).
+    of the CSV `to_csv(index=False)` writes). Without the test id_codes the file's own rows are checked and a
+    warning says so; with `require_test_ids` (what `cellio submit` uses) that is an error instead: a file missing
+    test wells would otherwise pass.
     """
     if isinstance(submission, (str, os.PathLike)):
         path: Path | None = Path(submission)
@@ -135,6 +138,11 @@ def validate_submission(submission: str | os.PathLike[str] | Any, sample_submiss
             k = next(k for k, (a, b) in enumerate(zip(ids, expected)) if a != b)
             problems.append(f"rows must follow the order of {reference.name}: line {lines[k]} has {ids[k]!r}, "
                             f"{reference.name} has {expected[k]!r} there")
+    elif require_test_ids:
+        raise MetadataError(f"submission {name}: the test id_codes to check it against are unknown (no "
+                            f"sample_submission.csv or test.csv {'beside it' if path is not None else 'given'}), so "
+                            f"missing test wells would go unnoticed; pass --sample-submission PATH (Kaggle's "
+                            f"sample_submission.csv or test.csv; sample_submission= in Python)")
     else:
         log.warning("%s: no sample_submission.csv or test.csv %s; id_codes not checked against the test set (pass "
                     "sample_submission=...)", name, "beside it" if path is not None else "given")
@@ -145,13 +153,17 @@ def validate_submission(submission: str | os.PathLike[str] | Any, sample_submiss
 
 def submit(file: str | Path, message: str, *, check: bool = True, sample_submission: str | Path | None = None,
            progress: bool = True, api: Any | None = None) -> str:
-    """Validate `file` (unless check=False) and submit it to the competition; returns Kaggle's answer."""
+    """Validate `file` (unless check=False) and submit it to the competition; returns Kaggle's answer.
+
+    The test id_codes must be known to validate: `sample_submission` (Kaggle's sample_submission.csv or test.csv),
+    else such a file beside `file`; without them nothing is uploaded. `validate_submission(file, sample,
+    require_test_ids=True)` (`cellio submit FILE --check`) runs the same check without credentials."""
     file = Path(file)
-    source = check_credentials()
     if not message or not message.strip():
         raise MetadataError("a submission needs a non-empty message (-m)")
+    source = check_credentials()
     if check:
-        log.info("%s", validate_submission(file, sample_submission).summary())
+        log.info("%s", validate_submission(file, sample_submission, require_test_ids=True).summary())
     elif not file.is_file():
         raise MetadataError(f"submission file {file} does not exist")
     if api is None:
