@@ -107,6 +107,32 @@ def test_resume_after_interruption_continues_identically(train_store, tmp_path):
     assert a["val_acc"] == b2["val_acc"]
 
 
+def test_a_run_killed_between_a_checkpoint_and_its_validation_validates_that_epoch_on_resume(train_store, tmp_path,
+                                                                                            monkeypatch):
+    # 20 steps per epoch (160 sites / 8): the step-20 checkpoint closes epoch 0 before its validation runs; a kill
+    # there used to resume at epoch 1, and epoch 0 was never validated (nor considered for best.pt)
+    import trainer.train
+
+    common = ["optim.epochs=2", "train.ckpt_every=20"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    a = run(_cfg(_store_path(train_store), straight, *common))
+    real = trainer.train.validate
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed during the validation of epoch 0")
+
+    monkeypatch.setattr(trainer.train, "validate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(_store_path(train_store), resumed, *common))
+    assert load_checkpoint(resumed / "checkpoints" / "last.pt")["step"] == 20
+    monkeypatch.setattr(trainer.train, "validate", real)
+    b = run(_cfg(_store_path(train_store), resumed, *common))
+    assert [e["epoch"] for e in _events(resumed, "val")] == [0, 1] == [e["epoch"] for e in _events(straight, "val")]
+    assert [e["val_acc"] for e in _events(resumed, "val")] == [e["val_acc"] for e in _events(straight, "val")]
+    assert pd.read_csv(resumed / "metrics.csv")["epoch"].tolist() == [0, 1]
+    assert a["val_acc"] == b["val_acc"] and a["best_val_acc"] == b["best_val_acc"]
+
+
 def test_torchrun_two_processes_agree_with_one(train_store, tmp_path):
     # same global batch (2 x 4 vs 1 x 8); BatchNorm in eval mode (freeze_bn) so a sample's output does not depend
     # on which process holds its batch-mates: the DDP gradient average then equals the 1-process gradient

@@ -66,6 +66,7 @@ class Run:
     step: int = 0
     start_epoch: int = 0
     resume_mid_epoch: bool = False
+    owed_validation: int | None = None  # resumed from a checkpoint taken before this epoch's validation ran
     best: float = -1.0
     metrics: dict[str, Any] = field(default_factory=dict)
     seen: int = 0                   # images (or feature rows) this process trained on
@@ -76,10 +77,17 @@ class Run:
     def ckpt_dir(self) -> Path:
         return Path(self.cfg.out) / "checkpoints"
 
-    def state(self, epoch: int, *, epoch_complete: bool, loader: Any) -> dict[str, Any]:
+    def state(self, epoch: int, *, epoch_complete: bool, loader: Any,
+              validation_owed: bool = False) -> dict[str, Any]:
         return {**training_state(self.net, self.opt, self.sched, self.scaler, loader, self.cfg, self.ctx.class_map,
                                  epoch=epoch, step=self.step, epoch_complete=epoch_complete, metrics=self.metrics),
-                "stage": self.stage.state_dict()}
+                "stage": self.stage.state_dict(), "validation_owed": validation_owed}
+
+    def validation_due(self, epoch: int, epoch_complete: bool) -> bool:
+        """Whether `epoch` is validated at this step: at every train.val_every-th epoch end, and at the schedule's
+        end even mid-epoch (max_steps)."""
+        return self.val_loader is not None and ((epoch_complete and (epoch + 1) % self.cfg.train.val_every == 0)
+                                                or self.step >= self.schedule.total_steps)
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -92,13 +100,18 @@ def run(cfg: Config) -> dict[str, Any]:
 
         bar = tqdm(total=r.schedule.stop_at, initial=r.step, desc=f"train {cfg.train.stage}", unit="step")
     epoch = r.start_epoch
+    if r.owed_validation is not None:  # the checkpoint was written before its epoch's validation ran: run it now
+        epoch = r.owed_validation
+        record_validation(r, epoch, validate(r.net, r.stage, r.val_loader, r.ctx))
+        if env.is_main:
+            save_checkpoint(r.ckpt_dir / "last.pt", r.state(epoch, epoch_complete=epoch < r.start_epoch,
+                                                            loader=r.train_loader))
     for epoch in range(r.start_epoch, r.schedule.epochs):
         if r.step >= r.schedule.stop_at:
             break
         train_one_epoch(r, epoch, bar)
         epoch_complete = r.step == r.schedule.epoch_end(epoch)
-        finished = r.step >= r.schedule.total_steps  # the schedule's end validates even mid-epoch (max_steps)
-        if r.val_loader is not None and ((epoch_complete and (epoch + 1) % cfg.train.val_every == 0) or finished):
+        if r.validation_due(epoch, epoch_complete):
             record_validation(r, epoch, validate(r.net, r.stage, r.val_loader, r.ctx))
         if env.is_main:
             save_checkpoint(r.ckpt_dir / "last.pt", r.state(epoch, epoch_complete=epoch_complete,
@@ -187,6 +200,8 @@ def _resume(r: Run, state: dict[str, Any]) -> None:
     r.start_epoch = int(state["epoch"]) + (1 if state["epoch_complete"] else 0)
     if state.get("stage"):  # a stage whose data changes (pseudo-labels) rebuilds its loader as it was
         r.train_loader = r.stage.load_state_dict(state["stage"], r.ctx) or r.train_loader
+    if state.get("validation_owed") and r.val_loader is not None:
+        r.owed_validation = int(state["epoch"])
     if not state["epoch_complete"]:
         r.resume_mid_epoch = True
         r.train_loader.set_epoch(r.start_epoch)
@@ -247,8 +262,11 @@ def train_one_epoch(r: Run, epoch: int, bar: Any = None) -> None:
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.2f}")
             r.metrics.update(train_loss=stats["loss"], train_acc=stats["acc"])
         if env.is_main and cfg.train.ckpt_every and r.step % cfg.train.ckpt_every == 0:
-            save_checkpoint(r.ckpt_dir / "last.pt", r.state(epoch, epoch_complete=r.step == r.schedule.epoch_end(
-                epoch), loader=r.train_loader))
+            # at an epoch end this comes before the epoch's validation (in `run`): the checkpoint says it is owed,
+            # so that a run killed in between validates that epoch when resumed
+            complete = r.step == r.schedule.epoch_end(epoch)
+            save_checkpoint(r.ckpt_dir / "last.pt", r.state(epoch, epoch_complete=complete, loader=r.train_loader,
+                                                            validation_owed=r.validation_due(epoch, complete)))
 
 
 def _optimizer_step(r: Run) -> None:
