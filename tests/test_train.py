@@ -133,6 +133,56 @@ def test_a_run_killed_between_a_checkpoint_and_its_validation_validates_that_epo
     assert a["val_acc"] == b["val_acc"] and a["best_val_acc"] == b["best_val_acc"]
 
 
+def test_a_full_disk_while_training_names_the_file_and_the_resumed_logs_are_whole(train_store, tmp_path,
+                                                                                 monkeypatch):
+    # two full disks: while metrics.csv gets its first row (the file is created, the header never lands), and
+    # while last.pt is saved after epoch 1's row (torch's own error, written to /dev/full). The resumed run's
+    # metrics.csv used to have no header and epoch 1 twice; its log.jsonl events twice.
+    import builtins
+    import errno
+
+    import trainer.runlog
+    from cellio.errors import DiskFullError
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this platform")
+    straight, out = tmp_path / "straight", tmp_path / "full"
+    run(_cfg(_store_path(train_store), straight, "optim.epochs=2"))
+
+    def full_metrics(file, mode="r", *args, **kwargs):  # metrics.csv is created, then its first write fails
+        if str(file).endswith("metrics.csv"):
+            builtins.open(file, mode, *args, **kwargs).close()
+            return builtins.open("/dev/full", "w")
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.runlog, "open", full_metrics, raising=False)
+    with pytest.raises(DiskFullError, match=r"metrics\.csv: not enough disk space") as err:
+        run(_cfg(_store_path(train_store), out, "optim.epochs=2"))
+    assert err.value.path == str(out / "metrics.csv")
+    monkeypatch.undo()
+    real = torch.save
+
+    def full_at_step_40(obj, f, *args, **kwargs):
+        if ".last.pt" in str(getattr(f, "name", f)) and obj["step"] == 40:
+            with open("/dev/full", "wb") as full:
+                return real(obj, full, *args, **kwargs)
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_at_step_40)
+    with pytest.raises(DiskFullError, match=r"last\.pt: not enough disk space: saving this checkpoint"):
+        run(_cfg(_store_path(train_store), out, "optim.epochs=2"))
+    monkeypatch.undo()
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 20
+    run(_cfg(_store_path(train_store), out, "optim.epochs=2"))
+    a, b = (pd.read_csv(d / "metrics.csv") for d in (straight, out))
+    assert list(b.columns) == list(a.columns) and b["epoch"].tolist() == [0, 1]
+    pd.testing.assert_frame_equal(a[["epoch", "step", "val_acc", "val_loss"]], b[["epoch", "step", "val_acc",
+                                                                                     "val_loss"]])
+    steps = [(e["event"], e["step"]) for e in map(json.loads, (out / "log.jsonl").read_text().splitlines())]
+    assert steps == [(e["event"], e["step"]) for e in map(json.loads, (straight / "log.jsonl").read_text()
+                                                             .splitlines())]
+
+
 def test_torchrun_two_processes_agree_with_one(train_store, tmp_path):
     # same global batch (2 x 4 vs 1 x 8); BatchNorm in eval mode (freeze_bn) so a sample's output does not depend
     # on which process holds its batch-mates: the DDP gradient average then equals the 1-process gradient

@@ -81,7 +81,7 @@ class Run:
               validation_owed: bool = False) -> dict[str, Any]:
         return {**training_state(self.net, self.opt, self.sched, self.scaler, loader, self.cfg, self.ctx.class_map,
                                  epoch=epoch, step=self.step, epoch_complete=epoch_complete, metrics=self.metrics),
-                "stage": self.stage.state_dict(), "validation_owed": validation_owed}
+                "stage": self.stage.state_dict(), "validation_owed": validation_owed, "runlog": self.runlog.sizes()}
 
     def validation_due(self, epoch: int, epoch_complete: bool) -> bool:
         """Whether `epoch` is validated at this step: at every train.val_every-th epoch end, and at the schedule's
@@ -170,6 +170,8 @@ def prepare(cfg: Config) -> Run:
         if changed:
             apply_schedule_change(r.opt, r.sched, cfg)
             log.warning("resumed with changed %s (train.allow_schedule_change)", changed)
+    # the logs as they were at the checkpoint (nothing for a fresh start): the steps after it are redone
+    r.runlog.rewind(resume_from.get("runlog") if resume_from is not None else {})
     r.net = _wrap(stage.forward_module(model), cfg, env)
     return r
 
