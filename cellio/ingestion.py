@@ -16,7 +16,8 @@ The whole job holds the store's writer lock (cellio/_lock.py): a second ingest o
 the holder. Ingest deletes only its own state files (journal, temp files); it never builds over, or deletes,
 files it did not write. Free space is checked before any site is written, and ENOSPC during a write becomes a
 DiskFullError saying how much the rest of the job needs; `repair_store` re-ingests chosen sites of a finished store
-with the same batch tasks (atomic chunk writes, journal) after `cellio verify` found them damaged.
+with the same batch tasks (atomic chunk writes, journal) after `cellio verify` found them damaged, and a rerun of a
+finished store retries the sites an earlier run skipped (`on_error="skip"`) the same way.
 """
 from __future__ import annotations
 
@@ -124,6 +125,7 @@ class _BatchJob:
     verify: bool
     on_error: str
     shard: int | None = None                      # sharded layout: the shard this job writes whole
+    retried: frozenset[int] = frozenset()         # sites that failed in an earlier run: still bad -> failed again
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -236,7 +238,7 @@ def _run_batch(job: _BatchJob) -> list[dict[str, Any]]:
         return {"i": i, "ok": True, "sum": sums, "sumsq": sumsq}
 
     def failed(k: int, exc: ImageError) -> dict[str, Any]:
-        if job.on_error == "fail":
+        if job.on_error == "fail" and job.indices[k] not in job.retried:
             raise exc
         return {"i": job.indices[k], "ok": False, "id_code": job.id_codes[k], "site": job.sites[k],
                 "file": str(exc).split(": ", 1)[0], "reason": str(exc)}
@@ -569,6 +571,10 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
            sites_per_shard: int = DEFAULT_SITES_PER_SHARD, tile: int | tuple[int, int] | None = None) -> IngestReport:
     """Ingest an RxRx1-layout directory into a Zarr v3 store; resumes an interrupted run of the same call.
 
+    A rerun of a finished store retries the sites an earlier run skipped (on_error="skip"; their files may have
+    been fixed since): each is stored now, or recorded as failed again; nothing else is redone (a sharded store
+    rewrites their shards whole, with the same bytes for the other sites).
+
     scheduler: a Dask distributed address ("tcp://host:port") or Client; the same batch tasks then run on the
     cluster, whose workers must see `raw` and `store_path` (shared file system or fsspec URL, e.g. s3://; pass
     credentials and endpoints in `storage_options`, fsspec form, or the usual environment variables).
@@ -598,12 +604,25 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
     with _locked_root(target, "ingest") as lock:
         attrs = _prepare(target, plan, raw, params, image_size)
         if attrs.get("complete"):
-            log.info("%s is already complete", target.path)
-            target.remove(JOURNAL_DIR, recursive=True)
+            target.remove(JOURNAL_DIR, recursive=True)  # a retry killed earlier: its records are not committed
             target.remove(TMP_DIR, recursive=True)
-            failed = tuple(FailedSite(**f) for f in attrs.get("failed", []))
-            return IngestReport(str(store_path), len(plan), attrs["n_ok"], attrs["n_failed"], 0,
-                                time.perf_counter() - t0, codec, n_workers, True, failed)
+            retried = sorted(int(f["index"]) for f in attrs.get("failed", []))
+            if not retried:
+                log.info("%s is already complete", target.path)
+                return IngestReport(str(store_path), len(plan), attrs["n_ok"], attrs["n_failed"], 0,
+                                    time.perf_counter() - t0, codec, n_workers, True)
+            # sites skipped (on_error="skip") by an earlier run: their files may have been fixed since
+            log.info("%s is complete but for %d failed sites: trying them again", target.path, len(retried))
+            t1 = time.perf_counter()
+            todo = _store_again(target, attrs, plan, raw, retried, verify, on_error, batch_size, n_workers,
+                                scheduler, progress, lock)
+            sites_seconds = time.perf_counter() - t1
+            lock.check()
+            attrs, failed = _commit_sites(target, attrs, todo)
+            still = [f.index for f in failed if f.index in set(retried)]
+            log.info("%s: %d of %d failed sites stored now", target.path, len(retried) - len(still), len(retried))
+            return IngestReport(str(store_path), len(plan), attrs["n_ok"], attrs["n_failed"], len(todo),
+                                time.perf_counter() - t0, codec, n_workers, True, tuple(failed), sites_seconds)
 
         done = read_journal(target.fs, target.root)
         todo = [i for i in range(len(plan)) if i not in done]
@@ -666,13 +685,15 @@ def _finalize_checked(target: FileTarget, attrs: dict[str, Any],
 
 
 def _make_jobs(plan: pd.DataFrame, todo: list[int], raw: Path, target: FileTarget, attrs: dict[str, Any],
-               verify: bool, on_error: str, batch_size: int | None, n_workers: int) -> list[_BatchJob]:
+               verify: bool, on_error: str, batch_size: int | None, n_workers: int,
+               retried: Iterable[int] = ()) -> list[_BatchJob]:
     if batch_size is None:  # ~4 batches per worker for balance, at most 16 sites lost to a kill per worker
         batch_size = max(1, min(16, math.ceil(len(todo) / (4 * n_workers))))
     paths = plan[list(PATH_COLUMNS)].to_numpy()
     stats = plan[list(PIXEL_MEAN_COLUMNS) + list(PIXEL_STD_COLUMNS)].to_numpy(dtype=np.float64)
     shape = (int(attrs["image_shape"][0]), int(attrs["image_shape"][1]))
     images = _read_images_meta(target, attrs, shape)
+    retried = frozenset(int(i) for i in retried)
     jobs = []
     if image_layout(images) == "sharded":  # a job per shard, written whole (a shard is also the resume unit)
         per = ShardLayout.from_metadata(images).sites
@@ -686,7 +707,7 @@ def _make_jobs(plan: pd.DataFrame, todo: list[int], raw: Path, target: FileTarge
                 sites=tuple(int(s) for s in plan["site"].iloc[idx]), paths=tuple(tuple(paths[i]) for i in idx),
                 expected=tuple(None if np.isnan(stats[i]).all() else tuple(float(v) for v in stats[i])
                                for i in idx),
-                verify=verify, on_error=on_error, shard=shard))
+                verify=verify, on_error=on_error, shard=shard, retried=retried & set(idx)))
         return jobs
     for start in range(0, len(todo), batch_size):
         idx = todo[start:start + batch_size]
@@ -696,7 +717,7 @@ def _make_jobs(plan: pd.DataFrame, todo: list[int], raw: Path, target: FileTarge
             sites=tuple(int(s) for s in plan["site"].iloc[idx]),
             paths=tuple(tuple(paths[i]) for i in idx),
             expected=tuple(None if np.isnan(stats[i]).all() else tuple(float(v) for v in stats[i]) for i in idx),
-            verify=verify, on_error=on_error))
+            verify=verify, on_error=on_error, retried=retried & set(idx)))
     return jobs
 
 
@@ -864,16 +885,16 @@ def repair_store(raw: str | os.PathLike[str], store_path: str | os.PathLike[str]
                 rewritten.append(f"sites/{name}")
         _check_plan(target, attrs, plan)  # the (repaired) site table is this raw data's plan
 
-        todo = _whole_shards(target, attrs, report.damaged_indices, (H, W))
-        if todo:
-            log.info("%s: re-ingesting %d damaged sites from %s", target.path, len(todo), raw)
-            _check_space(target, attrs["image_shape"], attrs["codec"], len(todo))
-            jobs = _make_jobs(plan, todo, raw, target, attrs, bool(params["verify"]), "fail", batch_size, n_workers)
-            _run_checked(target, attrs, jobs, len(todo), n_workers, None, progress, lock)
+        # the damaged sites, and the sites ingest skipped (their files may have been fixed since)
+        missing = [int(f["index"]) for f in attrs.get("failed", [])]
+        if report.damaged_indices or missing:
+            log.info("%s: re-ingesting %d damaged and %d missing sites from %s", target.path,
+                     len(report.damaged_indices), len(missing), raw)
+        todo = _store_again(target, attrs, plan, raw, [*report.damaged_indices, *missing], bool(params["verify"]),
+                            "fail", batch_size, n_workers, None, progress, lock)
         tables = [name for name in ("status", "stats/sum", "stats/sumsq", "stats/mean", "stats/std") if hit(name)]
         if todo or tables:
-            status, sums, sumsq = _repair_tables(target, attrs, report, todo, tables)
-            _write_tables(target, status, sums, sumsq, float(attrs["pixels_per_site"]), has_checksums(attrs))
+            _commit_sites(target, attrs, todo, report, tables)
             rewritten += ["status", "stats/sum", "stats/sumsq", "stats/mean", "stats/std"]
         target.remove(JOURNAL_DIR, recursive=True)
         target.remove(TMP_DIR, recursive=True)
@@ -884,32 +905,51 @@ def repair_store(raw: str | os.PathLike[str], store_path: str | os.PathLike[str]
     return RepairReport(str(store_path), tuple(todo), tuple(rewritten), time.perf_counter() - t0, after)
 
 
-def _whole_shards(target: FileTarget, attrs: dict[str, Any], damaged: list[int], shape: tuple[int, int]) -> list[int]:
-    """Sites to re-ingest for `damaged`: themselves, or in the sharded layout every stored site of their shards
-    (a shard is rewritten whole)."""
+def _whole_shards(target: FileTarget, attrs: dict[str, Any], sites: Iterable[int], shape: tuple[int, int]) -> list[int]:
+    """Sites to ingest again for `sites`: themselves, or in the sharded layout every site of their shards (a shard
+    is rewritten whole; its failed sites are tried again with it)."""
+    sites = sorted(set(sites))
     images = _read_images_meta(target, attrs, shape)
-    if not damaged or image_layout(images) != "sharded":
-        return list(damaged)
+    if not sites or image_layout(images) != "sharded":
+        return sites
     per = ShardLayout.from_metadata(images).sites
-    failed = {int(f["index"]) for f in attrs.get("failed", [])}
     n = int(attrs["n_sites"])
-    shards = sorted({i // per for i in damaged})
-    return [i for s in shards for i in range(s * per, min(n, (s + 1) * per)) if i not in failed]
+    shards = sorted({i // per for i in sites})
+    return [i for s in shards for i in range(s * per, min(n, (s + 1) * per))]
 
 
-def _repair_tables(target: FileTarget, attrs: dict[str, Any], report: Any, todo: list[int],
-                   damaged: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """status and per-site sums after a repair: stored values where intact, else rebuilt; repaired rows from the
-    journal of the re-ingest."""
+def _store_again(target: FileTarget, attrs: dict[str, Any], plan: pd.DataFrame, raw: Path, sites: Iterable[int],
+                 verify: bool, on_error: str, batch_size: int | None, n_workers: int, scheduler: Any, progress: bool,
+                 lock: Any) -> list[int]:
+    """Ingest `sites` of a finished store again (whole shards) with the ingest's own batch tasks, journalled;
+    `_commit_sites` then makes them part of the store. The store's failed sites among them are retried: one still
+    bad is recorded as failed again, whatever `on_error`. Returns the sites ingested."""
+    shape = (int(attrs["image_shape"][0]), int(attrs["image_shape"][1]))
+    todo = _whole_shards(target, attrs, sites, shape)
+    if todo:
+        _check_space(target, attrs["image_shape"], attrs["codec"], len(todo))
+        failed = [int(f["index"]) for f in attrs.get("failed", [])]
+        jobs = _make_jobs(plan, todo, raw, target, attrs, verify, on_error, batch_size, n_workers, retried=failed)
+        _run_checked(target, attrs, jobs, len(todo), n_workers, scheduler, progress, lock)
+    return todo
+
+
+def _commit_sites(target: FileTarget, attrs: dict[str, Any], todo: list[int], report: Any = None,
+                  damaged: Sequence[str] = ()) -> tuple[dict[str, Any], list[FailedSite]]:
+    """After `_store_again`: status, stats/ and the root's failed list with the journal's record of `todo` (stored
+    values elsewhere; `damaged` tables rebuilt, stats/ from `report`'s freshly verified sums), then the journal
+    deleted. Writes the tables, then the root (the commit point: a run killed before it retries again)."""
     n = int(attrs["n_sites"])
-    failed = [int(f["index"]) for f in attrs.get("failed", [])]
+    failed = {int(f["index"]): FailedSite(**f) for f in attrs.get("failed", [])}
     if "status" in damaged:
         status = np.full(n, STATUS_OK, dtype=np.uint8)
-        status[failed] = STATUS_FAILED
+        status[list(failed)] = STATUS_FAILED
     else:
         status = read_small_array(target.fs, target.key("status"))
     if "stats/sum" in damaged or "stats/sumsq" in damaged:
-        if report.sums is None or report.n_checked + len(todo) < int((status == STATUS_OK).sum()):
+        stored_before = int((status == STATUS_OK).sum())
+        if report is None or report.sums is None or \
+                report.n_checked + len(set(todo) - set(failed)) < stored_before:
             raise StoreError(f"{target.path}: stats/ is damaged and the verification report does not cover every "
                              f"site; run `cellio verify --repair` without site selections")
         sums, sumsq = report.sums.copy(), report.sumsq.copy()  # exact, from chunks that passed their checksums
@@ -919,8 +959,22 @@ def _repair_tables(target: FileTarget, attrs: dict[str, Any], report: Any, todo:
     done = read_journal(target.fs, target.root)
     for i in todo:
         e = done[i]
-        sums[i], sumsq[i] = e["sum"], e["sumsq"]
-    return status, sums, sumsq
+        if e["ok"]:
+            status[i] = STATUS_OK
+            sums[i], sumsq[i] = e["sum"], e["sumsq"]
+            failed.pop(i, None)
+        else:
+            status[i] = STATUS_FAILED
+            sums[i] = sumsq[i] = 0
+            failed[i] = FailedSite(i, e["id_code"], int(e["site"]), e["file"], e["reason"])
+    _write_tables(target, status, sums, sumsq, float(attrs["pixels_per_site"]), has_checksums(attrs))
+    listed = [failed[i] for i in sorted(failed)]
+    attrs = dict(attrs)
+    attrs.update(n_ok=int((status == STATUS_OK).sum()), n_failed=len(listed), failed=[f.to_dict() for f in listed])
+    _write_root(target, attrs)
+    target.remove(JOURNAL_DIR, recursive=True)
+    target.remove(TMP_DIR, recursive=True)
+    return attrs, listed
 
 
 def _run_dask(jobs: list[_BatchJob], scheduler: Any, bar: Any) -> None:

@@ -10,8 +10,10 @@ What is checked (docs/reliability.md):
    per-channel pixel sums and sums of squares equal `stats/sum` and `stats/sumsq` (so damage in a format 1.0
    store, which has no checksums, is still found).
 
-Damaged sites are reported by index, id_code and site number; `cellio verify STORE --repair RAW`
-(`cellio.ingestion.repair_store`) re-ingests exactly those from the PNGs. With `record=True` the time and outcome are
+Damaged sites are reported by index, id_code and site number; so are the sites ingest skipped (`on_error="skip"`),
+as missing: the store does not hold every site of its plan. `cellio verify STORE --repair RAW`
+(`cellio.ingestion.repair_store`) re-ingests exactly those from the PNGs (the missing ones too, where their files
+are readable now). With `record=True` the time and outcome are
 written into the root attributes as `last_verified` (under the store's writer lock), which `cellio inspect` shows.
 Reading only: nothing else in the store is changed.
 """
@@ -69,6 +71,7 @@ class VerifyReport:
     threads: int
     sites: tuple[Damage, ...] = ()      # damaged sites, by index
     arrays: tuple[Damage, ...] = ()     # damaged or inconsistent arrays and metadata files
+    missing: tuple[Damage, ...] = ()    # sites ingest skipped (on_error="skip"): file = the raw file that failed
     verified_at: str = ""
     # exact per-site sums computed from the chunks that passed (for repair when stats/ itself is damaged)
     sums: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -76,7 +79,13 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
+        """Nothing stored is damaged (sites ingest skipped may still be missing: `complete`)."""
         return not self.sites and not self.arrays
+
+    @property
+    def complete(self) -> bool:
+        """Nothing damaged and nothing missing: the store holds every site of its plan."""
+        return self.ok and not self.missing
 
     @property
     def damaged_indices(self) -> list[int]:
@@ -96,14 +105,14 @@ class VerifyReport:
                 "n_sites": self.n_sites, "n_checked": self.n_checked, "stored_bytes": self.stored_bytes,
                 "decoded_bytes": self.decoded_bytes, "seconds": round(self.seconds, 3), "threads": self.threads,
                 "sites_per_s": round(self.sites_per_s, 1), "mb_per_s": round(self.mb_per_s, 1), "ok": self.ok,
-                "verified_at": self.verified_at, "sites": [d.to_dict() for d in self.sites],
-                "arrays": [d.to_dict() for d in self.arrays]}
+                "complete": self.complete, "verified_at": self.verified_at, "sites": [d.to_dict() for d in self.sites],
+                "arrays": [d.to_dict() for d in self.arrays], "missing": [d.to_dict() for d in self.missing]}
 
     def record(self) -> dict[str, Any]:
         """The `last_verified` root attribute."""
         return {"at": self.verified_at, "ok": self.ok, "sites_checked": self.n_checked,
                 "damaged_sites": len(self.damaged_indices), "damaged_arrays": len(self.arrays),
-                "checksums": self.checksums, "seconds": round(self.seconds, 3)}
+                "missing_sites": len(self.missing), "checksums": self.checksums, "seconds": round(self.seconds, 3)}
 
     def summary(self, max_rows: int = 50) -> str:
         """A human-readable table: what was checked, how fast, and every damaged site and array."""
@@ -117,6 +126,11 @@ class VerifyReport:
             "result      " + ("OK: no damage found" if self.ok else
                               f"DAMAGED: {len(self.damaged_indices)} sites, {len(self.arrays)} arrays/files"),
         ]
+        if self.missing:
+            n = len(self.missing)
+            lines.append(f"            MISSING: {n} site{'s' if n > 1 else ''} of the plan not stored (ingest skipped "
+                         f"{'them' if n > 1 else 'it'}: --on-error skip); once the files are fixed, rerun `cellio "
+                         f"ingest` with the same arguments or `cellio verify STORE --repair RAW`")
         if self.arrays:
             lines += ["", f"  {'file':<32} problem"]
             lines += [f"  {d.file:<32} {d.problem}" for d in self.arrays[:max_rows]]
@@ -127,6 +141,12 @@ class VerifyReport:
                              f"{d.site if d.site is not None else '?':>4}  {d.file:<24} {d.problem}")
             if len(self.sites) > max_rows:
                 lines.append(f"  ... {len(self.sites) - max_rows} more (see --json)")
+        if self.missing:
+            lines += ["", f"  missing {'index':>6}  {'id_code':<18} {'site':>4}  why"]
+            lines += [f"          {d.index:>6}  {d.id_code or '?':<18} {d.site if d.site is not None else '?':>4}  "
+                      f"{d.problem}" for d in self.missing[:max_rows]]
+            if len(self.missing) > max_rows:
+                lines.append(f"  ... {len(self.missing) - max_rows} more (see --json)")
         return "\n".join(lines)
 
 
@@ -291,15 +311,19 @@ def verify_store(path: str | os.PathLike[str], *, threads: int | None = None, pr
         finally:
             bar.close()
     site_damage.sort(key=lambda d: (d.index, d.problem))
+    missing = tuple(Damage(int(f["index"]), f.get("id_code"), f.get("site"), str(f.get("file", "")),
+                           str(f.get("reason", "skipped by ingest")))
+                    for f in sorted(attrs.get("failed", []), key=lambda f: int(f["index"])))
     report = VerifyReport(
         store=str(path), format_version=str(attrs.get("format_version")), checksums=has_checksums(attrs),
         n_sites=n, n_checked=counters["checked"], stored_bytes=counters["stored"],
         decoded_bytes=(counters["checked"] - len(site_damage)) * H * W * C, seconds=time.perf_counter() - t0, threads=n_threads,
-        sites=tuple(site_damage), arrays=tuple(arrays),
+        sites=tuple(site_damage), arrays=tuple(arrays), missing=missing,
         verified_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), sums=got_s, sumsq=got_q)
     log.info("verified %s: %d sites in %.2f s (%.1f sites/s, %.1f MB/s): %s", path, report.n_checked,
              report.seconds, report.sites_per_s, report.mb_per_s,
-             "OK" if report.ok else f"{len(report.damaged_indices)} damaged sites, {len(arrays)} damaged arrays")
+             ("OK" if report.ok else f"{len(report.damaged_indices)} damaged sites, {len(arrays)} damaged arrays")
+             + (f", {len(missing)} sites missing (skipped by ingest)" if missing else ""))
     if record and indices is None:
         write_last_verified(path, report, storage_options=storage_options)
     return report

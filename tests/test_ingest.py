@@ -295,6 +295,33 @@ def test_on_error_skip_records_every_bad_site(tmp_path, small_ref, raw_copy):
     np.testing.assert_array_equal(s.read(np.arange(len(s))), small_ref.read(good))
 
 
+@pytest.mark.parametrize("layout", ["chunked", "sharded"])
+def test_a_rerun_retries_the_sites_skipped_earlier(tmp_path, raw_copy, layout):
+    # a rerun used to say "already complete" and keep the stale failure after the PNG was fixed: the only way in
+    # was to delete the store. Now it retries the failed sites (a shard is rewritten whole), keeps the ones still
+    # bad, and ends byte-identical to a store that never failed.
+    from cellio.metadata import read_metadata
+
+    meta = read_metadata(raw_copy)
+    originals = {}
+    for i, case in ((3, "corrupt"), (21, "missing")):
+        rel = meta.iloc[i]["path_w4"]
+        originals[i] = (rel, (raw_copy / rel).read_bytes())
+        _break(raw_copy, meta, case, i)
+    store = tmp_path / "s.zarr"
+    kw = dict(on_error="skip", workers=1, limit=LIMIT, progress=False, layout=layout, sites_per_shard=8)
+    assert [f.index for f in ingest(raw_copy, store, **kw).failed] == [3, 21]
+    (raw_copy / originals[3][0]).write_bytes(originals[3][1])
+    again = ingest(raw_copy, store, **kw)
+    assert [f.index for f in again.failed] == [21] and "missing" in again.failed[0].reason
+    assert again.n_ok == LIMIT - 1 and again.n_written > 0 and len(open_store(store)) == LIMIT - 1
+    (raw_copy / originals[21][0]).write_bytes(originals[21][1])
+    last = ingest(raw_copy, store, **{**kw, "on_error": "fail"})
+    assert last.n_failed == 0 and last.n_ok == LIMIT and not last.failed
+    assert ingest(raw_copy, store, **kw).n_written == 0  # nothing left to retry
+    _assert_same_store(ingest(raw_copy, tmp_path / "clean.zarr", **kw).store, store)
+
+
 def test_malformed_csv_is_a_clear_error(tmp_path, raw_copy):
     csv = pd.read_csv(raw_copy / "train.csv").drop(columns=["well"])
     csv.to_csv(raw_copy / "train.csv", index=False)

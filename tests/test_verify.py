@@ -123,3 +123,30 @@ def test_verify_refuses_an_incomplete_store(tmp_path, clean):
     (s / "zarr.json").write_text(json.dumps(node))
     with pytest.raises(StoreIncompleteError, match="rerun `cellio ingest`"):
         verify_store(s, progress=False)
+
+
+def test_sites_skipped_by_ingest_are_reported_missing_and_repair_stores_them(tmp_path, small_raw, capsys):
+    # `verify` said OK and `--repair` left them out: the store silently lacked sites of its plan
+    import shutil
+
+    from cellio.cli import main
+    from cellio.metadata import read_metadata
+
+    raw = tmp_path / "raw"
+    shutil.copytree(small_raw, raw)
+    row = read_metadata(raw).iloc[5]
+    png = raw / row["path_w2"]
+    original = png.read_bytes()
+    png.write_bytes(b"not a png")
+    store = tmp_path / "s.zarr"
+    ingest(raw, store, codec="lz4", on_error="skip", workers=1, progress=False, layout="chunked")
+    capsys.readouterr()
+    assert main(["verify", str(store), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING: 1 site" in out and row["id_code"] in out and "not a readable PNG" in out
+    assert main(["verify", str(store), "--repair", str(raw), "--no-progress"]) == 1  # still bad: still missing
+    png.write_bytes(original)
+    assert main(["verify", str(store), "--repair", str(raw), "--no-progress"]) == 0
+    assert "OK: no damage found" in capsys.readouterr().out.rsplit("verified again", 1)[1]
+    fresh = ingest(raw, tmp_path / "fresh.zarr", codec="lz4", workers=1, progress=False, layout="chunked").store
+    assert_same_store(fresh, store)  # as if the site had never failed

@@ -5,15 +5,16 @@ import argparse
 import json
 from pathlib import Path
 
-HELP = "check a store end to end (checksums, pixel sums vs stats, every array); --repair RAW rewrites damage"
+HELP = ("check a store end to end (checksums, pixel sums vs stats, every array, sites ingest skipped); --repair RAW "
+        "rewrites damage and stores the skipped sites whose files are readable now")
 INTERRUPTED = "nothing was changed by the check; a repair interrupted now resumes when rerun"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("store", help="store path or fsspec URL")
     parser.add_argument("--repair", metavar="RAW", type=Path, default=None,
-                        help="re-ingest the damaged sites (and rewrite damaged arrays) from this RxRx1 directory, "
-                             "then verify again")
+                        help="re-ingest the damaged and missing sites (and rewrite damaged arrays) from this RxRx1 "
+                             "directory, then verify again")
     parser.add_argument("--threads", type=int, default=None, help="reader threads (default: min(8, cores))")
     parser.add_argument("--workers", type=int, default=None, help="--repair: ingest worker processes")
     parser.add_argument("--json", type=Path, default=None, help="also write the report(s) as JSON here")
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     print(report.summary())
     out = {"verify": report.to_dict()}
     final = report
-    if args.repair is not None and not report.ok:
+    if args.repair is not None and not report.complete:
         print(f"\nrepairing from {args.repair} ...")
         fixed = repair_store(args.repair, args.store, report=report, workers=args.workers, threads=args.threads,
                              progress=args.progress)
@@ -46,4 +47,4 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2))
         print(f"report written to {args.json}")
-    return 0 if final.ok else 1
+    return 0 if final.complete else 1  # damaged, or missing sites ingest skipped: 1
