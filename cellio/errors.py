@@ -23,6 +23,7 @@ __all__ = [
     "CredentialsError",
     "DownloadError",
     "ConfigError",
+    "MainModuleError",
 ]
 
 
@@ -137,6 +138,12 @@ class DownloadError(CellioError):
 
 class ConfigError(CellioError, ValueError):
     """A configuration key or parameter value is unknown or invalid (trainer config, synthesize arguments)."""
+
+
+class MainModuleError(CellioError, RuntimeError):
+    """Worker processes cannot start from this program's main module: each would run it again, and it calls cellio
+    at import time (no `if __name__ == "__main__":` guard), or it was read from standard input and cannot be run
+    again. Raised in the parent before any work; the message says what to write (or to pass workers=1)."""
 
 
 class RemoteStoreError(_Picklable, StoreError):

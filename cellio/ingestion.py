@@ -44,6 +44,7 @@ from ._format import CODECS, CREATING_MARKER, DEFAULT_SITES_PER_SHARD, DEFAULT_T
     chunk_key, column_kind, decode_strings, encode_column, group_metadata, has_checksums, image_layout, \
     images_metadata, is_store_file, journal_key, read_journal, read_small_array
 from ._lock import lock_store
+from ._main_module import require_importable_main
 from ._validate import parse_count
 from .errors import DiskFullError, ImageError, MetadataError, StoreDamagedError, StoreError
 from .schema import CHANNEL_NAMES, CHANNELS, DATASETS, N_CHANNELS, PATH_COLUMNS, PIXEL_MEAN_COLUMNS, \
@@ -585,6 +586,9 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
     """
     t0 = time.perf_counter()
     workers, batch_size = parse_count("workers", workers), parse_count("batch_size", batch_size)
+    n_workers = workers or os.cpu_count() or 1
+    if scheduler is None and n_workers > 1:  # before any work: a worker would run an unguarded script again
+        require_importable_main(f"cellio.ingest(workers={n_workers})", _pool_method())
     if codec not in CODECS:
         raise StoreError(f"codec {codec!r} is unknown; expected one of {', '.join(CODECS)}")
     if on_error not in ON_ERROR:
@@ -600,7 +604,6 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
     plan = _plan(raw, ds, exps, cts, limit)
     params = _ingest_params(codec, verify, ds, exps, cts, limit, _layout_params(layout, sites_per_shard, tile))
     target = FileTarget(str(store_path), storage_options)
-    n_workers = workers or os.cpu_count() or 1
     with _locked_root(target, "ingest") as lock:
         attrs = _prepare(target, plan, raw, params, image_size)
         if attrs.get("complete"):
@@ -767,13 +770,20 @@ def _start_forkserver_ignoring_sigint() -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+def _pool_method() -> str:
+    """forkserver: workers fork from a clean server process, never from this one (which may hold zarr's event loop
+    thread); spawn where fork does not exist. Both run the main module again in every worker
+    (cellio/_main_module.py)."""
+    import multiprocessing as mp
+
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
 def _run_pool(jobs: list[_BatchJob], n_workers: int, bar: Any, check: Any = lambda: None) -> None:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    # forkserver: workers fork from a clean server process, never from this one (which may hold zarr's event
-    # loop thread); spawn where fork does not exist
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    method = _pool_method()
     ctx = mp.get_context(method)
     if method == "forkserver":
         _start_forkserver_ignoring_sigint()
@@ -846,11 +856,13 @@ def repair_store(raw: str | os.PathLike[str], store_path: str | os.PathLike[str]
     t0 = time.perf_counter()
     workers, batch_size = parse_count("workers", workers), parse_count("batch_size", batch_size)
     threads = parse_count("threads", threads)
+    n_workers = workers or os.cpu_count() or 1
+    if n_workers > 1:
+        require_importable_main(f"cellio.repair_store(workers={n_workers})", _pool_method())
     raw = Path(raw)
     if not raw.is_dir():
         raise MetadataError(f"{raw}: raw data directory not found (repair re-ingests damaged sites from the PNGs)")
     target = FileTarget(str(store_path), storage_options)
-    n_workers = workers or os.cpu_count() or 1
     with lock_store(target, "repair") as lock:
         if report is None:
             report = verify_store(store_path, threads=threads, progress=progress, record=False,

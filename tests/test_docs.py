@@ -16,5 +16,14 @@ def test_quickstart_python_runs(tmp_path, monkeypatch):
     assert blocks, "the quickstart lost its Python example"
     monkeypatch.chdir(tmp_path)
     for code in blocks:
-        exec(compile(code, "docs/quickstart.md", "exec"), {"__name__": "__quickstart__"})
+        exec(compile(code, "docs/quickstart.md", "exec"), {"__name__": "__main__"})  # as a script runs it
     assert (tmp_path / "qs" / "store.zarr").is_dir()
+
+
+def test_the_readmes_library_example_shows_the_main_guard():
+    # pasted into a script without it, ingest's workers re-ran the script (docs: README, "Why the guard")
+    readme = DOCS.parent / "README.md"
+    (block,) = [b for b in _python_blocks(readme) if "cellio.ingest(" in b]
+    guard, body = block.split('if __name__ == "__main__":', 1)
+    assert "cellio.ingest(" not in guard and "cellio.ingest(" in body
+    assert "MainModuleError" in readme.read_text()

@@ -219,3 +219,61 @@ def test_a_zero_thread_reader_is_refused_naming_the_parameter(clean):
 
     with pytest.raises(ConfigError, match=r"threads: expected an integer >= 1 or None, found 0"):
         open_store(clean, threads=0)
+
+
+# ------------------------------------------------------------------------------------------------ the main module
+README_STYLE = """import sys
+import cellio
+
+report = cellio.ingest(sys.argv[1], sys.argv[2], workers=2, progress=False)
+print("stored", report.n_ok)
+"""
+GUARDED = """import sys
+import cellio
+
+
+def main():
+    report = cellio.ingest(sys.argv[1], sys.argv[2], workers=2, progress=False)
+    print("stored", report.n_ok)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_workers_started_from_an_unguarded_main_module_stop_at_once_with_what_to_write(tmp_path, small_raw, how):
+    # the README's example pasted into quick.py: every forkserver worker re-ran the script's top level, and the
+    # user saw BrokenProcessPool and a lock traceback from a child; from `python -` a FileNotFoundError: '<stdin>'
+    store = tmp_path / "s.zarr"
+    script = tmp_path / "quick.py"
+    script.write_text(README_STYLE)
+    if how == "script":
+        cmd, stdin = [sys.executable, str(script), str(small_raw), str(store)], None
+    else:
+        cmd, stdin = [sys.executable, "-", str(small_raw), str(store)], README_STYLE
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=ENV, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    err = proc.stderr
+    assert "BrokenProcessPool" not in err and "_RemoteTraceback" not in err and "FileNotFoundError" not in err, err
+    last = err.strip().splitlines()
+    assert any(line.startswith("cellio.errors.MainModuleError: ") for line in last), err
+    assert 'if __name__ == "__main__":' in err and "workers=1" in err
+    if how == "script":
+        assert f"{script}, line 4" in err and "report = cellio.ingest(" in err
+    else:
+        assert "<stdin>" in err and "standard input" in err
+    assert not store.exists()  # refused before any work
+
+
+def test_a_guarded_script_and_python_c_start_their_workers(tmp_path, small_raw):
+    script = tmp_path / "quick.py"
+    script.write_text(GUARDED)
+    proc = subprocess.run([sys.executable, str(script), str(small_raw), str(tmp_path / "a.zarr")],
+                          capture_output=True, text=True, env=ENV, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0 and "stored 64" in proc.stdout, proc.stderr
+    # `python -c` has no main file for the workers to re-run: nothing to guard
+    proc = subprocess.run([sys.executable, "-c", README_STYLE, str(small_raw), str(tmp_path / "b.zarr")],
+                          capture_output=True, text=True, env=ENV, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0 and "stored 64" in proc.stdout, proc.stderr

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from .._main_module import require_importable_main
 from .._validate import parse_count
 from ..errors import ConfigError
 from ..schema import (
@@ -347,6 +348,7 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
         else:
             import multiprocessing
 
+            require_importable_main(f"cellio.synthesize(workers={n_workers})", "spawn")
             ctx = multiprocessing.get_context("spawn")  # safe even if the caller has threads or torch loaded
             with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
                 futures = [pool.submit(_render_chunk, str(out), seed, h, w, chunk, check, prof) for chunk in chunks]
