@@ -57,6 +57,24 @@ def _default_device() -> str:
         return "cpu"
 
 
+def _require_device(device: str) -> None:
+    """PipelineConfigError, before any data is read, when `device` names a CUDA device this process cannot use:
+    otherwise torch says "Found no NVIDIA driver" at the first batch, or DALI asserts on its device_id."""
+    if not device.startswith("cuda"):
+        return
+    try:
+        import torch
+    except ImportError:  # (the loader itself needs torch: create_loader reports that on its own)
+        return
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= n:
+        found = "no CUDA device is available to this process" if n == 0 else \
+            f"this process sees {n} CUDA device{'s' if n > 1 else ''} (cuda:0..cuda:{n - 1})"
+        raise PipelineConfigError(f"device: {device!r} asked for, but {found}; use device='cpu', or leave device "
+                                  f"unset ('cuda' where a GPU is available, else 'cpu')")
+
+
 def _as_tuple(name: str, value: Any, allowed: Sequence[str] | None = None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -413,6 +431,7 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     if backend == "dali":
         require_dali("create_loader(backend='dali')")
     device = parse_device(device or _default_device())
+    _require_device(device)
     if rank is None or world_size is None:
         d_rank, d_world = _default_distributed()
         rank = d_rank if rank is None else rank

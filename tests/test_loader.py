@@ -347,3 +347,12 @@ def test_labels_override_and_a_fixed_epoch_length(tiny_store):
         _make(tiny_store, 4, labels={int(test_rows[0]): 1})  # a test row outside datasets=("train",)
     with pytest.raises(PipelineConfigError, match="samples_per_epoch"):
         _make(tiny_store, 4, train=False, samples_per_epoch=10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_cuda_device_that_is_not_there_is_a_named_error_up_front(tiny_store, backend):
+    # torch said "Found no NVIDIA driver on your system" at the first batch, DALI an assert about device_id
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = "cuda" if n == 0 else f"cuda:{n}"
+    with pytest.raises(PipelineConfigError, match=rf"device: {device!r} asked for, but .*CUDA device.*'cpu'"):
+        _make(tiny_store, device=device, backend=backend)
