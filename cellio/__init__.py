@@ -6,7 +6,7 @@ Public API (imported lazily so `import cellio` stays light and never pulls in to
     synthesize                                           -- cellio.synth
     ingest, repair_store, open_store, Store              -- cellio.ingestion / cellio.store
     verify_store                                         -- cellio.verification
-    create_loader, Loader, AugmentConfig                 -- cellio.loader / cellio.transforms
+    create_loader, Loader, select_sites, AugmentConfig   -- cellio.loader / cellio.transforms
     download, submit, check_credentials                  -- cellio.kaggle
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ _LAZY: dict[str, str] = {
     "Store": "cellio.store",
     "create_loader": "cellio.loader",
     "Loader": "cellio.loader",
+    "select_sites": "cellio.loader",
     "AugmentConfig": "cellio.transforms",
     "get_preset": "cellio.transforms",
     "list_presets": "cellio.transforms",

@@ -205,6 +205,17 @@ def test_every_override_and_the_budget_are_checked_before_any_work(raw, tmp_path
     assert "== 1. data" not in captured.out and not (out / "store.zarr").exists()
 
 
+def test_a_batch_the_training_sites_cannot_fill_names_plan_batch(raw, tmp_path, capsys):
+    # the loader's words (last_batch='drop', batch_size) used to reach the user of the main job, who set plan.batch
+    from trainer.demo import main
+
+    out = tmp_path / "out"
+    assert main(["--data", str(raw), "--out", str(out), "--hardware", "cpu", *TINY, "plan.batch=4096"]) == 2
+    err = capsys.readouterr().err
+    assert "plan.batch=4096" in err and "last_batch" not in err, err
+    assert not (out / "runs").exists()  # before any training (the budget's measurement included)
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_the_gpu_plan_runs_end_to_end_on_cpu(raw, tmp_path, processes):
     out = tmp_path / "out"

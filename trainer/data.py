@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .runtime import Env
 
-__all__ = ["make_loader"]
+__all__ = ["make_loader", "count_train_sites"]
 
 
 def make_loader(cfg: "Config", store: Any, env: "Env", experiments: list[str] | None, *, train: bool,
@@ -23,9 +23,18 @@ def make_loader(cfg: "Config", store: Any, env: "Env", experiments: list[str] | 
         store, bs, train=train, augment=cfg.data.augment, crop_size=crop,
         normalize=cfg.data.normalize, rank=env.rank, world_size=env.world_size, seed=cfg.train.seed,
         backend=cfg.data.backend, device="cuda" if env.device.type == "cuda" else "cpu",
-        num_workers=cfg.data.num_workers, **{"datasets": ("train",), "experiments": experiments,
-                                             "cell_types": cfg.data.cell_types or None,
-                                             "controls": cfg.data.include_controls,
+        num_workers=cfg.data.num_workers, **{**_selection(cfg, experiments),
                                              "last_batch": "drop" if train else "partial",
                                              "batch_by": (cfg.data.batch_by or None) if train else None,
                                              **extra})
+
+
+def count_train_sites(cfg: "Config", sites: Any, experiments: list[str] | None) -> int:
+    """How many sites a loader of `make_loader` over `experiments` reads (its selection, without a loader): what
+    one batch on every process must fit into, checked before a job trains (trainer.demo)."""
+    return len(cellio.select_sites(sites, **_selection(cfg, experiments)))
+
+
+def _selection(cfg: "Config", experiments: list[str] | None) -> dict[str, Any]:
+    return {"datasets": ("train",), "experiments": experiments, "cell_types": cfg.data.cell_types or None,
+            "controls": cfg.data.include_controls}

@@ -207,6 +207,7 @@ def make_job_plan(opts: JobOptions, store: Any, store_path: Path, start: float) 
     plan = make_plan(facts, hw, opts.budget_min * 60, overrides)
     if plan.device == "cuda" and not _has_cuda():
         plan.device = "cpu"
+    check_batch(plan, opts, store, store_path)  # before the budget's measurement trains
     if {"steps_single", "steps_pseudo"} <= set(opts.plan_overrides):  # nothing to measure
         plan.reasons.append("steps given as plan overrides: no measurement, no budget check")
     else:
@@ -214,6 +215,34 @@ def make_job_plan(opts: JobOptions, store: Any, store_path: Path, start: float) 
         plan = fit_to_budget(plan, step_s=step_s, view_s=view_s, spent_s=time.perf_counter() - start, facts=facts)
     save_plan(plan, path)
     return plan
+
+
+def check_batch(plan: Plan, opts: JobOptions, store: Any, store_path: Path) -> None:
+    """plan.batch against the training sites of each run the plan trains with it (the single stage; each cell
+    type's fine-tuning), one batch per process: a ConfigError naming plan.batch, not the loader's own words
+    (last_batch, batch_size) from inside the first training run. Plate-pure batches (plan.batch_by) are checked by
+    the loader per plate."""
+    from trainer.data import count_train_sites
+    from trainer.folds import split_experiments
+
+    cfg = run_config(plan, opts, store_path, opts.out / "runs" / "single")
+    if cfg.data.batch_by:
+        return
+    split = split_experiments(cfg.data, store.sites)
+    runs = [("the single stage", cfg)]
+    if plan.steps_finetune > 0:
+        trained = store.sites[store.sites["experiment"].isin(split.train)]
+        runs += [(f"the fine-tuning of {ct}", run_config(plan, opts, store_path, opts.out / "runs" / f"finetune_{ct}",
+                                                         f"data.cell_types=[{ct}]"))
+                 for ct in sorted(trained["cell_type"].unique())]
+    for what, run_cfg in runs:
+        n, batch = count_train_sites(run_cfg, store.sites, split.train), run_cfg.data.batch_size
+        if n < batch * plan.processes:
+            key = "plan.batch" if batch == plan.batch else "data.batch_size"  # a trainer key given on top wins
+            per = "" if plan.processes == 1 else f" on each of {plan.processes} processes"
+            raise cellio.ConfigError(
+                f"{key}={batch}: {what} trains on {n} sites (train experiments {split.train}), fewer than one "
+                f"batch of {batch}{per}; set {key} to at most {max(n // plan.processes, 1)}")
 
 
 def _has_cuda() -> bool:
