@@ -216,6 +216,21 @@ def test_a_batch_the_training_sites_cannot_fill_names_plan_batch(raw, tmp_path, 
     assert not (out / "runs").exists()  # before any training (the budget's measurement included)
 
 
+@pytest.mark.parametrize("module", ["trainer.demo", "trainer.embed", "trainer.rehearse"])
+def test_help_describes_the_command_in_whole_sentences(module):
+    # `python -m trainer.demo --help` stopped at "... a plan from the data and the machine -> a 6-channel"
+    import ast
+
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = ast.get_docstring(ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text()))
+    first_paragraph = doc.split("\n\n")[0]
+    assert first_paragraph.endswith(".")
+    # argparse rewraps it (and may break "fine-tuning" at its hyphen): compared without whitespace
+    assert "".join(first_paragraph.split()) in "".join(proc.stdout.split())
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_the_gpu_plan_runs_end_to_end_on_cpu(raw, tmp_path, processes):
     out = tmp_path / "out"

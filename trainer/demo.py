@@ -555,7 +555,7 @@ def _add_to_report(path: Path, extra: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> JobOptions:
-    p = argparse.ArgumentParser(prog="python -m trainer.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="an RxRx1 directory in the Kaggle layout (default: make a synthetic one in OUT/raw)")
     p.add_argument("--out", default="out/demo", help="output folder")
     p.add_argument("--profile", default="default", choices=sorted(PROFILES),

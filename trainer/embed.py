@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import cellio
     from trainer.checkpoint import load_for_inference
 
-    p = argparse.ArgumentParser(prog="python -m trainer.embed", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.embed", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--store", required=True)
     p.add_argument("--out", required=True, help="output .parquet or .zarr")

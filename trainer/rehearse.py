@@ -269,7 +269,7 @@ def rehearse(opts: RehearsalOptions) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> RehearsalOptions:
-    p = argparse.ArgumentParser(prog="python -m trainer.rehearse", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.rehearse", description=__doc__.split("\n\n")[0])
     p.add_argument("out", metavar="OUT", help="output folder (the set in OUT/raw, the job in OUT/job)")
     p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     p.add_argument("--experiments", nargs="+", metavar="EXP",
