@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ._format import FORMAT_NAME, FORMAT_VERSION, STATUS_FAILED, STATUS_OK, FileTarget, ShardLayout, chunk_codec, \
-    chunk_key, decode_strings, get_fs, group_metadata, has_checksums, image_layout, is_url, read_json, \
+from ._format import FORMAT_NAME, FORMAT_VERSION, STATUS_FAILED, STATUS_OK, TMP_DIR, FileTarget, ShardLayout, \
+    chunk_codec, chunk_key, decode_strings, get_fs, group_metadata, has_checksums, image_layout, is_url, read_json, \
     read_small_array
 from ._validate import parse_count
 from .errors import StoreDamagedError, StoreError, StoreIncompleteError
@@ -420,11 +420,12 @@ def write_last_verified(path: str | os.PathLike[str], report: VerifyReport, *,
 
     target = FileTarget(str(path), storage_options)
 
-    def write() -> None:
+    def write() -> None:  # under the writer lock (ours, or the caller's): nobody else writes temp files now
         node = read_json(target.fs, target.key("zarr.json"))
         attrs = dict(node.get("attributes", {}))
         attrs["last_verified"] = report.record()
         target.write_json("zarr.json", group_metadata(attrs))
+        target.remove(TMP_DIR, recursive=True)  # the write's temp directory, empty now: a finished store has none
 
     if not lock:
         write()

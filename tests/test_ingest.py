@@ -196,6 +196,12 @@ def test_sigkill_then_rerun_gives_the_clean_store(tmp_path, tiny_raw):
     report = ingest(tiny_raw, store, codec="lz4", workers=2, progress=False, layout="chunked")
     assert report.complete and 0 < report.n_written < report.n_sites
     _assert_same_store(clean, store)
+    # and no directory of cellio's own is left, not even an empty one (`cellio verify`'s attribute write left an
+    # empty .cellio-tmp/)
+    from cellio.cli import main
+
+    assert main(["verify", str(store), "--no-progress"]) == 0
+    assert sorted(p.name for p in store.iterdir()) == sorted(p.name for p in clean.iterdir())
 
 
 def test_interrupted_skeleton_is_rebuilt(tmp_path, small_raw, clean_lz4):
