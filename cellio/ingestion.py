@@ -42,7 +42,7 @@ import pandas as pd
 from ._format import CODECS, CREATING_MARKER, DEFAULT_SITES_PER_SHARD, DEFAULT_TILE, FORMAT_NAME, FORMAT_VERSION, \
     JOURNAL_DIR, LAYOUTS, LOCK_NAME, STATUS_FAILED, STATUS_OK, TMP_DIR, FileTarget, ShardLayout, chunk_codec, \
     chunk_key, column_kind, decode_strings, encode_column, group_metadata, has_checksums, image_layout, \
-    images_metadata, is_store_file, journal_key, read_journal, read_small_array
+    images_metadata, is_store_file, is_url, journal_key, read_journal, read_small_array
 from ._lock import lock_store
 from ._main_module import require_importable_main
 from ._validate import parse_count
@@ -596,6 +596,7 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
     raw = Path(raw)
     if not raw.is_dir():
         raise MetadataError(f"{raw}: raw data directory not found (expected the unzipped RxRx1 layout)")
+    _check_outside(raw, store_path)
     ds = _as_tuple(datasets) or DATASETS
     bad = sorted(set(ds) - set(DATASETS))
     if bad:
@@ -643,6 +644,17 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
              sites_seconds, len(failed))
     return IngestReport(str(store_path), len(plan), attrs["n_ok"], attrs["n_failed"], len(todo), seconds, codec,
                         n_workers, True, tuple(failed), sites_seconds)
+
+
+def _check_outside(raw: Path, store_path: str | os.PathLike[str]) -> None:
+    """A local store must not lie in the raw directory it is made from: the raw set would then hold a store of
+    itself (a copy or a re-download of the raw data carries it along, a cleanup of either touches the other)."""
+    if is_url(str(store_path)):
+        return
+    src, dst = raw.resolve(), Path(store_path).resolve()
+    if dst == src or src in dst.parents:
+        raise StoreError(f"{store_path}: the store would be written inside the raw directory {raw} it is made "
+                         f"from; choose a store path outside it (e.g. {src.parent / (src.name + '.zarr')})")
 
 
 @contextmanager

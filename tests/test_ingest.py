@@ -328,6 +328,16 @@ def test_a_rerun_retries_the_sites_skipped_earlier(tmp_path, raw_copy, layout):
     _assert_same_store(ingest(raw_copy, tmp_path / "clean.zarr", **kw).store, store)
 
 
+@pytest.mark.parametrize("where", ["store.zarr", "train/store.zarr", "."])
+def test_a_store_inside_the_raw_directory_is_refused(raw_copy, where):
+    # it used to be accepted silently: the raw set then holds a store of itself (a copy or a re-download of the
+    # raw data carries it along, a cleanup of either touches the other)
+    before = sorted(str(p) for p in raw_copy.rglob("*"))
+    with pytest.raises(StoreError, match=r"inside the raw directory .*choose a store path outside it"):
+        ingest(raw_copy, raw_copy / where, workers=1, progress=False)
+    assert sorted(str(p) for p in raw_copy.rglob("*")) == before  # nothing written
+
+
 def test_malformed_csv_is_a_clear_error(tmp_path, raw_copy):
     csv = pd.read_csv(raw_copy / "train.csv").drop(columns=["well"])
     csv.to_csv(raw_copy / "train.csv", index=False)
