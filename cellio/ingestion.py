@@ -618,8 +618,8 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
             # sites skipped (on_error="skip") by an earlier run: their files may have been fixed since
             log.info("%s is complete but for %d failed sites: trying them again", target.path, len(retried))
             t1 = time.perf_counter()
-            todo = _store_again(target, attrs, plan, raw, retried, verify, on_error, batch_size, n_workers,
-                                scheduler, progress, lock)
+            todo = _store_again(target, attrs, plan, raw, retried, verify, batch_size, n_workers, scheduler,
+                                progress, lock)
             sites_seconds = time.perf_counter() - t1
             lock.check()
             attrs, failed = _commit_sites(target, attrs, todo)
@@ -915,7 +915,7 @@ def repair_store(raw: str | os.PathLike[str], store_path: str | os.PathLike[str]
             log.info("%s: re-ingesting %d damaged and %d missing sites from %s", target.path,
                      len(report.damaged_indices), len(missing), raw)
         todo = _store_again(target, attrs, plan, raw, [*report.damaged_indices, *missing], bool(params["verify"]),
-                            "fail", batch_size, n_workers, None, progress, lock)
+                            batch_size, n_workers, None, progress, lock)
         tables = [name for name in ("status", "stats/sum", "stats/sumsq", "stats/mean", "stats/std") if hit(name)]
         if todo or tables:
             _commit_sites(target, attrs, todo, report, tables)
@@ -943,17 +943,19 @@ def _whole_shards(target: FileTarget, attrs: dict[str, Any], sites: Iterable[int
 
 
 def _store_again(target: FileTarget, attrs: dict[str, Any], plan: pd.DataFrame, raw: Path, sites: Iterable[int],
-                 verify: bool, on_error: str, batch_size: int | None, n_workers: int, scheduler: Any, progress: bool,
+                 verify: bool, batch_size: int | None, n_workers: int, scheduler: Any, progress: bool,
                  lock: Any) -> list[int]:
     """Ingest `sites` of a finished store again (whole shards) with the ingest's own batch tasks, journalled;
     `_commit_sites` then makes them part of the store. The store's failed sites among them are retried: one still
-    bad is recorded as failed again, whatever `on_error`. Returns the sites ingested."""
+    bad is recorded as failed again. A stored site that fails now (its PNG deleted or changed since) is an
+    ImageError naming the file, whatever on_error: a retry never turns a stored site into a failed one, and nothing
+    is committed. Returns the sites ingested."""
     shape = (int(attrs["image_shape"][0]), int(attrs["image_shape"][1]))
     todo = _whole_shards(target, attrs, sites, shape)
     if todo:
         _check_space(target, attrs["image_shape"], attrs["codec"], len(todo))
         failed = [int(f["index"]) for f in attrs.get("failed", [])]
-        jobs = _make_jobs(plan, todo, raw, target, attrs, verify, on_error, batch_size, n_workers, retried=failed)
+        jobs = _make_jobs(plan, todo, raw, target, attrs, verify, "fail", batch_size, n_workers, retried=failed)
         _run_checked(target, attrs, jobs, len(todo), n_workers, scheduler, progress, lock)
     return todo
 

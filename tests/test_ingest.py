@@ -328,6 +328,25 @@ def test_a_rerun_retries_the_sites_skipped_earlier(tmp_path, raw_copy, layout):
     _assert_same_store(ingest(raw_copy, tmp_path / "clean.zarr", **kw).store, store)
 
 
+def test_a_retry_never_turns_a_stored_site_into_a_failed_one(tmp_path, raw_copy):
+    # the retried site's shard is rewritten whole, so its stored neighbours are read again: one whose PNG went
+    # missing since is an error naming the file (even with on_error="skip"), and the store stays as it was
+    from cellio.metadata import read_metadata
+
+    meta = read_metadata(raw_copy)
+    _break(raw_copy, meta, "corrupt", 3)
+    store = tmp_path / "s.zarr"
+    kw = dict(on_error="skip", workers=1, limit=LIMIT, progress=False, layout="sharded", sites_per_shard=8)
+    ingest(raw_copy, store, **kw)
+    before = _store_files(store)
+    gone = _break(raw_copy, meta, "missing", 5)  # a stored site of the same shard
+    with pytest.raises(ImageError, match=gone):
+        ingest(raw_copy, store, **kw)
+    assert _store_files(store).keys() >= before.keys()
+    assert {k: v for k, v in _store_files(store).items() if k in before} == before
+    assert len(open_store(store)) == LIMIT - 1
+
+
 @pytest.mark.parametrize("where", ["store.zarr", "train/store.zarr", "."])
 def test_a_store_inside_the_raw_directory_is_refused(raw_copy, where):
     # it used to be accepted silently: the raw set then holds a store of itself (a copy or a re-download of the
