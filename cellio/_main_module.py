@@ -43,8 +43,9 @@ def require_importable_main(what: str, method: str) -> None:
         raise MainModuleError(
             f"{what} starts worker processes ({method}), and each one first runs this program's main module "
             f"again; but it was read from {getattr(main, '__file__', path)!r} (standard input, `python -`), not a "
-            f"file, and cannot be run again, so every worker would fail. Save the code as a file with the work under\n\n    {_GUARD}\n        ...\n\nand "
-            f"run that file, or pass workers=1 (the work then runs in this process)")
+            f"file, and cannot be run again, so every worker would fail. Save the code as a file with the work "
+            f"under\n\n    {_GUARD}\n        ...\n\nand run that file, or pass workers=1 (the work then runs in "
+            f"this process)")
     frame = _main_frame(main)
     if frame is None:  # not called while the main module's top level runs (a thread, atexit): nothing re-runs it
         return
