@@ -23,14 +23,17 @@ weak, a few strong) along 0.75 * a direction shared by the cell types (2-3 featu
 one (1-2 features); a cell is affected with probability p and then gets z += effect * exp(N(0, 0.2)). Positive
 controls: A = 4, p = 0.9, the same in every cell type. The negative control has no effect.
 
-Batch model (one confound knob, --confound c, scales every per-plate term; c = 0 makes the plates of an experiment
-identically distributed). Per experiment: channel gains exp(N(0, 0.25)), background, a smooth multiplicative
-illumination field per channel (low-order cosines, exp(N(0, 0.12)) coefficients) times a vignette, a small drift of
-the morphology mean (N(0, 0.15) per feature), shot-noise conversion and read noise. Per plate: a focus blur whose
-sigma is one of the levels FOCUS (px at 512) in a random order per experiment (so the four plates always differ
-visibly), times c; channel gains exp(c * (0.12 * imaging-order part shared by plate p of every experiment + 0.22 *
-own part)); channel offsets c * U(0, 4) grey levels; cell density exp(c * DENSITY level, random order). Per well:
-density exp(N(0, 0.1)) and channel gains exp(N(0, 0.03)). Per pixel: shot + read noise, 8-bit quantisation.
+Batch model (one knob, --confound c, scales every per-plate term; c = 0 makes the plates of an experiment
+identically distributed). Per experiment: channel gains exp(N(0, 0.2)), background U(1, 3) grey levels, a smooth
+multiplicative illumination field per channel (exp of low-order cosines with N(0, 0.07) coefficients) times a
+radial vignette, a drift of the morphology mean (N(0, 0.15) per feature), shot-noise conversion and read noise.
+Per plate: a defocus blur whose sigma takes the levels FOCUS (0.3, 1.0, 1.7, 2.4 px at 512, +- 0.15) in a random
+order per experiment (the four plates always differ visibly), times c, on top of the in-focus PSF (0.8 px); channel
+gains exp(c * (0.12 * a part shared by plate p of every experiment, imaging order, + 0.22 * the plate's own part),
+each N(0, 1)); channel offsets c * U(0, 4) grey levels; cell density exp(c * DENSITY level, random order). The
+per-plate style is strong next to the phenotypes on purpose: a model can tell the plates (and so the siRNA groups)
+apart by focus and colour balance alone. Per well: density exp(N(0, 0.1)) and channel gains exp(N(0, 0.03)). Per
+pixel: shot + read noise, 8-bit quantisation.
 
 Output is a pure function of the arguments (every draw comes from np.random.default_rng([seed, purpose, ids...])),
 the same bytes for any --workers.
@@ -80,7 +83,7 @@ PSF = 0.8  # in-focus optical blur (px at 512)
 CALIBRATION = np.array([34.0, 100.0, 18.0, 17.5, 21.0, 28.0], F32)
 
 # purposes of the seeded generators
-_LAYOUT, _PHENO, _EXP, _STYLE, _ORDER, _WELL, _SITE, _NOISE, _TEX = 41, 42, 43, 44, 45, 46, 47, 48, 49
+_LAYOUT, _PHENO, _EXP, _STYLE, _ORDER, _WELL, _SITE, _NOISE, _TEX, _IMAGING = 41, 42, 43, 44, 45, 46, 47, 48, 49, 50
 
 
 def _rng(*ids) -> np.random.Generator:
@@ -131,7 +134,7 @@ def plate_style(seed: int, e_idx: int, plate: int, confound: float) -> dict:
     order = _rng(seed, _ORDER, e_idx)
     focus_level, density_level = order.permutation(4)[plate - 1], order.permutation(4)[plate - 1]
     r = _rng(seed, _STYLE, e_idx, plate)
-    imaging_order = _rng(seed, _STYLE, 0, 1000 + plate).standard_normal(6)
+    imaging_order = _rng(seed, _IMAGING, plate).standard_normal(6)
     return dict(focus=confound * (FOCUS[focus_level] + float(r.uniform(-0.15, 0.15))),
                 gain=np.exp(confound * (0.12 * imaging_order + 0.22 * r.standard_normal(6))).astype(F32),
                 offset=(confound * r.uniform(0, 4, 6)).astype(F32),
@@ -190,7 +193,8 @@ def _centres(r: np.random.Generator, n: float, size: int, margin: float, colonie
 
 def site_cells(size: int, seed: int, strength: float, confound: float, row: tuple, site: int) -> dict:
     """The cells of one site of a layout row (split, exp, e_idx, c_idx, ctype, plate, well, sirna, kind): centres,
-    shapes, the feature matrix z (n, K) and which cells show the siRNA's phenotype (`affected`)."""
+    shapes, the feature matrix z (n, K), exp(SCALE * z) (`f`), which cells show the siRNA's phenotype (`affected`),
+    and the site's generator `r`, which `render` goes on drawing from."""
     _split, _exp, e_idx, c_idx, ctype, plate, well, sirna, _kind = row
     ct = CELL_TYPE[ctype]
     s = size / 512
