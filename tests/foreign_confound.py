@@ -41,6 +41,9 @@ the same bytes for any --workers.
     python tests/foreign_confound.py OUT [--classes 120] [--train 2] [--test 1] [--size 512] [--missing 0.08]
                                          [--strength 1.0] [--confound 1.0] [--seed 41] [--workers 2]
     nice -n 10 python tests/foreign_confound.py /work/data/confound --workers 2    # the full default set
+
+The default set: 3,068 sites (2,042 train, 1,026 test; 18,408 PNGs), 2.6 GB, 10 min wall with --workers 2 on the
+2-core machine under a load of ~6 (322 CPU s: ~105 ms per 512 px site with its PNGs, ~60 ms without them).
 """
 from __future__ import annotations
 
@@ -318,12 +321,12 @@ def render(size: int, seed: int, cells: dict) -> np.ndarray:
     nl_size = f[:, FX["nucleoli"]]
     n_nl = np.clip(np.rint(3.5 / nl_size), 1, 8).astype(int)
     cell = np.repeat(np.arange(n), n_nl)
-    cells_nu = _points_in_cells(r, dict(x=x + nu * cos_t - nv * sin_t, y=y + nu * sin_t + nv * cos_t, a=an, b=bn,
-                                        theta=th), cell, np.zeros(len(cell)), np.full(len(cell), 0.6), 1.0)
+    nuclei = dict(x=x + nu * cos_t - nv * sin_t, y=y + nu * sin_t + nv * cos_t, a=an, b=bn, theta=th)
+    nl_x, nl_y = _points_in_cells(r, nuclei, cell, np.zeros(len(cell)), np.full(len(cell), 0.6), 1.0)
     blob = np.repeat(np.arange(len(cell)), 6)  # each nucleolus a small cloud of 6 points
     spread = (0.12 * Rn * nl_size)[cell][blob]
-    pts_x.append(cells_nu[0][blob] + r.normal(0, 1, len(blob)) * spread)
-    pts_y.append(cells_nu[1][blob] + r.normal(0, 1, len(blob)) * spread)
+    pts_x.append(nl_x[blob] + r.normal(0, 1, len(blob)) * spread)
+    pts_y.append(nl_y[blob] + r.normal(0, 1, len(blob)) * spread)
     pts_w.append((1.2 * (ct["nucleus"] * ct["radius"] * s) ** 2 * f[:, FX["rna_content"]] / (6 * n_nl))[cell][blob])
     pts_c.append(np.full(len(blob), 3))
 
