@@ -118,16 +118,22 @@ def fit_calibration(members: Sequence[WellScores], sites: pd.DataFrame, truth: p
     return Calibration(temps, tuple(float(c) for c in counts))
 
 
-def members_of(models: Sequence[Any], sites: pd.DataFrame, extra: Sequence[WellScores] = ()) -> list[WellScores]:
-    """The ensemble members: every model's TTA mean logits, then the `extra` well scores."""
-    return [mean_logits(m.logits, m.index, sites, classes=m.classes) for m in models] + list(extra)
+def members_of(models: Sequence[Any], sites: pd.DataFrame, extra: Sequence[WellScores] = (),
+               groups: PlateGroupsLike | None = None) -> list[WellScores]:
+    """The ensemble members: every model's TTA mean logits, then the `extra` well scores; with plate `groups`
+    each centred per plate and per group (trainer.rotation.centred_scores: what a plate-style shortcut adds is
+    removed before calibration, ensembling and assignment - validation cannot show a shortcut that happened to
+    point the right way there)."""
+    members = [mean_logits(m.logits, m.index, sites, classes=m.classes) for m in models] + list(extra)
+    return [centred_scores(ws, sites, groups) for ws in members] if groups is not None else members
 
 
 def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: PlateGroupsLike | None,
                     calibration: Calibration | None = None, stacker: Any | None = None,
                     stacker_scores: WellScores | None = None, min_z: float = 3.0,
                     extra: Sequence[WellScores] = (), balance: str = "none", meter: Any = None,
-                    split: str = "", records: Mapping[str, SourceRecord] | None = None) -> StepResults:
+                    split: str = "", records: Mapping[str, SourceRecord] | None = None,
+                    centre: bool = True, rotation: str = "consensus") -> StepResults:
     """Every step's per-well labels for `models` (trainer.predict.Predictions over the same sites) and `extra`
     well scores (embedding centroids, one step of their own and ensemble members).
 
@@ -137,7 +143,8 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
     fitted `stacker` (trainer.stacker.Stacker) to models[0]. Plate assignment needs `groups`: every plate step
     uses the rotations `trainer.rotation.decide_rotations` decides from `rotation_sources` (an experiment whose
     voting sources disagree or are unsure, below `min_z`, gets none: only "each class once per plate"), with
-    `records` (the sources' validation record) giving each decision its reliability.
+    `records` (the sources' validation record) giving each decision its reliability. With `centre` (and `groups`)
+    the members are centred per plate and group first (members_of).
     `balance="sinkhorn"` balances each plate's scores before the mask and the assignment (trainer.assign).
     `meter` (trainer.meter) times the aggregation, stacker, ensemble and assignment steps, named after `split`.
     """
@@ -159,7 +166,7 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
 
     with meter(f"{at}aggregation"):
         add("single view", single_view(first.logits, first.index, sites, classes=first.classes, view=first.view))
-        means = members_of(models, sites, extra)
+        means = members_of(models, sites, extra, groups if centre else None)
         add("TTA mean logits", means[0])
         add("TTA mean probs", mean_probs(first.logits, first.index, sites, classes=first.classes))
         add("TTA geometric mean", geometric_mean(first.logits, first.index, sites, classes=first.classes))
@@ -181,7 +188,8 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
             add("ensemble", final)
     with meter(f"{at}plate assignment"):
         if groups is not None:
-            _plate_steps(res, models, extra, cal, final, sites, groups, min_z, balance, records, split)
+            _plate_steps(res, models, extra, cal, final, sites, groups, min_z, balance, records, split, centre,
+                         rotation)
     return res
 
 
@@ -193,29 +201,36 @@ def _adabn(preds: Any) -> bool:
 
 
 def rotation_sources(models: Sequence[Any], extra: Sequence[WellScores], cal: Sequence[WellScores],
-                     sites: pd.DataFrame, groups: PlateGroupsLike) -> list[RotationSource]:
+                     sites: pd.DataFrame, groups: PlateGroupsLike, *, centred: bool = False) -> list[RotationSource]:
     """Every source of rotation evidence (trainer.rotation): each model's head as is (votes only with AdaBN) and
     centred per plate and group (votes), and each embedding-centroid member, centred the same way (votes).
-    `cal`: the members' scores, models first (members_of's order)."""
+    `cal`: the members' scores, models first (members_of's order); `centred`: they are centred already."""
+    def centre(ws: WellScores) -> WellScores:
+        return ws if centred else centred_scores(ws, sites, groups)
+
     out: list[RotationSource] = []
     for i, m in enumerate(models):
         tag = "" if i == 0 else f" (model {i + 1})"
-        out.append(RotationSource(f"TTA mean{tag}", rotation_evidence(cal[i], sites, groups), votes=_adabn(m)))
-        out.append(RotationSource(f"TTA mean, centred{tag}",
-                                  rotation_evidence(centred_scores(cal[i], sites, groups), sites, groups), votes=True))
+        raw = mean_logits(m.logits, m.index, sites, classes=m.classes)
+        out.append(RotationSource(f"TTA mean{tag}", rotation_evidence(raw, sites, groups), votes=_adabn(m)))
+        out.append(RotationSource(f"TTA mean, centred{tag}", rotation_evidence(centre(cal[i]), sites, groups),
+                                  votes=True))
     for j in range(len(extra)):
         tag = "" if j == 0 else f" (model {j + 1})"
-        ws = centred_scores(cal[len(models) + j], sites, groups)
-        out.append(RotationSource(f"embedding centroids{tag}", rotation_evidence(ws, sites, groups), votes=True))
+        out.append(RotationSource(f"embedding centroids{tag}",
+                                  rotation_evidence(centre(cal[len(models) + j]), sites, groups), votes=True))
     return out
 
 
 def _plate_steps(res: StepResults, models: Sequence[Any], extra: Sequence[WellScores], cal: list[WellScores],
                  final: WellScores, sites: pd.DataFrame, groups: PlateGroupsLike, min_z: float, balance: str,
-                 records: Mapping[str, SourceRecord] | None, split: str) -> None:
+                 records: Mapping[str, SourceRecord] | None, split: str, centred: bool, mode: str) -> None:
     """The plate mask and plate assignment steps of each base (TTA mean, embedding centroids, ensemble), all
-    with the rotations decided from every source, and each base's assignment without a rotation."""
-    res.sources = rotation_sources(models, extra, cal, sites, groups)
+    with the rotations decided from every source (`mode` "own": each from its own scores' evidence), and each
+    base's assignment without a rotation."""
+    if mode not in ("consensus", "own"):
+        raise ConfigError(f"rotation: expected 'consensus' or 'own', found {mode!r}")
+    res.sources = rotation_sources(models, extra, cal, sites, groups, centred=centred)
     res.rotations = decide_rotations(res.sources, min_z=min_z, records=records)
     for exp, d in res.rotations.items():
         if d.status == "contested" or d.dissent:
@@ -227,7 +242,8 @@ def _plate_steps(res: StepResults, models: Sequence[Any], extra: Sequence[WellSc
     if "ensemble" in res.labels:
         res.bases["ensemble"] = (final, PLATE_BASES["ensemble"])
     for base, (ws, _) in res.bases.items():
-        a = assign_plates(ws, sites, groups, rotations=rotations, balance=balance)
+        a = assign_plates(ws, sites, groups, rotations=rotations if mode == "consensus" else None, min_z=min_z,
+                          balance=balance)
         res.assignments[base + ASSIGN] = a
         res.labels[base + MASK] = a.masked  # impossible classes masked, argmax
         res.labels[base + ASSIGN] = a.predictions
@@ -284,6 +300,11 @@ class ChainInputs:
     val_embeddings: Sequence[Any] = ()           # for the out-of-fold centroids, when other models made `val`
                                                  # than `test` (a refit on every experiment); default: embeddings
     whiten: bool = True                          # centroids under the within-class covariance (trainer.embed)
+    centre: bool = True                          # members centred per plate and group (members_of)
+    rotation: str = "consensus"                  # "own": each plate step from its own scores' evidence (before
+                                                 # issue 20; kept for the ablation, benchmarks/chain_ablation.py)
+    select: str = "expected"                     # submit the best "expected" test accuracy, or the best
+                                                 # "validation" accuracy (the best case; before issue 20)
     notes: dict[str, Any] = field(default_factory=dict)  # more for report.json (the plan, training metrics)
 
 
@@ -327,12 +348,14 @@ def run_chain(inputs: ChainInputs, out: str | Path, meter: Any = None) -> ChainR
         with meter("validation: embedding centroids"):
             val_extra = _centroids(inputs, wells_of(inputs.val[0], sites), held_out=True)
         with meter("validation: calibration, ensemble weights"):
-            calibration = fit_calibration(members_of(inputs.val, sites, val_extra), sites, truth,
+            calibration = fit_calibration(members_of(inputs.val, sites, val_extra,
+                                                     groups if inputs.centre else None), sites, truth,
                                           weights=inputs.weights)
         res.extra["calibration"] = calibration.to_dict()
         res.validation = inference_steps(inputs.val, sites, groups=groups, calibration=calibration,
                                          stacker_scores=cv, min_z=inputs.min_z, extra=val_extra,
-                                         balance=inputs.balance, meter=meter, split="validation")
+                                         balance=inputs.balance, meter=meter, split="validation",
+                                         centre=inputs.centre, rotation=inputs.rotation)
         val_ids = res.validation.labels["TTA mean logits"]["id_code"]
         val_truth = truth[truth.index.isin(val_ids)]
         res.reports["validation"] = build_report(res.validation.labels, val_truth)
@@ -349,10 +372,11 @@ def run_chain(inputs: ChainInputs, out: str | Path, meter: Any = None) -> ChainR
             test_extra = _centroids(inputs, wells_of(inputs.test[0], sites), held_out=False)
         res.test = inference_steps(inputs.test, sites, groups=groups, calibration=calibration, stacker=stacker,
                                    min_z=inputs.min_z, extra=test_extra, balance=inputs.balance, meter=meter,
-                                   split="test", records=records)
+                                   split="test", records=records, centre=inputs.centre,
+                                   rotation=inputs.rotation)
         res.extra["test_assignment"] = {k: a.summary() for k, a in res.test.assignments.items()}
         res.extra.setdefault("rotation", {})["test"] = _decisions_summary(res.test)
-        res.extra["submission"] = _choose_submission(res, conditional, sites)
+        res.extra["submission"] = _choose_submission(res, conditional, sites, inputs.select)
         with meter("submission"):
             _submit(inputs, res, truth, out)
     if res.reports:
@@ -385,10 +409,13 @@ def _rotation_record(res: ChainResult, groups: Any, val_truth: pd.Series, inputs
     for step, c in conditional.items():
         res.reports["validation"]["steps"][step].update(c.to_dict())
     return records, conditional
-def _choose_submission(res: ChainResult, conditional: Mapping[str, Conditional], sites: pd.DataFrame
-                       ) -> dict[str, Any]:
+def _choose_submission(res: ChainResult, conditional: Mapping[str, Conditional], sites: pd.DataFrame,
+                       select: str = "expected") -> dict[str, Any]:
     """The step whose test labels are submitted: the best EXPECTED test accuracy (trainer.risk: a rotation step's
-    validation figure discounted by how sure each test rotation is) among the steps the test split has."""
+    validation figure discounted by how sure each test rotation is) among the steps the test split has; with
+    `select="validation"` the best validation accuracy (the best case)."""
+    if select not in ("expected", "validation"):
+        raise ConfigError(f"select: expected 'expected' or 'validation', found {select!r}")
     assert res.test is not None
     if "validation" not in res.reports:
         res.submitted = res.test.final
@@ -399,8 +426,9 @@ def _choose_submission(res: ChainResult, conditional: Mapping[str, Conditional],
                                    res.test.labels["TTA mean logits"]["id_code"])
     for name, value in expected.items():
         report["steps"][name]["expected_test"] = value
-    ranking = rank_steps(expected, report["n_wells"])
+    ranking = rank_steps(expected if select == "expected" else accuracy, report["n_wells"])
     res.submitted, value = ranking[0]
+    value = expected[res.submitted]
     runner = f"; runner-up {ranking[1][0]!r} {ranking[1][1]:.4f}" if len(ranking) > 1 else ""
     best_case = max(accuracy, key=lambda k: accuracy[k])
     out = {"step": res.submitted, "validation_accuracy": accuracy[res.submitted], "expected_test_accuracy": value,
@@ -487,6 +515,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--balance", choices=["none", "sinkhorn"], default="none",
                    help="balance each plate's scores (Sinkhorn) before the plate mask and assignment")
+    p.add_argument("--rotation", choices=["consensus", "own"], default="consensus",
+                   help="plate-group rotations from every source that cannot see plate style (consensus), or each "
+                        "plate step from its own scores (own: before issue 20)")
+    p.add_argument("--select", choices=["expected", "validation"], default="expected",
+                   help="submit the step with the best expected test accuracy, or the best validation accuracy")
+    p.add_argument("--no-centre", action="store_true",
+                   help="do not centre the members per plate and group before calibration and assignment")
     p.add_argument("--out", required=True, help="output directory")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -494,7 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = [load_predictions(f) for f in args.test_predictions]
     result = run_chain(ChainInputs(load_sites(args.store), val, test, weights=args.weights, top_k=args.top_k,
                                    seed=args.seed, sample_submission=args.sample_submission,
-                                   test_truth=args.test_truth, balance=args.balance), args.out)
+                                   test_truth=args.test_truth, balance=args.balance, centre=not args.no_centre,
+                                   rotation=args.rotation, select=args.select), args.out)
     if result.submission is not None:
         print(f"submission ({result.submitted}) -> {Path(args.out) / 'submission.csv'}")
     if result.reports:
