@@ -411,8 +411,7 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
         changes["dtype"] = dtype
     cfg = cfg.replace(**changes) if changes else cfg
     if not train:  # deterministic views: geometry comes from the TTA grid, nothing random
-        cfg = cfg.replace(rotation="none", shift=False, hflip=0.0, vflip=0.0, rrc_scale=None,
-                          intensity_scale=None, intensity_shift=None)
+        cfg = cfg.without_random()
         tta = parse_choice("tta", tta or "center", TTA_MODES)
     elif tta is not None or dihedral:
         raise PipelineConfigError("tta / dihedral apply to train=False (evaluation) only; found "

@@ -22,8 +22,8 @@ from ._validate import parse_choice, parse_device, parse_int
 from .errors import MissingDependencyError
 from .transforms import AugmentConfig
 
-__all__ = ["DALI_PACKAGE", "dali_available", "require_dali", "augment_graph", "build_pipeline", "close_pipeline",
-           "source_outputs", "warp_mode"]
+__all__ = ["DALI_PACKAGE", "dali_available", "require_dali", "augment_graph", "photometric_graph",
+           "photometric_columns", "build_pipeline", "close_pipeline", "source_outputs", "warp_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,52 @@ def warp_mode(cfg: AugmentConfig, *, train: bool, dihedral: bool = False) -> str
     return "nn" if dihedral else None
 
 
+def photometric_columns(cfg: AugmentConfig) -> tuple[str, ...]:
+    """The per-sample SiteSource columns the photometric ops of `cfg` take (cellio.sources.SiteSource)."""
+    cols: list[str] = []
+    if cfg.blur_sigma is not None:
+        cols += ["blur_sigma", "blur_window"]
+    if cfg.gamma is not None:
+        cols += ["gamma"]
+    if cfg.illumination is not None:
+        cols += ["field_y", "field_x", "field_gx", "field_gy", "field_v"]
+    if cfg.noise is not None:
+        cols += ["noise", "noise_shot", "noise_read"]
+    return tuple(cols)
+
+
 def source_outputs(cfg: AugmentConfig, *, train: bool, dihedral: bool = False) -> tuple[str, ...]:
     """The SiteSource columns the graph of this configuration consumes (unused columns would be wasted work)."""
     warp = warp_mode(cfg, train=train, dihedral=dihedral)
-    return ("image", *(("matrix",) if warp else ()), "mean", "std", "meta")
+    photo = photometric_columns(cfg) if train else ()
+    return ("image", *(("matrix",) if warp else ()), *photo, "mean", "std", "meta")
+
+
+def photometric_graph(image: Any, x: dict[str, Any], *, cfg: AugmentConfig, device: str) -> Any:
+    """float HWC grey levels -> blurred, gamma-corrected, unevenly lit, noisy float HWC, in the order and with the
+    parameters of the torch reference (cellio.transforms.photometric). `x`: the photometric_columns nodes."""
+    from nvidia.dali import fn, types
+    import nvidia.dali.math as dmath
+
+    def dev(node: Any) -> Any:  # arithmetic takes its tensor operands on the image's device
+        return node.gpu() if device == "gpu" else node
+
+    y = fn.cast(image, dtype=types.FLOAT)
+    if cfg.blur_sigma is not None:  # sigma and window are CPU argument inputs in either mode
+        y = fn.gaussian_blur(y, sigma=x["blur_sigma"], window_size=x["blur_window"])
+    if cfg.gamma is not None:
+        y = 255.0 * dmath.pow(y / 255.0, dev(x["gamma"]))
+    if cfg.illumination is not None:
+        yy, xx = dev(x["field_y"]), dev(x["field_x"])
+        y = y * dmath.exp(dev(x["field_gx"]) * xx + dev(x["field_gy"]) * yy + dev(x["field_v"]) * (xx * xx + yy * yy))
+    if cfg.noise is not None:
+        read = dev(x["noise_read"])
+        y = y + dev(x["noise"]) * dmath.sqrt(dmath.max(dev(x["noise_shot"]) * y + read * read, 0.0))
+    return y
 
 
 def augment_graph(image: Any, matrix: Any, mean: Any, std: Any, *, cfg: AugmentConfig, device: str,
-                  warp: str | None, out_hw: tuple[int, int]) -> Any:
+                  warp: str | None, out_hw: tuple[int, int], photo: dict[str, Any] | None = None) -> Any:
     """uint8 HWC windows -> float CHW of out_hw.
 
     One ``warp_affine`` with each sample's composed destination -> source matrix does all the geometry (rotation
@@ -79,6 +117,8 @@ def augment_graph(image: Any, matrix: Any, mean: Any, std: Any, *, cfg: AugmentC
             kw["fill_value"] = 0.0  # as the reference's zero padding (never reached: the margin covers the crop)
         image = fn.warp_affine(image, matrix=matrix, size=[float(out_hw[0]), float(out_hw[1])],
                                interp_type=types.INTERP_NN if warp == "nn" else types.INTERP_LINEAR, **kw)
+    if photo:
+        image = photometric_graph(image, photo, cfg=cfg, device=device)
     dtype = types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT  # bfloat16: cast by the loader (no DALI type)
     return fn.crop_mirror_normalize(image, mean=mean, std=std, output_layout="CHW", dtype=dtype)
 
@@ -91,12 +131,14 @@ def _pipeline_fn(source: Any, cfg: AugmentConfig, device: str, parallel: int, wa
     # `parallel` is the number of batches the worker pool computes ahead (0: the source runs inline). A parallel
     # batch-mode source prefetches ONE batch unless told otherwise, which leaves all but one worker idle.
     ahead = {"prefetch_queue_depth": parallel} if parallel else {}
+    spatial = ("image", "field_y", "field_x", "noise")  # HWC-shaped columns (the fields broadcast over C)
     nodes = fn.external_source(source=source, num_outputs=len(names), batch=True, batch_info=True,
-                               parallel=bool(parallel), layout=["HWC" if n == "image" else "" for n in names],
+                               parallel=bool(parallel), layout=["HWC" if n in spatial else "" for n in names],
                                **ahead)
     x = dict(zip(names, nodes))
+    photo = {n: x[n] for n in photometric_columns(cfg) if n in x}
     out = augment_graph(x["image"], x.get("matrix"), x["mean"], x["std"], cfg=cfg, device=device, warp=warp,
-                        out_hw=out_hw)
+                        out_hw=out_hw, photo=photo)
     return out, x["meta"]
 
 

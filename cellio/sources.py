@@ -22,7 +22,8 @@ import numpy as np
 
 from .errors import PipelineConfigError
 from .sampling import ShardedSampler
-from .transforms import AugmentConfig, epoch_params, eval_params, normalization_affine, warp_matrices
+from .transforms import (MIN_BLUR_SIGMA, AugmentConfig, blur_window, epoch_params, eval_params, field_coords,
+                         noise_windows, normalization_affine, warp_matrices)
 
 __all__ = ["META_FIELDS", "SiteMeta", "SourceBatch", "SiteSource"]
 
@@ -166,8 +167,30 @@ class SiteSource:
             "mean": lambda: list(mean),
             "std": lambda: list(std),
             "meta": lambda: list(sb.meta),
+            **self._photometric_columns(p, n),
         }
         return tuple(columns[name]() for name in self.outputs)
+
+    def _photometric_columns(self, p: dict[str, np.ndarray], n: int) -> dict[str, Any]:
+        """The per-sample inputs of cellio.pipeline.photometric_graph, from the drawn parameters."""
+        if not self.train:
+            return {}
+        size = self.out_hw[0]  # training outputs are square crops
+        yy, xx = field_coords(*self.out_hw)
+        return {
+            # DALI's gaussian_blur needs sigma > 0 even where the window is 1 tap (no blur)
+            "blur_sigma": lambda: [np.float32(max(float(s), MIN_BLUR_SIGMA / 10)) for s in p["blur_sigma"]],
+            "blur_window": lambda: [np.int32(blur_window(s)) for s in p["blur_sigma"]],
+            "gamma": lambda: list(p["gamma"]),
+            "field_y": lambda: [yy] * n,
+            "field_x": lambda: [xx] * n,
+            "field_gx": lambda: list(np.ascontiguousarray(p["field"][:, 0])),
+            "field_gy": lambda: list(np.ascontiguousarray(p["field"][:, 1])),
+            "field_v": lambda: list(np.ascontiguousarray(p["field"][:, 2])),
+            "noise": lambda: list(noise_windows(p["noise_offset"], size)),
+            "noise_shot": lambda: [np.float32(v) for v in p["noise_shot"]],
+            "noise_read": lambda: [np.float32(v) for v in p["noise_read"]],
+        }
 
 
 def _plain_exception_pickling() -> None:

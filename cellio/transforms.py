@@ -16,11 +16,18 @@ Geometry of one sample (a site of H x W x 6 uint8, channel-last):
 3. ``resize`` (random resized crop) to S x S (bilinear, no antialias, uint8 out).
 4. D4 / flips as ``transpose`` then ``hflip`` then ``vflip`` (the D4 code and the extra random flips are folded
    into these three booleans; :data:`D4_TABLE` holds the decomposition, matching ``np.rot90``).
-5. ``out = ((x * a + b) - mean) / std`` per channel in float32, NCHW, cast to ``dtype``.
+5. Photometric variation of the kind real screens have between plates (training only, each off unless
+   configured), in float on the S x S output: Gaussian ``blur`` (focus; separable, reflect-101 borders),
+   per-channel ``gamma`` (``255 (x / 255) ** g``), a smooth multiplicative ``illumination`` field
+   (``exp(gx X + gy Y + v (X^2 + Y^2))`` per channel, X, Y in [-1, 1]) and ``noise``
+   (``x + n sqrt(shot x + read^2)``, n a window of a fixed standard-normal bank at a drawn offset, so both
+   backends add the same noise).
+6. ``out = ((x * a + b) - mean) / std`` per channel in float32, NCHW, cast to ``dtype``.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -41,7 +48,9 @@ __all__ = [
     "margin_size", "check_fits", "make_params", "epoch_params", "PARAM_BLOCK", "eval_views", "eval_params",
     "decode_view",
     "D4_TABLE", "d4_flags", "normalization_affine", "warp_matrices",
-    "d4", "flip_transpose", "crop", "rotate", "resize", "intensity", "normalize", "apply_torch", "torch_dtype",
+    "blur_window", "gaussian_kernel", "field_coords", "noise_bank", "noise_windows",
+    "d4", "flip_transpose", "crop", "rotate", "resize", "intensity", "normalize", "photometric", "apply_torch",
+    "torch_dtype",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,6 +60,8 @@ NORMALIZE_LEVELS: tuple[str, ...] = ("global", "experiment", "plate", "sample")
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 TTA_MODES: tuple[str, ...] = ("center", "grid9", "full")
 MIN_STD = 1e-3  # a constant channel (std 0) would divide by zero; clip its std instead
+MIN_BLUR_SIGMA = 0.2  # below this a 3-tap kernel is ~[0.0, 1.0, 0.0]: no blur (window 1)
+MAX_BLUR_SIGMA = 20.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,13 @@ class AugmentConfig:
         None = off. Exclusive with rotation="any".
     intensity_scale / intensity_shift: per-channel x*a + b ranges (a, b drawn independently per channel);
         b is in grey levels (0..255 scale). None = off.
+    blur_sigma: Gaussian blur sigma range in pixels (focus differences between plates); sigmas below
+        MIN_BLUR_SIGMA leave the sample sharp. None = off.
+    gamma: per-channel gamma range, x -> 255 (x / 255) ** g. None = off.
+    illumination: strength s of a smooth per-channel multiplicative field exp(gx X + gy Y + v (X^2 + Y^2)),
+        gx, gy ~ U(-s, s), v ~ U(-s, 0) (a gradient and a vignette). None = off.
+    noise: (read, shot) upper bounds: x + n sqrt(shot' x + read'^2) with read' ~ U(0, read) grey levels and
+        shot' ~ U(0, shot) grey levels per grey level (Poisson-like). None = off.
     normalize: subtract/divide channel statistics of the "global" set, the site's "experiment", its "plate", or
         the site itself ("sample"); None scales to [0, 1] (x / 255).
     dtype: output float dtype.
@@ -81,6 +99,10 @@ class AugmentConfig:
     rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     intensity_scale: tuple[float, float] | None = None
     intensity_shift: tuple[float, float] | None = None
+    blur_sigma: tuple[float, float] | None = None
+    gamma: tuple[float, float] | None = None
+    illumination: float | None = None
+    noise: tuple[float, float] | None = None
     normalize: str | None = "plate"
     dtype: str = "float32"
 
@@ -109,14 +131,41 @@ class AugmentConfig:
                                       "rrc_scale, or rrc_scale=None with rotation='any'")
         set_("intensity_scale", parse_range("intensity_scale", self.intensity_scale, 1e-3, 100.0))
         set_("intensity_shift", parse_range("intensity_shift", self.intensity_shift, -255.0, 255.0))
+        set_("blur_sigma", parse_range("blur_sigma", self.blur_sigma, 0.0, MAX_BLUR_SIGMA))
+        set_("gamma", parse_range("gamma", self.gamma, 0.1, 10.0))
+        if self.illumination is not None:
+            if not isinstance(self.illumination, (int, float)) or not 0.0 <= float(self.illumination) <= 2.0:
+                raise PipelineConfigError(f"illumination: expected a field strength in [0, 2] or None, found "
+                                          f"{self.illumination!r}")
+            set_("illumination", float(self.illumination))
+        if self.noise is not None:
+            try:
+                read, shot = (float(v) for v in self.noise)
+            except (TypeError, ValueError):
+                read = shot = -1.0
+            if not (0.0 <= read <= 255.0 and 0.0 <= shot <= 255.0):
+                raise PipelineConfigError(f"noise: expected (read, shot) upper bounds, each in [0, 255], found "
+                                          f"{self.noise!r}")
+            set_("noise", (read, shot))
         parse_choice("normalize", self.normalize, NORMALIZE_LEVELS, optional=True)
         parse_choice("dtype", self.dtype, DTYPES)
+
+    @property
+    def photometric(self) -> bool:
+        """Whether any of blur, gamma, illumination or noise is on (the float stage before normalisation)."""
+        return any(v is not None for v in (self.blur_sigma, self.gamma, self.illumination, self.noise))
 
     @property
     def is_random(self) -> bool:
         return (self.rotation != "none" or self.shift is not False or self.hflip > 0 or self.vflip > 0
                 or self.rrc_scale is not None or self.intensity_scale is not None
-                or self.intensity_shift is not None)
+                or self.intensity_shift is not None or self.photometric)
+
+    def without_random(self) -> "AugmentConfig":
+        """The same crop, normalisation and dtype with every random op off (evaluation views)."""
+        return self.replace(rotation="none", shift=False, hflip=0.0, vflip=0.0, rrc_scale=None,
+                            intensity_scale=None, intensity_shift=None, blur_sigma=None, gamma=None,
+                            illumination=None, noise=None)
 
     def replace(self, **changes: Any) -> "AugmentConfig":
         return dataclasses.replace(self, **changes)
@@ -141,6 +190,11 @@ _PRESETS: dict[str, AugmentConfig] = {
     "rotate_any": AugmentConfig(rotation="any", max_angle=180.0, shift=True, hflip=0.5),
     "d4_rrc_jitter": AugmentConfig(rotation="d4", shift=True, rrc_scale=(0.5, 1.0),
                                    intensity_scale=(0.9, 1.1), intensity_shift=(-2.0, 2.0)),
+    # what plates of a real screen differ in besides biology: focus, per-channel gain and gamma, uneven
+    # illumination, noise (issue 20: a model must not learn "this plate looks like that")
+    "d4_photometric": AugmentConfig(rotation="d4", shift=True, intensity_scale=(0.75, 1.33),
+                                    intensity_shift=(-2.0, 2.0), blur_sigma=(0.0, 2.0), gamma=(0.8, 1.25),
+                                    illumination=0.3, noise=(2.0, 0.5)),
     "eval": AugmentConfig(rotation="none", shift=False),
     "none": AugmentConfig(rotation="none", shift=False, normalize=None),
 }
@@ -275,8 +329,29 @@ def make_params(cfg: AugmentConfig, rng: np.random.Generator, n: int, image_hw: 
          else np.ones((n, N_CHANNELS)))
     b = (rng.uniform(*cfg.intensity_shift, size=(n, N_CHANNELS)) if cfg.intensity_shift is not None
          else np.zeros((n, N_CHANNELS)))
-    return {"window": window, "angle": angle, "d4": k.astype(np.int64), "transpose": t, "hflip": hf, "vflip": vf,
-            "scale": a.astype(np.float32), "shift": b.astype(np.float32)}
+    out = {"window": window, "angle": angle, "d4": k.astype(np.int64), "transpose": t, "hflip": hf, "vflip": vf,
+           "scale": a.astype(np.float32), "shift": b.astype(np.float32)}
+    out.update(_photometric_params(cfg, rng, n))  # drawn last: configurations without them draw as before
+    return out
+
+
+def _photometric_params(cfg: AugmentConfig, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """The photometric draws of n samples: only the keys of the ops that are on."""
+    out: dict[str, np.ndarray] = {}
+    if cfg.blur_sigma is not None:
+        out["blur_sigma"] = rng.uniform(*cfg.blur_sigma, size=n).astype(np.float32)
+    if cfg.gamma is not None:
+        out["gamma"] = rng.uniform(*cfg.gamma, size=(n, N_CHANNELS)).astype(np.float32)
+    if cfg.illumination is not None:
+        s = cfg.illumination
+        out["field"] = np.stack([rng.uniform(-s, s, size=(n, N_CHANNELS)), rng.uniform(-s, s, size=(n, N_CHANNELS)),
+                                 rng.uniform(-s, 0.0, size=(n, N_CHANNELS))], axis=1).astype(np.float32)
+    if cfg.noise is not None:
+        free = NOISE_BANK_SCALE * cfg.crop_size - cfg.crop_size
+        out["noise_offset"] = rng.integers(0, free + 1, size=(n, 2)).astype(np.int64)
+        out["noise_read"] = rng.uniform(0.0, cfg.noise[0], size=n).astype(np.float32)
+        out["noise_shot"] = rng.uniform(0.0, cfg.noise[1], size=n).astype(np.float32)
+    return out
 
 
 PARAM_BLOCK = 1024  # positions drawn per Generator: rows never depend on how many positions an epoch has
@@ -392,6 +467,52 @@ def warp_matrices(params: Mapping[str, np.ndarray], cfg: AugmentConfig, out_hw: 
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# photometric parameters as both backends consume them (numpy)
+NOISE_BANK_SCALE = 2  # the noise bank is (2S, 2S, C): (S + 1)^2 windows of S x S at drawn offsets
+_NOISE_SEED = 0x9015E
+
+
+def blur_window(sigma: float) -> int:
+    """Odd kernel width of a Gaussian of `sigma` pixels: 2 ceil(3 sigma) + 1 (1, no blur, below MIN_BLUR_SIGMA)."""
+    return 1 if float(sigma) < MIN_BLUR_SIGMA else 2 * int(math.ceil(3.0 * float(sigma))) + 1
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """The normalised 1-D Gaussian of `sigma` over blur_window(sigma) taps (what DALI's gaussian_blur builds from
+    sigma and window_size)."""
+    w = blur_window(sigma)
+    if w == 1:
+        return np.ones(1, np.float64)
+    t = np.arange(w, dtype=np.float64) - w // 2
+    k = np.exp(-t * t / (2.0 * float(sigma) ** 2))
+    return k / k.sum()
+
+
+def field_coords(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates in [-1, 1] of an H x W output: Y (H, 1, 1) and X (1, W, 1), float32."""
+    def axis(n: int) -> np.ndarray:
+        return ((np.arange(n, dtype=np.float64) + 0.5) / n * 2.0 - 1.0).astype(np.float32)
+
+    return axis(height)[:, None, None], axis(width)[None, :, None]
+
+
+@functools.lru_cache(maxsize=4)
+def noise_bank(size: int, channels: int = N_CHANNELS) -> np.ndarray:
+    """A fixed (NOISE_BANK_SCALE * size)^2 x channels standard-normal float32 bank (read-only); a sample's noise
+    is the size x size window at its drawn offset."""
+    side = NOISE_BANK_SCALE * int(size)
+    bank = np.random.default_rng(_NOISE_SEED).standard_normal((side, side, int(channels)), dtype=np.float32)
+    bank.setflags(write=False)
+    return bank
+
+
+def noise_windows(offsets: np.ndarray, size: int, channels: int = N_CHANNELS) -> np.ndarray:
+    """(B, size, size, channels) float32: each sample's noise window of the bank."""
+    bank = noise_bank(size, channels)
+    return np.stack([bank[y:y + size, x:x + size] for y, x in np.asarray(offsets, np.int64)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # torch reference ops: one HWC sample (uint8 or float) at a time unless said otherwise; CPU or CUDA tensors
 def torch_dtype(name: str) -> "torch.dtype":
     import torch
@@ -474,6 +595,57 @@ def normalize(x: "torch.Tensor", mean: "torch.Tensor", std: "torch.Tensor") -> "
     return (x - mean) / std
 
 
+def _reflect101(n: int, r: int) -> np.ndarray:
+    """Indices of an axis of n padded by r on each side, mirrored without repeating the edge (DALI's border)."""
+    i = np.abs(np.arange(-r, n + r))
+    if n == 1:
+        return np.zeros_like(i)
+    i = i % (2 * n - 2)
+    return np.where(i >= n, 2 * n - 2 - i, i)
+
+
+def photometric(x: "torch.Tensor", params: Mapping[str, np.ndarray], cfg: AugmentConfig) -> "torch.Tensor":
+    """Blur, gamma, illumination field and noise (each when on) of float (B, S, S, C) grey levels, in that order,
+    exactly as the DALI graph does them (cellio.pipeline.photometric_graph)."""
+    import torch
+
+    b, h, w, c = x.shape
+    dev = x.device
+
+    def tensor(a: Any) -> "torch.Tensor":
+        return torch.as_tensor(np.asarray(a, np.float32), device=dev)
+
+    if cfg.blur_sigma is not None:
+        rows = []
+        for i in range(b):
+            k = gaussian_kernel(float(params["blur_sigma"][i])).astype(np.float32)
+            y = x[i]
+            if len(k) > 1:
+                r = len(k) // 2
+                for axis, n in ((0, h), (1, w)):
+                    idx = torch.as_tensor(_reflect101(n, r), device=dev)
+                    p = y.index_select(axis, idx)
+                    acc = torch.zeros_like(y)
+                    for j, kj in enumerate(k):
+                        acc += float(kj) * p.narrow(axis, j, n)
+                    y = acc
+            rows.append(y)
+        x = torch.stack(rows)
+    if cfg.gamma is not None:
+        x = 255.0 * torch.pow(x / 255.0, tensor(params["gamma"])[:, None, None, :])
+    if cfg.illumination is not None:
+        yy, xx = (tensor(v)[None] for v in field_coords(h, w))
+        f = tensor(params["field"])
+        gx, gy, v = f[:, 0][:, None, None, :], f[:, 1][:, None, None, :], f[:, 2][:, None, None, :]
+        x = x * torch.exp(gx * xx + gy * yy + v * (xx * xx + yy * yy))
+    if cfg.noise is not None:
+        n = torch.as_tensor(noise_windows(params["noise_offset"], h, c), device=dev)
+        shot = tensor(params["noise_shot"])[:, None, None, None]
+        read = tensor(params["noise_read"])[:, None, None, None]
+        x = x + n * torch.sqrt(torch.clamp(shot * x + read * read, min=0.0))
+    return x
+
+
 def _as_tensor(x: Any, device: Any) -> "torch.Tensor":
     import torch
 
@@ -517,8 +689,10 @@ def apply_torch(batch: "torch.Tensor | Sequence[Any]", params: Mapping[str, np.n
     shapes = {tuple(x.shape) for x in out}
     if len(shapes) != 1:
         raise PipelineConfigError(f"apply_torch: samples ended with different shapes {sorted(shapes)}")
-    # uint8 NHWC -> NCHW while still 1 byte per value, then one float conversion and in-place normalization
-    x = torch.stack(out).permute(0, 3, 1, 2).contiguous().to(torch.float32)
+    if cfg.photometric:  # float NHWC through blur, gamma, field and noise, then NCHW
+        x = photometric(torch.stack(out).to(torch.float32), params, cfg).permute(0, 3, 1, 2).contiguous()
+    else:  # uint8 NHWC -> NCHW while still 1 byte per value, then one float conversion
+        x = torch.stack(out).permute(0, 3, 1, 2).contiguous().to(torch.float32)
     m, sd = normalization_affine(mean, std, params["scale"], params["shift"])
     m_t = _as_tensor(m, device)[:, :, None, None]
     s_t = _as_tensor(sd, device)[:, :, None, None]

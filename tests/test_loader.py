@@ -356,3 +356,37 @@ def test_a_cuda_device_that_is_not_there_is_a_named_error_up_front(tiny_store, b
     device = "cuda" if n == 0 else f"cuda:{n}"
     with pytest.raises(PipelineConfigError, match=rf"device: {device!r} asked for, but .*CUDA device.*'cpu'"):
         _make(tiny_store, device=device, backend=backend)
+
+
+def test_per_plate_normalisation_removes_a_plate_gain(tmp_path):
+    """A plate imaged with other channel gains (the batch effect issue 20's hidden set had) looks the same after
+    per-plate normalisation: plate 2 of one experiment is rewritten, well by well, as plate 1's pixels times a gain
+    per channel (so its statistics are plate 1's times the gain)."""
+    from PIL import Image
+
+    from cellio.testing import make_raw, make_store
+
+    raw = make_raw(tmp_path / "raw", classes=16, size=(19, 13), seed=3, missing_wells=0.0, pixel_stats=False)
+    gain = np.array([1.6, 0.7, 1.3, 0.5, 2.0, 1.1])
+    exp = "HEPG2-01"
+    plate1, plate2 = (sorted((raw / "train" / exp / f"Plate{p}").glob("*.png")) for p in (1, 2))
+    assert len(plate1) == len(plate2)  # same wells per plate: the rewritten plate 2 is plate 1 under a gain
+    for src, dst in zip(plate1, plate2):
+        assert src.name.rsplit("_", 2)[1:] == dst.name.rsplit("_", 2)[1:]  # same site and channel
+        c = int(dst.stem.rsplit("_w", 1)[1]) - 1
+        x = np.asarray(Image.open(src), np.float64)
+        Image.fromarray(np.clip(np.rint(x * gain[c]), 0, 255).astype(np.uint8)).save(dst)
+    store = make_store(tmp_path / "s.zarr", raw)
+    sites = store.sites
+    rows = [sites.index[(sites["experiment"] == exp) & (sites["plate"] == p)].to_numpy() for p in (1, 2)]
+
+    def images(normalize: str) -> dict[int, torch.Tensor]:
+        loader = cellio.create_loader(store, 64, train=False, augment="eval", crop_size=11, normalize=normalize,
+                                      backend="torch", device="cpu", num_workers=0, indices=np.concatenate(rows),
+                                      datasets=None, controls=True, rank=0, world_size=1)
+        return {int(i): img for b in loader for i, img in zip(b["index"], b["image"])}
+
+    for normalize, close in (("plate", True), ("global", False)):
+        out = images(normalize)
+        diff = max(float((out[a] - out[b]).abs().max()) for a, b in zip(*rows))
+        assert (diff < 0.3) == close, (normalize, diff)

@@ -227,10 +227,11 @@ def test_ensemble_cli_end_to_end_on_the_tiny_set(tiny_raw, tiny_store, checkpoin
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["splits"]) == {"validation", "test"}
     test_steps = rep["splits"]["test"]["order"]
-    assert test_steps[0] == "single view" and test_steps[-1] == "ensemble + plate assignment"
+    assert test_steps[0] == "single view" and "ensemble + plate assignment" in test_steps
+    assert test_steps[-1] == "ensemble + plate assignment, no rotation"
     assert "stacker" in test_steps and "ensemble" in rep["splits"]["validation"]["order"]
     chosen = rep["submission"]
-    assert chosen["step"] == chosen["ranking"][0][0] and "out-of-fold" in chosen["why"]
+    assert chosen["step"] == chosen["ranking"][0][0] and "expected test accuracy" in chosen["why"]
     assert len(rep["calibration"]["temperatures"]) == 2
     with pytest.raises(ConfigError, match="validation predictions"):  # every model needs out-of-fold views
         ensemble_main(["--store", store_path, "--val-predictions", folds, "--test-predictions",

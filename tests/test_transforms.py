@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from cellio.errors import PipelineConfigError
-from cellio.transforms import (D4_TABLE, AugmentConfig, apply_torch, check_fits, crop, d4, d4_flags, decode_view,
-                               eval_params, eval_views, flip_transpose, get_preset, intensity, list_presets,
-                               make_params, margin_size, normalization_affine, normalize, resize, rotate,
-                               epoch_params, warp_matrices)
+from cellio.transforms import (D4_TABLE, AugmentConfig, apply_torch, blur_window, check_fits, crop, d4, d4_flags,
+                               decode_view, eval_params, eval_views, field_coords, flip_transpose, gaussian_kernel,
+                               get_preset, intensity, list_presets, make_params, margin_size, noise_windows,
+                               normalization_affine, normalize, photometric, resize, rotate, epoch_params,
+                               warp_matrices)
 
 H, W = 17, 11
 
@@ -25,7 +26,9 @@ def img() -> np.ndarray:
 @pytest.mark.parametrize("field,value", [
     ("crop_size", 0), ("crop_size", 3.5), ("rotation", "spin"), ("max_angle", 200), ("shift", -1),
     ("hflip", 1.5), ("rrc_scale", (0.9, 0.1)), ("intensity_scale", (0.0, 2.0)), ("intensity_shift", "x"),
-    ("normalize", "well"), ("dtype", "int8"),
+    ("normalize", "well"), ("dtype", "int8"), ("blur_sigma", (2.0, 1.0)), ("blur_sigma", (-1.0, 1.0)),
+    ("gamma", (0.0, 2.0)), ("illumination", 3.0), ("illumination", "strong"), ("noise", (1.0,)),
+    ("noise", (-1.0, 0.5)),
 ])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(PipelineConfigError, match=field):
@@ -82,6 +85,55 @@ def test_make_params_shapes_ranges_and_determinism():
     c = epoch_params(cfg, seed=0, epoch=2, positions=np.array([2999, 5, 1500]), image_hw=(H, W))
     assert all(np.array_equal(a[k][[2999, 5, 1500]], b[k]) for k in a)  # a row depends on its position only
     assert any(not np.array_equal(b[k], c[k]) for k in b)
+
+
+def test_photometric_draws_come_last_and_only_when_on():
+    base = AugmentConfig(crop_size=7, rotation="d4", hflip=0.5, intensity_scale=(0.8, 1.2))
+    photo = base.replace(blur_sigma=(0.0, 2.0), gamma=(0.8, 1.25), illumination=0.3, noise=(2.0, 0.5))
+    p = make_params(base, np.random.default_rng(3), 50, (H, W))
+    q = make_params(photo, np.random.default_rng(3), 50, (H, W))
+    assert set(p) < set(q) and all(np.array_equal(p[k], q[k]) for k in p)  # geometry drawn as before
+    assert q["blur_sigma"].shape == (50,) and q["gamma"].shape == (50, 6) and q["field"].shape == (50, 3, 6)
+    assert (q["field"][:, 2] <= 0).all() and np.abs(q["field"][:, :2]).max() <= 0.3  # a vignette, gradients
+    assert (q["noise_offset"] >= 0).all() and (q["noise_offset"] <= 7).all()  # bank 14 x 14 for 7 x 7 crops
+    assert photo.is_random and photo.photometric and not photo.without_random().is_random
+    assert photo.without_random().crop_size == 7 and get_preset("d4_photometric").photometric
+
+
+def test_photometric_reference_ops():
+    assert blur_window(0.1) == 1 and blur_window(1.0) == 7 and blur_window(1.01) == 9
+    k = gaussian_kernel(1.5)
+    assert len(k) == 11 and k.sum() == pytest.approx(1.0) and np.argmax(k) == 5 and np.allclose(k, k[::-1])
+    rng = np.random.default_rng(0)
+    n = 40
+    flat = torch.full((n, 9, 9, 6), 50.0)
+    cfg = AugmentConfig(crop_size=9, blur_sigma=(0.5, 3.0), gamma=(1.0, 1.0), illumination=0.0, noise=(0.0, 0.0))
+    p = make_params(cfg, rng, n, (17, 11))
+    # a flat image stays flat under blur (reflected borders), gamma 1, a zero field and zero noise
+    assert torch.allclose(photometric(flat, p, cfg), flat, atol=1e-4)
+    # blur keeps the mean away from the borders and lowers the variance of noise
+    x = torch.from_numpy(rng.normal(100, 20, size=(n, 9, 9, 6)).astype(np.float32))
+    blurred = photometric(x, p, AugmentConfig(crop_size=9, blur_sigma=(0.5, 3.0)))
+    assert float(blurred.std()) < 0.8 * float(x.std())
+    # gamma maps 0 -> 0 and 255 -> 255 and bends the middle the drawn way
+    g = AugmentConfig(crop_size=9, gamma=(2.0, 2.0))
+    ramp = torch.tensor([0.0, 127.5, 255.0]).repeat(n, 9, 9, 2)[..., :6]
+    out = photometric(ramp, make_params(g, rng, n, (17, 11)), g)
+    assert torch.allclose(out[..., 0], ramp[..., 0]) and float(out[0, 0, 0, 1]) == pytest.approx(63.75, rel=1e-4)
+    # the field is smooth, positive, and 1 where the coordinates are 0
+    f = AugmentConfig(crop_size=9, illumination=0.5)
+    pf = make_params(f, rng, n, (17, 11))
+    lit = photometric(torch.ones(n, 9, 9, 6), pf, f)
+    assert float(lit.min()) > 0 and torch.allclose(lit[:, 4, 4], torch.ones(n, 6), atol=1e-6)
+    yy, xx = field_coords(9, 9)
+    assert yy.shape == (9, 1, 1) and xx.shape == (1, 9, 1) and yy[4, 0, 0] == 0.0
+    # read noise of std r: a dark image gets noise of about that std; offsets pick fixed windows of one bank
+    nz = AugmentConfig(crop_size=9, noise=(3.0, 0.0))
+    pn = make_params(nz, rng, n, (17, 11))
+    pn["noise_read"][:] = 3.0
+    noisy = photometric(torch.zeros(n, 9, 9, 6), pn, nz)
+    assert float(noisy.std()) == pytest.approx(3.0, rel=0.1)
+    assert np.array_equal(noise_windows(pn["noise_offset"], 9), noise_windows(pn["noise_offset"], 9))
 
 
 def test_shift_modes_and_rotation_window():

@@ -4,12 +4,10 @@ The 1108 treatment siRNAs form 4 groups; each plate holds one group, each siRNA 
 group->plate mapping is one of 4 cyclic rotations (`cellio.derive_plate_groups` learns groups and train rotations
 from train.csv). For each test experiment we
 
-1. score each rotation r by the mean probability mass the treatment wells put on the classes their plate allows
-   under r, and keep the best (`rotation_evidence`). The scores are compared with those of random groupings of
-   the same classes: an experiment whose best rotation stands less than `min_z` null standard
-   deviations above the null (or not clear of the runner-up) takes a clearer fallback (an ensemble member's own rotation) or, without one,
-   no plate mask (only "each class once per plate"): a wrong rotation masks out every true class and would zero
-   the experiment;
+1. take its rotation as decided by trainer.rotation (several sources that must agree; the chain passes them as
+   `rotations`) or, without one, from these scores' own evidence when it is trusted (`rotation_evidence` against
+   random groupings, `min_z`). An experiment without a rotation gets no plate mask, only "each class once per
+   plate": a wrong rotation masks out every true class and zeroes the experiment;
 2. mask every class not allowed on the plate and solve, per plate, a min-cost assignment
    (`scipy.optimize.linear_sum_assignment`) on -log p of treatment wells x allowed classes. With missing wells
    the matrix is rectangular: every well gets exactly one class and every class is used at most once.
@@ -26,30 +24,23 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cellio.errors import ConfigError, MetadataError
 
-from trainer.aggregate import WellScores, load_sites, load_well_scores, log_softmax
+from trainer.aggregate import WellScores, load_sites, load_well_scores
 from trainer.calibrate import sinkhorn
+from trainer.rotation import (CONTROL_TYPES, PlateGroupsLike, RotationEvidence, RotationSource, decide_rotations,
+                              rotation_evidence, treatment_classes, treatment_log_probs, well_table)
 
-__all__ = ["PlateGroupsLike", "Assignment", "RotationEvidence", "well_table", "treatment_classes", "predict_labels",
-           "rotation_evidence", "infer_rotations", "choose_rotations", "assign_plates", "main"]
+__all__ = ["Assignment", "predict_labels", "infer_rotations", "assign_plates", "main"]
 
 log = logging.getLogger(__name__)
-
-_CONTROL_TYPES = ("negative_control", "positive_control")
 # Cost of giving a well an allowed class the model never scored (e.g. a class absent from a synthetic train set).
 _UNSCORED_COST = 1e4
-
-
-class PlateGroupsLike(Protocol):
-    groups: tuple[tuple[int, ...], ...]
-
-    def allowed_sirnas(self, plate: int, rotation: int) -> tuple[int, ...]: ...
 
 
 @dataclass
@@ -62,8 +53,8 @@ class Assignment:
     margins: dict[str, float] = field(default_factory=dict)        # experiment -> best minus runner-up
     changed: int = 0                               # treatment wells whose label differs from the masked argmax
     masked: pd.DataFrame | None = None             # id_code, sirna: argmax over the plate's allowed classes only
-    evidence: dict[str, "RotationEvidence"] = field(default_factory=dict)  # experiment -> rotation evidence
-    fallbacks: dict[str, str] = field(default_factory=dict)  # experiment -> why it did not use its own rotation
+    evidence: dict[str, RotationEvidence] = field(default_factory=dict)  # experiment -> these scores' evidence
+    unmasked: dict[str, str] = field(default_factory=dict)  # experiment -> why it has no rotation (no plate mask)
 
     def summary(self, known: Mapping[str, int] | None = None) -> dict[str, Any]:
         """JSON-able summary; with `known` rotations (train experiments) it says which were inferred right."""
@@ -75,33 +66,10 @@ class Assignment:
             "changed_wells": self.changed,
             "rotation_z": {e: list(v.z) for e, v in self.evidence.items()},
             "rotation_separation": {e: v.separation for e, v in self.evidence.items()},
-            "fallbacks": dict(self.fallbacks)}
+            "unmasked": dict(self.unmasked)}
         if known:
             out["rotation_correct"] = {e: int(r) == int(known[e]) for e, r in self.rotations.items() if e in known}
         return out
-
-
-def well_table(sites: pd.DataFrame) -> pd.DataFrame:
-    """One row per well (id_code, sorted): experiment, plate, well_type, sirna (Int64, control labels kept)."""
-    need = {"id_code", "experiment", "plate", "well_type", "sirna"}
-    missing = need - set(sites.columns)
-    if missing:
-        raise MetadataError(f"site table lacks columns {sorted(missing)}; expected cellio's site table")
-    return (sites[["id_code", "experiment", "plate", "well_type", "sirna"]]
-            .drop_duplicates("id_code").sort_values("id_code").set_index("id_code"))
-
-
-def treatment_classes(groups: PlateGroupsLike) -> np.ndarray:
-    return np.asarray(sorted(s for g in groups.groups for s in g), dtype=np.int64)
-
-
-def _treatment_log_probs(wells: WellScores, treat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Log-probs renormalised over the treatment classes the model scores (controls dropped)."""
-    keep = np.isin(wells.classes, treat)
-    if not keep.any():
-        raise ConfigError(f"the model scores none of the {len(treat)} treatment classes")
-    lp = wells.log_probs()[:, keep]
-    return log_softmax(lp), wells.classes[keep]
 
 
 def _control_labels(meta: pd.DataFrame, wells: WellScores, treat: np.ndarray) -> np.ndarray:
@@ -129,9 +97,9 @@ def predict_labels(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLi
     treat = _resolve_treatments(groups, treatments, sites)
     meta = well_table(sites).loc[wells.id_codes]
     out = pd.Series(np.zeros(len(wells), dtype=np.int64), index=wells.id_codes)
-    is_ctrl = meta["well_type"].isin(_CONTROL_TYPES).to_numpy()
+    is_ctrl = meta["well_type"].isin(CONTROL_TYPES).to_numpy()
     if (~is_ctrl).any():
-        lp, cls = _treatment_log_probs(wells, treat)
+        lp, cls = treatment_log_probs(wells, treat)
         out[~is_ctrl] = cls[np.argmax(lp[~is_ctrl], axis=1)]
     if is_ctrl.any():
         out[is_ctrl] = _control_labels(meta[is_ctrl], wells, treat)
@@ -150,75 +118,6 @@ def _resolve_treatments(groups: PlateGroupsLike | None, treatments: Sequence[int
     return np.unique(labelled["sirna"].to_numpy(dtype=np.int64))
 
 
-@dataclass(frozen=True)
-class RotationEvidence:
-    """What one experiment's wells say about its rotation r = 0..3.
-
-    `mass[r]`: the mean probability mass its treatment wells put on the classes their plate allows under r
-    (0.25 each for a model that knows nothing). `null_mean` / `null_std`: the same statistic for random groupings
-    of the same classes into groups of the same sizes - what a rotation scores when it is unrelated to the truth,
-    WITH this model's noise (a likelihood posterior over the 4 rotations would take that noise for evidence).
-    `z`: each rotation in null standard deviations above the null mean; `separation`: best minus runner-up.
-    A rotation is trusted when its z reaches ~3 (a rotation unrelated to the truth does that ~0.5% of the time)
-    and it stands clear of the runner-up."""
-
-    mass: tuple[float, ...]
-    null_mean: float
-    null_std: float
-
-    @property
-    def rotation(self) -> int:
-        return int(np.argmax(self.mass))
-
-    @property
-    def z(self) -> tuple[float, ...]:
-        return tuple((m - self.null_mean) / self.null_std if self.null_std > 0 else 0.0 for m in self.mass)
-
-    @property
-    def separation(self) -> float:
-        z = sorted(self.z)
-        return float(z[-1] - z[-2])
-
-    def trusted(self, min_z: float, min_gap: float = 1.0) -> bool:
-        return max(self.z) >= min_z and self.separation >= min_gap
-
-
-def rotation_evidence(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLike, *,
-                      null_draws: int = 64, seed: int = 0) -> dict[str, RotationEvidence]:
-    """RotationEvidence of every experiment with treatment wells among `wells` (null: `null_draws` random
-    groupings, seeded, the same for every experiment)."""
-    treat = treatment_classes(groups)
-    meta = well_table(sites).loc[wells.id_codes]
-    is_treat = ~meta["well_type"].isin(_CONTROL_TYPES).to_numpy()
-    lp, cls = _treatment_log_probs(wells, treat)
-    prob = np.exp(lp)
-    col_of = {int(c): j for j, c in enumerate(cls)}
-    # column -> its real group, and `null_draws` random relabellings with the same group sizes
-    real = np.full(len(cls), -1)
-    for g, members in enumerate(groups.groups):
-        real[[col_of[s] for s in members if s in col_of]] = g
-    rng = np.random.default_rng([seed, 0x5107])
-    scored = np.flatnonzero(real >= 0)
-    fake = np.stack([real] * null_draws)
-    for k in range(null_draws):
-        fake[k, scored] = real[scored][rng.permutation(len(scored))]
-    exp_arr, plate_arr = meta["experiment"].to_numpy(), meta["plate"].to_numpy()
-    out: dict[str, RotationEvidence] = {}
-    for exp in sorted(meta["experiment"].unique()):
-        rows = np.flatnonzero((exp_arr == exp) & is_treat)
-        if not len(rows):
-            continue
-        # per well and labelling: mass on each group (wells x labellings x 4)
-        onehot = np.stack([real, *fake])[:, :, None] == np.arange(4)[None, None, :]
-        group_mass = np.einsum("wc,lcg->wlg", prob[rows], onehot.astype(np.float64))
-        wanted = (plate_arr[rows][:, None] - 1 + np.arange(4)[None, :]) % 4  # well x rotation -> its group
-        per_rot = np.take_along_axis(group_mass, np.broadcast_to(wanted[:, None, :], group_mass.shape),
-                                     axis=2).mean(axis=0)  # labellings x rotations
-        null = per_rot[1:].ravel()
-        out[exp] = RotationEvidence(tuple(float(v) for v in per_rot[0]), float(null.mean()), float(null.std()))
-    return out
-
-
 def infer_rotations(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLike
                     ) -> tuple[dict[str, int], dict[str, list[float]]]:
     """Best rotation per experiment, and each rotation's mean allowed probability mass."""
@@ -226,36 +125,15 @@ def infer_rotations(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsL
     return {e: v.rotation for e, v in ev.items()}, {e: list(v.mass) for e, v in ev.items()}
 
 
-def choose_rotations(evidence: Mapping[str, RotationEvidence], *, min_z: float,
-                     fallbacks: Sequence[Mapping[str, RotationEvidence]] = ()) -> tuple[dict[str, int], dict[str, str]]:
-    """(experiment -> rotation to use, experiment -> why a fallback was taken). An experiment whose best rotation
-    is not trusted (`RotationEvidence.trusted(min_z)`) takes the strongest trusted fallback (e.g. one ensemble
-    member's own evidence); with none it gets no rotation at all (no plate mask: a wrong rotation would mask out
-    every true class and zero the experiment)."""
-    chosen: dict[str, int] = {}
-    why: dict[str, str] = {}
-    for exp, ev in evidence.items():
-        if ev.trusted(min_z):
-            chosen[exp] = ev.rotation
-            continue
-        alts = [f[exp] for f in fallbacks if exp in f and f[exp].trusted(min_z)]
-        alt = max(alts, key=lambda e: max(e.z), default=None)
-        if alt is not None:
-            chosen[exp] = alt.rotation
-            why[exp] = (f"ambiguous rotation (z {max(ev.z):.2f}, gap {ev.separation:.2f}; needs z >= {min_z}); "
-                        f"used a member model's rotation {alt.rotation} (z {max(alt.z):.2f})")
-        else:
-            why[exp] = (f"ambiguous rotation (z {max(ev.z):.2f}, gap {ev.separation:.2f}; needs z >= {min_z}, "
-                        f"no trusted fallback): no plate mask, each treatment class at most once per plate")
-    return chosen, why
-
-
 def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLike, *,
-                  rotations: Mapping[str, int] | None = None, min_z: float = 3.0,
-                  fallbacks: Sequence[Mapping[str, RotationEvidence]] = (), balance: str = "none") -> Assignment:
-    """Infer each experiment's rotation (unless given), mask impossible classes and solve per-plate assignments.
-    Experiments whose rotation stays ambiguous (`choose_rotations`) get no mask: their plates are assigned over
-    every treatment class (each still at most once per plate). `balance="sinkhorn"` first balances each plate's
+                  rotations: Mapping[str, int | None] | None = None, min_z: float = 3.0,
+                  balance: str = "none") -> Assignment:
+    """Mask impossible classes and solve per-plate assignments.
+
+    `rotations`: experiment -> the rotation to mask its plates with (trainer.rotation.decide_rotations decides
+    them from several sources); an experiment absent from it, or mapped to None, gets no mask: its plates are
+    assigned over every treatment class (each still at most once per plate). Without `rotations` these scores'
+    own evidence decides (masked where trusted at `min_z`). `balance="sinkhorn"` first balances each plate's
     wells x allowed classes block (trainer.calibrate.sinkhorn: every class the same share of the plate), which
     changes the masked argmax and, where a plate has fewer wells than classes, the assignment."""
 
@@ -270,10 +148,14 @@ def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLik
         raise MetadataError(f"wells {list(missing[:5])} are not in the site table")
     meta = meta.loc[wells.id_codes]
     evidence = rotation_evidence(wells, sites, groups)
-    chosen, why = choose_rotations(evidence, min_z=min_z, fallbacks=fallbacks)
-    for e, r in (rotations or {}).items():
-        chosen[e] = int(r)
-        why.pop(e, None)
+    if rotations is None:
+        decisions = decide_rotations([RotationSource("these scores", evidence, votes=True)], min_z=min_z)
+        chosen = {e: int(d.rotation) for e, d in decisions.items() if d.rotation is not None}
+        why = {e: d.why for e, d in decisions.items() if d.rotation is None}
+    else:
+        chosen = {e: int(r) for e, r in rotations.items() if r is not None}
+        why = {e: "no rotation decided: no plate mask, each treatment class at most once per plate"
+               for e in evidence if e not in chosen}
     for e, ev in evidence.items():
         log.info("experiment %s: rotation %s (mass %s, z %s)%s", e, chosen.get(e),
                  [round(x, 4) for x in ev.mass], [round(x, 2) for x in ev.z],
@@ -281,8 +163,8 @@ def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLik
 
     base = predict_labels(wells, sites, groups)
     labels = base["sirna"].to_numpy().copy()
-    is_treat = ~meta["well_type"].isin(_CONTROL_TYPES).to_numpy()
-    lp, cls = _treatment_log_probs(wells, treat)
+    is_treat = ~meta["well_type"].isin(CONTROL_TYPES).to_numpy()
+    lp, cls = treatment_log_probs(wells, treat)
     col_of = {int(c): j for j, c in enumerate(cls)}
     changed = 0
     exp_arr = meta["experiment"].to_numpy()

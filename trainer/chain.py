@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,19 +32,25 @@ from cellio.errors import CellioError, ConfigError
 
 from trainer.aggregate import (WellScores, ensemble, geometric_mean, majority_vote, mean_logits, mean_probs,
                                single_view)
-from trainer.assign import Assignment, PlateGroupsLike, assign_plates, predict_labels, rotation_evidence
+from trainer.assign import Assignment, assign_plates, predict_labels
+from trainer.risk import (ASSIGN, MASK, UNROTATED, Conditional, conditional_accuracies, expected_accuracies)
+from trainer.rotation import (PlateGroupsLike, RotationDecision, RotationSource, SourceRecord, decide_rotations,
+                              centred_scores, rotation_evidence, score_sources)
 
-__all__ = ["STEP_ORDER", "StepResults", "Calibration", "fit_calibration", "members_of", "inference_steps",
-           "rank_steps", "wells_of",
+__all__ = ["STEP_ORDER", "StepResults", "Calibration", "fit_calibration", "members_of", "rotation_sources",
+           "inference_steps", "rank_steps", "wells_of",
            "truth_of", "ChainInputs", "ChainResult", "run_chain", "main"]
 
 log = logging.getLogger(__name__)
 
-# Names used in reports, in the order of the chain.
+# The bases of the plate steps and the plain (argmax) step of each.
+PLATE_BASES = {"TTA mean": "TTA mean logits", "embedding centroids": "embedding centroids", "ensemble": "ensemble"}
+# Names used in reports, in the order of the chain. A tie in rank_steps goes to the later step: the steps that
+# need no rotation come last, so a tie between a rotation's best case and the safe step goes to the safe step.
 STEP_ORDER = ("single view", "TTA mean logits", "TTA mean probs", "TTA geometric mean", "TTA majority vote",
-              "stacker", "embedding centroids", "ensemble", "TTA mean + plate mask", "TTA mean + plate assignment",
-              "embedding centroids + plate mask", "embedding centroids + plate assignment",
-              "ensemble + plate mask", "ensemble + plate assignment")
+              "stacker", "embedding centroids", "ensemble",
+              *(base + step for base in PLATE_BASES for step in (MASK, ASSIGN)),
+              *(base + UNROTATED for base in PLATE_BASES))
 
 
 @dataclass
@@ -52,6 +58,9 @@ class StepResults:
     labels: dict[str, pd.DataFrame] = field(default_factory=dict)   # step -> id_code, sirna (every well)
     scores: dict[str, WellScores] = field(default_factory=dict)     # step -> well scores (not for assignment)
     assignments: dict[str, Assignment] = field(default_factory=dict)
+    bases: dict[str, tuple[WellScores, str]] = field(default_factory=dict)  # plate-step base -> scores, plain step
+    sources: list[RotationSource] = field(default_factory=list)     # the rotation evidence of each source
+    rotations: dict[str, RotationDecision] = field(default_factory=dict)  # experiment -> the rotation used
 
     @property
     def final(self) -> str:
@@ -109,24 +118,33 @@ def fit_calibration(members: Sequence[WellScores], sites: pd.DataFrame, truth: p
     return Calibration(temps, tuple(float(c) for c in counts))
 
 
-def members_of(models: Sequence[Any], sites: pd.DataFrame, extra: Sequence[WellScores] = ()) -> list[WellScores]:
-    """The ensemble members: every model's TTA mean logits, then the `extra` well scores."""
-    return [mean_logits(m.logits, m.index, sites, classes=m.classes) for m in models] + list(extra)
+def members_of(models: Sequence[Any], sites: pd.DataFrame, extra: Sequence[WellScores] = (),
+               groups: PlateGroupsLike | None = None) -> list[WellScores]:
+    """The ensemble members: every model's TTA mean logits, then the `extra` well scores; with plate `groups`
+    each centred per plate and per group (trainer.rotation.centred_scores: what a plate-style shortcut adds is
+    removed before calibration, ensembling and assignment - validation cannot show a shortcut that happened to
+    point the right way there)."""
+    members = [mean_logits(m.logits, m.index, sites, classes=m.classes) for m in models] + list(extra)
+    return [centred_scores(ws, sites, groups) for ws in members] if groups is not None else members
 
 
 def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: PlateGroupsLike | None,
                     calibration: Calibration | None = None, stacker: Any | None = None,
                     stacker_scores: WellScores | None = None, min_z: float = 3.0,
                     extra: Sequence[WellScores] = (), balance: str = "none", meter: Any = None,
-                    split: str = "") -> StepResults:
+                    split: str = "", records: Mapping[str, SourceRecord] | None = None,
+                    centre: bool = True, rotation: str = "consensus") -> StepResults:
     """Every step's per-well labels for `models` (trainer.predict.Predictions over the same sites) and `extra`
     well scores (embedding centroids, one step of their own and ensemble members).
 
     With a `calibration` each model's mean logits are tempered to log-probabilities before they are ensembled
     (with its weights) and before rotation inference; without one, raw mean logits, equal weights. The stacker
     step uses `stacker_scores` when given (e.g. cross-fitted out-of-fold scores on validation) or applies a
-    fitted `stacker` (trainer.stacker.Stacker) to models[0]. Plate assignment needs `groups`; an experiment with
-    an ambiguous rotation (below `min_z`) takes a confident member model's rotation or no constraint.
+    fitted `stacker` (trainer.stacker.Stacker) to models[0]. Plate assignment needs `groups`: every plate step
+    uses the rotations `trainer.rotation.decide_rotations` decides from `rotation_sources` (an experiment whose
+    voting sources disagree or are unsure, below `min_z`, gets none: only "each class once per plate"), with
+    `records` (the sources' validation record) giving each decision its reliability. With `centre` (and `groups`)
+    the members are centred per plate and group first (members_of).
     `balance="sinkhorn"` balances each plate's scores before the mask and the assignment (trainer.assign).
     `meter` (trainer.meter) times the aggregation, stacker, ensemble and assignment steps, named after `split`.
     """
@@ -148,7 +166,7 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
 
     with meter(f"{at}aggregation"):
         add("single view", single_view(first.logits, first.index, sites, classes=first.classes, view=first.view))
-        means = members_of(models, sites, extra)
+        means = members_of(models, sites, extra, groups if centre else None)
         add("TTA mean logits", means[0])
         add("TTA mean probs", mean_probs(first.logits, first.index, sites, classes=first.classes))
         add("TTA geometric mean", geometric_mean(first.logits, first.index, sites, classes=first.classes))
@@ -169,37 +187,79 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
             final = ensemble(cal, calibration.weights if calibration else None)
             add("ensemble", final)
     with meter(f"{at}plate assignment"):
-        _assignment_steps(res, models, extra, cal, final, means, sites, groups, min_z, balance)
+        if groups is not None:
+            _plate_steps(res, models, extra, cal, final, sites, groups, min_z, balance, records, split, centre,
+                         rotation)
     return res
 
 
-def _assignment_steps(res: StepResults, models: Sequence[Any], extra: Sequence[WellScores],
-                      cal: list[WellScores], final: WellScores, means: list[WellScores], sites: pd.DataFrame,
-                      groups: PlateGroupsLike | None, min_z: float, balance: str) -> None:
-    """The plate mask and plate assignment steps of each base (TTA mean, embedding centroids, ensemble)."""
-    if groups is not None:
-        evidence = [rotation_evidence(ws, sites, groups) for ws in cal] if len(means) > 1 else []
-        bases = [("TTA mean", cal[0], [])]
-        if extra:
-            bases.append(("embedding centroids", cal[len(models)], evidence))
-        if len(means) > 1:
-            bases.append(("ensemble", final, evidence))
-        for base, ws, fallbacks in bases:
-            a = assign_plates(ws, sites, groups, min_z=min_z, fallbacks=fallbacks, balance=balance)
-            res.assignments[f"{base} + plate assignment"] = a
-            res.labels[f"{base} + plate mask"] = a.masked  # rotation inferred, impossible classes masked, argmax
-            res.labels[f"{base} + plate assignment"] = a.predictions
+def _adabn(preds: Any) -> bool:
+    """Whether a Predictions (or a concatenation of them) was predicted with per-plate BatchNorm statistics."""
+    meta = getattr(preds, "meta", {}) or {}
+    parts = meta.get("parts")
+    return bool(all(p.get("adabn") for p in parts)) if parts else bool(meta.get("adabn"))
 
 
-def rank_steps(report: dict[str, Any], tie_wells: float = 1.0) -> list[tuple[str, float]]:
-    """Steps by validation accuracy, best first. Accuracies within `tie_wells` wells of each other (one well by
-    default: below what a validation set can tell apart) count as a tie, which goes to the later step of
-    STEP_ORDER, the more refined one (assignment after mask after ensemble ...)."""
+def rotation_sources(models: Sequence[Any], extra: Sequence[WellScores], cal: Sequence[WellScores],
+                     sites: pd.DataFrame, groups: PlateGroupsLike, *, centred: bool = False) -> list[RotationSource]:
+    """Every source of rotation evidence (trainer.rotation): each model's head as is (votes only with AdaBN) and
+    centred per plate and group (votes), and each embedding-centroid member, centred the same way (votes).
+    `cal`: the members' scores, models first (members_of's order); `centred`: they are centred already."""
+    def centre(ws: WellScores) -> WellScores:
+        return ws if centred else centred_scores(ws, sites, groups)
+
+    out: list[RotationSource] = []
+    for i, m in enumerate(models):
+        tag = "" if i == 0 else f" (model {i + 1})"
+        raw = mean_logits(m.logits, m.index, sites, classes=m.classes)
+        out.append(RotationSource(f"TTA mean{tag}", rotation_evidence(raw, sites, groups), votes=_adabn(m)))
+        out.append(RotationSource(f"TTA mean, centred{tag}", rotation_evidence(centre(cal[i]), sites, groups),
+                                  votes=True))
+    for j in range(len(extra)):
+        tag = "" if j == 0 else f" (model {j + 1})"
+        out.append(RotationSource(f"embedding centroids{tag}",
+                                  rotation_evidence(centre(cal[len(models) + j]), sites, groups), votes=True))
+    return out
+
+
+def _plate_steps(res: StepResults, models: Sequence[Any], extra: Sequence[WellScores], cal: list[WellScores],
+                 final: WellScores, sites: pd.DataFrame, groups: PlateGroupsLike, min_z: float, balance: str,
+                 records: Mapping[str, SourceRecord] | None, split: str, centred: bool, mode: str) -> None:
+    """The plate mask and plate assignment steps of each base (TTA mean, embedding centroids, ensemble), all
+    with the rotations decided from every source (`mode` "own": each from its own scores' evidence), and each
+    base's assignment without a rotation."""
+    if mode not in ("consensus", "own"):
+        raise ConfigError(f"rotation: expected 'consensus' or 'own', found {mode!r}")
+    res.sources = rotation_sources(models, extra, cal, sites, groups, centred=centred)
+    res.rotations = decide_rotations(res.sources, min_z=min_z, records=records)
+    for exp, d in res.rotations.items():
+        if d.status == "contested" or d.dissent:
+            log.warning("%s%s: rotation evidence contested - %s", f"{split}: " if split else "", exp, d.why)
+    rotations = {e: d.rotation for e, d in res.rotations.items() if d.rotation is not None}
+    res.bases["TTA mean"] = (cal[0], PLATE_BASES["TTA mean"])
+    if extra:
+        res.bases["embedding centroids"] = (cal[len(models)], PLATE_BASES["embedding centroids"])
+    if "ensemble" in res.labels:
+        res.bases["ensemble"] = (final, PLATE_BASES["ensemble"])
+    for base, (ws, _) in res.bases.items():
+        a = assign_plates(ws, sites, groups, rotations=rotations if mode == "consensus" else None, min_z=min_z,
+                          balance=balance)
+        res.assignments[base + ASSIGN] = a
+        res.labels[base + MASK] = a.masked  # impossible classes masked, argmax
+        res.labels[base + ASSIGN] = a.predictions
+    for base, (ws, _) in res.bases.items():
+        res.labels[base + UNROTATED] = assign_plates(ws, sites, groups, rotations={}, balance=balance).predictions
+
+
+def rank_steps(values: Mapping[str, float], n_wells: int, tie_wells: float = 1.0) -> list[tuple[str, float]]:
+    """Steps by `values` (an accuracy, or an expected accuracy, per step), best first. Values within `tie_wells`
+    wells of `n_wells` of each other (one well by default: below what a validation set can tell apart) count as a
+    tie, which goes to the later step of STEP_ORDER (assignment after mask after ensemble ...; the steps without
+    a rotation last)."""
     order = {name: i for i, name in enumerate(STEP_ORDER)}
-    tol = tie_wells / max(int(report["n_wells"]), 1) + 1e-12
-    steps = [(name, float(v["accuracy"])) for name, v in report["steps"].items()]
+    tol = tie_wells / max(int(n_wells), 1) + 1e-12
     ranked: list[tuple[str, float]] = []
-    rest = sorted(steps, key=lambda nv: -nv[1])
+    rest = sorted(((name, float(v)) for name, v in values.items()), key=lambda nv: -nv[1])
     while rest:
         top = rest[0][1]
         tied = [nv for nv in rest if nv[1] >= top - tol]
@@ -240,6 +300,11 @@ class ChainInputs:
     val_embeddings: Sequence[Any] = ()           # for the out-of-fold centroids, when other models made `val`
                                                  # than `test` (a refit on every experiment); default: embeddings
     whiten: bool = True                          # centroids under the within-class covariance (trainer.embed)
+    centre: bool = True                          # members centred per plate and group (members_of)
+    rotation: str = "consensus"                  # "own": each plate step from its own scores' evidence (before
+                                                 # issue 20; kept for the ablation, benchmarks/chain_ablation.py)
+    select: str = "expected"                     # submit the best "expected" test accuracy, or the best
+                                                 # "validation" accuracy (the best case; before issue 20)
     notes: dict[str, Any] = field(default_factory=dict)  # more for report.json (the plan, training metrics)
 
 
@@ -275,22 +340,30 @@ def run_chain(inputs: ChainInputs, out: str | Path, meter: Any = None) -> ChainR
         groups = None
     truth = truth_of(sites, inputs.test_truth)
     stacker, calibration = None, None
+    records: dict[str, SourceRecord] | None = None
+    conditional: dict[str, Conditional] = {}
     if inputs.val:
         with meter("validation: stacker (cross-fit + fit)"):
             stacker, cv = _stacker(inputs, truth, res.extra)
         with meter("validation: embedding centroids"):
             val_extra = _centroids(inputs, wells_of(inputs.val[0], sites), held_out=True)
         with meter("validation: calibration, ensemble weights"):
-            calibration = fit_calibration(members_of(inputs.val, sites, val_extra), sites, truth,
+            calibration = fit_calibration(members_of(inputs.val, sites, val_extra,
+                                                     groups if inputs.centre else None), sites, truth,
                                           weights=inputs.weights)
         res.extra["calibration"] = calibration.to_dict()
         res.validation = inference_steps(inputs.val, sites, groups=groups, calibration=calibration,
                                          stacker_scores=cv, min_z=inputs.min_z, extra=val_extra,
-                                         balance=inputs.balance, meter=meter, split="validation")
+                                         balance=inputs.balance, meter=meter, split="validation",
+                                         centre=inputs.centre, rotation=inputs.rotation)
         val_ids = res.validation.labels["TTA mean logits"]["id_code"]
-        res.reports["validation"] = build_report(res.validation.labels, truth[truth.index.isin(val_ids)])
+        val_truth = truth[truth.index.isin(val_ids)]
+        res.reports["validation"] = build_report(res.validation.labels, val_truth)
         res.extra["validation_assignment"] = {k: a.summary(known=groups.rotations if groups else None)
                                               for k, a in res.validation.assignments.items()}
+        if groups is not None:
+            with meter("validation: rotation risk"):
+                records, conditional = _rotation_record(res, groups, val_truth, inputs)
     if inputs.test:
         if inputs.val and len(inputs.val) != len(inputs.test):
             raise ConfigError(f"{len(inputs.val)} models have validation predictions but {len(inputs.test)} have "
@@ -299,9 +372,11 @@ def run_chain(inputs: ChainInputs, out: str | Path, meter: Any = None) -> ChainR
             test_extra = _centroids(inputs, wells_of(inputs.test[0], sites), held_out=False)
         res.test = inference_steps(inputs.test, sites, groups=groups, calibration=calibration, stacker=stacker,
                                    min_z=inputs.min_z, extra=test_extra, balance=inputs.balance, meter=meter,
-                                   split="test")
+                                   split="test", records=records, centre=inputs.centre,
+                                   rotation=inputs.rotation)
         res.extra["test_assignment"] = {k: a.summary() for k, a in res.test.assignments.items()}
-        res.extra["submission"] = _choose_submission(res)
+        res.extra.setdefault("rotation", {})["test"] = _decisions_summary(res.test)
+        res.extra["submission"] = _choose_submission(res, conditional, sites, inputs.select)
         with meter("submission"):
             _submit(inputs, res, truth, out)
     if res.reports:
@@ -311,19 +386,61 @@ def run_chain(inputs: ChainInputs, out: str | Path, meter: Any = None) -> ChainR
     return res
 
 
-def _choose_submission(res: ChainResult) -> dict[str, Any]:
-    """The step whose test labels are submitted: the best on validation among those the test split has."""
+def _decisions_summary(steps: StepResults, known: Mapping[str, int] | None = None) -> dict[str, Any]:
+    decisions = {e: {**d.to_dict(), **({"true": int(known[e]), "right": d.rotation == int(known[e])}
+                                        if known and e in known else {})}
+                 for e, d in steps.rotations.items()}
+    return {"decisions": decisions,
+            "contested": sorted(e for e, d in steps.rotations.items() if d.status == "contested"),
+            "without_rotation": sorted(e for e, d in steps.rotations.items() if d.rotation is None)}
+
+
+def _rotation_record(res: ChainResult, groups: Any, val_truth: pd.Series, inputs: ChainInputs
+                     ) -> tuple[dict[str, SourceRecord], dict[str, Conditional]]:
+    """On validation (whose rotations are known): how often each source picked the right rotation, and every
+    rotation step's accuracy with right, wrong and no rotations (trainer.risk)."""
+    assert res.validation is not None
+    known = {e: int(r) for e, r in groups.rotations.items()}
+    records = score_sources(res.validation.sources, known, min_z=inputs.min_z)
+    conditional = conditional_accuracies(res.validation.bases, res.validation.labels, inputs.sites, groups,
+                                         val_truth, known, res.validation.sources, balance=inputs.balance)
+    res.extra["rotation"] = {"validation": {"sources": {k: r.to_dict() for k, r in records.items()},
+                                            **_decisions_summary(res.validation, known)}}
+    for step, c in conditional.items():
+        res.reports["validation"]["steps"][step].update(c.to_dict())
+    return records, conditional
+def _choose_submission(res: ChainResult, conditional: Mapping[str, Conditional], sites: pd.DataFrame,
+                       select: str = "expected") -> dict[str, Any]:
+    """The step whose test labels are submitted: the best EXPECTED test accuracy (trainer.risk: a rotation step's
+    validation figure discounted by how sure each test rotation is) among the steps the test split has; with
+    `select="validation"` the best validation accuracy (the best case)."""
+    if select not in ("expected", "validation"):
+        raise ConfigError(f"select: expected 'expected' or 'validation', found {select!r}")
     assert res.test is not None
     if "validation" not in res.reports:
         res.submitted = res.test.final
         return {"step": res.submitted, "why": "no out-of-fold predictions to rank the steps: the chain's last step"}
-    ranking = [(name, acc) for name, acc in rank_steps(res.reports["validation"]) if name in res.test.labels]
-    res.submitted, acc = ranking[0]
+    report = res.reports["validation"]
+    accuracy = {name: float(v["accuracy"]) for name, v in report["steps"].items() if name in res.test.labels}
+    expected = expected_accuracies(accuracy, conditional, res.test.rotations, sites,
+                                   res.test.labels["TTA mean logits"]["id_code"])
+    for name, value in expected.items():
+        report["steps"][name]["expected_test"] = value
+    ranking = rank_steps(expected if select == "expected" else accuracy, report["n_wells"])
+    res.submitted, value = ranking[0]
+    value = expected[res.submitted]
     runner = f"; runner-up {ranking[1][0]!r} {ranking[1][1]:.4f}" if len(ranking) > 1 else ""
-    return {"step": res.submitted, "validation_accuracy": acc,
-            "why": f"highest out-of-fold accuracy ({acc:.4f} on {res.reports['validation']['n_wells']} wells"
-                   f"{runner}; within one well the later step of the chain wins)",
-            "ranking": [[name, a] for name, a in ranking]}
+    best_case = max(accuracy, key=lambda k: accuracy[k])
+    out = {"step": res.submitted, "validation_accuracy": accuracy[res.submitted], "expected_test_accuracy": value,
+           "why": f"highest expected test accuracy ({value:.4f}: its validation accuracy "
+                  f"{accuracy[res.submitted]:.4f} on {report['n_wells']} wells, discounted by the risk of each test "
+                  f"experiment's rotation{runner}; within one well the later step of the chain wins)",
+           "ranking": [[name, v] for name, v in ranking],
+           "contested": res.extra.get("rotation", {}).get("test", {}).get("contested", [])}
+    if best_case != res.submitted and accuracy[best_case] > accuracy[res.submitted]:
+        out["best_case"] = {"step": best_case, "validation_accuracy": accuracy[best_case],
+                            "expected_test_accuracy": expected[best_case]}
+    return out
 
 
 def wells_of(preds: Any, sites: pd.DataFrame) -> list[str]:
@@ -398,6 +515,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--balance", choices=["none", "sinkhorn"], default="none",
                    help="balance each plate's scores (Sinkhorn) before the plate mask and assignment")
+    p.add_argument("--rotation", choices=["consensus", "own"], default="consensus",
+                   help="plate-group rotations from every source that cannot see plate style (consensus), or each "
+                        "plate step from its own scores (own: before issue 20)")
+    p.add_argument("--select", choices=["expected", "validation"], default="expected",
+                   help="submit the step with the best expected test accuracy, or the best validation accuracy")
+    p.add_argument("--no-centre", action="store_true",
+                   help="do not centre the members per plate and group before calibration and assignment")
     p.add_argument("--out", required=True, help="output directory")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -405,7 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = [load_predictions(f) for f in args.test_predictions]
     result = run_chain(ChainInputs(load_sites(args.store), val, test, weights=args.weights, top_k=args.top_k,
                                    seed=args.seed, sample_submission=args.sample_submission,
-                                   test_truth=args.test_truth, balance=args.balance), args.out)
+                                   test_truth=args.test_truth, balance=args.balance, centre=not args.no_centre,
+                                   rotation=args.rotation, select=args.select), args.out)
     if result.submission is not None:
         print(f"submission ({result.submitted}) -> {Path(args.out) / 'submission.csv'}")
     if result.reports:

@@ -539,12 +539,24 @@ def run_job(opts: JobOptions) -> dict[str, Any]:
     timings["total"] = time.perf_counter() - start
     _add_to_report(opts.out / "report.json", {"timings_s": timings})
     print(f"submission ({result.submitted}) -> {opts.out / 'submission.csv'}\n{format_table(result.reports)}")
+    _print_rotations(result.extra.get("rotation", {}).get("test", {}))
     _done(t)
     print(f"\nmain job done in {timings['total']:.0f} s (budget {opts.budget_min:.1f} min)")
     for name in ("plan.json", "submission.csv", "report.json", "steps.png", "cell_types.png"):
         path = opts.out / name
         print(f"   {name:<15} {path if path.exists() else '(not written)'}")
     return {"submitted": result.submitted, "reports": result.reports, "timings": timings}
+
+
+def _print_rotations(test: dict[str, Any]) -> None:
+    """Each test experiment's plate-group rotation and, loudly, those whose evidence is contested."""
+    for exp, d in sorted(test.get("decisions", {}).items()):
+        rel = f", reliability {d['reliability']:.3f}" if d.get("reliability") is not None else ""
+        print(f"   rotation {exp}: {d['rotation']} ({d['status']}{rel}) - {d['why']}")
+    flagged = sorted(e for e, d in test.get("decisions", {}).items() if d["status"] == "contested" or d["dissent"])
+    if flagged:
+        print(f"   WARNING: rotation evidence contested in {', '.join(flagged)}: a model that learnt plate style "
+              f"disagrees with the sources that cannot see it (report.json: rotation)")
 
 
 def _add_to_report(path: Path, extra: dict[str, Any]) -> None:

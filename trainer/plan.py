@@ -139,6 +139,8 @@ class Plan:
     dihedral: bool
     adabn: bool
     batch_by: str = ""          # "" | plate: plate-pure training batches
+    augment: str = "d4_shift"   # cellio augmentation preset of training (d4_photometric: blur, gain, gamma,
+                                # illumination, noise - what plates differ in, issue 20)
     pseudo_share: float = 1 / 3  # share of the training steps spent in the pseudo-label stage (0: one stage)
     finetune_share: float = 0.0  # share spent fine-tuning the joint model per cell type (0: no fine-tuning)
     steps_finetune: int = 0      # steps of each cell type's fine-tuning run
@@ -169,7 +171,7 @@ class Plan:
                f"data.val_fold={self.val_fold}", f"model.name={self.model}", f"optim.lr={self.lr}",
                f"train.device={self.device}", f"train.num_threads={self.threads}",
                f"pseudo.rounds={self.pseudo_rounds}", f"pseudo.adabn={str(self.adabn).lower()}",
-               "train.channels_last=true"]
+               "train.channels_last=true", f"data.augment={self.augment}"]
         if self.batch_by:
             out.append(f"data.batch_by={self.batch_by}")
         return out
@@ -193,8 +195,8 @@ class Plan:
 PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(Plan))
 _OVERRIDABLE = {"device", "processes", "backend", "num_workers", "threads", "model", "crop", "batch", "lr",
                 "n_folds", "val_fold", "steps_single", "steps_pseudo", "pseudo_rounds", "eval_tta", "dihedral",
-                "adabn", "batch_by", "pseudo_share", "finetune_share", "steps_finetune", "embed_tta", "whiten",
-                "refit_share", "steps_refit"}
+                "adabn", "batch_by", "augment", "pseudo_share", "finetune_share", "steps_finetune", "embed_tta",
+                "whiten", "refit_share", "steps_refit"}
 _FIELD_TYPES = typing.get_type_hints(Plan)
 
 
@@ -232,6 +234,12 @@ def _check_field(key: str, value: Any) -> None:
         from .models import check_model_name
 
         check_model_name(value, "plan.model")
+    if key == "augment":
+        import cellio
+
+        if value not in cellio.list_presets():
+            raise ConfigError(f"plan.augment: expected one of cellio's presets {cellio.list_presets()}, found "
+                              f"{value!r}")
 
 
 def check_budget(budget_s: float) -> None:

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from trainer.aggregate import WellScores
-from trainer.assign import PlateGroupsLike, assign_plates, treatment_classes, well_table
+from trainer.assign import assign_plates
+from trainer.rotation import PlateGroupsLike, treatment_classes, well_table
 
 __all__ = ["select_pseudo_labels", "round_fraction", "precision"]
 

@@ -94,13 +94,19 @@ def build_report(steps: Mapping[str, Labels], truth: Labels) -> dict[str, Any]:
 def format_table(reports: Mapping[str, Mapping[str, Any]]) -> str:
     """Plain-text table: one row per step, one column per split (overall accuracy) plus per cell type."""
     lines = []
+    width = max([28, *(len(n) + 2 for rep in reports.values() for n in rep["order"])])
     for split, rep in reports.items():
         cts = [c for c in CELL_TYPES if any(c in s["per_cell_type"] for s in rep["steps"].values())]
+        # validation: what each step is expected to score on test once its rotations' risk is counted
+        risk = any("expected_test" in s for s in rep["steps"].values())
         lines.append(f"[{split}] {rep['n_wells']} wells")
-        lines.append(f"{'step':<28}{'accuracy':>10}" + "".join(f"{c:>9}" for c in cts))
+        lines.append(f"{'step':<{width}}{'accuracy':>10}" + (f"{'expected':>10}{'if wrong':>10}" if risk else "")
+                     + "".join(f"{c:>9}" for c in cts))
         for name in rep["order"]:
             s = rep["steps"][name]
-            lines.append(f"{name:<28}{s['accuracy']:>10.4f}"
+            extra = (f"{s.get('expected_test', float('nan')):>10.4f}{s.get('if_rotation_wrong', float('nan')):>10.4f}"
+                     if risk else "")
+            lines.append(f"{name:<{width}}{s['accuracy']:>10.4f}{extra}"
                          + "".join(f"{s['per_cell_type'].get(c, float('nan')):>9.4f}" for c in cts))
     return "\n".join(lines)
 
