@@ -358,7 +358,7 @@ def load_sites(store: str | Path | None = None, data: str | Path | None = None) 
 def main(argv: Sequence[str] | None = None) -> int:
     from trainer.predict import load_predictions
 
-    p = argparse.ArgumentParser(prog="python -m trainer.aggregate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.aggregate", description=__doc__.split("\n\n")[0])
     p.add_argument("--predictions", required=True, nargs="+", help="per-view .npz files from trainer.predict")
     p.add_argument("--weights", type=float, nargs="+", help="ensemble weights, one per predictions file")
     p.add_argument("--store", help="the store the predictions were made on (its site table)")

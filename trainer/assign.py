@@ -200,7 +200,7 @@ def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLik
 def main(argv: Sequence[str] | None = None) -> int:
     import cellio
 
-    p = argparse.ArgumentParser(prog="python -m trainer.assign", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.assign", description=__doc__.split("\n\n")[0])
     p.add_argument("--wells", required=True, help="per-well scores .npz from trainer.aggregate")
     p.add_argument("--store", help="store of the predicted wells (site table)")
     p.add_argument("--data", help="or the raw data set directory (its site table has train and test)")

@@ -502,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer.predict import concat_predictions, load_predictions
     from trainer.report import format_table
 
-    p = argparse.ArgumentParser(prog="python -m trainer.chain", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.chain", description=__doc__.split("\n\n")[0])
     p.add_argument("--store", required=True, help="the store every predictions file refers to")
     p.add_argument("--val-predictions", nargs="+", default=[],
                    help="out-of-fold per-view files, one per model; a model's fold files joined by commas "

@@ -286,7 +286,7 @@ def _numbered(out: Path, i: int, n: int) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", action="append", required=True, help="checkpoint .pt; repeat for several")
     p.add_argument("--store", required=True, help="cellio Zarr store")
     p.add_argument("--datasets", nargs="+", default=["test"], help="train | test | validation (held-out folds)")

@@ -172,7 +172,7 @@ def write_report(reports: Mapping[str, Mapping[str, Any]], out_dir: str | Path,
 def main(argv: Sequence[str] | None = None) -> int:
     from trainer.aggregate import load_well_scores
 
-    p = argparse.ArgumentParser(prog="python -m trainer.report", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--truth", required=True, help="CSV id_code,sirna (e.g. test_truth.csv)")
     p.add_argument("--step", action="append", required=True, metavar="NAME=FILE",
                    help="a step's predictions: CSV id_code,sirna or well scores .npz; repeat in order")

@@ -276,7 +276,7 @@ def _truth_from_sites(sites: pd.DataFrame) -> pd.Series:
 def main(argv: Sequence[str] | None = None) -> int:
     from trainer.predict import load_predictions
 
-    p = argparse.ArgumentParser(prog="python -m trainer.stacker", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.stacker", description=__doc__.split("\n\n")[0])
     p.add_argument("--train-predictions", required=True, help="out-of-fold per-view .npz (labelled wells)")
     p.add_argument("--train-store", required=True, help="store of the out-of-fold predictions (labels)")
     p.add_argument("--predictions", help="per-view .npz to apply the stacker to (e.g. test)")

@@ -91,7 +91,7 @@ def write_submission(well_predictions: pd.DataFrame | Mapping[str, int] | pd.Ser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.submission", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.submission", description=__doc__.split("\n\n")[0])
     p.add_argument("--predictions", required=True, help="CSV id_code,sirna (e.g. from trainer.assign)")
     p.add_argument("--sample", required=True, help="sample_submission.csv of the data set")
     p.add_argument("--out", default="submission.csv")

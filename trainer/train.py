@@ -311,7 +311,7 @@ def record_validation(r: Run, epoch: int, val: dict[str, float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML recipe (trainer/recipes/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 data.store=PATH")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
