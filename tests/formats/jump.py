@@ -163,8 +163,8 @@ def illumination(channel: str, i: int, shape: tuple[int, int], seed: int, dtype:
     r = rng(seed, _ILLUM, plate_name(i), channel)
     y = (np.arange(h) + 0.5)[:, None] / h * 2 - 1
     x = (np.arange(w) + 0.5)[None, :] / w * 2 - 1
-    cy, cx = r.uniform(-0.3, 0.3, 2)
-    f = 1 - r.uniform(0.15, 0.35) * ((x - cx) ** 2 + (y - cy) ** 2) + r.uniform(-0.1, 0.1) * x
+    cy, cx = r.uniform(-0.15, 0.15, 2)
+    f = np.exp(-r.uniform(0.05, 0.15) * ((x - cx) ** 2 + (y - cy) ** 2)) * (1 + r.uniform(-0.1, 0.1) * x)
     return (f / np.percentile(f, 2)).astype(dtype)
 
 
@@ -240,7 +240,9 @@ def write_plate(out: Path, i: int, layout: list[tuple[str, str]], fields: int, c
             ldir / f"{stem}{suffix}", index=False, compression=compression)
     fluo = tuple(c for c in channels if c in FLUORESCENCE)
     table = load_data_rows(out, i, layout, fields, fluo, shape, "pathname", True).astype(str)
-    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), ldir / "load_data_with_illum.parquet")
+    schema = pa.schema([(c, pa.string()) for c in table.columns])  # every column a string, as in the bucket
+    pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False),
+                   ldir / "load_data_with_illum.parquet")
 
 
 def write_jump(out: str | Path, plates: int = 2, size: str = "1080", wells: int = 4, fields: int = 9,
