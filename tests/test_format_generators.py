@@ -291,7 +291,8 @@ def test_rxrx2_layout_and_pixels(tmp_path):
     assert meta["well"].str.fullmatch(r"(A[A-F]|[A-Z])(0[1-9]|[1-3]\d|4[0-8])").all()
     assert (meta["site_id"] == meta["well_id"] + "_" + meta["site"].astype(str)).all()
     assert (meta["well_id"] == meta["experiment"] + "_" + meta["plate"].astype(str) + "_" + meta["well"]).all()
-    assert meta["treatment"].isna().sum() == 2 * 2 * 3 and meta.loc[meta["treatment"].isna(), "treatment_conc"].isna().all()
+    controls = meta["treatment"].isna()
+    assert controls.sum() == 2 * 2 * 3 and meta.loc[controls, "treatment_conc"].isna().all()
     pngs = sorted((out / "images").rglob("*.png"))
     assert len(pngs) == len(meta) * 6
     assert pngs[0].relative_to(out).parts[:3] == ("images", "HUVEC-1", "Plate1")
@@ -299,7 +300,8 @@ def test_rxrx2_layout_and_pixels(tmp_path):
     for _, row in meta.iloc[::5].iterrows():
         want = rxrx2.site_images(row, (13, 21), 9, 1.0, max_conc)
         for ch in range(1, 7):
-            path = out / "images" / row["experiment"] / f"Plate{row['plate']}" / f"{row['well']}_s{row['site']}_w{ch}.png"
+            path = (out / "images" / row["experiment"] / f"Plate{row['plate']}"
+                    / f"{row['well']}_s{row['site']}_w{ch}.png")
             with Image.open(path) as im:
                 assert im.format == "PNG" and im.mode == "L" and im.size == (21, 13)
                 np.testing.assert_array_equal(np.asarray(im), want[ch - 1])

@@ -31,6 +31,7 @@ type. Written with tifffile, numpy, pandas and pyarrow. Output is a pure functio
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from pathlib import Path
 
@@ -54,7 +55,8 @@ ROLE = {"DNA": "nucleus", "ER": "er", "RNA": "rna", "AGP": "actin", "Mito": "mit
 PHENIX_CHANNEL = {"Mito": 1, "AGP": 2, "RNA": 3, "ER": 4, "DNA": 5, "Brightfield_H": 6, "Brightfield_L": 7,
                   "Brightfield": 8}
 PLATE_TYPES = ("COMPOUND", "CRISPR", "ORF")
-NEGCON = {"COMPOUND": "JCP2022_033924", "CRISPR": "JCP2022_800002", "ORF": "JCP2022_915131"}  # DMSO, non-targeting, LacZ
+# the negative controls: DMSO, non-targeting guide, LacZ
+NEGCON = {"COMPOUND": "JCP2022_033924", "CRISPR": "JCP2022_800002", "ORF": "JCP2022_915131"}
 ROWS_384 = "ABCDEFGHIJKLMNOP"
 GENES = (("TP53", "7157"), ("MTOR", "2475"), ("PLK1", "5347"), ("KRAS", "3845"), ("AKT1", "207"), ("MYC", "4609"),
          ("RAF1", "5894"), ("CDK2", "1017"))
@@ -78,13 +80,15 @@ def plate_name(i: int) -> str:
 
 
 def batch_name(i: int) -> str:
-    """Two plates a batch: plate 0 and 1 in 2021_04_26_Batch1, 2 and 3 in 2021_04_27_Batch2, ..."""
+    """Two plates a batch, a week apart: plates 0 and 1 in 2021_04_26_Batch1, 2 and 3 in 2021_05_03_Batch2, ..."""
     b = i // 2
-    return f"2021_04_{26 + b:02d}_Batch{b + 1}"
+    return f"{dt.date(2021, 4, 26) + dt.timedelta(weeks=b):%Y_%m_%d}_Batch{b + 1}"
 
 
 def full_plate_name(i: int) -> str:
-    return f"{plate_name(i)}__2021-05-{2 + i // 2:02d}T{16 + i % 2:02d}_02_51-Measurement1"
+    """The plate folder as the Phenix names it: plate, acquisition start, measurement."""
+    start = dt.datetime(2021, 5, 2, 16, 2, 51) + dt.timedelta(weeks=i // 2, hours=2 * (i % 2))
+    return f"{plate_name(i)}__{start:%Y-%m-%dT%H_%M_%S}-Measurement1"
 
 
 def phenix_file(well: str, field: int, channel: str) -> str:

@@ -62,10 +62,11 @@ def plan(experiments: int = 2, plates: int = 1, factors: int = 3, concentrations
             spots = rng(seed, _LAYOUT, experiment, plate).choice(32 * 48, size=len(wells), replace=False)
             for spot, (factor, conc) in zip(spots, wells):
                 well = f"{ROWS_1536[spot // 48]}{spot % 48 + 1:02d}"
+                well_id = f"{experiment}_{plate}_{well}"
                 for site in range(1, sites + 1):
-                    rows.append(dict(site_id=f"{experiment}_{plate}_{well}_{site}", well_id=f"{experiment}_{plate}_{well}",
-                                     cell_type="HUVEC", experiment=experiment, plate=plate, well=well, site=site,
-                                     treatment=factor, treatment_conc=conc))
+                    rows.append(dict(site_id=f"{well_id}_{site}", well_id=well_id, cell_type="HUVEC",
+                                     experiment=experiment, plate=plate, well=well, site=site, treatment=factor,
+                                     treatment_conc=conc))
     table = pd.DataFrame(rows, columns=list(METADATA_COLUMNS))
     return table.sort_values(["experiment", "plate", "well", "site"], kind="stable").reset_index(drop=True)
 
