@@ -16,9 +16,14 @@ extras = {
     "train": TORCH + ["torchvision>=0.21", "pyyaml>=6", "tensorboard>=2.15", "scikit-learn>=1.4",
                       "lightgbm>=4", "matplotlib>=3.8", "psutil>=5.9"],
     "s3": ["s3fs>=2024.1"],  # s3:// stores (gcsfs for gs://, adlfs for az:// work the same way)
+    # the third-party writers/readers of the data sets beyond RxRx1 (TIFF, JPEG 2000, OME-Zarr), used by the format
+    # generators in tests/formats/ and their tests
+    "formats": ["tifffile>=2024.1", "imagecodecs>=2024.1", "ome-zarr>=0.18", "ome-zarr-models>=1.6"],
     "test": ["pytest>=8", "moto[server]>=5", "s3fs>=2024.1"],  # a local S3-compatible server for the tests
-    "bench": ["matplotlib>=3.8", "tensorstore>=0.1.60", "opencv-python-headless>=4.9", "obstore>=0.4"],
+    # glymur needs the system OpenJPEG library (Debian: libopenjp2-7); only benchmarks/jp2_decode.py uses it
+    "bench": ["matplotlib>=3.8", "tensorstore>=0.1.60", "opencv-python-headless>=4.9", "obstore>=0.4", "glymur>=0.14"],
 }
+extras["test"] += extras["formats"]
 extras["all"] = sorted({req for reqs in extras.values() for req in reqs})
 
 setup(
