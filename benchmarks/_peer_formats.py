@@ -127,9 +127,15 @@ def write_litdata(raw: Path, paths: list[list[str]], out: Path, workers: int) ->
     # chunk_bytes="64MB"); numpy leaves are stored as raw arrays (JPEG, its preferred image codec, has 3 channels)
     import litdata
 
-    litdata.optimize(fn=functools.partial(_litdata_item, raw=raw, paths=paths), inputs=list(range(len(paths))),
-                     output_dir=str(out), chunk_bytes=LITDATA_CHUNK_BYTES, num_workers=max(1, workers),
-                     verbose=False, mode="overwrite")
+    # optimize() sets the process-wide multiprocessing start method to "spawn" (force=True) and leaves it so: every
+    # DataLoader made afterwards in this process would spawn its workers (seconds each). Put the default back.
+    method = mp.get_start_method(allow_none=True)
+    try:
+        litdata.optimize(fn=functools.partial(_litdata_item, raw=raw, paths=paths), inputs=list(range(len(paths))),
+                         output_dir=str(out), chunk_bytes=LITDATA_CHUNK_BYTES, num_workers=max(1, workers),
+                         verbose=False, mode="overwrite")
+    finally:
+        mp.set_start_method(method, force=True)
 
 
 # --- the whole set ----------------------------------------------------------------------------------------------

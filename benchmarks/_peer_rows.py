@@ -37,6 +37,11 @@ REQUIRES = {"seed": "torchvision", "wds": "webdataset", "wds_lz4": "lz4", "litda
 STREAMING = ("wds", "wds_lz4", "litdata", "cellio_torch", "cellio_dali")  # rows that read from object storage
 LITDATA_STREAM_CACHE = "200MB"  # about 3 of its 64 MB chunks: what a stream of a larger-than-disk set keeps
 WDS_SHUFFLE = 100  # samples in WebDataset's shuffle buffer (raw 1.5 MB sites: ~ImageNet's 1000 x 110 kB JPEGs)
+# The DataLoader-based peers keep their worker processes between epochs (persistent_workers=True). Restarting them
+# costs a few tenths of a second per epoch here: on this benchmark's epochs of a few hundred sites that would weigh
+# on every timed epoch, on RxRx1's 73,000-site epochs it would not. (cellio's torch backend restarts its workers each
+# epoch, its own choice: its per-epoch start is reported, not hidden.)
+PERSISTENT = True
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class RowSpec:
     cache_dir: str = ""                          # litdata's download cache for s3://
     seed: int = 0
     check: bool = False
+    torch_threads: int = 0                       # torch intra-op threads of the row's process (0: torch's default)
 
 
 # --- the peers' shared augmentation ---------------------------------------------------------------------------
@@ -161,15 +167,15 @@ class NpySites:
 
 
 def _seed(spec: RowSpec) -> PeerLoader:
-    # torch.utils.data.DataLoader with its defaults (https://pytorch.org/docs/stable/data.html): shuffle=True,
-    # num_workers=W, prefetch_factor 2, workers started per epoch (persistent_workers=False, the default)
+    # torch.utils.data.DataLoader (https://pytorch.org/docs/stable/data.html): shuffle=True, num_workers=W,
+    # prefetch_factor 2 (the default); workers kept between epochs (PERSISTENT)
     import torch
     from torch.utils.data import DataLoader
 
     ds = NpySites(spec.npy, spec.n_sites, Augmentation(spec))
     g = torch.Generator().manual_seed(spec.seed)
     return _TorchLoader(DataLoader(ds, batch_size=spec.batch, shuffle=not spec.check, num_workers=spec.workers,
-                                   drop_last=False, generator=g))
+                                   drop_last=False, generator=g, persistent_workers=PERSISTENT and spec.workers > 0))
 
 
 def _lz4_npy(data: bytes) -> Any:
@@ -207,7 +213,8 @@ def _wds(spec: RowSpec, lz4: bool) -> PeerLoader:
         ds = ds.shuffle(WDS_SHUFFLE)
     ds = (ds.decode(wds.handle_extension("npy.lz4", _lz4_npy)) if lz4 else ds.decode())
     ds = ds.map(_WdsSample(ext, Augmentation(spec))).batched(spec.batch, partial=True, collation_fn=default_collate)
-    return _TorchLoader(wds.WebLoader(ds, batch_size=None, num_workers=spec.workers))
+    return _TorchLoader(wds.WebLoader(ds, batch_size=None, num_workers=spec.workers,
+                                      persistent_workers=PERSISTENT and spec.workers > 0))
 
 
 class _LitItem:
@@ -242,7 +249,8 @@ def _litdata(spec: RowSpec) -> PeerLoader:
         downloader._OBSTORE_AVAILABLE = False  # type: ignore[attr-defined]
     ds = litdata.StreamingDataset(spec.litdata, shuffle=not spec.check, seed=spec.seed, drop_last=False,
                                   transform=_LitItem(Augmentation(spec)), **kw)
-    return _TorchLoader(litdata.StreamingDataLoader(ds, batch_size=spec.batch, num_workers=spec.workers))
+    return _TorchLoader(litdata.StreamingDataLoader(ds, batch_size=spec.batch, num_workers=spec.workers,
+                                                    persistent_workers=PERSISTENT and spec.workers > 0))
 
 
 class _SpdlLoader:
@@ -350,11 +358,14 @@ class EpochResult:
     residual: float = 0.0
 
 
-def run_epoch(loader: PeerLoader, spec: RowSpec, epoch: int, t0: float | None = None) -> EpochResult:
+def run_epoch(loader: PeerLoader, spec: RowSpec, epoch: int, t0: float | None = None,
+              truth: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> EpochResult:
     """Iterate one epoch; raise if it is not every site exactly once in batches of the expected shape.
 
     t0: when the clock started (default: now), e.g. before the loader was built, for the time to the first batch.
-    check specs also return every site's fingerprints."""
+    check specs also return every site's fingerprints, recovered with `truth` = (mean, std), the statistics the
+    images should have been normalised with (default: the spec's own, which cannot catch a wrong spec)."""
+    mean, std = truth if truth is not None else (spec.mean, spec.std)
     t0 = time.perf_counter() if t0 is None else t0
     first = None
     seen: list[np.ndarray] = []
@@ -374,7 +385,7 @@ def run_epoch(loader: PeerLoader, spec: RowSpec, epoch: int, t0: float | None = 
             raise AssertionError(f"{spec.row}: a batch of {len(ids_np)} sites; expected at most {spec.batch}")
         seen.append(ids_np)
         if fps is not None:
-            fp, r = fingerprints(images, spec.mean, spec.std)
+            fp, r = fingerprints(images, mean, std)
             residual = max(residual, r)
             for i, f in zip(ids_np.tolist(), fp):
                 fps[int(i)] = f

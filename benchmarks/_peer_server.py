@@ -40,7 +40,8 @@ class RowError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """The training step every row feeds: the CPU plan's model (trainer/recipes/demo_cpu.yaml) on (B, 6, S, S)."""
+    """The training step every row feeds: the CPU plan's (trainer/plan.py: densenet_tiny, 224 px crops of a 512 px
+    site, batch 32, one torch thread per core, channels_last, AdamW) on (B, 6, S, S) batches."""
 
     model: str
     model_kwargs: dict[str, Any]
@@ -49,7 +50,9 @@ class TrainSpec:
     cell_types: np.ndarray    # (N,) index into cellio.schema.CELL_TYPES per store row
     batch: int
     crop: int
-    lr: float = 3e-3
+    threads: int              # torch intra-op threads of every training process (resident included)
+    channels_last: bool = True
+    lr: float = 2e-3
     seed: int = 0
 
 
@@ -61,13 +64,15 @@ class _Row:
         self.step: Any = None
 
     # -- loading ---------------------------------------------------------------------------------------------------
-    def check(self, spec: RowSpec | None = None) -> dict[str, Any]:
-        """One deterministic epoch of `spec` (default: this process's row) with the augmentation off."""
+    def check(self, spec: RowSpec | None = None,
+              truth: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> dict[str, Any]:
+        """One deterministic epoch of `spec` (default: this process's row) with the augmentation off; fingerprints
+        recovered with truth = (mean, std), the store's statistics (default: the spec's)."""
         spec = dataclasses.replace(spec or self.spec, check=True)
         t0 = time.perf_counter()
         loader = open_loader(spec)
         try:
-            r = run_epoch(loader, spec, 0, t0)
+            r = run_epoch(loader, spec, 0, t0, truth=truth)
         finally:
             loader.close()
         ids = np.array(sorted(r.fingerprints or {}), dtype=np.int64)
@@ -84,7 +89,7 @@ class _Row:
     def epoch(self, epoch: int) -> dict[str, Any]:
         assert self.spec is not None and self.loader is not None, "warmup first"
         r = run_epoch(self.loader, self.spec, epoch)
-        return {"seconds": r.seconds, "sites": r.sites}
+        return {"seconds": r.seconds, "sites": r.sites, "start_s": r.first_batch_s}
 
     # -- training --------------------------------------------------------------------------------------------------
     def _forever(self) -> Iterator[tuple[Any, Any]]:
@@ -99,8 +104,11 @@ class _Row:
 
         from trainer.models import create_model
 
+        torch.set_num_threads(train.threads)
         torch.manual_seed(train.seed)
         model = create_model(train.model, num_classes=train.num_classes, **train.model_kwargs)
+        if train.channels_last:  # as trainer/train.py does with train.channels_last (the CPU plan sets it)
+            model = model.to(memory_format=torch.channels_last)
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=train.lr)
         labels = torch.as_tensor(train.labels, dtype=torch.int64)
@@ -128,8 +136,12 @@ class _Row:
             first = first if first is not None else time.perf_counter() - t0
         return {"first_step_s": first}
 
-    def train_block(self, steps: int) -> dict[str, Any]:
+    def train_block(self, steps: int, skip: int = 0) -> dict[str, Any]:
+        """Seconds per step over `steps` steps, after pulling `skip` batches without a step: what the loader
+        prefetched while this process waited for its turn is gone, so the block starts from the steady state."""
         assert self.step is not None and self.stream is not None, "train_setup first"
+        for _ in range(skip):
+            next(self.stream)
         t0 = time.perf_counter()
         for _ in range(steps):
             self.step(*next(self.stream))
@@ -156,6 +168,10 @@ def _serve(conn: Any, spec: RowSpec | None, repo: str) -> None:
         for mod in ("torch", "torchvision.transforms.v2", "trainer.models",
                     *((REQUIRES[spec.row],) if spec is not None else ()), *PRELOAD.get(getattr(spec, "row", ""), ())):
             importlib.import_module(mod)
+        if spec is not None and spec.torch_threads:
+            import torch
+
+            torch.set_num_threads(spec.torch_threads)
         conn.send({"ok": True, "pid": os.getpid()})
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which records the row as failed
         conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})

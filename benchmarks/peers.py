@@ -16,9 +16,10 @@ Sections (--sections):
           memory of the tree (RSS summed, and PSS), time to the first batch, disk bytes and conversion time of the
           row's format; at each W of --workers; epochs timed interleaved (A B C .., A B C ..) after a warm-up epoch,
           medians of --repeats.
-  train   the same rows feeding a training step of the CPU plan's model (trainer/recipes/demo_cpu.yaml:
-          densenet_tiny with the cell-type input, --train-crop px, batch --batch): img/s and loader/resident, where
-          resident is the same step on a batch already in memory (its own process, no loader).
+  train   the same rows feeding a training step of the CPU plan's model (trainer/plan.py: densenet_tiny on
+          --train-crop px crops, batch --batch, one torch thread per core, channels_last): img/s and
+          loader/resident, where resident is the same step on a batch already in memory (its own process, no
+          loader).
   s3      the rows that stream from object storage, from a local S3-compatible server (moto, 127.0.0.1): WebDataset
           shards over http (its curl pipe), litdata from s3://, cellio from an s3:// store.
 
@@ -61,8 +62,9 @@ SECTIONS = ("local", "train", "s3")
 # the format each row reads (disk bytes and conversion time come from it)
 ROW_FORMAT = {"seed": "npy", "wds": "wds", "wds_lz4": "wds_lz4", "litdata": "litdata", "spdl": "npy",
               "cellio_torch": "store", "cellio_dali": "store"}
-# the CPU plan's model and its keyword arguments (trainer/recipes/demo_cpu.yaml: model.name, model.kwargs)
-TRAIN_MODEL, TRAIN_KWARGS = "densenet_tiny", {"cell_type_input": True}
+# the CPU plan's model (trainer/plan.py make_plan without CUDA: densenet_tiny, model.kwargs left at the config's
+# default {}, 224 px crops = 0.44 of a 512 px site, batch 32, lr 2e-3, one torch thread per core, channels_last)
+TRAIN_MODEL, TRAIN_KWARGS = "densenet_tiny", {}
 BUCKET = "cellio-peers"
 
 
@@ -76,6 +78,7 @@ class RowResult:
     error: str = ""
     epoch_s: list[float] = field(default_factory=list)
     epoch_cpu_s: list[float] = field(default_factory=list)
+    epoch_start_s: list[float] = field(default_factory=list)   # iter() to the first batch of each timed epoch
     span_cpu_s: float = float("nan")
     sites: int = 0
     first_batch_s: float = float("nan")
@@ -106,7 +109,7 @@ def base_spec(fmt: Formats, args: argparse.Namespace, mean: np.ndarray, std: np.
                    mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), store=str(fmt.store),
                    npy=str(fmt.npy), wds=sorted(str(p) for p in fmt.wds.glob("*.tar")),
                    wds_lz4=sorted(str(p) for p in fmt.wds_lz4.glob("*.tar")), litdata=str(fmt.litdata),
-                   seed=args.seed)
+                   seed=args.seed, torch_threads=args.torch_threads)
 
 
 def _spread(xs: list[float]) -> float:
@@ -145,7 +148,8 @@ def check_rows(base: RowSpec, rows: list[str], reference: np.ndarray, workers: i
                 try:
                     checker = checker if checker is not None and checker.proc.is_alive() else RowServer(None,
                                                                                                       str(ROOT))
-                    reply = checker.call("check", spec=replace(base, row=row, workers=workers))
+                    reply = checker.call("check", spec=replace(base, row=row, workers=workers),
+                                         truth=(base.mean, base.std))
                     got = {int(i): f for i, f in zip(reply["ids"], reply["fingerprints"])}
                     verdict[row] = compare_fingerprints(row, got, reply["residual"], reference) or ""
                 except RowError as exc:
@@ -196,6 +200,7 @@ def time_epochs(section: str, base: RowSpec, rows: list[str], workers: int, args
                 if server_pid:
                     res.server_cpu_s.append(tree_cpu_seconds(server_pid) - s0)
                 res.epoch_s.append(reply["seconds"])
+                res.epoch_start_s.append(reply["start_s"])
                 wait_quiet(srv.pid)  # its background work (prefetch, worker exit) stays out of the next row's time
             print(f"  {section} W={workers} repeat {rep + 1}/{args.repeats}: " + "  ".join(
                 f"{n} {results[n].sites / results[n].epoch_s[-1]:.0f}" for n in servers
@@ -214,7 +219,9 @@ def time_training(base: RowSpec, rows: list[str], workers: int, train: TrainSpec
                   args: argparse.Namespace) -> list[RowResult]:
     """Loader steps per row and resident steps, interleaved repeat by repeat (resident, A, B, ...)."""
     results = {r: RowResult("train", r, workers) for r in ["resident", *rows]}
-    specs: list[RowSpec | None] = [None, *(replace(base, row=r, workers=workers, crop=train.crop) for r in rows)]
+    # the training processes set torch's threads to the plan's (train.threads); DataLoader workers still take 1
+    specs: list[RowSpec | None] = [None, *(replace(base, row=r, workers=workers, crop=train.crop, torch_threads=0)
+                                           for r in rows)]
     servers = start_servers(specs, results)
     try:
         for name, srv in list(servers.items()):
@@ -232,7 +239,8 @@ def time_training(base: RowSpec, rows: list[str], workers: int, train: TrainSpec
                 if not res.ok:
                     continue
                 try:
-                    reply = srv.call("train_block", steps=args.train_steps)
+                    # skip what a loader can hold ready: DataLoader's 2 batches per worker, DALI's and SPDL's 2
+                    reply = srv.call("train_block", steps=args.train_steps, skip=2 * max(1, workers))
                 except RowError as exc:
                     res.error = f"training failed: {exc}"
                     continue
@@ -318,7 +326,8 @@ def local_rows(results: list[RowResult], fmt: Formats, checks: dict[str, str]) -
             "server_cpu_s_per_1000_sites": round(sum(r.server_cpu_s) / max(1, r.sites * len(r.epoch_s)) * 1000, 2)
             if r.server_cpu_s else "",
             "peak_rss_mb": round(r.peak_rss / 2**20), "peak_pss_mb": round(r.peak_pss / 2**20),
-            "first_batch_s": round(r.first_batch_s, 3), "disk_mb": round(fmt.disk_bytes.get(f, 0) / 2**20, 1),
+            "first_batch_s": round(r.first_batch_s, 3),
+            "epoch_start_s": round(statistics.median(r.epoch_start_s), 3) if r.epoch_start_s else "", "disk_mb": round(fmt.disk_bytes.get(f, 0) / 2**20, 1),
             "format": f, "conversion_s": round(fmt.conversion_s.get(f, float("nan")), 1),
             "sites_per_epoch": r.sites, "repeats": len(r.epoch_s),
             "epoch_s": " ".join(f"{s:.3f}" for s in r.epoch_s),
@@ -466,11 +475,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="timed epochs (or training blocks); medians reported")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-crop", type=int, default=96, help="the CPU plan's crop (demo_cpu.yaml data.crop_size)")
-    p.add_argument("--train-workers", default="1", help="W values of the training section")
-    p.add_argument("--train-steps", type=int, default=8, help="timed steps per block")
-    p.add_argument("--train-warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--train-crop", type=int, default=224, help="the CPU plan's crop (trainer/plan.py: 0.44 x site)")
+    p.add_argument("--train-workers", default="0,1",
+                   help="W values of the training section (the CPU plan loads in-process: W=0)")
+    p.add_argument("--train-steps", type=int, default=5, help="timed steps per block")
+    p.add_argument("--train-warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--s3-workers", default="2", help="W values of the object-storage section")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch intra-op threads in each row's process for the loader sections (0: torch's default; "
+                        "1, as in DataLoader workers, keeps torch's OpenMP threads from fighting the loader's own)")
     p.add_argument("--check-workers", type=int, default=1, help="W of the pixel check")
     p.add_argument("--check-only", action="store_true", help="only the pixel check of every row")
     p.add_argument("--rebuild", action="store_true", help="convert the PNGs into every format again")
@@ -541,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
 
             cts = np.array([CELL_TYPES.index(c) for c in sites["cell_type"]], dtype=np.int64)
             train = TrainSpec(model=TRAIN_MODEL, model_kwargs=TRAIN_KWARGS, num_classes=len(codes), labels=labels,
-                              cell_types=cts, batch=args.batch, crop=args.train_crop, seed=args.seed)
+                              cell_types=cts, batch=args.batch, crop=args.train_crop,
+                              threads=os.cpu_count() or 1, seed=args.seed)
             tres: list[RowResult] = []
             for w in [int(x) for x in args.train_workers.split(",") if x]:
                 print(f"\ntraining step ({TRAIN_MODEL}, {args.train_crop} px, batch {args.batch}), W={w}",
