@@ -17,7 +17,10 @@ extras = {
                       "lightgbm>=4", "matplotlib>=3.8", "psutil>=5.9"],
     "s3": ["s3fs>=2024.1"],  # s3:// stores (gcsfs for gs://, adlfs for az:// work the same way)
     "test": ["pytest>=8", "moto[server]>=5", "s3fs>=2024.1"],  # a local S3-compatible server for the tests
-    "bench": ["matplotlib>=3.8", "tensorstore>=0.1.60", "opencv-python-headless>=4.9", "obstore>=0.4"],
+    "bench": ["matplotlib>=3.8", "tensorstore>=0.1.60", "opencv-python-headless>=4.9", "obstore>=0.4",
+              # benchmarks/peers.py: the loaders users pick instead of cellio, and what it measures them with
+              "torchvision>=0.21", "psutil>=5.9", "webdataset>=1.0.2", "lz4>=4.4", "litdata>=0.2.76", "spdl>=0.8",
+              "moto[server]>=5", "s3fs>=2024.1"],
 }
 extras["all"] = sorted({req for reqs in extras.values() for req in reqs})
 
