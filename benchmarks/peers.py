@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-crop", type=int, default=224, help="the CPU plan's crop (trainer/plan.py: 0.44 x site)")
     p.add_argument("--train-workers", default="0,1",
                    help="W values of the training section (the CPU plan loads in-process: W=0)")
-    p.add_argument("--train-steps", type=int, default=5, help="timed steps per block")
+    p.add_argument("--train-steps", type=int, default=4, help="timed steps per block")
     p.add_argument("--train-warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--s3-workers", default="2", help="W values of the object-storage section")
     p.add_argument("--torch-threads", type=int, default=1,
@@ -497,6 +497,10 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("spdl", "cellio", "litdata", "botocore", "s3fs", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    # torch's OpenMP threads spin-wait between parallel regions by default; on this 2-core machine that tripled the
+    # training step's time and CPU, except in processes where other threads also call torch (SPDL's): libgomp then
+    # throttles the spinning. PASSIVE for every row's process (they inherit it) so no row gains or loses by that.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import cellio
 
     t_start = time.perf_counter()
@@ -523,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     good = [r for r in rows if not checks[r]]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = environment(args=vars(args), formats=fmt.to_json(), checks=checks, peer_versions={
+    env = environment(args=vars(args), formats=fmt.to_json(), checks=checks,
+                      omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), peer_versions={
         m: _version(m) for m in ("webdataset", "litdata", "spdl", "lz4", "torchvision", "psutil", "moto")})
     report: dict[str, Any] = {"environment": env}
     if args.check_only:
