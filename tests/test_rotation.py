@@ -102,16 +102,28 @@ def test_decisions_need_agreeing_voters_and_ignore_a_dissenting_head():
 
 def test_reliability_comes_from_the_supporting_sources_validation_record():
     s1 = RotationSource("s1", {"A": _ev(9, 0), "B": _ev(9, 1), "T": _ev(9, 2)}, True)
-    s2 = RotationSource("s2", {"A": _ev(9, 0), "B": _ev(9, 3), "T": _ev(9, 2)}, True)
+    s2 = RotationSource("s2", {"A": _ev(9, 0), "B": _ev(2.0, 3), "T": _ev(9, 2)}, True)  # unsure (and wrong) on B
     rec = score_sources([s1, s2], {"A": 0, "B": 1}, min_z=3.0)
-    assert rec["s1"] == SourceRecord(2, 2, 2, 2) and rec["s2"] == SourceRecord(2, 1, 2, 1)
-    assert rec["s1"].error_rate == pytest.approx(1 / 4) and rec["s2"].error_rate == pytest.approx(2 / 4)
+    assert rec["s1"] == SourceRecord(2, 2, 2, 2) and rec["s2"] == SourceRecord(2, 1, 1, 1)
+    assert rec["s1"].error_rate == pytest.approx(1 / 4) and rec["s2"].error_rate == pytest.approx(1 / 3)
     assert SourceRecord().error_rate == 0.5
     d = decide_rotations([s1, s2], min_z=3.0, records=rec)["T"]
-    # both wrong, and alike (1 of 3 wrong rotations): 1 - 1/4 * 2/4 / 3
-    assert d.rotation == 2 and d.reliability == pytest.approx(1 - (1 / 4) * (2 / 4) / 3)
+    # both wrong, and alike (1 of 3 wrong rotations): 1 - 1/4 * 1/3 / 3
+    assert d.rotation == 2 and d.reliability == pytest.approx(1 - (1 / 4) * (1 / 3) / 3)
     alone = decide_rotations([s1], min_z=3.0, records=rec)["T"]
     assert alone.reliability == pytest.approx(1 - 1 / 4)
+
+
+def test_a_source_sure_of_a_wrong_rotation_on_validation_loses_its_vote():
+    good = RotationSource("good", {"A": _ev(9, 0), "B": _ev(9, 1), "T": _ev(2.0, 2), "U": _ev(8, 2)}, True)
+    fooled = RotationSource("fooled", {"A": _ev(9, 3), "B": _ev(9, 1), "T": _ev(9, 1), "U": _ev(9, 1)}, True)
+    rec = score_sources([good, fooled], {"A": 0, "B": 1}, min_z=3.0)
+    assert rec["fooled"].trusted == 2 and rec["fooled"].trusted_right == 1
+    d = decide_rotations([good, fooled], min_z=3.0, records=rec)
+    assert d["T"].rotation is None and d["T"].status == "ambiguous" and "disqualified" in d["T"].why
+    assert d["U"].rotation == 2 and d["U"].dissent == {"fooled": 1} and d["U"].support == ("good",)
+    # without the validation record it would have been a contest
+    assert decide_rotations([good, fooled], min_z=3.0)["U"].status == "contested"
 
 
 def test_expected_accuracy_discounts_a_rotation_step_by_its_test_risk(groups):

@@ -244,22 +244,30 @@ def _reliability(support: Sequence[str], records: Mapping[str, SourceRecord] | N
 
 def decide_rotations(sources: Sequence[RotationSource], *, min_z: float,
                      records: Mapping[str, SourceRecord] | None = None) -> dict[str, RotationDecision]:
-    """experiment -> RotationDecision from every source's evidence (see the module docstring)."""
+    """experiment -> RotationDecision from every source's evidence (see the module docstring). With `records`
+    (the sources' validation record), a source that was sure of a WRONG rotation on validation is disqualified:
+    it neither votes nor supports (a confident mistake where the truth was known is what a shortcut does)."""
     if not any(s.votes for s in sources):
         raise ConfigError("decide_rotations: at least one source must vote (centred scores, AdaBN, "
                           "or embedding centroids)")
+    disqualified = {n for n, r in (records or {}).items() if r.trusted > r.trusted_right}
     experiments = sorted({e for s in sources for e in s.evidence})
     out: dict[str, RotationDecision] = {}
     for exp in experiments:
         have = [s for s in sources if exp in s.evidence]
         z = {s.name: float(max(s.evidence[exp].z)) for s in have}
         trusted = {s.name: s.evidence[exp].rotation for s in have if s.evidence[exp].trusted(min_z)}
-        votes = {s.name: trusted[s.name] for s in have if s.votes and s.name in trusted}
+        votes = {s.name: trusted[s.name] for s in have
+                 if s.votes and s.name in trusted and s.name not in disqualified}
         named = sorted(set(votes.values()))
         if not votes:
-            out[exp] = RotationDecision(None, "ambiguous", z=z, why=(
+            out_of = [k for k in disqualified if k in trusted]
+            out[exp] = RotationDecision(None, "ambiguous", dissent={k: trusted[k] for k in out_of}, z=z, why=(
                 f"no voting source is sure (z {', '.join(f'{k} {v:.1f}' for k, v in z.items())}; needs z >= "
-                f"{min_z}): no plate mask, each treatment class at most once per plate"))
+                f"{min_z}"
+                + (f"; {', '.join(out_of)} sure but disqualified: sure of a wrong rotation on validation" if out_of
+                   else "")
+                + "): no plate mask, each treatment class at most once per plate"))
             continue
         if len(named) > 1:
             out[exp] = RotationDecision(None, "contested", dissent=votes, z=z, why=(
@@ -268,11 +276,11 @@ def decide_rotations(sources: Sequence[RotationSource], *, min_z: float,
             continue
         rot = named[0]
         dissent = {k: v for k, v in trusted.items() if v != rot}
-        support = tuple(k for k, v in trusted.items() if v == rot)
+        support = tuple(k for k, v in trusted.items() if v == rot and k not in disqualified)
         why = f"{', '.join(votes)} agree on rotation {rot}"
         if dissent:
-            why += (f"; {', '.join(f'{k} says {v}' for k, v in dissent.items())} (sees plate style: a plate-style "
-                    f"shortcut is likely)")
+            why += (f"; {', '.join(f'{k} says {v}' for k, v in dissent.items())} (a plate-style shortcut is "
+                    f"likely)")
         out[exp] = RotationDecision(rot, "agreed", tuple(votes), support, dissent, z,
                                     _reliability(support, records), why)
     return out
