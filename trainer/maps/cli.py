@@ -90,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--coral-batch", nargs="+", default=["experiment_name", "plate"], help="TVN's CORAL batches")
     p.add_argument("--no-coral", action="store_true", help="TVN without CORAL")
     p.add_argument("--null-genes", help="negative-control genes for signal consistency: comma list or @file")
+    p.add_argument("--retrieval-batch", default="experiment_name",
+                   help="mAP negatives from the query's own batch (this column; '' for anywhere)")
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
     p.add_argument("--null-size", type=int, default=10_000, help="copairs null size for mAP p-values")
     p.add_argument("--seed", type=int, default=0)
@@ -102,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      batch=tuple(args.batch), coral_batch=None if args.no_coral else tuple(args.coral_batch))
              for c in args.corrections]
     bench = BenchmarkSpec(sources=tuple(args.sources), null_perturbations=_null_genes(args.null_genes),
-                          null_size=args.null_size, seed=args.seed)
+                          null_size=args.null_size, seed=args.seed, retrieval_batch=args.retrieval_batch or None)
     table = run(args.embeddings, args.out, specs, bench, metadata=args.metadata,
                 perturbation_type=args.perturbation_type or None, prefix=args.prefix, h5ad=args.h5ad)
     print(table.drop(columns=[c for c in table.columns if c.startswith("pairs_")]).to_string(index=False))

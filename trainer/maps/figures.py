@@ -45,9 +45,9 @@ def _order(sim: np.ndarray) -> np.ndarray:
 
 
 def similarity_heatmaps(maps: Mapping[str, PerturbationMap], complexes: Mapping[str, Sequence[str]],
-                        path: str | Path) -> Path:
-    """One panel per map: the cosine similarity of the complexes' genes, clustered; `complexes` from
-    pick_complexes (genes absent from a map are skipped)."""
+                        path: str | Path, ncols: int = 3) -> Path:
+    """One panel per map (`ncols` a row): the cosine similarity of the complexes' genes, clustered; `complexes`
+    from pick_complexes (genes absent from a map are skipped)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,9 +55,13 @@ def similarity_heatmaps(maps: Mapping[str, PerturbationMap], complexes: Mapping[
     from matplotlib.colors import ListedColormap
 
     names = list(maps)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.8), squeeze=False)
+    ncols = min(ncols, len(names))
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.2 * nrows + 0.8), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
     palette = plt.get_cmap("tab10")
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes.flat, names):
         pmap = maps[name]
         position = {label: i for i, label in enumerate(pmap.labels)}
         genes, group = [], []
@@ -85,7 +89,7 @@ def similarity_heatmaps(maps: Mapping[str, PerturbationMap], complexes: Mapping[
     fig.legend(handles, [c[:40] for c in complexes], loc="lower center", ncol=min(3, len(complexes)), fontsize=7,
                frameon=False)
     fig.suptitle("cosine similarity of CORUM complex members (clustered)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.8 / (4.2 * nrows + 0.8) + 0.03, 1, 0.97))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

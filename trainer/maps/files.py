@@ -29,10 +29,10 @@ def _split(frame: pd.DataFrame, prefix: str, where: str) -> tuple[np.ndarray, pd
     if not numbered:
         raise MapInputError(f"{where}: no feature columns named {prefix}0, {prefix}1, ...; columns are "
                             f"{list(frame.columns)[:12]}")
-    expected = list(range(len(numbered)))
+    expected = list(range(max(numbered) + 1))
     if sorted(numbered) != expected:
         missing = sorted(set(expected) - set(numbered))[:5]
-        raise MapInputError(f"{where}: feature columns {prefix}0..{prefix}{len(numbered) - 1} expected, "
+        raise MapInputError(f"{where}: feature columns {prefix}0..{prefix}{max(numbered)} expected, "
                             f"{[f'{prefix}{i}' for i in missing]} missing")
     columns = [numbered[i] for i in expected]
     return frame[columns].to_numpy(dtype=np.float64), frame.drop(columns=columns)
@@ -92,12 +92,14 @@ def write_map(pmap: PerturbationMap, path: str | Path, h5ad: bool = False) -> li
         except ImportError as e:
             raise MissingDependencyError(f"--h5ad needs anndata ({e}); install: pip install anndata==0.12.6") from e
         obs = pmap.metadata.reset_index(drop=True).copy()
-        obs.index = pd.Index(pmap.labels, name="perturbation")
-        for col in obs.columns:  # h5ad stores strings, numbers and booleans; mixed object columns become text
-            if obs[col].dtype == object:
-                obs[col] = obs[col].astype(str)
+        # anndata writes text as Python-object strings (not pandas' Arrow-backed string arrays); mixed columns
+        # (e.g. numbers and NaN in SMILES) become text
+        obs.index = pd.Index([str(v) for v in pmap.labels], dtype=object, name="perturbation")
+        for col in obs.columns:
+            if not (pd.api.types.is_numeric_dtype(obs[col]) or pd.api.types.is_bool_dtype(obs[col])):
+                obs[col] = pd.Series([str(v) for v in obs[col]], dtype=object, index=obs.index)
         adata = anndata.AnnData(X=pmap.features.astype(np.float32), obs=obs,
-                                var=pd.DataFrame(index=feature_names(pmap.features.shape[1])))
+                                var=pd.DataFrame(index=pd.Index(feature_names(pmap.features.shape[1]), dtype=object)))
         adata.uns["key"] = list(pmap.key)
         h5 = path.with_suffix(".h5ad")
         adata.write_h5ad(h5)

@@ -63,7 +63,9 @@ class MapSpec:
 @dataclass(frozen=True)
 class BenchmarkSpec:
     """How to score a map. `null_perturbations`: negative-control genes (no phenotype) for signal consistency;
-    they are also left out of the retrieval queries (they stay as negatives)."""
+    they are also left out of the retrieval queries (they stay as negatives). `retrieval_batch`: mAP negatives
+    come from the query's own batch (None: from anywhere); a guide map keeps the column when each guide's wells
+    share it."""
 
     sources: tuple[str, ...] = SOURCES
     thresholds: tuple[tuple[float, float], ...] = THRESHOLDS
@@ -72,6 +74,7 @@ class BenchmarkSpec:
     null_size: int = NULL_SIZE
     map_threshold: float = THRESHOLD
     seed: int = 0
+    retrieval_batch: str | None = "experiment_name"
     annotation_dir: str | None = None
 
 
@@ -139,9 +142,10 @@ def benchmark_row(built: BuiltMap, bench: BenchmarkSpec) -> dict:
     meta = built.wells.metadata
     null_guides = sorted(set(meta.loc[meta[spec.gene_col].isin(null), spec.guide_col].astype(str)))
     rep = replicate_map(built.wells, spec.guide_col, spec.control_col, spec.control, exclude=null_guides,
-                        null_size=bench.null_size, threshold=bench.map_threshold, seed=bench.seed)
-    sis = sister_map(built.guides, spec.gene_col, exclude=null, null_size=bench.null_size,
-                     threshold=bench.map_threshold, seed=bench.seed)
+                        same_batch=bench.retrieval_batch, null_size=bench.null_size, threshold=bench.map_threshold,
+                        seed=bench.seed)
+    sis = sister_map(built.guides, spec.gene_col, exclude=null, same_batch=bench.retrieval_batch,
+                     null_size=bench.null_size, threshold=bench.map_threshold, seed=bench.seed)
     row.update({"replicate_mAP": rep.mean_map, "replicate_retrieved": rep.fraction_retrieved,
                 "sister_mAP": sis.mean_map, "sister_retrieved": sis.fraction_retrieved})
     return row

@@ -8,6 +8,10 @@ the recipes of its phenotypic-activity and phenotypic-consistency examples.
   sister mAP     perturbation level: each guide profile queries its sister guides (same gene) among the guides of
                  every other gene (positives: same gene; negatives: a different gene).
 
+With `same_batch` (e.g. experiment_name) the negatives must share the query's batch (copairs `neg_sameby`): a
+gene's guides and a guide's wells sit in one experiment, so negatives from other experiments would let an
+uncorrected batch effect pass for biology.
+
 Null perturbations (genes with no phenotype) stay as negatives but are not queries, so the summary measures the
 perturbations that can be retrieved.
 """
@@ -64,31 +68,44 @@ def _mean_ap(ap: pd.DataFrame, group: str, null_size: int, threshold: float, see
                                               progress_bar=False)
 
 
+def _batch_cols(meta: pd.DataFrame, same_batch: str | None, where: str) -> list[str]:
+    if same_batch is None:
+        return []
+    if same_batch not in meta.columns:
+        raise MapInputError(f"{where}: no {same_batch!r} column for same-batch negatives (in a guide map the column "
+                            f"is kept only when each guide's wells share one value); use same_batch=None "
+                            f"(CLI: --retrieval-batch '') to draw negatives from every batch")
+    return [same_batch]
+
+
 def replicate_map(wells: WellProfiles, pert_col: str = "treatment", control_col: str = "treatment",
-                  control: str = "EMPTY_control", exclude: Sequence[str] = (), null_size: int = NULL_SIZE,
-                  threshold: float = THRESHOLD, seed: int = 0) -> Retrieval:
+                  control: str = "EMPTY_control", exclude: Sequence[str] = (), same_batch: str | None = None,
+                  null_size: int = NULL_SIZE, threshold: float = THRESHOLD, seed: int = 0) -> Retrieval:
     """Replicate retrieval against the negative controls (copairs' phenotypic-activity recipe)."""
     copairs_map, assign_reference_index = _copairs()
     wells.require([pert_col, control_col], "replicate mAP")
-    meta = wells.metadata[list(dict.fromkeys([pert_col, control_col]))].astype(str).reset_index(drop=True)
+    same = _batch_cols(wells.metadata, same_batch, "replicate mAP")
+    meta = wells.metadata[list(dict.fromkeys([pert_col, control_col, *same]))].astype(str).reset_index(drop=True)
     is_control = (meta[control_col] == control).to_numpy()
     if not is_control.any():
         raise MapInputError(f"replicate mAP: no {control_col} == {control!r} well to retrieve against")
     meta = assign_reference_index(meta, pd.Index(np.nonzero(is_control)[0]), reference_col=_REF, default_value=-1)
     ap = copairs_map.average_precision(meta, wells.features, pos_sameby=[pert_col, _REF], pos_diffby=[],
-                                       neg_sameby=[], neg_diffby=[pert_col, _REF], progress_bar=False)
+                                       neg_sameby=same, neg_diffby=[pert_col, _REF], progress_bar=False)
     ap = ap[~is_control & ~ap[pert_col].isin(list(exclude)).to_numpy()]
     return Retrieval(_mean_ap(ap, pert_col, null_size, threshold, seed), threshold)
 
 
 def sister_map(guide_map: PerturbationMap, group_col: str = "gene", exclude: Sequence[str] = (),
-               null_size: int = NULL_SIZE, threshold: float = THRESHOLD, seed: int = 0) -> Retrieval:
+               same_batch: str | None = None, null_size: int = NULL_SIZE, threshold: float = THRESHOLD,
+               seed: int = 0) -> Retrieval:
     """Sister retrieval: each guide retrieves the other guides of its gene (copairs' consistency recipe)."""
     copairs_map, _ = _copairs()
     if group_col not in guide_map.metadata.columns:
         raise MapInputError(f"sister mAP: the guide map has no {group_col!r} column")
-    meta = guide_map.metadata[[group_col]].astype(str).reset_index(drop=True)
+    same = _batch_cols(guide_map.metadata, same_batch, "sister mAP")
+    meta = guide_map.metadata[[group_col, *same]].astype(str).reset_index(drop=True)
     ap = copairs_map.average_precision(meta, guide_map.features, pos_sameby=[group_col], pos_diffby=[],
-                                       neg_sameby=[], neg_diffby=[group_col], progress_bar=False)
+                                       neg_sameby=same, neg_diffby=[group_col], progress_bar=False)
     ap = ap[~ap[group_col].isin(list(exclude))]
     return Retrieval(_mean_ap(ap, group_col, null_size, threshold, seed), threshold)
