@@ -1,9 +1,10 @@
 """Phenomic-map baselines side by side on the synthetic RxRx3-core knockout screen (tests/formats/rxrx3_maps.py).
 
 Each method is a function from the data set directory to (well metadata, per-well features); every method's
-features go through the same maps (trainer/maps: no correction, per-plate centre-scale, PCA-CS, TVN) and the same benchmarks (EFAAR's
-relationship recall per annotation source at both thresholds and signal consistency, copairs' replicate and sister
-mAP). The images are decoded here with pyarrow + imagecodecs (cellio's RxRx3-core reader is issue 23's).
+features go through the same maps (trainer/maps: no correction, per-plate centre-scale, PCA-CS, TVN) and the same
+benchmarks (EFAAR's relationship recall per annotation source at both thresholds and signal consistency, copairs'
+replicate and sister mAP). The images are decoded here with pyarrow + imagecodecs (cellio's RxRx3-core reader is
+issue 23's).
 
   intensity    (b) per-channel intensity statistics per well: mean, std, 5/25/50/75/95/99th percentiles (48)
   random_cnn   (c) a randomly initialised DenseNet(growth_rate=12, block_config=(4, 4, 4), num_init_features=32)
@@ -13,15 +14,19 @@ mAP). The images are decoded here with pyarrow + imagecodecs (cellio's RxRx3-cor
                a documented subset: every feature group except Costes colocalisation and radial Zernikes, texture
                at 16 grey levels (scale 3) instead of 256 — full cp-measure takes ~18 s a well here (Costes 9 s,
                256-level texture 7 s), the subset ~1.1 s
+               (1,638 measurements kept), reduced to 64 dimensions by EFAAR's embed_by_pca before each correction
   (d), (e)     cellio's weakly supervised model and a self-supervised one (issue 23's main job writes their
-               per-well embeddings): pass `--embeddings NAME=emb.parquet`, see EMBEDDING_METHODS below
+               per-well embeddings): pass `--embeddings NAME=emb.parquet` (embeddings_method), or add a function
+               to METHODS
 
     python benchmarks/maps.py [--data DIR] [--out benchmarks/results/maps] [--methods intensity random_cnn cp_measure]
-                              [--corrections none centerscale pca_cs tvn] [--embeddings NAME=PATH ...] [--timing-wells 10000]
+                              [--corrections none centerscale pca_cs tvn] [--embeddings NAME=PATH ...]
+                              [--timing-wells 10000] [--reuse-features]
 
 Without --data (or with a --data that does not exist) the default synthetic set is generated there first. OUT gets
 `benchmark.csv/.json` (one row per method x correction), `timings.csv` (seconds per 10k wells of every step on
-this CPU), `recall_bars.png`, `similarity_heatmap.png`, `features_<method>.parquet` and `run.json`.
+this CPU), `recall_bars.png`, `similarity_heatmap.png` and `run.json`; each method's per-well features go to
+--features-dir (benchmarks/data/maps_features, not tracked).
 """
 from __future__ import annotations
 
@@ -216,10 +221,13 @@ METHODS: dict[str, Method] = {
     "random_cnn": random_cnn,          # (c)
     "cp_measure": cp_measure_features,  # (a)
 }
+# a method's dimension reduction before every correction (EFAAR's embed_by_pca): CellProfiler measurements are
+# reduced as in EFAAR's "CP-PCA128-TVN" maps, to 64 here because this set has 120 control wells (whitening more
+# dimensions than half the controls mostly amplifies noise; trainer/maps/correct.py warns)
+EMBED_DIMS: dict[str, int] = {"cp_measure": 64}
 # (d) cellio's weakly supervised model and (e) a self-supervised model: any function data set directory ->
 # (well metadata, features) can be added to METHODS; a trained model's per-well embeddings parquet (trainer/embed.py's
 # format, written by issue 23's main job) plugs in from the command line as --embeddings NAME=PATH.
-EMBEDDING_METHODS: dict[str, Path] = {}
 
 
 def embeddings_method(path: Path) -> Method:
@@ -298,14 +306,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--coral-batch", nargs="+", default=["experiment_name", "plate"], help="TVN's CORAL batches")
     p.add_argument("--null-size", type=int, default=10_000)
     p.add_argument("--timing-wells", type=int, default=10_000, help="time the map steps at this many wells (0: skip)")
+    p.add_argument("--features-dir", default=str(ROOT / "benchmarks" / "data" / "maps_features"),
+                   help="where each method's per-well features are written (features_<method>.parquet/.json)")
     p.add_argument("--reuse-features", action="store_true",
-                   help="read features_<method>.parquet from OUT when there (with the time it took then)")
+                   help="read a method's features from --features-dir when they were made from the same --data "
+                        "(with the time they took then)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("copairs").setLevel(logging.WARNING)
-    data, out = ensure_data(Path(args.data)), Path(args.out)
+    data, out, features_dir = ensure_data(Path(args.data)), Path(args.out), Path(args.features_dir)
     out.mkdir(parents=True, exist_ok=True)
+    features_dir.mkdir(parents=True, exist_ok=True)
     truth = json.loads((data / "synthetic_truth.json").read_text())
     bench = BenchmarkSpec(null_perturbations=tuple(truth["null_genes"]), null_size=args.null_size, seed=args.seed)
     methods: dict[str, Method] = {m: METHODS[m] for m in args.methods}
@@ -314,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         methods[name] = embeddings_method(Path(path))
     rows, maps, timings = [], {}, []
     for name, method in methods.items():
-        cached, record = out / f"features_{name}.parquet", out / f"features_{name}.json"
-        if args.reuse_features and cached.is_file() and record.is_file():
+        cached, record = features_dir / f"features_{name}.parquet", features_dir / f"features_{name}.json"
+        if (args.reuse_features and cached.is_file() and record.is_file()
+                and json.loads(record.read_text())["data"] == str(data.resolve())):
             wells, seconds = read_well_embeddings(cached), json.loads(record.read_text())["seconds"]
             log.info("%s: features from %s (computed earlier in %.1f s)", name, cached, seconds)
         else:
@@ -324,12 +337,13 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - t
             wells = WellProfiles.build(feats, meta)
             write_well_embeddings(wells, cached)
-            record.write_text(json.dumps({"seconds": seconds, "wells": len(wells), "data": str(data)}))
+            record.write_text(json.dumps({"seconds": seconds, "wells": len(wells), "data": str(data.resolve())}))
         log.info("%s: %d wells x %d features in %.1f s (%.1f ms a well)", name, len(wells), wells.n_features,
                  seconds, 1e3 * seconds / len(wells))
         timing = {"method": name, "features_s_per_10k_wells": seconds / len(wells) * 1e4}
         for correction in args.corrections:
-            spec = MapSpec(correction=correction, batch=tuple(args.batch), coral_batch=tuple(args.coral_batch))
+            spec = MapSpec(correction=correction, batch=tuple(args.batch), coral_batch=tuple(args.coral_batch),
+                           embed_dims=EMBED_DIMS.get(name))
             built = build_map(wells, spec)
             row = {"method": name, **benchmark_row(built, bench), "features_ms_per_well": 1e3 * seconds / len(wells)}
             rows.append(row)
@@ -348,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "run.json").write_text(json.dumps({
         "data": str(data), "synthetic": truth["parameters"], "methods": list(methods), "corrections": args.corrections,
         "spec": spec_dict(MapSpec(batch=tuple(args.batch), coral_batch=tuple(args.coral_batch))),
-        "cp_measure": {"groups": CP_GROUPS, "texture": CP_TEXTURE}, "null_size": args.null_size,
+        "cp_measure": {"groups": CP_GROUPS, "texture": CP_TEXTURE}, "embed_dims": EMBED_DIMS,
+        "null_size": args.null_size,
         "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor()},
         indent=1))
     show = ["method", "correction"] + [table_column(s, lo, hi) for s in bench.sources for lo, hi in bench.thresholds]

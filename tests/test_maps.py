@@ -18,7 +18,7 @@ import pytest
 
 from trainer.maps import (CORRECTIONS, MapInputError, MapSpec, MissingControlsError, PerturbationMap, WellProfiles,
                           aggregate, annotation_dir, build_map, centerscale_on_controls, check_guide_names,
-                          coral_align, correct, guides_to_genes, pca_centerscale_on_controls, read_map,
+                          coral_align, correct, embed_by_pca, guides_to_genes, pca_centerscale_on_controls, read_map,
                           read_well_embeddings, relationship_recall, relationships, replicate_map, signal_consistency,
                           sister_map, tvn_on_controls, write_map, write_well_embeddings)
 from trainer.maps.annotations import SOURCES, THRESHOLDS
@@ -201,12 +201,23 @@ def test_corrections_give_efaars_numbers(efaar_efaar):
         x, meta, "treatment", "EMPTY_control"), atol=1e-10)
 
 
+def test_embed_by_pca_gives_efaars_numbers(efaar_efaar):
+    wells = _wells(features=6)
+    meta = wells.metadata
+    np.testing.assert_allclose(embed_by_pca(wells.features, 3),
+                               efaar_efaar.embed_by_pca(wells.features, meta, 3), atol=1e-10)
+    np.testing.assert_allclose(embed_by_pca(wells.features, 4, meta["experiment_name"].to_numpy()),
+                               efaar_efaar.embed_by_pca(wells.features, meta, 4, batch_col="experiment_name"),
+                               atol=1e-10)
+
+
 def test_correct_dispatches_every_correction_and_keeps_the_wells():
     wells = _wells(controls=6)
     for method in CORRECTIONS:
         out = correct(wells, method, batch=("experiment_name", "plate"), coral_batch=("experiment_name",))
         assert len(out) == len(wells) and out.metadata.equals(wells.metadata)
     assert correct(wells, "none") is wells
+    assert correct(wells, "none", embed_dims=3).n_features == 3 and correct(wells, "tvn", embed_dims=9).n_features == 5
     with pytest.raises(MapInputError, match="correction 'combat'"):
         correct(wells, "combat")
 

@@ -247,7 +247,8 @@ def render_well(row: pd.Series, design: Design, shape: tuple[int, int], seed: in
         theta = r.uniform(0, np.pi)
         c, s = np.cos(theta), np.sin(theta)
         win = int(rc * elong * 1.3) + 2
-        y0, y1, x0, x1 = max(int(cy) - win, 0), min(int(cy) + win + 1, h), max(int(cx) - win, 0), min(int(cx) + win + 1, w)
+        y0, y1 = max(int(cy) - win, 0), min(int(cy) + win + 1, h)
+        x0, x1 = max(int(cx) - win, 0), min(int(cx) + win + 1, w)
         if y0 >= y1 or x0 >= x1:
             continue
         dy, dx = yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx

@@ -18,7 +18,7 @@ from trainer.maps.aggregate import METHODS, aggregate, check_guide_names, guides
 from trainer.maps.annotations import SOURCES, THRESHOLDS, annotation_dir, complexes, relationships
 from trainer.maps.consistency import Consistency, signal_consistency
 from trainer.maps.correct import (CORRECTIONS, batch_keys, centerscale_on_controls, control_mask, coral_align,
-                                  correct, pca_centerscale_on_controls, tvn_on_controls)
+                                  correct, embed_by_pca, pca_centerscale_on_controls, tvn_on_controls)
 from trainer.maps.errors import MapInputError, MapsError, MissingControlsError, MissingDependencyError
 from trainer.maps.files import read_map, read_well_embeddings, write_map, write_well_embeddings
 from trainer.maps.pipeline import (BenchmarkSpec, BuiltMap, MapSpec, benchmark_row, build_map, select_wells,
@@ -31,7 +31,7 @@ __all__ = [
     "METHODS", "aggregate", "check_guide_names", "guides_to_genes",
     "SOURCES", "THRESHOLDS", "annotation_dir", "complexes", "relationships",
     "Consistency", "signal_consistency",
-    "CORRECTIONS", "batch_keys", "centerscale_on_controls", "control_mask", "coral_align", "correct",
+    "CORRECTIONS", "batch_keys", "centerscale_on_controls", "control_mask", "coral_align", "correct", "embed_by_pca",
     "pca_centerscale_on_controls", "tvn_on_controls",
     "MapInputError", "MapsError", "MissingControlsError", "MissingDependencyError",
     "read_map", "read_well_embeddings", "write_map", "write_well_embeddings",

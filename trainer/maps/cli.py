@@ -70,10 +70,12 @@ def run(embeddings: str | Path, out: str | Path, specs: Sequence[MapSpec], bench
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.maps", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("embeddings", help="per-well embeddings parquet (metadata columns + f0..fN)")
     p.add_argument("out", help="output directory")
-    p.add_argument("--metadata", help="a per-well metadata CSV joined on well_id (RxRx3-core's metadata_rxrx3_core.csv)")
+    p.add_argument("--metadata",
+                   help="a per-well metadata CSV joined on well_id (RxRx3-core's metadata_rxrx3_core.csv)")
     p.add_argument("--prefix", default="f", help="feature column prefix (f: f0, f1, ...; OpenPhenom: feature_)")
     p.add_argument("--corrections", nargs="+", default=["none", "pca_cs", "tvn"], choices=CORRECTIONS)
     p.add_argument("--aggregation", default="mean", choices=["mean", "median"])
@@ -89,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="metadata columns of a correction batch (a plate: experiment_name plate)")
     p.add_argument("--coral-batch", nargs="+", default=["experiment_name", "plate"], help="TVN's CORAL batches")
     p.add_argument("--no-coral", action="store_true", help="TVN without CORAL")
+    p.add_argument("--embed-dims", type=int,
+                   help="reduce wider features to this many PCA dimensions first (EFAAR's embed_by_pca; e.g. for "
+                        "CellProfiler features, which have more dimensions than there are control wells)")
     p.add_argument("--null-genes", help="negative-control genes for signal consistency: comma list or @file")
     p.add_argument("--retrieval-batch", default="experiment_name",
                    help="mAP negatives from the query's own batch (this column; '' for anywhere)")
@@ -101,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("copairs").setLevel(logging.WARNING)  # a line per step of every mAP
     specs = [MapSpec(correction=c, aggregation=args.aggregation, gene_from=args.gene_from, control=args.control,
                      control_col=args.control_col, gene_col=args.gene_col, guide_col=args.guide_col,
-                     batch=tuple(args.batch), coral_batch=None if args.no_coral else tuple(args.coral_batch))
+                     batch=tuple(args.batch), coral_batch=None if args.no_coral else tuple(args.coral_batch),
+                     embed_dims=args.embed_dims)
              for c in args.corrections]
     bench = BenchmarkSpec(sources=tuple(args.sources), null_perturbations=_null_genes(args.null_genes),
                           null_size=args.null_size, seed=args.seed, retrieval_batch=args.retrieval_batch or None)

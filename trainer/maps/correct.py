@@ -20,6 +20,12 @@ tests/test_maps.py checks these functions against it where it can be loaded:
                controls'. EFAAR's tvn_on_controls uses the first factor with r = 0.5 (its target is the identity,
                which after TVN is the pooled covariance up to a constant, so cosines are the same).
 
+  embed        EFAAR's `embed_by_pca`, the dimension reduction its maps of CellProfiler features use before TVN
+               ("CP-PCA128-TVN"): standardise (per batch, or over all wells), then a PCA fitted on all wells. Not a
+               correction of its own: MapSpec.embed_dims runs it before any correction when there are more
+               features than that. Whitening (pca_cs, tvn) estimates one scale per component from the controls, so
+               with about as many features as control wells it mostly amplifies noise: a warning says so.
+
 Every fitted step needs at least `MIN_CONTROLS` controls in each batch; a batch with fewer is refused with a
 MissingControlsError naming it (nothing is fitted on a batch without controls).
 """
@@ -35,7 +41,7 @@ from trainer.maps.errors import MapInputError, MissingControlsError
 from trainer.maps.profiles import WellProfiles
 
 __all__ = ["CORRECTIONS", "MIN_CONTROLS", "CORAL_REG", "batch_keys", "control_mask", "centerscale_on_controls",
-           "pca_centerscale_on_controls", "tvn_on_controls", "coral_align", "correct"]
+           "pca_centerscale_on_controls", "tvn_on_controls", "coral_align", "embed_by_pca", "correct"]
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +66,9 @@ def control_mask(metadata: pd.DataFrame, column: str, label: str) -> np.ndarray:
         raise MapInputError(f"controls: the well metadata has no column {column!r}")
     mask = (metadata[column] == label).to_numpy()
     if not mask.any():
+        seen = sorted(map(str, metadata[column].unique()))[:8]
         raise MissingControlsError(f"controls: no well has {column} == {label!r}; control-based corrections need "
-                                   f"negative controls (values seen: {sorted(map(str, metadata[column].unique()))[:8]})")
+                                   f"negative controls (values seen: {seen})")
     return mask
 
 
@@ -96,6 +103,24 @@ def centerscale_on_controls(x: np.ndarray, controls: np.ndarray, batches: np.nda
     return out
 
 
+def embed_by_pca(x: np.ndarray, n_components: int, batches: np.ndarray | None = None) -> np.ndarray:
+    """EFAAR's embed_by_pca: standardise every feature (per batch when `batches`, over all wells otherwise; no
+    controls involved), then keep the first `n_components` components of a PCA fitted on all wells."""
+    from sklearn.preprocessing import StandardScaler
+
+    z = np.array(x, dtype=np.float64, copy=True)
+    for _, members in _batches(len(x), batches):
+        z[members] = StandardScaler().fit_transform(z[members])
+    return _fit_pca(z, n_components).transform(z)
+
+
+def _warn_if_underdetermined(n_features: int, controls: np.ndarray, step: str) -> None:
+    if n_features > int(controls.sum()) // 2:
+        log.warning("%s: %d features but %d control wells: the controls' per-component scales are poorly estimated "
+                    "and whitening amplifies noise; reduce the dimension first (MapSpec.embed_dims)", step,
+                    n_features, int(controls.sum()))
+
+
 def _fit_pca(x: np.ndarray, n_components: int | None):
     from sklearn.decomposition import PCA
 
@@ -107,6 +132,7 @@ def pca_centerscale_on_controls(x: np.ndarray, controls: np.ndarray, batches: np
                                 n_components: int | None = None) -> np.ndarray:
     """PCA fitted on the controls (all components unless `n_components`), then centerscale per batch."""
     _check_controls(controls, np.ones(len(x), bool), None, "pca_cs")
+    _warn_if_underdetermined(x.shape[1] if n_components is None else n_components, controls, "pca_cs")
     z = _fit_pca(x[controls], n_components).transform(x)
     return centerscale_on_controls(z, controls, batches, step="pca_cs")
 
@@ -141,6 +167,7 @@ def tvn_on_controls(x: np.ndarray, controls: np.ndarray, batches: np.ndarray | N
     controls, centerscale on the pooled controls (the controls are now white: covariance = identity), then CORAL
     per `coral_batches` when given."""
     z = centerscale_on_controls(x, controls, batches, step="tvn")
+    _warn_if_underdetermined(x.shape[1], controls, "tvn")
     z = _fit_pca(z[controls], None).transform(z)
     z = centerscale_on_controls(z, controls, None, step="tvn")
     if coral_batches is not None:
@@ -150,11 +177,15 @@ def tvn_on_controls(x: np.ndarray, controls: np.ndarray, batches: np.ndarray | N
 
 def correct(wells: WellProfiles, method: str, *, control: str = "EMPTY_control", control_col: str = "treatment",
             batch: Sequence[str] | None = ("experiment_name",), coral_batch: Sequence[str] | None = None,
-            n_components: int | None = None) -> WellProfiles:
+            n_components: int | None = None, embed_dims: int | None = None) -> WellProfiles:
     """Apply one of CORRECTIONS to well profiles. `batch`: the metadata columns that make a batch for centring and
-    scaling (None: pooled); `coral_batch`: the columns of CORAL's batches (TVN only; None: no CORAL)."""
+    scaling (None: pooled); `coral_batch`: the columns of CORAL's batches (TVN only; None: no CORAL);
+    `embed_dims`: first reduce to this many dimensions with embed_by_pca over all wells (when there are more)."""
     if method not in CORRECTIONS:
         raise MapInputError(f"correction {method!r}; expected one of {CORRECTIONS}")
+    if embed_dims is not None and wells.n_features > embed_dims:
+        wells = wells.with_features(embed_by_pca(wells.features, embed_dims))
+        log.info("embed_by_pca: %d features -> %d", wells.n_features, embed_dims)
     if method == "none":
         return wells
     controls = control_mask(wells.metadata, control_col, control)

@@ -97,7 +97,8 @@ def similarity_heatmaps(maps: Mapping[str, PerturbationMap], complexes: Mapping[
 
 
 def recall_bars(table: pd.DataFrame, path: str | Path, sources: Sequence[str],
-                thresholds: Sequence[tuple[float, float]], label_cols: Sequence[str] = ("method", "correction")) -> Path:
+                thresholds: Sequence[tuple[float, float]],
+                label_cols: Sequence[str] = ("method", "correction")) -> Path:
     """Grouped bars: x = annotation source, one bar per row of `table` (labelled by `label_cols`), one panel per
     threshold pair. `table` has the columns recall.table_column(source, lo, hi) (pipeline.benchmark_row)."""
     import matplotlib

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 class MapSpec:
     """How to build a map. `batch`: metadata columns of a correction batch (RxRx3-core's plate numbers repeat
     across experiments, so a plate is ("experiment_name", "plate")); `coral_batch`: TVN's CORAL batches (None:
-    no CORAL)."""
+    no CORAL); `embed_dims`: reduce wider features first with EFAAR's embed_by_pca (global standardisation + PCA
+    over all wells; its CellProfiler maps use 128), whatever the correction."""
 
     correction: str = "pca_cs"
     aggregation: str = "mean"
@@ -52,6 +53,7 @@ class MapSpec:
     batch: tuple[str, ...] | None = ("experiment_name",)
     coral_batch: tuple[str, ...] | None = ("experiment_name", "plate")
     n_components: int | None = None
+    embed_dims: int | None = None
 
     def __post_init__(self) -> None:
         if self.correction not in CORRECTIONS:
@@ -107,7 +109,8 @@ def build_map(wells: WellProfiles, spec: MapSpec) -> BuiltMap:
     wells.require([spec.gene_col, spec.guide_col, spec.control_col], "build map")
     check_guide_names(wells.metadata, spec.gene_col, spec.guide_col, (spec.control,))
     corrected = correct(wells, spec.correction, control=spec.control, control_col=spec.control_col,
-                        batch=spec.batch, coral_batch=spec.coral_batch, n_components=spec.n_components)
+                        batch=spec.batch, coral_batch=spec.coral_batch, n_components=spec.n_components,
+                        embed_dims=spec.embed_dims)
     treated = corrected.subset((corrected.metadata[spec.control_col] != spec.control).to_numpy())
     if len(treated) == 0:
         raise MapInputError(f"build map: every well is a {spec.control!r} control; nothing to map")
