@@ -14,7 +14,8 @@ issue 23's).
                a documented subset: every feature group except Costes colocalisation and radial Zernikes, texture
                at 16 grey levels (scale 3) instead of 256 — full cp-measure takes ~18 s a well here (Costes 9 s,
                256-level texture 7 s), the subset ~1.1 s
-               (1,638 measurements kept), reduced to 64 dimensions by EFAAR's embed_by_pca before each correction
+               (1,638 measurements kept), reduced to 60 dimensions (half the control wells) by EFAAR's
+               embed_by_pca before each correction
   (d), (e)     cellio's weakly supervised model and a self-supervised one (issue 23's main job writes their
                per-well embeddings): pass `--embeddings NAME=emb.parquet` (embeddings_method), or add a function
                to METHODS
@@ -222,9 +223,9 @@ METHODS: dict[str, Method] = {
     "cp_measure": cp_measure_features,  # (a)
 }
 # a method's dimension reduction before every correction (EFAAR's embed_by_pca): CellProfiler measurements are
-# reduced as in EFAAR's "CP-PCA128-TVN" maps, to 64 here because this set has 120 control wells (whitening more
-# dimensions than half the controls mostly amplifies noise; trainer/maps/correct.py warns)
-EMBED_DIMS: dict[str, int] = {"cp_measure": 64}
+# reduced as in EFAAR's "CP-PCA128-TVN" maps to 128 dimensions, capped at half the control wells (whitening more
+# dimensions than that mostly amplifies noise; trainer/maps/correct.py warns): 60 on the default set
+EMBED_DIMS: dict[str, int] = {"cp_measure": 128}
 # (d) cellio's weakly supervised model and (e) a self-supervised model: any function data set directory ->
 # (well metadata, features) can be added to METHODS; a trained model's per-well embeddings parquet (trainer/embed.py's
 # format, written by issue 23's main job) plugs in from the command line as --embeddings NAME=PATH.
@@ -242,41 +243,50 @@ def embeddings_method(path: Path) -> Method:
 
 
 # ----------------------------------------------------------------------------------------------- timing at 10k wells
-def tile_wells(wells: WellProfiles, n: int, seed: int = 0) -> WellProfiles:
-    """`n` wells shaped like `wells` (its design repeated as extra experiments; features resampled with noise),
-    to time the map steps at a given size."""
-    reps = -(-n // len(wells))
+def tile_wells(wells: WellProfiles, reps: int, seed: int = 0) -> WellProfiles:
+    """`reps` copies of `wells`' design as extra experiments screening renamed genes (`AKT1-r2`, guides
+    `AKT1-r2_guide_1`; the first copy keeps the real names), features resampled with noise — to time the map
+    steps at a given size (whole copies, so that every plate keeps its controls)."""
     r = np.random.default_rng(seed)
     metas, feats = [], []
     for k in range(reps):
         m = wells.metadata.copy()
-        m["experiment_name"] = m["experiment_name"] + f"-r{k}"
+        if k:
+            m["experiment_name"] = m["experiment_name"] + f"-r{k}"
+            treated = m["gene"] != "EMPTY_control"
+            m.loc[treated, "treatment"] = (m.loc[treated, "gene"] + f"-r{k}_guide_"
+                                           + m.loc[treated, "treatment"].str.rsplit("_", n=1).str[1])
+            m.loc[treated, "gene"] = m.loc[treated, "gene"] + f"-r{k}"
         m["well_id"] = m["experiment_name"] + "_" + m["plate"].astype(str) + "_" + m["address"]
         metas.append(m)
         feats.append(wells.features + r.normal(0, wells.features.std(0) * 0.1 + 1e-9, wells.features.shape))
-    meta = pd.concat(metas, ignore_index=True).iloc[:n]
-    return WellProfiles.build(np.concatenate(feats)[:n], meta)
+    return WellProfiles.build(np.concatenate(feats), pd.concat(metas, ignore_index=True))
 
 
 def time_steps(wells: WellProfiles, spec: MapSpec, bench: BenchmarkSpec, n: int) -> dict[str, float]:
-    """Seconds for each map step on `n` wells (correction + aggregation, recall, consistency, the two mAPs)."""
+    """Seconds per `n` wells of each map step (correction + aggregation, recall, consistency, the two mAPs),
+    measured on the first multiple of the set's size at or above `n` and scaled to `n`."""
     from trainer.maps import relationship_recall, replicate_map, signal_consistency, sister_map
 
-    big = tile_wells(wells, n)
+    big = tile_wells(wells, -(-n // len(wells)))
+    scale = n / len(big)
+    null = sorted({g for g in big.metadata["gene"] if g.split("-r")[0] in set(bench.null_perturbations)})
     t0 = time.perf_counter()
     built = build_map(big, spec)
     t1 = time.perf_counter()
     relationship_recall(built.genes, bench.sources, bench.thresholds)
     t2 = time.perf_counter()
-    signal_consistency(built.wells, spec.gene_col, bench.null_perturbations, drop=(spec.control,))
+    signal_consistency(built.wells, spec.gene_col, null, drop=(spec.control,))
     t3 = time.perf_counter()
     replicate_map(built.wells, spec.guide_col, spec.control_col, spec.control, same_batch=bench.retrieval_batch,
                   null_size=bench.null_size)
     t4 = time.perf_counter()
     sister_map(built.guides, spec.gene_col, same_batch=bench.retrieval_batch, null_size=bench.null_size)
     t5 = time.perf_counter()
-    return {"correct_and_aggregate_s": t1 - t0, "recall_s": t2 - t1, "consistency_s": t3 - t2,
-            "replicate_mAP_s": t4 - t3, "sister_mAP_s": t5 - t4}
+    log.info("timed the map steps on %d wells (%d genes)", len(big), len(built.genes))
+    return {"correct_and_aggregate_s": scale * (t1 - t0), "recall_s": scale * (t2 - t1),
+            "consistency_s": scale * (t3 - t2), "replicate_mAP_s": scale * (t4 - t3),
+            "sister_mAP_s": scale * (t5 - t4)}
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -341,9 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: %d wells x %d features in %.1f s (%.1f ms a well)", name, len(wells), wells.n_features,
                  seconds, 1e3 * seconds / len(wells))
         timing = {"method": name, "features_s_per_10k_wells": seconds / len(wells) * 1e4}
+        n_controls = int((wells.metadata["treatment"] == "EMPTY_control").sum())
+        embed = min(EMBED_DIMS[name], n_controls // 2) if name in EMBED_DIMS else None
         for correction in args.corrections:
             spec = MapSpec(correction=correction, batch=tuple(args.batch), coral_batch=tuple(args.coral_batch),
-                           embed_dims=EMBED_DIMS.get(name))
+                           embed_dims=embed)
             built = build_map(wells, spec)
             row = {"method": name, **benchmark_row(built, bench), "features_ms_per_well": 1e3 * seconds / len(wells)}
             rows.append(row)
@@ -357,10 +369,11 @@ def main(argv: list[str] | None = None) -> int:
                 timing.update({f"{k[:-2]}_s_per_{args.timing_wells // 1000}k_wells": v for k, v in steps.items()})
         timings.append(timing)
     table = pd.DataFrame(rows)
-    write_report(table, maps, out, bench, label_cols=("method", "correction"))
+    write_report(table, maps, out, bench, label_cols=("method", "correction"), complexes_shown=truth["complexes"])
     pd.DataFrame(timings).to_csv(out / "timings.csv", index=False, float_format="%.2f")
     (out / "run.json").write_text(json.dumps({
-        "data": str(data), "synthetic": truth["parameters"], "methods": list(methods), "corrections": args.corrections,
+        "data": str(data.resolve().relative_to(ROOT) if data.resolve().is_relative_to(ROOT) else data),
+        "synthetic": truth["parameters"], "methods": list(methods), "corrections": args.corrections,
         "spec": spec_dict(MapSpec(batch=tuple(args.batch), coral_batch=tuple(args.coral_batch))),
         "cp_measure": {"groups": CP_GROUPS, "texture": CP_TEXTURE}, "embed_dims": EMBED_DIMS,
         "null_size": args.null_size,

@@ -385,6 +385,9 @@ def test_map_files_parquet_and_h5ad(tmp_path):
     anndata = pytest.importorskip("anndata")
     adata = anndata.read_h5ad(paths[1])
     assert adata.shape == (3, 5) and adata.obs_names.tolist() == ["AAA", "BBB", "CCC"]
+    guides = anndata.read_h5ad(write_map(built.guides, tmp_path / "guides.parquet", h5ad=True)[1])
+    assert guides.shape == (6, 5) and guides.obs["gene"].tolist() == ["AAA", "AAA", "BBB", "BBB", "CCC", "CCC"]
+    np.testing.assert_allclose(guides.X, built.guides.features.astype(np.float32))
 
 
 def test_cli_writes_maps_table_and_pictures(tmp_path):

@@ -184,8 +184,8 @@ def correct(wells: WellProfiles, method: str, *, control: str = "EMPTY_control",
     if method not in CORRECTIONS:
         raise MapInputError(f"correction {method!r}; expected one of {CORRECTIONS}")
     if embed_dims is not None and wells.n_features > embed_dims:
-        wells = wells.with_features(embed_by_pca(wells.features, embed_dims))
         log.info("embed_by_pca: %d features -> %d", wells.n_features, embed_dims)
+        wells = wells.with_features(embed_by_pca(wells.features, embed_dims))
     if method == "none":
         return wells
     controls = control_mask(wells.metadata, control_col, control)

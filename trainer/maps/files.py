@@ -102,7 +102,9 @@ def write_map(pmap: PerturbationMap, path: str | Path, h5ad: bool = False) -> li
                                 var=pd.DataFrame(index=pd.Index(feature_names(pmap.features.shape[1]), dtype=object)))
         adata.uns["key"] = list(pmap.key)
         h5 = path.with_suffix(".h5ad")
-        adata.write_h5ad(h5)
+        # anndata would turn repeated strings into categoricals whose categories are pandas' Arrow strings, which
+        # it cannot write (pandas 3): keep them as plain text
+        adata.write_h5ad(h5, convert_strings_to_categoricals=False)
         written.append(h5)
     return written
 

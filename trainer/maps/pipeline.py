@@ -156,9 +156,9 @@ def benchmark_row(built: BuiltMap, bench: BenchmarkSpec) -> dict:
 
 def write_report(table: pd.DataFrame, maps: Mapping[str, PerturbationMap], out: str | Path,
                  bench: BenchmarkSpec, label_cols: Sequence[str] = ("correction",), n_complexes: int = 6,
-                 stem: str = "benchmark") -> list[Path]:
+                 stem: str = "benchmark", complexes_shown: Mapping[str, Sequence[str]] | None = None) -> list[Path]:
     """`{stem}.csv`, `{stem}.json`, `recall_bars.png` and `similarity_heatmap.png` (`maps`: panel name -> gene
-    map; the complexes are CORUM's largest among the first map's genes)."""
+    map; the heatmap shows `complexes_shown`, by default CORUM's largest complexes among the first map's genes)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv, js = out / f"{stem}.csv", out / f"{stem}.json"
@@ -167,7 +167,9 @@ def write_report(table: pd.DataFrame, maps: Mapping[str, PerturbationMap], out: 
     paths = [csv, js]
     paths.append(recall_bars(table, out / "recall_bars.png", bench.sources, bench.thresholds, label_cols))
     first = next(iter(maps.values()))
-    picked = pick_complexes(complexes(list(first.labels), 3, bench.annotation_dir), n=n_complexes)
+    members = complexes_shown if complexes_shown is not None else complexes(list(first.labels), 3,
+                                                                            bench.annotation_dir)
+    picked = pick_complexes(members, n=n_complexes)
     if picked:
         paths.append(similarity_heatmaps(maps, picked, out / "similarity_heatmap.png"))
     else:
