@@ -1,6 +1,8 @@
-# The README's two commands. Both create .venv on first use and are quick afterwards.
+# The README's two commands (demo, test) and the phenomic-map ones. All create .venv on first use.
 #   make demo [DATA=/path/to/rxrx1] [OUT=out/demo] [BUDGET=minutes] [RECIPE=file.yaml]   the main job
 #   make test                                        the test suite
+#   make maps-deps [PY=python]                       the phenomic-map dependencies (into another environment too)
+#   make maps-benchmark                              benchmarks/maps.py on the synthetic knockout screen
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,8 +11,11 @@ DATA   ?=
 BUDGET ?=
 RECIPE ?=
 STAMP  := $(VENV)/.installed
+# installed with --no-deps: their declared dependencies are heavy (efaar-benchmarking: scvi-tools, wget, ...) or
+# clash with constraints.txt (centrosome: pillow<12); what they do import is in setup.py's `maps` extra
+MAPS_NODEPS := efaar-benchmarking==1.0 cp-measure==0.3.0 centrosome==1.3.4
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test install clean-venv maps-deps maps-benchmark
 
 install: $(STAMP)
 
@@ -18,7 +23,15 @@ $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[all]'
+	$(PY) -m pip install -q --no-deps -c constraints.txt $(MAPS_NODEPS)
 	touch $(STAMP)
+
+maps-deps:
+	$(PY) -m pip install -q -c constraints.txt -e '.[maps]'
+	$(PY) -m pip install -q --no-deps -c constraints.txt $(MAPS_NODEPS)
+
+maps-benchmark: $(STAMP)
+	$(PY) benchmarks/maps.py
 
 demo: $(STAMP)
 	$(PY) -m trainer.demo --out '$(OUT)' $(if $(DATA),--data '$(DATA)') $(if $(BUDGET),--budget '$(BUDGET)') \

@@ -1,0 +1,3 @@
+from trainer.maps.cli import main
+
+raise SystemExit(main())
