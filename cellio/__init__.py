@@ -8,6 +8,8 @@ Public API (imported lazily so `import cellio` stays light and never pulls in to
     verify_store                                         -- cellio.verification
     create_loader, Loader, select_sites, AugmentConfig   -- cellio.loader / cellio.transforms
     download, submit, check_credentials                  -- cellio.kaggle
+    DatasetLayout                                        -- cellio.datasets (a data set's shape)
+    to_dict, from_dict                                   -- cellio.records (dataclasses <-> JSON-able dicts)
 """
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ _LAZY: dict[str, str] = {
     "submit": "cellio.kaggle",
     "check_credentials": "cellio.kaggle",
     "dali_available": "cellio.pipeline",
+    "DatasetLayout": "cellio.datasets",
+    "to_dict": "cellio.records",
+    "from_dict": "cellio.records",
 }
 
 __all__ = ["__version__", *_error_names, *_LAZY]
