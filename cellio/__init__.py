@@ -10,6 +10,7 @@ Public API (imported lazily so `import cellio` stays light and never pulls in to
     download, submit, check_credentials                  -- cellio.kaggle
     DatasetLayout                                        -- cellio.datasets (a data set's shape)
     to_dict, from_dict                                   -- cellio.records (dataclasses <-> JSON-able dicts)
+    pid_alive                                            -- cellio.processes (is a process alive; zombies are not)
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ _LAZY: dict[str, str] = {
     "dali_available": "cellio.pipeline",
     "DatasetLayout": "cellio.datasets",
     "to_dict": "cellio.records",
+    "pid_alive": "cellio.processes",
     "from_dict": "cellio.records",
 }
 

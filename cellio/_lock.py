@@ -38,31 +38,15 @@ from typing import Any, Iterator
 
 from ._format import LOCK_NAME, FileTarget
 from .errors import StoreLockedError
+from .processes import pid_alive
 
-__all__ = ["LockHolder", "LocalLock", "ObjectLock", "lock_store", "pid_alive"]
+__all__ = ["LockHolder", "LocalLock", "ObjectLock", "lock_store"]
 
 log = logging.getLogger(__name__)
 
 
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (a zombie counts as dead)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    try:  # a zombie (exited, not yet reaped) holds no locks
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ from ._format import CODECS, CREATING_MARKER, DEFAULT_SITES_PER_SHARD, DEFAULT_T
     chunk_key, column_kind, decode_strings, encode_column, group_metadata, has_checksums, image_layout, \
     images_metadata, is_store_file, is_url, journal_key, read_journal, read_small_array
 from ._lock import lock_store
-from ._main_module import require_importable_main
-from ._validate import parse_count
+from .processes import require_importable_main
+from .params import parse_count
 from .errors import DiskFullError, ImageError, MetadataError, StoreDamagedError, StoreError
 from .schema import CHANNEL_NAMES, CHANNELS, DATASETS, N_CHANNELS, PATH_COLUMNS, PIXEL_MEAN_COLUMNS, \
     PIXEL_STD_COLUMNS
@@ -785,7 +785,7 @@ def _start_forkserver_ignoring_sigint() -> None:
 def _pool_method() -> str:
     """forkserver: workers fork from a clean server process, never from this one (which may hold zarr's event loop
     thread); spawn where fork does not exist. Both run the main module again in every worker
-    (cellio/_main_module.py)."""
+    (cellio/processes/main_module.py)."""
     import multiprocessing as mp
 
     return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"

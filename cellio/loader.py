@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._validate import parse_choice, parse_device, parse_int
+from .params import parse_choice, parse_device, parse_int
 from .errors import PipelineConfigError
 from .sampling import BALANCE_MODES, LAST_BATCH_POLICIES, ShardedSampler, balance_weights
 from .schema import CELL_TYPES, DATASETS, WellType

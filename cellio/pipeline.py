@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Any
 
-from ._validate import parse_choice, parse_device, parse_int
+from .params import parse_choice, parse_device, parse_int
 from .errors import MissingDependencyError
 from .transforms import AugmentConfig
 

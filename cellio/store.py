@@ -37,7 +37,7 @@ from ._format import CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, STATUS_OK, Ch
     chunk_key, decode_column, decode_strings, get_fs, has_checksums, image_layout, is_url, read_journal, read_json, \
     read_small_array
 from ._remote import RetryPolicy, make_fetcher, remote_error
-from ._validate import parse_count
+from .params import parse_count
 from .errors import CellioError, StoreDamagedError, StoreError, StoreIncompleteError
 
 __all__ = ["STATS_LEVELS", "Store", "open_store", "RetryPolicy"]

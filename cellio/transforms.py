@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from ._validate import parse_choice, parse_int, parse_probability, parse_range
+from .params import parse_choice, parse_int, parse_probability, parse_range
 from .errors import PipelineConfigError
 from .schema import N_CHANNELS
 

@@ -32,7 +32,7 @@ import numpy as np
 from ._format import FORMAT_NAME, FORMAT_VERSION, STATUS_FAILED, STATUS_OK, TMP_DIR, FileTarget, ShardLayout, \
     chunk_codec, chunk_key, decode_strings, get_fs, group_metadata, has_checksums, image_layout, is_url, read_json, \
     read_small_array
-from ._validate import parse_count
+from .params import parse_count
 from .errors import StoreDamagedError, StoreError, StoreIncompleteError
 
 __all__ = ["Damage", "VerifyReport", "verify_store", "site_sums"]

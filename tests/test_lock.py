@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from cellio._format import LOCK_NAME, FileTarget
-from cellio._lock import LocalLock, LockHolder, ObjectLock, lock_store, pid_alive
+from cellio._lock import LocalLock, LockHolder, ObjectLock, lock_store
+from cellio.processes import pid_alive
 from cellio.errors import StoreError, StoreLockedError
 from cellio.ingestion import ingest
 from cellio.store import open_store

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._validate import parse_count
+    from ..params import parse_count
     from ..ingestion import repair_store
     from ..verification import verify_store
 

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from .._main_module import require_importable_main
-from .._validate import parse_count
+from ..processes import require_importable_main
+from ..params import parse_count
 from ..errors import ConfigError
 from ..schema import (
     ALL_WELLS,

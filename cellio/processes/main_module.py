@@ -21,7 +21,7 @@ import os
 import sys
 from types import FrameType, ModuleType
 
-from .errors import MainModuleError
+from ..errors import MainModuleError
 
 __all__ = ["require_importable_main"]
 
