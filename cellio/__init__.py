@@ -2,13 +2,13 @@
 
 Public API (imported lazily so `import cellio` stays light and never pulls in torch or DALI):
 
-    read_metadata, derive_plate_groups, PlateGroups      -- cellio.metadata
-    synthesize                                           -- cellio.synth
+    read_metadata, derive_plate_groups, PlateGroups      -- cellio.datasets.rxrx1 (metadata, plate_groups)
+    synthesize                                           -- cellio.datasets.rxrx1.synth
     ingest, repair_store, open_store, Store              -- cellio.ingestion / cellio.store
     verify_store                                         -- cellio.verification
     create_loader, Loader, select_sites, AugmentConfig   -- cellio.loader / cellio.transforms
-    download, submit, check_credentials                  -- cellio.kaggle
-    DatasetLayout                                        -- cellio.datasets (a data set's shape)
+    validate_submission, download, submit, check_credentials  -- cellio.datasets.rxrx1.kaggle
+    DatasetLayout, get_layout, list_datasets             -- cellio.datasets (a data set's shape, the registry)
     to_dict, from_dict                                   -- cellio.records (dataclasses <-> JSON-able dicts)
     pid_alive                                            -- cellio.processes (is a process alive; zombies are not)
 """
@@ -25,10 +25,10 @@ __version__ = "0.1.0"
 
 # name -> module that defines it
 _LAZY: dict[str, str] = {
-    "read_metadata": "cellio.metadata",
-    "derive_plate_groups": "cellio.metadata",
-    "PlateGroups": "cellio.metadata",
-    "synthesize": "cellio.synth",
+    "read_metadata": "cellio.datasets.rxrx1.metadata",
+    "derive_plate_groups": "cellio.datasets.rxrx1.plate_groups",
+    "PlateGroups": "cellio.datasets.rxrx1.plate_groups",
+    "synthesize": "cellio.datasets.rxrx1.synth",
     "ingest": "cellio.ingestion",
     "repair_store": "cellio.ingestion",
     "verify_store": "cellio.verification",
@@ -40,12 +40,14 @@ _LAZY: dict[str, str] = {
     "AugmentConfig": "cellio.transforms",
     "get_preset": "cellio.transforms",
     "list_presets": "cellio.transforms",
-    "validate_submission": "cellio.kaggle",
-    "download": "cellio.kaggle",
-    "submit": "cellio.kaggle",
-    "check_credentials": "cellio.kaggle",
+    "validate_submission": "cellio.datasets.rxrx1.kaggle",
+    "download": "cellio.datasets.rxrx1.kaggle",
+    "submit": "cellio.datasets.rxrx1.kaggle",
+    "check_credentials": "cellio.datasets.rxrx1.kaggle",
     "dali_available": "cellio.pipeline",
     "DatasetLayout": "cellio.datasets",
+    "get_layout": "cellio.datasets",
+    "list_datasets": "cellio.datasets",
     "to_dict": "cellio.records",
     "pid_alive": "cellio.processes",
     "from_dict": "cellio.records",

@@ -308,9 +308,9 @@ def _as_tuple(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
 
 def _plan(raw: Path, datasets: tuple[str, ...], experiments: tuple[str, ...] | None,
           cell_types: tuple[str, ...] | None, limit: int | None) -> pd.DataFrame:
-    from .metadata import read_metadata
+    from .datasets import get_dataset
 
-    meta = read_metadata(raw)
+    meta = get_dataset("rxrx1").read_sites(raw)
     for name, wanted, col in (("datasets", datasets, "dataset"), ("experiments", experiments, "experiment"),
                               ("cell_types", cell_types, "cell_type")):
         if wanted is None:

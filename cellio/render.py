@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageError, MetadataError, StoreError
-from .schema import CHANNEL_NAMES, COMPOSITE_COLORS, COMPOSITE_RANGES, N_CHANNELS, PATH_COLUMNS
+from .schema import CHANNEL_NAMES, COMPOSITE_COLORS, COMPOSITE_RANGES, N_CHANNELS
 
 __all__ = ["rgb_composite", "channel_grid", "render_site", "save_png", "load_site", "autocontrast"]
 
@@ -196,18 +196,21 @@ def load_site(source: str | Path, id_code: str, site: int = 1) -> tuple[np.ndarr
         store = open_store(source)
         i = _pick_row(store.sites, id_code, site, source)
         return np.asarray(store.read([i])[0]), store.sites.iloc[i].to_dict()
-    if (source / "train.csv").is_file() or (source / "test.csv").is_file():
-        from .metadata import read_metadata
+    from .datasets import find_dataset, get_dataset, list_datasets
 
-        sites = read_metadata(source)
+    reader = find_dataset(source) if source.is_dir() else None
+    if reader is not None:
+        sites = reader.read_sites(source)
         i = _pick_row(sites, id_code, site, source)
         row = sites.iloc[i]
-        channels = [_read_png_channel(source / row[col]) for col in PATH_COLUMNS]
+        channels = [_read_png_channel(source / row[col]) for col in reader.layout.path_columns]
         shapes = {c.shape for c in channels}
         if len(shapes) != 1:
-            raise ImageError(f"{id_code} site {site} in {source}: the six channels differ in size {sorted(shapes)}")
+            raise ImageError(f"{id_code} site {site} in {source}: the {len(channels)} channels differ in size "
+                             f"{sorted(shapes)}")
         return np.stack(channels, axis=-1), row.to_dict()
+    raw_dirs = "; ".join(f"{name}: {get_dataset(name).raw_description}" for name in list_datasets())
     if not source.exists():
-        raise StoreError(f"{source} does not exist; expected a cellio store or a raw RxRx1 directory")
-    raise StoreError(f"{source} is neither a cellio store (no zarr.json) nor a raw RxRx1 directory "
-                     "(no train.csv or test.csv)")
+        raise StoreError(f"{source} does not exist; expected a cellio store or a raw data set directory ({raw_dirs})")
+    raise StoreError(f"{source} is neither a cellio store (no zarr.json) nor a raw data set directory cellio reads "
+                     f"({raw_dirs})")

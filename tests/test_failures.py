@@ -153,7 +153,7 @@ def test_an_incomplete_store_keeps_its_view_while_the_ingest_finishes(tmp_path, 
 
     raw = tmp_path / "raw"
     shutil.copytree(small_raw, raw)
-    from cellio.metadata import read_metadata
+    from cellio.datasets.rxrx1.metadata import read_metadata
 
     bad = raw / read_metadata(raw).iloc[20]["path_w3"]
     original = bad.read_bytes()

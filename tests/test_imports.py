@@ -169,5 +169,5 @@ def test_the_checks_see_what_they_look_for():
     assert any(i.module == "cellio.sampling" and "ShardedSampler" in i.names for i in loader)
     assert any(i.module == "cellio.pipeline" for i in loader)  # lazy, inside a function
     assert any(i.module == "cellio.params" for i in loader)
-    assert "cellio.kaggle.fetch" in _edges("cellio")["cellio.kaggle"]
+    assert "cellio.datasets.rxrx1.kaggle.fetch" in _edges("cellio")["cellio.datasets.rxrx1.kaggle"]
     assert _is_private("_decode_strings") and not _is_private("__all__")

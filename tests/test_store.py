@@ -22,7 +22,7 @@ def _png_site(raw, row) -> np.ndarray:
 
 
 def test_shape_layout_and_sites(tiny_store, tiny_raw):
-    from cellio.metadata import read_metadata
+    from cellio.datasets.rxrx1.metadata import read_metadata
 
     s = tiny_store
     meta = read_metadata(tiny_raw)

@@ -130,7 +130,7 @@ def test_sites_skipped_by_ingest_are_reported_missing_and_repair_stores_them(tmp
     import shutil
 
     from cellio.cli import main
-    from cellio.metadata import read_metadata
+    from cellio.datasets.rxrx1.metadata import read_metadata
 
     raw = tmp_path / "raw"
     shutil.copytree(small_raw, raw)

@@ -5,5 +5,6 @@ the Kaggle client (`kaggle/`). Importing this package is light: the readers impo
 from __future__ import annotations
 
 from .layout import RXRX1
+from .reader import READER
 
-__all__ = ["RXRX1"]
+__all__ = ["RXRX1", "READER"]

@@ -14,8 +14,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ..errors import CredentialsError
-from ..schema import KAGGLE_SLUG
+from ....errors import CredentialsError
+from ..layout import KAGGLE_SLUG
 
 __all__ = ["CredentialKind", "CredentialSource", "check_credentials"]
 

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from ..processes import require_importable_main
-from ..params import parse_count
-from ..errors import ConfigError
-from ..schema import (
+from ....processes import require_importable_main
+from ....params import parse_count
+from ....errors import ConfigError
+from ..layout import (
     ALL_WELLS,
     CELL_TYPES,
     CHANNELS,

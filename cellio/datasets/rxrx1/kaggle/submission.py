@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DownloadError, MetadataError
-from ..schema import KAGGLE_SLUG, N_TREATMENTS
+from ....errors import DownloadError, MetadataError
+from ..layout import KAGGLE_SLUG, N_TREATMENTS
 from .api import call_api, make_api
 from .credentials import check_credentials
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DownloadError
-from ..schema import DATASETS, KAGGLE_SLUG
+from ....errors import DownloadError
+from ..layout import DATASETS, KAGGLE_SLUG
 from .api import call_api, make_api
 from .credentials import CredentialSource, check_credentials
 from .dataset import UnzipReport, VerifyReport, extract_member, unzip_dataset, verify_dataset

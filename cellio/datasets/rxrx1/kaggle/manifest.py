@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..schema import KAGGLE_SLUG
+from ..layout import KAGGLE_SLUG
 
 __all__ = ["MANIFEST_NAME", "Manifest"]
 

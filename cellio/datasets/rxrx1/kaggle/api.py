@@ -11,8 +11,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import CellioError, CredentialsError, DownloadError, MissingDependencyError
-from ..schema import KAGGLE_SLUG
+from ....errors import CellioError, CredentialsError, DownloadError, MissingDependencyError
+from ..layout import KAGGLE_SLUG
 
 __all__ = ["make_api", "call_api"]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..errors import CellioError, DownloadError
-from ..schema import DATASETS, KAGGLE_SLUG, PATH_COLUMNS, parse_experiment
+from ....errors import CellioError, DownloadError
+from ..layout import DATASETS, KAGGLE_SLUG, PATH_COLUMNS, parse_experiment
 from .manifest import Manifest
 
 __all__ = ["UnzipReport", "VerifyReport", "unzip_dataset", "verify_dataset", "extract_member"]

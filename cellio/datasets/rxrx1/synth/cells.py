@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..schema import CELL_TYPES, GLOBAL_PIXEL_MEAN, GLOBAL_PIXEL_STD, N_CHANNELS, NEGATIVE_CONTROL_SIRNA
+from ..layout import CELL_TYPES, GLOBAL_PIXEL_MEAN, GLOBAL_PIXEL_STD, N_CHANNELS, NEGATIVE_CONTROL_SIRNA
 
 __all__ = ["MORPHOLOGY", "BatchEffects", "class_morphology", "site_batch", "render_synthetic_site",
            "texture_features", "pixel_stats", "encode_png", "N_TEXTURE"]
