@@ -5,7 +5,7 @@ Public API (imported lazily so `import cellio` stays light and never pulls in to
     read_metadata, derive_plate_groups, PlateGroups      -- cellio.datasets.rxrx1 (metadata, plate_groups)
     synthesize                                           -- cellio.datasets.rxrx1.synth
     ingest, repair_store, open_store, Store              -- cellio.ingestion / cellio.store
-    verify_store                                         -- cellio.verification
+    verify_store                                         -- cellio.store.verify
     create_loader, Loader, select_sites, AugmentConfig   -- cellio.loader / cellio.transforms
     validate_submission, download, submit, check_credentials  -- cellio.datasets.rxrx1.kaggle
     DatasetLayout, get_layout, list_datasets             -- cellio.datasets (a data set's shape, the registry)
@@ -31,7 +31,7 @@ _LAZY: dict[str, str] = {
     "synthesize": "cellio.datasets.rxrx1.synth",
     "ingest": "cellio.ingestion",
     "repair_store": "cellio.ingestion",
-    "verify_store": "cellio.verification",
+    "verify_store": "cellio.store.verify",
     "open_store": "cellio.store",
     "Store": "cellio.store",
     "create_loader": "cellio.loader",

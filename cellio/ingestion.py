@@ -39,11 +39,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._format import CODECS, CREATING_MARKER, DEFAULT_SITES_PER_SHARD, DEFAULT_TILE, FORMAT_NAME, FORMAT_VERSION, \
-    JOURNAL_DIR, LAYOUTS, LOCK_NAME, STATUS_FAILED, STATUS_OK, TMP_DIR, FileTarget, ShardLayout, chunk_codec, \
-    chunk_key, column_kind, decode_strings, encode_column, group_metadata, has_checksums, image_layout, \
-    images_metadata, is_store_file, is_url, journal_key, read_journal, read_small_array
-from ._lock import lock_store
+from .store.codecs import chunk_codec, get_codec
+from .store.columns import column_kind, decode_strings, encode_column
+from .store.files import FileTarget, is_url
+from .store.format import CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, JOURNAL_DIR, LOCK_NAME, STATUS_FAILED, \
+    STATUS_OK, TMP_DIR, chunk_key, group_metadata, has_checksums, is_store_file
+from .store.images import LAYOUTS, image_layout, images_metadata
+from .store.journal import journal_key, read_journal
+from .store.lock import lock_store
+from .store.shards import DEFAULT_SITES_PER_SHARD, DEFAULT_TILE, ShardLayout
+from .store.tables import read_small_array
+from .datasets import get_dataset
 from .processes import require_importable_main
 from .params import parse_count
 from .errors import DiskFullError, ImageError, MetadataError, StoreDamagedError, StoreError
@@ -51,7 +57,7 @@ from .schema import CHANNEL_NAMES, CHANNELS, DATASETS, N_CHANNELS, PATH_COLUMNS,
     PIXEL_STD_COLUMNS
 
 __all__ = ["ingest", "repair_store", "IngestReport", "RepairReport", "FailedSite", "DEFAULT_CODEC", "DEFAULT_LAYOUT",
-           "VERIFY_ATOL", "ON_ERROR", "COMPRESSION_ESTIMATE"]
+           "VERIFY_ATOL", "ON_ERROR"]
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +73,6 @@ DEFAULT_LAYOUT = "sharded"
 # channel or truncated image moves them by far more.
 VERIFY_ATOL = 0.1
 ON_ERROR: tuple[str, ...] = ("fail", "skip")
-# Stored bytes per raw uint8 byte assumed by the free-space check before an ingest (measured ~0.54-0.67 on cell
-# images, docs/performance.md); the check refuses only when even this estimate does not fit.
-COMPRESSION_ESTIMATE: dict[str, float] = {"none": 1.0, "lz4": 0.6, "zstd": 0.6}
 
 
 @dataclass(frozen=True)
@@ -308,8 +311,6 @@ def _as_tuple(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
 
 def _plan(raw: Path, datasets: tuple[str, ...], experiments: tuple[str, ...] | None,
           cell_types: tuple[str, ...] | None, limit: int | None) -> pd.DataFrame:
-    from .datasets import get_dataset
-
     meta = get_dataset("rxrx1").read_sites(raw)
     for name, wanted, col in (("datasets", datasets, "dataset"), ("experiments", experiments, "experiment"),
                               ("cell_types", cell_types, "cell_type")):
@@ -381,9 +382,9 @@ def _images_meta_for(attrs: dict[str, Any], n: int, shape: tuple[int, int], code
     """images/zarr.json of a store from its ingest arguments (chunked when they name no layout: format <= 1.1)."""
     lay = attrs.get("ingest", {}).get("layout") or {"layout": "chunked"}
     if lay["layout"] == "sharded":
-        return images_metadata(n, shape, codec, checksum, "sharded", int(lay["sites_per_shard"]),
+        return images_metadata(n, (*shape, N_CHANNELS), codec, checksum, "sharded", int(lay["sites_per_shard"]),
                                tuple(lay["tile"]))
-    return images_metadata(n, shape, codec, checksum)
+    return images_metadata(n, (*shape, N_CHANNELS), codec, checksum)
 
 
 def _create_skeleton(target: FileTarget, plan: pd.DataFrame, shape: tuple[int, int], params: dict[str, Any],
@@ -418,6 +419,7 @@ def _create_skeleton(target: FileTarget, plan: pd.DataFrame, shape: tuple[int, i
         "source": {"raw_dir": str(raw.resolve()), "kind": "rxrx1-png"},
         "ingest": params,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "dataset_layout": get_dataset("rxrx1").layout.replace(site_shape=(H, W)).to_dict(),
     }
     _write_root(target, attrs)
     target.remove(CREATING_MARKER)
@@ -550,7 +552,7 @@ def _finalize(target: FileTarget, attrs: dict[str, Any], plan: pd.DataFrame) -> 
 def _estimate_bytes(shape: Sequence[int], codec: str, n_sites: int) -> int:
     """Bytes `n_sites` more sites take: chunks (COMPRESSION_ESTIMATE of raw), checksums, journal, tables."""
     H, W = int(shape[0]), int(shape[1])
-    return int(n_sites * (H * W * N_CHANNELS * COMPRESSION_ESTIMATE.get(codec, 1.0) + 4 + 512))
+    return int(n_sites * (H * W * N_CHANNELS * get_codec(codec).size_estimate + 4 + 512))
 
 
 def _check_space(target: FileTarget, shape: Sequence[int], codec: str, n_sites: int) -> None:
@@ -558,7 +560,7 @@ def _check_space(target: FileTarget, shape: Sequence[int], codec: str, n_sites: 
     needed = _estimate_bytes(shape, codec, n_sites)
     if free is not None and free < needed:
         raise DiskFullError(target.path, needed, free, what=f"writing {n_sites} sites ({codec}, estimated at "
-                            f"{COMPRESSION_ESTIMATE.get(codec, 1.0)}x of raw)",
+                            f"{get_codec(codec).size_estimate}x of raw)",
                             hint="no site was written; free some space (or choose another path) and rerun")
 
 
@@ -589,8 +591,7 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
     n_workers = workers or os.cpu_count() or 1
     if scheduler is None and n_workers > 1:  # before any work: a worker would run an unguarded script again
         require_importable_main(f"cellio.ingest(workers={n_workers})", _pool_method())
-    if codec not in CODECS:
-        raise StoreError(f"codec {codec!r} is unknown; expected one of {', '.join(CODECS)}")
+    get_codec(codec)  # StoreError naming the registered codecs
     if on_error not in ON_ERROR:
         raise StoreError(f"on_error {on_error!r} is unknown; expected one of {', '.join(ON_ERROR)}")
     raw = Path(raw)
@@ -863,7 +864,7 @@ def repair_store(raw: str | os.PathLike[str], store_path: str | os.PathLike[str]
     VerifyReport of the store to act on (None: verify first). The returned report's `after` says whether the
     store is whole now; `last_verified` records it.
     """
-    from .verification import verify_store, write_last_verified
+    from .store.verify import verify_store, write_last_verified
 
     t0 = time.perf_counter()
     workers, batch_size = parse_count("workers", workers), parse_count("batch_size", batch_size)

@@ -181,7 +181,7 @@ def load_site(source: str | Path, id_code: str, site: int = 1) -> tuple[np.ndarr
     `source` is a cellio store (a Zarr group: has zarr.json; a local path or an fsspec URL such as
     s3://bucket/rxrx1.zarr) or a raw RxRx1 directory (has train.csv or test.csv; the six PNGs are read directly).
     """
-    from ._format import is_url
+    from .store.files import is_url
 
     if is_url(source):
         from .store import open_store

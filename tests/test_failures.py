@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellio._format import JOURNAL_DIR, TMP_DIR
+from cellio.store.format import JOURNAL_DIR, TMP_DIR
 from cellio.errors import DiskFullError, ImageError, PipelineConfigError, StoreError
 from cellio.ingestion import ingest
 from cellio.store import open_store
@@ -38,9 +38,9 @@ def clean(tmp_path_factory, small_raw) -> Path:
 
 # ------------------------------------------------------------------------------------------------ disk full
 def test_not_enough_space_is_refused_before_anything_is_written(tmp_path, small_raw, monkeypatch):
-    import cellio._format
+    import cellio.store.files
 
-    monkeypatch.setattr(cellio._format, "free_bytes", lambda path: 10_000)
+    monkeypatch.setattr(cellio.store.files, "free_bytes", lambda path: 10_000)
     with pytest.raises(DiskFullError) as err:
         ingest(small_raw, tmp_path / "s.zarr", workers=1, progress=False, layout="chunked")
     e = err.value
@@ -53,7 +53,7 @@ def test_not_enough_space_is_refused_before_anything_is_written(tmp_path, small_
 def test_enospc_during_ingest_names_the_path_and_the_rerun_resumes(tmp_path, small_raw, clean, monkeypatch):
     import builtins
 
-    import cellio._format
+    import cellio.store.files
 
     store = tmp_path / "s.zarr"
     writes = {"n": 0}
@@ -74,7 +74,7 @@ def test_enospc_during_ingest_names_the_path_and_the_rerun_resumes(tmp_path, sma
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(cellio._format, "open", lambda p, mode="r", *a, **k: Full(builtins.open(p, mode, *a, **k)),
+    monkeypatch.setattr(cellio.store.files, "open", lambda p, mode="r", *a, **k: Full(builtins.open(p, mode, *a, **k)),
                         raising=False)
     with pytest.raises(DiskFullError) as err:
         ingest(small_raw, store, codec="lz4", workers=1, batch_size=4, progress=False, layout="chunked")

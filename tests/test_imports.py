@@ -102,11 +102,11 @@ def test_no_private_name_is_imported_across_modules(package):
             for taken in imp.names:
                 if not _is_private(taken):
                     continue
-                # `from . import _format` names a module of the same package, which is allowed
+                # `from . import _x` names a module of the same package, which is allowed
                 if f"{imp.module}.{taken}" in MODULES and _top(imp.module) == package:
                     continue
                 offenders.append(f"{imp.where}: from {imp.module} import {taken}")
-            # another package's private module (trainer -> cellio._format)
+            # another package's private module (trainer -> cellio._x)
             parts = imp.module.split(".")
             if _top(imp.module) != package and any(_is_private(p) for p in parts):
                 offenders.append(f"{imp.where}: imports {imp.module}")

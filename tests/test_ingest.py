@@ -17,7 +17,7 @@ from PIL import Image
 
 from cellio.errors import CellioError, ImageError, MetadataError, StoreError, StoreIncompleteError
 from cellio.ingestion import ingest
-from cellio._format import JOURNAL_DIR
+from cellio.store.format import JOURNAL_DIR
 from cellio.store import open_store
 
 LIMIT = 40  # bad-input cases ingest the first sites of the small set, and every defect sits inside them

@@ -268,7 +268,7 @@ def test_a_transient_outage_is_retried_with_backoff(s3, s3_stores, tiny_store, c
     timer = threading.Timer(0.8, s3.start)  # the server comes back while the reader is still retrying
     timer.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="cellio._remote"):
+        with caplog.at_level(logging.WARNING, logger="cellio.store.remote"):
             got = s.read([5, 6, 7, 40])
     finally:
         timer.join()

@@ -61,7 +61,7 @@ def _verified(record: dict[str, Any] | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._format import get_fs
+    from ..store.files import get_fs
     from ..errors import StoreDamagedError
     from ..store import open_store
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     a = store.attrs
     H, W, C = store.image_shape
     print(f"store       {store.path}")
-    print(f"format      {a['format']} {a['format_version']}, layout {store.layout}, sites {H}x{W}x{C} uint8")
+    print(f"format      {a['format']} {a['format_version']}, layout {store.axes}, sites {H}x{W}x{C} uint8")
     print(f"codec       {a['codec']}")
     chunks = a.get("image_chunks") or {"layout": "chunked"}
     print("images      " + (f"sharded: {chunks['sites_per_shard']} sites per shard, {chunks['tile'][0]}x"

@@ -24,18 +24,26 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ._format import FORMAT_NAME, FORMAT_VERSION, STATUS_FAILED, STATUS_OK, TMP_DIR, FileTarget, ShardLayout, \
-    chunk_codec, chunk_key, decode_strings, get_fs, group_metadata, has_checksums, image_layout, is_url, read_json, \
-    read_small_array
-from .params import parse_count
-from .errors import StoreDamagedError, StoreError, StoreIncompleteError
+from ..errors import StoreDamagedError, StoreError, StoreIncompleteError
+from ..params import parse_count
+from ..records import to_dict
+from .attributes import check_format, store_layout
+from .codecs import chunk_codec
+from .columns import decode_strings
+from .files import FileTarget, get_fs, is_url
+from .format import FORMAT_NAME, STATUS_FAILED, STATUS_OK, TMP_DIR, chunk_key, group_metadata, has_checksums, read_json
+from .images import image_layout
+from .lock import lock_store
+from .shards import ShardLayout
+from .stats import site_sums
+from .tables import read_small_array
 
-__all__ = ["Damage", "VerifyReport", "verify_store", "site_sums"]
+__all__ = ["Damage", "VerifyReport", "verify_store", "write_last_verified"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +61,7 @@ class Damage:
     problem: str
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_dict(self)
 
 
 @dataclass(frozen=True)
@@ -105,8 +113,8 @@ class VerifyReport:
                 "n_sites": self.n_sites, "n_checked": self.n_checked, "stored_bytes": self.stored_bytes,
                 "decoded_bytes": self.decoded_bytes, "seconds": round(self.seconds, 3), "threads": self.threads,
                 "sites_per_s": round(self.sites_per_s, 1), "mb_per_s": round(self.mb_per_s, 1), "ok": self.ok,
-                "complete": self.complete, "verified_at": self.verified_at, "sites": [d.to_dict() for d in self.sites],
-                "arrays": [d.to_dict() for d in self.arrays], "missing": [d.to_dict() for d in self.missing]}
+                "complete": self.complete, "verified_at": self.verified_at, "sites": [to_dict(d) for d in self.sites],
+                "arrays": [to_dict(d) for d in self.arrays], "missing": [to_dict(d) for d in self.missing]}
 
     def record(self) -> dict[str, Any]:
         """The `last_verified` root attribute."""
@@ -150,12 +158,6 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def site_sums(site: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact per-channel (sum, sum of squares) of an (H, W, C) uint8 site, uint64 (C,) each (as ingest stores)."""
-    planes = np.ascontiguousarray(site.reshape(-1, site.shape[-1]).T)  # a plane per channel: fast reductions
-    return planes.sum(1, dtype=np.uint64), np.square(planes, dtype=np.uint16).sum(1, dtype=np.uint64)
-
-
 def _rel(file: str, root: str) -> str:
     return file[len(root) + 1:] if file.startswith(root + "/") else file
 
@@ -181,18 +183,18 @@ def verify_store(path: str | os.PathLike[str], *, threads: int | None = None, pr
     t0 = time.perf_counter()
     threads = parse_count("threads", threads)
     fs, root = get_fs(path, storage_options)
-    node = read_json(fs, f"{root}/zarr.json")
-    attrs = node.get("attributes", {})
-    if attrs.get("format") != FORMAT_NAME:
-        raise StoreError(f"{path}: not a cellio store (format={attrs.get('format')!r})")
-    if str(attrs.get("format_version", "")).split(".")[0] != FORMAT_VERSION.split(".")[0]:
-        raise StoreError(f"{path}: format_version {attrs.get('format_version')!r} is not readable by this cellio")
+    attrs = check_format(read_json(fs, f"{root}/zarr.json"), str(path))
     if not attrs.get("complete"):
         raise StoreIncompleteError(f"{path}: ingest did not finish; rerun `cellio ingest` with the same arguments "
                                    f"before verifying")
     n = int(attrs["n_sites"])
     H, W, C = (int(v) for v in attrs["image_shape"])
     arrays: list[Damage] = []
+    try:  # the recorded data set layout parses and agrees with the images (names the channels below)
+        keys = store_layout(attrs, (H, W, C), "uint8", str(path)).channel_keys
+    except StoreError as exc:
+        arrays.append(Damage(None, None, None, "zarr.json", _problem(exc, str(path))))
+        keys = tuple(str(c) for c in range(C))
 
     def array(name: str, shape: tuple[int, ...]) -> np.ndarray | None:
         try:
@@ -292,7 +294,7 @@ def verify_store(path: str | os.PathLike[str], *, threads: int | None = None, pr
                 got_s[i], got_q[i] = s, q
                 if sums is not None and sumsq is not None and (np.any(sums[i] != s) or np.any(sumsq[i] != q)):
                     c = int(np.flatnonzero((sums[i] != s) | (sumsq[i] != q))[0])
-                    damage.append(Damage(i, *name(i), file, f"pixel sums differ from stats/ (channel w{c + 1}: sum "
+                    damage.append(Damage(i, *name(i), file, f"pixel sums differ from stats/ (channel {keys[c]}: sum "
                                          f"{int(s[c])} vs stored {int(sums[i][c])}): the chunk or the statistics "
                                          f"are wrong"))
             return damage, nbytes, checked
@@ -415,8 +417,7 @@ def _zarr_reader(fs: Any, root: str, meta: dict[str, Any], path: Any, storage_op
 def write_last_verified(path: str | os.PathLike[str], report: VerifyReport, *,
                         storage_options: dict[str, Any] | None = None, lock: bool = True) -> None:
     """Store `report.record()` as the root attribute `last_verified` (atomic rewrite of zarr.json)."""
-    from ._lock import lock_store
-    from .errors import StoreLockedError
+    from ..errors import StoreLockedError
 
     target = FileTarget(str(path), storage_options)
 

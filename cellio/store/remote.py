@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import RemoteStoreError
+from ..errors import RemoteStoreError
 
 __all__ = ["RetryPolicy", "RangeFetcher", "ObstoreFetcher", "make_fetcher", "remote_error", "with_retries",
            "CLIENTS"]

@@ -8,8 +8,8 @@ overhead: it computes each site's bytes from the array metadata and reads them i
 - sharded layout (a shard per group of sites, a tile per inner chunk), local: the shard index (read once per
   shard, cached) gives the byte range of the tiles a crop overlaps: one `pread`, and only those tiles decoded;
 - fsspec URLs (S3, GCS, ...), either layout: for a whole batch, the missing shard indexes and then every site's
-  byte range are fetched concurrently in one call each (`cellio._remote.RangeFetcher`, with retries), then decoded
-  and checksum-verified on the reader's threads straight into the batch;
+  byte range are fetched concurrently in one call each (`cellio.store.remote.RangeFetcher`, with retries), then
+  decoded and checksum-verified on the reader's threads straight into the batch;
 - anything else (rechunked, foreign sharding) goes through zarr-python with concurrent per-site reads, never fancy
   indexing.
 
@@ -19,7 +19,9 @@ covers all of it); with verify=False they read only rows y..y+h. A mismatch, a m
 raise StoreDamagedError naming the chunk file and the site's id_code; a missing chunk is never read as zeros.
 Format 1.0 stores (no checksums) still open; their damage shows only as decode errors or in `cellio verify`.
 
-Nothing here writes: ingest lives in cellio/ingestion.py, and the byte layout both follow in cellio/_format.py.
+Each of those read paths is a module of cellio/store/paths/; this module opens a store, holds its tables (the
+site table, failures, statistics) and its data set layout (`Store.layout`), and runs a batch's reads on its threads.
+Nothing here writes: ingest lives in cellio/ingestion/, and the byte layout both follow in this package's modules.
 """
 from __future__ import annotations
 
@@ -33,18 +35,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._format import CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, STATUS_OK, ChunkCodec, ShardLayout, chunk_codec, \
-    chunk_key, decode_column, decode_strings, get_fs, has_checksums, image_layout, is_url, read_journal, read_json, \
-    read_small_array
-from ._remote import RetryPolicy, make_fetcher, remote_error
-from .params import parse_count
-from .errors import CellioError, StoreDamagedError, StoreError, StoreIncompleteError
+from ..datasets import DatasetLayout
+from ..errors import CellioError, StoreDamagedError, StoreError, StoreIncompleteError
+from ..params import parse_count
+from .attributes import check_format, store_layout
+from .codecs import ChunkCodec, chunk_codec
+from .columns import decode_column, decode_strings
+from .files import get_fs, is_url
+from .format import AXES, CREATING_MARKER, STATUS_OK, chunk_key, has_checksums, read_json
+from .images import image_layout
+from .journal import read_journal
+from .paths import LocalChunks, LocalShards, ReadContext, ReadPath, RemoteObjects, ZarrFallback
+from .remote import RetryPolicy, make_fetcher, remote_error
+from .shards import ShardLayout
+from .stats import STATS_LEVELS, pooled_stats
+from .tables import read_small_array
 
 __all__ = ["STATS_LEVELS", "Store", "open_store", "RetryPolicy"]
 
 log = logging.getLogger(__name__)
-
-STATS_LEVELS: tuple[str, ...] = ("site", "plate", "experiment", "global")
 
 # A batch smaller than this is read on the calling thread: pool hand-off costs more than it saves.
 _MIN_PARALLEL_BATCH = 4
@@ -65,14 +74,12 @@ class Store:
         self.verify = bool(verify)
         self._retry = retry or RetryPolicy()
         self._concurrency = int(concurrency)
-        self._indexes: dict[int, np.ndarray] = {}  # sharded layout: shard -> its decoded index (never changes)
         self._allow_incomplete = allow_incomplete
         self._storage_options = dict(storage_options or {})
         self._threads = parse_count("threads", threads) or min(8, os.cpu_count() or 1)
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._pool: ThreadPoolExecutor | None = None
-        self._zarr_images: Any = None
         self._sites: pd.DataFrame | None = None
         self._sums: tuple[np.ndarray, np.ndarray] | None = None
         self._journal: dict[int, dict[str, Any]] = {}  # incomplete stores: the journal as read at open
@@ -108,14 +115,7 @@ class Store:
             raise
         except StoreError as exc:
             raise StoreError(f"{self.path}: {exc}") from None
-        attrs = group.get("attributes", {})
-        if group.get("node_type") != "group" or attrs.get("format") != FORMAT_NAME:
-            raise StoreError(f"{self.path}: expected a Zarr v3 group with attribute format={FORMAT_NAME!r}, "
-                             f"found node_type={group.get('node_type')!r} format={attrs.get('format')!r}")
-        major = str(attrs.get("format_version", "")).split(".")[0]
-        if major != FORMAT_VERSION.split(".")[0]:
-            raise StoreError(f"{self.path}: format_version {attrs.get('format_version')!r} is not readable by "
-                             f"this cellio (reads {FORMAT_VERSION.split('.')[0]}.x); upgrade cellio or re-ingest")
+        attrs = check_format(group, self.path)
         self.attrs: dict[str, Any] = attrs
         self.checksums: bool = has_checksums(attrs)
         if not self.checksums:
@@ -129,13 +129,15 @@ class Store:
         self._n_all = int(attrs["n_sites"])
         self._meta = read_json(fs, f"{root}/images/zarr.json")
         shape = tuple(self._meta["shape"])
-        self.layout: str = attrs.get("layout", "NHWC")
-        if self.layout != "NHWC":
-            raise StoreError(f"{self.path}: layout {self.layout!r} is not supported (expected 'NHWC')")
+        self.axes: str = attrs.get("layout", AXES)  # the root attribute `layout` is the axis order
+        if self.axes != AXES:
+            raise StoreError(f"{self.path}: layout {self.axes!r} is not supported (expected {AXES!r})")
         self.image_shape: tuple[int, int, int] = (int(shape[1]), int(shape[2]), int(shape[3]))
+        self.layout: DatasetLayout = store_layout(attrs, self.image_shape, self._meta.get("data_type", "uint8"),
+                                                  self.path)
         self._rows = self._load_rows()
-        self._mode = self._read_mode()
-        self._fast = self._mode == "local"
+        self._reader = self._read_path()
+        self._mode = self._reader.mode
         log.debug("opened %s: %d sites, reader %s, verify %s", self.path, len(self._rows), self._mode, self.verify)
 
     def _load_rows(self) -> np.ndarray:
@@ -151,27 +153,39 @@ class Store:
         self._journal = read_journal(self._fs, self._root)
         return np.array(sorted(i for i, e in self._journal.items() if e.get("ok")), dtype=np.int64)
 
-    def _read_mode(self) -> str:
-        """"local" (pread the chunk files), "sharded" (pread the tiles from local shard files), "remote" (ranges of
-        objects fetched per batch, either layout) or "zarr" (anything else)."""
+    def _read_path(self) -> ReadPath:
+        """The read path of this store: "local" (pread the chunk files), "sharded" (pread the tiles from local shard
+        files), "remote" (ranges of objects fetched per batch, either layout) or "zarr" (anything else)."""
         m = self._meta
         self.image_layout: str = image_layout(m)
-        self._shards: ShardLayout | None = None
+        shards: ShardLayout | None = None
+        codec: ChunkCodec | None = None
         try:
             if self.image_layout == "sharded":
-                self._shards = ShardLayout.from_metadata(m)
-                self._codec: ChunkCodec = self._shards.codec
+                shards = ShardLayout.from_metadata(m)
+                codec = shards.codec
             elif self.image_layout == "chunked":
-                self._codec = chunk_codec(m["codecs"])
+                codec = chunk_codec(m["codecs"])
             else:
                 raise StoreError(f"chunk grid {m['chunk_grid']} / codecs are not a cellio layout")
             chunk_key(m, (0, 0, 0, 0))
         except StoreError as exc:
             log.info("%s: %s; reading through zarr-python", self.path, exc)
-            return "zarr"
+            shards = codec = None
+        ctx = ReadContext(path=self.path, root=self._root, meta=m, image_shape=self.image_shape,
+                          codec=codec, shards=shards, verify=self.verify, scratch=self._scratch,
+                          name_site=self._name_site)
+        if codec is None:
+            return ZarrFallback(ctx, self._storage_options)
         if is_url(self.path):
-            return "remote"
-        return "sharded" if self._shards is not None else "local"
+            return RemoteObjects(ctx, self._fetcher, self._new_fetcher)
+        return LocalShards(ctx) if shards is not None else LocalChunks(ctx)
+
+    def _new_fetcher(self) -> Any:
+        self._fs, self._root = get_fs(self.path, self._storage_options)
+        self._fetcher = make_fetcher(self._fs, self.path, self._storage_options, self._retry, self._concurrency,
+                                     self._client)
+        return self._fetcher
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "allow_incomplete": self._allow_incomplete,
@@ -194,8 +208,9 @@ class Store:
 
     def __repr__(self) -> str:
         codec = self.attrs.get("codec", "?")
-        return (f"Store({self.path!r}, sites={len(self)}, image_shape={self.image_shape}, layout={self.layout}, "
-                f"image_layout={self.image_layout}, codec={codec}, complete={self.complete}, verify={self.verify})")
+        return (f"Store({self.path!r}, sites={len(self)}, image_shape={self.image_shape}, layout={self.axes}, "
+                f"dataset={self.layout.name}, image_layout={self.image_layout}, codec={codec}, complete={self.complete}, "
+                f"verify={self.verify})")
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -244,13 +259,14 @@ class Store:
                 s, q = s[self._rows], q[self._rows]
             else:
                 done = self._journal
-                s = np.array([done[int(i)]["sum"] for i in self._rows], dtype=np.uint64).reshape(-1, 6)
-                q = np.array([done[int(i)]["sumsq"] for i in self._rows], dtype=np.uint64).reshape(-1, 6)
+                C = self.image_shape[2]
+                s = np.array([done[int(i)]["sum"] for i in self._rows], dtype=np.uint64).reshape(-1, C)
+                q = np.array([done[int(i)]["sumsq"] for i in self._rows], dtype=np.uint64).reshape(-1, C)
             self._sums = (s, q)
         return self._sums
 
     def channel_stats(self, level: str = "site") -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel (mean, std), float32 (len(store), 6), each site getting its group's statistics.
+        """Per-channel (mean, std), float32 (len(store), C), each site getting its group's statistics.
 
         Groups: "site" (itself), "plate" (experiment + plate), "experiment", "global". Pooled exactly over the
         group's pixels from integer per-site sums and sums of squares: mean = S/n, std = sqrt(Q/n - mean^2).
@@ -258,43 +274,22 @@ class Store:
         if level not in STATS_LEVELS:
             raise StoreError(f"channel_stats level {level!r} is unknown; expected one of {', '.join(STATS_LEVELS)}")
         s, q = self._stat_sums()
-        npix = float(self.image_shape[0] * self.image_shape[1])
-        if level == "site":
-            gs, gq, count = s.astype(np.float64), q.astype(np.float64), np.ones(len(s))
-        else:
-            if level == "global":
-                codes = np.zeros(len(s), dtype=np.int64)
-            else:
-                keys = ["experiment", "plate"] if level == "plate" else ["experiment"]
-                codes = self.sites.groupby(keys, sort=False).ngroup().to_numpy()
-            ng = int(codes.max()) + 1 if len(codes) else 0
-            # integer accumulation keeps the pooled sums exact (max ~2e15 over all of RxRx1 < 2**53)
-            tot_s = np.zeros((ng, s.shape[1]), dtype=np.uint64)
-            tot_q = np.zeros((ng, s.shape[1]), dtype=np.uint64)
-            np.add.at(tot_s, codes, s)
-            np.add.at(tot_q, codes, q)
-            cnt = np.bincount(codes, minlength=ng).astype(np.float64)
-            gs, gq, count = tot_s[codes].astype(np.float64), tot_q[codes].astype(np.float64), cnt[codes]
-        n = (count * npix)[:, None]
-        mean = gs / n
-        std = np.sqrt(np.maximum(gq / n - mean * mean, 0.0))
-        return mean.astype(np.float32), std.astype(np.float32)
+        codes: np.ndarray | None = None
+        if level == "global":
+            codes = np.zeros(len(s), dtype=np.int64)
+        elif level != "site":
+            keys = ["experiment", "plate"] if level == "plate" else ["experiment"]
+            codes = self.sites.groupby(keys, sort=False).ngroup().to_numpy()
+        return pooled_stats(s, q, codes, float(self.image_shape[0] * self.image_shape[1]))
 
     # -- images -----------------------------------------------------------------------------------------------
-    def _chunk_path(self, pos: int) -> str:
-        return os.path.join(self._root, "images", *chunk_key(self._meta, (pos, 0, 0, 0)).split("/"))
-
     def _check_fork(self) -> None:
         if os.getpid() != self._pid:  # a forked child must not reuse the parent's threads or zarr handles
             self._pid = os.getpid()
             self._lock = threading.Lock()
             self._pool = None
-            self._zarr_images = None
             self._local_scratch = threading.local()
-            if self._fetcher is not None:  # a fresh client: the parent's connections and event loop stay its own
-                self._fs, self._root = get_fs(self.path, self._storage_options)
-                self._fetcher = make_fetcher(self._fs, self.path, self._storage_options, self._retry,
-                                             self._concurrency, self._client)
+            self._reader = self._reader.after_fork()  # fresh clients and zarr handles: the parent's stay its own
 
     def _get_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -338,7 +333,7 @@ class Store:
 
     def read(self, indices: Sequence[int] | np.ndarray, crop: Any = None,
              out: np.ndarray | None = None) -> np.ndarray:
-        """uint8 (B, h, w, 6) batch of sites `indices` (rows of `sites`), optionally cropped (y, x, h, w).
+        """uint8 (B, h, w, C) batch of sites `indices` (rows of `sites`), optionally cropped (y, x, h, w).
 
         Raises StoreDamagedError (ChecksumError for a checksum mismatch) naming the chunk file and the site.
         """
@@ -356,13 +351,7 @@ class Store:
         elif out.shape != (len(idx), h, w, C) or out.dtype != np.uint8 or not out.flags.c_contiguous:
             raise StoreError(f"out must be a C-contiguous uint8 array of shape {(len(idx), h, w, C)}; found "
                              f"{out.dtype} {out.shape}")
-        if self._mode == "remote":
-            site = self._remote_batch(pos, crops, out)  # every byte range fetched here, decoded by site(b)
-        else:
-            reader = {"local": self._read_fast, "sharded": self._read_sharded, "zarr": self._read_zarr}[self._mode]
-
-            def site(b: int) -> None:
-                reader(int(pos[b]), crops[b], out[b])
+        site = self._reader.batch(pos, crops, out)  # remote: every byte range fetched here, decoded by site(b)
 
         def run(part: range) -> None:
             for b in part:
@@ -382,7 +371,7 @@ class Store:
         return out
 
     def read_one(self, i: int, crop: Any = None) -> np.ndarray:
-        """uint8 (h, w, 6) of site i."""
+        """uint8 (h, w, C) of site i."""
         return self.read([i], crop)[0]
 
     # -- damage reports --------------------------------------------------------------------------------------------
@@ -407,180 +396,6 @@ class Store:
                f"`--repair RAW` to rewrite them from the PNGs]")
         return type(exc)(msg, file=exc.file, id_code=id_code, site=site)
 
-    # -- chunk readers ---------------------------------------------------------------------------------------------
-    def _decode(self, data: Any, path: str, crop: np.ndarray, dst: np.ndarray) -> None:
-        """A whole chunk's bytes -> the crop of it in dst (checksum verified when self.verify)."""
-        H, W, C = self.image_shape
-        y, x, h, w = (int(v) for v in crop)
-        if h == H and w == W:
-            self._codec.decode(data, dst, file=path, verify=self.verify)
-        else:
-            tmp = self._scratch(H * W * C)
-            self._codec.decode(data, tmp, file=path, verify=self.verify)
-            dst[...] = tmp.reshape(H, W, C)[y:y + h, x:x + w]
-
-    def _read_fast(self, pos: int, crop: np.ndarray, dst: np.ndarray) -> None:
-        H, W, C = self.image_shape
-        y, x, h, w = (int(v) for v in crop)
-        path = self._chunk_path(pos)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise StoreDamagedError(f"{path}: the chunk file is missing (expected one chunk per stored site); the "
-                                    f"store is damaged", file=path) from None
-        try:
-            if self._codec.compressor is None and not (self._codec.checksum and self.verify):
-                # rows y..y+h are one contiguous byte range of an NHWC chunk. Read them into a fresh bytes object,
-                # then copy: measured ~2x faster than preadv straight into a large, cache-cold batch array
-                # (the kernel's copy_to_user pays write-allocate on cold lines; numpy's large memcpy streams).
-                row = W * C
-                want = h * row
-                data = os.pread(fd, want, y * row)
-                while len(data) < want:  # pread may return short on some file systems
-                    more = os.pread(fd, want - len(data), y * row + len(data))
-                    if not more:
-                        raise StoreDamagedError(f"{path}: chunk is truncated (read {len(data)} of {want} bytes at "
-                                                f"offset {y * row}; expected {H * W * C} bytes of pixels)", file=path)
-                    data += more
-                src = np.frombuffer(data, dtype=np.uint8).reshape(h, W, C)
-                dst[...] = src if w == W else src[:, x:x + w]
-            else:  # compressed, or checksummed: the whole chunk
-                self._decode(os.read(fd, os.fstat(fd).st_size), path, crop, dst)
-        finally:
-            os.close(fd)
-
-    # -- sharded layout ---------------------------------------------------------------------------------------
-    def _shard_file(self, shard: int) -> str:
-        assert self._shards is not None
-        return os.path.join(self._root, "images", *self._shards.shard_key(shard).split("/"))
-
-    def _index(self, shard: int) -> np.ndarray:
-        """The decoded index of a local shard (read once: shards are written whole, never edited in place)."""
-        got = self._indexes.get(shard)
-        if got is None:
-            assert self._shards is not None
-            path = self._shard_file(shard)
-            try:
-                with open(path, "rb") as f:
-                    data = f.read(self._shards.index_nbytes)
-            except FileNotFoundError:
-                raise StoreDamagedError(f"{path}: the shard file is missing (expected one per "
-                                        f"{self._shards.sites} sites); the store is damaged", file=path) from None
-            got = self._shards.decode_index(data, file=path)
-            self._indexes[shard] = got  # a dict assignment is atomic: two threads may both read, both agree
-        return got
-
-    def _read_sharded(self, pos: int, crop: np.ndarray, dst: np.ndarray) -> None:
-        lay = self._shards
-        assert lay is not None
-        shard, k = lay.locate(pos)
-        entries = self._index(shard)[k]
-        y, x, h, w = (int(v) for v in crop)
-        path = self._shard_file(shard)
-        tiles = lay.tile_range(y, x, h, w)
-        start, end = lay.site_span(entries, tiles, file=path)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            data = os.pread(fd, end - start, start)
-        finally:
-            os.close(fd)
-        if len(data) != end - start:
-            raise StoreDamagedError(f"{path}: the shard is truncated (read {len(data)} of {end - start} bytes at "
-                                    f"offset {start})", file=path)
-        lay.decode_site(data, start, entries, tiles, (y, x, h, w), dst, self._scratch(lay.tile[0] * lay.tile[1] * 6),
-                        file=path, verify=self.verify)
-
-    # -- object stores: one concurrent fetch per batch -------------------------------------------------------------
-    def _remote_batch(self, pos: np.ndarray, crops: np.ndarray, out: np.ndarray) -> Any:
-        """Fetch every byte range the batch needs in one concurrent call (after the shard indexes it lacks, in
-        another), and return the decoder the reader threads run for batch slot b: decode(b) -> None into out[b]
-        (slots, not sites: a batch may read one site twice with different crops)."""
-        assert self._fetcher is not None
-        H, W, C = self.image_shape
-        images = f"{self._root}/images"
-        requests: list[tuple[str, int, int | None]] = []
-        lay = self._shards
-        if lay is not None:
-            need = sorted({lay.locate(int(p))[0] for p in pos} - set(self._indexes))
-            if need:
-                keys = [f"{images}/{lay.shard_key(s)}" for s in need]
-                got = self._fetcher.fetch([(key, 0, lay.index_nbytes) for key in keys])
-                for s, key, data in zip(need, keys, got):
-                    url = self._fetcher.url(key)
-                    if data is None:
-                        raise self._name_site(StoreDamagedError(
-                            f"{url}: the shard object is missing (expected one per {lay.sites} sites); the store "
-                            f"is damaged", file=url), int(next(p for p in pos if lay.locate(int(p))[0] == s)))
-                    self._indexes[s] = lay.decode_index(data, file=url)
-        plans: list[tuple[int, Any]] = []
-        for p, crop in zip(pos.tolist(), crops):
-            y, x, h, w = (int(v) for v in crop)
-            if lay is not None:
-                shard, k = lay.locate(p)
-                key = f"{images}/{lay.shard_key(shard)}"
-                entries = self._indexes[shard][k]
-                tiles = lay.tile_range(y, x, h, w)
-                try:
-                    start, end = lay.site_span(entries, tiles, file=self._fetcher.url(key))
-                except StoreDamagedError as exc:
-                    raise self._name_site(exc, p) from None
-                requests.append((key, start, end))
-                plans.append((start, (entries, tiles)))
-            else:
-                key = f"{images}/{chunk_key(self._meta, (p, 0, 0, 0))}"
-                if self._codec.compressor is None and not (self._codec.checksum and self.verify) \
-                        and h < H:  # an uncompressed crop without verification: only its rows
-                    requests.append((key, y * W * C, (y + h) * W * C))
-                    plans.append((y, None))
-                else:
-                    requests.append((key, 0, None))
-                    plans.append((-1, None))
-        fetched = list(zip(self._fetcher.fetch(requests), (r[0] for r in requests), plans))
-
-        def decode(b: int) -> None:
-            data, key, (first, extra) = fetched[b]
-            crop, dst = crops[b], out[b]
-            url = self._fetcher.url(key)
-            if data is None:
-                raise StoreDamagedError(f"{url}: the {'shard' if lay else 'chunk'} object is missing (expected one "
-                                        f"per {'%d sites' % lay.sites if lay else 'stored site'}); the store is "
-                                        f"damaged", file=url)
-            y, x, h, w = (int(v) for v in crop)
-            if lay is not None:
-                entries, tiles = extra
-                lay.decode_site(data, first, entries, tiles, (y, x, h, w), dst,
-                                self._scratch(lay.tile[0] * lay.tile[1] * C), file=url, verify=self.verify)
-            elif first >= 0:  # rows y..y+h of an uncompressed chunk
-                if len(data) != h * W * C:
-                    raise StoreDamagedError(f"{url}: chunk is truncated (got {len(data)} of {h * W * C} bytes at "
-                                            f"offset {y * W * C})", file=url)
-                src = np.frombuffer(data, dtype=np.uint8).reshape(h, W, C)
-                dst[...] = src if w == W else src[:, x:x + w]
-            else:
-                self._decode(data, url, crop, dst)
-
-        return decode
-
-    def _read_zarr(self, pos: int, crop: np.ndarray, dst: np.ndarray) -> None:
-        """Sharded or rechunked arrays. zarr-python verifies a crc32c codec itself (it cannot be turned off) and
-        raises its own error; a chunk missing inside a shard would read as zeros (shard files are checked by
-        `cellio verify`)."""
-        if self._zarr_images is None:
-            import zarr
-
-            with self._lock:
-                if self._zarr_images is None:
-                    url = self.path.rstrip("/") + "/images"
-                    self._zarr_images = zarr.open_array(url, mode="r",
-                                                        storage_options=self._storage_options or None) \
-                        if is_url(url) else zarr.open_array(os.path.join(self._root, "images"), mode="r")
-        y, x, h, w = (int(v) for v in crop)
-        try:
-            dst[...] = self._zarr_images[pos, y:y + h, x:x + w, :]
-        except (RuntimeError, ValueError) as exc:  # crc32c mismatch or undecodable chunk, in zarr's words
-            raise StoreDamagedError(f"{self.path}/images: zarr-python cannot read the chunk of site {pos} "
-                                    f"({type(exc).__name__}: {exc})", file=f"{self.path}/images") from None
-
 
 def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False,
                storage_options: dict[str, Any] | None = None, threads: int | None = None,
@@ -595,7 +410,7 @@ def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False,
     ...}); without them the client reads the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS). Never logged.
     retry: how transient object-store failures are retried (RetryPolicy: 5 attempts, backoff from 0.25 s);
     concurrency: range requests in flight at once per batch. client: "auto" (obstore for s3:// when installed,
-    fsspec otherwise), "obstore" or "fsspec" (cellio/_remote.py says why). All three apply to URLs only.
+    fsspec otherwise), "obstore" or "fsspec" (cellio/store/remote.py says why). All three apply to URLs only.
     A URL that cannot be reached raises RemoteStoreError naming it.
     """
     return Store(path, allow_incomplete=allow_incomplete, storage_options=storage_options, threads=threads,

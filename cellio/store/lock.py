@@ -33,12 +33,14 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
-from ._format import LOCK_NAME, FileTarget
-from .errors import StoreLockedError
-from .processes import pid_alive
+from ..errors import StoreLockedError
+from ..processes import pid_alive
+from ..records import to_dict
+from .files import FileTarget
+from .format import LOCK_NAME
 
 __all__ = ["LockHolder", "LocalLock", "ObjectLock", "lock_store"]
 
@@ -66,10 +68,12 @@ class LockHolder:
                    purpose=purpose, token=uuid.uuid4().hex, expires=time.time() + ttl if ttl else None)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LockHolder":
+        # lenient on purpose (not cellio.records.from_dict): a lock file is read to name its holder, whatever
+        # wrote it; a field it lacks is shown as "?", never an error that hides who holds the store
         return cls(host=str(d.get("host", "?")), pid=int(d.get("pid", -1)), started_at=str(d.get("started_at", "?")),
                    purpose=str(d.get("purpose", "?")), token=str(d.get("token", "")),
                    expires=float(d["expires"]) if d.get("expires") is not None else None)
@@ -217,7 +221,7 @@ class ObjectLock:
         self._beat: threading.Thread | None = None
 
     def _read(self) -> LockHolder | None:
-        from ._remote import with_retries
+        from .remote import with_retries
 
         try:  # transient failures retried, then RemoteStoreError naming the lock object
             return _parse(with_retries(lambda: self.fs.cat_file(self.key), self.fs.unstrip_protocol(self.key),
