@@ -181,12 +181,12 @@ def test_ingest_workers_ignore_ctrl_c_from_birth():
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from cellio.ingestion import _start_forkserver_ignoring_sigint
+    from cellio.ingestion.backends import start_forkserver_ignoring_sigint
 
     if "forkserver" not in mp.get_all_start_methods():
         pytest.skip("no forkserver on this platform")
     before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
-    _start_forkserver_ignoring_sigint()
+    start_forkserver_ignoring_sigint()
     with ProcessPoolExecutor(1, mp_context=mp.get_context("forkserver")) as pool:
         assert pool.submit(_sigint_disposition).result() == str(signal.SIG_IGN)
     assert signal.getsignal(signal.SIGINT) is before  # the parent still takes Ctrl-C as it did

@@ -28,13 +28,16 @@ class DatasetReader:
     read_sites(raw_dir): the site table (raises MetadataError naming file, row and column for bad metadata);
     is_raw_dir(path): whether `path` looks like this data set's raw directory (cheap: a few file names);
     raw_description: how the raw directory looks, for messages ("the unzipped RxRx1 directory (train/, test/,
-    *.csv)"). The callables are module-level functions, so a reader pickles into worker processes."""
+    *.csv)"); stats_source: where the site table's pixel_mean_* / pixel_std_* columns come from, named when a site
+    does not match them ("pixel_stats.csv"). The callables are module-level functions, so a reader pickles into
+    worker processes."""
 
     layout: DatasetLayout
     source_kind: str
     read_sites: Callable[[Path], "pd.DataFrame"]
     is_raw_dir: Callable[[Path], bool]
     raw_description: str
+    stats_source: str = "the data set's own statistics"
 
     @property
     def name(self) -> str:

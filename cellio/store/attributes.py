@@ -10,7 +10,8 @@ from ..datasets import DatasetLayout, get_layout
 from ..errors import LayoutError, StoreError
 from .format import FORMAT_NAME, FORMAT_VERSION
 
-__all__ = ["LAYOUT_ATTRIBUTE", "LEGACY_DATASET", "check_format", "layout_attribute", "store_layout"]
+__all__ = ["LAYOUT_ATTRIBUTE", "LEGACY_DATASET", "check_format", "layout_attribute", "recorded_dataset",
+           "store_layout"]
 
 LAYOUT_ATTRIBUTE = "dataset_layout"
 LEGACY_DATASET = "rxrx1"  # the data set of every store written before format 1.3 (no dataset_layout attribute)
@@ -34,6 +35,12 @@ def check_format(group: dict[str, Any], path: str) -> dict[str, Any]:
 def layout_attribute(layout: DatasetLayout) -> dict[str, Any]:
     """The `dataset_layout` attribute of a store of `layout` (its dict form)."""
     return layout.to_dict()
+
+
+def recorded_dataset(attrs: dict[str, Any]) -> str:
+    """The name of the data set a store holds, from its root attributes (without parsing the whole layout)."""
+    recorded = attrs.get(LAYOUT_ATTRIBUTE)
+    return str(recorded.get("name")) if isinstance(recorded, dict) else LEGACY_DATASET
 
 
 def store_layout(attrs: dict[str, Any], image_shape: tuple[int, int, int], dtype: str, path: str) -> DatasetLayout:

@@ -32,4 +32,5 @@ def is_raw_dir(path: Path) -> bool:
 
 
 READER = DatasetReader(layout=RXRX1, source_kind="rxrx1-png", read_sites=read_sites, is_raw_dir=is_raw_dir,
-                       raw_description="the unzipped RxRx1 directory (train/, test/, *.csv)")
+                       raw_description="the unzipped RxRx1 directory (train/, test/, *.csv)",
+                       stats_source="pixel_stats.csv")
