@@ -4,9 +4,10 @@ Public API (imported lazily so `import cellio` stays light and never pulls in to
 
     read_metadata, derive_plate_groups, PlateGroups      -- cellio.datasets.rxrx1 (metadata, plate_groups)
     synthesize                                           -- cellio.datasets.rxrx1.synth
-    ingest, repair_store, open_store, Store              -- cellio.ingestion / cellio.store
-    verify_store                                         -- cellio.store.verify
-    create_loader, Loader, select_sites, AugmentConfig   -- cellio.loader / cellio.transforms
+    ingest, repair_store                                 -- cellio.ingestion (the write path)
+    open_store, Store, verify_store                      -- cellio.store (the read path, verification)
+    create_loader, Loader, select_sites, AugmentConfig, get_preset, list_presets, dali_available
+                                                         -- cellio.loading
     validate_submission, download, submit, check_credentials  -- cellio.datasets.rxrx1.kaggle
     DatasetLayout, get_layout, list_datasets             -- cellio.datasets (a data set's shape, the registry)
     to_dict, from_dict                                   -- cellio.records (dataclasses <-> JSON-able dicts)
@@ -34,23 +35,23 @@ _LAZY: dict[str, str] = {
     "verify_store": "cellio.store.verify",
     "open_store": "cellio.store",
     "Store": "cellio.store",
-    "create_loader": "cellio.loader",
-    "Loader": "cellio.loader",
-    "select_sites": "cellio.loader",
-    "AugmentConfig": "cellio.transforms",
-    "get_preset": "cellio.transforms",
-    "list_presets": "cellio.transforms",
+    "create_loader": "cellio.loading",
+    "Loader": "cellio.loading",
+    "select_sites": "cellio.loading",
+    "AugmentConfig": "cellio.loading",
+    "get_preset": "cellio.loading",
+    "list_presets": "cellio.loading",
     "validate_submission": "cellio.datasets.rxrx1.kaggle",
     "download": "cellio.datasets.rxrx1.kaggle",
     "submit": "cellio.datasets.rxrx1.kaggle",
     "check_credentials": "cellio.datasets.rxrx1.kaggle",
-    "dali_available": "cellio.pipeline",
+    "dali_available": "cellio.loading.pipeline",
     "DatasetLayout": "cellio.datasets",
     "get_layout": "cellio.datasets",
     "list_datasets": "cellio.datasets",
     "to_dict": "cellio.records",
-    "pid_alive": "cellio.processes",
     "from_dict": "cellio.records",
+    "pid_alive": "cellio.processes",
 }
 
 __all__ = ["__version__", *_error_names, *_LAZY]

@@ -19,8 +19,8 @@ PACKAGES = ["cellio", "trainer"]
 @dataclass(frozen=True)
 class Import:
     where: str         # "cellio/loader.py:23"
-    importer: str      # module doing the import, "cellio.loader"
-    module: str        # module named by the statement, "cellio.sampling"
+    importer: str      # module doing the import, "cellio.loading.loader"
+    module: str        # module named by the statement, "cellio.loading.sampling"
     names: tuple[str, ...]  # the names taken from it (empty for `import x`)
 
 
@@ -165,9 +165,9 @@ def test_no_import_cycles(package):
 def test_the_checks_see_what_they_look_for():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
-    loader = _imports("cellio.loader")
-    assert any(i.module == "cellio.sampling" and "ShardedSampler" in i.names for i in loader)
-    assert any(i.module == "cellio.pipeline" for i in loader)  # lazy, inside a function
+    loader = _imports("cellio.loading.loader")
+    assert any(i.module == "cellio.loading.sampling" and "ShardedSampler" in i.names for i in loader)
+    assert any(i.module == "cellio.loading.pipeline" for i in loader)  # lazy, inside a function
     assert any(i.module == "cellio.params" for i in loader)
     assert "cellio.datasets.rxrx1.kaggle.fetch" in _edges("cellio")["cellio.datasets.rxrx1.kaggle"]
     assert _is_private("_decode_strings") and not _is_private("__all__")

@@ -236,6 +236,7 @@ class Store:
         df = pd.DataFrame(cols)
         df.attrs["raw_dir"] = self.attrs.get("source", {}).get("raw_dir")
         df.attrs["store"] = self.path
+        df.attrs["layout"] = self.layout  # the loader's filters check against it (cellio.select_sites)
         return df
 
     @property

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ...errors import MetadataError
 from .layout import (
+    RXRX1,
     ALL_WELLS,
     CELL_TYPES,
     CHANNELS,
@@ -428,6 +429,7 @@ def read_metadata(raw_dir: str | os.PathLike[str], *, check_files: bool = False,
         _check_files(raw, table, problems)
         problems.raise_if_any(str(raw))
     table.attrs["raw_dir"] = str(raw)
+    table.attrs["layout"] = RXRX1  # what a loader's filters check against (cellio.select_sites)
     log.info("read %d sites (%d wells, %d experiments) from %s", len(table), table["id_code"].nunique(),
              table["experiment"].nunique(), raw)
     return table

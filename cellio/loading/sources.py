@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import PipelineConfigError
+from ..errors import PipelineConfigError
 from .sampling import ShardedSampler
 from .transforms import (MIN_BLUR_SIGMA, AugmentConfig, blur_window, epoch_params, eval_params, field_coords,
                          noise_windows, normalization_affine, warp_matrices)
@@ -36,15 +36,15 @@ META_FIELDS: tuple[str, ...] = ("label", "cell_type", "index", "view", "site", "
 @dataclass(frozen=True)
 class SiteMeta:
     """Per selected site (row j of the loader's filtered table): store row, label (-1 unknown), cell type index,
-    site (1|2), plate, and the normalization statistics (0..255 scale) of the chosen level."""
+    site (field within the well), plate, and the normalization statistics (0..255 scale) of the chosen level."""
 
     rows: np.ndarray        # int64 (m,)
     label: np.ndarray       # int64 (m,)
     cell_type: np.ndarray   # int64 (m,)
     site: np.ndarray        # int64 (m,)
     plate: np.ndarray       # int64 (m,)
-    mean: np.ndarray        # float32 (m, 6)
-    std: np.ndarray         # float32 (m, 6)
+    mean: np.ndarray        # float32 (m, C)
+    std: np.ndarray         # float32 (m, C)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -54,9 +54,9 @@ class SiteMeta:
 class SourceBatch:
     """One batch before augmentation: read windows and everything needed to augment and label them."""
 
-    windows: list[np.ndarray] | np.ndarray  # uint8 (B, h, w, 6) or a list of (h_i, w_i, 6) (random resized crops)
+    windows: list[np.ndarray] | np.ndarray  # uint8 (B, h, w, C) or a list of (h_i, w_i, C) (random resized crops)
     params: dict[str, np.ndarray]           # make_params layout, leading B
-    mean: np.ndarray                        # float32 (B, 6) channel statistics (0..255 scale) of each sample
+    mean: np.ndarray                        # float32 (B, C) channel statistics (0..255 scale) of each sample
     std: np.ndarray
     meta: np.ndarray                        # int64 (B, len(META_FIELDS))
 
@@ -92,6 +92,7 @@ class SiteSource:
         self.start_batch = int(start_batch)
         self.outputs = tuple(outputs)
         self.image_hw = tuple(int(v) for v in store.image_shape[:2])
+        self.channels = int(store.image_shape[2])  # the store's (its layout's) channel count
         # output size: the crop, or the whole site for tta="full"
         self.out_hw: tuple[int, int] = self.image_hw if (not self.train and tta == "full") \
             else (cfg.crop_size, cfg.crop_size)
@@ -113,7 +114,7 @@ class SiteSource:
             items, pos = self.sampler.rank_order(epoch)
             params = None
             if self.train:  # this rank's draws, keyed on global positions (see transforms.epoch_params)
-                params = epoch_params(self.cfg, self.sampler.seed, epoch, pos, self.image_hw)
+                params = epoch_params(self.cfg, self.sampler.seed, epoch, pos, self.image_hw, self.channels)
             self._cache = (epoch, items, pos, params, self.sampler.batch_bounds(epoch))
 
     def num_batches(self) -> int:
@@ -135,7 +136,7 @@ class SiteSource:
         if self.train:
             params = {k: v[sel] for k, v in rank_params.items()}
         else:
-            params = eval_params(self.cfg, views, self.image_hw, self.tta or "center")
+            params = eval_params(self.cfg, views, self.image_hw, self.tta or "center", self.channels)
         rows = self.meta.rows[j]
         win = params["window"]
         if np.all(win[:, 2:] == win[0, 2:]):
@@ -187,7 +188,7 @@ class SiteSource:
             "field_gx": lambda: list(np.ascontiguousarray(p["field"][:, 0])),
             "field_gy": lambda: list(np.ascontiguousarray(p["field"][:, 1])),
             "field_v": lambda: list(np.ascontiguousarray(p["field"][:, 2])),
-            "noise": lambda: list(noise_windows(p["noise_offset"], size)),
+            "noise": lambda: list(noise_windows(p["noise_offset"], size, self.channels)),
             "noise_shot": lambda: [np.float32(v) for v in p["noise_shot"]],
             "noise_read": lambda: [np.float32(v) for v in p["noise_read"]],
         }

@@ -18,8 +18,8 @@ import logging
 import os
 from typing import Any
 
-from .params import parse_choice, parse_device, parse_int
-from .errors import MissingDependencyError
+from ..params import parse_choice, parse_device, parse_int
+from ..errors import MissingDependencyError
 from .transforms import AugmentConfig
 
 __all__ = ["DALI_PACKAGE", "dali_available", "require_dali", "augment_graph", "photometric_graph",

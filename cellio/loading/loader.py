@@ -1,4 +1,4 @@
-"""`create_loader`: the store -> augmented (B, 6, S, S) batches, DataLoader-like, with a DALI or a torch backend.
+"""`create_loader`: the store -> augmented (B, C, S, S) batches, DataLoader-like, with a DALI or a torch backend.
 
     loader = cellio.create_loader(store, 32, train=True, augment="d4_shift", rank=rank, world_size=world)
     for epoch in range(10):
@@ -7,8 +7,8 @@
             ...
     state = loader.state_dict()         # resume mid-epoch: loader.load_state_dict(state)
 
-Both backends take their windows and random parameters from the same :class:`cellio.sources.SiteSource`, so they
-yield the same pixels (see docs/pipelines.md for the tolerances of interpolated ops).
+Both backends take their windows and random parameters from the same :class:`cellio.loading.sources.SiteSource`,
+so they yield the same pixels (see docs/pipelines.md for the tolerances of interpolated ops).
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .params import parse_choice, parse_device, parse_int
-from .errors import PipelineConfigError
+from ..params import parse_choice, parse_device, parse_int
+from ..errors import PipelineConfigError
 from .sampling import BALANCE_MODES, LAST_BATCH_POLICIES, ShardedSampler, balance_weights
-from .schema import CELL_TYPES, DATASETS, WellType
+from .selection import select_sites, site_meta
 from .sources import META_FIELDS, SiteMeta, SiteSource
 from .transforms import (AugmentConfig, TTA_MODES, apply_torch, check_fits, eval_views, get_preset,
                          torch_dtype)
@@ -73,77 +73,6 @@ def _require_device(device: str) -> None:
             f"this process sees {n} CUDA device{'s' if n > 1 else ''} (cuda:0..cuda:{n - 1})"
         raise PipelineConfigError(f"device: {device!r} asked for, but {found}; use device='cpu', or leave device "
                                   f"unset ('cuda' where a GPU is available, else 'cpu')")
-
-
-def _as_tuple(name: str, value: Any, allowed: Sequence[str] | None = None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    vals = (value,) if isinstance(value, str) else tuple(value)
-    if not vals:
-        raise PipelineConfigError(f"{name}: expected a non-empty list or None, found {value!r}")
-    if allowed is not None:
-        bad = [v for v in vals if v not in allowed]
-        if bad:
-            raise PipelineConfigError(f"{name}: expected values in {tuple(allowed)}, found {bad}")
-    return vals
-
-
-def select_sites(sites: pd.DataFrame, *, datasets: Any = ("train",), cell_types: Any = None,
-                 experiments: Any = None, controls: bool | str = True,
-                 indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-    """Store rows (ascending) passing the filters. controls: True keep, False drop, "only" keep only controls."""
-    datasets = _as_tuple("datasets", datasets, DATASETS)
-    cell_types = _as_tuple("cell_types", cell_types, CELL_TYPES)
-    experiments = _as_tuple("experiments", experiments)
-    keep = np.ones(len(sites), dtype=bool)
-    if indices is not None:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= len(sites)):
-            raise PipelineConfigError(f"indices: expected store rows in 0..{len(sites) - 1}, found "
-                                      f"{int(idx.min())}..{int(idx.max())}")
-        keep[:] = False
-        keep[idx] = True
-    if datasets is not None:
-        keep &= sites["dataset"].isin(datasets).to_numpy()
-    if cell_types is not None:
-        keep &= sites["cell_type"].isin(cell_types).to_numpy()
-    if experiments is not None:
-        unknown = sorted(set(experiments) - set(sites["experiment"].unique()))
-        if unknown:
-            raise PipelineConfigError(f"experiments: {unknown} are not in the store")
-        keep &= sites["experiment"].isin(experiments).to_numpy()
-    is_control = (sites["well_type"] != WellType.TREATMENT.value).to_numpy()
-    if controls is False:
-        keep &= ~is_control
-    elif controls == "only":
-        keep &= is_control
-    elif controls is not True:
-        raise PipelineConfigError(f"controls: expected True, False or 'only', found {controls!r}")
-    return np.flatnonzero(keep).astype(np.int64)
-
-
-def _site_meta(store: Any, rows: np.ndarray, normalize: str | None,
-               labels: Mapping[int, int] | None = None) -> SiteMeta:
-    sites = store.sites.iloc[rows]
-    label = sites["sirna"].astype("Int64").fillna(-1).to_numpy(dtype=np.int64)
-    if labels:
-        given = pd.Series(labels, dtype="int64")
-        pos = pd.Index(rows).get_indexer(given.index)
-        if (pos < 0).any():
-            raise PipelineConfigError(f"labels: store rows {given.index[pos < 0][:5].tolist()} are not in the "
-                                      "loader's selection (filters and indices)")
-        label[pos] = given.to_numpy()
-    ct_index = {c: i for i, c in enumerate(CELL_TYPES)}
-    cell_type = np.array([ct_index.get(c, -1) for c in sites["cell_type"]], dtype=np.int64)
-    if normalize is None:  # x / 255 -> [0, 1]
-        mean = np.zeros((len(rows), 6), np.float32)
-        std = np.full((len(rows), 6), 255.0, np.float32)
-    else:
-        level = "site" if normalize == "sample" else normalize
-        m, s = store.channel_stats(level)
-        mean, std = np.asarray(m, np.float32)[rows], np.asarray(s, np.float32)[rows]
-    return SiteMeta(rows=rows, label=label, cell_type=cell_type, site=sites["site"].to_numpy(np.int64),
-                    plate=sites["plate"].to_numpy(np.int64), mean=mean, std=std)
 
 
 class _TorchBatches:
@@ -440,14 +369,12 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
 
     # --- the store and the selection
     if isinstance(store, (str, os.PathLike)):
-        from .store import open_store
+        from ..store import open_store
 
         store = open_store(store, verify=bool(verify))
     elif hasattr(store, "with_verify"):
         store = store.with_verify(bool(verify))
-    h, w, c = (int(v) for v in store.image_shape)
-    if c != 6:
-        raise PipelineConfigError(f"store image_shape: expected 6 channels, found {store.image_shape}")
+    h, w, _ = (int(v) for v in store.image_shape)  # any channel count: the store's layout says how many
     check_fits(cfg, (h, w), None if train else tta)
     if not train and tta == "full" and dihedral and h != w:
         raise PipelineConfigError(f"tta='full' with dihedral=True needs square sites, found {h}x{w}")
@@ -456,7 +383,7 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     if len(rows) == 0:
         raise PipelineConfigError(f"the filters (datasets={datasets}, cell_types={cell_types}, experiments="
                                   f"{experiments}, controls={controls}) leave no site in {store!r}")
-    meta = _site_meta(store, rows, cfg.normalize, labels)
+    meta = site_meta(store, rows, cfg.normalize, labels)
     views = eval_views(tta, dihedral) if not train else np.zeros(1, dtype=np.int64)
     weights = None
     if balance == "class":

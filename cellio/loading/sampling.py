@@ -30,8 +30,8 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from .params import parse_choice, parse_int
-from .errors import PipelineConfigError
+from ..params import parse_choice, parse_int
+from ..errors import PipelineConfigError
 
 __all__ = ["LAST_BATCH_POLICIES", "BALANCE_MODES", "ShardedSampler", "balance_weights"]
 
