@@ -1,4 +1,4 @@
-"""Parameter checks, written once (cellio.params): the read side's (loader, pipeline, sampler, transforms) and the counts of the
+"""Parameter checks, written once: the read side's (loader, pipeline, sampler, transforms) and the counts of the
 write side (ingest, repair, verify, synth, the reader's threads).
 
 Each `parse_*` returns the value in its normal form or raises PipelineConfigError (ConfigError for `parse_count`)

@@ -1,4 +1,5 @@
-"""cellio.datasets.rxrx1.kaggle, offline: credential detection, disk check, resumable download (fake API), unzip, verify, submit.
+"""cellio.datasets.rxrx1.kaggle, offline: credential detection, disk check, resumable download (fake API), unzip,
+verify, submit.
 
 HOME and every KAGGLE_* variable point into tmp_path; nothing here imports kaggle or touches the network.
 """

@@ -38,7 +38,7 @@ class RepairReport:
     repaired: tuple[int, ...]    # site indices re-ingested from the PNGs
     rewritten: tuple[str, ...]   # arrays / metadata files rewritten
     seconds: float
-    after: Any                   # cellio.verification.VerifyReport of the repaired store
+    after: Any                   # cellio.store.verify.VerifyReport of the repaired store
 
     def to_dict(self) -> dict[str, Any]:
         return {"store": self.store, "repaired": list(self.repaired), "rewritten": list(self.rewritten),

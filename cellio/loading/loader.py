@@ -303,7 +303,7 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
                   verify: bool = True) -> Loader:
     """A DataLoader-like iterable over `store` (a Store or a path) for one rank. Checks everything up front.
 
-    augment: a preset name (see cellio.transforms.list_presets) or an AugmentConfig; crop_size / dtype override
+    augment: a preset name (see cellio.loading.transforms.list_presets) or an AugmentConfig; crop_size / dtype override
     it when given; normalize=True keeps the config's level (presets: "plate"), a level or None overrides it.
     train=False: deterministic, unshuffled TTA views, `tta` in "center" (default) | "grid9" | "full" and
     `dihedral` for the 8 D4 views; each (site, view) exactly once across ranks with last_batch="partial".
@@ -312,7 +312,7 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     last_batch: "drop" (train default) | "pad" | "partial" (eval default). balance: None | "class" | "plate".
     num_workers: worker processes (DALI external_source workers or DataLoader workers); 0 = in-process.
     batch_by: "plate" | "experiment": every batch holds sites of one plate (experiment); still every (site, view)
-    exactly once per epoch across ranks with last_batch="partial" (cellio.sampling).
+    exactly once per epoch across ranks with last_batch="partial" (cellio.loading.sampling).
     samples_per_epoch: a training epoch of that many sites whatever the selection's size (len(loader) fixed).
     labels: store row -> label for rows whose label should not come from the store (pseudo-labels; -1 unknown).
     verify: check every chunk's crc32c checksum as it is read (default); a damaged chunk then stops the epoch with

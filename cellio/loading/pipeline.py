@@ -1,9 +1,9 @@
 """DALI processing graphs (plain functions) and thin ``@pipeline_def`` entry points.
 
-The graphs take the read windows and the per-sample parameters drawn by ``cellio.transforms.make_params`` (inside
-:class:`cellio.sources.SiteSource`) as ``external_source`` inputs, so DALI and the torch reference apply the SAME
-parameters. Order: ``.gpu()`` right after the source (GPU mode only); one ``warp_affine`` per sample with the
-composed destination -> source matrix (``cellio.transforms.warp_matrices``: rotation of the margin window and its
+The graphs take the read windows and the per-sample parameters drawn by ``transforms.make_params`` (inside
+:class:`cellio.loading.sources.SiteSource`) as ``external_source`` inputs, so DALI and the torch reference apply
+the SAME parameters. Order: ``.gpu()`` right after the source (GPU mode only); one ``warp_affine`` per sample with
+the composed destination -> source matrix (``transforms.warp_matrices``: rotation of the margin window and its
 centre crop, or the random resized crop, then the D4 view and flips) computing only the S x S output pixels
 (nearest-neighbour, exact, when there is no rotation/resize); last one ``crop_mirror_normalize`` doing x*a+b,
 normalization, the cast and HWC -> CHW at once.
@@ -54,7 +54,7 @@ def warp_mode(cfg: AugmentConfig, *, train: bool, dihedral: bool = False) -> str
 
 
 def photometric_columns(cfg: AugmentConfig) -> tuple[str, ...]:
-    """The per-sample SiteSource columns the photometric ops of `cfg` take (cellio.sources.SiteSource)."""
+    """The per-sample SiteSource columns the photometric ops of `cfg` take (cellio.loading.sources.SiteSource)."""
     cols: list[str] = []
     if cfg.blur_sigma is not None:
         cols += ["blur_sigma", "blur_window"]
@@ -76,7 +76,7 @@ def source_outputs(cfg: AugmentConfig, *, train: bool, dihedral: bool = False) -
 
 def photometric_graph(image: Any, x: dict[str, Any], *, cfg: AugmentConfig, device: str) -> Any:
     """float HWC grey levels -> blurred, gamma-corrected, unevenly lit, noisy float HWC, in the order and with the
-    parameters of the torch reference (cellio.transforms.photometric). `x`: the photometric_columns nodes."""
+    parameters of the torch reference (cellio.loading.transforms.photometric). `x`: the photometric_columns nodes."""
     from nvidia.dali import fn, types
     import nvidia.dali.math as dmath
 

@@ -72,7 +72,7 @@ class SiteSource:
     from cfg; train=False uses the deterministic TTA views. first_epoch / start_batch: the epoch the pipeline's
     first DALI epoch (BatchInfo.epoch_idx 0) stands for, and how many batches of it were already consumed
     (resume); later DALI epochs are first_epoch + epoch_idx from batch 0. outputs: the columns a DALI call returns
-    (only those the graph uses, see cellio.pipeline.source_outputs).
+    (only those the graph uses, see cellio.loading.pipeline.source_outputs).
     """
 
     def __init__(self, store: Any, cfg: AugmentConfig, sampler: ShardedSampler, meta: SiteMeta, *, train: bool,
@@ -149,7 +149,7 @@ class SiteSource:
 
     # -- DALI external_source protocol -----------------------------------------------------------------------------
     def __call__(self, info: Any) -> tuple[list[np.ndarray], ...]:
-        """BatchInfo(iteration, epoch_idx) -> one list per name in `self.outputs` (see cellio.pipeline)."""
+        """BatchInfo(iteration, epoch_idx) -> one list per name in `self.outputs` (see cellio.loading.pipeline)."""
         epoch_idx = int(getattr(info, "epoch_idx", 0))
         iteration = int(getattr(info, "iteration", info))
         epoch = self.first_epoch + epoch_idx
@@ -173,7 +173,7 @@ class SiteSource:
         return tuple(columns[name]() for name in self.outputs)
 
     def _photometric_columns(self, p: dict[str, np.ndarray], n: int) -> dict[str, Any]:
-        """The per-sample inputs of cellio.pipeline.photometric_graph, from the drawn parameters."""
+        """The per-sample inputs of cellio.loading.pipeline.photometric_graph, from the drawn parameters."""
         if not self.train:
             return {}
         size = self.out_hw[0]  # training outputs are square crops
@@ -213,5 +213,5 @@ def _plain_exception_pickling() -> None:
             del copyreg.dispatch_table[cls]
 
 
-_PARENT_PID = os.getpid()  # the process that imported cellio.sources; forked workers differ
+_PARENT_PID = os.getpid()  # the process that imported cellio.loading.sources; forked workers differ
 _CLEANED_PID = -1

@@ -209,8 +209,8 @@ class Store:
     def __repr__(self) -> str:
         codec = self.attrs.get("codec", "?")
         return (f"Store({self.path!r}, sites={len(self)}, image_shape={self.image_shape}, layout={self.axes}, "
-                f"dataset={self.layout.name}, image_layout={self.image_layout}, codec={codec}, complete={self.complete}, "
-                f"verify={self.verify})")
+                f"dataset={self.layout.name}, image_layout={self.image_layout}, codec={codec}, "
+                f"complete={self.complete}, verify={self.verify})")
 
     def __len__(self) -> int:
         return len(self._rows)

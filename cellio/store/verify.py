@@ -319,7 +319,8 @@ def verify_store(path: str | os.PathLike[str], *, threads: int | None = None, pr
     report = VerifyReport(
         store=str(path), format_version=str(attrs.get("format_version")), checksums=has_checksums(attrs),
         n_sites=n, n_checked=counters["checked"], stored_bytes=counters["stored"],
-        decoded_bytes=(counters["checked"] - len(site_damage)) * H * W * C, seconds=time.perf_counter() - t0, threads=n_threads,
+        decoded_bytes=(counters["checked"] - len(site_damage)) * H * W * C, seconds=time.perf_counter() - t0,
+        threads=n_threads,
         sites=tuple(site_damage), arrays=tuple(arrays), missing=missing,
         verified_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), sums=got_s, sumsq=got_q)
     log.info("verified %s: %d sites in %.2f s (%.1f sites/s, %.1f MB/s): %s", path, report.n_checked,

@@ -2,7 +2,7 @@
 reference of every op (reference.py); the DALI graph that applies the same parameters is cellio/loading/pipeline.py.
 
 Random parameters are DRAWN (:func:`make_params`, numpy, no torch) separately from being APPLIED
-(:func:`apply_torch` here, or the DALI graph in ``cellio.pipeline``), the way torchvision.transforms.v2 splits
+(:func:`apply_torch` here, or the DALI graph in ``cellio.loading.pipeline``), the way torchvision.transforms.v2 splits
 ``make_params`` from ``transform``. Both backends receive the same parameters, so they produce the same pixels
 (exactly for crops, D4 views, flips, intensity and normalization up to float32 rounding; within 1 grey level for
 interpolated rotation / resized crops, whose uint8 results are rounded — see docs/pipelines.md).

@@ -112,7 +112,7 @@ def _reflect101(n: int, r: int) -> np.ndarray:
 
 def photometric(x: "torch.Tensor", params: Mapping[str, np.ndarray], cfg: AugmentConfig) -> "torch.Tensor":
     """Blur, gamma, illumination field and noise (each when on) of float (B, S, S, C) grey levels, in that order,
-    exactly as the DALI graph does them (cellio.pipeline.photometric_graph)."""
+    exactly as the DALI graph does them (cellio.loading.pipeline.photometric_graph)."""
     import torch
 
     b, h, w, c = x.shape

@@ -210,7 +210,7 @@ def verify_dataset(dest: str | Path, datasets: Sequence[str] = DATASETS) -> Veri
         raise DownloadError(
             f"{dest}: {len(missing)} of {len(experiment_of)} image files listed in the CSVs are missing "
             f"({where}{', ...' if len(per_experiment) > 12 else ''}). First missing:\n  {first}\n"
-            "Rerun `cellio download` (it resumes), or unzip again with cellio.kaggle.unzip_dataset"
+            "Rerun `cellio download` (it resumes), or unzip again with cellio.datasets.rxrx1.kaggle.unzip_dataset"
         )
     if failure is not None:
         raise DownloadError(f"verification of {dest} failed: {failure}") from failure

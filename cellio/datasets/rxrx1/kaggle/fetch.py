@@ -1,7 +1,7 @@
 """The resumable download: disk check, Kaggle's file listing, one file (or the whole bundle) at a time.
 
 A download runs in DEST/.cellio-download.part/ and is renamed into place only once complete; the manifest
-(`cellio.kaggle.manifest`) records what is done, so a rerun fetches only what is missing.
+(`manifest.py`) records what is done, so a rerun fetches only what is missing.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ Signal design (see docs/rxrx1.md):
   (`pixel_stats.csv`); the data-set writer's classifier check shows it.
 
 Every random draw comes from a generator keyed by (seed, purpose, ids), never from a shared stream; the purposes
-are the `KEY_*` constants below (the writer, `cellio.synth.writer`, draws the layout and site streams with them).
+are the `KEY_*` constants below (the writer, `writer.py`, draws the layout and site streams with them).
 Also here: the texture features of that check, per-channel pixel statistics and a minimal PNG encoder.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ _TRAITS: dict[str, _CellTypeTraits] = {
 }
 
 # Random-stream purposes (first key after the seed), for every stream of the generator: the layout and site
-# streams are drawn by cellio.synth.writer.
+# streams are drawn by cellio.datasets.rxrx1.synth.writer.
 KEY_LAYOUT, KEY_CLASS, KEY_BATCH_EXP, KEY_BATCH_PLATE, KEY_SITE, KEY_BATCH_CELL_TYPE, KEY_CLASS_CELL_TYPE = \
     1, 2, 3, 4, 5, 6, 7
 

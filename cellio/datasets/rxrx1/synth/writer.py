@@ -1,7 +1,7 @@
 """The synthetic data-set writer: `synthesize(out_dir)` lays out experiments, plates and wells like RxRx1 and
 writes them in the exact Kaggle layout.
 
-It writes `{train,test}/{experiment}/Plate{p}/{well}_s{site}_w{channel}.png` (images from `cellio.synth.cells`)
+It writes `{train,test}/{experiment}/Plate{p}/{well}_s{site}_w{channel}.png` (images from `cells.py`)
 and every Kaggle CSV (train, test, train_controls, test_controls, pixel_stats, sample_submission) plus
 `test_truth.csv`, the held-out labels of the test treatments, and `synth.json`, the generator's ground truth
 (groups, rotations); optionally train.zip/test.zip like Kaggle's archives.
@@ -248,8 +248,8 @@ def synthesize(out_dir: str | os.PathLike[str], *, classes: int = 40, train_expe
     sites and scores the test experiments': on pixel-stats mean/std it should be near chance, on affine-invariant
     texture statistics well above. `check=None` runs it only when there are at least
     AUTO_CHECK_MIN_SITES test treatment sites (importing scikit-learn costs seconds; tiny test sets skip it).
-    `profile`: "default" or "hard" (cellio.synth.cells.PROFILES: subtle, cell-type-specific phenotypes, stronger
-    plate gain, spread of cell sizes, missing wells); `missing_wells` defaults to the profile's.
+    `profile`: "default" or "hard" (cells.PROFILES: subtle, cell-type-specific phenotypes, stronger plate gain,
+    spread of cell sizes, missing wells); `missing_wells` defaults to the profile's.
 
     `layout="rxrx1"`: the real data set's layout and cardinality (RXRX1_EXPERIMENTS: 33 train and 18 test
     experiments; 1,108 treatments in 4 plate groups of 277, 30 positive controls and the B02 negative control per
