@@ -143,7 +143,6 @@ class AugmentConfig:
 
 # ---------------------------------------------------------------------------------------------------------------
 # presets: an open family, so a small registry
-# presets: an open family, so a small registry
 _PRESETS: dict[str, AugmentConfig] = {
     "d4_shift": AugmentConfig(rotation="d4", shift=True),
     "rotate_any": AugmentConfig(rotation="any", max_angle=180.0, shift=True, hflip=0.5),
@@ -176,7 +175,8 @@ def get_preset(name: str) -> AugmentConfig:
         raise PipelineConfigError(f"augment preset: expected one of {list_presets()}, found {name!r}") from None
 
 
-# geometry and parameter draws (numpy only)
+# ---------------------------------------------------------------------------------------------------------------
+# does a configuration fit a site
 def margin_size(crop_size: int) -> int:
     """Side M of the window read for arbitrary rotation: >= S*sqrt(2), with M - S even so the centre crop is exact."""
     half = math.ceil((crop_size * math.sqrt(2.0) - crop_size) / 2.0 - 1e-9)

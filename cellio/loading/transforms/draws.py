@@ -248,7 +248,6 @@ def warp_matrices(params: Mapping[str, np.ndarray], cfg: AugmentConfig, out_hw: 
 
 # ---------------------------------------------------------------------------------------------------------------
 # photometric parameters as both backends consume them (numpy)
-# photometric parameters as both backends consume them (numpy)
 NOISE_BANK_SCALE = 2  # the noise bank is (2S, 2S, C): (S + 1)^2 windows of S x S at drawn offsets
 _NOISE_SEED = 0x9015E
 
