@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DiskFullError, StoreError
-from ..records import to_dict
+from ..records import from_dict, to_dict
 from ..store.files import FileTarget
 from ..store.format import JOURNAL_DIR, STATUS_FAILED, STATUS_OK, TMP_DIR, group_metadata, has_checksums
 from ..store.journal import read_journal
@@ -91,7 +91,8 @@ def commit_sites(target: FileTarget, attrs: dict[str, Any], todo: list[int], rep
     values elsewhere; `damaged` tables rebuilt, stats/ from `report`'s freshly verified sums), then the journal
     deleted. Writes the tables, then the root (the commit point: a run killed before it retries again)."""
     n = int(attrs["n_sites"])
-    failed = {int(f["index"]): FailedSite(**f) for f in attrs.get("failed", [])}
+    failed = {int(f["index"]): from_dict(FailedSite, f, error=StoreError, where=f"{target.path}: failed site")
+              for f in attrs.get("failed", [])}
     if "status" in damaged:
         status = np.full(n, STATUS_OK, dtype=np.uint8)
         status[list(failed)] = STATUS_FAILED
