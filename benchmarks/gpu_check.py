@@ -1,7 +1,7 @@
 """The prepared GPU check: one run on an H200 (or, with --device cpu --tiny, in seconds on any CPU).
 
 Sections (run in this order; each is guarded, so one failing section still lets the others report):
-  parity      DALI on --device vs the pure-torch reference (cellio.transforms.apply_torch, on the same device) on
+  parity      DALI on --device vs the pure-torch reference (cellio.loading.transforms.apply_torch, on the same device) on
               the SAME drawn parameters, per op group: D4 + shift, flips, arbitrary rotation, random resized crop,
               intensity jitter + normalize. Exact groups: every value within float32 rounding (1e-5 abs + 1e-5
               rel); interpolated groups: <= 1 grey level (1/std' in normalized units) on < 5 % of pixels
@@ -47,7 +47,7 @@ for _p in (str(ROOT), str(HERE)):  # cellio/trainer from the checkout, and the s
         sys.path.insert(0, _p)
 
 import cellio  # noqa: E402
-from cellio.transforms import AugmentConfig  # noqa: E402
+from cellio.loading.transforms import AugmentConfig  # noqa: E402
 
 SECTIONS: tuple[str, ...] = ("parity", "coverage", "throughput", "train")
 EXACT_ATOL = EXACT_RTOL = 1e-5      # float32 rounding, as tests/test_pipeline.py
@@ -245,9 +245,9 @@ def parity_group(store: Any, name: str, cfg: AugmentConfig, interpolated: bool, 
     Both sides come from one SiteSource (the loader's own sampler, site table and config), the same way the torch
     backend gets its batches, so the drawn parameters are identical by construction; the sample order is checked.
     """
-    from cellio.pipeline import source_outputs
-    from cellio.sources import SiteSource
-    from cellio.transforms import apply_torch, normalization_affine
+    from cellio.loading.pipeline import source_outputs
+    from cellio.loading.sources import SiteSource
+    from cellio.loading.transforms import apply_torch, normalization_affine
 
     dev = "cuda" if device == "cuda" else "cpu"
     loader = cellio.create_loader(store, batch, train=True, augment=cfg, backend="dali", device=dev,

@@ -169,8 +169,8 @@ def run_row(row: str, scenario: str, args: argparse.Namespace, store: Any) -> di
         make_iter = lambda: iter(loader)  # noqa: E731
     elif row == "store_read":
         ld = cellio.create_loader(store, args.batch, backend="torch", device="cpu", num_workers=0, **common)
-        from cellio.pipeline import source_outputs
-        from cellio.sources import SiteSource
+        from cellio.loading.pipeline import source_outputs
+        from cellio.loading.sources import SiteSource
 
         src = SiteSource(store, ld.config, ld.sampler, ld._meta, train=True, views=ld.views, tta=None,
                          outputs=source_outputs(ld.config, train=True))

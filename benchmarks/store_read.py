@@ -250,7 +250,7 @@ def start_local_server() -> tuple[Any, str]:
 def remote_ranges(store: Any, batch: np.ndarray, crops: np.ndarray | None) -> list[tuple[str, int, int | None]]:
     """The byte ranges cellio's reader fetches for one batch (shard indexes already cached): the ceiling's work."""
     H, W, C = store.image_shape
-    lay = store._shards
+    lay = store._reader.ctx.shards  # the reader's own read path: the same ranges it fetches
     out: list[tuple[str, int, int | None]] = []
     for k, p in enumerate(store._rows[batch].tolist()):
         y, x, h, w = (0, 0, H, W) if crops is None else (int(v) for v in crops[k])
@@ -258,7 +258,7 @@ def remote_ranges(store: Any, batch: np.ndarray, crops: np.ndarray | None) -> li
             out.append((f"{store._root}/images/c/{p}/0/0/0", 0, None))
             continue
         shard, j = lay.locate(p)
-        start, end = lay.site_span(store._indexes[shard][j], lay.tile_range(y, x, h, w), file="")
+        start, end = lay.site_span(store._reader._indexes[shard][j], lay.tile_range(y, x, h, w), file="")
         out.append((f"{store._root}/images/{lay.shard_key(shard)}", start, end))
     return out
 
@@ -345,7 +345,7 @@ def remote_main(args: argparse.Namespace) -> None:
                     for b, cr in zip(batches, crops):
                         s.read(b, crop=cr if crop else None, out=out[:len(b)])
                 cases.append(Case(f"cellio, {what}", cellio_read, n, nbytes, "cellio", {"store": name, "crop": crop}))
-                if name == "sharded-lz4":  # the other range client, for the choice in cellio/_remote.py
+                if name == "sharded-lz4":  # the other range client, for the choice in cellio/store/remote.py
                     sf = cellio.open_store(url, storage_options=options, client="fsspec")
                     sf.read(batches[0])
                     [sf.read(b) for b in batches]  # every shard index cached

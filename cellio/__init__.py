@@ -2,12 +2,16 @@
 
 Public API (imported lazily so `import cellio` stays light and never pulls in torch or DALI):
 
-    read_metadata, derive_plate_groups, PlateGroups      -- cellio.metadata
-    synthesize                                           -- cellio.synth
-    ingest, repair_store, open_store, Store              -- cellio.ingestion / cellio.store
-    verify_store                                         -- cellio.verification
-    create_loader, Loader, select_sites, AugmentConfig   -- cellio.loader / cellio.transforms
-    download, submit, check_credentials                  -- cellio.kaggle
+    read_metadata, derive_plate_groups, PlateGroups      -- cellio.datasets.rxrx1 (metadata, plate_groups)
+    synthesize                                           -- cellio.datasets.rxrx1.synth
+    ingest, repair_store                                 -- cellio.ingestion (the write path)
+    open_store, Store, verify_store                      -- cellio.store (the read path, verification)
+    create_loader, Loader, select_sites, AugmentConfig, get_preset, list_presets, dali_available
+                                                         -- cellio.loading
+    validate_submission, download, submit, check_credentials  -- cellio.datasets.rxrx1.kaggle
+    DatasetLayout, get_layout, list_datasets             -- cellio.datasets (a data set's shape, the registry)
+    to_dict, from_dict                                   -- cellio.records (dataclasses <-> JSON-able dicts)
+    pid_alive                                            -- cellio.processes (is a process alive; zombies are not)
 """
 from __future__ import annotations
 
@@ -22,26 +26,32 @@ __version__ = "0.1.0"
 
 # name -> module that defines it
 _LAZY: dict[str, str] = {
-    "read_metadata": "cellio.metadata",
-    "derive_plate_groups": "cellio.metadata",
-    "PlateGroups": "cellio.metadata",
-    "synthesize": "cellio.synth",
+    "read_metadata": "cellio.datasets.rxrx1.metadata",
+    "derive_plate_groups": "cellio.datasets.rxrx1.plate_groups",
+    "PlateGroups": "cellio.datasets.rxrx1.plate_groups",
+    "synthesize": "cellio.datasets.rxrx1.synth",
     "ingest": "cellio.ingestion",
     "repair_store": "cellio.ingestion",
-    "verify_store": "cellio.verification",
+    "verify_store": "cellio.store.verify",
     "open_store": "cellio.store",
     "Store": "cellio.store",
-    "create_loader": "cellio.loader",
-    "Loader": "cellio.loader",
-    "select_sites": "cellio.loader",
-    "AugmentConfig": "cellio.transforms",
-    "get_preset": "cellio.transforms",
-    "list_presets": "cellio.transforms",
-    "validate_submission": "cellio.kaggle",
-    "download": "cellio.kaggle",
-    "submit": "cellio.kaggle",
-    "check_credentials": "cellio.kaggle",
-    "dali_available": "cellio.pipeline",
+    "create_loader": "cellio.loading",
+    "Loader": "cellio.loading",
+    "select_sites": "cellio.loading",
+    "AugmentConfig": "cellio.loading",
+    "get_preset": "cellio.loading",
+    "list_presets": "cellio.loading",
+    "validate_submission": "cellio.datasets.rxrx1.kaggle",
+    "download": "cellio.datasets.rxrx1.kaggle",
+    "submit": "cellio.datasets.rxrx1.kaggle",
+    "check_credentials": "cellio.datasets.rxrx1.kaggle",
+    "dali_available": "cellio.loading.pipeline",
+    "DatasetLayout": "cellio.datasets",
+    "get_layout": "cellio.datasets",
+    "list_datasets": "cellio.datasets",
+    "to_dict": "cellio.records",
+    "from_dict": "cellio.records",
+    "pid_alive": "cellio.processes",
 }
 
 __all__ = ["__version__", *_error_names, *_LAZY]

@@ -10,6 +10,7 @@ from typing import Any
 __all__ = [
     "CellioError",
     "MetadataError",
+    "LayoutError",
     "ImageError",
     "StoreError",
     "StoreIncompleteError",
@@ -33,6 +34,11 @@ class CellioError(Exception):
 
 class MetadataError(CellioError, ValueError):
     """An RxRx1 CSV is missing, malformed or inconsistent (message names file, row, column and value)."""
+
+
+class LayoutError(CellioError, ValueError):
+    """A data set layout (cellio.DatasetLayout) is invalid, or a store's recorded layout does not parse: the message
+    names the field and says what was expected and what was found."""
 
 
 class ImageError(CellioError, ValueError):

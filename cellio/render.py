@@ -1,13 +1,16 @@
-"""Look at a site: the six channels side by side and the official rxrx1-utils RGB composite (`cellio show`).
+"""Look at a site: its channels side by side and the RGB composite of its data set's layout (`cellio show`).
 
-    image = store.read([i])[0]                    # uint8 (H, W, 6)
-    rgb = rgb_composite(image)                    # uint8 (H, W, 3), identical to rxrx1-utils' convert_tensor_to_rgb
-    grid = channel_grid(image)                    # uint8 (2H + gap, 3W + 2 gap), each channel auto-contrasted
-    png = render_site(image, title="HUVEC-07_1_B03 s1")
+    image = store.read([i])[0]                    # uint8 (H, W, C)
+    rgb = rgb_composite(image, store.layout)      # uint8 (H, W, 3); RxRx1: identical to rxrx1-utils'
+                                                  #   convert_tensor_to_rgb
+    grid = channel_grid(image, store.layout)      # uint8 (rows*H + gaps, 3W + 2 gap), each channel auto-contrasted
+    png = render_site(image, store.layout, title="HUVEC-07_1_B03 s1")
     save_png(png, "site.png")
 
-`load_site(source, id_code, site)` reads one site from a cellio store or from a raw RxRx1 directory (the six
-PNGs), so `cellio show` works before ingest. Numpy and Pillow only.
+The composite's tints and intensity windows are the layout's (`Channel.color`, `Channel.display_range`).
+`load_site(source, id_code, site)` reads one site, and its layout, from a cellio store or from a raw data set
+directory (its channel files, through the data set's reader), so `cellio show` works before ingest. Numpy and
+Pillow only.
 """
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .datasets import DatasetLayout
 from .errors import ImageError, MetadataError, StoreError
-from .schema import CHANNEL_NAMES, COMPOSITE_COLORS, COMPOSITE_RANGES, N_CHANNELS, PATH_COLUMNS
 
 __all__ = ["rgb_composite", "channel_grid", "render_site", "save_png", "load_site", "autocontrast"]
 
@@ -27,13 +30,17 @@ log = logging.getLogger(__name__)
 
 _SEPARATOR = 64     # grey between tiles, so a black channel is still visibly a tile
 _LABEL_MIN_WIDTH = 96  # tiles narrower than this get no label: the text would cover the cells
+_GRID_COLUMNS = 3
 
 
-def _check_site(image: np.ndarray, what: str = "image") -> np.ndarray:
+def _check_site(image: np.ndarray, layout: DatasetLayout, what: str = "image") -> np.ndarray:
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != N_CHANNELS:
-        raise ImageError(f"{what}: expected a site as (H, W, {N_CHANNELS}) channel-last array, "
+    C = layout.n_channels
+    if image.ndim != 3 or image.shape[-1] != C:
+        raise ImageError(f"{what}: expected a {layout.name} site as (H, W, {C}) channel-last array, "
                          f"found shape {image.shape}")
+    if layout.pixel_dtype != "uint8":
+        raise ImageError(f"{what}: {layout.pixel_dtype} sites are not rendered (uint8 only)")
     if image.dtype != np.uint8:
         if not np.issubdtype(image.dtype, np.integer) or image.size and (image.min() < 0 or image.max() > 255):
             raise ImageError(f"{what}: expected uint8 intensities 0..255, found dtype {image.dtype}")
@@ -41,31 +48,33 @@ def _check_site(image: np.ndarray, what: str = "image") -> np.ndarray:
     return image
 
 
-@lru_cache(maxsize=1)
-def _composite_lut() -> np.ndarray:
-    """(6, 256, 3) int16: each channel's tint contribution for every uint8 value, computed with the reference's
-    float64 operations in the reference's order, so the table reproduces its truncation bit for bit."""
+@lru_cache(maxsize=8)
+def _composite_lut(tints: tuple[tuple[int, int, int], ...], ranges: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """(k, 256, 3) int16: each composite channel's tint contribution for every uint8 value, computed with the
+    reference's float64 operations in the reference's order, so the table reproduces its truncation bit for bit."""
     values = np.arange(256, dtype=np.uint8)
-    lut = np.empty((len(COMPOSITE_COLORS), 256, 3), dtype=np.int16)
-    for c, (color, (lo, hi)) in enumerate(zip(COMPOSITE_COLORS, COMPOSITE_RANGES)):
+    lut = np.empty((len(tints), 256, 3), dtype=np.int16)
+    for c, (color, (lo, hi)) in enumerate(zip(tints, ranges)):
         x = (values / 255) / ((hi - lo) / 255) + lo / 255
         x = np.where(x > 1.0, 1.0, x)
         lut[c] = np.array(np.outer(x, np.asarray(color)), dtype=np.int64)  # truncate, as the reference
     return lut
 
 
-def rgb_composite(image: np.ndarray) -> np.ndarray:
-    """The official rxrx1-utils composite of a (H, W, 6) uint8 site -> uint8 (H, W, 3).
+def rgb_composite(image: np.ndarray, layout: DatasetLayout) -> np.ndarray:
+    """The RGB composite of a (H, W, C) uint8 site of `layout` -> uint8 (H, W, 3).
 
-    Per channel c (as `rxrx.io.convert_tensor_to_rgb` with vmax=255): x = (v / 255) / ((hi - lo) / 255) + lo / 255,
-    clipped above at 1, times the channel's tint, truncated to int; the six tints are summed and clipped at 255.
-    Inputs are uint8, so each channel's term is a 256-entry lookup table (~10x faster than the float maths).
+    Per channel c the layout shows (`Channel.color` and `display_range` (lo, hi); for RxRx1 the official
+    rxrx1-utils composite, `rxrx.io.convert_tensor_to_rgb` with vmax=255): x = (v / 255) / ((hi - lo) / 255) +
+    lo / 255, clipped above at 1, times the channel's tint, truncated to int; the tints are summed and clipped at
+    255. Inputs are uint8, so each channel's term is a 256-entry lookup table (~10x faster than the float maths).
     """
-    image = _check_site(image)
-    lut = _composite_lut()
-    total = np.zeros((*image.shape[:2], 3), dtype=np.int16)  # six terms of at most 255 each fit in int16
-    for c in range(image.shape[-1]):
-        total += np.take(lut[c], image[:, :, c], axis=0)
+    image = _check_site(image, layout)
+    shown = layout.composite
+    lut = _composite_lut(tuple(ch.color for _, ch in shown), tuple(ch.display_range for _, ch in shown))
+    total = np.zeros((*image.shape[:2], 3), dtype=np.int32)  # the tints' sum, clipped below
+    for k, (c, _) in enumerate(shown):
+        total += np.take(lut[k], image[:, :, c], axis=0)
     return np.minimum(total, 255).astype(np.uint8)
 
 
@@ -78,44 +87,47 @@ def autocontrast(channel: np.ndarray, low: float = 0.5, high: float = 99.5) -> n
     return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
-def _draw_labels(grid: np.ndarray, tile_h: int, tile_w: int, gap: int) -> np.ndarray:
+def _draw_labels(grid: np.ndarray, layout: DatasetLayout, tile_h: int, tile_w: int, gap: int) -> np.ndarray:
     from PIL import Image, ImageDraw
 
     canvas = Image.fromarray(grid)
     draw = ImageDraw.Draw(canvas)
-    for c, name in enumerate(CHANNEL_NAMES):
-        y, x = (c // 3) * (tile_h + gap), (c % 3) * (tile_w + gap)
-        text = f"w{c + 1} {name}"
+    for c, channel in enumerate(layout.channels):
+        y, x = (c // _GRID_COLUMNS) * (tile_h + gap), (c % _GRID_COLUMNS) * (tile_w + gap)
+        text = f"{channel.key} {channel.name}"
         left, top, right, bottom = draw.textbbox((x + 3, y + 2), text)
         draw.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill=0)
         draw.text((x + 3, y + 2), text, fill=255)
     return np.asarray(canvas)
 
 
-def channel_grid(image: np.ndarray, *, gap: int = 2, labels: bool = True) -> np.ndarray:
-    """The six channels, each auto-contrasted, in a 2x3 grid: uint8 (2H + gap, 3W + 2 gap), grey separators.
-
-    Row 1 holds w1..w3, row 2 w4..w6. Labels (`w1 Hoechst`, ...) are drawn when tiles are wide enough.
+def channel_grid(image: np.ndarray, layout: DatasetLayout, *, gap: int = 2, labels: bool = True) -> np.ndarray:
+    """The channels, each auto-contrasted, three to a row in store order: uint8 (rows H + (rows - 1) gap,
+    3W + 2 gap), grey separators (RxRx1: a 2x3 grid, w1..w3 above w4..w6). Labels (`w1 Hoechst`, the channel's
+    key and name) are drawn when tiles are wide enough.
     """
-    image = _check_site(image)
+    image = _check_site(image, layout)
     h, w = image.shape[:2]
-    grid = np.full((2 * h + gap, 3 * w + 2 * gap), _SEPARATOR, dtype=np.uint8)
-    for c in range(N_CHANNELS):
-        y, x = (c // 3) * (h + gap), (c % 3) * (w + gap)
+    C = layout.n_channels
+    rows = -(-C // _GRID_COLUMNS)
+    grid = np.full((rows * h + (rows - 1) * gap, _GRID_COLUMNS * w + (_GRID_COLUMNS - 1) * gap), _SEPARATOR,
+                   dtype=np.uint8)
+    for c in range(C):
+        y, x = (c // _GRID_COLUMNS) * (h + gap), (c % _GRID_COLUMNS) * (w + gap)
         grid[y:y + h, x:x + w] = autocontrast(image[:, :, c])
     if labels and w >= _LABEL_MIN_WIDTH:
-        grid = _draw_labels(grid, h, w, gap)
+        grid = _draw_labels(grid, layout, h, w, gap)
     return grid
 
 
-def render_site(image: np.ndarray, title: str | None = None, *, gap: int = 2) -> np.ndarray:
+def render_site(image: np.ndarray, layout: DatasetLayout, title: str | None = None, *, gap: int = 2) -> np.ndarray:
     """One picture of a site: the composite (2x, nearest) on the left, the channel grid on the right, and an
     optional title strip on top. Returns uint8 RGB (H', W', 3)."""
     from PIL import Image, ImageDraw
 
-    image = _check_site(image)
-    composite = rgb_composite(image).repeat(2, axis=0).repeat(2, axis=1)
-    grid = np.repeat(channel_grid(image, gap=gap)[:, :, None], 3, axis=2)
+    image = _check_site(image, layout)
+    composite = rgb_composite(image, layout).repeat(2, axis=0).repeat(2, axis=1)
+    grid = np.repeat(channel_grid(image, layout, gap=gap)[:, :, None], 3, axis=2)
     height = max(composite.shape[0], grid.shape[0])
     width = composite.shape[1] + 2 * gap + grid.shape[1]
     body = np.full((height, width, 3), _SEPARATOR, dtype=np.uint8)
@@ -175,39 +187,36 @@ def _read_png_channel(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: not a readable PNG ({exc})") from exc
 
 
-def load_site(source: str | Path, id_code: str, site: int = 1) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read one site as uint8 (H, W, 6) plus its site-table row (as a dict).
+def load_site(source: str | Path, id_code: str, site: int = 1) -> tuple[np.ndarray, dict[str, Any], DatasetLayout]:
+    """Read one site as uint8 (H, W, C), its site-table row (as a dict) and its data set's layout.
 
     `source` is a cellio store (a Zarr group: has zarr.json; a local path or an fsspec URL such as
-    s3://bucket/rxrx1.zarr) or a raw RxRx1 directory (has train.csv or test.csv; the six PNGs are read directly).
+    s3://bucket/rxrx1.zarr) or a raw data set directory a registered reader recognises (RxRx1: train.csv, test.csv
+    or metadata.csv; the channel PNGs are read directly).
     """
-    from ._format import is_url
+    from .store import open_store
+    from .store.files import is_url
 
-    if is_url(source):
-        from .store import open_store
-
-        store = open_store(str(source))
+    if is_url(source) or (Path(source) / "zarr.json").is_file():
+        store = open_store(str(source) if is_url(source) else Path(source))
         i = _pick_row(store.sites, id_code, site, source)
-        return np.asarray(store.read([i])[0]), store.sites.iloc[i].to_dict()
+        return np.asarray(store.read([i])[0]), store.sites.iloc[i].to_dict(), store.layout
     source = Path(source)
-    if (source / "zarr.json").is_file():
-        from .store import open_store
+    from .datasets import find_dataset, get_dataset, list_datasets
 
-        store = open_store(source)
-        i = _pick_row(store.sites, id_code, site, source)
-        return np.asarray(store.read([i])[0]), store.sites.iloc[i].to_dict()
-    if (source / "train.csv").is_file() or (source / "test.csv").is_file():
-        from .metadata import read_metadata
-
-        sites = read_metadata(source)
+    reader = find_dataset(source) if source.is_dir() else None
+    if reader is not None:
+        sites = reader.read_sites(source)
         i = _pick_row(sites, id_code, site, source)
         row = sites.iloc[i]
-        channels = [_read_png_channel(source / row[col]) for col in PATH_COLUMNS]
+        channels = [_read_png_channel(source / row[col]) for col in reader.layout.path_columns]
         shapes = {c.shape for c in channels}
         if len(shapes) != 1:
-            raise ImageError(f"{id_code} site {site} in {source}: the six channels differ in size {sorted(shapes)}")
-        return np.stack(channels, axis=-1), row.to_dict()
+            raise ImageError(f"{id_code} site {site} in {source}: the {len(channels)} channels differ in size "
+                             f"{sorted(shapes)}")
+        return np.stack(channels, axis=-1), row.to_dict(), reader.layout.replace(site_shape=channels[0].shape)
+    raw_dirs = "; ".join(f"{name}: {get_dataset(name).raw_description}" for name in list_datasets())
     if not source.exists():
-        raise StoreError(f"{source} does not exist; expected a cellio store or a raw RxRx1 directory")
-    raise StoreError(f"{source} is neither a cellio store (no zarr.json) nor a raw RxRx1 directory "
-                     "(no train.csv or test.csv)")
+        raise StoreError(f"{source} does not exist; expected a cellio store or a raw data set directory ({raw_dirs})")
+    raise StoreError(f"{source} is neither a cellio store (no zarr.json) nor a raw data set directory cellio reads "
+                     f"({raw_dirs})")

@@ -19,7 +19,7 @@ def make_raw(root: str | Path, *, classes: int = 8, train_experiments_per_cell_t
              test_experiments_per_cell_type: int = 1, size: tuple[int, int] = TINY_SIZE,
              positive_controls: int = 2, seed: int = 0, **kwargs: Any) -> Path:
     """Write a tiny RxRx1-layout data set under `root` and return its path."""
-    from .synth import synthesize
+    from . import synthesize  # the public API: RxRx1's synthetic generator
 
     root = Path(root)
     synthesize(root, classes=classes, train_experiments_per_cell_type=train_experiments_per_cell_type,

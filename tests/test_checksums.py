@@ -81,7 +81,7 @@ def test_a_missing_image_chunk_is_an_error(tmp_path, clean):
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=pytest.mark.skipif(
-    not __import__("cellio.pipeline").pipeline.dali_available(), reason="needs nvidia-dali"))])
+    not __import__("cellio").dali_available(), reason="needs nvidia-dali"))])
 def test_both_loader_backends_stop_on_a_damaged_chunk(tmp_path, clean, backend):
     import cellio
 

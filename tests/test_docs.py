@@ -27,3 +27,19 @@ def test_the_readmes_library_example_shows_the_main_guard():
     guard, body = block.split('if __name__ == "__main__":', 1)
     assert "cellio.ingest(" not in guard and "cellio.ingest(" in body
     assert "MainModuleError" in readme.read_text()
+
+
+def test_the_module_paths_the_docs_name_exist():
+    """Every `cellio/...` path in the docs, and every package-relative module in the architecture's library half
+    (`store/codecs.py`), is a file or folder of the tree: a moved module must take its docs along."""
+    root = DOCS.parent
+    missing = []
+    for doc in sorted(DOCS.glob("*.md")) + [root / "README.md"]:
+        for path in re.findall(r"`(cellio/[\w/]+(?:\.py)?)", doc.read_text()):
+            if not (root / path).exists():
+                missing.append(f"{doc.name}: {path}")
+    library = (DOCS / "architecture.md").read_text().split("## The trainer")[0]
+    for path in re.findall(r"`((?:store|ingestion|loading|datasets|processes|cli)/[\w/]*\.py)", library):
+        if not (root / "cellio" / path).exists():
+            missing.append(f"architecture.md: {path}")
+    assert missing == []

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellio._format import JOURNAL_DIR, TMP_DIR
+from cellio.store.format import JOURNAL_DIR, TMP_DIR
 from cellio.errors import DiskFullError, ImageError, PipelineConfigError, StoreError
 from cellio.ingestion import ingest
 from cellio.store import open_store
@@ -38,9 +38,9 @@ def clean(tmp_path_factory, small_raw) -> Path:
 
 # ------------------------------------------------------------------------------------------------ disk full
 def test_not_enough_space_is_refused_before_anything_is_written(tmp_path, small_raw, monkeypatch):
-    import cellio._format
+    import cellio.store.files
 
-    monkeypatch.setattr(cellio._format, "free_bytes", lambda path: 10_000)
+    monkeypatch.setattr(cellio.store.files, "free_bytes", lambda path: 10_000)
     with pytest.raises(DiskFullError) as err:
         ingest(small_raw, tmp_path / "s.zarr", workers=1, progress=False, layout="chunked")
     e = err.value
@@ -53,7 +53,7 @@ def test_not_enough_space_is_refused_before_anything_is_written(tmp_path, small_
 def test_enospc_during_ingest_names_the_path_and_the_rerun_resumes(tmp_path, small_raw, clean, monkeypatch):
     import builtins
 
-    import cellio._format
+    import cellio.store.files
 
     store = tmp_path / "s.zarr"
     writes = {"n": 0}
@@ -74,7 +74,7 @@ def test_enospc_during_ingest_names_the_path_and_the_rerun_resumes(tmp_path, sma
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(cellio._format, "open", lambda p, mode="r", *a, **k: Full(builtins.open(p, mode, *a, **k)),
+    monkeypatch.setattr(cellio.store.files, "open", lambda p, mode="r", *a, **k: Full(builtins.open(p, mode, *a, **k)),
                         raising=False)
     with pytest.raises(DiskFullError) as err:
         ingest(small_raw, store, codec="lz4", workers=1, batch_size=4, progress=False, layout="chunked")
@@ -153,7 +153,7 @@ def test_an_incomplete_store_keeps_its_view_while_the_ingest_finishes(tmp_path, 
 
     raw = tmp_path / "raw"
     shutil.copytree(small_raw, raw)
-    from cellio.metadata import read_metadata
+    from cellio.datasets.rxrx1.metadata import read_metadata
 
     bad = raw / read_metadata(raw).iloc[20]["path_w3"]
     original = bad.read_bytes()
@@ -181,12 +181,12 @@ def test_ingest_workers_ignore_ctrl_c_from_birth():
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from cellio.ingestion import _start_forkserver_ignoring_sigint
+    from cellio.ingestion.backends import start_forkserver_ignoring_sigint
 
     if "forkserver" not in mp.get_all_start_methods():
         pytest.skip("no forkserver on this platform")
     before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
-    _start_forkserver_ignoring_sigint()
+    start_forkserver_ignoring_sigint()
     with ProcessPoolExecutor(1, mp_context=mp.get_context("forkserver")) as pool:
         assert pool.submit(_sigint_disposition).result() == str(signal.SIG_IGN)
     assert signal.getsignal(signal.SIGINT) is before  # the parent still takes Ctrl-C as it did

@@ -1,5 +1,8 @@
 """Import hygiene of the packages, read with `ast` (nothing is imported): no module imports another module's
-private name (`from .x import _y`), no package reaches into another package's private module, no import cycle.
+private name (`from .x import _y`), no package reaches into another package's private module, no import cycle;
+and the library's layering: cellio never imports the trainer, a private module of cellio is used only by the
+modules of its own package, and nothing in cellio outside the RxRx1 package (`cellio/datasets/rxrx1/`) imports
+RxRx1's specifics (its modules, or the backward-compatible `cellio.schema`, which is itself the one exception).
 
 Every import counts, also one inside a function (a lazy import still ties the two modules together); only
 `if TYPE_CHECKING:` imports are left out, since they never run.
@@ -19,8 +22,8 @@ PACKAGES = ["cellio", "trainer"]
 @dataclass(frozen=True)
 class Import:
     where: str         # "cellio/loader.py:23"
-    importer: str      # module doing the import, "cellio.loader"
-    module: str        # module named by the statement, "cellio.sampling"
+    importer: str      # module doing the import, "cellio.loading.loader"
+    module: str        # module named by the statement, "cellio.loading.sampling"
     names: tuple[str, ...]  # the names taken from it (empty for `import x`)
 
 
@@ -102,11 +105,11 @@ def test_no_private_name_is_imported_across_modules(package):
             for taken in imp.names:
                 if not _is_private(taken):
                     continue
-                # `from . import _format` names a module of the same package, which is allowed
+                # `from . import _x` names a module of the same package, which is allowed
                 if f"{imp.module}.{taken}" in MODULES and _top(imp.module) == package:
                     continue
                 offenders.append(f"{imp.where}: from {imp.module} import {taken}")
-            # another package's private module (trainer -> cellio._format)
+            # another package's private module (trainer -> cellio._x)
             parts = imp.module.split(".")
             if _top(imp.module) != package and any(_is_private(p) for p in parts):
                 offenders.append(f"{imp.where}: imports {imp.module}")
@@ -162,12 +165,86 @@ def test_no_import_cycles(package):
     assert _cycles(_edges(package)) == []
 
 
+def _targets(imp: Import) -> list[str]:
+    """The modules an import statement names: the module, and `module.name` where that is a module."""
+    return [imp.module] + [f"{imp.module}.{n}" for n in imp.names if f"{imp.module}.{n}" in MODULES]
+
+
+def _package_of(module: str) -> str:
+    path = MODULES.get(module)
+    return module if path is not None and path.name == "__init__.py" else module.rpartition(".")[0]
+
+
+def test_the_library_never_imports_the_trainer():
+    offenders = [f"{imp.where}: {t}" for name in _in("cellio") for imp in _imports(name) for t in _targets(imp)
+                 if _top(t) == "trainer"]
+    assert offenders == []
+
+
+def _private_module_offenders(imports: list[Import]) -> list[str]:
+    """Imports of a private module (`pkg._x`, or anything below it) from outside its own package `pkg`: a private
+    module serves the modules beside it, never another package (not even a subpackage or the parent)."""
+    offenders = []
+    for imp in imports:
+        for target in _targets(imp):
+            parts = target.split(".")
+            for k, part in enumerate(parts):
+                if _is_private(part) and k > 0:
+                    owner = ".".join(parts[:k])
+                    if _package_of(imp.importer) != owner:
+                        offenders.append(f"{imp.where}: {imp.importer} imports {target}, private to {owner}")
+                    break
+    return offenders
+
+
+def test_a_private_module_serves_only_its_own_package():
+    assert _private_module_offenders([i for name in _in("cellio") for i in _imports(name)]) == []
+
+
+RXRX1_PACKAGE = "cellio.datasets.rxrx1"
+SCHEMA_SHIM = "cellio.schema"  # the backward-compatible constants; it alone outside the package imports them
+
+
+def _rxrx1_leaks(imports: list[Import]) -> list[str]:
+    """Imports of RxRx1's specifics (its package's modules, or the schema shim) by a cellio module outside that
+    package: everything else reads a store's layout, or names the data set through the registry."""
+    leaks = []
+    for imp in imports:
+        inside = imp.importer == RXRX1_PACKAGE or imp.importer.startswith(RXRX1_PACKAGE + ".")
+        if inside or imp.importer == SCHEMA_SHIM:
+            continue
+        for target in _targets(imp):
+            if target in (RXRX1_PACKAGE, SCHEMA_SHIM) or target.startswith(RXRX1_PACKAGE + "."):
+                leaks.append(f"{imp.where}: {imp.importer} imports {target}")
+    return leaks
+
+
+def test_nothing_outside_the_rxrx1_package_imports_rxrx1_specifics():
+    assert _rxrx1_leaks([i for name in _in("cellio") for i in _imports(name)]) == []
+
+
 def test_the_checks_see_what_they_look_for():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
-    loader = _imports("cellio.loader")
-    assert any(i.module == "cellio.sampling" and "ShardedSampler" in i.names for i in loader)
-    assert any(i.module == "cellio.pipeline" for i in loader)  # lazy, inside a function
-    assert any(i.module == "cellio._validate" for i in loader)
-    assert "cellio.kaggle.fetch" in _edges("cellio")["cellio.kaggle"]
+    loader = _imports("cellio.loading.loader")
+    assert any(i.module == "cellio.loading.sampling" and "ShardedSampler" in i.names for i in loader)
+    assert any(i.module == "cellio.loading.pipeline" for i in loader)  # lazy, inside a function
+    assert any(i.module == "cellio.params" for i in loader)
+    assert "cellio.datasets.rxrx1.kaggle.fetch" in _edges("cellio")["cellio.datasets.rxrx1.kaggle"]
     assert _is_private("_decode_strings") and not _is_private("__all__")
+    fake = [Import("cellio/loading/loader.py:1", "cellio.loading.loader", "cellio.datasets.rxrx1.layout", ("RXRX1",)),
+            Import("cellio/store/reader.py:1", "cellio.store.reader", "cellio.schema", ("N_CHANNELS",)),
+            Import("cellio/datasets/__init__.py:1", "cellio.datasets", "cellio.datasets", ("rxrx1",)),
+            Import("cellio/datasets/rxrx1/metadata.py:1", "cellio.datasets.rxrx1.metadata",
+                   "cellio.datasets.rxrx1.layout", ("RXRX1",)),
+            Import("cellio/schema.py:1", "cellio.schema", "cellio.datasets.rxrx1.layout", ("CELL_TYPES",))]
+    assert [leak.split(":")[0] for leak in _rxrx1_leaks(fake)] == ["cellio/loading/loader.py",
+                                                                   "cellio/store/reader.py",
+                                                                   "cellio/datasets/__init__.py"]
+    private = [Import("cellio/cli/ingest.py:1", "cellio.cli.ingest", "cellio.store._shards", ("ShardLayout",)),
+               Import("cellio/store/reader.py:1", "cellio.store.reader", "cellio.store._shards", ("ShardLayout",)),
+               Import("cellio/store/paths/base.py:1", "cellio.store.paths.base", "cellio.store._shards", ()),
+               Import("trainer/data.py:1", "trainer.data", "cellio._format", ())]
+    assert [o.split(":")[0] for o in _private_module_offenders(private)] == ["cellio/cli/ingest.py",
+                                                                            "cellio/store/paths/base.py",
+                                                                            "trainer/data.py"]

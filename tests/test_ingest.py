@@ -17,7 +17,7 @@ from PIL import Image
 
 from cellio.errors import CellioError, ImageError, MetadataError, StoreError, StoreIncompleteError
 from cellio.ingestion import ingest
-from cellio._format import JOURNAL_DIR
+from cellio.store.format import JOURNAL_DIR
 from cellio.store import open_store
 
 LIMIT = 40  # bad-input cases ingest the first sites of the small set, and every defect sits inside them
@@ -150,7 +150,7 @@ def test_rerun_of_a_complete_store_does_nothing_and_checks_arguments(tmp_path, s
 
 
 def test_subsets(tmp_path, tiny_raw):
-    from cellio.metadata import read_metadata
+    from cellio.datasets.rxrx1.metadata import read_metadata
 
     meta = read_metadata(tiny_raw)
     exp = sorted(meta.loc[meta.dataset == "train", "experiment"].unique())[0]
@@ -257,7 +257,7 @@ def raw_copy(tmp_path, small_raw) -> Path:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_fails_naming_the_file_and_loses_nothing(tmp_path, small_ref, raw_copy, case):
-    from cellio.metadata import read_metadata
+    from cellio.datasets.rxrx1.metadata import read_metadata
 
     meta = read_metadata(raw_copy)
     original = (raw_copy / meta.iloc[9]["path_w4"]).read_bytes()
@@ -278,7 +278,7 @@ def test_bad_input_fails_naming_the_file_and_loses_nothing(tmp_path, small_ref, 
 
 
 def test_on_error_skip_records_every_bad_site(tmp_path, small_ref, raw_copy):
-    from cellio.metadata import read_metadata
+    from cellio.datasets.rxrx1.metadata import read_metadata
 
     meta = read_metadata(raw_copy)
     bad = {}
@@ -306,7 +306,7 @@ def test_a_rerun_retries_the_sites_skipped_earlier(tmp_path, raw_copy, layout):
     # a rerun used to say "already complete" and keep the stale failure after the PNG was fixed: the only way in
     # was to delete the store. Now it retries the failed sites (a shard is rewritten whole), keeps the ones still
     # bad, and ends byte-identical to a store that never failed.
-    from cellio.metadata import read_metadata
+    from cellio.datasets.rxrx1.metadata import read_metadata
 
     meta = read_metadata(raw_copy)
     originals = {}
@@ -331,7 +331,7 @@ def test_a_rerun_retries_the_sites_skipped_earlier(tmp_path, raw_copy, layout):
 def test_a_retry_never_turns_a_stored_site_into_a_failed_one(tmp_path, raw_copy):
     # the retried site's shard is rewritten whole, so its stored neighbours are read again: one whose PNG went
     # missing since is an error naming the file (even with on_error="skip"), and the store stays as it was
-    from cellio.metadata import read_metadata
+    from cellio.datasets.rxrx1.metadata import read_metadata
 
     meta = read_metadata(raw_copy)
     _break(raw_copy, meta, "corrupt", 3)
@@ -366,7 +366,7 @@ def test_malformed_csv_is_a_clear_error(tmp_path, raw_copy):
 
 
 def test_verify_off_accepts_stats_mismatch(tmp_path, raw_copy):
-    from cellio.metadata import read_metadata
+    from cellio.datasets.rxrx1.metadata import read_metadata
 
     _break(raw_copy, read_metadata(raw_copy), "stats", 2)
     report = ingest(raw_copy, tmp_path / "s.zarr", verify=False, workers=1, limit=8, progress=False, layout="chunked")

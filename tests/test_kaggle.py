@@ -1,4 +1,5 @@
-"""cellio.kaggle, offline: credential detection, disk check, resumable download (fake API), unzip, verify, submit.
+"""cellio.datasets.rxrx1.kaggle, offline: credential detection, disk check, resumable download (fake API), unzip,
+verify, submit.
 
 HOME and every KAGGLE_* variable point into tmp_path; nothing here imports kaggle or touches the network.
 """
@@ -15,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from cellio.errors import CredentialsError, DownloadError, MetadataError
-from cellio.kaggle import (MANIFEST_NAME, PART_DIR, CredentialKind, check_credentials, download, submit,
+from cellio.datasets.rxrx1.kaggle import (MANIFEST_NAME, PART_DIR, CredentialKind, check_credentials, download, submit,
                            unzip_dataset, validate_submission, verify_dataset)
 from cellio.schema import KAGGLE_SLUG
 

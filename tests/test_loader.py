@@ -13,7 +13,7 @@ from cellio.errors import PipelineConfigError
 from cellio.schema import CELL_TYPES
 
 BACKENDS = ["torch", pytest.param("dali", marks=pytest.mark.skipif(
-    not __import__("cellio.pipeline").pipeline.dali_available(), reason="needs nvidia-dali"))]
+    not __import__("cellio").dali_available(), reason="needs nvidia-dali"))]
 
 
 def _make(store, bs=5, **kw):
@@ -138,7 +138,7 @@ def test_resume_state_must_match_the_loader(tiny_store):
 
 
 def test_backends_agree(tiny_store):
-    if not __import__("cellio.pipeline").pipeline.dali_available():
+    if not __import__("cellio").dali_available():
         pytest.skip("needs nvidia-dali")
     a = list(_make(tiny_store, 8, backend="torch", augment="d4_rrc_jitter", indices=np.arange(40)))
     b = list(_make(tiny_store, 8, backend="dali", augment="d4_rrc_jitter", indices=np.arange(40)))

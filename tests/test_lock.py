@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from cellio._format import LOCK_NAME, FileTarget
-from cellio._lock import LocalLock, LockHolder, ObjectLock, lock_store, pid_alive
+from cellio.store.files import FileTarget
+from cellio.store.format import LOCK_NAME
+from cellio.store.lock import LocalLock, LockHolder, ObjectLock, lock_store
+from cellio.processes import pid_alive
 from cellio.errors import StoreError, StoreLockedError
 from cellio.ingestion import ingest
 from cellio.store import open_store
@@ -61,7 +63,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     dead = LockHolder(host=socket.gethostname(), pid=_dead_pid(), started_at="2026-01-01T00:00:00+00:00",
                       purpose="ingest", token="old")
     path.write_text(json.dumps(dead.to_dict()))
-    with caplog.at_level(logging.WARNING, logger="cellio._lock"):
+    with caplog.at_level(logging.WARNING, logger="cellio.store.lock"):
         lock = LocalLock(str(path), "s.zarr", "ingest").acquire()
     assert lock.took_over == dead and f"pid {dead.pid}" in caplog.text
     assert json.loads(path.read_text())["pid"] == os.getpid()
@@ -72,7 +74,7 @@ def test_a_live_holder_in_another_process_is_refused_then_taken_over_after_sigki
     path = tmp_path / LOCK_NAME
     code = textwrap.dedent(f"""
         import sys, time
-        from cellio._lock import LocalLock
+        from cellio.store.lock import LocalLock
         LocalLock({str(path)!r}, "s.zarr", "ingest").acquire()
         print("held", flush=True)
         time.sleep(60)
@@ -242,7 +244,7 @@ _RACE = textwrap.dedent("""
 
 
 def test_twenty_concurrent_ingest_races_never_break_the_store(tmp_path, small_raw):
-    from cellio.verification import verify_store
+    from cellio.store.verify import verify_store
 
     script = tmp_path / "race.py"
     script.write_text(_RACE)

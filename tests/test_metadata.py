@@ -1,4 +1,4 @@
-"""cellio.metadata: the site table from a hand-written Kaggle-layout directory, the rxrx.ai layout, precise
+"""cellio.datasets.rxrx1.metadata: the site table from a hand-written Kaggle-layout directory, the rxrx.ai layout, precise
 validation errors (file, row, column), and plate groups."""
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from cellio.errors import MetadataError
-from cellio.metadata import PlateGroups, derive_plate_groups, read_metadata
+from cellio.datasets.rxrx1.metadata import read_metadata
+from cellio.datasets.rxrx1.plate_groups import PlateGroups, derive_plate_groups
 from cellio.schema import PATH_COLUMNS, PIXEL_MEAN_COLUMNS, PIXEL_STD_COLUMNS, SITE_COLUMNS
 
 CSVS = ("train.csv", "test.csv", "train_controls.csv", "test_controls.csv", "sample_submission.csv",

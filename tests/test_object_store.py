@@ -219,7 +219,7 @@ def test_zarr_python_and_tensorstore_read_the_server_stores(s3, s3_stores, tiny_
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=pytest.mark.skipif(
-    not __import__("cellio.pipeline").pipeline.dali_available(), reason="needs nvidia-dali"))])
+    not __import__("cellio").dali_available(), reason="needs nvidia-dali"))])
 def test_loader_from_the_server_every_site_once_over_three_ranks(s3, s3_stores, tiny_store, backend):
     store = open_store(s3_stores["sharded"], storage_options=s3.options)
     train = np.flatnonzero((store.sites["dataset"] == "train").to_numpy())
@@ -268,7 +268,7 @@ def test_a_transient_outage_is_retried_with_backoff(s3, s3_stores, tiny_store, c
     timer = threading.Timer(0.8, s3.start)  # the server comes back while the reader is still retrying
     timer.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="cellio._remote"):
+        with caplog.at_level(logging.WARNING, logger="cellio.store.remote"):
             got = s.read([5, 6, 7, 40])
     finally:
         timer.join()

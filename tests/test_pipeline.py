@@ -13,7 +13,7 @@ import torch
 
 import cellio
 from cellio.errors import MissingDependencyError, PipelineConfigError
-from cellio.transforms import AugmentConfig
+from cellio.loading.transforms import AugmentConfig
 
 pytest.importorskip("nvidia.dali")
 
@@ -144,7 +144,7 @@ def test_parallel_workers_same_pixels_and_no_leftover_processes(tiny_store):
 
 
 def test_missing_dali_names_the_install_command(tiny_store, monkeypatch):
-    import cellio.pipeline as pipeline
+    import cellio.loading.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "dali_available", lambda: False)
     with pytest.raises(MissingDependencyError, match="pip install nvidia-dali-cuda130"):
@@ -174,8 +174,8 @@ def test_gpu_dali_matches_torch_on_gpu(tiny_store):
 
 def test_spawned_workers_give_the_same_batches(tiny_store):
     """spawn is what GPU runs use (DALI cannot fork once CUDA is initialised): the source must pickle."""
-    from cellio.pipeline import build_pipeline, close_pipeline, source_outputs
-    from cellio.sources import SiteSource
+    from cellio.loading.pipeline import build_pipeline, close_pipeline, source_outputs
+    from cellio.loading.sources import SiteSource
 
     cfg = EXACT["d4_all"]
     loader = cellio.create_loader(tiny_store, 8, augment=cfg, backend="dali", device="cpu", num_workers=0, rank=0,

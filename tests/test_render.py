@@ -7,6 +7,8 @@ from PIL import Image
 
 from cellio.errors import ImageError, MetadataError, StoreError
 from cellio.render import autocontrast, channel_grid, load_site, render_site, rgb_composite
+from cellio.datasets.layout import Channel
+from cellio.datasets.rxrx1.layout import RXRX1
 from cellio.schema import COMPOSITE_COLORS, COMPOSITE_RANGES
 
 H, W = 17, 11
@@ -30,7 +32,7 @@ def _site(values: dict[int, int], h: int = 1, w: int = 1) -> np.ndarray:
     ({6: 1}, (1, 1, 0)),                     # 1/191 * (254, 255, 40) = (1.33, 1.34, 0.21)
 ])
 def test_composite_matches_hand_computation(values, expected):
-    out = rgb_composite(_site(values))
+    out = rgb_composite(_site(values), RXRX1)
     assert out.dtype == np.uint8 and out.shape == (1, 1, 3)
     assert tuple(int(v) for v in out[0, 0]) == expected
 
@@ -50,7 +52,7 @@ def test_composite_matches_the_reference_formula(kind):
         x = np.where(x > 1.0, 1.0, x)
         ref += np.array(np.outer(x, tint), dtype=int)
     ref = np.where(ref > 255, 255, ref).reshape(h, w, 3)
-    out = rgb_composite(img)
+    out = rgb_composite(img, RXRX1)
     assert out.shape == (h, w, 3)
     np.testing.assert_array_equal(out, ref)
 
@@ -58,7 +60,7 @@ def test_composite_matches_the_reference_formula(kind):
 def test_grid_layout_on_odd_sizes():
     img = np.random.default_rng(1).integers(0, 200, (H, W, 6), dtype=np.uint8)
     gap = 2
-    grid = channel_grid(img, gap=gap)
+    grid = channel_grid(img, RXRX1, gap=gap)
     assert grid.dtype == np.uint8 and grid.shape == (2 * H + gap, 3 * W + 2 * gap)
     for c in range(6):
         y, x = (c // 3) * (H + gap), (c % 3) * (W + gap)
@@ -76,20 +78,20 @@ def test_autocontrast_stretches_and_survives_flat_channels():
 
 def test_render_site_and_labels():
     img = np.random.default_rng(2).integers(0, 256, (128, 96, 6), dtype=np.uint8)
-    plain = render_site(img)
+    plain = render_site(img, RXRX1)
     assert plain.dtype == np.uint8 and plain.shape == (2 * 128 + 2, 2 * 96 + 4 + 3 * 96 + 4, 3)
-    np.testing.assert_array_equal(plain[:256:2, :192:2], rgb_composite(img))
-    titled = render_site(img, title="HUVEC-07_1_B03 site 1")
+    np.testing.assert_array_equal(plain[:256:2, :192:2], rgb_composite(img, RXRX1))
+    titled = render_site(img, RXRX1, title="HUVEC-07_1_B03 site 1")
     assert titled.shape[0] > plain.shape[0] and titled.shape[1:] == plain.shape[1:]
     # Tiles at least 96 px wide get a label drawn into their top-left corner; smaller ones stay untouched.
-    assert not np.array_equal(channel_grid(img)[:12, :60], channel_grid(img, labels=False)[:12, :60])
+    assert not np.array_equal(channel_grid(img, RXRX1)[:12, :60], channel_grid(img, RXRX1, labels=False)[:12, :60])
 
 
 @pytest.mark.parametrize("bad", [np.zeros((H, W, 3), np.uint8), np.zeros((6, H, W), np.uint8),
                                  np.full((H, W, 6), 300, np.int32), np.zeros((H, W, 6), np.float32)])
 def test_bad_input_is_refused(bad):
     with pytest.raises(ImageError, match=r"\(H, W, 6\)|uint8"):
-        rgb_composite(bad)
+        rgb_composite(bad, RXRX1)
 
 
 # ---------------------------------------------------------------------------------------------- reading + CLI
@@ -105,8 +107,9 @@ def test_load_site_from_raw_directory(tiny_raw):
 
     sites = read_metadata(tiny_raw)
     id_code, site = _first_site(sites)
-    image, row = load_site(tiny_raw, id_code, site)
+    image, row, layout = load_site(tiny_raw, id_code, site)
     assert image.shape == (H, W, 6) and image.dtype == np.uint8
+    assert layout == RXRX1.replace(site_shape=(H, W))
     assert row["id_code"] == id_code
     for c in range(6):
         png = np.asarray(Image.open(tiny_raw / row[f"path_w{c + 1}"]))
@@ -149,9 +152,29 @@ def test_cli_show_store_matches_raw(tiny_store, tiny_raw, tmp_path):
 
     row = tiny_store.sites.iloc[len(tiny_store) - 1]
     id_code, site = str(row["id_code"]), int(row["site"])
-    from_store, _ = load_site(tiny_store.path, id_code, site)
-    from_raw, _ = load_site(tiny_raw, id_code, site)
+    from_store, _, store_layout = load_site(tiny_store.path, id_code, site)
+    from_raw, _, raw_layout = load_site(tiny_raw, id_code, site)
     np.testing.assert_array_equal(from_store, from_raw)
+    assert store_layout == raw_layout == tiny_store.layout
     out = tmp_path / "store.png"
     assert main(["show", str(tiny_store.path), id_code, "--site", str(site), "-o", str(out)]) == 0
     assert Image.open(out).mode == "RGB"
+
+
+def test_the_composite_and_grid_follow_the_layout():
+    """A layout of 4 channels, one left out of the composite: the composite sums the shown ones with their own
+    tints and windows; the grid has two rows (three channels, then one)."""
+    lay = RXRX1.replace(name="four", channels=(
+        Channel("A", "a", (255, 0, 0), (0, 100)), Channel("B", "b", None, None),
+        Channel("C", "c", (0, 0, 255), (50, 150)), Channel("D", "d", (0, 255, 0), (0, 255))))
+    img = np.zeros((1, 1, 4), np.uint8)
+    img[..., 0], img[..., 1], img[..., 2], img[..., 3] = 50, 255, 100, 0
+    # A: 50/100 = 0.5 -> 127 red; B not shown; C: (100/255)/(100/255) + 50/255 = 1.196 -> 1 -> 255 blue
+    assert tuple(int(v) for v in rgb_composite(img, lay)[0, 0]) == (127, 0, 255)
+    big = np.random.default_rng(3).integers(0, 256, (H, W, 4), dtype=np.uint8)
+    grid = channel_grid(big, lay, gap=2)
+    assert grid.shape == (2 * H + 2, 3 * W + 4)
+    np.testing.assert_array_equal(grid[H + 2:, :W], autocontrast(big[:, :, 3]))
+    assert (grid[H + 2:, W:] == grid[H, 0]).all()  # the rest of the second row: separator grey
+    with pytest.raises(ImageError, match=r"expected a four site as \(H, W, 4\)"):
+        rgb_composite(np.zeros((H, W, 6), np.uint8), lay)

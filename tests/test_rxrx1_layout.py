@@ -6,7 +6,7 @@ import pytest
 
 from cellio.errors import ConfigError
 from cellio.schema import ALL_WELLS, NEGATIVE_CONTROL_SIRNA, POSITIVE_CONTROL_SIRNAS
-from cellio.synth import rxrx1_experiments, rxrx1_wells, synthesize
+from cellio.datasets.rxrx1.synth import rxrx1_experiments, rxrx1_wells, synthesize
 
 
 def test_experiments_are_the_real_list():

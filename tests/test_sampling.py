@@ -1,11 +1,11 @@
-"""cellio.sampling: shuffle(seed, epoch), rank sharding, last-batch policies, balancing (pure numpy)."""
+"""cellio.loading.sampling: shuffle(seed, epoch), rank sharding, last-batch policies, balancing (pure numpy)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from cellio.errors import PipelineConfigError
-from cellio.sampling import ShardedSampler, balance_weights
+from cellio.loading.sampling import ShardedSampler, balance_weights
 
 
 def _ranks(n: int, world: int, bs: int, policy: str, epoch: int = 0, **kw) -> list[np.ndarray]:

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellio._format import JOURNAL_DIR, ShardLayout
+from cellio.store.format import JOURNAL_DIR
+from cellio.store.shards import ShardLayout
 from cellio.errors import ChecksumError, StoreDamagedError, StoreError
 from cellio.ingestion import ingest
 from cellio.store import open_store
-from cellio.verification import verify_store
+from cellio.store.verify import verify_store
 from store_damage import assert_same_store, copy_store, flip_byte
 
 # 17x11 sites, 8x4 tiles: a 3x3 tile grid whose last row and column are padded; 5 sites per shard leaves a
@@ -50,7 +51,7 @@ def _shard(store: Path, shard: int) -> Path:
 
 def test_the_sharded_store_reads_the_pixels_of_the_chunked_one_for_every_crop(clean, chunked):
     a, b = open_store(clean), open_store(chunked)
-    assert a.image_layout == "sharded" and a._mode == "sharded" and a.attrs["format_version"] == "1.2"
+    assert a.image_layout == "sharded" and a._mode == "sharded" and a.attrs["format_version"] == "1.3"
     assert a.attrs["image_chunks"] == {"layout": "sharded", "sites_per_shard": 5, "tile": [8, 4]}
     assert b.image_layout == "chunked" and b.attrs["image_chunks"] == {"layout": "chunked"}
     idx = np.random.default_rng(0).permutation(len(a))
@@ -68,7 +69,7 @@ def test_a_shard_is_one_file_per_five_sites_and_a_crop_reads_only_its_tiles(clea
     lay = ShardLayout.from_metadata(json.loads((clean / "images" / "zarr.json").read_text()))
     n = int(s.attrs["n_sites"])
     assert len(list((clean / "images" / "c").iterdir())) == -(-n // 5)
-    entries = s._index(0)[2]
+    entries = s._reader.index(0)[2]
     first = lay.site_span(entries, lay.tile_range(0, 0, 8, 4), file="x")  # the top-left tile alone
     whole = lay.site_span(entries, lay.tile_range(0, 0, 17, 11), file="x")
     assert first[0] == whole[0] and first[1] - first[0] == int(entries[0, 0, 1]) < whole[1] - whole[0]
@@ -88,7 +89,7 @@ def test_other_zarr_clients_read_the_sharded_store(clean, chunked):
 def test_damage_inside_a_shard_names_the_shard_and_the_site_then_repairs(tmp_path, clean, small_raw):
     s = copy_store(clean, tmp_path / "s.zarr")
     lay_store = open_store(s)
-    entries = lay_store._index(1)[3]                  # site 8 = shard 1, site 3 within it
+    entries = lay_store._reader.index(1)[3]                # site 8 = shard 1, site 3 within it
     flip_byte(_shard(s, 1), offset=int(entries[1, 1, 0]) + 5)
     id8 = lay_store.sites.id_code[8]
     with pytest.raises(ChecksumError, match=r"images/c/1/0/0/0.*crc32c.*" + id8):

@@ -22,12 +22,13 @@ def _png_site(raw, row) -> np.ndarray:
 
 
 def test_shape_layout_and_sites(tiny_store, tiny_raw):
-    from cellio.metadata import read_metadata
+    from cellio.datasets.rxrx1.metadata import read_metadata
 
     s = tiny_store
     meta = read_metadata(tiny_raw)
     assert len(s) == len(meta) == len(s.sites)
-    assert s.layout == "NHWC" and s.image_shape == (17, 11, 6)
+    assert s.axes == "NHWC" and s.image_shape == (17, 11, 6)
+    assert s.layout.name == "rxrx1" and s.layout.site_shape == (17, 11) and s.layout.n_channels == 6
     assert s.complete and s.failed.empty
     assert list(s.sites.columns) == list(SITE_COLUMNS)
     pd.testing.assert_frame_equal(s.sites, meta, check_dtype=False)
@@ -151,7 +152,8 @@ def test_other_zarr_clients_read_the_images(tiny_store):
     s = tiny_store
     z = zarr.open_group(s.path, mode="r")
     np.testing.assert_array_equal(z["images"][5], s.read_one(5))
-    assert z.attrs["format_version"] == "1.2" and z.attrs["complete"] is True
+    assert z.attrs["format_version"] == "1.3" and z.attrs["complete"] is True
+    assert z.attrs["dataset_layout"]["name"] == "rxrx1" and z.attrs["dataset_layout"]["site_shape"] == [17, 11]
     (shard,) = z["images"].metadata.to_dict()["codecs"]  # the default layout: sharded, every inner chunk checksummed
     assert shard["name"] == "sharding_indexed" and shard["configuration"]["codecs"][-1]["name"] == "crc32c"
     assert shard["configuration"]["index_codecs"][-1]["name"] == "crc32c"
@@ -230,3 +232,49 @@ def test_rechunked_or_sharded_store_falls_back_to_zarr(tmp_path, tiny_store):
     assert s._mode == "zarr"
     np.testing.assert_array_equal(s.read([4, 0, 9], crop=(2, 1, 9, 5)), tiny_store.read([4, 0, 9], crop=(2, 1, 9, 5)))
     np.testing.assert_array_equal(s.channel_stats("plate")[0], tiny_store.channel_stats("plate")[0])
+
+
+def _rewrite_root(store_dir, edit) -> None:
+    import json
+
+    root = json.loads((store_dir / "zarr.json").read_text())
+    edit(root["attributes"])
+    (store_dir / "zarr.json").write_text(json.dumps(root))
+
+
+def test_a_store_written_before_layouts_reports_rxrx1(tmp_path, tiny_store):
+    """A format 1.2 store (no dataset_layout attribute: cellio wrote only RxRx1 then) opens with RxRx1's layout
+    at its own site size, and reads the same pixels."""
+    import shutil
+
+    from cellio.datasets.rxrx1.layout import RXRX1
+
+    old = tmp_path / "old.zarr"
+    shutil.copytree(tiny_store.path, old)
+    _rewrite_root(old, lambda a: (a.pop("dataset_layout", None), a.update(format_version="1.2")))
+    s = open_store(old)
+    assert "dataset_layout" not in s.attrs and s.attrs["format_version"] == "1.2"
+    assert s.layout == RXRX1.replace(site_shape=(17, 11)) and s.axes == "NHWC"
+    np.testing.assert_array_equal(s.read([0, 5]), tiny_store.read([0, 5]))
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda a: a.update(dataset_layout={"layout_format": "1.0", "name": "x"}),
+     r"dataset_layout attribute is not a layout this cellio reads: DatasetLayout: missing keys"),
+    (lambda a: a.update(dataset_layout=dict(a.get("dataset_layout") or _rxrx1_dict(), site_shape=[17, 12])),
+     r"dataset_layout attribute describes uint8 sites of \(17, 12, 6\) .* holds uint8 \(17, 11, 6\)"),
+])
+def test_a_layout_attribute_that_does_not_fit_the_store_is_refused(tmp_path, tiny_store, edit, match):
+    import shutil
+
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(tiny_store.path, bad)
+    _rewrite_root(bad, edit)
+    with pytest.raises(StoreError, match=match):
+        open_store(bad)
+
+
+def _rxrx1_dict() -> dict:
+    from cellio.datasets.rxrx1.layout import RXRX1
+
+    return RXRX1.to_dict()

@@ -1,4 +1,4 @@
-"""cellio.synth: the synthetic RxRx1 generator writes the exact Kaggle layout, the real plate structure, a
+"""cellio.datasets.rxrx1.synth: the synthetic RxRx1 generator writes the exact Kaggle layout, the real plate structure, a
 deterministic output, and a signal that is not in the per-channel pixel statistics."""
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from cellio.errors import ConfigError
-from cellio.metadata import derive_plate_groups, read_metadata
+from cellio.datasets.rxrx1.metadata import read_metadata
+from cellio.datasets.rxrx1.plate_groups import derive_plate_groups
 from cellio.schema import ALL_WELLS, CELL_TYPES, NEGATIVE_CONTROL_SIRNA, POSITIVE_CONTROL_SIRNAS
-from cellio.synth import encode_png, synthesize
+from cellio.datasets.rxrx1.synth import encode_png, synthesize
 
 SMALL = dict(classes=4, train_experiments_per_cell_type=1, test_experiments_per_cell_type=1,
              cell_types=("HUVEC",), sites=1, size=(17, 11), positive_controls=1, progress=False)

@@ -1,4 +1,4 @@
-"""cellio.transforms: config validation, presets, parameter draws, and the torch reference ops vs numpy."""
+"""cellio.loading.transforms: config validation, presets, parameter draws, and the torch reference ops vs numpy."""
 from __future__ import annotations
 
 import math
@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from cellio.errors import PipelineConfigError
-from cellio.transforms import (D4_TABLE, AugmentConfig, apply_torch, blur_window, check_fits, crop, d4, d4_flags,
+from cellio.loading.transforms import (D4_TABLE, AugmentConfig, apply_torch, blur_window, check_fits, crop, d4, d4_flags,
                                decode_view, eval_params, eval_views, field_coords, flip_transpose, gaussian_kernel,
                                get_preset, intensity, list_presets, make_params, margin_size, noise_windows,
                                normalization_affine, normalize, photometric, resize, rotate, epoch_params,
                                warp_matrices)
 
 H, W = 17, 11
+C = 6  # channels of the sites drawn for (RxRx1's count)
 
 
 @pytest.fixture
@@ -71,18 +72,18 @@ def test_fit_checks_crop_and_rotation_margin():
 # --- parameter draws ---------------------------------------------------------------------------------------------
 def test_make_params_shapes_ranges_and_determinism():
     cfg = AugmentConfig(crop_size=7, rotation="d4", hflip=0.5, intensity_scale=(0.8, 1.2), intensity_shift=(-2, 2))
-    p = make_params(cfg, np.random.default_rng(1), 200, (H, W))
+    p = make_params(cfg, np.random.default_rng(1), 200, (H, W), C)
     assert p["window"].shape == (200, 4) and p["scale"].shape == (200, 6)
     y, x, h, w = p["window"].T
     assert (h == 7).all() and (w == 7).all() and (y >= 0).all() and (y + 7 <= H).all() and (x + 7 <= W).all()
     assert len(np.unique(y)) == H - 7 + 1 and len(np.unique(x)) == W - 7 + 1  # every position reachable
     assert set(p["d4"].tolist()) == set(range(8))
     assert (p["scale"] >= 0.8).all() and (p["scale"] <= 1.2).all()
-    q = make_params(cfg, np.random.default_rng(1), 200, (H, W))
+    q = make_params(cfg, np.random.default_rng(1), 200, (H, W), C)
     assert all(np.array_equal(p[k], q[k]) for k in p)
-    a = epoch_params(cfg, seed=0, epoch=1, positions=np.arange(3000), image_hw=(H, W))
-    b = epoch_params(cfg, seed=0, epoch=1, positions=np.array([2999, 5, 1500]), image_hw=(H, W))
-    c = epoch_params(cfg, seed=0, epoch=2, positions=np.array([2999, 5, 1500]), image_hw=(H, W))
+    a = epoch_params(cfg, seed=0, epoch=1, positions=np.arange(3000), image_hw=(H, W), channels=C)
+    b = epoch_params(cfg, seed=0, epoch=1, positions=np.array([2999, 5, 1500]), image_hw=(H, W), channels=C)
+    c = epoch_params(cfg, seed=0, epoch=2, positions=np.array([2999, 5, 1500]), image_hw=(H, W), channels=C)
     assert all(np.array_equal(a[k][[2999, 5, 1500]], b[k]) for k in a)  # a row depends on its position only
     assert any(not np.array_equal(b[k], c[k]) for k in b)
 
@@ -90,8 +91,8 @@ def test_make_params_shapes_ranges_and_determinism():
 def test_photometric_draws_come_last_and_only_when_on():
     base = AugmentConfig(crop_size=7, rotation="d4", hflip=0.5, intensity_scale=(0.8, 1.2))
     photo = base.replace(blur_sigma=(0.0, 2.0), gamma=(0.8, 1.25), illumination=0.3, noise=(2.0, 0.5))
-    p = make_params(base, np.random.default_rng(3), 50, (H, W))
-    q = make_params(photo, np.random.default_rng(3), 50, (H, W))
+    p = make_params(base, np.random.default_rng(3), 50, (H, W), C)
+    q = make_params(photo, np.random.default_rng(3), 50, (H, W), C)
     assert set(p) < set(q) and all(np.array_equal(p[k], q[k]) for k in p)  # geometry drawn as before
     assert q["blur_sigma"].shape == (50,) and q["gamma"].shape == (50, 6) and q["field"].shape == (50, 3, 6)
     assert (q["field"][:, 2] <= 0).all() and np.abs(q["field"][:, :2]).max() <= 0.3  # a vignette, gradients
@@ -108,7 +109,7 @@ def test_photometric_reference_ops():
     n = 40
     flat = torch.full((n, 9, 9, 6), 50.0)
     cfg = AugmentConfig(crop_size=9, blur_sigma=(0.5, 3.0), gamma=(1.0, 1.0), illumination=0.0, noise=(0.0, 0.0))
-    p = make_params(cfg, rng, n, (17, 11))
+    p = make_params(cfg, rng, n, (17, 11), C)
     # a flat image stays flat under blur (reflected borders), gamma 1, a zero field and zero noise
     assert torch.allclose(photometric(flat, p, cfg), flat, atol=1e-4)
     # blur keeps the mean away from the borders and lowers the variance of noise
@@ -118,39 +119,39 @@ def test_photometric_reference_ops():
     # gamma maps 0 -> 0 and 255 -> 255 and bends the middle the drawn way
     g = AugmentConfig(crop_size=9, gamma=(2.0, 2.0))
     ramp = torch.tensor([0.0, 127.5, 255.0]).repeat(n, 9, 9, 2)[..., :6]
-    out = photometric(ramp, make_params(g, rng, n, (17, 11)), g)
+    out = photometric(ramp, make_params(g, rng, n, (17, 11), C), g)
     assert torch.allclose(out[..., 0], ramp[..., 0]) and float(out[0, 0, 0, 1]) == pytest.approx(63.75, rel=1e-4)
     # the field is smooth, positive, and 1 where the coordinates are 0
     f = AugmentConfig(crop_size=9, illumination=0.5)
-    pf = make_params(f, rng, n, (17, 11))
+    pf = make_params(f, rng, n, (17, 11), C)
     lit = photometric(torch.ones(n, 9, 9, 6), pf, f)
     assert float(lit.min()) > 0 and torch.allclose(lit[:, 4, 4], torch.ones(n, 6), atol=1e-6)
     yy, xx = field_coords(9, 9)
     assert yy.shape == (9, 1, 1) and xx.shape == (1, 9, 1) and yy[4, 0, 0] == 0.0
     # read noise of std r: a dark image gets noise of about that std; offsets pick fixed windows of one bank
     nz = AugmentConfig(crop_size=9, noise=(3.0, 0.0))
-    pn = make_params(nz, rng, n, (17, 11))
+    pn = make_params(nz, rng, n, (17, 11), C)
     pn["noise_read"][:] = 3.0
     noisy = photometric(torch.zeros(n, 9, 9, 6), pn, nz)
     assert float(noisy.std()) == pytest.approx(3.0, rel=0.1)
-    assert np.array_equal(noise_windows(pn["noise_offset"], 9), noise_windows(pn["noise_offset"], 9))
+    assert np.array_equal(noise_windows(pn["noise_offset"], 9, C), noise_windows(pn["noise_offset"], 9, C))
 
 
 def test_shift_modes_and_rotation_window():
     centre = make_params(AugmentConfig(crop_size=7, shift=False, rotation="none"), np.random.default_rng(0), 5,
-                         (H, W))["window"]
+                         (H, W), C)["window"]
     assert (centre == [(H - 7) // 2, (W - 7) // 2, 7, 7]).all()
     near = make_params(AugmentConfig(crop_size=7, shift=1, rotation="none"), np.random.default_rng(0), 100,
-                       (H, W))["window"]
+                       (H, W), C)["window"]
     assert np.abs(near[:, 0] - (H - 7) // 2).max() == 1
     rot = make_params(AugmentConfig(crop_size=7, rotation="any", max_angle=30), np.random.default_rng(0), 50,
-                      (H, W))
+                      (H, W), C)
     assert (rot["window"][:, 2:] == 11).all() and np.abs(rot["angle"]).max() <= 30
 
 
 def test_rrc_windows_respect_scale_and_fit():
     cfg = AugmentConfig(crop_size=7, rrc_scale=(0.3, 0.6))
-    win = make_params(cfg, np.random.default_rng(0), 100, (H, W))["window"]
+    win = make_params(cfg, np.random.default_rng(0), 100, (H, W), C)["window"]
     area = win[:, 2] * win[:, 3] / (H * W)
     assert (win[:, 0] + win[:, 2] <= H).all() and (win[:, 1] + win[:, 3] <= W).all()
     assert area.min() > 0.2 and area.max() < 0.75  # rounding of sides widens the range a little
@@ -162,10 +163,10 @@ def test_eval_views_bookkeeping():
     cell, k = decode_view(v)
     assert set(cell.tolist()) == set(range(9)) and set(k.tolist()) == set(range(8))
     assert eval_views("center", dihedral=False).tolist() == [32]
-    p = eval_params(AugmentConfig(crop_size=7), eval_views("grid9", False), (H, W), "grid9")
+    p = eval_params(AugmentConfig(crop_size=7), eval_views("grid9", False), (H, W), "grid9", C)
     assert p["window"][:, 0].tolist() == [0, 0, 0, 5, 5, 5, 10, 10, 10]
     assert p["window"][:, 1].tolist() == [0, 2, 4] * 3
-    full = eval_params(AugmentConfig(crop_size=7), eval_views("full", False), (H, W), "full")
+    full = eval_params(AugmentConfig(crop_size=7), eval_views("full", False), (H, W), "full", C)
     assert full["window"].tolist() == [[0, 0, H, W]]
 
 
@@ -224,7 +225,7 @@ def test_intensity_and_normalize_fold_into_one_affine():
 
 def test_apply_torch_end_to_end_layout_and_dtype(img):
     cfg = AugmentConfig(crop_size=7, rotation="d4", normalize="plate", dtype="bfloat16")
-    p = make_params(cfg, np.random.default_rng(3), 2, (H, W))
+    p = make_params(cfg, np.random.default_rng(3), 2, (H, W), C)
     windows = [img[y:y + h, x:x + w] for y, x, h, w in p["window"]]
     mean, std = np.full((2, 6), 10.0, np.float32), np.full((2, 6), 5.0, np.float32)
     out = apply_torch(windows, p, mean, std, cfg)

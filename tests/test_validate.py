@@ -1,10 +1,10 @@
-"""cellio._validate: the shared parameter checks name the parameter and say expected vs found."""
+"""cellio.params: the shared parameter checks name the parameter and say expected vs found."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cellio._validate import parse_choice, parse_device, parse_int, parse_probability, parse_range
+from cellio.params import parse_choice, parse_device, parse_int, parse_probability, parse_range
 from cellio.errors import PipelineConfigError
 
 

@@ -10,7 +10,8 @@ import pytest
 from cellio.errors import StoreIncompleteError
 from cellio.ingestion import ingest, repair_store
 from cellio.store import open_store
-from cellio.verification import site_sums, verify_store
+from cellio.store.stats import site_sums
+from cellio.store.verify import verify_store
 
 from store_damage import assert_same_store, copy_store, downgrade_to_1_0, flip_byte, truncate
 
@@ -103,7 +104,7 @@ def test_stats_that_disagree_with_the_pixels_are_found_without_checksums(tmp_pat
 
 
 def test_inconsistent_tables_are_reported(tmp_path, clean):
-    from cellio._format import FileTarget
+    from cellio.store.files import FileTarget
 
     s = copy_store(clean, tmp_path / "s.zarr")
     target = FileTarget(str(s), None)
@@ -130,7 +131,7 @@ def test_sites_skipped_by_ingest_are_reported_missing_and_repair_stores_them(tmp
     import shutil
 
     from cellio.cli import main
-    from cellio.metadata import read_metadata
+    from cellio.datasets.rxrx1.metadata import read_metadata
 
     raw = tmp_path / "raw"
     shutil.copytree(small_raw, raw)

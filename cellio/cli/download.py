@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..kaggle import download
+    from .. import download
 
     report = download(args.dest, files=args.files, force=args.force, check_disk=args.check_disk,
                       unzip=args.unzip, verify=args.verify, progress=args.progress)

@@ -15,13 +15,15 @@ def _csv(value: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..ingestion import DEFAULT_CODEC, DEFAULT_LAYOUT, ON_ERROR
-    from .._format import CODECS, DEFAULT_SITES_PER_SHARD, DEFAULT_TILE, LAYOUTS
+    from ..store.codecs import list_codecs
+    from ..store.images import LAYOUTS
+    from ..store.shards import DEFAULT_SITES_PER_SHARD, DEFAULT_TILE
 
     parser.add_argument("raw", type=Path, help="the unzipped RxRx1 directory (train/, test/, *.csv)")
     parser.add_argument("store", help="store path or fsspec URL to create or resume (e.g. rxrx1.zarr, "
                                       "s3://bucket/rxrx1.zarr; credentials and endpoint from AWS_* / "
                                       "GOOGLE_APPLICATION_CREDENTIALS)")
-    parser.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC, help="chunk compression")
+    parser.add_argument("--codec", choices=list_codecs(), default=DEFAULT_CODEC, help="chunk compression")
     parser.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
                         help="sharded: a shard file per group of sites, a tile per inner chunk (crops decode only "
                              "their tiles; few objects); chunked: a file per site (format 1.1)")

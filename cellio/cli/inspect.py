@@ -61,7 +61,7 @@ def _verified(record: dict[str, Any] | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._format import get_fs
+    from ..store.files import get_fs
     from ..errors import StoreDamagedError
     from ..store import open_store
 
@@ -69,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
     a = store.attrs
     H, W, C = store.image_shape
     print(f"store       {store.path}")
-    print(f"format      {a['format']} {a['format_version']}, layout {store.layout}, sites {H}x{W}x{C} uint8")
+    print(f"format      {a['format']} {a['format_version']}, layout {store.axes}, sites {H}x{W}x{C} uint8")
+    lay = store.layout
+    print(f"dataset     {lay.name} v{lay.version}: {lay.n_channels} channels ({', '.join(lay.channel_names)}), "
+          f"{lay.sites_per_well} sites per well, {len(lay.cell_types)} cell types"
+          + ("" if "dataset_layout" in a else " (no dataset_layout attribute: a store written before format 1.3)"))
     print(f"codec       {a['codec']}")
     chunks = a.get("image_chunks") or {"layout": "chunked"}
     print("images      " + (f"sharded: {chunks['sites_per_shard']} sites per shard, {chunks['tile'][0]}x"

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def summarize(sites: Any) -> dict[str, Any]:
     """JSON-safe summary of a site table (and its plate groups when they can be derived)."""
     from ..errors import MetadataError
-    from ..metadata import derive_plate_groups
+    from .. import derive_plate_groups
 
     wells = sites.drop_duplicates("id_code")
     labelled = wells[wells["sirna"].notna()]
@@ -44,7 +44,7 @@ def summarize(sites: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..metadata import read_metadata
+    from .. import read_metadata
 
     sites = read_metadata(args.raw, check_files=args.check_files, pixel_stats=not args.no_pixel_stats)
     s = summarize(sites)

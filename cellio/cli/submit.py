@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..kaggle import submit, validate_submission
+    from .. import submit, validate_submission
 
     if args.check:
         report = validate_submission(args.file, args.sample_submission, require_test_ids=True)

@@ -5,8 +5,6 @@ import argparse
 import json
 import re
 
-from ..schema import CELL_TYPES
-
 HELP = "write a synthetic RxRx1 data set (Kaggle layout, learnable morphology) for tests and demos"
 
 
@@ -20,6 +18,9 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..datasets import get_layout
+
+    cell_types = list(get_layout("rxrx1").cell_types)
     p.add_argument("out", metavar="OUT", help="output directory (created)")
     p.add_argument("--layout", default="custom", choices=["custom", "rxrx1"],
                    help="rxrx1: the real data set's experiments, plates, wells, controls and missing wells (125,472 "
@@ -30,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, default=40, help="treatment siRNAs (a multiple of 4: 4 plate groups)")
     p.add_argument("--train-experiments", type=int, default=2, metavar="K", help="train experiments per cell type")
     p.add_argument("--test-experiments", type=int, default=1, metavar="T", help="test experiments per cell type")
-    p.add_argument("--cell-types", nargs="+", default=list(CELL_TYPES), choices=list(CELL_TYPES),
+    p.add_argument("--cell-types", nargs="+", default=cell_types, choices=cell_types,
                    help="cell types to generate")
     p.add_argument("--sites", type=int, default=2, help="sites per well")
     p.add_argument("--size", type=_size, default=(512, 512), help="image size: SIZE or HEIGHTxWIDTH")
@@ -50,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synth import synthesize
+    from .. import synthesize  # the public API: the RxRx1 generator
 
     summary = synthesize(
         args.out, classes=args.classes, train_experiments_per_cell_type=args.train_experiments,

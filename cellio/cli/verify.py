@@ -22,9 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._validate import parse_count
+    from ..params import parse_count
     from ..ingestion import repair_store
-    from ..verification import verify_store
+    from ..store.verify import verify_store
 
     parse_count("workers", args.workers)  # --repair's: refused before the verification, not after it
     report = verify_store(args.store, threads=args.threads, progress=args.progress, record=args.repair is None)
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         out["repair"] = fixed.to_dict()
         final = fixed.after
     elif args.repair is not None:
-        from ..verification import write_last_verified
+        from ..store.verify import write_last_verified
 
         write_last_verified(args.store, report)
     if args.json is not None:
