@@ -31,7 +31,8 @@ from _peer_rows import REQUIRES, RowSpec, open_loader, run_epoch
 
 
 PRELOAD = {"wds_lz4": ("webdataset", "lz4.frame"), "spdl": ("spdl.io", "spdl.pipeline"), "litdata": ("litdata",),
-           "cellio_torch": ("cellio.loader",), "cellio_dali": ("cellio.loader", "cellio.pipeline", "nvidia.dali.fn")}
+           "cellio_torch": ("cellio.loading.loader",),
+           "cellio_dali": ("cellio.loading.loader", "cellio.loading.pipeline", "nvidia.dali.fn")}
 
 
 class RowError(RuntimeError):
