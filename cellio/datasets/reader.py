@@ -4,12 +4,14 @@ A data set package (`cellio/datasets/rxrx1/`, ...) defines one as `READER` and t
 (`cellio/datasets/registry.py`) finds it by name. The contract is small on purpose: the reader turns a raw
 directory into the validated site table, one row per site, whose `layout.path_columns` name each channel's image
 file relative to the directory (and, optionally, `layout.pixel_mean_columns` / `pixel_std_columns` the data set's
-own statistics, which ingest checks each site against). Everything after that (decoding, the store, the loader)
-needs only the layout.
+own statistics, which ingest checks each site against). A data set whose pixels are not one PNG file per channel
+(TIFF with illumination correction, JPEG 2000 bytes in parquet shards, OME-Zarr arrays) also gives `read_site`,
+which turns one row of that table into the site's pixels; without it ingest decodes the PNGs the path columns
+name. Everything after that (the store, the loader) needs only the layout.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,9 +19,16 @@ from typing import TYPE_CHECKING
 from .layout import DatasetLayout
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
-__all__ = ["DatasetReader"]
+# read_site(raw, row) -> (H, W, C) array of layout.dtype, channels in layout order. `raw` is what the user gave
+# ingest (a directory, or an object-storage URL such as "s3://bucket/prefix"); `row` one row of the site table as
+# a mapping of column -> value. Bad pixels raise cellio.errors.ImageError naming the file (or key) and what was
+# expected. It runs in ingest's worker processes: a module-level function that may keep per-process caches.
+SiteReader = Callable[[str, Mapping[str, object]], "np.ndarray"]
+
+__all__ = ["DatasetReader", "SiteReader"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +38,8 @@ class DatasetReader:
     is_raw_dir(path): whether `path` looks like this data set's raw directory (cheap: a few file names);
     raw_description: how the raw directory looks, for messages ("the unzipped RxRx1 directory (train/, test/,
     *.csv)"); stats_source: where the site table's pixel_mean_* / pixel_std_* columns come from, named when a site
-    does not match them ("pixel_stats.csv"). The callables are module-level functions, so a reader pickles into
+    does not match them ("pixel_stats.csv"); read_site: the site's pixels from one row (`SiteReader`), or None for
+one PNG per channel named by `layout.path_columns`. The callables are module-level functions, so a reader pickles into
     worker processes."""
 
     layout: DatasetLayout
@@ -38,6 +48,7 @@ class DatasetReader:
     is_raw_dir: Callable[[Path], bool]
     raw_description: str
     stats_source: str = "the data set's own statistics"
+    read_site: SiteReader | None = None
 
     @property
     def name(self) -> str:
