@@ -21,6 +21,10 @@ extras = {
     "formats": ["tifffile>=2024.1", "imagecodecs>=2024.1", "ome-zarr>=0.18", "ome-zarr-models>=1.6"],
     "test": ["pytest>=8", "moto[server]>=5", "s3fs>=2024.1"],  # a local S3-compatible server for the tests
     # glymur needs the system OpenJPEG library (Debian: libopenjp2-7); only benchmarks/jp2_decode.py uses it
+    "bench": ["matplotlib>=3.8", "tensorstore>=0.1.60", "opencv-python-headless>=4.9", "obstore>=0.4", "glymur>=0.14",
+              # benchmarks/peers.py: the loaders users pick instead of cellio, and what it measures them with
+              "torchvision>=0.21", "psutil>=5.9", "webdataset>=1.0.2", "lz4>=4.4", "litdata>=0.2.76", "spdl>=0.8",
+              "moto[server]>=5", "s3fs>=2024.1"],
     # phenomic maps (trainer/maps, benchmarks/maps.py, tests/formats/rxrx3_maps.py): copairs for mAP, anndata for
     # .h5ad maps, and what the two packages installed WITHOUT their declared dependencies import: efaar-benchmarking
     # (its benchmarking module: geomloss, joblib, scikit-learn; its declared scvi-tools, wget, seaborn, ... are not
