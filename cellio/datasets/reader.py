@@ -39,7 +39,8 @@ class DatasetReader:
     raw_description: how the raw directory looks, for messages ("the unzipped RxRx1 directory (train/, test/,
     *.csv)"); stats_source: where the site table's pixel_mean_* / pixel_std_* columns come from, named when a site
     does not match them ("pixel_stats.csv"); read_site: the site's pixels from one row (`SiteReader`), or None for
-one PNG per channel named by `layout.path_columns`. The callables are module-level functions, so a reader pickles into
+    one PNG per channel named by `layout.path_columns`. The callables are module-level functions, so a reader
+    pickles into
     worker processes."""
 
     layout: DatasetLayout
