@@ -1,4 +1,4 @@
-"""The rehearsal (python -m trainer.rehearse) at a reduced real layout: the main job's whole step chain with the
+"""The rehearsal (python -m trainer.job.rehearse) at a reduced real layout: the main job's whole step chain with the
 per-step table; and the meter it is timed with."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 import cellio
-from trainer.meter import StepMeter
-from trainer.predict import load_predictions
-from trainer.rehearse import RehearsalOptions, rehearse
+from trainer.job.meter import StepMeter
+from trainer.infer.predict import load_predictions
+from trainer.job.rehearse import RehearsalOptions, rehearse
 
 # Two train experiments (one held out for validation) and one test experiment of the real layout, 8 px.
 EXPERIMENTS = ["HUVEC-01", "RPE-01", "HUVEC-17"]

@@ -1,11 +1,11 @@
 """Per-view logits on disk: written batch by batch, read back in row blocks, never whole in memory.
 
 At RxRx1's size the per-view logits are the largest thing the job makes: the 44,286 test sites x 72 views (nine
-crops x 8 dihedral) x 1,139 classes are 14.5 GB in float32. `trainer.predict` streams them into a `.npy` file
+crops x 8 dihedral) x 1,139 classes are 14.5 GB in float32. `trainer.infer.predict` streams them into a `.npy` file
 with `LogitsWriter` (float16 when that file would pass 1 GiB: half the bytes; its rounding, <= 2^-11 relative,
 is far below what moves a well's mean over 72 views, see docs/performance.md), and the chain reads them through
 `LogitsFile`, which slices like an array but reads only the rows asked for. Everything that consumes logits
-(trainer.aggregate, trainer.stacker) walks them with `iter_rows`, one block at a time.
+(trainer.infer.aggregate, trainer.infer.stacker) walks them with `iter_rows`, one block at a time.
 
     with LogitsWriter("preds.logits.npy", n_cols=1139, dtype=np.float16) as w:
         for batch in ...: w.append(batch_logits)
@@ -28,7 +28,7 @@ __all__ = ["LogitsFile", "LogitsWriter", "iter_rows", "CHUNK_ROWS", "PROGRESS_MI
 
 CHUNK_ROWS = 32768            # rows per block: 150 MB of float32 at 1,139 classes
 PROGRESS_MIN_ROWS = 1 << 20   # walks over more rows than this show a progress bar
-HALF_ABOVE_BYTES = 1 << 30    # trainer.predict stores float16 above this many float32 bytes
+HALF_ABOVE_BYTES = 1 << 30    # trainer.infer.predict stores float16 above this many float32 bytes
 _HEADER = 128                 # bytes reserved for the .npy header (written last, when the row count is known)
 
 
@@ -82,7 +82,7 @@ class LogitsFile:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         if not self.path.is_file():
-            raise MetadataError(f"logits file {self.path} does not exist (written by trainer.predict beside its "
+            raise MetadataError(f"logits file {self.path} does not exist (written by trainer.infer.predict beside its "
                                 ".npz)")
         with open(self.path, "rb") as f:
             version = np.lib.format.read_magic(f)

@@ -1,18 +1,5 @@
-"""The main job, end to end: data -> metadata -> ingest -> a plan from the data and the machine -> a 6-channel
-model (one validation fold held out) -> a pseudo-label stage from it (GPU plan; plan.pseudo_share) -> a short
-fine-tuning run per cell type (GPU plan; plan.finetune_share) -> TTA predictions and embeddings of the held-out
-and test wells (the fine-tuned models' joined into one more ensemble member) -> the inference chain
-(calibration, ensemble, rotation inference, plate assignment, chosen by validation) -> OUT/submission.csv and
-OUT/report.json (+ plots).
-
-    python -m trainer.demo --out out/demo                          # on the embedded synthetic RxRx1 set
-    python -m trainer.demo --data /path/to/rxrx1 --out out/rx      # a directory in the Kaggle layout
-    python -m trainer.demo --data DIR --budget 120 plan.crop=512 optim.lr=3e-4   # overrides
-
-The plan (trainer/plan.py) is printed before any training and saved as OUT/plan.json. On CUDA it trains the GPU
-recipe on every local GPU, launching torchrun itself. Every step is resumable: a rerun skips what is complete
-(synth marker, ingest journal, plan.json, training checkpoints, prediction files). `make demo DATA=... OUT=...
-BUDGET=... RECIPE=...` calls this.
+"""The main job's steps, in order (`run_job`), and what each step does: the command is `python -m trainer.demo`
+(trainer/demo.py says what the job does, end to end).
 """
 from __future__ import annotations
 
@@ -31,11 +18,11 @@ from typing import Any
 
 import cellio
 
-from trainer.config import Config, load_config, parse_override, save_config
-from trainer.plan import (STEP_QUANTUM, DataFacts, Hardware, Plan, check_budget, fit_to_budget, load_plan,
+from trainer.train.config import Config, load_config, parse_override, save_config
+from trainer.job.plan import (STEP_QUANTUM, DataFacts, Hardware, Plan, check_budget, fit_to_budget, load_plan,
                           make_plan, parse_overrides, save_plan)
 
-log = logging.getLogger("trainer.demo")
+log = logging.getLogger(__name__)
 
 SYNTH_MARKER = ".cellio-synth.json"
 FINETUNE_LR = 0.5               # a cell type's fine-tuning run starts at this fraction of the plan's lr
@@ -65,7 +52,7 @@ class JobOptions:
     overrides: list[str] = field(default_factory=list)       # trainer keys, for every run
     plan_overrides: dict[str, Any] = field(default_factory=dict)  # plan.<field>=value
     hardware: str = "auto"            # auto | cpu | gpu (gpu on a CPU machine: the GPU plan's code path)
-    meter: Any = None                 # name -> context manager around each step (trainer.meter.StepMeter)
+    meter: Any = None                 # name -> context manager around each step (trainer.job.meter.StepMeter)
 
 
 def check_job(opts: JobOptions) -> None:
@@ -81,7 +68,7 @@ def check_job(opts: JobOptions) -> None:
     if opts.workers is not None and (type(opts.workers) is not int or opts.workers < 1):  # as cellio words it
         raise cellio.ConfigError(f"--workers: expected an integer >= 1 or None, found {opts.workers!r}")
     opts.plan_overrides = parse_overrides(opts.plan_overrides)
-    from trainer.models import check_model_name
+    from trainer.train.models import check_model_name
 
     # the recipe and the user's trainer keys as every training run will read them (the plan's own keys, set
     # between the two, are checked by parse_overrides above)
@@ -90,7 +77,7 @@ def check_job(opts: JobOptions) -> None:
 
 
 def _meter(opts: JobOptions) -> Any:
-    from trainer.meter import no_meter
+    from trainer.job.meter import no_meter
 
     return opts.meter or no_meter
 
@@ -158,9 +145,9 @@ def measure(plan: Plan, opts: JobOptions, store: Any, store_path: Path) -> tuple
     the single stage (trainer.train in-process), then a few batches of prediction."""
     import numpy as np
 
-    from trainer.checkpoint import load_for_inference
-    from trainer.predict import predict_views
-    from trainer.train import run
+    from trainer.train.checkpoint import load_for_inference
+    from trainer.infer.predict import predict_views
+    from trainer.train.loop import run
 
     calib = opts.out / "runs" / "calibration"
     # a scratch run: an earlier attempt's log.jsonl would otherwise be appended to and its times read as ours
@@ -222,8 +209,8 @@ def check_batch(plan: Plan, opts: JobOptions, store: Any, store_path: Path) -> N
     type's fine-tuning), one batch per process: a ConfigError naming plan.batch, not the loader's own words
     (last_batch, batch_size) from inside the first training run. Plate-pure batches (plan.batch_by) are checked by
     the loader per plate."""
-    from trainer.data import count_train_sites
-    from trainer.folds import split_experiments
+    from trainer.train.data import count_train_sites
+    from trainer.train.folds import split_experiments
 
     cfg = run_config(plan, opts, store_path, opts.out / "runs" / "single")
     if cfg.data.batch_by:
@@ -254,7 +241,7 @@ def _has_cuda() -> bool:
 # ------------------------------------------------------------------------------------------------------- training
 def train(cfg: Config, plan: Plan) -> dict[str, Any]:
     """One training run: in this process, or under torchrun with one process per GPU (plan.processes > 1)."""
-    from trainer.train import run
+    from trainer.train.loop import run
 
     if plan.processes <= 1:
         return run(cfg)
@@ -374,7 +361,7 @@ def _print_metrics(name: str, metrics: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------------- inference
 def _cached_predictions(ckpt: Path, plan: Plan, store: Any, ds: str, file: Path, meter: Any, name: str) -> Any:
     """One checkpoint's predictions of `ds` at the plan's TTA, from `file` when it holds this checkpoint's."""
-    from trainer.predict import load_predictions, predict
+    from trainer.infer.predict import load_predictions, predict
 
     if file.is_file() and load_predictions(file).meta.get("checkpoint") == str(ckpt):
         return load_predictions(file)
@@ -393,8 +380,8 @@ def _cached_embeddings(ckpt: Path, plan: Plan, store: Any, file: Path, meter: An
     must not reuse an earlier model's file)."""
     import numpy as np
 
-    from trainer.checkpoint import load_for_inference
-    from trainer.embed import WellEmbeddings, extract_embeddings
+    from trainer.train.checkpoint import load_for_inference
+    from trainer.infer.embed import WellEmbeddings, extract_embeddings
 
     if file.is_file():
         with np.load(file, allow_pickle=False) as z:
@@ -418,7 +405,7 @@ def predict_and_embed(val_ckpt: Path, test_ckpt: Path, plan: Plan, store: Any, o
     """Out-of-fold predictions by `val_ckpt` and test predictions by `test_ckpt` at the plan's TTA; every well's
     embedding (`embed_tta` views) by `test_ckpt`, and, when the two differ (a refit), the train wells' by
     `val_ckpt` for the out-of-fold centroids: (validation, test, embeddings, validation embeddings); cached."""
-    from trainer.meter import no_meter
+    from trainer.job.meter import no_meter
 
     meter = meter or no_meter
     kinds = ("validation", "test") if plan.val_fold >= 0 else ("test",)
@@ -437,9 +424,9 @@ def predict_and_embed_finetuned(ckpts: dict[str, Path], joint: tuple[list[Any], 
     """The per-cell-type fine-tuned models as one ensemble member: each cell type's sites predicted and embedded
     by its own model (a cell type without one keeps the joint model's rows), joined into one Predictions per split
     and one WellEmbeddings, in the shape of `predict_and_embed`'s first three."""
-    from trainer.embed import WellEmbeddings
-    from trainer.meter import no_meter
-    from trainer.predict import concat_predictions, load_predictions
+    from trainer.infer.embed import WellEmbeddings
+    from trainer.job.meter import no_meter
+    from trainer.infer.predict import concat_predictions, load_predictions
 
     meter = meter or no_meter
     pred_dir = out / "predictions"
@@ -492,8 +479,8 @@ def sample_submission(raw: Path, out: Path) -> Path:
 
 def run_job(opts: JobOptions) -> dict[str, Any]:
     """The whole main job; returns the chain's reports and what was submitted."""
-    from trainer.chain import ChainInputs, run_chain
-    from trainer.report import format_table
+    from trainer.infer.chain import ChainInputs, run_chain
+    from trainer.infer.report import format_table
 
     check_job(opts)
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -566,8 +553,8 @@ def _add_to_report(path: Path, extra: dict[str, Any]) -> None:
         path.write_text(json.dumps(report, indent=2))
 
 
-def parse_args(argv: Sequence[str] | None) -> JobOptions:
-    p = argparse.ArgumentParser(prog="python -m trainer.demo", description=__doc__.split("\n\n")[0])
+def parse_args(argv: Sequence[str] | None, description: str | None = None) -> JobOptions:
+    p = argparse.ArgumentParser(prog="python -m trainer.demo", description=description)
     p.add_argument("--data", help="an RxRx1 directory in the Kaggle layout (default: make a synthetic one in OUT/raw)")
     p.add_argument("--out", default="out/demo", help="output folder")
     p.add_argument("--profile", default="default", choices=sorted(PROFILES),
@@ -579,7 +566,7 @@ def parse_args(argv: Sequence[str] | None) -> JobOptions:
                    help="plan for this machine (auto), or force the CPU or GPU plan")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, help="processes for synth and ingest (all cores if not given)")
-    p.add_argument("overrides", nargs="*", help="plan.<field>=value (trainer/plan.py) or trainer keys "
+    p.add_argument("overrides", nargs="*", help="plan.<field>=value (trainer/job/plan.py) or trainer keys "
                                                 "(optim.lr=3e-4) for every training run")
     a = p.parse_args(argv)
     plan_over = {}
@@ -602,11 +589,3 @@ def run_command(prog: str, job: Any, argv: Sequence[str] | None) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_command("trainer.demo", lambda a: run_job(parse_args(a)), argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

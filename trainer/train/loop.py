@@ -1,23 +1,20 @@
 """The training loop: config -> cellio loaders -> model -> a plain loop -> checkpoints. Read it top to bottom.
 
-    python -m trainer.train --config trainer/recipes/smoke_cpu.yaml data.store=PATH out=DIR optim.lr=3e-4
-    torchrun --nproc_per_node 8 -m trainer.train --config trainer/recipes/densenet161_gpu.yaml data.store=PATH
+    metrics = run(load_config("trainer/recipes/smoke_cpu.yaml", ["data.store=PATH", "out=DIR"]))
 
+(`python -m trainer.train`, trainer/train/__main__.py, is its command line.)
 `run` prepares a `Run` (the model, its stage, loaders, optimizer and schedule, resumed from OUT/checkpoints/last.pt
 when there is one), then alternates `train_one_epoch` and `validate`. What differs between the 6-channel model,
-the per-channel extractors and the fusion head on cached features is the stage object (trainer/stages.py); the
+the per-channel extractors and the fusion head on cached features is the stage object (trainer/train/stages.py); the
 loop has no stage-specific branch. Every stage writes OUT/checkpoints/{last,best}.pt holding the whole model
-(loadable by trainer.checkpoint.load_for_inference).
+(loadable by trainer.train.checkpoint.load_for_inference).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import json
 import logging
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +29,7 @@ from cellio.errors import CellioError, ConfigError
 
 from .checkpoint import (apply_schedule_change, build_model, check_resume_config, load_checkpoint, save_checkpoint,
                          training_state)
-from .config import Config, load_config, save_config
+from .config import Config, save_config
 from .folds import split_experiments
 from .labels import ClassMap
 from .losses import MarginLoss, create_loss
@@ -42,7 +39,7 @@ from .runlog import RunLog
 from .runtime import amp_dtype, autocast, seed_everything, set_rng_state, setup_env
 from .stages import Stage, StageContext, create_stage
 
-__all__ = ["Run", "run", "train_one_epoch", "validate", "main"]
+__all__ = ["Run", "run", "prepare", "train_one_epoch", "validate", "record_validation"]
 
 log = logging.getLogger(__name__)
 
@@ -308,28 +305,3 @@ def record_validation(r: Run, epoch: int, val: dict[str, float]) -> None:
         r.best = r.metrics["best_val_acc"] = val["val_acc"]
         if r.ctx.env.is_main:
             save_checkpoint(r.ckpt_dir / "best.pt", r.state(epoch, epoch_complete=True, loader=None))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="YAML recipe (trainer/recipes/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 data.store=PATH")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        metrics = run(load_config(args.config, args.overrides))
-    except CellioError as exc:
-        print(f"trainer.train: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@ is checked by `cellio.validate_submission` (the same check `cellio submit` runs 
 requiring the sample's row order) before it is written, and the file is atomically moved into place, so a
 half-written or invalid file never sits at `out_path`.
 
-    python -m trainer.submission --predictions assigned.csv --sample data/sample_submission.csv --out submission.csv
+    python -m trainer.infer.submission --predictions assigned.csv --sample data/sample_submission.csv --out submission.csv
     cellio submit submission.csv -m "densenet + plate assignment"
 """
 from __future__ import annotations
@@ -91,8 +91,8 @@ def write_submission(well_predictions: pd.DataFrame | Mapping[str, int] | pd.Ser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.submission", description=__doc__.split("\n\n")[0])
-    p.add_argument("--predictions", required=True, help="CSV id_code,sirna (e.g. from trainer.assign)")
+    p = argparse.ArgumentParser(prog="python -m trainer.infer.submission", description=__doc__.split("\n\n")[0])
+    p.add_argument("--predictions", required=True, help="CSV id_code,sirna (e.g. from trainer.infer.assign)")
     p.add_argument("--sample", required=True, help="sample_submission.csv of the data set")
     p.add_argument("--out", default="submission.csv")
     args = p.parse_args(argv)

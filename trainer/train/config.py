@@ -53,7 +53,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "densenet_tiny"           # a name from trainer.models.list_models()
+    name: str = "densenet_tiny"           # a name from trainer.train.models.list_models()
     pretrained: str | None = None         # local ImageNet weights file (.pth); hubs are not used
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model factory (head options, ...)
 
@@ -112,7 +112,7 @@ class TrainConfig:
 
 @dataclass
 class PseudoConfig:
-    """train.stage=pseudo_label: rounds of pseudo-labels for the test set (trainer/pseudo.py)."""
+    """train.stage=pseudo_label: rounds of pseudo-labels for the test set (trainer/infer/pseudo.py)."""
 
     rounds: int = 3                       # round k starts at epoch k * epochs / rounds (k = 0 at the start)
     first_fraction: float = 0.4           # share of each plate's wells labelled in round 0 ...
@@ -120,9 +120,9 @@ class PseudoConfig:
     include_validation: bool = True       # also pseudo-label the held-out fold (its accuracy then measures it)
     tta: str = "center"                   # views the pseudo-labels are predicted from (center | grid9 | full)
     adabn: bool = False                   # BatchNorm statistics per plate for those predictions
-    min_z: float = 3.0           # rotation evidence needed to mask (trainer.assign)
+    min_z: float = 3.0           # rotation evidence needed to mask (trainer.infer.assign)
     source: str = "embedding"             # scores the labels come from: embedding (cosine to the train wells'
-    #                                       class centres per cell type, trainer.embed) | logits (the model's head)
+    #                                       class centres per cell type, trainer.infer.embed) | logits (the model's head)
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """A rehearsal of the whole main job at RxRx1's real cardinality, with tiny images and a tiny model: wall time
 and peak memory (RSS) of every step, and the size of every file it writes.
 
-    python -m trainer.rehearse OUT                        # 125,472 sites of 32 px (cellio synth --layout rxrx1)
-    python -m trainer.rehearse OUT --size 16 --experiments HUVEC-01 RPE-01 HUVEC-17    # a reduced real layout
-    python -m trainer.rehearse OUT --budget 60 plan.steps_single=100 optim.lr=1e-3     # main-job overrides
+    python -m trainer.job.rehearse OUT                        # 125,472 sites of 32 px (cellio synth --layout rxrx1)
+    python -m trainer.job.rehearse OUT --size 16 --experiments HUVEC-01 RPE-01 HUVEC-17    # a reduced real layout
+    python -m trainer.job.rehearse OUT --budget 60 plan.steps_single=100 optim.lr=1e-3     # main-job overrides
 
 It runs `trainer.demo.run_job` itself, the main job's code path end to end (metadata -> ingest -> plan ->
 single stage -> pseudo-label stage -> a fine-tuning run per cell type -> predictions of every validation and test
@@ -15,7 +15,7 @@ without a model, and `cellio.validate_submission` against the set's sample_submi
 real size (memory, a Python loop over every file, a progress bar that never moves) breaks here first, in
 minutes, not on rented GPUs after hours.
 
-Every step is timed by `trainer.meter.StepMeter` (the method: there); the table goes to OUT/rehearsal.md and
+Every step is timed by `trainer.job.meter.StepMeter` (the method: there); the table goes to OUT/rehearsal.md and
 OUT/rehearsal.json, with the plan, the data set's counts and every file's size. A rerun reuses what is complete
 (the synthetic set, the store, checkpoints, prediction files, like the main job); steps it skips keep the
 measurement of the run that did them (OUT/steps.jsonl).
@@ -36,11 +36,11 @@ from typing import Any
 
 import cellio
 
-from trainer.meter import StepMeter
+from trainer.job.meter import StepMeter
 
 __all__ = ["RehearsalOptions", "rehearse", "rehearsal_overrides", "file_sizes", "format_steps", "main"]
 
-log = logging.getLogger("trainer.rehearse")
+log = logging.getLogger("trainer.job.rehearse")
 
 MARKER = ".cellio-rehearsal-synth.json"
 
@@ -189,9 +189,9 @@ def _complete_before(job: Path) -> set[str]:
 
 def rehearse(opts: RehearsalOptions) -> dict[str, Any]:
     """The rehearsal (module docstring); returns what OUT/rehearsal.json holds."""
-    from trainer.demo import JobOptions, run_job
-    from trainer.demo import parse_args as parse_job_args
-    from trainer.plan import load_plan
+    from trainer.job.main import JobOptions, run_job
+    from trainer.job.main import parse_args as parse_job_args
+    from trainer.job.plan import load_plan
 
     opts.out = Path(opts.out).resolve()
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -227,7 +227,7 @@ def rehearse(opts: RehearsalOptions) -> dict[str, Any]:
     with meter("loader epoch (training loader, no model)"):
         epoch = loader_epoch(store_path, plan)
     with meter("validate submission"):
-        from trainer.demo import sample_submission
+        from trainer.job.main import sample_submission
 
         sample = sample_submission(raw, job.out)
         sub = cellio.validate_submission(job.out / "submission.csv", sample)
@@ -240,7 +240,7 @@ def rehearse(opts: RehearsalOptions) -> dict[str, Any]:
 
     rows = len(pd.read_csv(sample, usecols=["id_code"]))
     summary = {
-        "command": "python -m trainer.rehearse " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("rehearse.py")
+        "command": "python -m trainer.job.rehearse " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("rehearse.py")
         else None,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
         "data": {"sites": len(sites), "train_sites": int((sites["dataset"] == "train").sum()),
@@ -269,7 +269,7 @@ def rehearse(opts: RehearsalOptions) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> RehearsalOptions:
-    p = argparse.ArgumentParser(prog="python -m trainer.rehearse", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.job.rehearse", description=__doc__.split("\n\n")[0])
     p.add_argument("out", metavar="OUT", help="output folder (the set in OUT/raw, the job in OUT/job)")
     p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     p.add_argument("--experiments", nargs="+", metavar="EXP",
@@ -293,9 +293,9 @@ def parse_args(argv: Sequence[str] | None) -> RehearsalOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from trainer.demo import run_command
+    from trainer.job.main import run_command
 
-    return run_command("trainer.rehearse", lambda a: rehearse(parse_args(a)), argv)
+    return run_command("trainer.job.rehearse", lambda a: rehearse(parse_args(a)), argv)
 
 
 if __name__ == "__main__":

@@ -327,7 +327,7 @@ _register_family(PerChannelFusion, {"perchannel_densenet121": "densenet121", "pe
 
 class ConvNetMicro(_PooledConvNet):
     """Two strided 3x3 convolutions (BatchNorm, ReLU), global average pooling and a `ClassifierHead`: almost no
-    compute per view, for rehearsing the whole job at RxRx1's real cardinality on tiny images (trainer.rehearse)
+    compute per view, for rehearsing the whole job at RxRx1's real cardinality on tiny images (trainer.job.rehearse)
     and for smoke runs. Not a model to learn RxRx1 with."""
 
     def __init__(self, *, num_classes: int, in_chans: int = 6, num_cell_types: int = 4,

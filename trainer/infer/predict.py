@@ -2,22 +2,22 @@
 
 The loader's eval mode yields each (site, view) exactly once, unshuffled: `tta="center"` (one crop), `"grid9"`
 (nine crops), `"full"` (the whole site), each optionally times the 8 dihedral views. Nothing is averaged here;
-aggregation (`trainer.aggregate`) and the stacker (`trainer.stacker`) work from the stored views.
+aggregation (`trainer.infer.aggregate`) and the stacker (`trainer.infer.stacker`) work from the stored views.
 
     preds = predict("runs/f0/checkpoints/best.pt", "rxrx1.zarr", datasets=("test",), tta="grid9")
     preds.save("preds_test.npz"); load_predictions("preds_test.npz")
 
-    python -m trainer.predict --checkpoint runs/f0/checkpoints/best.pt --store rxrx1.zarr --datasets test \
+    python -m trainer.infer.predict --checkpoint runs/f0/checkpoints/best.pt --store rxrx1.zarr --datasets test \
         --tta grid9 [--dihedral] --out preds_test.npz
-    python -m trainer.predict --checkpoint runs/f0/checkpoints/best.pt --store rxrx1.zarr --datasets validation \
+    python -m trainer.infer.predict --checkpoint runs/f0/checkpoints/best.pt --store rxrx1.zarr --datasets validation \
         --out oof_f0.npz        # the checkpoint's own held-out experiments (out-of-fold predictions)
 
 With `out`, the logits stream to disk as they are predicted (`preds_test.logits.npy` beside `preds_test.npz`,
-trainer/logits.py): float16 when float32 would pass 1 GiB (`half=None`, the default), and the returned
+trainer/infer/logits.py): float16 when float32 would pass 1 GiB (`half=None`, the default), and the returned
 Predictions reads them in blocks (a `LogitsFile`), so no step holds a whole split's views in memory.
 
 Several --checkpoint arguments write one file each (`preds_test.0.npz`, `preds_test.1.npz`, ...), to be ensembled
-by `python -m trainer.aggregate --predictions ...`.
+by `python -m trainer.infer.aggregate --predictions ...`.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ import numpy as np
 
 from cellio.errors import ConfigError, MetadataError
 
-from trainer.logits import HALF_ABOVE_BYTES, LogitsFile, LogitsWriter
+from trainer.infer.logits import HALF_ABOVE_BYTES, LogitsFile, LogitsWriter
 
 __all__ = ["Predictions", "predict", "predict_views", "load_predictions", "concat_predictions", "logits_path",
            "validation_experiments", "main"]
@@ -95,7 +95,7 @@ class Predictions:
 def load_predictions(path: str | Path) -> Predictions:
     path = Path(path)
     if not path.is_file():
-        raise MetadataError(f"predictions file {path} does not exist (write it with python -m trainer.predict)")
+        raise MetadataError(f"predictions file {path} does not exist (write it with python -m trainer.infer.predict)")
     with np.load(path, allow_pickle=False) as z:
         missing = [a for a in _ARRAYS if a not in z.files and a != "logits"]
         if missing:
@@ -112,7 +112,7 @@ def concat_predictions(parts: Sequence[Predictions], out: str | Path | None = No
     each cell type's fine-tuned model). With `out` the logits stream part by part, block by block, into out's
     `.logits.npy` sidecar (float16 when any part is, else float32) and the result is saved there; without, they
     are concatenated in memory."""
-    from trainer.logits import iter_rows
+    from trainer.infer.logits import iter_rows
 
     if not parts:
         raise ConfigError("concat_predictions needs at least one Predictions")
@@ -120,7 +120,7 @@ def concat_predictions(parts: Sequence[Predictions], out: str | Path | None = No
     for i, p in enumerate(parts[1:], start=1):
         if not np.array_equal(p.classes, classes):
             raise ConfigError(f"concat_predictions: part {i} has another class map ({len(p.classes)} classes vs "
-                              f"{len(classes)}); ensemble them with trainer.aggregate.ensemble instead")
+                              f"{len(classes)}); ensemble them with trainer.infer.aggregate.ensemble instead")
     keys = np.concatenate([p.index * 1_000_003 + p.view for p in parts])
     if len(np.unique(keys)) != len(keys):
         raise MetadataError("concat_predictions: the parts share (site, view) rows; they must be disjoint")
@@ -141,8 +141,8 @@ def concat_predictions(parts: Sequence[Predictions], out: str | Path | None = No
 
 
 def validation_experiments(cfg: Any, sites: Any) -> list[str]:
-    """The held-out experiments of a checkpoint's config: trainer.folds.split_experiments, as trainer.train used."""
-    from trainer.folds import split_experiments
+    """The held-out experiments of a checkpoint's config: trainer.train.folds.split_experiments, as trainer.train used."""
+    from trainer.train.folds import split_experiments
 
     if cfg.data.val_fold < 0:
         raise ConfigError("this checkpoint trained on every experiment (data.val_fold=-1): it has no validation "
@@ -161,14 +161,14 @@ def predict_views(model: Any, cfg: Any, class_map: Any, store: Any, *, datasets:
 
     `cfg` is the model's training config: crop size, normalisation, augmentation preset, backend and workers come
     from it unless given. With `adabn` each plate is predicted with BatchNorm statistics recomputed on that plate
-    (trainer.adabn; one extra centre-view pass over the plate's sites). With `logits_out` (a .npy path) the
+    (trainer.infer.adabn; one extra centre-view pass over the plate's sites). With `logits_out` (a .npy path) the
     logits stream there batch by batch (float16 with `half`; `half=None`: float16 when float32 would pass 1 GiB)
-    and the returned Predictions reads them from it (trainer.logits.LogitsFile)."""
+    and the returned Predictions reads them from it (trainer.infer.logits.LogitsFile)."""
     import torch
     from tqdm.auto import tqdm
 
     import cellio
-    from trainer.runtime import in_model_layout
+    from trainer.train.runtime import in_model_layout
 
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     crop = crop_size or cfg.data.val_crop_size or cfg.data.crop_size
@@ -182,7 +182,7 @@ def predict_views(model: Any, cfg: Any, class_map: Any, store: Any, *, datasets:
     use_amp = dev.type == "cuda"
     states = None
     if adabn:
-        from trainer.adabn import bn_state, plate_bn_states
+        from trainer.infer.adabn import bn_state, plate_bn_states
 
         stats = cellio.create_loader(store, batch_size, rank=0, world_size=1, tta="center", **common)
         states = plate_bn_states(model, stats, dev, store.sites, torch.bfloat16 if use_amp else None)
@@ -246,7 +246,7 @@ def predict(checkpoint: str | Path, store: Any, *, datasets: Sequence[str] | str
     import torch
 
     import cellio
-    from trainer.checkpoint import load_for_inference
+    from trainer.train.checkpoint import load_for_inference
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, class_map = load_for_inference(checkpoint, dev)
@@ -286,7 +286,7 @@ def _numbered(out: Path, i: int, n: int) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.infer.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", action="append", required=True, help="checkpoint .pt; repeat for several")
     p.add_argument("--store", required=True, help="cellio Zarr store")
     p.add_argument("--datasets", nargs="+", default=["test"], help="train | test | validation (held-out folds)")

@@ -138,7 +138,7 @@ class Stage:
 class _MarginForward(nn.Module):
     """forward = (head logits, margin-head cosines) from one features pass; DDP and compile wrap this forward."""
 
-    wraps_model = True  # trainer.runtime.unwrap looks through it
+    wraps_model = True  # trainer.train.runtime.unwrap looks through it
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -152,7 +152,7 @@ class _MarginForward(nn.Module):
 class _ChannelsForward(nn.Module):
     """forward = the per-channel classifiers, (B, channels, classes); DDP and compile wrap this forward."""
 
-    wraps_model = True  # trainer.runtime.unwrap looks through it
+    wraps_model = True  # trainer.train.runtime.unwrap looks through it
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -249,7 +249,7 @@ class CachedFusionHead(FusionHead):
 
 
 class PseudoLabel(Stage):
-    """Progressive pseudo-labelling (trainer/pseudo.py): the train experiments with their labels plus the test
+    """Progressive pseudo-labelling (trainer/infer/pseudo.py): the train experiments with their labels plus the test
     wells (and the held-out fold's, without their labels) that the current model labels confidently under the
     plate constraint. Round k (pseudo.rounds of them over the run) starts at epoch k * epochs / rounds and relabels
     with the model as it is then, a larger share of each plate every round. An epoch keeps the length of the train
@@ -301,7 +301,7 @@ class PseudoLabel(Stage):
         k = epoch * ctx.cfg.pseudo.rounds // max(schedule.epochs, 1)
         if k <= self.round:
             return None
-        from .pseudo import precision, round_fraction, select_pseudo_labels
+        from trainer.infer.pseudo import precision, round_fraction, select_pseudo_labels
 
         p = ctx.cfg.pseudo
         wells = self._predict_wells(net, ctx)
@@ -340,10 +340,10 @@ class PseudoLabel(Stage):
 
     def _centroid_scores(self, model: nn.Module, ctx: StageContext) -> Any:
         """Cosine of each target well to the class centres of the labelled train wells, per cell type, after
-        per-plate centring (trainer.embed, the chain's "embedding centroids"). Every rank computes all of them
+        per-plate centring (trainer.infer.embed, the chain's "embedding centroids"). Every rank computes all of them
         (one centre view per site: cheap next to training), so no gather is needed. Scaled by CENTROID_SCALE so
         that the rotation evidence of assign_plates sees probabilities, not near-uniform cosines."""
-        from .embed import centroid_scores, extract_embeddings
+        from trainer.infer.embed import centroid_scores, extract_embeddings
 
         p = ctx.cfg.pseudo
         rows = np.concatenate([self._train_rows, self._target_rows])
@@ -358,8 +358,8 @@ class PseudoLabel(Stage):
 
     def _mean_logits(self, model: nn.Module, ctx: StageContext) -> Any:
         """Mean logits per target well; every rank predicts its share, all ranks get everyone's."""
-        from .aggregate import mean_logits
-        from .predict import Predictions, predict_views
+        from trainer.infer.aggregate import mean_logits
+        from trainer.infer.predict import Predictions, predict_views
 
         env, p = ctx.env, ctx.cfg.pseudo
         part = predict_views(model, ctx.cfg, ctx.class_map, ctx.store, datasets=None, indices=self._target_rows,

@@ -13,7 +13,7 @@ subtle set this raised held-out accuracy after plate assignment from 0.688 to 0.
     emb = extract_embeddings(model, cfg, store, datasets=("train", "test"))      # WellEmbeddings
     scores = centroid_scores(emb, store.sites, reference=train_wells, targets=test_wells)   # WellScores
 
-    python -m trainer.embed --checkpoint runs/a/checkpoints/last.pt --store rxrx1.zarr --out emb.parquet \\
+    python -m trainer.infer.embed --checkpoint runs/a/checkpoints/last.pt --store rxrx1.zarr --out emb.parquet \\
         [--level well|site] [--tta center|grid9|full]       # .parquet or .zarr, with the wells' metadata
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pandas as pd
 
 from cellio.errors import ConfigError, MetadataError
 
-from trainer.aggregate import WellScores, group_views, well_mean
+from trainer.infer.aggregate import WellScores, group_views, well_mean
 
 __all__ = ["WellEmbeddings", "extract_embeddings", "centre_per_plate", "within_class_whitening", "centroid_scores",
            "write_embeddings", "main"]
@@ -73,7 +73,7 @@ def site_embeddings(model: Any, cfg: Any, store: Any, *, datasets: Sequence[str]
     from tqdm.auto import tqdm
 
     import cellio
-    from trainer.runtime import in_model_layout
+    from trainer.train.runtime import in_model_layout
 
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     loader = cellio.create_loader(store, batch_size, train=False, augment=cfg.data.augment,
@@ -139,7 +139,7 @@ def centroid_scores(emb: WellEmbeddings, sites: pd.DataFrame, *, reference: Sequ
     """Cosine similarity of each target well to the centre of each class's reference wells (their labels come
     from `sites`; treatment wells only), after per-plate centring and (`whiten`) whitening by the reference
     wells' within-class covariance (per cell type and class). Kind "logits": calibrate the scale with
-    trainer.calibrate before combining it with other scores."""
+    trainer.infer.calibrate before combining it with other scores."""
     x = pd.DataFrame(centre_per_plate(emb, sites), index=emb.id_codes)
     meta = sites.drop_duplicates("id_code").set_index("id_code")
     ref = meta.loc[list(reference)]
@@ -208,9 +208,9 @@ def write_embeddings(emb: WellEmbeddings, sites: pd.DataFrame, path: str | Path)
 
 def main(argv: Sequence[str] | None = None) -> int:
     import cellio
-    from trainer.checkpoint import load_for_inference
+    from trainer.train.checkpoint import load_for_inference
 
-    p = argparse.ArgumentParser(prog="python -m trainer.embed", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.infer.embed", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--store", required=True)
     p.add_argument("--out", required=True, help="output .parquet or .zarr")

@@ -1,4 +1,4 @@
-"""Wall time and peak memory (RSS) of each step of a run: the rehearsal's (`trainer.rehearse`) instrument.
+"""Wall time and peak memory (RSS) of each step of a run: the rehearsal's (`trainer.job.rehearse`) instrument.
 
     meter = StepMeter()
     with meter("ingest"):            # steps nest: ("predict", then "predict: test" inside it)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from cellio.errors import MetadataError
 
-from trainer.aggregate import WellScores, log_softmax
+from trainer.infer.aggregate import WellScores, log_softmax
 
 __all__ = ["fit_temperature", "temper", "nll", "sinkhorn", "TEMPERATURE_RANGE"]
 

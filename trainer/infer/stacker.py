@@ -12,7 +12,7 @@ The output is a full probability matrix: the mean-probability mass of the top-k 
 proportion to the stacker's scores and the other classes keep their mean probability (capped below the best
 candidate, then renormalised), so plate assignment still has a fallback for every class.
 
-    python -m trainer.stacker --train-predictions oof.npz --train-store train.zarr \
+    python -m trainer.infer.stacker --train-predictions oof.npz --train-store train.zarr \
         --predictions test_preds.npz --store test.zarr --out stacked.npz
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ import pandas as pd
 from cellio.errors import ConfigError, MetadataError, MissingDependencyError
 from cellio.schema import CELL_TYPES
 
-from trainer.aggregate import WellScores, group_views, load_sites, save_well_scores, softmax, well_mean, well_mean_of
-from trainer.logits import LogitsFile, iter_rows
+from trainer.infer.aggregate import WellScores, group_views, load_sites, save_well_scores, softmax, well_mean, well_mean_of
+from trainer.infer.logits import LogitsFile, iter_rows
 
 __all__ = ["FEATURES", "StackerFeatures", "Stacker", "build_features", "fit_stacker", "cross_fit", "main"]
 
@@ -274,9 +274,9 @@ def _truth_from_sites(sites: pd.DataFrame) -> pd.Series:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from trainer.predict import load_predictions
+    from trainer.infer.predict import load_predictions
 
-    p = argparse.ArgumentParser(prog="python -m trainer.stacker", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.infer.stacker", description=__doc__.split("\n\n")[0])
     p.add_argument("--train-predictions", required=True, help="out-of-fold per-view .npz (labelled wells)")
     p.add_argument("--train-store", required=True, help="store of the out-of-fold predictions (labels)")
     p.add_argument("--predictions", help="per-view .npz to apply the stacker to (e.g. test)")

@@ -2,7 +2,7 @@
 
 Each round the current model predicts the unlabelled wells (the test set, and the held-out validation fold so its
 out-of-fold accuracy measures what pseudo-labelling does to unseen experiments); per-well mean logits are
-assigned per plate exactly as the submission is (`trainer.assign.assign_plates`: the rotation inferred, one class
+assigned per plate exactly as the submission is (`trainer.infer.assign.assign_plates`: the rotation inferred, one class
 per plate); and on every plate the wells whose assigned class is most clearly ahead of the plate's other allowed
 classes are kept, a growing fraction per round. Two wells of one plate never get the same class.
 
@@ -15,9 +15,9 @@ import logging
 import numpy as np
 import pandas as pd
 
-from trainer.aggregate import WellScores
-from trainer.assign import assign_plates
-from trainer.rotation import PlateGroupsLike, treatment_classes, well_table
+from trainer.infer.aggregate import WellScores
+from trainer.infer.assign import assign_plates
+from trainer.infer.rotation import PlateGroupsLike, treatment_classes, well_table
 
 __all__ = ["select_pseudo_labels", "round_fraction", "precision"]
 

@@ -8,7 +8,7 @@ predict counts as wrong and is reported as missing.
     rep = {"validation": build_report(val_steps, val_truth), "test": build_report(test_steps, test_truth)}
     write_report(rep, "out/report")      # report.json, steps.png, cell_types.png
 
-    python -m trainer.report --truth test_truth.csv --step "TTA mean=wells.csv" --step "+ assignment=assigned.csv" \
+    python -m trainer.infer.report --truth test_truth.csv --step "TTA mean=wells.csv" --step "+ assignment=assigned.csv" \
         --out out/report
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pandas as pd
 from cellio.errors import MetadataError
 from cellio.schema import CELL_TYPES
 
-from trainer.aggregate import WellScores
+from trainer.infer.aggregate import WellScores
 
 __all__ = ["read_truth", "as_labels", "build_report", "write_report", "format_table", "main"]
 
@@ -170,9 +170,9 @@ def write_report(reports: Mapping[str, Mapping[str, Any]], out_dir: str | Path,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from trainer.aggregate import load_well_scores
+    from trainer.infer.aggregate import load_well_scores
 
-    p = argparse.ArgumentParser(prog="python -m trainer.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.infer.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--truth", required=True, help="CSV id_code,sirna (e.g. test_truth.csv)")
     p.add_argument("--step", action="append", required=True, metavar="NAME=FILE",
                    help="a step's predictions: CSV id_code,sirna or well scores .npz; repeat in order")

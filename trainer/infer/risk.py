@@ -11,7 +11,7 @@ every true class). So for every step that masks with a rotation we measure, on v
 
 and score each step by its EXPECTED test accuracy: over the test experiments, weighted by their treatment wells,
 `reliability * right + (1 - reliability) * wrong` where the test experiment got a rotation (its decision's
-reliability, trainer.rotation) and `none` where it got none (contested or ambiguous). A step that uses no rotation
+reliability, trainer.infer.rotation) and `none` where it got none (contested or ambiguous). A step that uses no rotation
 is expected to score its validation accuracy.
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trainer.aggregate import WellScores
-from trainer.assign import assign_plates
-from trainer.rotation import CONTROL_TYPES, PlateGroupsLike, RotationDecision, RotationSource, wrong_rotations
+from trainer.infer.aggregate import WellScores
+from trainer.infer.assign import assign_plates
+from trainer.infer.rotation import CONTROL_TYPES, PlateGroupsLike, RotationDecision, RotationSource, wrong_rotations
 
 __all__ = ["MASK", "ASSIGN", "UNROTATED", "rotation_steps", "Conditional", "conditional_accuracies",
            "expected_accuracies", "summary"]

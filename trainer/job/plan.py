@@ -46,7 +46,7 @@ from typing import Any
 
 from cellio.errors import ConfigError
 
-from .config import coerce_value
+from trainer.train.config import coerce_value
 
 __all__ = ["Hardware", "DataFacts", "Plan", "make_plan", "fit_to_budget", "load_plan", "save_plan",
            "parse_overrides", "check_budget", "PLAN_FIELDS", "STEP_QUANTUM"]
@@ -147,7 +147,7 @@ class Plan:
     refit_share: float = 0.0     # share spent training on every train experiment after the joint model (0: none)
     steps_refit: int = 0         # steps of that refit (resized to the time left when it starts)
     embed_tta: str = "full"      # views the well embeddings average: full | grid9 | center (cellio TTA modes)
-    whiten: bool = True          # embedding centroids under the within-class covariance (trainer.embed)
+    whiten: bool = True          # embedding centroids under the within-class covariance (trainer.infer.embed)
     estimates: dict[str, float] = field(default_factory=dict)   # seconds per step of the job
     reasons: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
@@ -231,7 +231,7 @@ def _check_field(key: str, value: Any) -> None:
     if key == "lr" and not value > 0:
         raise ConfigError(f"plan.lr: expected a positive number, found {value!r}")
     if key == "model":
-        from .models import check_model_name
+        from trainer.train.models import check_model_name
 
         check_model_name(value, "plan.model")
     if key == "augment":

@@ -14,7 +14,7 @@ So a rotation is decided from several SOURCES, each one experiment -> RotationEv
 - the head's log-probabilities centred per plate and per group (`centred_scores`): what every well of a plate
   shares (its style, a shortcut's "this plate is group g") and any lift of a whole group in one well are
   removed; which class of a group stands out in a well stays;
-- embedding centroids (per-plate centred and whitened embeddings, trainer.embed), centred the same way, one per
+- embedding centroids (per-plate centred and whitened embeddings, trainer.infer.embed), centred the same way, one per
   model.
 
 `decide_rotations` trusts a rotation only when every trusted voting source agrees on it; when trusted voters
@@ -34,7 +34,7 @@ import pandas as pd
 
 from cellio.errors import ConfigError, MetadataError
 
-from trainer.aggregate import WellScores, log_softmax
+from trainer.infer.aggregate import WellScores, log_softmax
 
 __all__ = ["PlateGroupsLike", "CONTROL_TYPES", "RotationEvidence", "RotationSource", "RotationDecision",
            "SourceRecord", "well_table", "treatment_classes", "treatment_log_probs", "rotation_evidence",

@@ -8,10 +8,10 @@ put them side by side, and the submission.
 
 `inference_steps` is one split's chain (no files): `models[0]` is the primary model (the single-model steps use
 it); the ensemble averages the mean logits of every model, aligned by sirna. Every step's labels come from
-`trainer.assign.predict_labels` (treatment wells over treatment classes only, controls keep their given labels) or
+`trainer.infer.assign.predict_labels` (treatment wells over treatment classes only, controls keep their given labels) or
 from plate assignment.
 
-    python -m trainer.chain --store rxrx1.zarr --val-predictions oof_s0.npz oof_s1.npz \
+    python -m trainer.infer.chain --store rxrx1.zarr --val-predictions oof_s0.npz oof_s1.npz \
         --test-predictions test_s0.npz test_s1.npz --sample-submission data/sample_submission.csv \
         [--test-truth data/test_truth.csv] --out out/inference
 """
@@ -30,11 +30,11 @@ import pandas as pd
 
 from cellio.errors import CellioError, ConfigError
 
-from trainer.aggregate import (WellScores, ensemble, geometric_mean, majority_vote, mean_logits, mean_probs,
+from trainer.infer.aggregate import (WellScores, ensemble, geometric_mean, majority_vote, mean_logits, mean_probs,
                                single_view)
-from trainer.assign import Assignment, assign_plates, predict_labels
-from trainer.risk import (ASSIGN, MASK, UNROTATED, Conditional, conditional_accuracies, expected_accuracies)
-from trainer.rotation import (PlateGroupsLike, RotationDecision, RotationSource, SourceRecord, decide_rotations,
+from trainer.infer.assign import Assignment, assign_plates, predict_labels
+from trainer.infer.risk import (ASSIGN, MASK, UNROTATED, Conditional, conditional_accuracies, expected_accuracies)
+from trainer.infer.rotation import (PlateGroupsLike, RotationDecision, RotationSource, SourceRecord, decide_rotations,
                               centred_scores, rotation_evidence, score_sources)
 
 __all__ = ["STEP_ORDER", "StepResults", "Calibration", "fit_calibration", "members_of", "rotation_sources",
@@ -89,7 +89,7 @@ def fit_calibration(members: Sequence[WellScores], sites: pd.DataFrame, truth: p
     then repeatedly add the model (possibly again) that raises the out-of-fold accuracy of the calibrated
     ensemble most (ties: lower NLL); stop when none does. A model that only hurts is never added, so the
     ensemble's out-of-fold accuracy is never below the best single model's."""
-    from trainer.calibrate import fit_temperature, nll, temper
+    from trainer.infer.calibrate import fit_temperature, nll, temper
 
     models = list(members)
     temps = tuple(fit_temperature(ws, truth) for ws in models)
@@ -121,7 +121,7 @@ def fit_calibration(members: Sequence[WellScores], sites: pd.DataFrame, truth: p
 def members_of(models: Sequence[Any], sites: pd.DataFrame, extra: Sequence[WellScores] = (),
                groups: PlateGroupsLike | None = None) -> list[WellScores]:
     """The ensemble members: every model's TTA mean logits, then the `extra` well scores; with plate `groups`
-    each centred per plate and per group (trainer.rotation.centred_scores: what a plate-style shortcut adds is
+    each centred per plate and per group (trainer.infer.rotation.centred_scores: what a plate-style shortcut adds is
     removed before calibration, ensembling and assignment - validation cannot show a shortcut that happened to
     point the right way there)."""
     members = [mean_logits(m.logits, m.index, sites, classes=m.classes) for m in models] + list(extra)
@@ -134,23 +134,23 @@ def inference_steps(models: Sequence[Any], sites: pd.DataFrame, *, groups: Plate
                     extra: Sequence[WellScores] = (), balance: str = "none", meter: Any = None,
                     split: str = "", records: Mapping[str, SourceRecord] | None = None,
                     centre: bool = True, rotation: str = "consensus") -> StepResults:
-    """Every step's per-well labels for `models` (trainer.predict.Predictions over the same sites) and `extra`
+    """Every step's per-well labels for `models` (trainer.infer.predict.Predictions over the same sites) and `extra`
     well scores (embedding centroids, one step of their own and ensemble members).
 
     With a `calibration` each model's mean logits are tempered to log-probabilities before they are ensembled
     (with its weights) and before rotation inference; without one, raw mean logits, equal weights. The stacker
     step uses `stacker_scores` when given (e.g. cross-fitted out-of-fold scores on validation) or applies a
-    fitted `stacker` (trainer.stacker.Stacker) to models[0]. Plate assignment needs `groups`: every plate step
-    uses the rotations `trainer.rotation.decide_rotations` decides from `rotation_sources` (an experiment whose
+    fitted `stacker` (trainer.infer.stacker.Stacker) to models[0]. Plate assignment needs `groups`: every plate step
+    uses the rotations `trainer.infer.rotation.decide_rotations` decides from `rotation_sources` (an experiment whose
     voting sources disagree or are unsure, below `min_z`, gets none: only "each class once per plate"), with
     `records` (the sources' validation record) giving each decision its reliability. With `centre` (and `groups`)
     the members are centred per plate and group first (members_of).
-    `balance="sinkhorn"` balances each plate's scores before the mask and the assignment (trainer.assign).
-    `meter` (trainer.meter) times the aggregation, stacker, ensemble and assignment steps, named after `split`.
+    `balance="sinkhorn"` balances each plate's scores before the mask and the assignment (trainer.infer.assign).
+    `meter` (trainer.job.meter) times the aggregation, stacker, ensemble and assignment steps, named after `split`.
     """
-    from trainer.calibrate import temper
-    from trainer.meter import no_meter
-    from trainer.stacker import build_features
+    from trainer.infer.calibrate import temper
+    from trainer.job.meter import no_meter
+    from trainer.infer.stacker import build_features
 
     meter = meter or no_meter
     at = f"{split}: " if split else ""
@@ -202,7 +202,7 @@ def _adabn(preds: Any) -> bool:
 
 def rotation_sources(models: Sequence[Any], extra: Sequence[WellScores], cal: Sequence[WellScores],
                      sites: pd.DataFrame, groups: PlateGroupsLike, *, centred: bool = False) -> list[RotationSource]:
-    """Every source of rotation evidence (trainer.rotation): each model's head as is (votes only with AdaBN) and
+    """Every source of rotation evidence (trainer.infer.rotation): each model's head as is (votes only with AdaBN) and
     centred per plate and group (votes), and each embedding-centroid member, centred the same way (votes).
     `cal`: the members' scores, models first (members_of's order); `centred`: they are centred already."""
     def centre(ws: WellScores) -> WellScores:
@@ -274,7 +274,7 @@ def truth_of(sites: pd.DataFrame, test_truth: str | Path | None = None) -> pd.Se
     lab = sites[(sites["well_type"] == "treatment") & sites["sirna"].notna()].drop_duplicates("id_code")
     truth = pd.Series(lab["sirna"].to_numpy(dtype=np.int64), index=lab["id_code"].to_numpy())
     if test_truth is not None:
-        from trainer.report import read_truth
+        from trainer.infer.report import read_truth
 
         truth = pd.concat([truth, read_truth(test_truth)])
         truth = truth[~truth.index.duplicated(keep="last")]
@@ -283,23 +283,23 @@ def truth_of(sites: pd.DataFrame, test_truth: str | Path | None = None) -> pd.Se
 
 @dataclass(frozen=True)
 class ChainInputs:
-    """Per-view predictions of one or more models (`trainer.predict.Predictions`; the first is the primary model)
+    """Per-view predictions of one or more models (`trainer.infer.predict.Predictions`; the first is the primary model)
     over the sites of one store."""
 
     sites: pd.DataFrame                          # the store's site table (what Predictions.index refers to)
     val: Sequence[Any] = ()                      # out-of-fold predictions, one per model (its folds concatenated)
     test: Sequence[Any] = ()                     # test predictions, one per model, same order
     weights: Sequence[float] | None = None       # ensemble weights, one per model (default: chosen out of fold)
-    min_z: float = 3.0                           # rotation evidence below this: fall back (trainer.assign)
+    min_z: float = 3.0                           # rotation evidence below this: fall back (trainer.infer.assign)
     balance: str = "none"                        # "sinkhorn": balance each plate before mask and assignment
     top_k: int = 10                              # stacker candidates per well
     seed: int = 0
     sample_submission: str | Path | None = None  # write submission.csv in this file's rows
     test_truth: str | Path | None = None         # a synthetic set's test labels: score the test steps too
-    embeddings: Sequence[Any] = ()               # trainer.embed.WellEmbeddings of every well, one per model
+    embeddings: Sequence[Any] = ()               # trainer.infer.embed.WellEmbeddings of every well, one per model
     val_embeddings: Sequence[Any] = ()           # for the out-of-fold centroids, when other models made `val`
                                                  # than `test` (a refit on every experiment); default: embeddings
-    whiten: bool = True                          # centroids under the within-class covariance (trainer.embed)
+    whiten: bool = True                          # centroids under the within-class covariance (trainer.infer.embed)
     centre: bool = True                          # members centred per plate and group (members_of)
     rotation: str = "consensus"                  # "own": each plate step from its own scores' evidence (before
                                                  # issue 20; kept for the ablation, benchmarks/chain_ablation.py)
@@ -312,7 +312,7 @@ class ChainInputs:
 class ChainResult:
     validation: StepResults | None = None
     test: StepResults | None = None
-    reports: dict[str, Any] = field(default_factory=dict)  # split -> trainer.report.build_report
+    reports: dict[str, Any] = field(default_factory=dict)  # split -> trainer.infer.report.build_report
     extra: dict[str, Any] = field(default_factory=dict)    # assignment summaries, skipped steps
     submitted: str | None = None                           # the step written to submission.csv
     submission: pd.DataFrame | None = None
@@ -321,10 +321,10 @@ class ChainResult:
 def run_chain(inputs: ChainInputs, out: str | Path, meter: Any = None) -> ChainResult:
     """Every step on validation (out of fold) and test; the test labels of the step validation ranks first go to
     OUT/submission.csv (report.json says which and why); also test_predictions.csv, report.json (+ plots) and
-    assignment.json. `meter` (trainer.meter) times each step."""
+    assignment.json. `meter` (trainer.job.meter) times each step."""
     import cellio
-    from trainer.meter import no_meter
-    from trainer.report import build_report, write_report
+    from trainer.job.meter import no_meter
+    from trainer.infer.report import build_report, write_report
 
     meter = meter or no_meter
 
@@ -398,7 +398,7 @@ def _decisions_summary(steps: StepResults, known: Mapping[str, int] | None = Non
 def _rotation_record(res: ChainResult, groups: Any, val_truth: pd.Series, inputs: ChainInputs
                      ) -> tuple[dict[str, SourceRecord], dict[str, Conditional]]:
     """On validation (whose rotations are known): how often each source picked the right rotation, and every
-    rotation step's accuracy with right, wrong and no rotations (trainer.risk)."""
+    rotation step's accuracy with right, wrong and no rotations (trainer.infer.risk)."""
     assert res.validation is not None
     known = {e: int(r) for e, r in groups.rotations.items()}
     records = score_sources(res.validation.sources, known, min_z=inputs.min_z)
@@ -411,7 +411,7 @@ def _rotation_record(res: ChainResult, groups: Any, val_truth: pd.Series, inputs
     return records, conditional
 def _choose_submission(res: ChainResult, conditional: Mapping[str, Conditional], sites: pd.DataFrame,
                        select: str = "expected") -> dict[str, Any]:
-    """The step whose test labels are submitted: the best EXPECTED test accuracy (trainer.risk: a rotation step's
+    """The step whose test labels are submitted: the best EXPECTED test accuracy (trainer.infer.risk: a rotation step's
     validation figure discounted by how sure each test rotation is) among the steps the test split has; with
     `select="validation"` the best validation accuracy (the best case)."""
     if select not in ("expected", "validation"):
@@ -451,7 +451,7 @@ def wells_of(preds: Any, sites: pd.DataFrame) -> list[str]:
 def _centroids(inputs: ChainInputs, targets: list[str], *, held_out: bool) -> list[WellScores]:
     """Embedding-centroid scores of `targets` for every model with embeddings. Out of fold (`held_out`) the
     class centres come only from experiments other than the targets'; for test, from every labelled train well."""
-    from trainer.embed import centroid_scores
+    from trainer.infer.embed import centroid_scores
 
     embeddings = (inputs.val_embeddings or inputs.embeddings) if held_out else inputs.embeddings
     if not embeddings:
@@ -468,7 +468,7 @@ def _centroids(inputs: ChainInputs, targets: list[str], *, held_out: bool) -> li
 
 def _stacker(inputs: ChainInputs, truth: pd.Series, extra: dict[str, Any]) -> tuple[Any, WellScores | None]:
     """The stacker fitted on the primary model's out-of-fold views, and its cross-fitted validation scores."""
-    from trainer.stacker import build_features, cross_fit, fit_stacker
+    from trainer.infer.stacker import build_features, cross_fit, fit_stacker
 
     first = inputs.val[0]
     treatments = np.unique(truth.to_numpy())  # treatment wells' labels: candidates never include controls
@@ -484,8 +484,8 @@ def _stacker(inputs: ChainInputs, truth: pd.Series, extra: dict[str, Any]) -> tu
 
 
 def _submit(inputs: ChainInputs, res: ChainResult, truth: pd.Series, out: Path) -> None:
-    from trainer.report import build_report
-    from trainer.submission import write_submission
+    from trainer.infer.report import build_report
+    from trainer.infer.submission import write_submission
 
     assert res.test is not None and res.submitted is not None
     labels = res.test.labels[res.submitted]
@@ -498,15 +498,15 @@ def _submit(inputs: ChainInputs, res: ChainResult, truth: pd.Series, out: Path) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from trainer.aggregate import load_sites
-    from trainer.predict import concat_predictions, load_predictions
-    from trainer.report import format_table
+    from trainer.infer.aggregate import load_sites
+    from trainer.infer.predict import concat_predictions, load_predictions
+    from trainer.infer.report import format_table
 
-    p = argparse.ArgumentParser(prog="python -m trainer.chain", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trainer.infer.chain", description=__doc__.split("\n\n")[0])
     p.add_argument("--store", required=True, help="the store every predictions file refers to")
     p.add_argument("--val-predictions", nargs="+", default=[],
                    help="out-of-fold per-view files, one per model; a model's fold files joined by commas "
-                        "(f0.npz,f1.npz from trainer.predict --datasets validation); first = primary model")
+                        "(f0.npz,f1.npz from trainer.infer.predict --datasets validation); first = primary model")
     p.add_argument("--test-predictions", nargs="+", default=[], help="test per-view files, one per model")
     p.add_argument("--weights", type=float, nargs="+", help="ensemble weights, one per model")
     p.add_argument("--top-k", type=int, default=10)

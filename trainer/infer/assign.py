@@ -4,7 +4,7 @@ The 1108 treatment siRNAs form 4 groups; each plate holds one group, each siRNA 
 group->plate mapping is one of 4 cyclic rotations (`cellio.derive_plate_groups` learns groups and train rotations
 from train.csv). For each test experiment we
 
-1. take its rotation as decided by trainer.rotation (several sources that must agree; the chain passes them as
+1. take its rotation as decided by trainer.infer.rotation (several sources that must agree; the chain passes them as
    `rotations`) or, without one, from these scores' own evidence when it is trusted (`rotation_evidence` against
    random groupings, `min_z`). An experiment without a rotation gets no plate mask, only "each class once per
    plate": a wrong rotation masks out every true class and zeroes the experiment;
@@ -15,7 +15,7 @@ from train.csv). For each test experiment we
 Controls keep their own label (test_controls.csv gives it, so it is `sirna` in the site table) and never take a
 treatment class; treatment wells never get a control class.
 
-    python -m trainer.assign --wells wells.npz --store test.zarr --train-store train.zarr --out assigned.csv
+    python -m trainer.infer.assign --wells wells.npz --store test.zarr --train-store train.zarr --out assigned.csv
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ import pandas as pd
 
 from cellio.errors import ConfigError, MetadataError
 
-from trainer.aggregate import WellScores, load_sites, load_well_scores
-from trainer.calibrate import sinkhorn
-from trainer.rotation import (CONTROL_TYPES, PlateGroupsLike, RotationEvidence, RotationSource, decide_rotations,
+from trainer.infer.aggregate import WellScores, load_sites, load_well_scores
+from trainer.infer.calibrate import sinkhorn
+from trainer.infer.rotation import (CONTROL_TYPES, PlateGroupsLike, RotationEvidence, RotationSource, decide_rotations,
                               rotation_evidence, treatment_classes, treatment_log_probs, well_table)
 
 __all__ = ["Assignment", "predict_labels", "infer_rotations", "assign_plates", "main"]
@@ -130,11 +130,11 @@ def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLik
                   balance: str = "none") -> Assignment:
     """Mask impossible classes and solve per-plate assignments.
 
-    `rotations`: experiment -> the rotation to mask its plates with (trainer.rotation.decide_rotations decides
+    `rotations`: experiment -> the rotation to mask its plates with (trainer.infer.rotation.decide_rotations decides
     them from several sources); an experiment absent from it, or mapped to None, gets no mask: its plates are
     assigned over every treatment class (each still at most once per plate). Without `rotations` these scores'
     own evidence decides (masked where trusted at `min_z`). `balance="sinkhorn"` first balances each plate's
-    wells x allowed classes block (trainer.calibrate.sinkhorn: every class the same share of the plate), which
+    wells x allowed classes block (trainer.infer.calibrate.sinkhorn: every class the same share of the plate), which
     changes the masked argmax and, where a plate has fewer wells than classes, the assignment."""
 
     from scipy.optimize import linear_sum_assignment
@@ -200,8 +200,8 @@ def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLik
 def main(argv: Sequence[str] | None = None) -> int:
     import cellio
 
-    p = argparse.ArgumentParser(prog="python -m trainer.assign", description=__doc__.split("\n\n")[0])
-    p.add_argument("--wells", required=True, help="per-well scores .npz from trainer.aggregate")
+    p = argparse.ArgumentParser(prog="python -m trainer.infer.assign", description=__doc__.split("\n\n")[0])
+    p.add_argument("--wells", required=True, help="per-well scores .npz from trainer.infer.aggregate")
     p.add_argument("--store", help="store of the predicted wells (site table)")
     p.add_argument("--data", help="or the raw data set directory (its site table has train and test)")
     p.add_argument("--train-store", help="store whose train rows give the plate groups (default: --store/--data)")

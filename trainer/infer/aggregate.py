@@ -11,10 +11,10 @@ Note: the geometric mean of the views' softmax probabilities, renormalised, equa
 (log_softmax(z) = z - logsumexp(z), and the mean of the per-view constants cancels), so `geometric_mean` and
 `mean_logits` always agree on the argmax; both are kept so the report shows the identity (a test checks it).
 
-Every method walks the views in row blocks (trainer.logits.iter_rows), so `logits` may be an array or a
+Every method walks the views in row blocks (trainer.infer.logits.iter_rows), so `logits` may be an array or a
 LogitsFile on disk (the main job's predictions): memory grows with the wells x classes, not with the views.
 
-    python -m trainer.aggregate --predictions preds.npz --store test.zarr --method mean_logits --out wells.npz
+    python -m trainer.infer.aggregate --predictions preds.npz --store test.zarr --method mean_logits --out wells.npz
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import pandas as pd
 
 from cellio.errors import ConfigError, MetadataError
 
-from trainer.logits import LogitsFile, iter_rows
+from trainer.infer.logits import LogitsFile, iter_rows
 
 __all__ = [
     "WellScores",
@@ -100,7 +100,7 @@ class WellScores:
 
     def labels(self) -> np.ndarray:
         """Argmax raw sirna id per well over every class, controls included; for treatment wells use
-        `trainer.assign.predict_labels`, which chooses among treatment classes only."""
+        `trainer.infer.assign.predict_labels`, which chooses among treatment classes only."""
         return self.classes[np.argmax(self.scores, axis=1)]
 
     def to_frame(self) -> pd.DataFrame:
@@ -356,10 +356,10 @@ def load_sites(store: str | Path | None = None, data: str | Path | None = None) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from trainer.predict import load_predictions
+    from trainer.infer.predict import load_predictions
 
-    p = argparse.ArgumentParser(prog="python -m trainer.aggregate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--predictions", required=True, nargs="+", help="per-view .npz files from trainer.predict")
+    p = argparse.ArgumentParser(prog="python -m trainer.infer.aggregate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--predictions", required=True, nargs="+", help="per-view .npz files from trainer.infer.predict")
     p.add_argument("--weights", type=float, nargs="+", help="ensemble weights, one per predictions file")
     p.add_argument("--store", help="the store the predictions were made on (its site table)")
     p.add_argument("--data", help="or the raw data set directory")
