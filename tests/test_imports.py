@@ -1,5 +1,8 @@
 """Import hygiene of the packages, read with `ast` (nothing is imported): no module imports another module's
-private name (`from .x import _y`), no package reaches into another package's private module, no import cycle.
+private name (`from .x import _y`), no package reaches into another package's private module, no import cycle;
+and the trainer's layering (docs/architecture.md): the library never imports the trainer, the trainer uses only
+cellio's public API, training (trainer/train) never imports inference (trainer/infer) nor the job (trainer/job),
+inference never imports the job.
 
 Every import counts, also one inside a function (a lazy import still ties the two modules together); only
 `if TYPE_CHECKING:` imports are left out, since they never run.
@@ -162,6 +165,88 @@ def test_no_import_cycles(package):
     assert _cycles(_edges(package)) == []
 
 
+def _targets(imp: Import) -> list[str]:
+    """Every module an import statement may load: the module it names, and each name taken from it that is a
+    module of ours (`from trainer import infer`)."""
+    return [imp.module] + [f"{imp.module}.{n}" for n in imp.names if f"{imp.module}.{n}" in MODULES]
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def _reaches(importers: str, targets: str, *, besides: tuple[str, ...] = ()) -> list[str]:
+    """Imports of a module of package `importers` (other than `besides`) into package `targets`."""
+    return [f"{imp.where}: {imp.module} {list(imp.names)}" for name in MODULES
+            if _within(name, importers) and name not in besides for imp in _imports(name)
+            if any(_within(t, targets) for t in _targets(imp))]
+
+
+# The command-line entry of training: the one module of trainer/train that composes training with inference (it
+# hands the pseudo-label stage its labeller, trainer.infer.pseudo.label_wells). Nothing imports it.
+TRAIN_ENTRY = "trainer.train.__main__"
+
+
+@pytest.mark.parametrize("targets", ["trainer.infer", "trainer.job"])
+def test_training_never_imports_inference_or_the_job(targets):
+    assert _reaches("trainer.train", targets, besides=(TRAIN_ENTRY,)) == []
+
+
+def test_inference_never_imports_the_job():
+    assert _reaches("trainer.infer", "trainer.job") == []
+
+
+def test_nothing_imports_the_entry_modules():
+    entries = (TRAIN_ENTRY, "trainer.demo")
+    offenders = [f"{imp.where}: {imp.module}" for name in MODULES for imp in _imports(name)
+                 if any(t in entries for t in _targets(imp))]
+    assert offenders == []
+
+
+def test_the_library_never_imports_the_trainer():
+    assert _reaches("cellio", "trainer") == []
+
+
+# cellio's public API as the trainer may use it: the names of cellio/__init__.py's __all__ (as `cellio.NAME` or
+# `from cellio import NAME`), and these public modules; cellio.cli.inspect is the `cellio inspect` command the main
+# job runs in-process (each command module's `run(args)`, cellio/cli/__init__.py).
+CELLIO_PUBLIC_MODULES = ("cellio.errors", "cellio.schema", "cellio.testing", "cellio.cli.inspect")
+
+
+def _cellio_all() -> set[str]:
+    tree = ast.parse((ROOT / "cellio" / "__init__.py").read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):  # `_LAZY: dict[str, str] = {name: module}`, the names __all__ is made of
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "_LAZY":
+            names |= {k.value for k in node.value.keys}
+    errors = ast.parse((ROOT / "cellio" / "errors.py").read_text())
+    for node in ast.walk(errors):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            names |= {e.value for e in node.value.elts}
+    return names | {"__version__"}
+
+
+def test_the_trainer_uses_only_cellios_public_api():
+    public = _cellio_all()
+    offenders = []
+    for name in _in("trainer"):
+        for imp in _imports(name):
+            if _top(imp.module) != "cellio":
+                continue
+            if imp.module == "cellio":
+                offenders += [f"{imp.where}: from cellio import {n}" for n in imp.names if n not in public]
+            elif imp.module not in CELLIO_PUBLIC_MODULES:
+                offenders.append(f"{imp.where}: imports {imp.module}")
+        # `import cellio` then `cellio.NAME`: every attribute read must be a public name
+        path = MODULES[name]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "cellio" \
+                    and node.attr not in public:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: cellio.{node.attr}")
+    assert offenders == []
+    assert {"open_store", "create_loader", "derive_plate_groups", "ConfigError"} <= public
+
+
 def test_the_checks_see_what_they_look_for():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
@@ -171,3 +256,8 @@ def test_the_checks_see_what_they_look_for():
     assert any(i.module == "cellio._validate" for i in loader)
     assert "cellio.kaggle.fetch" in _edges("cellio")["cellio.kaggle"]
     assert _is_private("_decode_strings") and not _is_private("__all__")
+    # the layering checks see a lazy import inside a function and `from trainer import x`
+    loop = _imports("trainer.train.loop")
+    assert any(_within(t, "trainer.train.stages") for imp in loop for t in _targets(imp))
+    assert _reaches("trainer.train", "trainer.infer") != []  # the entry module, which the rule leaves out
+    assert _reaches("trainer.job", "trainer.infer") != [] and _reaches("trainer.infer", "trainer.train") != []

@@ -12,6 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
+from cellio.errors import ConfigError
+
+from trainer.infer.pseudo import label_wells
 from trainer.train.checkpoint import load_checkpoint, load_for_inference
 from trainer.train.config import load_config
 from trainer.train.loop import run
@@ -285,7 +288,8 @@ PSEUDO = ["train.stage=pseudo_label", "optim.epochs=4", "pseudo.rounds=2", "pseu
 @pytest.mark.parametrize("source", ["embedding", "logits"])
 def test_pseudo_label_rounds_respect_the_plate_and_report_precision(train_store, single_ckpt, tmp_path, source):
     out = tmp_path / "pl"
-    m = run(_cfg(_store_path(train_store), out, *PSEUDO, f"pseudo.source={source}", f"train.init_from={single_ckpt}"))
+    m = run(_cfg(_store_path(train_store), out, *PSEUDO, f"pseudo.source={source}", f"train.init_from={single_ckpt}"),
+            labeller=label_wells)
     rounds = m["pseudo_rounds"]
     assert [r["round"] for r in rounds] == [0, 1] and [r["epoch"] for r in rounds] == [0, 2]
     assert rounds[1]["pseudo_labels"] > rounds[0]["pseudo_labels"] > 0
@@ -301,14 +305,21 @@ def test_resume_through_a_pseudo_label_round_is_bit_identical(train_store, singl
     store = _store_path(train_store)
     common = [*PSEUDO, f"train.init_from={single_ckpt}"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    a = run(_cfg(store, straight, *common))
-    run(_cfg(store, resumed, *common, "train.stop_at_step=45"))  # mid epoch 2, just after round 1 started
-    b = run(_cfg(store, resumed, *common))
+    a = run(_cfg(store, straight, *common), labeller=label_wells)
+    run(_cfg(store, resumed, *common, "train.stop_at_step=45"), labeller=label_wells)  # mid epoch 2, round 1 started
+    b = run(_cfg(store, resumed, *common), labeller=label_wells)
     assert [e["loss"] for e in _events(straight)] == [e["loss"] for e in _events(resumed)]
     wa = load_checkpoint(straight / "checkpoints" / "last.pt")
     wb = load_checkpoint(resumed / "checkpoints" / "last.pt")
     assert all(torch.equal(wa["model"][k], wb["model"][k]) for k in wa["model"])
     assert wa["stage"] == wb["stage"] and a["val_acc"] == b["val_acc"]
+
+
+def test_the_pseudo_label_stage_needs_a_labeller(train_store, single_ckpt, tmp_path):
+    # training never imports inference: whoever starts a pseudo-label run hands it the labeller
+    with pytest.raises(ConfigError, match="no labeller"):
+        run(_cfg(_store_path(train_store), tmp_path / "pl", *PSEUDO, f"train.init_from={single_ckpt}"))
+    assert not (tmp_path / "pl").exists()  # refused before the run directory is made
 
 
 @pytest.mark.parametrize("source", ["embedding", "logits"])

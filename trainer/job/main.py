@@ -241,12 +241,13 @@ def _has_cuda() -> bool:
 # ------------------------------------------------------------------------------------------------------- training
 def train(cfg: Config, plan: Plan) -> dict[str, Any]:
     """One training run: in this process, or under torchrun with one process per GPU (plan.processes > 1)."""
+    from trainer.infer.pseudo import label_wells
     from trainer.train.loop import run
 
     if plan.processes <= 1:
-        return run(cfg)
+        return run(cfg, labeller=label_wells)
     requested = save_config(cfg, Path(cfg.out) / "requested.yaml")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                         os.environ.get("PYTHONPATH", "")])}
     if plan.device == "cpu":
         env.setdefault("OMP_NUM_THREADS", "1")

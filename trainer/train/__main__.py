@@ -3,7 +3,9 @@
     python -m trainer.train --config trainer/recipes/smoke_cpu.yaml data.store=PATH out=DIR optim.lr=3e-4
     torchrun --nproc_per_node 8 -m trainer.train --config trainer/recipes/densenet161_gpu.yaml data.store=PATH
 
-Rank 0 prints the final metrics as JSON; a cellio error is one line on stderr and exit code 2.
+Rank 0 prints the final metrics as JSON; a cellio error is one line on stderr and exit code 2. This entry is
+where training meets inference: train.stage=pseudo_label gets its labeller, trainer.infer.pseudo.label_wells, here
+(the training package itself never imports trainer.infer).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch.distributed as dist
 
 from cellio.errors import CellioError
 
+from trainer.infer.pseudo import label_wells
 from trainer.train.config import load_config
 from trainer.train.loop import run
 
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        metrics = run(load_config(args.config, args.overrides))
+        metrics = run(load_config(args.config, args.overrides), labeller=label_wells)
     except CellioError as exc:
         print(f"trainer.train: error: {exc}", file=sys.stderr)
         return 2

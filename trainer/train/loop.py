@@ -3,10 +3,11 @@
     metrics = run(load_config("trainer/recipes/smoke_cpu.yaml", ["data.store=PATH", "out=DIR"]))
 
 (`python -m trainer.train`, trainer/train/__main__.py, is its command line.)
+
 `run` prepares a `Run` (the model, its stage, loaders, optimizer and schedule, resumed from OUT/checkpoints/last.pt
 when there is one), then alternates `train_one_epoch` and `validate`. What differs between the 6-channel model,
-the per-channel extractors and the fusion head on cached features is the stage object (trainer/train/stages.py); the
-loop has no stage-specific branch. Every stage writes OUT/checkpoints/{last,best}.pt holding the whole model
+the per-channel extractors and the fusion head on cached features is the stage object (trainer/train/stages/);
+the loop has no stage-specific branch. Every stage writes OUT/checkpoints/{last,best}.pt holding the whole model
 (loadable by trainer.train.checkpoint.load_for_inference).
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .metrics import ClassificationMeter, TrainWindow
 from .optim import Schedule, build_optimizer, build_scheduler
 from .runlog import RunLog
 from .runtime import amp_dtype, autocast, seed_everything, set_rng_state, setup_env
-from .stages import Stage, StageContext, create_stage
+from .stages import Labeller, Stage, StageContext, create_stage
 
 __all__ = ["Run", "run", "prepare", "train_one_epoch", "validate", "record_validation"]
 
@@ -87,9 +88,11 @@ class Run:
                                                 or self.step >= self.schedule.total_steps)
 
 
-def run(cfg: Config) -> dict[str, Any]:
-    """Train as `cfg` says; returns the final metrics (rank 0's view; identical on every rank)."""
-    r = prepare(cfg)
+def run(cfg: Config, labeller: Labeller | None = None) -> dict[str, Any]:
+    """Train as `cfg` says; returns the final metrics (rank 0's view; identical on every rank). train.stage=
+    pseudo_label needs a `labeller` (trainer/train/stages/pseudo.py; python -m trainer.train hands it
+    trainer.infer.pseudo.label_wells)."""
+    r = prepare(cfg, labeller)
     env = r.ctx.env
     bar = None
     if env.is_main and cfg.train.progress:
@@ -125,8 +128,9 @@ def run(cfg: Config) -> dict[str, Any]:
     return r.metrics
 
 
-def prepare(cfg: Config) -> Run:
+def prepare(cfg: Config, labeller: Labeller | None = None) -> Run:
     """Everything `run` needs, checked before the first step; resumed from last.pt when cfg.train.resume."""
+    stage = create_stage(cfg, labeller)  # a stage that cannot run (pseudo_label without a labeller) fails first
     env = setup_env(cfg)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -146,7 +150,6 @@ def prepare(cfg: Config) -> Run:
     log.info("%d classes; train experiments %s; held out %s", len(class_map), split.train, split.val)
     if env.is_main:  # which experiments this run held out, for prediction and reports
         (out / "folds.json").write_text(json.dumps(split.to_dict(cfg.data.val_fold), indent=1))
-    stage = create_stage(cfg)
     model = _initial_model(cfg, class_map)
     stage.configure(model)
     model.to(env.device)
