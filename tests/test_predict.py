@@ -205,7 +205,7 @@ def test_predictions_reject_inconsistent_arrays():
 
 
 def test_ensemble_cli_end_to_end_on_the_tiny_set(tiny_raw, tiny_store, checkpoint, tmp_path):
-    from trainer.infer.chain import main as ensemble_main
+    from trainer.infer.chain.__main__ import main as ensemble_main
 
     path, _ = checkpoint
     oof = predict(path, tiny_store, datasets="validation", tta="center", progress=False)

@@ -28,7 +28,7 @@ from cellio.schema import CELL_TYPES
 
 from trainer.infer.aggregate import WellScores
 
-__all__ = ["read_truth", "as_labels", "build_report", "write_report", "format_table", "main"]
+__all__ = ["read_truth", "truth_of", "as_labels", "build_report", "write_report", "format_table", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,16 @@ def read_truth(path: str | Path) -> pd.Series:
     if not {"id_code", "sirna"} <= set(frame.columns):
         raise MetadataError(f"{path}: expected columns id_code,sirna, found {list(frame.columns)}")
     return as_labels(frame)
+
+
+def truth_of(sites: pd.DataFrame, test_truth: str | Path | None = None) -> pd.Series:
+    """Labels of treatment wells: from the site table (train) plus, when given, a synthetic set's test_truth.csv."""
+    lab = sites[(sites["well_type"] == "treatment") & sites["sirna"].notna()].drop_duplicates("id_code")
+    truth = pd.Series(lab["sirna"].to_numpy(dtype=np.int64), index=lab["id_code"].to_numpy())
+    if test_truth is not None:
+        truth = pd.concat([truth, read_truth(test_truth)])
+        truth = truth[~truth.index.duplicated(keep="last")]
+    return truth
 
 
 def as_labels(labels: Labels, allowed: np.ndarray | None = None) -> pd.Series:

@@ -31,6 +31,7 @@ from cellio.schema import CELL_TYPES
 
 from trainer.infer.aggregate import WellScores, group_views, load_sites, save_well_scores, softmax, well_mean, well_mean_of
 from trainer.infer.logits import LogitsFile, iter_rows
+from trainer.infer.report import truth_of
 
 __all__ = ["FEATURES", "StackerFeatures", "Stacker", "build_features", "fit_stacker", "cross_fit", "main"]
 
@@ -268,11 +269,6 @@ def _subset(features: StackerFeatures, rows: np.ndarray) -> StackerFeatures:
                            features.candidate_set)
 
 
-def _truth_from_sites(sites: pd.DataFrame) -> pd.Series:
-    labelled = sites[(sites["well_type"] == "treatment") & sites["sirna"].notna()].drop_duplicates("id_code")
-    return pd.Series(labelled["sirna"].to_numpy(dtype=np.int64), index=labelled["id_code"].to_numpy())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from trainer.infer.predict import load_predictions
 
@@ -290,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     train_sites = load_sites(args.train_store)
     oof = load_predictions(args.train_predictions)
-    truth = _truth_from_sites(train_sites)
+    truth = truth_of(train_sites)
     feats = build_features(oof.logits, oof.index, train_sites, classes=oof.classes, top_k=args.top_k,
                            candidates=np.unique(truth.to_numpy()))
     if args.oof_out:

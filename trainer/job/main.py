@@ -77,7 +77,7 @@ def check_job(opts: JobOptions) -> None:
 
 
 def _meter(opts: JobOptions) -> Any:
-    from trainer.job.meter import no_meter
+    from trainer.infer.chain import no_meter
 
     return opts.meter or no_meter
 
@@ -406,7 +406,7 @@ def predict_and_embed(val_ckpt: Path, test_ckpt: Path, plan: Plan, store: Any, o
     """Out-of-fold predictions by `val_ckpt` and test predictions by `test_ckpt` at the plan's TTA; every well's
     embedding (`embed_tta` views) by `test_ckpt`, and, when the two differ (a refit), the train wells' by
     `val_ckpt` for the out-of-fold centroids: (validation, test, embeddings, validation embeddings); cached."""
-    from trainer.job.meter import no_meter
+    from trainer.infer.chain import no_meter
 
     meter = meter or no_meter
     kinds = ("validation", "test") if plan.val_fold >= 0 else ("test",)
@@ -426,7 +426,7 @@ def predict_and_embed_finetuned(ckpts: dict[str, Path], joint: tuple[list[Any], 
     by its own model (a cell type without one keeps the joint model's rows), joined into one Predictions per split
     and one WellEmbeddings, in the shape of `predict_and_embed`'s first three."""
     from trainer.infer.embed import WellEmbeddings
-    from trainer.job.meter import no_meter
+    from trainer.infer.chain import no_meter
     from trainer.infer.predict import concat_predictions, load_predictions
 
     meter = meter or no_meter

@@ -14,8 +14,8 @@ alone is reported (`exact: false`). `cpu_s` is the CPU time the step used, this 
 ended within it (`resource.getrusage`): on a shared machine it says what the step costs when wall time says how
 busy the neighbours were. A step that is not entered (a resumed run skipped it) is not recorded.
 
-`JobOptions.meter` and `run_chain(..., meter=...)` take any callable name -> context manager; `no_meter` (the
-default) does nothing.
+`JobOptions.meter` and `run_chain(..., meter=...)` take any callable name -> context manager (the chain's `Meter`,
+trainer/infer/chain/steps.py, where its `no_meter` default is).
 """
 from __future__ import annotations
 
@@ -24,16 +24,9 @@ import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, ContextManager
+from typing import Any
 
-__all__ = ["StepMeter", "no_meter", "Meter"]
-
-Meter = Callable[[str], ContextManager[Any]]
-
-
-def no_meter(name: str) -> ContextManager[Any]:
-    """The default meter: measures nothing."""
-    return contextlib.nullcontext()
+__all__ = ["StepMeter"]
 
 
 def _read_hwm() -> int | None:
