@@ -12,6 +12,7 @@ import pytest
 
 from cellio.errors import ConfigError
 from trainer.job.plan import STEP_QUANTUM, DataFacts, Hardware, fit_to_budget, make_plan
+from trainer.train.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTS = DataFacts((512, 512), 1300, 440, 60, tuple(f"E{i}" for i in range(8)), ("T1", "T2", "T3", "T4"),
@@ -103,7 +104,7 @@ def test_embedding_views_are_paid_for_in_steps_and_checked():
     full = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60), step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
     centre = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"embed_tta": "center"}), step_s=0.8,
                            view_s=0.012, spent_s=60, facts=FACTS)
-    assert full.embed_tta == "full" and full.whiten and "train.channels_last=true" in full.trainer_overrides()
+    assert full.embed_tta == "full" and full.whiten and full.trainer_config(Config()).train.channels_last is True
     extra = 0.012 * (FACTS.train_sites + FACTS.test_sites) * ((512 / 224) ** 2 - 1)
     assert full.estimates["predict"] - centre.estimates["predict"] == pytest.approx(extra)
     assert full.steps_single < centre.steps_single
@@ -139,7 +140,8 @@ def test_a_refit_takes_its_share_of_the_steps_and_the_plan_says_when_it_cannot()
 
 
 def test_the_refit_is_sized_to_the_time_left_and_the_plan_saved(tmp_path):
-    from trainer.job.main import JobOptions, seconds_per_step, size_refit
+    from trainer.job.options import JobOptions
+    from trainer.job.runs import seconds_per_step, size_refit
     from trainer.job.plan import load_plan
 
     plan = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"refit_share": 0.3}), step_s=0.8, view_s=0.012,
@@ -159,7 +161,7 @@ def test_the_refit_is_sized_to_the_time_left_and_the_plan_saved(tmp_path):
                                                        {"event": "train", "step": 40, "time": 121.0}]))
     assert seconds_per_step(log) == pytest.approx(0.6)
     # steps given as overrides skip the plan's share check: the job refuses both before any training
-    from trainer.job.main import train_models
+    from trainer.job.runs import train_models
 
     both = make_plan(FACTS, Hardware(2), 600, {"steps_refit": 25, "steps_finetune": 25})
     with pytest.raises(ConfigError, match="do not combine"):
@@ -300,7 +302,8 @@ def test_the_refit_trains_on_every_experiment_and_scores_only_test(raw, tmp_path
 def test_a_repeated_budget_measurement_times_only_its_own_steps(raw, tmp_path):
     # a plan that failed (budget too small) and is measured again must not read the first attempt's log as its own
     import cellio
-    from trainer.job.main import JobOptions, measure
+    from trainer.job.options import JobOptions
+    from trainer.job.planning import measure
 
     store_path = tmp_path / "s.zarr"
     cellio.ingest(raw, store_path, workers=1)

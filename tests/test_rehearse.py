@@ -9,6 +9,7 @@ import pandas as pd
 
 import cellio
 from trainer.job.meter import StepMeter
+from trainer.job.options import Overrides
 from trainer.infer.predict import load_predictions
 from trainer.job.rehearse import RehearsalOptions, rehearse
 
@@ -26,7 +27,7 @@ def test_the_rehearsal_runs_the_whole_job_on_a_reduced_real_layout(tmp_path):
     out = tmp_path / "r"
     summary = rehearse(RehearsalOptions(out, size=8, experiments=EXPERIMENTS, tta="center", dihedral=True,
                                         steps_single=4, steps_pseudo=4, steps_finetune=4, batch=64, workers=2,
-                                        overrides=["plan.pseudo_rounds=1"]))
+                                        overrides=Overrides.parse(["plan.pseudo_rounds=1"])))
     names = [r["step"] for r in summary["steps"]]
     assert [s for s in STEPS if s not in names] == []
     # the one train cell type outside the held-out fold is fine-tuned; the fine-tuned member covers every test view

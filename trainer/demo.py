@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trainer.job.main import parse_args, run_command, run_job
+from trainer.job.main import run_command, run_job
+from trainer.job.options import parse_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

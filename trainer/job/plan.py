@@ -46,10 +46,10 @@ from typing import Any
 
 from cellio.errors import ConfigError
 
-from trainer.train.config import coerce_value
+from trainer.train.config import Config, coerce_value, replace
 
 __all__ = ["Hardware", "DataFacts", "Plan", "make_plan", "fit_to_budget", "load_plan", "save_plan",
-           "parse_overrides", "check_budget", "PLAN_FIELDS", "STEP_QUANTUM"]
+           "parse_overrides", "check_budget", "cuda_available", "PLAN_FIELDS", "STEP_QUANTUM"]
 
 # real training time / measured step time x steps, main job on the foreign subtle 512 px set: 1.16 for the
 # pseudo-label stage (321 s for 300 steps with 3 labelling rounds, 0.772 s per measured step), 1.12 for the single
@@ -58,6 +58,15 @@ TRAIN_OVERHEAD = 1.15
 STEP_QUANTUM = 25           # steps are rounded down to a multiple of this
 VIEWS = {"center": 1, "grid9": 9, "full": 1}
 GPU_FINETUNE_SHARE = 0.2    # share of the GPU plan's steps in per-cell-type fine-tuning runs
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device here (False without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 @dataclass(frozen=True)
@@ -164,17 +173,18 @@ class Plan:
             raise ConfigError(f"plan: unknown fields {unknown}; expected some of {sorted(names)}")
         return cls(**d)
 
-    def trainer_overrides(self) -> list[str]:
-        """Trainer config keys every training run of this plan shares."""
-        out = [f"data.crop_size={self.crop}", f"data.batch_size={self.batch}", f"data.backend={self.backend}",
-               f"data.num_workers={self.num_workers}", f"data.n_folds={self.n_folds}",
-               f"data.val_fold={self.val_fold}", f"model.name={self.model}", f"optim.lr={self.lr}",
-               f"train.device={self.device}", f"train.num_threads={self.threads}",
-               f"pseudo.rounds={self.pseudo_rounds}", f"pseudo.adabn={str(self.adabn).lower()}",
-               "train.channels_last=true", f"data.augment={self.augment}"]
-        if self.batch_by:
-            out.append(f"data.batch_by={self.batch_by}")
-        return out
+    def trainer_config(self, cfg: Config) -> Config:
+        """`cfg` (a recipe's, or the defaults) with the keys every training run of this plan shares."""
+        data = {"crop_size": self.crop, "batch_size": self.batch, "backend": self.backend,
+                "num_workers": self.num_workers, "n_folds": self.n_folds, "val_fold": self.val_fold,
+                "augment": self.augment, **({"batch_by": self.batch_by} if self.batch_by else {})}
+        return replace(cfg, data=data, model={"name": self.model}, optim={"lr": self.lr},
+                       train={"device": self.device, "num_threads": self.threads, "channels_last": True},
+                       pseudo={"rounds": self.pseudo_rounds, "adabn": self.adabn})
+
+    def torch_device(self) -> str:
+        """Where this plan's processes compute: cuda when planned and present, else cpu."""
+        return "cuda" if self.device == "cuda" and cuda_available() else "cpu"
 
     def describe(self) -> str:
         lines = [f"plan: {self.model} on {self.crop}px crops, batch {self.batch}, {self.device} x {self.processes} "

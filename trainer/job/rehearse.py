@@ -5,7 +5,7 @@ and peak memory (RSS) of every step, and the size of every file it writes.
     python -m trainer.job.rehearse OUT --size 16 --experiments HUVEC-01 RPE-01 HUVEC-17    # a reduced real layout
     python -m trainer.job.rehearse OUT --budget 60 plan.steps_single=100 optim.lr=1e-3     # main-job overrides
 
-It runs `trainer.demo.run_job` itself, the main job's code path end to end (metadata -> ingest -> plan ->
+It runs `trainer.job.main.run_job` itself, the main job's code path end to end (metadata -> ingest -> plan ->
 single stage -> pseudo-label stage -> a fine-tuning run per cell type -> predictions of every validation and test
 site at the plan's full TTA (nine crops; `--dihedral` adds the 8 dihedral views, 8x the views, which the main
 job's plans leave off), by the joint and by the fine-tuned models -> embeddings -> aggregation, stacker,
@@ -34,13 +34,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 import cellio
 
+from trainer.job.console import Printer, console
+from trainer.job.dataset import sample_submission
+from trainer.job.main import run_command, run_job
 from trainer.job.meter import StepMeter
+from trainer.job.options import JobOptions, Overrides
+from trainer.job.plan import load_plan
 
 __all__ = ["RehearsalOptions", "rehearse", "rehearsal_overrides", "file_sizes", "format_steps", "main"]
 
-log = logging.getLogger("trainer.job.rehearse")
+log = logging.getLogger(__name__)
 
 MARKER = ".cellio-rehearsal-synth.json"
 
@@ -59,7 +66,7 @@ class RehearsalOptions:
     batch: int = 256
     seed: int = 0
     workers: int | None = None               # synth and ingest processes
-    overrides: list[str] = field(default_factory=list)  # plan.<field>=value or trainer keys, as the main job
+    overrides: Overrides = field(default_factory=Overrides)  # plan.<field>=value or trainer keys, as the main job
     synth_only: bool = False                 # make (or reuse) the set, then stop
 
 
@@ -76,13 +83,13 @@ def make_set(opts: RehearsalOptions) -> tuple[Path, bool]:
     params = {"layout": "rxrx1", "size": opts.size, "experiments": opts.experiments, "seed": opts.seed}
     marker = raw / MARKER
     if marker.is_file() and json.loads(marker.read_text()).get("params") == params:
-        print(f"   real-layout set already at {raw}")
+        log.info("real-layout set already at %s", raw)
         return raw, True
     summary = cellio.synthesize(raw, layout="rxrx1", size=opts.size, experiments=opts.experiments, seed=opts.seed,
                                 workers=opts.workers, check=False)
     marker.write_text(json.dumps({"params": params, "sites": summary["sites"]}, indent=2))
-    print(f"   real-layout set -> {raw}: {summary['sites']} sites ({summary['train_sites']} train, "
-          f"{summary['test_sites']} test) in {summary['seconds']:.0f} s")
+    log.info("real-layout set -> %s: %s sites (%s train, %s test) in %.0f s", raw, summary["sites"],
+             summary["train_sites"], summary["test_sites"], summary["seconds"])
     return raw, False
 
 
@@ -96,7 +103,7 @@ def loader_epoch(store_path: Path, plan: Any) -> dict[str, Any]:
     for batch in tqdm(loader, total=len(loader), desc="loader epoch", unit="batch"):
         sites += len(batch["index"])
     seconds = time.perf_counter() - t0
-    print(f"   {sites} sites in {len(loader)} batches, {sites / max(seconds, 1e-9):.0f} sites/s")
+    log.info("%d sites in %d batches, %.0f sites/s", sites, len(loader), sites / max(seconds, 1e-9))
     return {"sites": sites, "batches": len(loader), "seconds": seconds}
 
 
@@ -189,10 +196,11 @@ def _complete_before(job: Path) -> set[str]:
 
 def rehearse(opts: RehearsalOptions) -> dict[str, Any]:
     """The rehearsal (module docstring); returns what OUT/rehearsal.json holds."""
-    from trainer.job.main import JobOptions, run_job
-    from trainer.job.main import parse_args as parse_job_args
-    from trainer.job.plan import load_plan
+    with console() as printer:
+        return _rehearse(opts, printer)
 
+
+def _rehearse(opts: RehearsalOptions, printer: Printer) -> dict[str, Any]:
     opts.out = Path(opts.out).resolve()
     opts.out.mkdir(parents=True, exist_ok=True)
     steps_file = opts.out / "steps.jsonl"
@@ -210,25 +218,20 @@ def rehearse(opts: RehearsalOptions) -> dict[str, Any]:
 
     meter = StepMeter(on_record=keep)
     done_before = _complete_before(opts.out / "job")
-    # The main job's own parser turns the user's overrides into plan and trainer keys.
-    user = parse_job_args(["--out", str(opts.out / "job"), *opts.overrides])
     t0 = time.perf_counter()
     with meter("synth (cellio synth --layout rxrx1)") as step:
         raw, step["reused"] = make_set(opts)
     if opts.synth_only:
         return {"raw": str(raw)}
     job = JobOptions(out=opts.out / "job", data=raw, budget_min=opts.budget_min, seed=opts.seed,
-                     workers=opts.workers, overrides=user.overrides,
-                     plan_overrides={**rehearsal_overrides(opts), **user.plan_overrides}, hardware="cpu",
-                     meter=meter)
+                     workers=opts.workers, overrides=Overrides({**rehearsal_overrides(opts), **opts.overrides.plan},
+                                                               opts.overrides.trainer), hardware="cpu", meter=meter)
     result = run_job(job)
     store_path = job.out / "store.zarr"
     plan = load_plan(job.out / "plan.json")
     with meter("loader epoch (training loader, no model)"):
         epoch = loader_epoch(store_path, plan)
     with meter("validate submission"):
-        from trainer.job.main import sample_submission
-
         sample = sample_submission(raw, job.out)
         sub = cellio.validate_submission(job.out / "submission.csv", sample)
     total = time.perf_counter() - t0
@@ -236,13 +239,12 @@ def rehearse(opts: RehearsalOptions) -> dict[str, Any]:
     records = [{**earlier[r["step"]], "fresh": False} if r.get("reused") and r["step"] in earlier else r
                for r in meter.records]
     sites = cellio.open_store(store_path).sites
-    import pandas as pd
-
     rows = len(pd.read_csv(sample, usecols=["id_code"]))
     summary = {
         "command": "python -m trainer.job.rehearse " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("rehearse.py")
         else None,
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+        "options": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+                    "overrides": opts.overrides.words()},
         "data": {"sites": len(sites), "train_sites": int((sites["dataset"] == "train").sum()),
                  "test_sites": int((sites["dataset"] == "test").sum()), "wells": int(sites["id_code"].nunique()),
                  "experiments": int(sites["experiment"].nunique()), "submission_rows": rows},
@@ -263,8 +265,9 @@ def rehearse(opts: RehearsalOptions) -> dict[str, Any]:
     (opts.out / "rehearsal.md").write_text(
         f"# Rehearsal: {summary['data']['sites']} sites ({summary['data']['experiments']} experiments) at "
         f"{opts.size} px\n\n{table}\n\nsubmission: {rows} rows, check {summary['submission_check']}\n\n{files}\n")
-    print(f"\n== rehearsal: {summary['data']['sites']} sites, {rows} submission rows, {total:.0f} s\n{table}")
-    print(f"   -> {opts.out / 'rehearsal.md'}")
+    printer.step(f"rehearsal: {summary['data']['sites']} sites, {rows} submission rows, {total:.0f} s")
+    log.info("%s", table)
+    log.info("-> %s", opts.out / "rehearsal.md")
     return summary
 
 
@@ -289,12 +292,11 @@ def parse_args(argv: Sequence[str] | None) -> RehearsalOptions:
     p.add_argument("overrides", nargs="*", help="plan.<field>=value or trainer keys, as python -m trainer.demo")
     a = p.parse_args(argv)
     return RehearsalOptions(Path(a.out), a.size, a.experiments, a.budget, a.tta, a.dihedral, a.steps[0],
-                            a.steps[1], a.finetune_steps, a.batch, a.seed, a.workers, list(a.overrides), a.synth_only)
+                            a.steps[1], a.finetune_steps, a.batch, a.seed, a.workers, Overrides.parse(a.overrides),
+                            a.synth_only)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from trainer.job.main import run_command
-
     return run_command("trainer.job.rehearse", lambda a: rehearse(parse_args(a)), argv)
 
 

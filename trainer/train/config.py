@@ -3,6 +3,13 @@
     cfg = load_config("trainer/recipes/smoke_cpu.yaml", ["data.store=/tmp/s.zarr", "optim.lr=3e-4"])
     save_config(cfg, "out/config.yaml")          # the resolved config, saved beside every checkpoint
 
+A program that builds configs (the main job) goes the typed way, checking the values once at the end:
+
+    cfg = read_recipe(path)                                   # defaults <- recipe, types checked
+    cfg = replace(cfg, train={"max_steps": 100}, out="runs/x")  # Python values, no text
+    cfg = override(cfg, [parse_override("optim.lr=3e-4")])   # the user's words, parsed once
+    check_config(cfg)
+
 Unknown keys are rejected with a message naming the key (and the closest valid one); values are checked against
 the field's type, so a typo fails before any work runs. Override values are parsed as YAML scalars/lists
 (`optim.lr=3e-4` is a float, `data.cell_types=[HUVEC,RPE]` a list, `model.pretrained=null` is None).
@@ -15,13 +22,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from cellio.errors import ConfigError
 
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "TrainConfig", "PseudoConfig", "Config",
-    "STAGES", "load_config", "save_config", "apply_overrides", "coerce_value", "parse_override",
+    "STAGES", "Override", "load_config", "read_recipe", "replace", "override", "check_config", "save_config",
+    "apply_overrides", "coerce_value", "parse_override",
 ]
 
 STAGES = ("single", "perchannel_stage1", "fusion_stage2", "pseudo_label")
@@ -141,7 +149,7 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
         cfg = _build(cls, d, "")
-        validate(cfg)
+        check_config(cfg)
         return cfg
 
 
@@ -231,7 +239,7 @@ def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
         raise ConfigError(f"config key {key!r}: expected one of {', '.join(allowed)}, found {value!r}")
 
 
-def validate(cfg: Config) -> None:
+def check_config(cfg: Config) -> None:
     """Value checks a type cannot express; raised before any work runs."""
     _choice(cfg.train.stage, STAGES, "train.stage")
     _choice(cfg.optim.name, _OPTIMIZERS, "optim.name")
@@ -296,8 +304,17 @@ def _check_augment(cfg: Config) -> None:
         raise ConfigError(f"config keys 'data.augment', 'data.normalize', 'data.crop_size': {exc}") from None
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`KEY=VALUE` -> (the dotted key's parts, the value as a YAML scalar or list); ConfigError when malformed."""
+@dataclass(frozen=True)
+class Override:
+    """One `KEY=VALUE` of a command line, parsed: the dotted key's parts and the value as YAML reads it."""
+
+    key: tuple[str, ...]
+    value: Any
+    text: str                     # as the user wrote it, for messages
+
+
+def parse_override(text: str) -> Override:
+    """`KEY=VALUE` -> Override (the value a YAML scalar or list); ConfigError when malformed."""
     import yaml
 
     if "=" not in text:
@@ -310,30 +327,42 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: the value {raw!r} is not valid YAML ({exc})") from None
-    return key.split("."), value
+    return Override(tuple(key.split(".")), value, text)
 
 
-def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each dotted `KEY=VALUE` in a nested dict (a copy); keys are checked later by Config.from_dict."""
+def apply_overrides(d: dict[str, Any], overrides: Sequence[str | Override]) -> dict[str, Any]:
+    """Set each dotted `KEY=VALUE` (text, or parsed once by parse_override) in a nested dict (a copy); keys are
+    checked later by Config.from_dict."""
     import copy
 
     d = copy.deepcopy(d)
-    for text in overrides:
-        path, value = parse_override(text)
+    for item in overrides:
+        o = item if isinstance(item, Override) else parse_override(item)
         node = d
-        for i, part in enumerate(path[:-1]):
+        for i, part in enumerate(o.key[:-1]):
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(path[:i + 1])!r} is a value, not a section")
+                raise ConfigError(f"override {o.text!r}: {'.'.join(o.key[:i + 1])!r} is a value, not a section")
             node = child
-        node[path[-1]] = value
+        node[o.key[-1]] = o.value
     return d
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: Sequence[str | Override] | None = None) -> Config:
     """Defaults <- YAML recipe at `path` (if any) <- dotted overrides; validated."""
+    return Config.from_dict(apply_overrides(_recipe(path), list(overrides or [])))
+
+
+def read_recipe(path: str | Path | None = None) -> Config:
+    """Defaults <- the YAML recipe at `path` (None: the defaults alone); keys and types checked, values not yet
+    (check_config, once every override is in: a recipe may leave a required key to them)."""
+    return _build(Config, _recipe(path), "")
+
+
+def _recipe(path: str | Path | None) -> dict[str, Any]:
+    """The defaults with the YAML recipe at `path` merged in, as a nested dict."""
     import yaml
 
     d: dict[str, Any] = Config().to_dict()
@@ -349,8 +378,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(recipe, dict):
             raise ConfigError(f"config file {str(path)!r}: expected a mapping at the top, found {type(recipe)}")
         d = _merge(d, recipe, "")
-    d = apply_overrides(d, list(overrides or []))
-    return Config.from_dict(d)
+    return d
+
+
+def override(cfg: Config, overrides: Sequence[str | Override]) -> Config:
+    """A copy of `cfg` with the dotted overrides set; keys and types checked, values not (check_config)."""
+    return _build(Config, apply_overrides(cfg.to_dict(), overrides), "")
+
+
+def replace(cfg: Config, **sections: Any) -> Config:
+    """A copy of `cfg` with fields of its sections set to Python values, `replace(cfg, train={"max_steps": 8},
+    out="runs/x")`; keys and types checked as a recipe's are (an unknown key is a ConfigError naming it), values
+    not (check_config)."""
+    d = cfg.to_dict()
+    for section, values in sections.items():
+        if isinstance(d.get(section), dict):
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {section!r}: expected a mapping of its keys, found {values!r}")
+            d[section].update(values)
+        else:
+            d[section] = values  # a top-level key (out), or an unknown one for _build to name
+    return _build(Config, d, "")
 
 
 def _merge(base: dict[str, Any], new: dict[str, Any], prefix: str) -> dict[str, Any]:

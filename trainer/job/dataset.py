@@ -1,0 +1,80 @@
+"""The main job's data steps: the RxRx1 directory (given, or the embedded synthetic set), its metadata, the ingest
+into a cellio store, and the sample submission the job's submission follows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+import cellio
+from cellio.cli import inspect as inspect_command
+
+from trainer.job.options import PROFILES, JobOptions
+
+__all__ = ["SYNTH_MARKER", "make_data", "summarize_metadata", "ingest", "sample_submission"]
+
+log = logging.getLogger(__name__)
+
+SYNTH_MARKER = ".cellio-synth.json"
+
+
+def make_data(opts: JobOptions) -> Path:
+    """The RxRx1 directory to use: the given one, or the embedded synthetic set (made once, then reused)."""
+    if opts.data:
+        raw = Path(opts.data).resolve()
+        if not raw.is_dir():
+            raise cellio.CellioError(f"--data {raw}: no such directory (expected an RxRx1 directory in the Kaggle "
+                                     "layout: train.csv, test.csv, train/, test/ ...)")
+        log.info("using %s", raw)
+        return raw
+    raw = opts.out / "raw"
+    marker = raw / SYNTH_MARKER
+    params = {**PROFILES[opts.profile], "seed": opts.seed}
+    if marker.is_file() and json.loads(marker.read_text()).get("params") == params:
+        log.info("synthetic set already at %s", raw)
+        return raw
+    summary = cellio.synthesize(raw, workers=opts.workers, **params)
+    marker.write_text(json.dumps({"params": params, "summary": json.loads(json.dumps(summary, default=str))},
+                                 indent=2))
+    log.info("synthetic RxRx1 -> %s: %s sites, %.1f sites/s", raw, summary.get("sites"), summary.get("sites_per_s", 0))
+    return raw
+
+
+def summarize_metadata(raw: Path) -> None:
+    """Sites per split and cell type, well types, classes, plate groups and the train rotations."""
+    sites = cellio.read_metadata(raw)
+    groups = cellio.derive_plate_groups(sites[sites["dataset"] == "train"])
+    log.info("%s", sites.groupby(["dataset", "cell_type"]).size().unstack(fill_value=0).to_string())
+    wells = sites.drop_duplicates("id_code")
+    log.info("%d sites in %d wells; well types: %s; %d labelled treatment classes", len(sites), len(wells),
+             wells["well_type"].value_counts().to_dict(),
+             wells.loc[wells["well_type"] == "treatment", "sirna"].nunique())
+    log.info("plate groups: %s siRNAs; train rotations: %s", [len(g) for g in groups.groups], dict(groups.rotations))
+
+
+def ingest(raw: Path, opts: JobOptions) -> Path:
+    """OUT/store.zarr (a rerun finishes or reuses it), then what it holds as `cellio inspect` shows it."""
+    store_path = opts.out / "store.zarr"
+    report = cellio.ingest(raw, store_path, workers=opts.workers)
+    log.info("%d of %d sites stored (%d written by this run, %d failed) in %.1f s; codec %s, %s workers",
+             report.n_ok, report.n_sites, report.n_written, report.n_failed, report.seconds, report.codec,
+             report.workers)
+    if inspect_command.run(argparse.Namespace(store=str(store_path), experiments=False)):
+        raise cellio.StoreError(f"{store_path}: cellio inspect finds the store incomplete or damaged (above); "
+                                f"rerun the job to finish the ingest, or `cellio verify {store_path}`")
+    return store_path
+
+
+def sample_submission(raw: Path, out: Path) -> Path:
+    """Kaggle's sample_submission.csv, or (for a directory without one) the same file made from test.csv's rows."""
+    given = raw / "sample_submission.csv"
+    if given.is_file():
+        return given
+    made = out / "sample_submission.csv"
+    pd.read_csv(raw / "test.csv", usecols=["id_code"]).assign(sirna=0).to_csv(made, index=False)
+    log.info("%s is missing: the submission follows test.csv's rows (%s)", given, made)
+    return made
