@@ -182,3 +182,20 @@ def test_torchs_own_full_disk_error_is_a_disk_full_error(tmp_path, monkeypatch):
         save_checkpoint(path, {"step": 2, "w": torch.zeros(4096)})
     monkeypatch.undo()
     assert torch.load(path)["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_file_replaced_atomically_is_whole_or_untouched(tmp_path):
+    # the one way the trainer writes a file (configs, plans, predictions, reports, submissions, checkpoints)
+    from trainer.train.disk import replaced_atomically
+
+    path = tmp_path / "plan.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError, match="writer died"):
+        with replaced_atomically(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("writer died")
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
+    with replaced_atomically(path, suffix=".npz") as tmp:  # np.savez appends .npz to a name without it
+        assert tmp.parent == tmp_path and tmp.name == f".plan.json.{os.getpid()}.tmp.npz"
+        tmp.write_text("new")
+    assert path.read_text() == "new" and list(tmp_path.iterdir()) == [path]

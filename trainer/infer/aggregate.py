@@ -30,6 +30,7 @@ import pandas as pd
 from cellio.errors import ConfigError, MetadataError
 
 from trainer.infer.logits import LogitsFile, iter_rows
+from trainer.train.disk import replaced_atomically
 
 __all__ = [
     "WellScores",
@@ -325,10 +326,9 @@ def save_well_scores(wells: WellScores, path: str | Path) -> Path:
     """Write `.npz` with id_codes, scores, classes and kind (atomic: temp file then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, id_codes=wells.id_codes.astype(str), scores=wells.scores, classes=wells.classes,
-             kind=np.array(wells.kind))
-    tmp.replace(path)
+    with replaced_atomically(path, suffix=".npz") as tmp:
+        np.savez(tmp, id_codes=wells.id_codes.astype(str), scores=wells.scores, classes=wells.classes,
+                 kind=np.array(wells.kind))
     return path
 
 

@@ -31,6 +31,7 @@ import pandas as pd
 from cellio.errors import ConfigError, MetadataError
 
 from trainer.infer.aggregate import WellScores, group_views, well_mean
+from trainer.train.disk import replaced_atomically
 
 __all__ = ["WellEmbeddings", "extract_embeddings", "centre_per_plate", "within_class_whitening", "centroid_scores",
            "write_embeddings", "main"]
@@ -183,9 +184,8 @@ def write_embeddings(emb: WellEmbeddings, sites: pd.DataFrame, path: str | Path)
     if path.suffix == ".parquet":
         frame = pd.concat([meta, pd.DataFrame(emb.vectors, columns=[f"f{i}" for i in range(emb.vectors.shape[1])])],
                           axis=1)
-        tmp = path.with_name(path.name + ".tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(path)
+        with replaced_atomically(path) as tmp:
+            frame.to_parquet(tmp, index=False)
         return path
     if path.suffix == ".zarr":
         import zarr

@@ -24,6 +24,8 @@ import numpy as np
 
 from cellio.errors import ConfigError, MetadataError
 
+from trainer.train.disk import temporary_beside
+
 __all__ = ["LogitsFile", "LogitsWriter", "iter_rows", "CHUNK_ROWS", "PROGRESS_MIN_ROWS", "HALF_ABOVE_BYTES"]
 
 CHUNK_ROWS = 32768            # rows per block: 150 MB of float32 at 1,139 classes
@@ -40,7 +42,7 @@ class LogitsWriter:
         self.path = Path(path)
         self.n_cols, self.dtype, self.rows = int(n_cols), np.dtype(dtype), 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.tmp = temporary_beside(self.path)
         self.fh = open(self.tmp, "wb")
         self.fh.write(b"\0" * _HEADER)
 

@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import numpy as np
 from cellio.errors import ConfigError, MetadataError
 
 from trainer.infer.logits import HALF_ABOVE_BYTES, LogitsFile, LogitsWriter
+from trainer.train.disk import replaced_atomically
 
 __all__ = ["Predictions", "predict", "predict_views", "load_predictions", "concat_predictions", "logits_path",
            "validation_experiments", "main"]
@@ -70,7 +70,6 @@ class Predictions:
         disk (a LogitsFile) stay there: the .npz names their file (which must sit beside it) instead."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
         arrays: dict[str, Any] = {"index": self.index, "view": self.view, "classes": self.classes}
         meta = dict(self.meta)
         if isinstance(self.logits, LogitsFile):
@@ -79,11 +78,8 @@ class Predictions:
             meta["logits_file"] = self.logits.path.name
         else:
             arrays["logits"] = self.logits.astype(np.float16 if half else np.float32)
-        try:
+        with replaced_atomically(path, suffix=".npz") as tmp:
             np.savez(tmp, **arrays, meta=np.array(json.dumps(meta)))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     def rows(self, mask: np.ndarray) -> Predictions:
@@ -141,7 +137,8 @@ def concat_predictions(parts: Sequence[Predictions], out: str | Path | None = No
 
 
 def validation_experiments(cfg: Any, sites: Any) -> list[str]:
-    """The held-out experiments of a checkpoint's config: trainer.train.folds.split_experiments, as trainer.train used."""
+    """The held-out experiments of a checkpoint's config: trainer.train.folds.split_experiments, as its training
+    run used."""
     from trainer.train.folds import split_experiments
 
     if cfg.data.val_fold < 0:

@@ -8,8 +8,8 @@ predict counts as wrong and is reported as missing.
     rep = {"validation": build_report(val_steps, val_truth), "test": build_report(test_steps, test_truth)}
     write_report(rep, "out/report")      # report.json, steps.png, cell_types.png
 
-    python -m trainer.infer.report --truth test_truth.csv --step "TTA mean=wells.csv" --step "+ assignment=assigned.csv" \
-        --out out/report
+    python -m trainer.infer.report --truth test_truth.csv --step "TTA mean=wells.csv" \
+        --step "+ assignment=assigned.csv" --out out/report
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from cellio.errors import MetadataError
 from cellio.schema import CELL_TYPES
 
 from trainer.infer.aggregate import WellScores
+from trainer.train.disk import replaced_atomically
 
 __all__ = ["read_truth", "truth_of", "as_labels", "build_report", "write_report", "format_table", "main"]
 
@@ -133,9 +134,8 @@ def write_report(reports: Mapping[str, Mapping[str, Any]], out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "steps": out / "steps.png", "cell_types": out / "cell_types.png"}
     payload = {"splits": dict(reports), **(dict(extra) if extra else {})}
-    tmp = paths["json"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
-    tmp.replace(paths["json"])
+    with replaced_atomically(paths["json"]) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
 
     splits = list(reports)
     steps: list[str] = []

@@ -29,7 +29,8 @@ import pandas as pd
 from cellio.errors import ConfigError, MetadataError, MissingDependencyError
 from cellio.schema import CELL_TYPES
 
-from trainer.infer.aggregate import WellScores, group_views, load_sites, save_well_scores, softmax, well_mean, well_mean_of
+from trainer.infer.aggregate import (WellScores, group_views, load_sites, save_well_scores, softmax, well_mean,
+                                     well_mean_of)
 from trainer.infer.logits import LogitsFile, iter_rows
 from trainer.infer.report import truth_of
 

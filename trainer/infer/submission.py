@@ -5,14 +5,14 @@ is checked by `cellio.validate_submission` (the same check `cellio submit` runs 
 requiring the sample's row order) before it is written, and the file is atomically moved into place, so a
 half-written or invalid file never sits at `out_path`.
 
-    python -m trainer.infer.submission --predictions assigned.csv --sample data/sample_submission.csv --out submission.csv
+    python -m trainer.infer.submission --predictions assigned.csv --sample data/sample_submission.csv \
+        --out submission.csv
     cellio submit submission.csv -m "densenet + plate assignment"
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +21,8 @@ import pandas as pd
 
 from cellio import validate_submission
 from cellio.errors import MetadataError
+
+from trainer.train.disk import replaced_atomically
 
 __all__ = ["read_sample_submission", "write_submission", "main"]
 
@@ -80,12 +82,8 @@ def write_submission(well_predictions: pd.DataFrame | Mapping[str, int] | pd.Ser
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
+    with replaced_atomically(out_path) as tmp:
         frame.to_csv(tmp, index=False)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("wrote %s (%d wells)", out_path, len(frame))
     return frame
 

@@ -47,6 +47,7 @@ from typing import Any
 from cellio.errors import ConfigError
 
 from trainer.train.config import Config, coerce_value, replace
+from trainer.train.disk import replaced_atomically
 
 __all__ = ["Hardware", "DataFacts", "Plan", "make_plan", "fit_to_budget", "load_plan", "save_plan",
            "parse_overrides", "check_budget", "cuda_available", "PLAN_FIELDS", "STEP_QUANTUM"]
@@ -390,9 +391,8 @@ def _refit_share(plan: Plan) -> float:
 
 def save_plan(plan: Plan, path: str | Path) -> Path:
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(plan.to_dict(), indent=2))
-    tmp.replace(path)
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(json.dumps(plan.to_dict(), indent=2))
     return path
 
 

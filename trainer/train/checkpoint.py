@@ -20,7 +20,7 @@ from cellio.errors import ConfigError, DiskFullError
 from cellio.schema import CELL_TYPES
 
 from .config import Config
-from .disk import free_bytes, is_disk_full, require_space
+from .disk import free_bytes, is_disk_full, replaced_atomically, require_space
 from .labels import ClassMap
 from .losses import CosineHead
 from .models import create_model
@@ -49,20 +49,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     _remove_stale_temporaries(path)
     needed = _estimated_bytes(state)
     require_space(path, needed, what="saving this checkpoint", hint=_FULL_HINT)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:  # a Python file: a full disk raises ENOSPC itself, not torch's "unexpected pos"
+        # a Python file: a full disk raises ENOSPC itself, not torch's "unexpected pos"
+        with replaced_atomically(path) as tmp, open(tmp, "wb") as f:
             torch.save(state, f)
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         if is_disk_full(e):
             raise DiskFullError(str(path), needed, free_bytes(path.parent),
                                 what=f"saving this checkpoint (the write failed: {str(e).splitlines()[0]})",
                                 hint=_FULL_HINT) from e
         raise
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -84,7 +80,8 @@ def _estimated_bytes(state: Any) -> int:
 
 
 def _remove_stale_temporaries(path: Path) -> None:
-    """Delete `.NAME.<pid>.tmp` files whose writer process is gone (a SIGKILL mid-save leaves one behind)."""
+    """Delete `.NAME.<pid>.tmp` files (disk.temporary_beside) whose writer process is gone (a SIGKILL mid-save
+    leaves one behind)."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         pid = tmp.name[len(path.name) + 2:-len(".tmp")]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):

@@ -130,7 +130,8 @@ class PseudoConfig:
     adabn: bool = False                   # BatchNorm statistics per plate for those predictions
     min_z: float = 3.0           # rotation evidence needed to mask (trainer.infer.assign)
     source: str = "embedding"             # scores the labels come from: embedding (cosine to the train wells'
-    #                                       class centres per cell type, trainer.infer.embed) | logits (the model's head)
+    #                                       class centres per cell type, trainer.infer.embed) | logits (the model's
+    #                                       head); trainer.infer.pseudo, the labeller the run is handed
 
 
 @dataclass
@@ -414,14 +415,12 @@ def _merge(base: dict[str, Any], new: dict[str, Any], prefix: str) -> dict[str, 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically) and return the path."""
-    import os
-
     import yaml
+
+    from .disk import replaced_atomically
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replaced_atomically(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-    os.replace(tmp, path)
     return path

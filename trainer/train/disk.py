@@ -1,17 +1,24 @@
-"""Full disks in a run directory (checkpoints, metrics.csv, log.jsonl): recognised and reported here, once.
+"""How the trainer writes its files: whole or not at all (`replaced_atomically`: a temporary file beside, then one
+os.replace), and full disks (checkpoints, metrics.csv, log.jsonl) recognised and reported here, once.
+
+    with replaced_atomically(path, suffix=".npz") as tmp:    # np.savez(tmp, ...): `path` appears only when whole
+        ...
 
 A write that finds the disk full raises cellio's DiskFullError naming the file, what it needed and what was free;
 what was written before stays whole, so the same command rerun after freeing space resumes.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from cellio.errors import DiskFullError
 
-__all__ = ["free_bytes", "is_disk_full", "require_space"]
+__all__ = ["temporary_beside", "replaced_atomically", "free_bytes", "is_disk_full", "require_space"]
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 # torch.save given a path writes through C++ and reports a short write in its own words, without the OS error:
@@ -20,6 +27,27 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 # instead, whose write raises the OSError itself; these texts are the fallback.
 _TORCH_FULL = ("unexpected pos", "PytorchStreamWriter failed writing", "No space left on device",
                "Disk quota exceeded")
+
+
+def temporary_beside(path: str | Path, suffix: str = "") -> Path:
+    """Where `path` is written before it replaces itself: `.NAME.<pid>.tmp` + `suffix` in the same directory (so
+    os.replace is one rename; a killed writer's leftover names its process)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside `path` to write (`suffix`: an ending the writer insists on, np.savez's .npz); when
+    the block ends without an error it replaces `path`, so a reader sees the old file or the new one, never a torn
+    one. The temporary file is gone afterwards either way."""
+    path = Path(path)
+    tmp = temporary_beside(path, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def free_bytes(directory: str | Path) -> int | None:
