@@ -93,10 +93,10 @@ def test_embeddings_files_keep_the_wells_metadata(tmp_path):
 
 def test_the_cli_writes_well_and_site_embeddings(tmp_path):
     from cellio.testing import make_store
-    from trainer.train.checkpoint import save_checkpoint
-    from trainer.train.config import load_config
-    from trainer.train.labels import ClassMap
-    from trainer.train.models import create_model
+    from trainer.training.checkpoint import save_checkpoint
+    from trainer.training.config import load_config
+    from trainer.training.labels import ClassMap
+    from trainer.training.models import create_model
 
     store = make_store(tmp_path / "s.zarr", size=(40, 40), classes=8)
     cfg = load_config(None, [f"data.store={store.path}", "data.crop_size=32", "data.num_workers=0",

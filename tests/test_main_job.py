@@ -12,7 +12,7 @@ import pytest
 
 from cellio.errors import ConfigError
 from trainer.job.plan import STEP_QUANTUM, DataFacts, Hardware, fit_to_budget, make_plan
-from trainer.train.config import Config
+from trainer.training.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTS = DataFacts((512, 512), 1300, 440, 60, tuple(f"E{i}" for i in range(8)), ("T1", "T2", "T3", "T4"),

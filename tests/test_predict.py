@@ -12,10 +12,10 @@ from torch import nn
 import cellio
 from cellio.errors import ConfigError, MetadataError
 from trainer.infer.aggregate import mean_logits
-from trainer.train.checkpoint import save_checkpoint
-from trainer.train.config import Config
-from trainer.train.labels import ClassMap
-from trainer.train.models import list_models, register_model
+from trainer.training.checkpoint import save_checkpoint
+from trainer.training.config import Config
+from trainer.training.labels import ClassMap
+from trainer.training.models import list_models, register_model
 from trainer.infer.predict import Predictions, concat_predictions, load_predictions, predict
 from trainer.infer.report import build_report, format_table, read_truth, write_report
 from trainer.infer.submission import write_submission
@@ -126,8 +126,8 @@ def test_out_of_fold_prediction_of_a_cell_type_without_held_out_experiments_is_a
                                                                                          tmp_path):
     # a per-cell-type model whose cell type has no experiment in the held-out fold: an empty selection must not
     # silently mean "every site"
-    from trainer.train.checkpoint import load_checkpoint
-    from trainer.train.folds import split_experiments
+    from trainer.training.checkpoint import load_checkpoint
+    from trainer.training.folds import split_experiments
 
     state = load_checkpoint(checkpoint[0])
     cfg = Config.from_dict(state["config"])
@@ -293,10 +293,10 @@ def test_adabn_recomputes_batchnorm_per_plate_and_changes_nothing_else(tiny_stor
 
 def test_a_channels_last_checkpoint_predicts_in_that_layout_with_the_same_logits(tmp_path):
     from cellio.testing import make_store
-    from trainer.train.checkpoint import load_for_inference
-    from trainer.train.config import load_config
-    from trainer.train.models import create_model
-    from trainer.train.runtime import in_model_layout
+    from trainer.training.checkpoint import load_for_inference
+    from trainer.training.config import load_config
+    from trainer.training.models import create_model
+    from trainer.training.runtime import in_model_layout
 
     store = make_store(tmp_path / "s.zarr", size=(40, 40), classes=8)
     class_map = ClassMap.from_sites(store.sites, include_controls=True)

@@ -1,5 +1,6 @@
-"""trainer.train end to end on a tiny store through cellio.create_loader (torch backend, CPU): overfitting,
-exact resume, 2-process torchrun (gloo) against 1 process, the two-stage per-channel plan, run-dir contract."""
+"""Training (trainer.training; python -m trainer.train) end to end on a tiny store through cellio.create_loader
+(torch backend, CPU): overfitting, exact resume, 2-process torchrun (gloo) against 1 process, the two-stage
+per-channel plan, run-dir contract."""
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ import torch
 from cellio.errors import ConfigError
 
 from trainer.infer.pseudo import label_wells
-from trainer.train.checkpoint import load_checkpoint, load_for_inference
-from trainer.train.config import load_config
-from trainer.train.loop import run
+from trainer.training.checkpoint import load_checkpoint, load_for_inference
+from trainer.training.config import load_config
+from trainer.training.loop import run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,21 +115,21 @@ def test_a_run_killed_between_a_checkpoint_and_its_validation_validates_that_epo
                                                                                             monkeypatch):
     # 20 steps per epoch (160 sites / 8): the step-20 checkpoint closes epoch 0 before its validation runs; a kill
     # there used to resume at epoch 1, and epoch 0 was never validated (nor considered for best.pt)
-    import trainer.train.loop
+    import trainer.training.loop
 
     common = ["optim.epochs=2", "train.ckpt_every=20"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     a = run(_cfg(_store_path(train_store), straight, *common))
-    real = trainer.train.loop.validate
+    real = trainer.training.loop.validate
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed during the validation of epoch 0")
 
-    monkeypatch.setattr(trainer.train.loop, "validate", killed)
+    monkeypatch.setattr(trainer.training.loop, "validate", killed)
     with pytest.raises(KeyboardInterrupt):
         run(_cfg(_store_path(train_store), resumed, *common))
     assert load_checkpoint(resumed / "checkpoints" / "last.pt")["step"] == 20
-    monkeypatch.setattr(trainer.train.loop, "validate", real)
+    monkeypatch.setattr(trainer.training.loop, "validate", real)
     b = run(_cfg(_store_path(train_store), resumed, *common))
     assert [e["epoch"] for e in _events(resumed, "val")] == [0, 1] == [e["epoch"] for e in _events(straight, "val")]
     assert [e["val_acc"] for e in _events(resumed, "val")] == [e["val_acc"] for e in _events(straight, "val")]
@@ -144,7 +145,7 @@ def test_a_full_disk_while_training_names_the_file_and_the_resumed_logs_are_whol
     import builtins
     import errno
 
-    import trainer.train.runlog
+    import trainer.training.runlog
     from cellio.errors import DiskFullError
 
     if not os.path.exists("/dev/full"):
@@ -158,7 +159,7 @@ def test_a_full_disk_while_training_names_the_file_and_the_resumed_logs_are_whol
             return builtins.open("/dev/full", "w")
         return builtins.open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(trainer.train.runlog, "open", full_metrics, raising=False)
+    monkeypatch.setattr(trainer.training.runlog, "open", full_metrics, raising=False)
     with pytest.raises(DiskFullError, match=r"metrics\.csv: not enough disk space") as err:
         run(_cfg(_store_path(train_store), out, "optim.epochs=2"))
     assert err.value.path == str(out / "metrics.csv")
@@ -341,8 +342,8 @@ def test_margin_loss_penalises_the_true_class_and_skips_unlabelled_rows():
 
     import torch.nn.functional as F
 
-    from trainer.train.labels import IGNORE_INDEX
-    from trainer.train.losses import MarginLoss
+    from trainer.training.labels import IGNORE_INDEX
+    from trainer.training.losses import MarginLoss
 
     cos = torch.tensor([[0.8, 0.1, -0.2], [0.3, 0.6, 0.0], [0.5, 0.5, 0.5]], requires_grad=True)
     target = torch.tensor([0, 1, IGNORE_INDEX])

@@ -1,4 +1,4 @@
 """Inference: checkpoints -> per-view logits -> per-well scores -> the inference chain -> submission.csv.
 
-Builds on `trainer.train` (checkpoints, configs, the runtime); never imports `trainer.job`.
+Builds on `trainer.training` (checkpoints, configs, the runtime); never imports `trainer.job`.
 """

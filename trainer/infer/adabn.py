@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.train.runtime import in_model_layout
+from trainer.training.runtime import in_model_layout
 
 __all__ = ["bn_modules", "plate_bn_states", "bn_state", "PlateKey"]
 

@@ -30,7 +30,7 @@ import pandas as pd
 from cellio.errors import ConfigError, MetadataError
 
 from trainer.infer.logits import LogitsFile, iter_rows
-from trainer.train.disk import replaced_atomically
+from trainer.training.disk import replaced_atomically
 
 __all__ = [
     "WellScores",

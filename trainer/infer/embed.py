@@ -31,7 +31,7 @@ import pandas as pd
 from cellio.errors import ConfigError, MetadataError
 
 from trainer.infer.aggregate import WellScores, group_views, well_mean
-from trainer.train.disk import replaced_atomically
+from trainer.training.disk import replaced_atomically
 
 __all__ = ["WellEmbeddings", "extract_embeddings", "centre_per_plate", "within_class_whitening", "centroid_scores",
            "write_embeddings", "main"]
@@ -74,7 +74,7 @@ def site_embeddings(model: Any, cfg: Any, store: Any, *, datasets: Sequence[str]
     from tqdm.auto import tqdm
 
     import cellio
-    from trainer.train.runtime import in_model_layout
+    from trainer.training.runtime import in_model_layout
 
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     loader = cellio.create_loader(store, batch_size, train=False, augment=cfg.data.augment,
@@ -208,7 +208,7 @@ def write_embeddings(emb: WellEmbeddings, sites: pd.DataFrame, path: str | Path)
 
 def main(argv: Sequence[str] | None = None) -> int:
     import cellio
-    from trainer.train.checkpoint import load_for_inference
+    from trainer.training.checkpoint import load_for_inference
 
     p = argparse.ArgumentParser(prog="python -m trainer.infer.embed", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)

@@ -24,7 +24,7 @@ import numpy as np
 
 from cellio.errors import ConfigError, MetadataError
 
-from trainer.train.disk import temporary_beside
+from trainer.training.disk import temporary_beside
 
 __all__ = ["LogitsFile", "LogitsWriter", "iter_rows", "CHUNK_ROWS", "PROGRESS_MIN_ROWS", "HALF_ABOVE_BYTES"]
 

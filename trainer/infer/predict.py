@@ -36,7 +36,7 @@ import numpy as np
 from cellio.errors import ConfigError, MetadataError
 
 from trainer.infer.logits import HALF_ABOVE_BYTES, LogitsFile, LogitsWriter
-from trainer.train.disk import replaced_atomically
+from trainer.training.disk import replaced_atomically
 
 __all__ = ["Predictions", "predict", "predict_views", "load_predictions", "concat_predictions", "logits_path",
            "validation_experiments", "main"]
@@ -137,9 +137,9 @@ def concat_predictions(parts: Sequence[Predictions], out: str | Path | None = No
 
 
 def validation_experiments(cfg: Any, sites: Any) -> list[str]:
-    """The held-out experiments of a checkpoint's config: trainer.train.folds.split_experiments, as its training
+    """The held-out experiments of a checkpoint's config: trainer.training.folds.split_experiments, as its training
     run used."""
-    from trainer.train.folds import split_experiments
+    from trainer.training.folds import split_experiments
 
     if cfg.data.val_fold < 0:
         raise ConfigError("this checkpoint trained on every experiment (data.val_fold=-1): it has no validation "
@@ -165,7 +165,7 @@ def predict_views(model: Any, cfg: Any, class_map: Any, store: Any, *, datasets:
     from tqdm.auto import tqdm
 
     import cellio
-    from trainer.train.runtime import in_model_layout
+    from trainer.training.runtime import in_model_layout
 
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     crop = crop_size or cfg.data.val_crop_size or cfg.data.crop_size
@@ -243,7 +243,7 @@ def predict(checkpoint: str | Path, store: Any, *, datasets: Sequence[str] | str
     import torch
 
     import cellio
-    from trainer.train.checkpoint import load_for_inference
+    from trainer.training.checkpoint import load_for_inference
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, class_map = load_for_inference(checkpoint, dev)

@@ -1,6 +1,6 @@
 """The pseudo-label stage's labeller: which unlabelled wells get which label, chosen under the plate constraint.
 
-    run(cfg, labeller=label_wells)          # trainer.train.loop; train.stage=pseudo_label asks it every round
+    run(cfg, labeller=label_wells)          # trainer.training.loop; train.stage=pseudo_label asks it every round
     labels = select_pseudo_labels(wells, sites, groups, fraction=0.4)   # id_code, sirna, margin
 
 Each round the current model scores the unlabelled wells (the test set, and the held-out validation fold so its
@@ -8,7 +8,7 @@ out-of-fold accuracy measures what pseudo-labelling does to unseen experiments):
 the labelled train wells (pseudo.source=embedding) or mean logits (logits). The per-well scores are assigned per
 plate exactly as the submission is (`trainer.infer.assign.assign_plates`: the rotation inferred, one class per
 plate); and on every plate the wells whose assigned class is most clearly ahead of the plate's other allowed
-classes are kept, a growing fraction per round (trainer/train/stages/pseudo.py). Two wells of one plate never get
+classes are kept, a growing fraction per round (trainer/training/stages/pseudo.py). Two wells of one plate never get
 the same class.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from trainer.infer.assign import assign_plates
 from trainer.infer.embed import centroid_scores, extract_embeddings
 from trainer.infer.predict import Predictions, predict_views
 from trainer.infer.rotation import PlateGroupsLike, treatment_classes, well_table
-from trainer.train.stages.pseudo import PseudoRound
+from trainer.training.stages.pseudo import PseudoRound
 
 __all__ = ["label_wells", "select_pseudo_labels", "CENTROID_SCALE"]
 
@@ -40,7 +40,7 @@ CENTROID_SCALE = 8.0
 
 
 def label_wells(model: nn.Module, task: PseudoRound) -> pd.DataFrame:
-    """The labeller of train.stage=pseudo_label (trainer.train.stages.pseudo.Labeller): the target wells' scores
+    """The labeller of train.stage=pseudo_label (trainer.training.stages.pseudo.Labeller): the target wells' scores
     by `model` as pseudo.source says, then `select_pseudo_labels` at the round's fraction. Every rank returns the
     same labels."""
     if task.cfg.pseudo.source == "embedding":

@@ -27,7 +27,7 @@ from cellio.errors import MetadataError
 from cellio.schema import CELL_TYPES
 
 from trainer.infer.aggregate import WellScores
-from trainer.train.disk import replaced_atomically
+from trainer.training.disk import replaced_atomically
 
 __all__ = ["read_truth", "truth_of", "as_labels", "build_report", "write_report", "format_table", "main"]
 

@@ -22,7 +22,7 @@ import pandas as pd
 from cellio import validate_submission
 from cellio.errors import MetadataError
 
-from trainer.train.disk import replaced_atomically
+from trainer.training.disk import replaced_atomically
 
 __all__ = ["read_sample_submission", "write_submission", "main"]
 

@@ -18,7 +18,7 @@ from cellio.errors import ConfigError
 
 from trainer.infer.chain import Meter, no_meter
 from trainer.job.plan import check_budget, parse_overrides
-from trainer.train.config import Override, check_config, override, parse_override, read_recipe, replace
+from trainer.training.config import Override, check_config, override, parse_override, read_recipe, replace
 
 __all__ = ["DEFAULT_BUDGET_MIN", "HARDWARE", "PROFILES", "Overrides", "JobOptions", "check_job", "add_arguments",
            "parse_args"]
@@ -93,7 +93,7 @@ def check_job(opts: JobOptions) -> None:
     cfg = override(replace(read_recipe(opts.recipe), train={"seed": opts.seed}), opts.overrides.trainer)
     cfg = replace(cfg, out=str(opts.out))
     check_config(cfg)
-    from trainer.train.models import check_model_name  # torch: not before the command line is read
+    from trainer.training.models import check_model_name  # torch: not before the command line is read
 
     check_model_name(cfg.model.name)
 

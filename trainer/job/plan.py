@@ -46,8 +46,8 @@ from typing import Any
 
 from cellio.errors import ConfigError
 
-from trainer.train.config import Config, coerce_value, replace
-from trainer.train.disk import replaced_atomically
+from trainer.training.config import Config, coerce_value, replace
+from trainer.training.disk import replaced_atomically
 
 __all__ = ["Hardware", "DataFacts", "Plan", "make_plan", "fit_to_budget", "load_plan", "save_plan",
            "parse_overrides", "check_budget", "cuda_available", "PLAN_FIELDS", "STEP_QUANTUM"]
@@ -242,7 +242,7 @@ def _check_field(key: str, value: Any) -> None:
     if key == "lr" and not value > 0:
         raise ConfigError(f"plan.lr: expected a positive number, found {value!r}")
     if key == "model":
-        from trainer.train.models import check_model_name
+        from trainer.training.models import check_model_name
 
         check_model_name(value, "plan.model")
     if key == "augment":

@@ -18,10 +18,10 @@ from trainer.infer.predict import predict_views
 from trainer.job.options import JobOptions
 from trainer.job.plan import DataFacts, Hardware, Plan, fit_to_budget, load_plan, make_plan, save_plan
 from trainer.job.runs import run_config
-from trainer.train.checkpoint import load_for_inference
-from trainer.train.data import count_train_sites
-from trainer.train.folds import split_experiments
-from trainer.train.loop import run
+from trainer.training.checkpoint import load_for_inference
+from trainer.training.data import count_train_sites
+from trainer.training.folds import split_experiments
+from trainer.training.loop import run
 
 __all__ = ["make_job_plan", "check_batch", "measure"]
 
@@ -90,7 +90,7 @@ def check_batch(plan: Plan, opts: JobOptions, store: Any, store_path: Path) -> N
 
 def measure(plan: Plan, opts: JobOptions, store: Any, store_path: Path) -> tuple[float, float]:
     """(seconds per training step, seconds per predicted view) of this plan on this machine: a few real steps of
-    the single stage (trainer.train in-process), then a few batches of prediction."""
+    the single stage (trainer.training.loop.run in-process), then a few batches of prediction."""
     calib = opts.out / "runs" / "calibration"
     # a scratch run: an earlier attempt's log.jsonl would otherwise be appended to and its times read as ours
     shutil.rmtree(calib, ignore_errors=True)

@@ -16,7 +16,7 @@ from trainer.infer.chain import Meter, no_meter
 from trainer.infer.embed import WellEmbeddings, extract_embeddings
 from trainer.infer.predict import Predictions, concat_predictions, load_predictions, predict
 from trainer.job.plan import Plan
-from trainer.train.checkpoint import load_for_inference
+from trainer.training.checkpoint import load_for_inference
 
 __all__ = ["predict_and_embed", "predict_and_embed_finetuned"]
 

@@ -20,8 +20,8 @@ import cellio
 from trainer.infer.pseudo import label_wells
 from trainer.job.options import JobOptions
 from trainer.job.plan import STEP_QUANTUM, Plan, save_plan
-from trainer.train.config import Config, check_config, override, read_recipe, replace, save_config
-from trainer.train.loop import run
+from trainer.training.config import Config, check_config, override, read_recipe, replace, save_config
+from trainer.training.loop import run
 
 __all__ = ["FINETUNE_LR", "REFIT_LR", "run_config", "train", "train_models", "finetune_cell_types", "size_refit",
            "seconds_per_step"]
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_config(plan: Plan, opts: JobOptions, store_path: Path, out: Path, **changes: Any) -> Config:
     """A training run's config: the recipe (if any), the plan's keys, the user's overrides, then `out` and this
-    run's `changes` (config sections, as trainer.train.config.replace takes them); checked once, at the end."""
+    run's `changes` (config sections, as trainer.training.config.replace takes them); checked once, at the end."""
     cfg = replace(plan.trainer_config(read_recipe(opts.recipe)), data={"store": str(store_path)},
                   train={"seed": opts.seed, "progress": True, "tensorboard": False})
     cfg = replace(override(cfg, opts.overrides.trainer), out=str(out), **changes)
@@ -45,7 +45,7 @@ def run_config(plan: Plan, opts: JobOptions, store_path: Path, out: Path, **chan
 
 def train(cfg: Config, plan: Plan) -> dict[str, Any]:
     """One training run: in this process, or under torchrun with one process per GPU (plan.processes > 1). The
-    pseudo-label stage gets the inference package's labeller either way (trainer/train/__main__.py under
+    pseudo-label stage gets the inference package's labeller either way (trainer/train.py under
     torchrun)."""
     if plan.processes <= 1:
         return run(cfg, labeller=label_wells)

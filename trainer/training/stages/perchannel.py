@@ -1,4 +1,4 @@
-"""Stages of a per-channel model (trainer.train.models: six extractors, one per channel, and a fusion head).
+"""Stages of a per-channel model (trainer.training.models: six extractors, one per channel, and a fusion head).
 
   perchannel_stage1  the six extractors, each with its own classifier on its own channel; the scores are the mean
                      of the six classifiers' probabilities.
@@ -26,7 +26,7 @@ __all__ = ["PerChannelStage1", "FusionHead", "CachedFusionHead", "fusion_stage"]
 class _ChannelsForward(nn.Module):
     """forward = the per-channel classifiers, (B, channels, classes); DDP and compile wrap this forward."""
 
-    wraps_model = True  # trainer.train.runtime.unwrap looks through it
+    wraps_model = True  # trainer.training.runtime.unwrap looks through it
 
     def __init__(self, model: nn.Module):
         super().__init__()

@@ -61,7 +61,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "densenet_tiny"           # a name from trainer.train.models.list_models()
+    name: str = "densenet_tiny"           # a name from trainer.training.models.list_models()
     pretrained: str | None = None         # local ImageNet weights file (.pth); hubs are not used
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model factory (head options, ...)
 

@@ -66,7 +66,7 @@ class FoldSplit:
 
 
 def split_experiments(data: "DataConfig", sites: "pd.DataFrame") -> FoldSplit:
-    """The one fold selection of a config's `data` section: trainer.train trains on `train` and validates on
+    """The one fold selection of a config's `data` section: trainer.training.loop trains on `train` and validates on
     `val`, and trainer.infer.predict's out-of-fold predictions use the same `val` (they must agree exactly).
     A per-cell-type config (data.cell_types) keeps only its cell types' experiments."""
     folds = make_folds(sites, data.n_folds, data.fold_seed)

@@ -1,4 +1,4 @@
-"""Training stages: one object per train.stage, which the loop (trainer/train/loop.py) calls; the loop itself has
+"""Training stages: one object per train.stage, which the loop (trainer/training/loop.py) calls; the loop itself has
 no stage-specific branch. The contract and the default stage are in base.py; a new training mode is one new class
 (a module of its own here) registered in `_STAGES`.
 """
@@ -26,7 +26,7 @@ _STAGES: dict[str, Callable[[Config, Labeller | None], Stage]] = {
 
 def create_stage(cfg: Config, labeller: Labeller | None = None) -> Stage:
     """The stage object for train.stage (for fusion_stage2 also train.freeze_extractors / cache_features; for
-    pseudo_label the `labeller` that chooses its labels, trainer.train.stages.pseudo)."""
+    pseudo_label the `labeller` that chooses its labels, trainer.training.stages.pseudo)."""
     factory = _STAGES.get(cfg.train.stage)
     if factory is None:
         raise ConfigError(f"config key 'train.stage': unknown stage {cfg.train.stage!r}; expected one of "

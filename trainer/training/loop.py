@@ -2,13 +2,13 @@
 
     metrics = run(load_config("trainer/recipes/smoke_cpu.yaml", ["data.store=PATH", "out=DIR"]))
 
-(`python -m trainer.train`, trainer/train/__main__.py, is its command line.)
+(`python -m trainer.train`, trainer/train.py, is its command line.)
 
 `run` prepares a `Run` (the model, its stage, loaders, optimizer and schedule, resumed from OUT/checkpoints/last.pt
 when there is one), then alternates `train_one_epoch` and `validate`. What differs between the 6-channel model,
-the per-channel extractors and the fusion head on cached features is the stage object (trainer/train/stages/);
+the per-channel extractors and the fusion head on cached features is the stage object (trainer/training/stages/);
 the loop has no stage-specific branch. Every stage writes OUT/checkpoints/{last,best}.pt holding the whole model
-(loadable by trainer.train.checkpoint.load_for_inference).
+(loadable by trainer.training.checkpoint.load_for_inference).
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ class Run:
 
 def run(cfg: Config, labeller: Labeller | None = None) -> dict[str, Any]:
     """Train as `cfg` says; returns the final metrics (rank 0's view; identical on every rank). train.stage=
-    pseudo_label needs a `labeller` (trainer/train/stages/pseudo.py; python -m trainer.train hands it
+    pseudo_label needs a `labeller` (trainer/training/stages/pseudo.py; python -m trainer.train hands it
     trainer.infer.pseudo.label_wells)."""
     r = prepare(cfg, labeller)
     env = r.ctx.env

@@ -173,7 +173,7 @@ def apply_schedule_change(opt: torch.optim.Optimizer, sched: Any, cfg: Config) -
     for i, group in enumerate(opt.param_groups):
         group["initial_lr"] = cfg.optim.lr
         group["lr"] = cfg.optim.lr * factor
-        if i == 0:  # the decayed group (trainer.train.optim.build_optimizer); norms and biases stay at 0
+        if i == 0:  # the decayed group (trainer.training.optim.build_optimizer); norms and biases stay at 0
             group["weight_decay"] = cfg.optim.weight_decay
         if "momentum" in group:
             group["momentum"] = cfg.optim.momentum
@@ -190,7 +190,7 @@ def build_model(cfg: Config, class_map: ClassMap, *, pretrained: bool = True) ->
 
 
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config, ClassMap]:
-    """(model in eval mode on `device`, resolved Config, ClassMap) from a checkpoint written by trainer.train."""
+    """(model in eval mode on `device`, resolved Config, ClassMap) from a checkpoint written by trainer.training.loop."""
     state = load_checkpoint(path, map_location="cpu")
     cfg = Config.from_dict(state["config"])
     class_map = ClassMap.from_dict(state["classes"])
@@ -202,6 +202,6 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
                           f"with {len(class_map)} classes: {exc}") from None
     log.info("loaded %s (%s, %d classes, step %s)", path, cfg.model.name, len(class_map), state.get("step"))
     model = model.to(device)
-    if cfg.train.channels_last:  # inference in the layout the model trained in (trainer.train.runtime.in_model_layout)
+    if cfg.train.channels_last:  # inference in the layout the model trained in (trainer.training.runtime.in_model_layout)
         model = model.to(memory_format=torch.channels_last)
     return model.eval(), cfg, class_map

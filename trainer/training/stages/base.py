@@ -1,9 +1,9 @@
 """The stage contract and the default stage: what a run trains, on which batches, and how a batch becomes
 `(loss, scores)`.
 
-The loop in trainer/train/loop.py is the same for every stage; a stage object owns everything that differs:
+The loop in trainer/training/loop.py is the same for every stage; a stage object owns everything that differs:
 
-    stage = create_stage(cfg)                     # from train.stage (trainer/train/stages/__init__.py)
+    stage = create_stage(cfg)                     # from train.stage (trainer/training/stages/__init__.py)
     stage.configure(model)                        # which parameters train (frozen ones never get gradients)
     train_loader, val_loader = stage.loaders(model, ctx)
     net = stage.forward_module(model)             # the module DDP / torch.compile wrap
@@ -117,7 +117,7 @@ class Stage:
 class _MarginForward(nn.Module):
     """forward = (head logits, margin-head cosines) from one features pass; DDP and compile wrap this forward."""
 
-    wraps_model = True  # trainer.train.runtime.unwrap looks through it
+    wraps_model = True  # trainer.training.runtime.unwrap looks through it
 
     def __init__(self, model: nn.Module):
         super().__init__()

@@ -20,8 +20,8 @@ import torch.distributed as dist
 from cellio.errors import CellioError
 
 from trainer.infer.pseudo import label_wells
-from trainer.train.config import load_config
-from trainer.train.loop import run
+from trainer.training.config import load_config
+from trainer.training.loop import run
 
 
 def main(argv: list[str] | None = None) -> int:
