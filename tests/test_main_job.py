@@ -218,7 +218,7 @@ def test_a_batch_the_training_sites_cannot_fill_names_plan_batch(raw, tmp_path, 
     assert not (out / "runs").exists()  # before any training (the budget's measurement included)
 
 
-@pytest.mark.parametrize("module", ["trainer.demo", "trainer.infer.embed", "trainer.job.rehearse"])
+@pytest.mark.parametrize("module", ["trainer.demo", "trainer.train", "trainer.infer.embed", "trainer.job.rehearse"])
 def test_help_describes_the_command_in_whole_sentences(module):
     # `python -m trainer.demo --help` stopped at "... a plan from the data and the machine -> a 6-channel"
     import ast
@@ -231,6 +231,32 @@ def test_help_describes_the_command_in_whole_sentences(module):
     assert first_paragraph.endswith(".")
     # argparse rewraps it (and may break "fine-tuning" at its hyphen): compared without whitespace
     assert "".join(first_paragraph.split()) in "".join(proc.stdout.split())
+
+
+def test_the_job_console_shows_the_steps_records_once_and_only_while_the_job_runs(capsys):
+    # the job's steps report through logging; its one printer shows them on stdout under the step headers
+    import logging
+
+    from trainer.job.console import console
+
+    log = logging.getLogger("trainer.job.dataset")
+    job = logging.getLogger("trainer.job")
+    with console() as printer:
+        with console() as inner:  # the rehearsal runs the main job inside its own console: one printer
+            assert inner is printer
+        t0 = printer.step("1. data")
+        log.info("using %s", "/data/rxrx1")
+        log.info("a table\nof two lines")
+        log.warning("rotation evidence contested in %s", "HEPG2-08")
+        log.debug("not for the console")
+        printer.done(t0)
+    log.info("after the job")
+    out = capsys.readouterr()
+    assert out.out.startswith("\n== 1. data\n   using /data/rxrx1\n   a table\n   of two lines\n"
+                              "   WARNING: rotation evidence contested in HEPG2-08\n   (")
+    assert "not for the console" not in out.out and "after the job" not in out.out
+    assert "rotation evidence" not in out.err  # not a second time through the root logger
+    assert job.propagate and not job.handlers and job.level == logging.NOTSET
 
 
 @pytest.mark.parametrize("processes", [1, 2])

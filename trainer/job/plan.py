@@ -46,7 +46,7 @@ from typing import Any
 
 from cellio.errors import ConfigError
 
-from trainer.training.config import Config, coerce_value, replace
+from trainer.training.config import Config, coerce_value, from_mapping, replace
 from trainer.training.disk import replaced_atomically
 
 __all__ = ["Hardware", "DataFacts", "Plan", "make_plan", "fit_to_budget", "load_plan", "save_plan",
@@ -168,11 +168,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Plan":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"plan: unknown fields {unknown}; expected some of {sorted(names)}")
-        return cls(**d)
+        return from_mapping(cls, d, "plan.")
 
     def trainer_config(self, cfg: Config) -> Config:
         """`cfg` (a recipe's, or the defaults) with the keys every training run of this plan shares."""

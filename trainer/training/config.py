@@ -29,7 +29,7 @@ from cellio.errors import ConfigError
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "TrainConfig", "PseudoConfig", "Config",
     "STAGES", "Override", "load_config", "read_recipe", "replace", "override", "check_config", "save_config",
-    "apply_overrides", "coerce_value", "parse_override",
+    "apply_overrides", "coerce_value", "parse_override", "from_mapping",
 ]
 
 STAGES = ("single", "perchannel_stage1", "fusion_stage2", "pseudo_label")
@@ -149,7 +149,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
-        cfg = _build(cls, d, "")
+        cfg = from_mapping(cls, d, "")
         check_config(cfg)
         return cfg
 
@@ -211,7 +211,10 @@ def coerce_value(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key {key!r}: unsupported field type {tp!r}")  # a bug in this module
 
 
-def _build(cls: type, d: Any, prefix: str) -> Any:
+def from_mapping(cls: type, d: Any, prefix: str = "") -> Any:
+    """A dataclass `cls` from a mapping: unknown keys refused (naming the closest valid one), every value typed by
+    coerce_value, nested dataclasses built the same way; `prefix` names the section in messages ("optim.",
+    "plan."). The trainer's one dict -> dataclass (configs, the main job's plan); values are not checked here."""
     if not isinstance(d, dict):
         raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'!r}: expected a mapping, found {d!r}")
     hints = typing.get_type_hints(cls)
@@ -229,7 +232,7 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
             continue
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, d[name], f"{prefix}{name}.")
+            kwargs[name] = from_mapping(tp, d[name], f"{prefix}{name}.")
         else:
             kwargs[name] = coerce_value(d[name], tp, prefix + name)
     return cls(**kwargs)
@@ -359,7 +362,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str | Overri
 def read_recipe(path: str | Path | None = None) -> Config:
     """Defaults <- the YAML recipe at `path` (None: the defaults alone); keys and types checked, values not yet
     (check_config, once every override is in: a recipe may leave a required key to them)."""
-    return _build(Config, _recipe(path), "")
+    return from_mapping(Config, _recipe(path), "")
 
 
 def _recipe(path: str | Path | None) -> dict[str, Any]:
@@ -384,7 +387,7 @@ def _recipe(path: str | Path | None) -> dict[str, Any]:
 
 def override(cfg: Config, overrides: Sequence[str | Override]) -> Config:
     """A copy of `cfg` with the dotted overrides set; keys and types checked, values not (check_config)."""
-    return _build(Config, apply_overrides(cfg.to_dict(), overrides), "")
+    return from_mapping(Config, apply_overrides(cfg.to_dict(), overrides), "")
 
 
 def replace(cfg: Config, **sections: Any) -> Config:
@@ -398,8 +401,8 @@ def replace(cfg: Config, **sections: Any) -> Config:
                 raise ConfigError(f"config section {section!r}: expected a mapping of its keys, found {values!r}")
             d[section].update(values)
         else:
-            d[section] = values  # a top-level key (out), or an unknown one for _build to name
-    return _build(Config, d, "")
+            d[section] = values  # a top-level key (out), or an unknown one for from_mapping to name
+    return from_mapping(Config, d, "")
 
 
 def _merge(base: dict[str, Any], new: dict[str, Any], prefix: str) -> dict[str, Any]:
