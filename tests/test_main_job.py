@@ -141,8 +141,8 @@ def test_a_refit_takes_its_share_of_the_steps_and_the_plan_says_when_it_cannot()
 
 def test_the_refit_is_sized_to_the_time_left_and_the_plan_saved(tmp_path):
     from trainer.job.options import JobOptions
-    from trainer.job.runs import seconds_per_step, size_refit
     from trainer.job.plan import load_plan
+    from trainer.job.runs import seconds_per_step, size_refit
 
     plan = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"refit_share": 0.3}), step_s=0.8, view_s=0.012,
                          spent_s=60, facts=FACTS)

@@ -12,13 +12,13 @@ from torch import nn
 import cellio
 from cellio.errors import ConfigError, MetadataError
 from trainer.infer.aggregate import mean_logits
+from trainer.infer.predict import Predictions, concat_predictions, load_predictions, predict
+from trainer.infer.report import build_report, format_table, read_truth, write_report
+from trainer.infer.submission import write_submission
 from trainer.training.checkpoint import save_checkpoint
 from trainer.training.config import Config
 from trainer.training.labels import ClassMap
 from trainer.training.models import list_models, register_model
-from trainer.infer.predict import Predictions, concat_predictions, load_predictions, predict
-from trainer.infer.report import build_report, format_table, read_truth, write_report
-from trainer.infer.submission import write_submission
 
 
 class _PoolLinear(nn.Module):

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 import cellio
+from trainer.infer.predict import load_predictions
 from trainer.job.meter import StepMeter
 from trainer.job.options import Overrides
-from trainer.infer.predict import load_predictions
 from trainer.job.rehearse import RehearsalOptions, rehearse
 
 # Two train experiments (one held out for validation) and one test experiment of the real layout, 8 px.

@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import time
 import textwrap
+import time
 from collections.abc import Iterator
 
 __all__ = ["Printer", "console", "JOB_LOGGER"]

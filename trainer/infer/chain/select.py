@@ -10,8 +10,8 @@ import pandas as pd
 
 from cellio.errors import ConfigError
 
-from trainer.infer.risk import Conditional, expected_accuracies
 from trainer.infer.chain.steps import STEP_ORDER, StepResults
+from trainer.infer.risk import Conditional, expected_accuracies
 
 __all__ = ["rank_steps", "choose_submission"]
 
