@@ -207,9 +207,8 @@ def test_the_library_never_imports_the_trainer():
 
 
 # cellio's public API as the trainer may use it: the names of cellio/__init__.py's __all__ (as `cellio.NAME` or
-# `from cellio import NAME`), and these public modules; cellio.cli.inspect is the `cellio inspect` command the main
-# job runs in-process (each command module's `run(args)`, cellio/cli/__init__.py).
-CELLIO_PUBLIC_MODULES = ("cellio.errors", "cellio.schema", "cellio.testing", "cellio.cli.inspect")
+# `from cellio import NAME`), and these public modules (tests/test_package.py holds the trainer to the same list).
+CELLIO_PUBLIC_MODULES = ("cellio.errors", "cellio.schema", "cellio.testing")
 
 
 def _cellio_all() -> set[str]:

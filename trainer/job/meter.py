@@ -8,7 +8,7 @@
 How memory is measured: on entering a step the kernel's peak-RSS mark of this process is reset
 (`/proc/self/clear_refs` = 5), so `VmHWM` read on exit is this process's exact peak during the step; a thread
 samples the resident memory of the whole process tree (this process plus every child: synth and ingest workers,
-torchrun, `cellio inspect`) every `interval` seconds (psutil), which catches children the mark cannot see.
+torchrun) every `interval` seconds (psutil), which catches children the mark cannot see.
 `peak_rss` is the larger of the two. Where the mark cannot be reset (not Linux, no permission) the sampled figure
 alone is reported (`exact: false`). `cpu_s` is the CPU time the step used, this process plus the children that
 ended within it (`resource.getrusage`): on a shared machine it says what the step costs when wall time says how
