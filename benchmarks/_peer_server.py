@@ -103,7 +103,7 @@ class _Row:
         import torch
         import torch.nn.functional as F
 
-        from trainer.models import create_model
+        from trainer.training.models import create_model
 
         torch.set_num_threads(train.threads)
         torch.manual_seed(train.seed)
@@ -166,7 +166,7 @@ def _serve(conn: Any, spec: RowSpec | None, repo: str) -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     try:
         # every module a row uses, imported before "ready" so that no timing (first batch included) holds an import
-        for mod in ("torch", "torchvision.transforms.v2", "trainer.models",
+        for mod in ("torch", "torchvision.transforms.v2", "trainer.training.models",
                     *((REQUIRES[spec.row],) if spec is not None else ()), *PRELOAD.get(getattr(spec, "row", ""), ())):
             importlib.import_module(mod)
         if spec is not None and spec.torch_threads:

@@ -1,13 +1,13 @@
 """The inference chain's issue-20 switches, one at a time, offline on one main-job run's predictions.
 
 Reads a finished `python -m trainer.demo` OUT directory (its store, plan, predictions and embeddings, and the raw
-set's test_truth.csv) and reruns the chain (trainer.chain.run_chain) under each variant, so every row shares the
+set's test_truth.csv) and reruns the chain (trainer.infer.chain.run_chain) under each variant, so every row shares the
 same checkpoint:
 
 - before:        each plate step's rotation from its own scores (the z-score guard), the step validation ranks
                  first submitted, members as predicted (the chain before issue 20, without its member fallbacks)
-- consensus:     rotations from the sources that cannot see plate style (trainer.rotation)
-- + expected:    the submitted step chosen by its expected test accuracy (trainer.risk)
+- consensus:     rotations from the sources that cannot see plate style (trainer.infer.rotation)
+- + expected:    the submitted step chosen by its expected test accuracy (trainer.infer.risk)
 - + centred:     members centred per plate and group before calibration (the default chain, "now")
 
     python benchmarks/chain_ablation.py OUT [--data RAW] [--name chain_ablation]
@@ -40,8 +40,8 @@ COLUMNS = ["variant", "submitted", "validation", "expected", "test", "test_per_e
 def load_inputs(run: Path, data: Path | None) -> dict:
     """The chain's inputs of a main-job run, as the job built them (joint model only)."""
     import cellio
-    from trainer.embed import WellEmbeddings
-    from trainer.predict import load_predictions
+    from trainer.infer.embed import WellEmbeddings
+    from trainer.infer.predict import load_predictions
 
     plan = json.loads((run / "plan.json").read_text())
     raw = data or run / "raw"
@@ -58,7 +58,7 @@ def load_inputs(run: Path, data: Path | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.chain import ChainInputs, run_chain
+    from trainer.infer.chain import ChainInputs, run_chain
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", type=Path, help="a finished main-job OUT directory")

@@ -393,7 +393,7 @@ def run_train(store: Any, plan: Plan, device: str, report: Report) -> None:
     import torch
     import train_step as bench_train  # benchmarks/train_step.py: the step, resident batches, interleaved timing
 
-    from trainer.labels import ClassMap
+    from trainer.training.labels import ClassMap
 
     # the real head: every RxRx1 class id (the synthetic sirnas are real ids, so labels encode normally)
     class_map = ClassMap(tuple(range(NUM_CLASSES)))

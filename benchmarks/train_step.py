@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import cellio  # noqa: E402
-from trainer.labels import ClassMap  # noqa: E402
-from trainer.models import create_model  # noqa: E402
+from trainer.training.labels import ClassMap  # noqa: E402
+from trainer.training.models import create_model  # noqa: E402
 
 CPU_ROWS = [("densenet_tiny", 128, 16), ("perchannel_tiny", 128, 16), ("densenet121", 128, 8)]
 CUDA_ROWS = [("densenet121", 224, 64), ("densenet121", 512, 16), ("densenet161", 512, 16),

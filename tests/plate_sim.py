@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from cellio.schema import ALL_WELLS, NEGATIVE_CONTROL_SIRNA
-from trainer.aggregate import WellScores
+from trainer.infer.aggregate import WellScores
 
 N_CLASSES = 40
 GROUPS = [list(range(g * 10, g * 10 + 10)) for g in range(4)]
@@ -56,7 +56,7 @@ def hide_treatment_labels(sites: pd.DataFrame) -> pd.DataFrame:
 def view_predictions(sites: pd.DataFrame, truth_sites: pd.DataFrame, *, signal: float, scale: float, seed: int,
                      views: int = 4):
     """Per-view logits of a model whose true class gets +signal, noise of std `scale`."""
-    from trainer.predict import Predictions
+    from trainer.infer.predict import Predictions
 
     rng = np.random.default_rng(seed)
     index = np.repeat(np.arange(len(sites)), views)

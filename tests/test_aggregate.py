@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from cellio.errors import ConfigError, MetadataError
-from trainer import aggregate as agg
-from trainer.aggregate import WellScores
+from trainer.infer import aggregate as agg
+from trainer.infer.aggregate import WellScores
 
 
 def _sites(wells: list[str]) -> pd.DataFrame:
@@ -48,9 +48,9 @@ def test_mean_matches_groupby_reference_with_shuffled_rows_and_small_chunks(monk
     logits = rng.normal(size=(len(index), 7)).astype(np.float32)
     classes = np.arange(7) * 3
 
-    import trainer.logits
+    import trainer.infer.logits
 
-    monkeypatch.setattr(trainer.logits, "CHUNK_ROWS", 7)  # row blocks split wells
+    monkeypatch.setattr(trainer.infer.logits, "CHUNK_ROWS", 7)  # row blocks split wells
     got = agg.mean_logits(logits, index, sites, classes=classes)
     ref = pd.DataFrame(logits).groupby(sites["id_code"].to_numpy()[index]).mean().sort_index()
     assert got.id_codes.tolist() == ref.index.tolist()

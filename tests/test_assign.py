@@ -12,8 +12,8 @@ from cellio.errors import ConfigError
 from cellio.schema import NEGATIVE_CONTROL_SIRNA
 from plate_sim import (CLASSES, GROUPS, POSITIVE, accuracy, hide_treatment_labels, make_sites, noisy_scores,
                        view_predictions)
-from trainer.aggregate import WellScores
-from trainer.assign import assign_plates, infer_rotations, predict_labels
+from trainer.infer.aggregate import WellScores
+from trainer.infer.assign import assign_plates, infer_rotations, predict_labels
 
 TRAIN = {"HUVEC-01": ("train", 0), "HUVEC-02": ("train", 1), "RPE-01": ("train", 2)}
 
@@ -98,8 +98,8 @@ def test_given_rotation_overrides_inference(groups):
 
 
 def test_inference_steps_chain_on_two_models(groups):
-    from trainer.chain import inference_steps
-    from trainer.predict import Predictions
+    from trainer.infer.chain import inference_steps
+    from trainer.infer.predict import Predictions
 
     truth_sites = make_sites({"HEPG2-09": ("test", 2), "RPE-09": ("test", 0)}, seed=9)
     sites = hide_treatment_labels(truth_sites)
@@ -129,7 +129,7 @@ def test_inference_steps_chain_on_two_models(groups):
 
 
 def test_a_near_chance_model_never_lowers_the_ensemble_below_the_best_single_model(groups):
-    from trainer.chain import fit_calibration, inference_steps, members_of
+    from trainer.infer.chain import fit_calibration, inference_steps, members_of
 
     truth_sites = make_sites({"HEPG2-01": ("train", 0), "RPE-01": ("train", 1), "U2OS-01": ("train", 2)}, seed=11)
     truth = truth_sites.drop_duplicates("id_code").set_index("id_code")["sirna"].astype(np.int64)
@@ -173,7 +173,7 @@ def test_an_ambiguous_rotation_never_zeroes_an_experiment(groups):
 
 
 def test_the_submission_is_the_step_validation_ranks_first(groups, tmp_path):
-    from trainer.chain import ChainInputs, run_chain
+    from trainer.infer.chain import ChainInputs, run_chain
 
     # a train/validation experiment and a test experiment of the same data set: out-of-fold views of a model
     # that is good on validation, plus a second model that is near chance

@@ -1,4 +1,4 @@
-"""trainer.config: typed dataclasses, YAML recipes, dotted overrides, unknown keys rejected, saved config."""
+"""trainer.training.config: typed dataclasses, YAML recipes, dotted overrides, unknown keys rejected, saved config."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cellio.errors import ConfigError
-from trainer.config import Config, load_config, save_config
+from trainer.training.config import Config, load_config, save_config
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "trainer" / "recipes").glob("*.yaml"))
 
@@ -91,7 +91,7 @@ def test_recipe_then_overrides_precedence(tmp_path):
 def test_every_recipe_loads(recipe):
     extra = ["train.init_from=x.pt"] if "stage2" in recipe.stem else []
     cfg = load_config(recipe, ["data.store=/tmp/store.zarr", *extra])
-    from trainer.models import list_models
+    from trainer.training.models import list_models
 
     assert cfg.model.name in list_models()
 

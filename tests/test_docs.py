@@ -43,3 +43,27 @@ def test_the_module_paths_the_docs_name_exist():
         if not (root / "cellio" / path).exists():
             missing.append(f"architecture.md: {path}")
     assert missing == []
+
+
+def test_the_docs_name_trainer_modules_and_files_that_exist():
+    # the trainer's files moved into packages (issue 21): a doc naming an old path or module sends a reader nowhere
+    import importlib
+
+    root = DOCS.parent
+    wrong = []
+    for doc in [*sorted(DOCS.glob("*.md")), root / "README.md"]:
+        text = doc.read_text()
+        for rel in sorted(set(re.findall(r"\btrainer/[\w/]+\.(?:py|yaml)\b", text))):
+            if not (root / rel).is_file():
+                wrong.append(f"{doc.name}: {rel}")
+        for dotted in sorted(set(re.findall(r"(?<![\w/.-])trainer(?:\.\w+)+", text))):
+            parts = dotted.split(".")
+            n = max(i for i in range(1, len(parts) + 1)
+                    if (root.joinpath(*parts[:i]).with_suffix(".py")).is_file()
+                    or (root.joinpath(*parts[:i]) / "__init__.py").is_file())
+            obj = importlib.import_module(".".join(parts[:n]))
+            for attr in parts[n:]:
+                obj = getattr(obj, attr, None)
+            if obj is None:
+                wrong.append(f"{doc.name}: {dotted}")
+    assert wrong == []

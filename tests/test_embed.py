@@ -1,4 +1,4 @@
-"""trainer.embed: per-plate centring, per-cell-type class centres, the embeddings files and the CLI."""
+"""trainer.infer.embed: per-plate centring, per-cell-type class centres, the embeddings files and the CLI."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from trainer.embed import (WellEmbeddings, centre_per_plate, centroid_scores, main, within_class_whitening,
+from trainer.infer.embed import (WellEmbeddings, centre_per_plate, centroid_scores, main, within_class_whitening,
                            write_embeddings)
 
 
@@ -93,10 +93,10 @@ def test_embeddings_files_keep_the_wells_metadata(tmp_path):
 
 def test_the_cli_writes_well_and_site_embeddings(tmp_path):
     from cellio.testing import make_store
-    from trainer.checkpoint import save_checkpoint
-    from trainer.config import load_config
-    from trainer.labels import ClassMap
-    from trainer.models import create_model
+    from trainer.training.checkpoint import save_checkpoint
+    from trainer.training.config import load_config
+    from trainer.training.labels import ClassMap
+    from trainer.training.models import create_model
 
     store = make_store(tmp_path / "s.zarr", size=(40, 40), classes=8)
     cfg = load_config(None, [f"data.store={store.path}", "data.crop_size=32", "data.num_workers=0",

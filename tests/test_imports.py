@@ -1,8 +1,10 @@
 """Import hygiene of the packages, read with `ast` (nothing is imported): no module imports another module's
 private name (`from .x import _y`), no package reaches into another package's private module, no import cycle;
-and the library's layering: cellio never imports the trainer, a private module of cellio is used only by the
-modules of its own package, and nothing in cellio outside the RxRx1 package (`cellio/datasets/rxrx1/`) imports
-RxRx1's specifics (its modules, or the backward-compatible `cellio.schema`, which is itself the one exception).
+and the layering (docs/architecture.md): cellio never imports the trainer, a private module of cellio is used only
+by the modules of its own package, nothing in cellio outside the RxRx1 package (`cellio/datasets/rxrx1/`) imports
+RxRx1's specifics (its modules, or the backward-compatible `cellio.schema`, which is itself the one exception); the
+trainer uses only cellio's public API, training (trainer/training) never imports inference (trainer/infer) nor the
+job (trainer/job), inference never imports the job.
 
 Every import counts, also one inside a function (a lazy import still ties the two modules together); only
 `if TYPE_CHECKING:` imports are left out, since they never run.
@@ -223,6 +225,77 @@ def test_nothing_outside_the_rxrx1_package_imports_rxrx1_specifics():
     assert _rxrx1_leaks([i for name in _in("cellio") for i in _imports(name)]) == []
 
 
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def _reaches(importers: str, targets: str) -> list[str]:
+    """Imports of a module of package `importers` into package `targets`."""
+    return [f"{imp.where}: {imp.module} {list(imp.names)}" for name in MODULES if _within(name, importers)
+            for imp in _imports(name) if any(_within(t, targets) for t in _targets(imp))]
+
+
+# The entry modules: `python -m trainer.demo` (the main job) and `python -m trainer.train` (one training run, the
+# place where training meets inference: it hands the pseudo-label stage its labeller). Nothing imports them.
+ENTRIES = ("trainer.demo", "trainer.train")
+
+
+@pytest.mark.parametrize("targets", ["trainer.infer", "trainer.job"])
+def test_training_never_imports_inference_or_the_job(targets):
+    assert _reaches("trainer.training", targets) == []
+
+
+def test_inference_never_imports_the_job():
+    assert _reaches("trainer.infer", "trainer.job") == []
+
+
+def test_nothing_imports_the_entry_modules():
+    offenders = [f"{imp.where}: {imp.module}" for name in MODULES for imp in _imports(name)
+                 if any(t in ENTRIES for t in _targets(imp))]
+    assert offenders == []
+    assert all(e in MODULES for e in ENTRIES)
+
+
+# cellio's public API as the trainer may use it: the names of cellio/__init__.py's __all__ (as `cellio.NAME` or
+# `from cellio import NAME`), and these public modules (tests/test_package.py holds the trainer to the same list).
+CELLIO_PUBLIC_MODULES = ("cellio.errors", "cellio.schema", "cellio.testing")
+
+
+def _cellio_all() -> set[str]:
+    tree = ast.parse((ROOT / "cellio" / "__init__.py").read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):  # `_LAZY: dict[str, str] = {name: module}`, the names __all__ is made of
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "_LAZY":
+            names |= {k.value for k in node.value.keys}
+    errors = ast.parse((ROOT / "cellio" / "errors.py").read_text())
+    for node in ast.walk(errors):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            names |= {e.value for e in node.value.elts}
+    return names | {"__version__"}
+
+
+def test_the_trainer_uses_only_cellios_public_api():
+    public = _cellio_all()
+    offenders = []
+    for name in _in("trainer"):
+        for imp in _imports(name):
+            if _top(imp.module) != "cellio":
+                continue
+            if imp.module == "cellio":
+                offenders += [f"{imp.where}: from cellio import {n}" for n in imp.names if n not in public]
+            elif imp.module not in CELLIO_PUBLIC_MODULES and not (
+                    imp.names and all(f"{imp.module}.{n}" in CELLIO_PUBLIC_MODULES for n in imp.names)):
+                offenders.append(f"{imp.where}: imports {imp.module} {list(imp.names)}")
+        # `import cellio` then `cellio.NAME`: every attribute read must be a public name
+        path = MODULES[name]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "cellio" \
+                    and node.attr not in public:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: cellio.{node.attr}")
+    assert offenders == []
+    assert {"open_store", "create_loader", "derive_plate_groups", "ConfigError"} <= public
+
+
 def test_the_checks_see_what_they_look_for():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
@@ -248,3 +321,9 @@ def test_the_checks_see_what_they_look_for():
     assert [o.split(":")[0] for o in _private_module_offenders(private)] == ["cellio/cli/ingest.py",
                                                                             "cellio/store/paths/base.py",
                                                                             "trainer/data.py"]
+    # the layering checks see the imports they forbid (where they are allowed) and tell the packages apart
+    assert _reaches("trainer.train", "trainer.infer") != [] and _reaches("trainer.job", "trainer.infer") != []
+    assert _reaches("trainer.infer", "trainer.training") != []
+    loop = _imports("trainer.training.loop")
+    assert any(_within(t, "trainer.training.stages") for imp in loop for t in _targets(imp))
+    assert not _within("trainer.training", "trainer.train") and _within("trainer.train", "trainer.train")

@@ -1,14 +1,14 @@
-"""trainer.logits: per-view logits streamed to disk and read in row blocks; the chain's functions on them."""
+"""trainer.infer.logits: per-view logits streamed to disk and read in row blocks; the chain's functions on them."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-import trainer.logits
-from trainer import aggregate as agg
-from trainer.logits import LogitsFile, LogitsWriter, iter_rows
-from trainer.stacker import build_features
+import trainer.infer.logits
+from trainer.infer import aggregate as agg
+from trainer.infer.logits import LogitsFile, LogitsWriter, iter_rows
+from trainer.infer.stacker import build_features
 
 
 def _write(path, logits, dtype=np.float32, block=5):
@@ -48,7 +48,7 @@ def _sites(n_wells: int) -> pd.DataFrame:
 
 def test_the_chain_functions_give_the_same_on_file_and_in_memory_with_blocks_that_split_wells(tmp_path,
                                                                                                  monkeypatch):
-    monkeypatch.setattr(trainer.logits, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(trainer.infer.logits, "CHUNK_ROWS", 7)
     rng = np.random.default_rng(1)
     sites = _sites(12)
     index = np.repeat(np.arange(len(sites)), 3)       # 3 views per site, well by well like the loader

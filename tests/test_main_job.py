@@ -1,4 +1,4 @@
-"""The main job's plan (trainer.plan, pure) and the GPU plan's code path run end to end on a CPU at tiny size:
+"""The main job's plan (trainer.job.plan, pure) and the GPU plan's code path run end to end on a CPU at tiny size:
 one process, and torchrun with two (gloo)."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from cellio.errors import ConfigError
-from trainer.plan import STEP_QUANTUM, DataFacts, Hardware, fit_to_budget, make_plan
+from trainer.job.plan import STEP_QUANTUM, DataFacts, Hardware, fit_to_budget, make_plan
+from trainer.training.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTS = DataFacts((512, 512), 1300, 440, 60, tuple(f"E{i}" for i in range(8)), ("T1", "T2", "T3", "T4"),
@@ -103,7 +104,7 @@ def test_embedding_views_are_paid_for_in_steps_and_checked():
     full = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60), step_s=0.8, view_s=0.012, spent_s=60, facts=FACTS)
     centre = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"embed_tta": "center"}), step_s=0.8,
                            view_s=0.012, spent_s=60, facts=FACTS)
-    assert full.embed_tta == "full" and full.whiten and "train.channels_last=true" in full.trainer_overrides()
+    assert full.embed_tta == "full" and full.whiten and full.trainer_config(Config()).train.channels_last is True
     extra = 0.012 * (FACTS.train_sites + FACTS.test_sites) * ((512 / 224) ** 2 - 1)
     assert full.estimates["predict"] - centre.estimates["predict"] == pytest.approx(extra)
     assert full.steps_single < centre.steps_single
@@ -139,8 +140,9 @@ def test_a_refit_takes_its_share_of_the_steps_and_the_plan_says_when_it_cannot()
 
 
 def test_the_refit_is_sized_to_the_time_left_and_the_plan_saved(tmp_path):
-    from trainer.demo import JobOptions, seconds_per_step, size_refit
-    from trainer.plan import load_plan
+    from trainer.job.options import JobOptions
+    from trainer.job.plan import load_plan
+    from trainer.job.runs import seconds_per_step, size_refit
 
     plan = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"refit_share": 0.3}), step_s=0.8, view_s=0.012,
                          spent_s=60, facts=FACTS)
@@ -159,7 +161,7 @@ def test_the_refit_is_sized_to_the_time_left_and_the_plan_saved(tmp_path):
                                                        {"event": "train", "step": 40, "time": 121.0}]))
     assert seconds_per_step(log) == pytest.approx(0.6)
     # steps given as overrides skip the plan's share check: the job refuses both before any training
-    from trainer.demo import train_models
+    from trainer.job.runs import train_models
 
     both = make_plan(FACTS, Hardware(2), 600, {"steps_refit": 25, "steps_finetune": 25})
     with pytest.raises(ConfigError, match="do not combine"):
@@ -216,7 +218,7 @@ def test_a_batch_the_training_sites_cannot_fill_names_plan_batch(raw, tmp_path, 
     assert not (out / "runs").exists()  # before any training (the budget's measurement included)
 
 
-@pytest.mark.parametrize("module", ["trainer.demo", "trainer.embed", "trainer.rehearse"])
+@pytest.mark.parametrize("module", ["trainer.demo", "trainer.train", "trainer.infer.embed", "trainer.job.rehearse"])
 def test_help_describes_the_command_in_whole_sentences(module):
     # `python -m trainer.demo --help` stopped at "... a plan from the data and the machine -> a 6-channel"
     import ast
@@ -229,6 +231,32 @@ def test_help_describes_the_command_in_whole_sentences(module):
     assert first_paragraph.endswith(".")
     # argparse rewraps it (and may break "fine-tuning" at its hyphen): compared without whitespace
     assert "".join(first_paragraph.split()) in "".join(proc.stdout.split())
+
+
+def test_the_job_console_shows_the_steps_records_once_and_only_while_the_job_runs(capsys):
+    # the job's steps report through logging; its one printer shows them on stdout under the step headers
+    import logging
+
+    from trainer.job.console import console
+
+    log = logging.getLogger("trainer.job.dataset")
+    job = logging.getLogger("trainer.job")
+    with console() as printer:
+        with console() as inner:  # the rehearsal runs the main job inside its own console: one printer
+            assert inner is printer
+        t0 = printer.step("1. data")
+        log.info("using %s", "/data/rxrx1")
+        log.info("a table\nof two lines")
+        log.warning("rotation evidence contested in %s", "HEPG2-08")
+        log.debug("not for the console")
+        printer.done(t0)
+    log.info("after the job")
+    out = capsys.readouterr()
+    assert out.out.startswith("\n== 1. data\n   using /data/rxrx1\n   a table\n   of two lines\n"
+                              "   WARNING: rotation evidence contested in HEPG2-08\n   (")
+    assert "not for the console" not in out.out and "after the job" not in out.out
+    assert "rotation evidence" not in out.err  # not a second time through the root logger
+    assert job.propagate and not job.handlers and job.level == logging.NOTSET
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -256,7 +284,7 @@ def test_the_gpu_plan_runs_end_to_end_on_cpu(raw, tmp_path, processes):
         cfg = (out / "runs" / f"finetune_{ct}" / "config.yaml").read_text()
         assert f"- {ct}" in cfg and "pseudo/checkpoints/last.pt" in cfg
     assert len(report["calibration"]["temperatures"]) == 4
-    from trainer.predict import load_predictions
+    from trainer.infer.predict import load_predictions
 
     for ds in ("validation", "test"):
         joint, tuned_p = (load_predictions(out / "predictions" / f"{m}_{ds}.npz") for m in ("model", "finetune"))
@@ -269,7 +297,7 @@ def test_the_refit_trains_on_every_experiment_and_scores_only_test(raw, tmp_path
     import numpy as np
     import yaml
 
-    from trainer.predict import load_predictions
+    from trainer.infer.predict import load_predictions
 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "trainer.demo", "--data", str(raw), "--out", str(out), "--hardware", "cpu",
@@ -300,7 +328,8 @@ def test_the_refit_trains_on_every_experiment_and_scores_only_test(raw, tmp_path
 def test_a_repeated_budget_measurement_times_only_its_own_steps(raw, tmp_path):
     # a plan that failed (budget too small) and is measured again must not read the first attempt's log as its own
     import cellio
-    from trainer.demo import JobOptions, measure
+    from trainer.job.options import JobOptions
+    from trainer.job.planning import measure
 
     store_path = tmp_path / "s.zarr"
     cellio.ingest(raw, store_path, workers=1)

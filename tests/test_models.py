@@ -1,4 +1,4 @@
-"""trainer.models / labels / folds / losses: registry contract, stems, heads, pretrained loading."""
+"""trainer.training.models / labels / folds / losses: registry contract, stems, heads, pretrained loading."""
 from __future__ import annotations
 
 import pandas as pd
@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from cellio.errors import ConfigError
-from trainer.folds import fold_experiments, make_folds
-from trainer.labels import IGNORE_INDEX, ClassMap
-from trainer.losses import create_loss
-from trainer.models import ClassifierHead, adapt_input_conv, create_model, list_models
+from trainer.training.folds import fold_experiments, make_folds
+from trainer.training.labels import IGNORE_INDEX, ClassMap
+from trainer.training.losses import create_loss
+from trainer.training.models import ClassifierHead, adapt_input_conv, create_model, list_models
 
 # odd, non-square; the DenseNet-121 family needs >= 32 px to keep a 1x1 map after its three transitions
 SIZE = {"densenet_tiny": (33, 29), "perchannel_tiny": (33, 29)}

@@ -11,14 +11,14 @@ from torch import nn
 
 import cellio
 from cellio.errors import ConfigError, MetadataError
-from trainer.aggregate import mean_logits
-from trainer.checkpoint import save_checkpoint
-from trainer.config import Config
-from trainer.labels import ClassMap
-from trainer.models import list_models, register_model
-from trainer.predict import Predictions, concat_predictions, load_predictions, predict
-from trainer.report import build_report, format_table, read_truth, write_report
-from trainer.submission import write_submission
+from trainer.infer.aggregate import mean_logits
+from trainer.infer.predict import Predictions, concat_predictions, load_predictions, predict
+from trainer.infer.report import build_report, format_table, read_truth, write_report
+from trainer.infer.submission import write_submission
+from trainer.training.checkpoint import save_checkpoint
+from trainer.training.config import Config
+from trainer.training.labels import ClassMap
+from trainer.training.models import list_models, register_model
 
 
 class _PoolLinear(nn.Module):
@@ -126,8 +126,8 @@ def test_out_of_fold_prediction_of_a_cell_type_without_held_out_experiments_is_a
                                                                                          tmp_path):
     # a per-cell-type model whose cell type has no experiment in the held-out fold: an empty selection must not
     # silently mean "every site"
-    from trainer.checkpoint import load_checkpoint
-    from trainer.folds import split_experiments
+    from trainer.training.checkpoint import load_checkpoint
+    from trainer.training.folds import split_experiments
 
     state = load_checkpoint(checkpoint[0])
     cfg = Config.from_dict(state["config"])
@@ -205,7 +205,7 @@ def test_predictions_reject_inconsistent_arrays():
 
 
 def test_ensemble_cli_end_to_end_on_the_tiny_set(tiny_raw, tiny_store, checkpoint, tmp_path):
-    from trainer.chain import main as ensemble_main
+    from trainer.infer.chain.__main__ import main as ensemble_main
 
     path, _ = checkpoint
     oof = predict(path, tiny_store, datasets="validation", tta="center", progress=False)
@@ -239,7 +239,7 @@ def test_ensemble_cli_end_to_end_on_the_tiny_set(tiny_raw, tiny_store, checkpoin
 
 
 def test_report_scores_well_scores_over_the_truths_classes_only():
-    from trainer.aggregate import WellScores
+    from trainer.infer.aggregate import WellScores
 
     ids = np.array(["RPE-08_1_B03", "RPE-08_1_B04"], dtype=object)
     # The control output 1108 is the loudest everywhere; among treatments the model is right.
@@ -249,8 +249,8 @@ def test_report_scores_well_scores_over_the_truths_classes_only():
 
 
 def test_adabn_recomputes_batchnorm_per_plate_and_changes_nothing_else(tiny_store):
-    from trainer.adabn import bn_modules, bn_state, plate_bn_states
-    from trainer.predict import predict_views
+    from trainer.infer.adabn import bn_modules, bn_state, plate_bn_states
+    from trainer.infer.predict import predict_views
 
     class ConvBN(nn.Module):  # the 17x11 fixture is too small for a DenseNet
         def __init__(self, num_classes: int):
@@ -293,10 +293,10 @@ def test_adabn_recomputes_batchnorm_per_plate_and_changes_nothing_else(tiny_stor
 
 def test_a_channels_last_checkpoint_predicts_in_that_layout_with_the_same_logits(tmp_path):
     from cellio.testing import make_store
-    from trainer.checkpoint import load_for_inference
-    from trainer.config import load_config
-    from trainer.models import create_model
-    from trainer.runtime import in_model_layout
+    from trainer.training.checkpoint import load_for_inference
+    from trainer.training.config import load_config
+    from trainer.training.models import create_model
+    from trainer.training.runtime import in_model_layout
 
     store = make_store(tmp_path / "s.zarr", size=(40, 40), classes=8)
     class_map = ClassMap.from_sites(store.sites, include_controls=True)

@@ -1,4 +1,4 @@
-"""The rehearsal (python -m trainer.rehearse) at a reduced real layout: the main job's whole step chain with the
+"""The rehearsal (python -m trainer.job.rehearse) at a reduced real layout: the main job's whole step chain with the
 per-step table; and the meter it is timed with."""
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 
 import cellio
-from trainer.meter import StepMeter
-from trainer.predict import load_predictions
-from trainer.rehearse import RehearsalOptions, rehearse
+from trainer.infer.predict import load_predictions
+from trainer.job.meter import StepMeter
+from trainer.job.options import Overrides
+from trainer.job.rehearse import RehearsalOptions, rehearse
 
 # Two train experiments (one held out for validation) and one test experiment of the real layout, 8 px.
 EXPERIMENTS = ["HUVEC-01", "RPE-01", "HUVEC-17"]
@@ -26,7 +27,7 @@ def test_the_rehearsal_runs_the_whole_job_on_a_reduced_real_layout(tmp_path):
     out = tmp_path / "r"
     summary = rehearse(RehearsalOptions(out, size=8, experiments=EXPERIMENTS, tta="center", dihedral=True,
                                         steps_single=4, steps_pseudo=4, steps_finetune=4, batch=64, workers=2,
-                                        overrides=["plan.pseudo_rounds=1"]))
+                                        overrides=Overrides.parse(["plan.pseudo_rounds=1"])))
     names = [r["step"] for r in summary["steps"]]
     assert [s for s in STEPS if s not in names] == []
     # the one train cell type outside the held-out fold is fine-tuned; the fine-tuned member covers every test view

@@ -10,9 +10,9 @@ import shutil
 import pytest
 
 from cellio.errors import ConfigError
-from trainer.checkpoint import load_checkpoint
-from trainer.config import load_config
-from trainer.train import run
+from trainer.training.checkpoint import load_checkpoint
+from trainer.training.config import load_config
+from trainer.training.loop import run
 
 BASE = ["data.crop_size=24", "data.batch_size=8", "data.num_workers=0", "data.backend=torch", "data.n_folds=2",
         "data.val_fold=0", "model.name=densenet_tiny", "optim.lr=3e-3", "optim.epochs=2", "train.device=cpu",
@@ -114,7 +114,7 @@ def test_a_full_disk_while_saving_names_the_checkpoint_and_keeps_the_previous_on
     import torch
 
     from cellio.errors import DiskFullError
-    from trainer.checkpoint import save_checkpoint
+    from trainer.training.checkpoint import save_checkpoint
 
     path = save_checkpoint(tmp_path / "last.pt", {"step": 1})
 
@@ -136,7 +136,7 @@ def test_a_temporary_left_by_a_killed_writer_is_removed_at_the_next_save(tmp_pat
 
     import torch
 
-    from trainer.checkpoint import save_checkpoint
+    from trainer.training.checkpoint import save_checkpoint
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".last.pt.{int(dead.stdout)}.tmp"
@@ -152,12 +152,12 @@ def test_a_checkpoint_that_cannot_fit_is_refused_before_a_byte_is_written(tmp_pa
     # the estimate (the state's tensors) against the free space: no torn temporary, the previous checkpoint intact
     import torch
 
-    import trainer.disk
+    import trainer.training.disk
     from cellio.errors import DiskFullError
-    from trainer.checkpoint import save_checkpoint
+    from trainer.training.checkpoint import save_checkpoint
 
     path = save_checkpoint(tmp_path / "last.pt", {"step": 1})
-    monkeypatch.setattr(trainer.disk, "free_bytes", lambda directory: 100_000)
+    monkeypatch.setattr(trainer.training.disk, "free_bytes", lambda directory: 100_000)
     with pytest.raises(DiskFullError, match=r"last\.pt.*saving this checkpoint needs about 4\.\d MiB, 97\.7 KiB free") \
             as err:
         save_checkpoint(path, {"step": 2, "model": {"w": torch.zeros(1 << 20, dtype=torch.float32)}})
@@ -171,7 +171,7 @@ def test_torchs_own_full_disk_error_is_a_disk_full_error(tmp_path, monkeypatch):
     import torch
 
     from cellio.errors import DiskFullError
-    from trainer.checkpoint import save_checkpoint
+    from trainer.training.checkpoint import save_checkpoint
 
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full on this platform")
@@ -182,3 +182,20 @@ def test_torchs_own_full_disk_error_is_a_disk_full_error(tmp_path, monkeypatch):
         save_checkpoint(path, {"step": 2, "w": torch.zeros(4096)})
     monkeypatch.undo()
     assert torch.load(path)["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_file_replaced_atomically_is_whole_or_untouched(tmp_path):
+    # the one way the trainer writes a file (configs, plans, predictions, reports, submissions, checkpoints)
+    from trainer.training.disk import replaced_atomically
+
+    path = tmp_path / "plan.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError, match="writer died"):
+        with replaced_atomically(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("writer died")
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
+    with replaced_atomically(path, suffix=".npz") as tmp:  # np.savez appends .npz to a name without it
+        assert tmp.parent == tmp_path and tmp.name == f".plan.json.{os.getpid()}.tmp.npz"
+        tmp.write_text("new")
+    assert path.read_text() == "new" and list(tmp_path.iterdir()) == [path]

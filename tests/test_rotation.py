@@ -1,5 +1,5 @@
-"""Rotation decisions that a plate-style shortcut cannot fool (trainer.rotation), the risk each test rotation
-carries into the choice of the submitted step (trainer.risk), and issue 20's failure reproduced on a tiny
+"""Rotation decisions that a plate-style shortcut cannot fool (trainer.infer.rotation), the risk each test rotation
+carries into the choice of the submitted step (trainer.infer.risk), and issue 20's failure reproduced on a tiny
 confounded set: a head that learnt plate style names a wrong rotation with a z the old guard accepts."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 
 import cellio
 from plate_sim import CLASSES, GROUPS, accuracy, hide_treatment_labels, make_sites, noisy_scores
-from trainer.aggregate import WellScores
-from trainer.assign import assign_plates
-from trainer.risk import Conditional, expected_accuracies
-from trainer.rotation import (RotationEvidence, RotationSource, SourceRecord, centred_scores, decide_rotations,
+from trainer.infer.aggregate import WellScores
+from trainer.infer.assign import assign_plates
+from trainer.infer.risk import Conditional, expected_accuracies
+from trainer.infer.rotation import (RotationEvidence, RotationSource, SourceRecord, centred_scores, decide_rotations,
                               rotation_evidence, score_sources)
 
 VALIDATION = {"HEPG2-01": ("train", 0), "RPE-01": ("train", 1), "U2OS-01": ("train", 2)}
@@ -131,7 +131,7 @@ def test_expected_accuracy_discounts_a_rotation_step_by_its_test_risk(groups):
     wells = sites["id_code"].unique()
     val = {"plain": 0.6, "X + plate assignment": 0.9, "X + plate assignment, no rotation": 0.7}
     cond = {"X + plate assignment": Conditional(right=0.95, wrong=0.0, none=0.7)}
-    from trainer.rotation import RotationDecision
+    from trainer.infer.rotation import RotationDecision
 
     sure = {"HEPG2-08": RotationDecision(3, "agreed", reliability=1.0),
             "U2OS-04": RotationDecision(1, "agreed", reliability=0.5)}
@@ -146,7 +146,7 @@ def test_expected_accuracy_discounts_a_rotation_step_by_its_test_risk(groups):
 def _views(sites: pd.DataFrame, truth_sites: pd.DataFrame, toward: dict[str, int], *, signal: float, bias: float,
            seed: int, views: int = 2):
     """Per-view logits of a weak model that learnt plate style (see `shortcut`)."""
-    from trainer.predict import Predictions
+    from trainer.infer.predict import Predictions
 
     rng = np.random.default_rng(seed)
     index = np.repeat(np.arange(len(sites)), views)
@@ -160,7 +160,7 @@ def _views(sites: pd.DataFrame, truth_sites: pd.DataFrame, toward: dict[str, int
 
 def _embeddings(truth_sites: pd.DataFrame, *, seed: int, dims: int = 24):
     """Well embeddings: the siRNA's direction, plus a large per-plate offset (plate style), plus noise."""
-    from trainer.embed import WellEmbeddings
+    from trainer.infer.embed import WellEmbeddings
 
     rng = np.random.default_rng(seed)
     wells = truth_sites.drop_duplicates("id_code").sort_values("id_code")
@@ -175,7 +175,7 @@ def _embeddings(truth_sites: pd.DataFrame, *, seed: int, dims: int = 24):
 def test_a_plate_style_shortcut_no_longer_zeroes_a_test_experiment(groups, tmp_path, caplog):
     """Issue 20 on a tiny confounded set: validation's rotations come out right, the head is fooled on HEPG2-08
     (z well above the old guard), the centred head and the embedding centroids are not."""
-    from trainer.chain import ChainInputs, run_chain
+    from trainer.infer.chain import ChainInputs, run_chain
 
     truth_sites = make_sites({**FITTED, **VALIDATION, **TEST}, seed=5)
     test_truth = truth_sites[(truth_sites["dataset"] == "test") & (truth_sites["well_type"] == "treatment")]
@@ -189,7 +189,7 @@ def test_a_plate_style_shortcut_no_longer_zeroes_a_test_experiment(groups, tmp_p
     is_val = sites["experiment"].isin(list(VALIDATION)).to_numpy()[preds.index]
     is_test = (sites["dataset"] == "test").to_numpy()[preds.index]
     emb = _embeddings(truth_sites, seed=7)
-    with caplog.at_level(logging.WARNING, logger="trainer.chain"):
+    with caplog.at_level(logging.WARNING, logger="trainer.infer.chain"):
         res = run_chain(ChainInputs(sites, [preds.rows(is_val)], [preds.rows(is_test)], embeddings=[emb],
                                     test_truth=tmp_path / "truth.csv"), tmp_path / "out")
     head = next(s for s in res.test.sources if s.name == "TTA mean").evidence["HEPG2-08"]

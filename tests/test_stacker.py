@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from cellio.errors import ConfigError, MetadataError
-from trainer.aggregate import mean_logits
-from trainer.stacker import FEATURES, build_features, cross_fit, fit_stacker
+from trainer.infer.aggregate import mean_logits
+from trainer.infer.stacker import FEATURES, build_features, cross_fit, fit_stacker
 
 N_CLASSES, N_VIEWS = 30, 9
 

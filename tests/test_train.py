@@ -1,5 +1,6 @@
-"""trainer.train end to end on a tiny store through cellio.create_loader (torch backend, CPU): overfitting,
-exact resume, 2-process torchrun (gloo) against 1 process, the two-stage per-channel plan, run-dir contract."""
+"""Training (trainer.training; python -m trainer.train) end to end on a tiny store through cellio.create_loader
+(torch backend, CPU): overfitting, exact resume, 2-process torchrun (gloo) against 1 process, the two-stage
+per-channel plan, run-dir contract."""
 from __future__ import annotations
 
 import json
@@ -12,9 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from trainer.checkpoint import load_checkpoint, load_for_inference
-from trainer.config import load_config
-from trainer.train import run
+from cellio.errors import ConfigError
+
+from trainer.infer.pseudo import label_wells
+from trainer.training.checkpoint import load_checkpoint, load_for_inference
+from trainer.training.config import load_config
+from trainer.training.loop import run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,21 +115,21 @@ def test_a_run_killed_between_a_checkpoint_and_its_validation_validates_that_epo
                                                                                             monkeypatch):
     # 20 steps per epoch (160 sites / 8): the step-20 checkpoint closes epoch 0 before its validation runs; a kill
     # there used to resume at epoch 1, and epoch 0 was never validated (nor considered for best.pt)
-    import trainer.train
+    import trainer.training.loop
 
     common = ["optim.epochs=2", "train.ckpt_every=20"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     a = run(_cfg(_store_path(train_store), straight, *common))
-    real = trainer.train.validate
+    real = trainer.training.loop.validate
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed during the validation of epoch 0")
 
-    monkeypatch.setattr(trainer.train, "validate", killed)
+    monkeypatch.setattr(trainer.training.loop, "validate", killed)
     with pytest.raises(KeyboardInterrupt):
         run(_cfg(_store_path(train_store), resumed, *common))
     assert load_checkpoint(resumed / "checkpoints" / "last.pt")["step"] == 20
-    monkeypatch.setattr(trainer.train, "validate", real)
+    monkeypatch.setattr(trainer.training.loop, "validate", real)
     b = run(_cfg(_store_path(train_store), resumed, *common))
     assert [e["epoch"] for e in _events(resumed, "val")] == [0, 1] == [e["epoch"] for e in _events(straight, "val")]
     assert [e["val_acc"] for e in _events(resumed, "val")] == [e["val_acc"] for e in _events(straight, "val")]
@@ -141,7 +145,7 @@ def test_a_full_disk_while_training_names_the_file_and_the_resumed_logs_are_whol
     import builtins
     import errno
 
-    import trainer.runlog
+    import trainer.training.runlog
     from cellio.errors import DiskFullError
 
     if not os.path.exists("/dev/full"):
@@ -155,7 +159,7 @@ def test_a_full_disk_while_training_names_the_file_and_the_resumed_logs_are_whol
             return builtins.open("/dev/full", "w")
         return builtins.open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(trainer.runlog, "open", full_metrics, raising=False)
+    monkeypatch.setattr(trainer.training.runlog, "open", full_metrics, raising=False)
     with pytest.raises(DiskFullError, match=r"metrics\.csv: not enough disk space") as err:
         run(_cfg(_store_path(train_store), out, "optim.epochs=2"))
     assert err.value.path == str(out / "metrics.csv")
@@ -285,7 +289,8 @@ PSEUDO = ["train.stage=pseudo_label", "optim.epochs=4", "pseudo.rounds=2", "pseu
 @pytest.mark.parametrize("source", ["embedding", "logits"])
 def test_pseudo_label_rounds_respect_the_plate_and_report_precision(train_store, single_ckpt, tmp_path, source):
     out = tmp_path / "pl"
-    m = run(_cfg(_store_path(train_store), out, *PSEUDO, f"pseudo.source={source}", f"train.init_from={single_ckpt}"))
+    m = run(_cfg(_store_path(train_store), out, *PSEUDO, f"pseudo.source={source}", f"train.init_from={single_ckpt}"),
+            labeller=label_wells)
     rounds = m["pseudo_rounds"]
     assert [r["round"] for r in rounds] == [0, 1] and [r["epoch"] for r in rounds] == [0, 2]
     assert rounds[1]["pseudo_labels"] > rounds[0]["pseudo_labels"] > 0
@@ -301,14 +306,21 @@ def test_resume_through_a_pseudo_label_round_is_bit_identical(train_store, singl
     store = _store_path(train_store)
     common = [*PSEUDO, f"train.init_from={single_ckpt}"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    a = run(_cfg(store, straight, *common))
-    run(_cfg(store, resumed, *common, "train.stop_at_step=45"))  # mid epoch 2, just after round 1 started
-    b = run(_cfg(store, resumed, *common))
+    a = run(_cfg(store, straight, *common), labeller=label_wells)
+    run(_cfg(store, resumed, *common, "train.stop_at_step=45"), labeller=label_wells)  # mid epoch 2, round 1 started
+    b = run(_cfg(store, resumed, *common), labeller=label_wells)
     assert [e["loss"] for e in _events(straight)] == [e["loss"] for e in _events(resumed)]
     wa = load_checkpoint(straight / "checkpoints" / "last.pt")
     wb = load_checkpoint(resumed / "checkpoints" / "last.pt")
     assert all(torch.equal(wa["model"][k], wb["model"][k]) for k in wa["model"])
     assert wa["stage"] == wb["stage"] and a["val_acc"] == b["val_acc"]
+
+
+def test_the_pseudo_label_stage_needs_a_labeller(train_store, single_ckpt, tmp_path):
+    # training never imports inference: whoever starts a pseudo-label run hands it the labeller
+    with pytest.raises(ConfigError, match="no labeller"):
+        run(_cfg(_store_path(train_store), tmp_path / "pl", *PSEUDO, f"train.init_from={single_ckpt}"))
+    assert not (tmp_path / "pl").exists()  # refused before the run directory is made
 
 
 @pytest.mark.parametrize("source", ["embedding", "logits"])
@@ -330,8 +342,8 @@ def test_margin_loss_penalises_the_true_class_and_skips_unlabelled_rows():
 
     import torch.nn.functional as F
 
-    from trainer.labels import IGNORE_INDEX
-    from trainer.losses import MarginLoss
+    from trainer.training.labels import IGNORE_INDEX
+    from trainer.training.losses import MarginLoss
 
     cos = torch.tensor([[0.8, 0.1, -0.2], [0.3, 0.6, 0.0], [0.5, 0.5, 0.5]], requires_grad=True)
     target = torch.tensor([0, 1, IGNORE_INDEX])
