@@ -382,3 +382,19 @@ def test_show_composes_any_channel_set_of_a_uint16_site(tmp_path, stores, regist
     out = tmp_path / "site.png"
     assert main(["show", str(path), "BR002_C07", "--site", "2", "--channels", "Mito,DNA", "-o", str(out)]) == 0
     assert out.is_file()
+
+
+def test_cli_ingest_from_a_named_data_set_with_channels_and_plates(tmp_path, registered, capsys):
+    from cellio.cli import main
+
+    raw = write_raw(tmp_path / "raw", 8)
+    store = tmp_path / "cli.zarr"
+    assert main(["ingest", str(raw), str(store), "--from", "deep8", "--channels", "DNA,Mito", "--plates", "BR001",
+                 "--workers", "1", "--no-progress"]) == 0
+    opened = cellio.open_store(store)
+    assert opened.layout.name == "deep8" and opened.layout.channel_names == ("DNA", "Mito")
+    assert len(opened) == 6 and set(opened.sites["plate"]) == {"BR001"}
+    assert opened.attrs["ingest"]["datasets"] == ["train", "test"]  # the layout's splits by default
+    with pytest.raises(SystemExit):
+        main(["ingest", str(raw), str(tmp_path / "x.zarr"), "--from", "nosuchset"])
+    assert "invalid choice: 'nosuchset'" in capsys.readouterr().err
