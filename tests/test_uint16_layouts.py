@@ -398,3 +398,18 @@ def test_cli_ingest_from_a_named_data_set_with_channels_and_plates(tmp_path, reg
     with pytest.raises(SystemExit):
         main(["ingest", str(raw), str(tmp_path / "x.zarr"), "--from", "nosuchset"])
     assert "invalid choice: 'nosuchset'" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(PARITY))
+def test_gpu_dali_matches_torch_on_uint16(stores, name):
+    pytest.importorskip("nvidia.dali")
+    _, path = stores[8]
+    out = []
+    for backend in ("torch", "dali"):
+        out.append(list(cellio.create_loader(path, 4, train=True, augment=PARITY[name], backend=backend,
+                                             device="cuda", num_workers=0, rank=0, world_size=1, seed=11,
+                                             datasets=None, last_batch="partial")))
+    for x, y in zip(*out):
+        assert x["image"].is_cuda and y["image"].is_cuda and x["image"].shape[1] == 8
+        torch.testing.assert_close(y["image"], x["image"], rtol=1e-4, atol=1e-4)
