@@ -276,6 +276,10 @@ def test_a_read_site_of_the_wrong_dtype_is_named(tmp_path, registered):
         cellio.ingest(raw, tmp_path / "bad.zarr", reader="deep5", workers=1, progress=False)
     report = cellio.ingest(raw, tmp_path / "skip.zarr", reader="deep5", workers=1, progress=False, on_error="skip")
     assert report.n_failed == 1 and report.failed[0].id_code == "BR001_C07"
+    (raw / "BR002/P24_f1.npy").unlink()  # a reader's own error (FileNotFoundError) names the site too
+    with pytest.raises(cellio.ImageError, match=r"BR002_P24 site 1: the deep5 reader's read_site failed "
+                                                r"\(FileNotFoundError"):
+        cellio.ingest(raw, tmp_path / "gone.zarr", reader="deep5", workers=1, progress=False, plates="BR002")
 
 
 # -- the loader -----------------------------------------------------------------------------------------------

@@ -69,10 +69,16 @@ class RawSource:
 
     def read_site(self, row: Mapping[str, Any], shape: tuple[int, int], name: str) -> list[np.ndarray]:
         """The picked channels of one site as (H, W) planes, from the reader's read_site; ImageError naming the
-        site (`name`) and the reader when what it returns is not the layout's (H, W, C) of its pixel type."""
+        site (`name`) and the reader when what it returns is not the layout's (H, W, C) of its pixel type, or when
+        it fails with an OSError or ValueError of its own (a missing or unreadable file: `on_error="skip"` then
+        records the site instead of stopping the ingest)."""
         assert self.reader.read_site is not None
         lay = self.reader.layout
-        site = self.reader.read_site(self.location, row)
+        try:
+            site = self.reader.read_site(self.location, row)
+        except (OSError, ValueError) as exc:
+            raise ImageError(f"{name}: the {lay.name} reader's read_site failed ({type(exc).__name__}: {exc})") \
+                from None
         expected = (*shape, lay.n_channels)
         if not isinstance(site, np.ndarray) or site.shape != expected or site.dtype != lay.dtype:
             found = f"{site.dtype} {site.shape}" if isinstance(site, np.ndarray) else type(site).__name__
