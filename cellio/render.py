@@ -1,13 +1,15 @@
 """Look at a site: its channels side by side and the RGB composite of its data set's layout (`cellio show`).
 
-    image = store.read([i])[0]                    # uint8 (H, W, C)
+    image = store.read([i])[0]                    # uint8 or uint16 (H, W, C), any C
     rgb = rgb_composite(image, store.layout)      # uint8 (H, W, 3); RxRx1: identical to rxrx1-utils'
                                                   #   convert_tensor_to_rgb
     grid = channel_grid(image, store.layout)      # uint8 (rows*H + gaps, 3W + 2 gap), each channel auto-contrasted
     png = render_site(image, store.layout, title="HUVEC-07_1_B03 s1")
     save_png(png, "site.png")
 
-The composite's tints and intensity windows are the layout's (`Channel.color`, `Channel.display_range`).
+The composite's tints and intensity windows are the layout's (`Channel.color`, `Channel.display_range`); a layout
+(or a channel subset) with no tinted channel shows its first three channels as blue, green and red over the pixel
+type's whole range.
 `load_site(source, id_code, site)` reads one site, and its layout, from a cellio store or from a raw data set
 directory (its channel files, through the data set's reader), so `cellio show` works before ingest. Numpy and
 Pillow only.
@@ -39,41 +41,56 @@ def _check_site(image: np.ndarray, layout: DatasetLayout, what: str = "image") -
     if image.ndim != 3 or image.shape[-1] != C:
         raise ImageError(f"{what}: expected a {layout.name} site as (H, W, {C}) channel-last array, "
                          f"found shape {image.shape}")
-    if layout.pixel_dtype != "uint8":
-        raise ImageError(f"{what}: {layout.pixel_dtype} sites are not rendered (uint8 only)")
-    if image.dtype != np.uint8:
-        if not np.issubdtype(image.dtype, np.integer) or image.size and (image.min() < 0 or image.max() > 255):
-            raise ImageError(f"{what}: expected uint8 intensities 0..255, found dtype {image.dtype}")
-        image = image.astype(np.uint8)
+    top = layout.max_value
+    if image.dtype != layout.dtype:
+        if not np.issubdtype(image.dtype, np.integer) or image.size and (image.min() < 0 or image.max() > top):
+            raise ImageError(f"{what}: expected {layout.pixel_dtype} intensities 0..{top}, found dtype "
+                             f"{image.dtype}")
+        image = image.astype(layout.dtype)
     return image
 
 
+# the tints of a composite whose layout tints no channel: its first channels as blue, green, red
+_DEFAULT_TINTS: tuple[tuple[int, int, int], ...] = ((0, 0, 255), (0, 255, 0), (255, 0, 0))
+
+
+def _shown(layout: DatasetLayout) -> tuple[tuple[int, tuple[int, int, int], tuple[int, int]], ...]:
+    """(store index, tint, (lo, hi)) of each channel the composite shows."""
+    tinted = tuple((c, ch.color, ch.display_range) for c, ch in layout.composite)
+    if tinted:
+        return tinted  # type: ignore[return-value]
+    return tuple((c, tint, (0, layout.max_value)) for c, tint in zip(range(layout.n_channels), _DEFAULT_TINTS))
+
+
 @lru_cache(maxsize=8)
-def _composite_lut(tints: tuple[tuple[int, int, int], ...], ranges: tuple[tuple[int, int], ...]) -> np.ndarray:
-    """(k, 256, 3) int16: each composite channel's tint contribution for every uint8 value, computed with the
-    reference's float64 operations in the reference's order, so the table reproduces its truncation bit for bit."""
-    values = np.arange(256, dtype=np.uint8)
-    lut = np.empty((len(tints), 256, 3), dtype=np.int16)
+def _composite_lut(tints: tuple[tuple[int, int, int], ...], ranges: tuple[tuple[int, int], ...],
+                   top: int = 255) -> np.ndarray:
+    """(k, top + 1, 3) int16: each composite channel's tint contribution for every pixel value 0..top, computed
+    with the reference's float64 operations in the reference's order, so the table reproduces its truncation bit
+    for bit (uint8: 256 entries; uint16: 65,536)."""
+    values = np.arange(top + 1, dtype=np.uint8 if top == 255 else np.uint16)
+    lut = np.empty((len(tints), top + 1, 3), dtype=np.int16)
     for c, (color, (lo, hi)) in enumerate(zip(tints, ranges)):
-        x = (values / 255) / ((hi - lo) / 255) + lo / 255
+        x = (values / top) / ((hi - lo) / top) + lo / top
         x = np.where(x > 1.0, 1.0, x)
         lut[c] = np.array(np.outer(x, np.asarray(color)), dtype=np.int64)  # truncate, as the reference
     return lut
 
 
 def rgb_composite(image: np.ndarray, layout: DatasetLayout) -> np.ndarray:
-    """The RGB composite of a (H, W, C) uint8 site of `layout` -> uint8 (H, W, 3).
+    """The RGB composite of a (H, W, C) uint8 or uint16 site of `layout` -> uint8 (H, W, 3).
 
     Per channel c the layout shows (`Channel.color` and `display_range` (lo, hi); for RxRx1 the official
-    rxrx1-utils composite, `rxrx.io.convert_tensor_to_rgb` with vmax=255): x = (v / 255) / ((hi - lo) / 255) +
-    lo / 255, clipped above at 1, times the channel's tint, truncated to int; the tints are summed and clipped at
-    255. Inputs are uint8, so each channel's term is a 256-entry lookup table (~10x faster than the float maths).
+    rxrx1-utils composite, `rxrx.io.convert_tensor_to_rgb` with vmax=255): x = (v / M) / ((hi - lo) / M) +
+    lo / M, M the pixel type's largest value (255, 65535), clipped above at 1, times the channel's tint, truncated
+    to int; the tints are summed and clipped at 255. Each channel's term is a lookup table of every pixel value
+    (~10x faster than the float maths). Without a tinted channel: see the module docstring.
     """
     image = _check_site(image, layout)
-    shown = layout.composite
-    lut = _composite_lut(tuple(ch.color for _, ch in shown), tuple(ch.display_range for _, ch in shown))
+    shown = _shown(layout)
+    lut = _composite_lut(tuple(t for _, t, _ in shown), tuple(r for _, _, r in shown), layout.max_value)
     total = np.zeros((*image.shape[:2], 3), dtype=np.int32)  # the tints' sum, clipped below
-    for k, (c, _) in enumerate(shown):
+    for k, (c, _, _) in enumerate(shown):
         total += np.take(lut[k], image[:, :, c], axis=0)
     return np.minimum(total, 255).astype(np.uint8)
 
@@ -188,7 +205,8 @@ def _read_png_channel(path: Path) -> np.ndarray:
 
 
 def load_site(source: str | Path, id_code: str, site: int = 1) -> tuple[np.ndarray, dict[str, Any], DatasetLayout]:
-    """Read one site as uint8 (H, W, C), its site-table row (as a dict) and its data set's layout.
+    """Read one site as (H, W, C) of its layout's pixel type, its site-table row (as a dict) and its data set's
+    layout.
 
     `source` is a cellio store (a Zarr group: has zarr.json; a local path or an fsspec URL such as
     s3://bucket/rxrx1.zarr) or a raw data set directory a registered reader recognises (RxRx1: train.csv, test.csv
@@ -209,6 +227,9 @@ def load_site(source: str | Path, id_code: str, site: int = 1) -> tuple[np.ndarr
         sites = reader.read_sites(source)
         i = _pick_row(sites, id_code, site, source)
         row = sites.iloc[i]
+        if reader.read_site is not None:  # pixels that are not one PNG per channel: the reader's own
+            image = reader.read_site(str(source.resolve()), row.to_dict())
+            return image, row.to_dict(), reader.layout.replace(site_shape=image.shape[:2])
         channels = [_read_png_channel(source / row[col]) for col in reader.layout.path_columns]
         shapes = {c.shape for c in channels}
         if len(shapes) != 1:

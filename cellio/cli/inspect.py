@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     a = store.attrs
     H, W, C = store.image_shape
     print(f"store       {store.path}")
-    print(f"format      {a['format']} {a['format_version']}, layout {store.axes}, sites {H}x{W}x{C} uint8")
+    print(f"format      {a['format']} {a['format_version']}, layout {store.axes}, sites {H}x{W}x{C} {store.dtype}")
     lay = store.layout
     print(f"dataset     {lay.name} v{lay.version}: {lay.n_channels} channels ({', '.join(lay.channel_names)}), "
           f"{lay.sites_per_well} sites per well, {len(lay.cell_types)} cell types"
@@ -95,10 +95,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"ingest      {state}: {len(store)} of {a['n_sites']} sites stored, {len(store.failed)} failed")
     fs, root = get_fs(store.path)
     img_bytes, total = _size_on_disk(fs, root)
-    raw_bytes = len(store) * H * W * C
+    raw_bytes = len(store) * H * W * C * store.dtype.itemsize
     ratio = img_bytes / raw_bytes if raw_bytes else float("nan")
     print(f"size        {_human(total)} on disk ({_human(img_bytes)} of image chunks = {ratio:.3f}x of "
-          f"{_human(raw_bytes)} raw uint8)")
+          f"{_human(raw_bytes)} raw {store.dtype})")
     if len(sites):
         print("\nsites per split and cell type")
         table = sites.groupby(["dataset", "cell_type"]).size().unstack(fill_value=0)

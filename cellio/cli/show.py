@@ -12,6 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                        "data set directory (e.g. RxRx1's)")
     parser.add_argument("id_code", help="well id, e.g. HUVEC-07_1_B03")
     parser.add_argument("--site", type=int, default=1, help="site within the well (RxRx1: 1 or 2)")
+    parser.add_argument("--channels", default=None,
+                        help="show only these channels, comma list of names (default: all of the layout's)")
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help="PNG to write (default: ID_CODE_sSITE.png in the current directory)")
 
@@ -20,6 +22,9 @@ def run(args: argparse.Namespace) -> int:
     from ..render import load_site, render_site, save_png
 
     image, row, layout = load_site(args.source, args.id_code, args.site)
+    if args.channels:  # LayoutError naming unknown channels and listing the layout's
+        image = image[:, :, list(layout.channel_selection(args.channels))]
+        layout = layout.select_channels(args.channels)
     p = layout.perturbations
     value = row.get(p.label_column)
     label = "unknown" if value is None or str(value) in ("<NA>", "nan") else str(value)

@@ -362,6 +362,31 @@ class DatasetLayout:
         raise LayoutError(f"channel {name!r}: expected one of {list(self.channel_names)} (or keys "
                           f"{list(self.channel_keys)}) of layout {self.name!r}")
 
+    def channel_selection(self, names: str | Any) -> tuple[int, ...]:
+        """Store indices of the channels `names` (names or keys; a comma-separated string or a list), in the order
+        given: what `channels=["DNA", "RNA", "Mito"]` picks at ingest or load. LayoutError naming every unknown or
+        repeated one and listing this layout's channels."""
+        if isinstance(names, str):
+            names = [v.strip() for v in names.split(",") if v.strip()]
+        wanted = tuple(names) if names is not None else ()
+        if not wanted or any(not isinstance(v, str) for v in wanted):
+            raise _fail(f"channels of layout {self.name!r}", f"a non-empty list of channel names from "
+                        f"{list(self.channel_names)}", names)
+        lookup = {c.name: i for i, c in enumerate(self.channels)}
+        lookup.update({c.key: i for i, c in enumerate(self.channels)})
+        unknown = [v for v in wanted if v not in lookup]
+        if unknown:
+            raise LayoutError(f"channels {unknown}: not channels of layout {self.name!r}; expected names among "
+                              f"{list(self.channel_names)} (or keys {list(self.channel_keys)})")
+        picked = tuple(lookup[v] for v in wanted)
+        _unique(f"channels of layout {self.name!r}", tuple(self.channels[i].name for i in picked))
+        return picked
+
+    def select_channels(self, names: str | Any) -> "DatasetLayout":
+        """This layout with only the channels `names` (names or keys, in that order): the layout of a store
+        ingested with `channels=` (see channel_selection for the errors)."""
+        return self.replace(channels=tuple(self.channels[i] for i in self.channel_selection(names)))
+
     def replace(self, **changes: Any) -> "DatasetLayout":
         return dataclasses.replace(self, **changes)
 

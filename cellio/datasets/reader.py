@@ -34,7 +34,9 @@ __all__ = ["DatasetReader", "SiteReader"]
 @dataclass(frozen=True)
 class DatasetReader:
     """layout: the data set's shape; source_kind: what the store records as `source.kind` ("rxrx1-png");
-    read_sites(raw_dir): the site table (raises MetadataError naming file, row and column for bad metadata);
+    read_sites(raw): the site table (raises MetadataError naming file, row and column for bad metadata), with the
+    columns every site table has (`cellio/datasets/sites.py`; ingest checks them); `raw` is a Path for local data
+    and, for a reader with read_site, the object-storage URL string as the user gave it;
     is_raw_dir(path): whether `path` looks like this data set's raw directory (cheap: a few file names);
     raw_description: how the raw directory looks, for messages ("the unzipped RxRx1 directory (train/, test/,
     *.csv)"); stats_source: where the site table's pixel_mean_* / pixel_std_* columns come from, named when a site

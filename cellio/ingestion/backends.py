@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from ..errors import DiskFullError
+from ..store.attributes import recorded_dtype
 from ..store.files import FileTarget
 from ..store.journal import read_journal
 from .batch import BatchJob, run_batch
@@ -44,7 +45,8 @@ def run_checked(target: FileTarget, attrs: dict[str, Any], jobs: list[BatchJob],
         run_jobs(jobs, total, n_workers, scheduler, progress, lock)
     except DiskFullError as exc:
         left = int(attrs["n_sites"]) - len(read_journal(target.fs, target.root))
-        raise DiskFullError(target.path, estimate_bytes(attrs["image_shape"], attrs["codec"], left),
+        raise DiskFullError(target.path, estimate_bytes(attrs["image_shape"], attrs["codec"], left,
+                                                           recorded_dtype(attrs)),
                             target.free_bytes(),
                             what=f"the rest of the ingest ({left} sites; writing {exc.path} failed)") from None
 

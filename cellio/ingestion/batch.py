@@ -1,20 +1,18 @@
-"""One batch of sites, the unit a worker runs and the journal records: decode, validate and verify each site
-against the data set's own statistics, encode it, write its chunk (or the batch's shard, whole) atomically, then
-the batch's journal record (recorded => durable). `make_jobs` cuts the sites to do into batches."""
+"""One batch of sites, the unit a worker runs and the journal records: read each site (the PNGs its path columns
+name, or the data set reader's read_site), validate and verify it against the data set's own statistics, encode
+it, write its chunk (or the batch's shard, whole) atomically, then the batch's journal record (recorded =>
+durable). `make_jobs` cuts the sites to do into batches."""
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..datasets import DatasetReader
 from ..errors import ImageError
 from ..store.codecs import chunk_codec
 from ..store.files import FileTarget
@@ -26,6 +24,7 @@ from ..store.stats import channel_sums
 from .plan import VERIFY_ATOL
 from .png import decode_png
 from .skeleton import images_meta_for
+from .source import RawSource
 
 __all__ = ["BatchJob", "run_batch", "make_jobs", "read_images_meta"]
 
@@ -36,13 +35,14 @@ class BatchJob:
 
     store: str
     storage_options: dict[str, Any]
-    raw_dir: str
+    source: RawSource                             # the reader, where the raw data lies, the channels kept
     images: dict[str, Any]                        # images/zarr.json: where each site's chunk goes and its codecs
     shape: tuple[int, int]
     indices: tuple[int, ...]
     id_codes: tuple[str, ...]
     sites: tuple[int, ...]
-    paths: tuple[tuple[str, ...], ...]            # per site, a relative PNG path per channel (store order)
+    files: tuple[tuple[str, ...], ...]            # per site and channel (store order): its PNG, or what names it
+    rows: tuple[dict[str, Any], ...] | None       # read_site sources: each site's row of the plan
     expected: tuple[tuple[float, ...] | None, ...]  # per site, C means then C stds the data set gives, or None
     verify: bool
     on_error: str
@@ -52,30 +52,38 @@ class BatchJob:
 
     @property
     def channels(self) -> int:
-        return len(self.paths[0])
+        return len(self.files[0])
+
+    def read(self, k: int) -> list[np.ndarray]:
+        """Site k's channels as (H, W) planes of the layout's pixel type (ImageError naming the file)."""
+        if self.rows is None:
+            return [decode_png(path, self.shape) for path in self.files[k]]
+        return self.source.read_site(self.rows[k], self.shape, f"{self.id_codes[k]} site {self.sites[k]}")
 
 
 def _verify_site(job: BatchJob, k: int, sums: list[int], sumsq: list[int], npix: int) -> None:
-    """ImageError naming the file when a channel's mean or std is not the data set's own (within VERIFY_ATOL)."""
+    """ImageError naming the file when a channel's mean or std is not the data set's own (within VERIFY_ATOL on
+    the 0..255 scale, in proportion for 16-bit pixels)."""
     exp = job.expected[k]
     if exp is None:
         return
     C = job.channels
+    atol = VERIFY_ATOL * job.source.layout.max_value / 255
     for c in range(C):
         mean = sums[c] / npix
         std = math.sqrt(max(sumsq[c] / npix - mean * mean, 0.0))
         for what, ours, theirs in (("mean", mean, exp[c]), ("std", std, exp[C + c])):
-            if not math.isnan(theirs) and abs(ours - theirs) > VERIFY_ATOL:
+            if not math.isnan(theirs) and abs(ours - theirs) > atol:
                 raise ImageError(
-                    f"{os.path.join(job.raw_dir, job.paths[k][c])}: pixel {what} {ours:.4f} differs from "
-                    f"{job.stats_source} ({theirs:.4f}) by more than {VERIFY_ATOL}; the file does not match the "
-                    f"data set's statistics (wrong, swapped or damaged image)")
+                    f"{job.files[k][c]}: pixel {what} {ours:.4f} differs from {job.stats_source} ({theirs:.4f}) by "
+                    f"more than {atol:g}; the file does not match the data set's statistics (wrong, swapped or "
+                    f"damaged image)")
 
 
 def run_batch(job: BatchJob) -> list[dict[str, Any]]:
-    """Decode, validate, verify and store the sites of one batch; then journal the batch. Runs in a worker.
+    """Read, validate, verify and store the sites of one batch; then journal the batch. Runs in a worker.
 
-    This thread only reads and decodes PNGs; a writer thread computes the statistics, verifies, interleaves the
+    This thread only reads and decodes the raw images; a writer thread computes the statistics, verifies, interleaves the
     channels, encodes and writes site k while site k+1 decodes (decode, numpy reductions, compression and file
     I/O all release the GIL), so on a machine with a spare core ingest runs at nearly decode speed.
     """
@@ -87,7 +95,8 @@ def run_batch(job: BatchJob) -> list[dict[str, Any]]:
     target = FileTarget(job.store, job.storage_options)
     tiles: dict[int, list[bytes]] = {}  # sharded: encoded tiles by site within the shard
     H, W = job.shape
-    buffers = [np.empty((H, W, job.channels), dtype=np.uint8) for _ in range(2)]  # double buffering
+    dtype = job.source.layout.dtype
+    buffers = [np.empty((H, W, job.channels), dtype=dtype) for _ in range(2)]  # double buffering
 
     def store(k: int, planes: list[np.ndarray], site: np.ndarray) -> dict[str, Any]:
         sums, sumsq = (v.tolist() for v in channel_sums(planes))
@@ -113,7 +122,7 @@ def run_batch(job: BatchJob) -> list[dict[str, Any]]:
     with ThreadPoolExecutor(1, thread_name_prefix="cellio-writer") as writer:
         for k in range(len(job.indices)):
             try:
-                planes = [decode_png(os.path.join(job.raw_dir, rel), job.shape) for rel in job.paths[k]]
+                planes = job.read(k)
             except ImageError as exc:
                 results.append(failed(k, exc))
                 continue
@@ -142,48 +151,47 @@ def run_batch(job: BatchJob) -> list[dict[str, Any]]:
     return entries
 
 
-def make_jobs(plan: pd.DataFrame, todo: list[int], raw: Path, target: FileTarget, attrs: dict[str, Any],
-              reader: DatasetReader, verify: bool, on_error: str, batch_size: int | None, n_workers: int,
+def make_jobs(plan: pd.DataFrame, todo: list[int], source: RawSource, target: FileTarget, attrs: dict[str, Any],
+              verify: bool, on_error: str, batch_size: int | None, n_workers: int,
               retried: Iterable[int] = ()) -> list[BatchJob]:
     """The batches that store the plan's sites `todo`: a job per shard (sharded layout: a shard is written whole,
-    and is the resume unit), or per `batch_size` sites. Each site's files are the reader's layout.path_columns of
-    its plan row; its expected statistics the layout's pixel_mean / pixel_std columns (NaN or absent: none)."""
+    and is the resume unit), or per `batch_size` sites. Each site is read from the PNGs the store layout's path
+    columns of its plan row name, or (a reader with read_site) from its plan row; its expected statistics are the
+    layout's pixel_mean / pixel_std columns (NaN or absent: none)."""
     if batch_size is None:  # ~4 batches per worker for balance, at most 16 sites lost to a kill per worker
         batch_size = max(1, min(16, math.ceil(len(todo) / (4 * n_workers))))
-    lay = reader.layout
-    paths = plan[list(lay.path_columns)].to_numpy()
+    lay = source.layout
+    if set(lay.path_columns) <= set(plan.columns):
+        files = np.vectorize(source.png_path, otypes=[object])(plan[list(lay.path_columns)].to_numpy()) \
+            if len(plan) else np.empty((0, lay.n_channels), dtype=object)
+    else:  # a reader with read_site and no file per channel: name the site and channel
+        files = np.array([[f"{source.location} {idc} site {s} channel {name}" for name in lay.channel_names]
+                          for idc, s in zip(plan["id_code"], plan["site"])], dtype=object)
+    records = None if source.png else plan.to_dict("records")
     stat_columns = list(lay.pixel_mean_columns) + list(lay.pixel_std_columns)
     stats = plan[stat_columns].to_numpy(dtype=np.float64) if set(stat_columns) <= set(plan.columns) \
         else np.full((len(plan), len(stat_columns)), np.nan)
     shape = (int(attrs["image_shape"][0]), int(attrs["image_shape"][1]))
     images = read_images_meta(target, attrs)
     retried = frozenset(int(i) for i in retried)
-    jobs = []
+
+    def job(idx: list[int], shard: int | None) -> BatchJob:
+        return BatchJob(
+            store=target.path, storage_options=target.storage_options, source=source, images=images, shape=shape,
+            indices=tuple(idx), id_codes=tuple(plan["id_code"].iloc[idx]),
+            sites=tuple(int(s) for s in plan["site"].iloc[idx]), files=tuple(tuple(files[i]) for i in idx),
+            rows=None if records is None else tuple(records[i] for i in idx),
+            expected=tuple(None if np.isnan(stats[i]).all() else tuple(float(v) for v in stats[i]) for i in idx),
+            verify=verify, on_error=on_error, shard=shard, retried=retried & set(idx),
+            stats_source=source.reader.stats_source)
+
     if image_layout(images) == "sharded":  # a job per shard, written whole (a shard is also the resume unit)
         per = ShardLayout.from_metadata(images).sites
         by_shard: dict[int, list[int]] = {}
         for i in todo:
             by_shard.setdefault(i // per, []).append(i)
-        for shard, idx in sorted(by_shard.items()):
-            jobs.append(BatchJob(
-                store=target.path, storage_options=target.storage_options, raw_dir=str(raw.resolve()),
-                images=images, shape=shape, indices=tuple(idx), id_codes=tuple(plan["id_code"].iloc[idx]),
-                sites=tuple(int(s) for s in plan["site"].iloc[idx]), paths=tuple(tuple(paths[i]) for i in idx),
-                expected=tuple(None if np.isnan(stats[i]).all() else tuple(float(v) for v in stats[i])
-                               for i in idx),
-                verify=verify, on_error=on_error, shard=shard, retried=retried & set(idx),
-                stats_source=reader.stats_source))
-        return jobs
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start:start + batch_size]
-        jobs.append(BatchJob(
-            store=target.path, storage_options=target.storage_options, raw_dir=str(raw.resolve()), images=images,
-            shape=shape, indices=tuple(idx), id_codes=tuple(plan["id_code"].iloc[idx]),
-            sites=tuple(int(s) for s in plan["site"].iloc[idx]),
-            paths=tuple(tuple(paths[i]) for i in idx),
-            expected=tuple(None if np.isnan(stats[i]).all() else tuple(float(v) for v in stats[i]) for i in idx),
-            verify=verify, on_error=on_error, retried=retried & set(idx), stats_source=reader.stats_source))
-    return jobs
+        return [job(idx, shard) for shard, idx in sorted(by_shard.items())]
+    return [job(todo[start:start + batch_size], None) for start in range(0, len(todo), batch_size)]
 
 
 def read_images_meta(target: FileTarget, attrs: dict[str, Any]) -> dict[str, Any]:

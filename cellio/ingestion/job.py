@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..datasets import DatasetReader, get_dataset
+from ..datasets import DatasetReader, find_dataset, get_dataset, list_datasets
 from ..errors import MetadataError, StoreError
 from ..params import parse_count
 from ..processes import require_importable_main
@@ -47,9 +47,10 @@ from .finalize import FailedSite, commit_sites, finalize_checked
 from .plan import as_tuple, ingest_params, layout_params, plan_sites
 from .retry import store_again
 from .skeleton import prepare
+from .source import open_source
 from .space import check_space
 
-__all__ = ["ingest", "IngestReport", "DEFAULT_CODEC", "DEFAULT_LAYOUT", "ON_ERROR"]
+__all__ = ["ingest", "detect_reader", "IngestReport", "DEFAULT_CODEC", "DEFAULT_LAYOUT", "ON_ERROR"]
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,16 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
            storage_options: dict[str, Any] | None = None, batch_size: int | None = None,
            image_size: tuple[int, int] | None = None, layout: str = DEFAULT_LAYOUT,
            sites_per_shard: int = DEFAULT_SITES_PER_SHARD, tile: int | tuple[int, int] | None = None,
-           reader: str | DatasetReader = "rxrx1") -> IngestReport:
-    """Ingest a raw data set directory into a Zarr v3 store; resumes an interrupted run of the same call.
+           reader: str | DatasetReader | None = "rxrx1", channels: str | Iterable[str] | None = None,
+           plates: str | Iterable[str] | None = None) -> IngestReport:
+    """Ingest a raw data set into a Zarr v3 store; resumes an interrupted run of the same call.
 
-    reader: the data set (a registered name, `cellio.list_datasets()`, or a DatasetReader): how its site table is
-    read and what layout the store records. datasets: the splits to ingest (default: all of the layout's).
+    raw: the data set's local directory, or (a reader with read_site) an object-storage URL, passed to the reader
+    as given. reader: the data set (a registered name, `cellio.list_datasets()`, or a DatasetReader; None: the
+    registered reader whose raw directory `raw` looks like, `find_dataset`): how its site table is read and what
+    layout the store records. datasets: the splits to ingest (default: all of the layout's). channels: keep only
+    these channels (names or keys, in this order; the store's layout lists just them), default all. plates: only
+    these plates (compared as text).
 
     A rerun of a finished store retries the sites an earlier run skipped (on_error="skip"; their files may have
     been fixed since): each is stored now, or recorded as failed again; nothing else is redone (a sharded store
@@ -117,25 +123,22 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
     get_codec(codec)  # StoreError naming the registered codecs
     if on_error not in ON_ERROR:
         raise StoreError(f"on_error {on_error!r} is unknown; expected one of {', '.join(ON_ERROR)}")
-    reader = get_dataset(reader) if isinstance(reader, str) else reader
+    reader = detect_reader(raw) if reader is None else get_dataset(reader) if isinstance(reader, str) else reader
     splits = reader.layout.splits
-    if reader.layout.pixel_dtype != "uint8":
-        raise StoreError(f"{reader.name}: {reader.layout.pixel_dtype} pixels; this store format holds uint8 sites "
-                         f"(docs/data_format.md)")
-    raw = Path(raw)
-    if not raw.is_dir():
-        raise MetadataError(f"{raw}: raw data directory not found (expected {reader.raw_description})")
-    _check_outside(raw, store_path)
+    source = open_source(raw, reader, as_tuple(channels))
+    if source.local:
+        _check_outside(Path(source.location), store_path)
     ds = as_tuple(datasets) or splits
     bad = sorted(set(ds) - set(splits))
     if bad:
         raise MetadataError(f"datasets={list(ds)}: {bad} unknown; expected a subset of {list(splits)}")
-    exps, cts = as_tuple(experiments), as_tuple(cell_types)
-    plan = plan_sites(reader, raw, ds, exps, cts, limit)
-    params = ingest_params(codec, verify, ds, exps, cts, limit, layout_params(layout, sites_per_shard, tile))
+    exps, cts, plate_list = as_tuple(experiments), as_tuple(cell_types), as_tuple(plates)
+    plan = plan_sites(source, ds, exps, cts, limit, plate_list)
+    params = ingest_params(codec, verify, ds, exps, cts, limit, layout_params(layout, sites_per_shard, tile),
+                           source.layout.channel_names if source.pick is not None else None, plate_list)
     target = FileTarget(str(store_path), storage_options)
     with _locked_root(target, "ingest") as lock:
-        attrs = prepare(target, plan, raw, params, image_size, reader)
+        attrs = prepare(target, plan, source, params, image_size)
         if attrs.get("complete"):
             target.remove(JOURNAL_DIR, recursive=True)  # a retry killed earlier: its records are not committed
             target.remove(TMP_DIR, recursive=True)
@@ -147,7 +150,7 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
             # sites skipped (on_error="skip") by an earlier run: their files may have been fixed since
             log.info("%s is complete but for %d failed sites: trying them again", target.path, len(retried))
             t1 = time.perf_counter()
-            todo = store_again(target, attrs, plan, raw, reader, retried, verify, batch_size, n_workers,
+            todo = store_again(target, attrs, plan, source, retried, verify, batch_size, n_workers,
                                scheduler, progress, lock)
             sites_seconds = time.perf_counter() - t1
             lock.check()
@@ -161,8 +164,8 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
         todo = [i for i in range(len(plan)) if i not in done]
         if done:
             log.info("%s: resuming, %d of %d sites already done", target.path, len(done), len(plan))
-        check_space(target, attrs["image_shape"], attrs["codec"], len(todo))
-        jobs = make_jobs(plan, todo, raw, target, attrs, reader, verify, on_error, batch_size, n_workers)
+        check_space(target, attrs["image_shape"], attrs["codec"], len(todo), source.layout.pixel_dtype)
+        jobs = make_jobs(plan, todo, source, target, attrs, verify, on_error, batch_size, n_workers)
         t1 = time.perf_counter()
         run_checked(target, attrs, jobs, len(todo), n_workers, scheduler, progress, lock)
         sites_seconds = time.perf_counter() - t1
@@ -173,6 +176,18 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
              sites_seconds, len(failed))
     return IngestReport(str(store_path), len(plan), attrs["n_ok"], attrs["n_failed"], len(todo), seconds, codec,
                         n_workers, True, tuple(failed), sites_seconds)
+
+
+def detect_reader(raw: str | os.PathLike[str]) -> DatasetReader:
+    """The registered reader whose raw directory `raw` looks like (`find_dataset`); MetadataError listing the data
+    sets and what their directories look like when none does (name one: `reader=` / `--from`)."""
+    found = find_dataset(raw) if not is_url(str(raw)) else None
+    if found is None:
+        looks = "; ".join(f"{name}: {get_dataset(name).raw_description}" for name in list_datasets())
+        raise MetadataError(f"{raw}: not recognised as the raw directory of a data set cellio knows ({looks}); name "
+                            f"the data set (reader=NAME, `cellio ingest --from NAME`)")
+    log.info("%s: read as %s (detected)", raw, found.name)
+    return found
 
 
 def _check_outside(raw: Path, store_path: str | os.PathLike[str]) -> None:

@@ -15,7 +15,7 @@ from ..params import parse_count
 from ..processes import require_importable_main
 from ..store.attributes import recorded_dataset
 from ..store.columns import encode_column
-from ..store.files import FileTarget
+from ..store.files import FileTarget, is_url
 from ..store.format import JOURNAL_DIR, TMP_DIR, has_checksums
 from ..store.lock import lock_store
 from ..store.verify import verify_store, write_last_verified
@@ -23,6 +23,7 @@ from .backends import pool_method
 from .finalize import commit_sites
 from .plan import as_tuple, plan_sites
 from .retry import store_again
+from .source import open_source
 from .skeleton import check_plan, images_meta_for, read_root
 
 __all__ = ["RepairReport", "repair_store"]
@@ -65,9 +66,8 @@ def repair_store(raw: str | os.PathLike[str], store_path: str | os.PathLike[str]
     n_workers = workers or os.cpu_count() or 1
     if n_workers > 1:
         require_importable_main(f"cellio.repair_store(workers={n_workers})", pool_method())
-    raw = Path(raw)
-    if not raw.is_dir():
-        raise MetadataError(f"{raw}: raw data directory not found (repair re-ingests damaged sites from the PNGs)")
+    if not is_url(str(raw)) and not Path(raw).exists():  # before any verification: nothing to repair from
+        raise MetadataError(f"{raw}: raw data directory not found (repair re-ingests damaged sites from the raw data)")
     target = FileTarget(str(store_path), storage_options)
     with lock_store(target, "repair") as lock:
         if report is None:
@@ -79,9 +79,9 @@ def repair_store(raw: str | os.PathLike[str], store_path: str | os.PathLike[str]
                                     f"plan is unknown: not repairable; ingest again into a new path",
                                     file=target.key("zarr.json"))
         params = attrs["ingest"]
-        reader = get_dataset(recorded_dataset(attrs))
-        plan = plan_sites(reader, raw, tuple(params["datasets"]), as_tuple(params["experiments"]),
-                          as_tuple(params["cell_types"]), params["limit"])
+        source = open_source(raw, get_dataset(recorded_dataset(attrs)), params.get("channels"))
+        plan = plan_sites(source, tuple(params["datasets"]), as_tuple(params["experiments"]),
+                          as_tuple(params["cell_types"]), params["limit"], as_tuple(params.get("plates")))
         n = int(attrs["n_sites"])
         if len(plan) != n:
             raise StoreError(f"{target.path} plans {n} sites, {raw} now gives {len(plan)}: not the raw data this "
@@ -109,7 +109,7 @@ def repair_store(raw: str | os.PathLike[str], store_path: str | os.PathLike[str]
         if report.damaged_indices or missing:
             log.info("%s: re-ingesting %d damaged and %d missing sites from %s", target.path,
                      len(report.damaged_indices), len(missing), raw)
-        todo = store_again(target, attrs, plan, raw, reader, [*report.damaged_indices, *missing],
+        todo = store_again(target, attrs, plan, source, [*report.damaged_indices, *missing],
                            bool(params["verify"]), batch_size, n_workers, None, progress, lock)
         tables = [name for name in ("status", "stats/sum", "stats/sumsq", "stats/mean", "stats/std") if hit(name)]
         if todo or tables:

@@ -3,17 +3,17 @@ sites an earlier run skipped (a rerun retries them) and the sites `cellio verify
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..datasets import DatasetReader
+from ..store.attributes import recorded_dtype
 from ..store.files import FileTarget
 from ..store.images import image_layout
 from ..store.shards import ShardLayout
 from .backends import run_checked
 from .batch import make_jobs, read_images_meta
+from .source import RawSource
 from .space import check_space
 
 __all__ = ["store_again"]
@@ -32,7 +32,7 @@ def _whole_shards(target: FileTarget, attrs: dict[str, Any], sites: Iterable[int
     return [i for s in shards for i in range(s * per, min(n, (s + 1) * per))]
 
 
-def store_again(target: FileTarget, attrs: dict[str, Any], plan: pd.DataFrame, raw: Path, reader: DatasetReader,
+def store_again(target: FileTarget, attrs: dict[str, Any], plan: pd.DataFrame, source: RawSource,
                 sites: Iterable[int], verify: bool, batch_size: int | None, n_workers: int, scheduler: Any,
                 progress: bool, lock: Any) -> list[int]:
     """Ingest `sites` of a finished store again (whole shards) with the ingest's own batch tasks, journalled;
@@ -42,9 +42,9 @@ def store_again(target: FileTarget, attrs: dict[str, Any], plan: pd.DataFrame, r
     is committed. Returns the sites ingested."""
     todo = _whole_shards(target, attrs, sites)
     if todo:
-        check_space(target, attrs["image_shape"], attrs["codec"], len(todo))
+        check_space(target, attrs["image_shape"], attrs["codec"], len(todo), recorded_dtype(attrs))
         failed = [int(f["index"]) for f in attrs.get("failed", [])]
-        jobs = make_jobs(plan, todo, raw, target, attrs, reader, verify, "fail", batch_size, n_workers,
+        jobs = make_jobs(plan, todo, source, target, attrs, verify, "fail", batch_size, n_workers,
                          retried=failed)
         run_checked(target, attrs, jobs, len(todo), n_workers, scheduler, progress, lock)
     return todo

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from ..datasets import DatasetReader
-from ..errors import StoreError
-from ..store.attributes import layout_attribute, recorded_dataset
+from ..errors import ImageError, StoreError
+from ..store.attributes import LAYOUT_ATTRIBUTE, layout_attribute, recorded_dataset, recorded_dtype
 from ..store.columns import column_kind, decode_strings, encode_column
 from ..store.files import FileTarget
 from ..store.format import AXES, CREATING_MARKER, FORMAT_NAME, FORMAT_VERSION, JOURNAL_DIR, LOCK_NAME, TMP_DIR, \
@@ -24,6 +24,7 @@ from ..store.images import image_layout, images_metadata
 from ..store.shards import ShardLayout
 from ..store.tables import read_small_array
 from .png import probe_shape
+from .source import RawSource
 from .space import check_space
 
 __all__ = ["images_meta_for", "write_root", "read_root", "prepare", "check_plan"]
@@ -33,26 +34,29 @@ log = logging.getLogger(__name__)
 
 def images_meta_for(attrs: dict[str, Any], n: int, shape: tuple[int, int, int], codec: str,
                     checksum: bool) -> dict[str, Any]:
-    """images/zarr.json of a store from its ingest arguments (chunked when they name no layout: format <= 1.1)."""
+    """images/zarr.json of a store from its ingest arguments (chunked when they name no layout: format <= 1.1) and
+    the pixel type its data set layout records."""
     lay = attrs.get("ingest", {}).get("layout") or {"layout": "chunked"}
+    dtype = recorded_dtype(attrs)
     if lay["layout"] == "sharded":
         return images_metadata(n, shape, codec, checksum, "sharded", int(lay["sites_per_shard"]),
-                               tuple(lay["tile"]))
-    return images_metadata(n, shape, codec, checksum)
+                               tuple(lay["tile"]), dtype=dtype)
+    return images_metadata(n, shape, codec, checksum, dtype=dtype)
 
 
 def _create_skeleton(target: FileTarget, plan: pd.DataFrame, shape: tuple[int, int], params: dict[str, Any],
-                     raw: Path, reader: DatasetReader) -> dict[str, Any]:
-    """Array metadata, the site table and the root attributes (complete=false, the data set's layout at this
-    store's site `shape`), guarded by CREATING_MARKER.
+                     source: RawSource) -> dict[str, Any]:
+    """Array metadata, the site table and the root attributes (complete=false, the data set's layout with the
+    ingested channels at this store's site `shape`), guarded by CREATING_MARKER.
 
     Every file is written in place (atomic replace), so rebuilding over an interrupted skeleton deletes nothing.
     """
     target.write(CREATING_MARKER, b"")
     H, W = shape
-    layout = reader.layout.replace(site_shape=(H, W))
+    layout = source.layout.replace(site_shape=(H, W))
     C = layout.n_channels
-    images = images_meta_for({"ingest": params}, len(plan), (H, W, C), params["codec"], True)
+    images = images_meta_for({"ingest": params, LAYOUT_ATTRIBUTE: layout_attribute(layout)}, len(plan), (H, W, C),
+                             params["codec"], True)
     target.write_json("images/zarr.json", images)
     target.write_json("sites/zarr.json", group_metadata())
     columns = []
@@ -73,7 +77,7 @@ def _create_skeleton(target: FileTarget, plan: pd.DataFrame, shape: tuple[int, i
         "n_sites": len(plan),
         "pixels_per_site": H * W,
         "site_columns": columns,
-        "source": {"raw_dir": str(raw.resolve()), "kind": reader.source_kind},
+        "source": {"raw_dir": source.location, "kind": source.reader.source_kind},
         "ingest": params,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "dataset_layout": layout_attribute(layout),
@@ -111,8 +115,8 @@ def _examples(items: Sequence[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
-def prepare(target: FileTarget, plan: pd.DataFrame, raw: Path, params: dict[str, Any],
-            image_size: tuple[int, int] | None, reader: DatasetReader) -> dict[str, Any]:
+def prepare(target: FileTarget, plan: pd.DataFrame, source: RawSource, params: dict[str, Any],
+            image_size: tuple[int, int] | None) -> dict[str, Any]:
     """Create the skeleton, or validate an existing one for resuming. Never deletes a file cellio did not write."""
     files = target.files(skip=("images/c",))
     foreign = [f for f in files if not is_store_file(f)]
@@ -123,7 +127,7 @@ def prepare(target: FileTarget, plan: pd.DataFrame, raw: Path, params: dict[str,
                              f"nothing was changed: move those files away, or choose a new store path")
         log.info("%s: skeleton of an interrupted run found; rebuilding it in place", target.path)
         target.remove(JOURNAL_DIR, recursive=True)  # cellio's own; no batch can have finished before a skeleton
-        return _new_store(target, plan, raw, params, image_size, reader)
+        return _new_store(target, plan, source, params, image_size)
     attrs = read_root(target) if "zarr.json" in files else None
     if attrs is None:
         if foreign or "zarr.json" in files:
@@ -134,10 +138,10 @@ def prepare(target: FileTarget, plan: pd.DataFrame, raw: Path, params: dict[str,
         if ours:
             raise StoreError(f"{target.path} holds cellio store files ({_examples(ours)}) but no root zarr.json: a "
                              f"damaged store, not resumable; delete it or choose a new path")
-        return _new_store(target, plan, raw, params, image_size, reader)
-    if recorded_dataset(attrs) != reader.name:
-        raise StoreError(f"{target.path} holds {recorded_dataset(attrs)} sites; this call reads {reader.name} "
-                         f"data from {raw}: use a new store path")
+        return _new_store(target, plan, source, params, image_size)
+    if recorded_dataset(attrs) != source.reader.name:
+        raise StoreError(f"{target.path} holds {recorded_dataset(attrs)} sites; this call reads "
+                         f"{source.reader.name} data from {source.location}: use a new store path")
     if attrs.get("ingest") != params:
         raise StoreError(f"{target.path} was ingested with {attrs.get('ingest')}, this call asks for {params}; "
                          f"rerun with the original arguments to resume, or use a new store path")
@@ -145,11 +149,27 @@ def prepare(target: FileTarget, plan: pd.DataFrame, raw: Path, params: dict[str,
     return attrs
 
 
-def _new_store(target: FileTarget, plan: pd.DataFrame, raw: Path, params: dict[str, Any],
-               image_size: tuple[int, int] | None, reader: DatasetReader) -> dict[str, Any]:
-    shape = tuple(image_size or probe_shape(raw, plan, reader.layout.path_columns[0]))
-    check_space(target, (*shape, reader.layout.n_channels), params["codec"], len(plan))  # before the first byte
-    return _create_skeleton(target, plan, shape, params, raw, reader)
+def _new_store(target: FileTarget, plan: pd.DataFrame, source: RawSource, params: dict[str, Any],
+               image_size: tuple[int, int] | None) -> dict[str, Any]:
+    shape = tuple(image_size or _probe_shape(source, plan))
+    layout = source.layout
+    check_space(target, (*shape, layout.n_channels), params["codec"], len(plan), layout.pixel_dtype)  # first
+    return _create_skeleton(target, plan, shape, params, source)
+
+
+def _probe_shape(source: RawSource, plan: pd.DataFrame) -> tuple[int, int]:
+    """The site size (H, W): from the PNG headers of the plan's first-channel files, or the first site read through
+    the data set reader's read_site (ImageError naming the site when it is not an (H, W, C) array)."""
+    if source.png:
+        return probe_shape(Path(source.location), plan, source.layout.path_columns[0])
+    row = plan.iloc[0]
+    assert source.reader.read_site is not None
+    site = source.reader.read_site(source.location, row.to_dict())
+    if not isinstance(site, np.ndarray) or site.ndim != 3:
+        found = f"{site.dtype} {site.shape}" if isinstance(site, np.ndarray) else type(site).__name__
+        raise ImageError(f"{row['id_code']} site {row['site']}: the {source.reader.name} reader's read_site returned "
+                         f"{found}, expected an (H, W, {source.reader.layout.n_channels}) array")
+    return int(site.shape[0]), int(site.shape[1])
 
 
 def check_plan(target: FileTarget, attrs: dict[str, Any], plan: pd.DataFrame) -> None:

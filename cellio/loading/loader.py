@@ -24,7 +24,7 @@ from ..errors import PipelineConfigError
 from .sampling import BALANCE_MODES, LAST_BATCH_POLICIES, ShardedSampler, balance_weights
 from .selection import select_sites, site_meta
 from .sources import META_FIELDS, SiteMeta, SiteSource
-from .transforms import (AugmentConfig, TTA_MODES, apply_torch, check_fits, eval_views, get_preset,
+from .transforms import (AugmentConfig, TTA_MODES, apply_torch, check_fits, eval_views, get_preset, pixel_tensor,
                          torch_dtype)
 
 __all__ = ["BACKENDS", "BATCH_BY", "create_loader", "Loader", "select_sites"]
@@ -103,8 +103,11 @@ class Loader:
 
     def __init__(self, store: Any, meta: SiteMeta, sites: pd.DataFrame, cfg: AugmentConfig,
                  sampler: ShardedSampler, *, train: bool, views: np.ndarray, tta: str | None, dihedral: bool,
-                 backend: str, device: str, num_workers: int, prefetch: int):
+                 backend: str, device: str, num_workers: int, prefetch: int,
+                 channels: tuple[str, ...] | None = None):
         self.store = store
+        self.channels = channels  # the loaded channels' names (None: all of the store's)
+        self._pick = store.channel_indices(channels) if channels is not None else None
         self.sites = sites
         self.config = cfg
         self.sampler = sampler
@@ -147,14 +150,15 @@ class Loader:
         """Position in the epoch: reload with load_state_dict to yield exactly the remaining batches."""
         return {"version": STATE_VERSION, "epoch": self._epoch, "batch": self._batch,
                 "sampler": self.sampler.state(), "augment": self.config.to_dict(), "train": self.train,
-                "tta": self.tta, "dihedral": self.dihedral}
+                "tta": self.tta, "dihedral": self.dihedral,
+                "channels": list(self.channels) if self.channels is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
             raise PipelineConfigError(f"loader state: expected version {STATE_VERSION}, found "
                                       f"{state.get('version')!r}")
         mine = self.state_dict()
-        for key in ("sampler", "augment", "train", "tta", "dihedral"):
+        for key in ("sampler", "augment", "train", "tta", "dihedral", "channels"):
             if state.get(key) != mine[key]:
                 raise PipelineConfigError(f"loader state: {key} differs from this loader's (saved "
                                           f"{state.get(key)!r}, this loader {mine[key]!r}); build the loader with "
@@ -178,7 +182,8 @@ class Loader:
 
         source = SiteSource(self.store, self.config, self.sampler, self._meta, train=self.train, views=self.views,
                             tta=self.tta, first_epoch=epoch, start_batch=start,
-                            outputs=source_outputs(self.config, train=self.train, dihedral=self.dihedral))
+                            outputs=source_outputs(self.config, train=self.train, dihedral=self.dihedral),
+                            channels=self._pick)
         it = self._iter_dali(source, epoch, start) if self.backend == "dali" else self._iter_torch(source, epoch, start)
         for batch in it:
             self._batch += 1
@@ -214,9 +219,8 @@ class Loader:
                 yield self._finish(item["image"], item["meta"])
             else:
                 sb = item["raw"]
-                img = apply_torch([torch.from_numpy(np.ascontiguousarray(w)).to(self.device, non_blocking=True)
-                                   for w in sb.windows], sb.params, sb.mean, sb.std, self.config,
-                                  device=self.device)
+                img = apply_torch([pixel_tensor(w).to(self.device, non_blocking=True) for w in sb.windows],
+                                  sb.params, sb.mean, sb.std, self.config, device=self.device)
                 yield self._finish(img, item["meta"])
 
     def _iter_dali(self, source: SiteSource, epoch: int, start: int) -> Iterator[dict[str, Any]]:
@@ -300,7 +304,7 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
                   last_batch: str | None = None, num_workers: int | None = None, tta: str | None = None,
                   dihedral: bool = False, prefetch: int = 2, batch_by: str | None = None,
                   samples_per_epoch: int | None = None, labels: Mapping[int, int] | None = None,
-                  verify: bool = True) -> Loader:
+                  verify: bool = True, channels: Sequence[str] | str | None = None) -> Loader:
     """A DataLoader-like iterable over `store` (a Store or a path) for one rank. Checks everything up front.
 
     augment: a preset name (see cellio.loading.transforms.list_presets) or an AugmentConfig; crop_size / dtype override
@@ -317,6 +321,8 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     labels: store row -> label for rows whose label should not come from the store (pseudo-labels; -1 unknown).
     verify: check every chunk's crc32c checksum as it is read (default); a damaged chunk then stops the epoch with
     a StoreDamagedError naming the file and the site. False only for trusted local disks (docs/performance.md).
+    channels: load only these channels (names or keys of the store's layout, in this order; `image` then has that
+    many), default all; LayoutError naming unknown ones and listing the store's channels.
     """
     from .pipeline import dali_available, require_dali
 
@@ -375,6 +381,8 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     elif hasattr(store, "with_verify"):
         store = store.with_verify(bool(verify))
     h, w, _ = (int(v) for v in store.image_shape)  # any channel count: the store's layout says how many
+    pick = store.channel_indices(channels)  # LayoutError naming unknown channels, before anything is read
+    channel_names = None if pick is None else tuple(store.layout.channel_names[int(i)] for i in pick)
     check_fits(cfg, (h, w), None if train else tta)
     if not train and tta == "full" and dihedral and h != w:
         raise PipelineConfigError(f"tta='full' with dihedral=True needs square sites, found {h}x{w}")
@@ -383,7 +391,7 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     if len(rows) == 0:
         raise PipelineConfigError(f"the filters (datasets={datasets}, cell_types={cell_types}, experiments="
                                   f"{experiments}, controls={controls}) leave no site in {store!r}")
-    meta = site_meta(store, rows, cfg.normalize, labels)
+    meta = site_meta(store, rows, cfg.normalize, labels, pick)
     views = eval_views(tta, dihedral) if not train else np.zeros(1, dtype=np.int64)
     weights = None
     if balance == "class":
@@ -403,4 +411,5 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     log.info("loader: %d sites x %d views, rank %d/%d, %d batches of %d, backend %s on %s", len(rows), len(views),
              rank, world_size, sampler.num_batches(), batch_size, backend, device)
     return Loader(store, meta, sites, cfg, sampler, train=train, views=views, tta=tta if not train else None,
-                  dihedral=dihedral, backend=backend, device=device, num_workers=num_workers, prefetch=prefetch)
+                  dihedral=dihedral, backend=backend, device=device, num_workers=num_workers, prefetch=prefetch,
+                  channels=channel_names)

@@ -74,9 +74,10 @@ def source_outputs(cfg: AugmentConfig, *, train: bool, dihedral: bool = False) -
     return ("image", *(("matrix",) if warp else ()), *photo, "mean", "std", "meta")
 
 
-def photometric_graph(image: Any, x: dict[str, Any], *, cfg: AugmentConfig, device: str) -> Any:
+def photometric_graph(image: Any, x: dict[str, Any], *, cfg: AugmentConfig, device: str, top: float = 255.0) -> Any:
     """float HWC grey levels -> blurred, gamma-corrected, unevenly lit, noisy float HWC, in the order and with the
-    parameters of the torch reference (cellio.loading.transforms.photometric). `x`: the photometric_columns nodes."""
+    parameters of the torch reference (cellio.loading.transforms.photometric). `x`: the photometric_columns nodes;
+    top: the pixel type's largest value (gamma's range)."""
     from nvidia.dali import fn, types
     import nvidia.dali.math as dmath
 
@@ -87,7 +88,7 @@ def photometric_graph(image: Any, x: dict[str, Any], *, cfg: AugmentConfig, devi
     if cfg.blur_sigma is not None:  # sigma and window are CPU argument inputs in either mode
         y = fn.gaussian_blur(y, sigma=x["blur_sigma"], window_size=x["blur_window"])
     if cfg.gamma is not None:
-        y = 255.0 * dmath.pow(y / 255.0, dev(x["gamma"]))
+        y = top * dmath.pow(y / top, dev(x["gamma"]))
     if cfg.illumination is not None:
         yy, xx = dev(x["field_y"]), dev(x["field_x"])
         y = y * dmath.exp(dev(x["field_gx"]) * xx + dev(x["field_gy"]) * yy + dev(x["field_v"]) * (xx * xx + yy * yy))
@@ -98,8 +99,10 @@ def photometric_graph(image: Any, x: dict[str, Any], *, cfg: AugmentConfig, devi
 
 
 def augment_graph(image: Any, matrix: Any, mean: Any, std: Any, *, cfg: AugmentConfig, device: str,
-                  warp: str | None, out_hw: tuple[int, int], photo: dict[str, Any] | None = None) -> Any:
-    """uint8 HWC windows -> float CHW of out_hw.
+                  warp: str | None, out_hw: tuple[int, int], photo: dict[str, Any] | None = None,
+                  top: float = 255.0) -> Any:
+    """uint8 or uint16 HWC windows of any channel count (fed by external_source: DALI's image decoders stop at 4
+    channels) -> float CHW of out_hw. top: the pixel type's largest value.
 
     One ``warp_affine`` with each sample's composed destination -> source matrix does all the geometry (rotation
     of the margin window + centre crop, or the resized crop, then the D4 view and flips); with nearest-neighbour
@@ -111,6 +114,8 @@ def augment_graph(image: Any, matrix: Any, mean: Any, std: Any, *, cfg: AugmentC
 
     if device == "gpu":
         image = image.gpu()  # everything after the source runs on the GPU
+    if top > 255:  # DALI's warp_affine takes no uint16: 16-bit pixels are resampled in float, never rounded
+        image = fn.cast(image, dtype=types.FLOAT)
     if warp is not None:
         kw: dict[str, Any] = {}
         if cfg.rotation == "any":
@@ -118,7 +123,7 @@ def augment_graph(image: Any, matrix: Any, mean: Any, std: Any, *, cfg: AugmentC
         image = fn.warp_affine(image, matrix=matrix, size=[float(out_hw[0]), float(out_hw[1])],
                                interp_type=types.INTERP_NN if warp == "nn" else types.INTERP_LINEAR, **kw)
     if photo:
-        image = photometric_graph(image, photo, cfg=cfg, device=device)
+        image = photometric_graph(image, photo, cfg=cfg, device=device, top=top)
     dtype = types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT  # bfloat16: cast by the loader (no DALI type)
     return fn.crop_mirror_normalize(image, mean=mean, std=std, output_layout="CHW", dtype=dtype)
 
@@ -138,7 +143,7 @@ def _pipeline_fn(source: Any, cfg: AugmentConfig, device: str, parallel: int, wa
     x = dict(zip(names, nodes))
     photo = {n: x[n] for n in photometric_columns(cfg) if n in x}
     out = augment_graph(x["image"], x.get("matrix"), x["mean"], x["std"], cfg=cfg, device=device, warp=warp,
-                        out_hw=out_hw, photo=photo)
+                        out_hw=out_hw, photo=photo, top=float(source.max_value))
     return out, x["meta"]
 
 

@@ -13,7 +13,7 @@ from ..datasets import DatasetLayout
 from ..errors import PipelineConfigError
 from .sources import SiteMeta
 
-__all__ = ["select_sites", "site_meta"]
+__all__ = ["select_sites", "site_meta", "plate_numbers"]
 
 
 def _as_tuple(name: str, value: Any, allowed: Sequence[str] | None = None) -> tuple[str, ...] | None:
@@ -72,11 +72,22 @@ def select_sites(sites: pd.DataFrame, *, datasets: Any = ("train",), cell_types:
     return np.flatnonzero(keep).astype(np.int64)
 
 
+def plate_numbers(plates: pd.Series) -> np.ndarray:
+    """int64 plate of each row: the plate itself where plates are numbers (RxRx1), else the index of its name among
+    the table's sorted plate names (JUMP's "BR00117035")."""
+    if pd.api.types.is_integer_dtype(plates.dtype):
+        return plates.to_numpy(np.int64)
+    names = plates.astype(str)
+    return np.searchsorted(np.array(sorted(set(names))), names.to_numpy()).astype(np.int64)
+
+
 def site_meta(store: Any, rows: np.ndarray, normalize: str | None,
-              labels: Mapping[int, int] | None = None) -> SiteMeta:
+              labels: Mapping[int, int] | None = None, channels: np.ndarray | None = None) -> SiteMeta:
     """What the loader yields for each selected store row: the label (the layout's label column where its labels
     are class ids, -1 where unknown or named; `labels` overrides rows), the cell type as an index into the layout's
-    cell types (-1 for another), site, plate, and the (mean, std) the pixels are normalised with."""
+    cell types (-1 for another), site, plate (`plate_numbers` of the store's table), and the (mean, std) the pixels
+    are normalised with: per channel, from the store's exact statistics at the chosen level, in the data's grey
+    levels (any range), for the store channels `channels` (None: all) in that order."""
     layout: DatasetLayout = store.layout
     sites = store.sites.iloc[rows]
     perturbations = layout.perturbations
@@ -93,13 +104,16 @@ def site_meta(store: Any, rows: np.ndarray, normalize: str | None,
         label[pos] = given.to_numpy()
     ct_index = {c: i for i, c in enumerate(layout.cell_types)}
     cell_type = np.array([ct_index.get(c, -1) for c in sites["cell_type"]], dtype=np.int64)
-    C = int(store.image_shape[2])
-    if normalize is None:  # x / 255 -> [0, 1] (the pixel type's largest value)
+    C = int(store.image_shape[2]) if channels is None else len(channels)
+    if normalize is None:  # x / max -> [0, 1] (the pixel type's largest value: 255, 65535)
         mean = np.zeros((len(rows), C), np.float32)
         std = np.full((len(rows), C), float(layout.max_value), np.float32)
     else:
         level = "site" if normalize == "sample" else normalize
         m, s = store.channel_stats(level)
         mean, std = np.asarray(m, np.float32)[rows], np.asarray(s, np.float32)[rows]
+        if channels is not None:
+            mean, std = np.ascontiguousarray(mean[:, channels]), np.ascontiguousarray(std[:, channels])
+    plates = plate_numbers(store.sites["plate"])[rows]
     return SiteMeta(rows=rows, label=label, cell_type=cell_type, site=sites["site"].to_numpy(np.int64),
-                    plate=sites["plate"].to_numpy(np.int64), mean=mean, std=std)
+                    plate=plates, mean=mean, std=std)

@@ -36,7 +36,8 @@ META_FIELDS: tuple[str, ...] = ("label", "cell_type", "index", "view", "site", "
 @dataclass(frozen=True)
 class SiteMeta:
     """Per selected site (row j of the loader's filtered table): store row, label (-1 unknown), cell type index,
-    site (field within the well), plate, and the normalization statistics (0..255 scale) of the chosen level."""
+    site (field within the well), plate (its number, or its index among the store's sorted plate names), and the
+    normalization statistics (the data's grey levels) of the chosen level, one column per loaded channel."""
 
     rows: np.ndarray        # int64 (m,)
     label: np.ndarray       # int64 (m,)
@@ -54,9 +55,9 @@ class SiteMeta:
 class SourceBatch:
     """One batch before augmentation: read windows and everything needed to augment and label them."""
 
-    windows: list[np.ndarray] | np.ndarray  # uint8 (B, h, w, C) or a list of (h_i, w_i, C) (random resized crops)
+    windows: list[np.ndarray] | np.ndarray  # uint8/uint16 (B, h, w, C) or a list of (h_i, w_i, C) (resized crops)
     params: dict[str, np.ndarray]           # make_params layout, leading B
-    mean: np.ndarray                        # float32 (B, C) channel statistics (0..255 scale) of each sample
+    mean: np.ndarray                        # float32 (B, C) channel statistics (grey levels) of each sample
     std: np.ndarray
     meta: np.ndarray                        # int64 (B, len(META_FIELDS))
 
@@ -72,12 +73,14 @@ class SiteSource:
     from cfg; train=False uses the deterministic TTA views. first_epoch / start_batch: the epoch the pipeline's
     first DALI epoch (BatchInfo.epoch_idx 0) stands for, and how many batches of it were already consumed
     (resume); later DALI epochs are first_epoch + epoch_idx from batch 0. outputs: the columns a DALI call returns
-    (only those the graph uses, see cellio.loading.pipeline.source_outputs).
+    (only those the graph uses, see cellio.loading.pipeline.source_outputs). channels: the store indices of the
+    channels to load, in output order (None: all; `Store.channel_indices`); meta's statistics are of those.
     """
 
     def __init__(self, store: Any, cfg: AugmentConfig, sampler: ShardedSampler, meta: SiteMeta, *, train: bool,
                  views: np.ndarray, tta: str | None, first_epoch: int = 0, start_batch: int = 0,
-                 outputs: tuple[str, ...] = ("image", "matrix", "mean", "std", "meta")):
+                 outputs: tuple[str, ...] = ("image", "matrix", "mean", "std", "meta"),
+                 channels: np.ndarray | None = None):
         if sampler.n != len(meta) * len(views):
             raise PipelineConfigError(f"SiteSource: sampler covers {sampler.n} items, expected "
                                       f"{len(meta)} sites x {len(views)} views = {len(meta) * len(views)}")
@@ -92,7 +95,13 @@ class SiteSource:
         self.start_batch = int(start_batch)
         self.outputs = tuple(outputs)
         self.image_hw = tuple(int(v) for v in store.image_shape[:2])
-        self.channels = int(store.image_shape[2])  # the store's (its layout's) channel count
+        self.pick = None if channels is None else np.asarray(channels, dtype=np.int64)
+        # the channels loaded: the store's (its layout's), or those picked
+        self.channels = int(store.image_shape[2]) if self.pick is None else len(self.pick)
+        if meta.mean.shape[1:] != (self.channels,):
+            raise PipelineConfigError(f"SiteSource: statistics of {meta.mean.shape[1:]} channels, expected "
+                                      f"{self.channels}")
+        self.max_value = int(store.layout.max_value)  # the pixel type's top: grey levels scale to it
         # output size: the crop, or the whole site for tta="full"
         self.out_hw: tuple[int, int] = self.image_hw if (not self.train and tta == "full") \
             else (cfg.crop_size, cfg.crop_size)
@@ -114,7 +123,8 @@ class SiteSource:
             items, pos = self.sampler.rank_order(epoch)
             params = None
             if self.train:  # this rank's draws, keyed on global positions (see transforms.epoch_params)
-                params = epoch_params(self.cfg, self.sampler.seed, epoch, pos, self.image_hw, self.channels)
+                params = epoch_params(self.cfg, self.sampler.seed, epoch, pos, self.image_hw, self.channels,
+                                      self.max_value)
             self._cache = (epoch, items, pos, params, self.sampler.batch_bounds(epoch))
 
     def num_batches(self) -> int:
@@ -141,8 +151,12 @@ class SiteSource:
         win = params["window"]
         if np.all(win[:, 2:] == win[0, 2:]):
             windows: list[np.ndarray] | np.ndarray = self.store.read(rows, crop=win)  # one threaded batch read
+            if self.pick is not None:
+                windows = np.ascontiguousarray(windows[..., self.pick])
         else:
             windows = [self.store.read_one(int(r), crop=w) for r, w in zip(rows, win)]
+            if self.pick is not None:
+                windows = [np.ascontiguousarray(w[..., self.pick]) for w in windows]
         meta = np.stack([self.meta.label[j], self.meta.cell_type[j], rows, views, self.meta.site[j],
                          self.meta.plate[j]], axis=1).astype(np.int64)
         return SourceBatch(windows=windows, params=params, mean=self.meta.mean[j], std=self.meta.std[j], meta=meta)

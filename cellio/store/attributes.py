@@ -11,7 +11,7 @@ from ..errors import LayoutError, StoreError
 from .format import FORMAT_NAME, FORMAT_VERSION
 
 __all__ = ["LAYOUT_ATTRIBUTE", "LEGACY_DATASET", "check_format", "layout_attribute", "recorded_dataset",
-           "store_layout"]
+           "recorded_dtype", "store_layout"]
 
 LAYOUT_ATTRIBUTE = "dataset_layout"
 LEGACY_DATASET = "rxrx1"  # the data set of every store written before format 1.3 (no dataset_layout attribute)
@@ -41,6 +41,12 @@ def recorded_dataset(attrs: dict[str, Any]) -> str:
     """The name of the data set a store holds, from its root attributes (without parsing the whole layout)."""
     recorded = attrs.get(LAYOUT_ATTRIBUTE)
     return str(recorded.get("name")) if isinstance(recorded, dict) else LEGACY_DATASET
+
+
+def recorded_dtype(attrs: dict[str, Any]) -> str:
+    """The pixel type a store's attributes record (the layout's `pixel_dtype`; uint8 before format 1.3)."""
+    recorded = attrs.get(LAYOUT_ATTRIBUTE)
+    return str(recorded.get("pixel_dtype", "uint8")) if isinstance(recorded, dict) else "uint8"
 
 
 def store_layout(attrs: dict[str, Any], image_shape: tuple[int, int, int], dtype: str, path: str) -> DatasetLayout:

@@ -59,15 +59,23 @@ class ImageCodec:
     size_estimate: float
     why: str
 
-    def pipeline(self, checksum: bool = True) -> list[dict[str, Any]]:
+    def pipeline(self, checksum: bool = True, dtype: str = "uint8") -> list[dict[str, Any]]:
         """The Zarr v3 `codecs` list of an array in this codec (what ingest writes into images/zarr.json).
 
         checksum: end the pipeline with Zarr v3's `crc32c` codec (bytes -> bytes, a 4-byte little-endian CRC-32C
         of the encoded chunk appended), which every v3 client verifies on read. Format >= 1.1 always writes it.
+        dtype: the array's pixel type. A multi-byte type gets the `bytes` codec's little-endian configuration (Zarr
+        v3 requires one) and a compressor's `typesize` its item size, so blosc shuffles whole pixels; uint8 keeps
+        the pipeline of every earlier store.
         """
-        codecs: list[dict[str, Any]] = [{"name": "bytes"}]
+        itemsize = np.dtype(dtype).itemsize
+        codecs: list[dict[str, Any]] = [{"name": "bytes"} if itemsize == 1 else
+                                        {"name": "bytes", "configuration": {"endian": "little"}}]
         if self.compressor is not None:
-            codecs.append(copy.deepcopy(self.compressor))
+            compressor = copy.deepcopy(self.compressor)
+            if "typesize" in compressor.get("configuration", {}):
+                compressor["configuration"]["typesize"] = itemsize
+            codecs.append(compressor)
         return codecs + [dict(CRC32C)] if checksum else codecs
 
 
@@ -141,7 +149,8 @@ class ChunkCodec:
         return body
 
     def decode(self, data: Any, out: np.ndarray, *, file: str, verify: bool = True) -> None:
-        """Decode one whole chunk into `out` (C-contiguous, exactly the chunk's size)."""
+        """Decode one whole chunk into `out` (C-contiguous, exactly the chunk's size, of the array's pixel type:
+        the bytes are little-endian, as cellio writes them on every platform it runs on)."""
         body = self.payload(data, file=file, verify=verify)
         flat = out.reshape(-1).view(np.uint8)
         if self.compressor is None:
@@ -178,6 +187,8 @@ def chunk_codec(codecs: list[dict[str, Any]]) -> ChunkCodec:
     """
     if not codecs or codecs[0].get("name") != "bytes":
         raise StoreError(f"codec pipeline {codecs} does not start with 'bytes'")
+    if codecs[0].get("configuration", {}).get("endian", "little") != "little":
+        raise StoreError(f"codec pipeline {codecs} stores big-endian pixels (the fast path reads little-endian)")
     rest = list(codecs[1:])
     checksum = bool(rest) and rest[-1].get("name") == "crc32c"
     if checksum:

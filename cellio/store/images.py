@@ -1,4 +1,4 @@
-"""The images array's metadata (images/zarr.json): uint8 (N, H, W, C), NHWC, in the chunked layout (one chunk per
+"""The images array's metadata (images/zarr.json): (N, H, W, C) of the layout's pixel type (uint8, uint16), NHWC, in the chunked layout (one chunk per
 site, format 1.1) or the sharded one (shards.py), every chunk checksummed; and which layout a store's metadata
 describes (`image_layout`)."""
 from __future__ import annotations
@@ -18,8 +18,8 @@ LAYOUTS: tuple[str, ...] = ("chunked", "sharded")
 
 def images_metadata(n_sites: int, shape: tuple[int, int, int], codec: str, checksum: bool = True,
                     layout: str = "chunked", sites_per_shard: int = DEFAULT_SITES_PER_SHARD,
-                    tile: tuple[int, int] | None = None) -> dict[str, Any]:
-    """images/zarr.json: uint8 (N, H, W, C) for sites of `shape` (H, W, C), NHWC, crc32c-checksummed.
+                    tile: tuple[int, int] | None = None, dtype: str = "uint8") -> dict[str, Any]:
+    """images/zarr.json: `dtype` (N, H, W, C) for sites of `shape` (H, W, C), NHWC, crc32c-checksummed.
 
     layout "chunked": one site per chunk (format 1.1). "sharded": a shard of `sites_per_shard` sites per file,
     `sharding_indexed` with an inner chunk per (th, tw) tile of a site (index first, checksummed); the shard's
@@ -30,14 +30,14 @@ def images_metadata(n_sites: int, shape: tuple[int, int, int], codec: str, check
         th, tw = tile_shape((H, W), tile)
         grid = [int(sites_per_shard), -(-H // th) * th, -(-W // tw) * tw, C]
         codecs = [{"name": "sharding_indexed", "configuration": {
-            "chunk_shape": [1, th, tw, C], "codecs": get_codec(codec).pipeline(checksum),
+            "chunk_shape": [1, th, tw, C], "codecs": get_codec(codec).pipeline(checksum, dtype),
             "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, dict(CRC32C)],
             "index_location": "start"}}]
     elif layout == "chunked":
-        grid, codecs = [1, H, W, C], get_codec(codec).pipeline(checksum)
+        grid, codecs = [1, H, W, C], get_codec(codec).pipeline(checksum, dtype)
     else:
         raise StoreError(f"layout {layout!r} is unknown; expected one of {', '.join(LAYOUTS)}")
-    return {"shape": [n_sites, H, W, C], "data_type": "uint8",
+    return {"shape": [n_sites, H, W, C], "data_type": str(dtype),
             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": grid}},
             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
             "fill_value": 0, "codecs": codecs, "attributes": {},

@@ -135,6 +135,7 @@ class Store:
         self.image_shape: tuple[int, int, int] = (int(shape[1]), int(shape[2]), int(shape[3]))
         self.layout: DatasetLayout = store_layout(attrs, self.image_shape, self._meta.get("data_type", "uint8"),
                                                   self.path)
+        self.dtype: np.dtype = self.layout.dtype  # the pixel type `read` returns (checked against the array)
         self._rows = self._load_rows()
         self._reader = self._read_path()
         self._mode = self._reader.mode
@@ -173,7 +174,7 @@ class Store:
             log.info("%s: %s; reading through zarr-python", self.path, exc)
             shards = codec = None
         ctx = ReadContext(path=self.path, root=self._root, meta=m, image_shape=self.image_shape,
-                          codec=codec, shards=shards, verify=self.verify, scratch=self._scratch,
+                          dtype=self.dtype, codec=codec, shards=shards, verify=self.verify, scratch=self._scratch,
                           name_site=self._name_site)
         if codec is None:
             return ZarrFallback(ctx, self._storage_options)
@@ -332,12 +333,30 @@ class Store:
             return crops, int(hs[0]), int(ws[0])
         return crops, H, W
 
+    def channel_indices(self, channels: Sequence[str] | str | None) -> np.ndarray | None:
+        """Store indices of the channels named `channels` (names or keys of the layout, in the order given), or
+        None for all of them; LayoutError naming the unknown ones and listing the store's channels."""
+        return None if channels is None else np.asarray(self.layout.channel_selection(channels), dtype=np.int64)
+
     def read(self, indices: Sequence[int] | np.ndarray, crop: Any = None,
-             out: np.ndarray | None = None) -> np.ndarray:
-        """uint8 (B, h, w, C) batch of sites `indices` (rows of `sites`), optionally cropped (y, x, h, w).
+             out: np.ndarray | None = None, channels: Sequence[str] | str | None = None) -> np.ndarray:
+        """(B, h, w, C) batch of sites `indices` (rows of `sites`) in the layout's pixel type (`Store.dtype`),
+        optionally cropped (y, x, h, w). channels: only these channels (names or keys, in that order; C is their
+        number), None all.
 
         Raises StoreDamagedError (ChecksumError for a checksum mismatch) naming the chunk file and the site.
         """
+        pick = self.channel_indices(channels)
+        if pick is not None:  # a chunk interleaves every channel: read them all, keep those asked for
+            whole = self.read(indices, crop)
+            picked = whole[..., pick]
+            if out is None:
+                return np.ascontiguousarray(picked)
+            if out.shape != picked.shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+                raise StoreError(f"out must be a C-contiguous {self.dtype} array of shape {picked.shape}; found "
+                                 f"{out.dtype} {out.shape}")
+            out[...] = picked
+            return out
         self._check_fork()
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(self._rows)
@@ -348,9 +367,9 @@ class Store:
         crops, h, w = self._normalize_crops(len(idx), crop)
         C = self.image_shape[2]
         if out is None:
-            out = np.empty((len(idx), h, w, C), dtype=np.uint8)
-        elif out.shape != (len(idx), h, w, C) or out.dtype != np.uint8 or not out.flags.c_contiguous:
-            raise StoreError(f"out must be a C-contiguous uint8 array of shape {(len(idx), h, w, C)}; found "
+            out = np.empty((len(idx), h, w, C), dtype=self.dtype)
+        elif out.shape != (len(idx), h, w, C) or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise StoreError(f"out must be a C-contiguous {self.dtype} array of shape {(len(idx), h, w, C)}; found "
                              f"{out.dtype} {out.shape}")
         site = self._reader.batch(pos, crops, out)  # remote: every byte range fetched here, decoded by site(b)
 
@@ -371,9 +390,9 @@ class Store:
             run(range(len(idx)))
         return out
 
-    def read_one(self, i: int, crop: Any = None) -> np.ndarray:
-        """uint8 (h, w, C) of site i."""
-        return self.read([i], crop)[0]
+    def read_one(self, i: int, crop: Any = None, channels: Sequence[str] | str | None = None) -> np.ndarray:
+        """(h, w, C) of site i, in the layout's pixel type."""
+        return self.read([i], crop, channels=channels)[0]
 
     # -- damage reports --------------------------------------------------------------------------------------------
     def site_name(self, pos: int) -> tuple[str | None, int | None]:

@@ -47,6 +47,16 @@ class ShardLayout:
     codec: ChunkCodec
     meta: dict[str, Any]            # images/zarr.json (for chunk keys)
 
+    @property
+    def dtype(self) -> np.dtype:
+        """The pixel type of the images array (uint8, uint16)."""
+        return np.dtype(self.meta.get("data_type", "uint8"))
+
+    @property
+    def tile_nbytes(self) -> int:
+        """Bytes of one decoded tile (the scratch buffer `decode_site` needs)."""
+        return self.tile[0] * self.tile[1] * self.image[2] * self.dtype.itemsize
+
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> "ShardLayout":
         grid = [int(v) for v in meta["chunk_grid"]["configuration"]["chunk_shape"]]
@@ -110,13 +120,13 @@ class ShardLayout:
                     crop: tuple[int, int, int, int], dst: np.ndarray, scratch: np.ndarray, *, file: str,
                     verify: bool = True) -> None:
         """Decode the tiles `tiles` of one site from `data` (the shard's bytes from offset `start`) and write the
-        crop (y, x, h, w) of the site into dst (h, w, C). scratch: a (th * tw * C,) uint8 buffer."""
+        crop (y, x, h, w) of the site into dst (h, w, C). scratch: a uint8 buffer of at least `tile_nbytes`."""
         th, tw = self.tile
         C = self.image[2]
         y, x, h, w = crop
         mv = memoryview(data).cast("B")
         r0, r1, c0, c1 = tiles
-        tile_buf = scratch[:th * tw * C].reshape(th, tw, C)
+        tile_buf = scratch[:self.tile_nbytes].view(self.dtype).reshape(th, tw, C)
         for r in range(r0, r1):
             ys, ye = max(y, r * th), min(y + h, (r + 1) * th)
             for c in range(c0, c1):
@@ -131,12 +141,13 @@ class ShardLayout:
                 dst[ys - y:ye - y, xs - x:xe - x] = tile_buf[ys - r * th:ye - r * th, xs - c * tw:xe - c * tw]
 
     def encode_tiles(self, site: np.ndarray) -> list[bytes]:
-        """One (H, W, C) uint8 site -> its encoded tiles in C order (edge tiles padded with zeros)."""
+        """One (H, W, C) site of the array's pixel type -> its encoded tiles in C order (edge tiles padded with
+        zeros)."""
         th, tw = self.tile
         ty, tx = self.tiles
         H, W, C = self.image
         if (ty * th, tx * tw) != (H, W):
-            pad = np.zeros((ty * th, tx * tw, C), dtype=np.uint8)
+            pad = np.zeros((ty * th, tx * tw, C), dtype=self.dtype)
             pad[:H, :W] = site
             site = pad
         return [bytes(self.codec.encode(np.ascontiguousarray(site[r * th:(r + 1) * th, c * tw:(c + 1) * tw])))
@@ -157,7 +168,7 @@ class ShardLayout:
         return b"".join([head, crc32c(head).to_bytes(4, "little"), *parts])
 
     def encode_shard(self, sites: dict[int, np.ndarray]) -> bytes:
-        """A whole shard file: `sites` maps site-within-shard -> (H, W, C) uint8; absent sites are not stored."""
+        """A whole shard file: `sites` maps site-within-shard -> (H, W, C) pixels; absent sites are not stored."""
         return self.assemble({k: self.encode_tiles(v) for k, v in sites.items()})
 
 

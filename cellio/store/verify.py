@@ -31,8 +31,9 @@ import numpy as np
 
 from ..errors import StoreDamagedError, StoreError, StoreIncompleteError
 from ..params import parse_count
+from ..datasets import PIXEL_DTYPES
 from ..records import to_dict
-from .attributes import check_format, store_layout
+from .attributes import LAYOUT_ATTRIBUTE, check_format, recorded_dtype, store_layout
 from .codecs import chunk_codec
 from .columns import decode_strings
 from .files import FileTarget, get_fs, is_url
@@ -190,11 +191,14 @@ def verify_store(path: str | os.PathLike[str], *, threads: int | None = None, pr
     n = int(attrs["n_sites"])
     H, W, C = (int(v) for v in attrs["image_shape"])
     arrays: list[Damage] = []
+    dtype = recorded_dtype(attrs)
+    dtype = dtype if dtype in PIXEL_DTYPES else "uint8"  # (a bad one is named by store_layout below)
     try:  # the recorded data set layout parses and agrees with the images (names the channels below)
-        keys = store_layout(attrs, (H, W, C), "uint8", str(path)).channel_keys
+        layout = store_layout(attrs, (H, W, C), dtype, str(path))
+        keys, fields = layout.channel_keys, layout.sites_per_well
     except StoreError as exc:
         arrays.append(Damage(None, None, None, "zarr.json", _problem(exc, str(path))))
-        keys = tuple(str(c) for c in range(C))
+        keys, fields = tuple(str(c) for c in range(C)), None
 
     def array(name: str, shape: tuple[int, ...]) -> np.ndarray | None:
         try:
@@ -242,7 +246,7 @@ def verify_store(path: str | os.PathLike[str], *, threads: int | None = None, pr
     if ids is not None and (empty := [i for i, v in enumerate(ids) if not v]):
         arrays.append(Damage(None, None, None, "sites/id_code", f"{len(empty)} rows without an id_code (first: "
                              f"{empty[0]})"))
-    if site_no is not None and len(bad_site := np.flatnonzero((site_no < 1) | (site_no > 9))):
+    if site_no is not None and len(bad_site := np.flatnonzero((site_no < 1) | (site_no > (fields or 2 ** 31)))):
         arrays.append(Damage(None, None, None, "sites/site", f"{len(bad_site)} rows with an impossible site number "
                              f"(first: row {int(bad_site[0])} = {int(site_no[bad_site[0]])})"))
     npix = float(H * W)
@@ -260,6 +264,9 @@ def verify_store(path: str | os.PathLike[str], *, threads: int | None = None, pr
         meta = read_json(fs, f"{root}/images/zarr.json")
         if tuple(meta["shape"]) != (n, H, W, C):
             raise StoreDamagedError(f"shape {meta['shape']}, expected {[n, H, W, C]}")
+        if meta.get("data_type", "uint8") != dtype:
+            raise StoreDamagedError(f"data_type {meta.get('data_type')!r}, expected {dtype!r} (the pixel_dtype of "
+                                    f"the {LAYOUT_ATTRIBUTE} attribute)")
     except (StoreError, KeyError) as exc:
         arrays.append(Damage(None, None, None, "images/zarr.json", _problem(exc, root)))
         meta = None
@@ -281,7 +288,7 @@ def verify_store(path: str | os.PathLike[str], *, threads: int | None = None, pr
 
         def check(part: list[int]) -> tuple[list[Damage], int, int]:
             damage, nbytes, checked = [], 0, 0
-            buf = np.empty((H, W, C), dtype=np.uint8)
+            buf = np.empty((H, W, C), dtype=dtype)
             for i in part:
                 file = site_file(i)
                 checked += 1
@@ -319,7 +326,7 @@ def verify_store(path: str | os.PathLike[str], *, threads: int | None = None, pr
     report = VerifyReport(
         store=str(path), format_version=str(attrs.get("format_version")), checksums=has_checksums(attrs),
         n_sites=n, n_checked=counters["checked"], stored_bytes=counters["stored"],
-        decoded_bytes=(counters["checked"] - len(site_damage)) * H * W * C, seconds=time.perf_counter() - t0,
+        decoded_bytes=(counters["checked"] - len(site_damage)) * H * W * C * np.dtype(dtype).itemsize, seconds=time.perf_counter() - t0,
         threads=n_threads,
         sites=tuple(site_damage), arrays=tuple(arrays), missing=missing,
         verified_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), sums=got_s, sumsq=got_q)
@@ -386,7 +393,7 @@ def _shard_reader(fs: Any, root: str, lay: ShardLayout) -> Any:
         if len(data) != end - start:
             raise StoreDamagedError(f"{file}: the shard is truncated (read {len(data)} of {end - start} bytes at "
                                     f"offset {start})", file=file)
-        scratch = np.empty(lay.tile[0] * lay.tile[1] * C, dtype=np.uint8)
+        scratch = np.empty(lay.tile_nbytes, dtype=np.uint8)
         lay.decode_site(data, start, entries, tiles, (0, 0, H, W), buf, scratch, file=file, verify=True)
         return len(data)
 

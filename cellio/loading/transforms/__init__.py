@@ -7,7 +7,9 @@ Random parameters are DRAWN (:func:`make_params`, numpy, no torch) separately fr
 (exactly for crops, D4 views, flips, intensity and normalization up to float32 rounding; within 1 grey level for
 interpolated rotation / resized crops, whose uint8 results are rounded — see docs/pipelines.md).
 
-Geometry of one sample (a site of H x W x 6 uint8, channel-last):
+Geometry of one sample (a site of H x W x C uint8 or uint16, channel-last; the grey levels of the config, an
+intensity shift, the noise levels, are on the 0..255 scale and drawn scaled to the data's range, and gamma's
+``255`` below is the pixel type's largest value):
 
 1. ``window`` (y, x, h, w): the part of the site that is READ from the store. Without rotation it is exactly the
    output crop (S x S, placed by ``shift``); with ``rotation="any"`` it is an M x M margin window
@@ -32,8 +34,8 @@ from .config import (DTYPES, MAX_BLUR_SIGMA, MIN_BLUR_SIGMA, MIN_STD, NORMALIZE_
 from .draws import (D4_TABLE, NOISE_BANK_SCALE, PARAM_BLOCK, blur_window, d4_flags, decode_view, epoch_params,
                     eval_params, eval_views, field_coords, gaussian_kernel, make_params, noise_bank, noise_windows,
                     normalization_affine, warp_matrices)
-from .reference import (apply_torch, crop, d4, flip_transpose, intensity, normalize, photometric, resize, rotate,
-                        torch_dtype)
+from .reference import (apply_torch, crop, d4, flip_transpose, intensity, normalize, photometric, pixel_tensor,
+                        resize, rotate, torch_dtype)
 
 __all__ = [
     "ROTATIONS", "NORMALIZE_LEVELS", "DTYPES", "TTA_MODES", "MIN_STD", "MIN_BLUR_SIGMA", "MAX_BLUR_SIGMA",
@@ -43,5 +45,5 @@ __all__ = [
     "D4_TABLE", "d4_flags", "normalization_affine", "warp_matrices", "NOISE_BANK_SCALE",
     "blur_window", "gaussian_kernel", "field_coords", "noise_bank", "noise_windows",
     "d4", "flip_transpose", "crop", "rotate", "resize", "intensity", "normalize", "photometric", "apply_torch",
-    "torch_dtype",
+    "torch_dtype", "pixel_tensor",
 ]

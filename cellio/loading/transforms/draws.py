@@ -4,6 +4,9 @@ splits `make_params` from `transform`; and the drawn parameters in the form both
 warp matrix, the folded normalisation, blur kernels, illumination coordinates, the noise bank).
 
 `channels` is the store's channel count (its layout's): per-channel draws have one column per channel.
+`max_value` is the largest value of its pixel type (255, 65535): the config's grey levels (the intensity shift,
+the noise's read and shot levels) are on the 0..255 scale and drawn scaled to the data's range, so a preset does
+the same to 8-bit and 16-bit data.
 """
 from __future__ import annotations
 
@@ -81,13 +84,18 @@ def _rrc_windows(rng: np.random.Generator, n: int, h: int, w: int, scale: tuple[
     return np.stack([y, x, ch, cw], axis=1).astype(np.int64)
 
 
+def _range_scale(max_value: int) -> float:
+    """Factor from the config's 0..255 grey levels to the data's 0..max_value."""
+    return float(max_value) / 255.0
+
+
 def make_params(cfg: AugmentConfig, rng: np.random.Generator, n: int, image_hw: tuple[int, int],
-                channels: int) -> dict[str, np.ndarray]:
+                channels: int, max_value: int = 255) -> dict[str, np.ndarray]:
     """Draw every random parameter of n samples from `rng` (nothing is applied here).
 
     Returns arrays with a leading n: window (n, 4) int64 (y, x, h, w) to read from the site; angle (n,) float32
     degrees; d4 (n,) int64 in 0..7; transpose / hflip / vflip (n,) bool (D4 view and extra flips combined);
-    scale / shift (n, channels) float32 (the x*a + b of each channel).
+    scale / shift (n, channels) float32 (the x*a + b of each channel; b in the data's grey levels, 0..max_value).
     """
     h, w = int(image_hw[0]), int(image_hw[1])
     check_fits(cfg, (h, w))
@@ -108,14 +116,17 @@ def make_params(cfg: AugmentConfig, rng: np.random.Generator, n: int, image_hw: 
          else np.ones((n, channels)))
     b = (rng.uniform(*cfg.intensity_shift, size=(n, channels)) if cfg.intensity_shift is not None
          else np.zeros((n, channels)))
+    if max_value != 255:  # (8-bit data draws exactly as before)
+        b = b * _range_scale(max_value)
     out = {"window": window, "angle": angle, "d4": k.astype(np.int64), "transpose": t, "hflip": hf, "vflip": vf,
            "scale": a.astype(np.float32), "shift": b.astype(np.float32)}
-    out.update(_photometric_params(cfg, rng, n, channels))  # drawn last: configurations without them draw as before
+    # drawn last: configurations without them draw as before
+    out.update(_photometric_params(cfg, rng, n, channels, max_value))
     return out
 
 
-def _photometric_params(cfg: AugmentConfig, rng: np.random.Generator, n: int, channels: int
-                        ) -> dict[str, np.ndarray]:
+def _photometric_params(cfg: AugmentConfig, rng: np.random.Generator, n: int, channels: int,
+                        max_value: int = 255) -> dict[str, np.ndarray]:
     """The photometric draws of n samples: only the keys of the ops that are on."""
     out: dict[str, np.ndarray] = {}
     if cfg.blur_sigma is not None:
@@ -129,8 +140,12 @@ def _photometric_params(cfg: AugmentConfig, rng: np.random.Generator, n: int, ch
     if cfg.noise is not None:
         free = NOISE_BANK_SCALE * cfg.crop_size - cfg.crop_size
         out["noise_offset"] = rng.integers(0, free + 1, size=(n, 2)).astype(np.int64)
-        out["noise_read"] = rng.uniform(0.0, cfg.noise[0], size=n).astype(np.float32)
-        out["noise_shot"] = rng.uniform(0.0, cfg.noise[1], size=n).astype(np.float32)
+        read = rng.uniform(0.0, cfg.noise[0], size=n)
+        shot = rng.uniform(0.0, cfg.noise[1], size=n)
+        if max_value != 255:  # x' = k x: k n sqrt(shot x + read^2) = n sqrt(k shot x' + (k read)^2)
+            read, shot = read * _range_scale(max_value), shot * _range_scale(max_value)
+        out["noise_read"] = read.astype(np.float32)
+        out["noise_shot"] = shot.astype(np.float32)
     return out
 
 
@@ -138,7 +153,7 @@ PARAM_BLOCK = 1024  # positions drawn per Generator: rows never depend on how ma
 
 
 def epoch_params(cfg: AugmentConfig, seed: int, epoch: int, positions: np.ndarray, image_hw: tuple[int, int],
-                 channels: int) -> dict[str, np.ndarray]:
+                 channels: int, max_value: int = 255) -> dict[str, np.ndarray]:
     """Parameters of the samples at `positions` (global positions in the epoch order), rows in that order.
 
     Position p is row p % PARAM_BLOCK of a block drawn vectorised from a Generator seeded with
@@ -147,10 +162,10 @@ def epoch_params(cfg: AugmentConfig, seed: int, epoch: int, positions: np.ndarra
     """
     positions = np.asarray(positions, dtype=np.int64).reshape(-1)
     if len(positions) == 0:
-        return make_params(cfg, np.random.default_rng(0), 0, image_hw, channels)
+        return make_params(cfg, np.random.default_rng(0), 0, image_hw, channels, max_value)
     blocks = np.unique(positions // PARAM_BLOCK)
     drawn = [make_params(cfg, np.random.default_rng([int(seed), int(epoch), int(b), 0xA06]), PARAM_BLOCK, image_hw,
-                         channels) for b in blocks]
+                         channels, max_value) for b in blocks]
     row = np.searchsorted(blocks, positions // PARAM_BLOCK) * PARAM_BLOCK + positions % PARAM_BLOCK
     return {k: np.concatenate([d[k] for d in drawn])[row] for k in drawn[0]}
 

@@ -18,7 +18,7 @@ __all__ = ["ReadContext", "ReadPath", "decode_chunk"]
 @dataclass(frozen=True)
 class ReadContext:
     """path: the store's path or URL (for messages); root: its root without the protocol; meta:
-    images/zarr.json; image_shape: (H, W, C); codec / shards: the chunk codec and, for the sharded layout, the
+    images/zarr.json; image_shape: (H, W, C); dtype: the pixel type (uint8, uint16); codec / shards: the chunk codec and, for the sharded layout, the
     ShardLayout; verify: check crc32c on read; scratch(n): a reusable n-byte buffer of the calling thread;
     name_site(exc, pos): `exc` with the id_code and site of array position `pos` added."""
 
@@ -26,6 +26,7 @@ class ReadContext:
     root: str
     meta: dict[str, Any]
     image_shape: tuple[int, int, int]
+    dtype: np.dtype
     codec: ChunkCodec | None
     shards: ShardLayout | None
     verify: bool
@@ -65,6 +66,6 @@ def decode_chunk(ctx: ReadContext, data: Any, path: str, crop: np.ndarray, dst: 
     if h == H and w == W:
         ctx.codec.decode(data, dst, file=path, verify=ctx.verify)
     else:
-        tmp = ctx.scratch(H * W * C)
+        tmp = ctx.scratch(H * W * C * ctx.dtype.itemsize).view(ctx.dtype)
         ctx.codec.decode(data, tmp, file=path, verify=ctx.verify)
         dst[...] = tmp.reshape(H, W, C)[y:y + h, x:x + w]

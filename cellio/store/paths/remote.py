@@ -34,6 +34,7 @@ class RemoteObjects(ReadPath):
         (slots, not sites: a batch may read one site twice with different crops)."""
         ctx, fetcher = self.ctx, self.fetcher
         H, W, C = ctx.image_shape
+        row = W * C * ctx.dtype.itemsize  # bytes per row of a site
         images = f"{ctx.root}/images"
         requests: list[tuple[str, int, int | None]] = []
         lay = ctx.shards
@@ -68,7 +69,7 @@ class RemoteObjects(ReadPath):
                 key = f"{images}/{chunk_key(ctx.meta, (p, 0, 0, 0))}"
                 if ctx.codec.compressor is None and not (ctx.codec.checksum and ctx.verify) \
                         and h < H:  # an uncompressed crop without verification: only its rows
-                    requests.append((key, y * W * C, (y + h) * W * C))
+                    requests.append((key, y * row, (y + h) * row))
                     plans.append((y, None))
                 else:
                     requests.append((key, 0, None))
@@ -87,12 +88,12 @@ class RemoteObjects(ReadPath):
             if lay is not None:
                 entries, tiles = extra
                 lay.decode_site(data, first, entries, tiles, (y, x, h, w), dst,
-                                ctx.scratch(lay.tile[0] * lay.tile[1] * C), file=url, verify=ctx.verify)
+                                ctx.scratch(lay.tile_nbytes), file=url, verify=ctx.verify)
             elif first >= 0:  # rows y..y+h of an uncompressed chunk
-                if len(data) != h * W * C:
-                    raise StoreDamagedError(f"{url}: chunk is truncated (got {len(data)} of {h * W * C} bytes at "
-                                            f"offset {y * W * C})", file=url)
-                src = np.frombuffer(data, dtype=np.uint8).reshape(h, W, C)
+                if len(data) != h * row:
+                    raise StoreDamagedError(f"{url}: chunk is truncated (got {len(data)} of {h * row} bytes at "
+                                            f"offset {y * row})", file=url)
+                src = np.frombuffer(data, dtype=ctx.dtype).reshape(h, W, C)
                 dst[...] = src if w == W else src[:, x:x + w]
             else:
                 decode_chunk(ctx, data, url, crop, dst)

@@ -56,4 +56,4 @@ class LocalShards(ReadPath):
             raise StoreDamagedError(f"{path}: the shard is truncated (read {len(data)} of {end - start} bytes at "
                                     f"offset {start})", file=path)
         lay.decode_site(data, start, entries, tiles, (y, x, h, w), dst,
-                        self.ctx.scratch(lay.tile[0] * lay.tile[1] * lay.image[2]), file=path, verify=self.ctx.verify)
+                        self.ctx.scratch(lay.tile_nbytes), file=path, verify=self.ctx.verify)
