@@ -37,7 +37,7 @@ import numpy as np
 from ..datasets.layout import DatasetLayout
 from ..datasets.ome_zarr.models import validate_plate
 from ..datasets.ome_zarr.ngff import VERSIONS, ZARR_FORMAT, hex_color, well_path
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, MetadataError, StoreError
 from ..store import Store, open_store
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def _plate_order(layout: DatasetLayout, wells: Iterable[str]) -> list[str]:
 
 def _record(store: Store, name: str, sites: "pd.DataFrame", version: str, levels: int) -> dict[str, Any]:
     return {"store": str(Path(store.path).resolve()) if "://" not in str(store.path) else str(store.path),
-            "plate": name, "version": version, "levels": levels,
+            "store_created_at": store.attrs.get("created_at"), "plate": name, "version": version, "levels": levels,
             "sites": [f"{w}/{int(s)}" for w, s in zip(sites["well"], sites["site"])]}
 
 
@@ -205,7 +205,7 @@ def _select(store: Store, plates: Iterable[str] | None, wells: Iterable[str] | N
     if wells is not None:
         try:
             wanted = {well_path(w) for w in wells}
-        except Exception as exc:
+        except MetadataError as exc:
             raise ConfigError(f"wells={list(wells)}: {exc}") from None
         have = sites["well"].map(well_path)
         unknown = sorted(w for w in wanted if w not in set(have))
