@@ -19,6 +19,8 @@ extras = {
     # the third-party writers/readers of the data sets beyond RxRx1 (TIFF, JPEG 2000, OME-Zarr), used by the format
     # generators in tests/formats/ and their tests
     "formats": ["tifffile>=2024.1", "imagecodecs>=2024.1", "ome-zarr>=0.18", "ome-zarr-models>=1.6"],
+    # OME-Zarr plates in and out (cellio/datasets/ome_zarr/, cellio/export/): the NGFF metadata validation
+    "omezarr": ["ome-zarr-models>=1.6"],
     "test": ["pytest>=8", "moto[server]>=5", "s3fs>=2024.1"],  # a local S3-compatible server for the tests
     # glymur needs the system OpenJPEG library (Debian: libopenjp2-7); only benchmarks/jp2_decode.py uses it
     "bench": ["matplotlib>=3.8", "tensorstore>=0.1.60", "opencv-python-headless>=4.9", "obstore>=0.4", "glymur>=0.14",

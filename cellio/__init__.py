@@ -10,6 +10,8 @@ Public API (imported lazily so `import cellio` stays light and never pulls in to
                                                          -- cellio.loading
     validate_submission, download, submit, check_credentials  -- cellio.datasets.rxrx1.kaggle
     DatasetLayout, get_layout, list_datasets             -- cellio.datasets (a data set's shape, the registry)
+    ome_zarr_reader                                      -- cellio.datasets.ome_zarr (an OME-Zarr plate's reader)
+    export_ome_zarr                                      -- cellio.export (a store as OME-Zarr HCS plates)
     to_dict, from_dict                                   -- cellio.records (dataclasses <-> JSON-able dicts)
     pid_alive                                            -- cellio.processes (is a process alive; zombies are not)
 """
@@ -49,6 +51,8 @@ _LAZY: dict[str, str] = {
     "DatasetLayout": "cellio.datasets",
     "get_layout": "cellio.datasets",
     "list_datasets": "cellio.datasets",
+    "export_ome_zarr": "cellio.export",
+    "ome_zarr_reader": "cellio.datasets.ome_zarr",
     "to_dict": "cellio.records",
     "from_dict": "cellio.records",
     "pid_alive": "cellio.processes",

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "inspect",
     "verify": "verify",
     "show": "show",
+    "export": "export",
     "submit": "submit",
 }
 

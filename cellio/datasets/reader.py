@@ -41,9 +41,10 @@ class DatasetReader:
     raw_description: how the raw directory looks, for messages ("the unzipped RxRx1 directory (train/, test/,
     *.csv)"); stats_source: where the site table's pixel_mean_* / pixel_std_* columns come from, named when a site
     does not match them ("pixel_stats.csv"); read_site: the site's pixels from one row (`SiteReader`), or None for
-    one PNG per channel named by `layout.path_columns`. The callables are module-level functions, so a reader
-    pickles into
-    worker processes."""
+    one PNG per channel named by `layout.path_columns`; bind: for a data set whose layout is read from the raw
+    source itself (an OME-Zarr plate: its channels, pixel type, plate geometry), `bind(raw)` returns the reader
+    bound to that source's layout (the registered reader's own layout then only names the data set), None where
+    the layout is fixed. The callables are module-level functions, so a reader pickles into worker processes."""
 
     layout: DatasetLayout
     source_kind: str
@@ -52,7 +53,12 @@ class DatasetReader:
     raw_description: str
     stats_source: str = "the data set's own statistics"
     read_site: SiteReader | None = None
+    bind: Callable[[str | Path], "DatasetReader"] | None = None
 
     @property
     def name(self) -> str:
         return self.layout.name
+
+    def for_source(self, raw: str | Path) -> "DatasetReader":
+        """The reader for the raw source `raw`: `bind(raw)` where the layout comes from the source, else itself."""
+        return self if self.bind is None else self.bind(raw)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 # name -> module whose READER describes it (imported when the name is first asked for)
 _BUILTIN: dict[str, str] = {
+    "ome-zarr": "cellio.datasets.ome_zarr",
     "rxrx1": "cellio.datasets.rxrx1",
 }
 _READERS: dict[str, DatasetReader] = {}
