@@ -38,7 +38,7 @@ def test_rxrx1_is_a_layout_with_the_rxrx1_facts():
 
 def test_the_dict_form_round_trips_through_json():
     d = RXRX1.to_dict()
-    assert d["layout_format"] == "1.0" and d["name"] == "rxrx1"
+    assert d["layout_format"] == "1.1" and d["name"] == "rxrx1"
     assert d["site_shape"] == [512, 512] and d["channels"][0] == {"name": "Hoechst", "key": "w1",
                                                                    "color": [19, 0, 249], "display_range": [0, 51]}
     back = _round_trip(RXRX1)
