@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # name -> module whose READER describes it (imported when the name is first asked for)
 _BUILTIN: dict[str, str] = {
     "rxrx1": "cellio.datasets.rxrx1",
+    "jump": "cellio.datasets.jump",
 }
 _READERS: dict[str, DatasetReader] = {}
 
