@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from functools import lru_cache
@@ -73,8 +74,17 @@ def read_tiff(fs: Any, path: str, shape: tuple[int, int] | None, where: str) -> 
 
 
 def read_illum(fs: Any, path: str, shape: tuple[int, int], where: str) -> np.ndarray:
-    """The illumination function at `path`, checked against the image `shape` (cached per process)."""
-    illum = _ILLUM_CACHE.get(path)
+    """The illumination function at `path`, checked against the image `shape` (cached per process: keyed by path,
+    plus size and modification time on a local disk, where a file may be rewritten; the gallery's objects are
+    not)."""
+    key = path
+    if "file" in np.atleast_1d(fs.protocol):
+        try:
+            st = os.stat(path)
+            key = f"{path}\0{st.st_size}\0{st.st_mtime_ns}"
+        except FileNotFoundError:
+            raise ImageError(f"{path} ({where}): illumination function missing") from None
+    illum = _ILLUM_CACHE.get(key)
     if illum is None:
         try:
             with fs.open(path, "rb") as f:
@@ -89,11 +99,11 @@ def read_illum(fs: Any, path: str, shape: tuple[int, int], where: str) -> np.nda
         if not (np.isfinite(illum).all() and (illum > 0).all()):
             raise ImageError(f"{path} ({where}): expected finite, positive values (the image is divided by them), "
                              f"found min {np.nanmin(illum)!r}")
-        _ILLUM_CACHE[path] = illum
+        _ILLUM_CACHE[key] = illum
         while len(_ILLUM_CACHE) > _ILLUM_CACHE_SIZE:
             _ILLUM_CACHE.popitem(last=False)
     else:
-        _ILLUM_CACHE.move_to_end(path)
+        _ILLUM_CACHE.move_to_end(key)
     if tuple(illum.shape) != tuple(shape):
         raise ImageError(f"{path} ({where}): illumination function of shape {tuple(illum.shape)}; expected the "
                          f"image's {tuple(shape)} (height, width)")
