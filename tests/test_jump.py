@@ -333,3 +333,15 @@ def test_an_s3_mirror_reads_the_same_as_the_local_one(mirror):
                                           local.read_site(str(root), ls.iloc[k].to_dict()))
     finally:
         server.stop()
+
+
+def test_the_reader_pickles_into_worker_processes(mirror):
+    import pickle
+
+    reader = jump_reader(mirror / "cpg0016-jump", metadata=mirror / "metadata", scale="clip-percentile")
+    back = pickle.loads(pickle.dumps(reader))
+    assert back.layout == reader.layout
+    sites = back.read_sites(mirror / "cpg0016-jump")
+    pd.testing.assert_frame_equal(sites, reader.read_sites(mirror / "cpg0016-jump"))
+    np.testing.assert_array_equal(back.read_site(str(mirror / "cpg0016-jump"), sites.iloc[2].to_dict()),
+                                  reader.read_site(str(mirror / "cpg0016-jump"), sites.iloc[2].to_dict()))

@@ -30,7 +30,7 @@ from ...errors import MetadataError
 from ..intensity import Intensity
 from ..layout import DatasetLayout
 from ..reader import DatasetReader
-from . import pixels
+from .pixels import filesystem, read_site as read_site_pixels
 from .layout import BRIGHTFIELD, BUCKET_PREFIX, CHANNELS, COLORS, FLUORESCENCE, JUMP, LABEL_COLUMN, \
     UNKNOWN_WELL_TYPE, jump_layout, unannotated
 
@@ -123,7 +123,7 @@ def read_sites(raw: str | Path, selection: JumpSelection = JumpSelection(),
     `table.attrs["layout"]` (None: the one `build_layout` makes of it)."""
     from .load_data import check_files, find_plates, read_plate, site_table
 
-    fs, root = pixels.filesystem(str(raw), selection.storage_options)
+    fs, root = filesystem(str(raw), selection.storage_options)
     plates = find_plates(fs, root, selection.sources, selection.plates)
     prefixes = _prefixes(str(raw))
     parts = [read_plate(fs, root, p, selection.channels, selection.illumination, prefixes) for p in plates]
@@ -159,7 +159,7 @@ def is_raw_dir(path: Path) -> bool:
 def _display_ranges(raw: str, row: Mapping[str, Any], layout: DatasetLayout,
                     storage_options: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     """Each shown channel's window: 0 to its 99.9th percentile in the first site (16-bit data has no fixed one)."""
-    site = pixels.read_site(raw, row, layout=layout, storage_options=storage_options)
+    site = read_site_pixels(raw, row, layout=layout, storage_options=storage_options)
     top = np.percentile(site.reshape(-1, site.shape[-1]), 99.9, axis=0)
     return {c.name: (0, max(1, int(np.ceil(t)))) for c, t in zip(layout.channels, top) if c.name in COLORS}
 
@@ -199,10 +199,10 @@ def jump_reader(src: str | Path, *, channels: Iterable[str] | None = None, brigh
                          read_sites=partial(read_sites, selection=selection, layout=layout),
                          is_raw_dir=is_raw_dir, raw_description=RAW_DESCRIPTION,
                          stats_source="no per-site statistics (JUMP publishes none)",
-                         read_site=partial(pixels.read_site, layout=layout, storage_options=options))
+                         read_site=partial(read_site_pixels, layout=layout, storage_options=options))
 
 
 READER = DatasetReader(layout=JUMP, source_kind=SOURCE_KIND, read_sites=partial(read_sites, layout=JUMP),
                        is_raw_dir=is_raw_dir, raw_description=RAW_DESCRIPTION,
                        stats_source="no per-site statistics (JUMP publishes none)",
-                       read_site=partial(pixels.read_site, layout=JUMP))
+                       read_site=partial(read_site_pixels, layout=JUMP))
