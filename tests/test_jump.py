@@ -3,7 +3,6 @@ cellio): the site table, each site's pixels against tifffile's own read divided 
 intensity rules, the consortium tables, bad input (named errors), and an s3:// mirror on a local moto server."""
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -113,6 +112,11 @@ def test_a_subset_of_plates_wells_fields_and_channels(mirror):
         jump_reader(mirror / "cpg0016-jump", plates=["BR99999999"])
     with pytest.raises(MetadataError, match=r"wells \['P24'\]"):
         jump_reader(mirror / "cpg0016-jump", plates=[plate], wells=["P24"])
+    with pytest.raises(MetadataError, match=r"sources \['source_7'\]: not under .*found \['source_4'\]"):
+        jump_reader(mirror / "cpg0016-jump", sources=["source_7"])
+    with pytest.raises(MetadataError, match=r"no load_data\.csv\(\.gz\) under <source>/workspace"):
+        jump_reader(mirror / "metadata")
+    assert len(jump_reader(mirror / "cpg0016-jump", sources=["source_4"]).read_sites(mirror / "cpg0016-jump")) == 12
 
 
 # ----------------------------------------------------------------------------------------------- pixels
@@ -261,18 +265,29 @@ def test_channels_the_plate_lacks_and_urls_outside_the_gallery_are_refused(tmp_p
     with pytest.raises(MetadataError, match=r"channels=\['DNA', 'Actin'\]"):
         jump_reader(out / "cpg0016-jump", channels=["DNA", "Actin"])
     path = gen.load_data_dir(out, 0) / "load_data_with_illum.csv"
-    frame = pd.read_csv(path)
-    frame.loc[1, "URL_OrigRNA"] = "s3://another-bucket/x.tiff"
-    frame.loc[0, "Metadata_Well"] = "Q01"
-    frame.to_csv(path, index=False)
-    with pytest.raises(MetadataError, match=r"line 2, column Metadata_Well: expected a 384-well address A01..P24, "
-                                            r"found 'Q01'"):
-        jump_reader(out / "cpg0016-jump")
-    frame.loc[0, "Metadata_Well"] = "A1"  # an unpadded column is read as A01
-    frame.to_csv(path, index=False)
-    with pytest.raises(MetadataError, match=r"line 3, column URL_OrigRNA: expected a URL under "
-                                            r"s3://cellpainting-gallery/cpg0016-jump/"):
-        jump_reader(out / "cpg0016-jump")
+    original = pd.read_csv(path, dtype=str)
+
+    def refused(edit, match):
+        frame = original.copy()
+        edit(frame)
+        frame.to_csv(path, index=False)
+        with pytest.raises(MetadataError, match=match):
+            jump_reader(out / "cpg0016-jump")
+
+    refused(lambda f: f.loc.__setitem__((0, "Metadata_Well"), "Q01"),
+            r"line 2, column Metadata_Well: expected a 384-well address A01..P24, found 'Q01'")
+    refused(lambda f: f.loc.__setitem__((1, "Metadata_Well"), f.loc[0, "Metadata_Well"]),
+            r"well [A-P]\d\d site 1 appears on lines \[2, 3\]; expected one row per field")
+    refused(lambda f: f.loc.__setitem__((1, "URL_OrigRNA"), "s3://another-bucket/x.tiff"),
+            r"line 3, column URL_OrigRNA: expected a URL under s3://cellpainting-gallery/cpg0016-jump/")
+    refused(lambda f: f.loc.__setitem__((0, "Metadata_Site"), "0"),
+            r"line 2, column Metadata_Site: expected a field number >= 1, found '0'")
+    refused(lambda f: f.__delitem__("Metadata_Well"), r"missing columns \['Metadata_Well'\]")
+    frame = original.copy()
+    frame.loc[0, "Metadata_Well"] = frame.loc[0, "Metadata_Well"][0] + str(int(frame.loc[0, "Metadata_Well"][1:]))
+    frame.to_csv(path, index=False)  # an unpadded column ("C5") is read as "C05"
+    sites = jump_reader(out / "cpg0016-jump").read_sites(out / "cpg0016-jump")
+    assert sorted(sites["well"]) == sorted(original["Metadata_Well"])
 
 
 def test_an_illumination_function_of_the_wrong_shape_is_a_named_error(tmp_path):

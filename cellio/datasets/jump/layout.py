@@ -11,7 +11,7 @@ illumination functions applied, no perturbation tables) that the registry's "jum
 from __future__ import annotations
 
 from ..intensity import Intensity
-from ..layout import Channel, ControlGroup, DatasetLayout, IdFormats, Perturbations, PlateGeometry
+from ..layout import Channel, DatasetLayout, IdFormats, Perturbations, PlateGeometry
 
 __all__ = ["JUMP", "BUCKET_PREFIX", "FLUORESCENCE", "BRIGHTFIELD", "CHANNELS", "CELL_TYPE", "LABEL_COLUMN",
            "UNKNOWN_WELL_TYPE", "PLATE", "ROWS_384", "jump_layout", "unannotated"]

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from ...errors import MetadataError
-from .layout import BUCKET_PREFIX, CELL_TYPE, CHANNELS, ROWS_384
+from .layout import CELL_TYPE, CHANNELS, ROWS_384
 
 __all__ = ["LOAD_DATA_NAMES", "PlateFile", "find_plates", "read_plate", "site_table"]
 
@@ -55,35 +55,46 @@ class PlateFile:
         return f"{self.source}/images/{self.batch}/illum/{self.plate}"
 
 
+def _names(fs: Any, path: str) -> list[str]:
+    """The entries' names directly under `path` ([] when it does not exist): one listing, never a recursive walk
+    (on the gallery a walk below a source would list every image)."""
+    try:
+        return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def find_plates(fs: Any, root: str, sources: Iterable[str] | None = None,
                 plates: Iterable[str] | None = None) -> list[PlateFile]:
     """Each plate's load_data file under the mirror `root` (fsspec `fs` path), sorted by source, batch, plate;
-    restricted to `sources` / `plates` when given (MetadataError naming the ones not found)."""
-    pattern = f"{root.rstrip('/')}/{{}}/workspace/load_data_csv/*/*/load_data*.csv*"
-    found: dict[tuple[str, str, str], dict[str, str]] = {}
-    for src in (list(sources) if sources else ["source_*"]):
-        for path in fs.glob(pattern.format(src)):
-            rel = posixpath.relpath(path, root.rstrip("/"))
-            parts = rel.split("/")
-            if len(parts) != 6 or parts[-1] not in LOAD_DATA_NAMES:
-                continue
-            found.setdefault((parts[0], parts[3], parts[4]), {})[parts[-1]] = rel
+    restricted to `sources` / `plates` when given (MetadataError naming the ones not found). Lists only
+    `<source>/workspace/load_data_csv/<batch>/<plate>/`: a listing per source, batch and chosen plate."""
+    base = root.rstrip("/")
+    present = [s for s in _names(fs, base) if s.startswith("source_")]
     if sources:
-        missing = sorted(set(sources) - {k[0] for k in found})
+        missing = sorted(set(sources) - set(present))
         if missing:
-            raise MetadataError(f"sources {missing}: no load_data files under {root}/<source>/workspace/"
-                                f"load_data_csv/<batch>/<plate>/; found sources {sorted({k[0] for k in found})}")
-    out = [PlateFile(next(names[n] for n in LOAD_DATA_NAMES if n in names), *key)
-           for key, names in sorted(found.items())]
-    if plates is not None:
-        wanted = set(plates)
+            raise MetadataError(f"sources {missing}: not under {base}; found {present}")
+    wanted = set(plates) if plates is not None else None
+    out = []
+    for source in (sorted(set(sources)) if sources else present):
+        csvs = f"{base}/{source}/workspace/load_data_csv"
+        for batch in _names(fs, csvs):
+            for plate in _names(fs, f"{csvs}/{batch}"):
+                if wanted is not None and plate not in wanted:
+                    continue
+                names = set(_names(fs, f"{csvs}/{batch}/{plate}"))
+                name = next((n for n in LOAD_DATA_NAMES if n in names), None)
+                if name is not None:
+                    out.append(PlateFile(f"{source}/workspace/load_data_csv/{batch}/{plate}/{name}", source, batch,
+                                         plate))
+    if wanted is not None:
         missing = sorted(wanted - {p.plate for p in out})
         if missing:
-            raise MetadataError(f"plates {missing}: no load_data file for them under {root} "
-                                f"({len(out)} plates found, e.g. {[p.plate for p in out[:5]]})")
-        out = [p for p in out if p.plate in wanted]
+            raise MetadataError(f"plates {missing}: no load_data file for them under {base}/<source>/workspace/"
+                                f"load_data_csv/<batch>/<plate>/ ({len(out)} of the chosen plates found)")
     if not out:
-        raise MetadataError(f"{root}: no load_data.csv(.gz) under <source>/workspace/load_data_csv/<batch>/<plate>/; "
+        raise MetadataError(f"{base}: no load_data.csv(.gz) under <source>/workspace/load_data_csv/<batch>/<plate>/; "
                             "expected a mirror of s3://cellpainting-gallery/cpg0016-jump/ (the folder of source_*/)")
     return out
 
@@ -169,9 +180,9 @@ def read_plate(fs: Any, root: str, plate: PlateFile, channels: tuple[str, ...], 
     dup = out.duplicated(["well", "site"], keep=False)
     if dup.any():
         first = out[dup].iloc[0]
+        same = dup & (out["well"] == first["well"]) & (out["site"] == first["site"])
         raise MetadataError(f"{file}: well {first['well']} site {first['site']} appears on lines "
-                            f"{out.loc[dup & (out['well'] == first['well']) & (out['site'] == first['site']), 'load_data_line'].tolist()}; "
-                            "expected one row per field")
+                            f"{out.loc[same, 'load_data_line'].tolist()}; expected one row per field")
     return out
 
 
