@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import ImageError
+from ...errors import ImageError, MissingDependencyError
 from ..layout import DatasetLayout
 
-__all__ = ["filesystem", "read_tiff", "read_illum", "read_site"]
+__all__ = ["tiff_module", "filesystem", "read_tiff", "read_illum", "read_site"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,15 @@ def _filesystem(raw: str, options_json: str) -> tuple[Any, str]:
     return fs, root.rstrip("/")
 
 
+def tiff_module() -> Any:
+    """tifffile, or MissingDependencyError with the install command."""
+    try:
+        import tifffile
+    except ImportError:
+        raise MissingDependencyError("tifffile", "formats", "Reading JUMP's TIFF images") from None
+    return tifffile
+
+
 def filesystem(raw: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
     """(fsspec filesystem, root path) of the mirror `raw`, one per process and mirror."""
     return _filesystem(str(raw), json.dumps(dict(storage_options or {}), sort_keys=True))
@@ -51,7 +60,7 @@ def _where(row: Mapping[str, Any], channel: str) -> str:
 
 def read_tiff(fs: Any, path: str, shape: tuple[int, int] | None, where: str) -> np.ndarray:
     """The uint16 (H, W) plane of a one-page greyscale TIFF; ImageError naming `path` otherwise."""
-    import tifffile
+    tifffile = tiff_module()
 
     try:
         with fs.open(path, "rb") as f, tifffile.TiffFile(f) as tif:

@@ -30,7 +30,7 @@ from ...errors import MetadataError
 from ..intensity import Intensity
 from ..layout import DatasetLayout
 from ..reader import DatasetReader
-from .pixels import filesystem, read_site as read_site_pixels
+from .pixels import filesystem, read_site as read_site_pixels, tiff_module
 from .layout import BRIGHTFIELD, BUCKET_PREFIX, CHANNELS, COLORS, FLUORESCENCE, JUMP, LABEL_COLUMN, \
     UNKNOWN_WELL_TYPE, jump_layout, unannotated
 
@@ -95,7 +95,7 @@ def _order(table: "pd.DataFrame", channels: tuple[str, ...]) -> "pd.DataFrame":
 def _site_shape(fs: Any, root: str, table: "pd.DataFrame", channel: str) -> tuple[int, int]:
     """The sites' (height, width): every chosen plate's first TIFF header (Metadata_ImageSizeY/X are not kept in
     the table: a header read per plate is cheap and is what read_site checks against)."""
-    import tifffile
+    tifffile = tiff_module()
 
     shapes: dict[tuple[int, int], list[str]] = {}
     for plate, first in table.groupby("plate", sort=True).head(1).set_index("plate")[f"path_{channel}"].items():
