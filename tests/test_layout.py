@@ -38,7 +38,7 @@ def test_rxrx1_is_a_layout_with_the_rxrx1_facts():
 
 def test_the_dict_form_round_trips_through_json():
     d = RXRX1.to_dict()
-    assert d["layout_format"] == "1.0" and d["name"] == "rxrx1"
+    assert d["layout_format"] == "1.1" and d["name"] == "rxrx1"
     assert d["site_shape"] == [512, 512] and d["channels"][0] == {"name": "Hoechst", "key": "w1",
                                                                    "color": [19, 0, 249], "display_range": [0, 51]}
     back = _round_trip(RXRX1)
@@ -138,8 +138,10 @@ def test_the_registry_names_each_data_set_once(tmp_path, monkeypatch, tiny_raw):
 
     assert cellio.get_layout("rxrx1") is RXRX1 and "rxrx1" in cellio.list_datasets()
     assert get_dataset("rxrx1").source_kind == "rxrx1-png"
-    with pytest.raises(LayoutError, match=r"data set 'jump' is unknown; expected one of \['ome-zarr', 'rxrx1'\]"):
-        get_dataset("jump")
+    builtin = ("jump", "ome-zarr", "rxrx1", "rxrx2", "rxrx3-core")
+    assert list_datasets() == builtin
+    with pytest.raises(LayoutError, match=r"data set 'rxrx9' is unknown; expected one of \['jump', 'ome-zarr', "):
+        get_dataset("rxrx9")
     assert find_dataset(tiny_raw).name == "rxrx1" and find_dataset(tmp_path) is None
     monkeypatch.setattr(registry, "_READERS", dict(registry._READERS))  # registrations below end with the test
     ome = DatasetReader(NEXT["ome"], "ome-zarr", read_sites=lambda p: None, is_raw_dir=lambda p: False,
@@ -147,6 +149,6 @@ def test_the_registry_names_each_data_set_once(tmp_path, monkeypatch, tiny_raw):
     with pytest.raises(LayoutError, match="'ome-zarr' is already registered"):  # the built-in one
         register_dataset(ome)
     register_dataset(ome, replace=True)
-    assert get_dataset("ome-zarr") is ome and list_datasets() == ("ome-zarr", "rxrx1")
+    assert get_dataset("ome-zarr") is ome and list_datasets() == builtin
     with pytest.raises(LayoutError, match="'rxrx1' is already registered"):
         register_dataset(get_dataset("rxrx1"))

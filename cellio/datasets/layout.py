@@ -3,7 +3,8 @@
 Everything the store, the ingest, the loader and the display need to know about a data set that is not in its
 pixels: the channels (store order, names, how raw files name them, the display composite), the pixel type, the
 site shape and fields per well, the plate geometry and the wells used, the perturbation vocabulary and controls,
-the cell types, the splits and whether the test split's labels are hidden, and how ids are formed. RxRx1 is one
+the cell types, the splits and whether the test split's labels are hidden, how ids are formed, and how the stored
+pixels were made from the raw ones (`intensity`: illumination correction, 16 bits kept or a scaling). RxRx1 is one
 instance (`cellio/datasets/rxrx1/layout.py`); another data set is another instance, never a branch in the code
 that reads it. A store records its layout at ingest (`dataset_layout` attribute) and `open_store(...).layout`
 reads it back.
@@ -28,11 +29,12 @@ import numpy as np
 
 from ..errors import LayoutError
 from ..records import from_dict, to_dict
+from .intensity import Intensity
 
 __all__ = ["LAYOUT_FORMAT", "PIXEL_DTYPES", "ID_FIELDS", "Channel", "PlateGeometry", "ControlGroup", "Perturbations",
            "IdFormats", "DatasetLayout", "row_label"]
 
-LAYOUT_FORMAT = "1.0"
+LAYOUT_FORMAT = "1.1"  # 1.1: `intensity` (a 1.0 dict, without it, reads as the default)
 # pixel types a layout may declare (the store writes uint8 today; uint16 describes JUMP-like sets for what comes next)
 PIXEL_DTYPES: tuple[str, ...] = ("uint8", "uint16")
 # site-table fields an id format may name
@@ -185,7 +187,10 @@ class Perturbations:
 
     def __post_init__(self) -> None:
         _text("Perturbations.label_column", self.label_column)
-        _positive("Perturbations.n_treatments", self.n_treatments)
+        if isinstance(self.n_treatments, bool) or not isinstance(self.n_treatments, (int, np.integer)) \
+                or self.n_treatments < 0:
+            raise _fail("Perturbations.n_treatments", "a count >= 0 (0: not known)", self.n_treatments)
+        object.__setattr__(self, "n_treatments", int(self.n_treatments))
         if self.label_kind not in ("int", "str"):
             raise _fail("Perturbations.label_kind", "'int' or 'str'", self.label_kind)
         controls = tuple(self.controls)
@@ -266,6 +271,7 @@ class DatasetLayout:
     hidden_test_labels: bool = False
     ids: IdFormats = field(default_factory=IdFormats)
     description: str = ""
+    intensity: Intensity = field(default_factory=Intensity)
 
     def __post_init__(self) -> None:
         _text("DatasetLayout.name", self.name, _NAME, "a lower-case name (letters, digits, - or _), e.g. 'rxrx1'")
@@ -303,6 +309,11 @@ class DatasetLayout:
             raise _fail(f"{where}: ids", "an IdFormats", self.ids)
         if not isinstance(self.description, str):
             raise _fail(f"{where}: description", "a string", self.description)
+        if not isinstance(self.intensity, Intensity):
+            raise _fail(f"{where}: intensity", "an Intensity", self.intensity)
+        if self.intensity.output_dtype not in (None, self.pixel_dtype):
+            raise _fail(f"{where}: pixel_dtype", f"{self.intensity.output_dtype} (what the intensity rule "
+                        f"{str(self.intensity)!r} writes)", self.pixel_dtype)
         top = self.max_value
         for c in channels:
             if c.display_range is not None and c.display_range[1] > top:

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 _BUILTIN: dict[str, str] = {
     "ome-zarr": "cellio.datasets.ome_zarr",
     "rxrx1": "cellio.datasets.rxrx1",
+    "jump": "cellio.datasets.jump",
 }
 _READERS: dict[str, DatasetReader] = {}
 
