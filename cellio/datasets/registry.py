@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 # name -> module whose READER describes it (imported when the name is first asked for)
 _BUILTIN: dict[str, str] = {
     "rxrx1": "cellio.datasets.rxrx1",
+    "rxrx2": "cellio.datasets.rxrx2",
+    "rxrx3-core": "cellio.datasets.rxrx3_core",
 }
 _READERS: dict[str, DatasetReader] = {}
 
