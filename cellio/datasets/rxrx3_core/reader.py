@@ -51,64 +51,67 @@ def read_sites(raw: str | os.PathLike[str]) -> pd.DataFrame:
         log.warning("%s: %d of the %d shards are absent (%s%s): wells with images there are skipped",
                     source, len(absent), len(absent) + len(shards), ", ".join(absent[:3]),
                     ", ..." if len(absent) > 3 else "")
-    parts = []
+    # each image's slot: well index (metadata order) x 6 + channel - 1; per slot its shard and row (-1: none).
+    # Only integer arrays outlive a shard: the real set's 1,335,606 keys cost ~20 MB here, not their strings.
+    n = len(wells)
+    lookup = pd.Index(wells["experiment"] + "/Plate" + wells["plate"].astype(str) + "/" + wells["well"])
+    slots, shard_of, row_of = [], [], []
     for i, shard in enumerate(shards):  # one shard at a time, the key column only
         part = index_shard(fs, root, shard, source)
-        part.insert(0, "shard", np.int64(i))
-        parts.append(part)
+        well = lookup.get_indexer(part["well"])
+        orphan = np.flatnonzero(well < 0)
+        if orphan.size:
+            r = orphan[0]
+            raise MetadataError(f"{source}: {shard} row {r}: key {part['key'].iat[r]!r} names a well that is not in "
+                                f"{METADATA_FILE} ({orphan.size} such image(s) in this shard); expected every "
+                                "image's well there")
+        slots.append(well.astype(np.int64) * len(_CHANNELS) + part["channel"].to_numpy() - 1)
+        shard_of.append(np.full(len(part), i, dtype=np.int32))
+        row_of.append(part["row"].to_numpy(np.int64))
         log.debug("%s: %d keys", shard, len(part))
-    index = pd.concat(parts, ignore_index=True)
+    slot, shard_of, row_of = np.concatenate(slots), np.concatenate(shard_of), np.concatenate(row_of)
+    order = np.argsort(slot, kind="stable")
+    repeat = np.flatnonzero(slot[order][1:] == slot[order][:-1])
+    if repeat.size:
+        a, b = order[repeat[0]], order[repeat[0] + 1]
+        w, c = divmod(int(slot[a]), len(_CHANNELS))
+        key = image_key(wells["experiment"].iat[w], wells["plate"].iat[w], wells["well"].iat[w], c + 1)
+        raise MetadataError(f"{source}: the image {key!r} is in {shards[shard_of[a]]} row {row_of[a]} and again in "
+                            f"{shards[shard_of[b]]} row {row_of[b]} ({repeat.size} repeated key(s)); expected each "
+                            "channel image once")
+    shard_at = np.full(n * len(_CHANNELS), -1, dtype=np.int32)
+    row_at = np.full(n * len(_CHANNELS), -1, dtype=np.int64)
+    shard_at[slot], row_at[slot] = shard_of, row_of
+    shard_at, row_at = shard_at.reshape(n, -1), row_at.reshape(n, -1)
+    del slot, shard_of, row_of, order
 
-    def where(k: int) -> str:
-        return f"{shards[int(index['shard'].iat[k])]} row {int(index['row'].iat[k])}"
-
-    keys = ["experiment", "plate", "well", "channel"]
-    dup = index.duplicated(keys, keep=False)
-    if dup.any():
-        first = index[dup].sort_values(keys, kind="stable").head(2).index
-        k = index.loc[first[0]]
-        raise MetadataError(f"{source}: the image {image_key(k['experiment'], k['plate'], k['well'], k['channel'])!r} "
-                            f"is in {where(first[0])} and again in {where(first[1])} "
-                            f"({int(dup.sum())} rows repeat a key); expected each channel image once")
-    wide = index.set_index(keys)[["shard", "row"]].unstack("channel")
-    wide = wide.reindex(columns=pd.MultiIndex.from_product([["shard", "row"], list(_CHANNELS)]))
-    wide.columns = [f"{what}_{c}" for what, c in wide.columns]
-    wide = wide.reset_index()
-
-    merged = wells.merge(wide, on=["experiment", "plate", "well"], how="outer", indicator=True)
-    orphans = merged[merged["_merge"] == "right_only"]
-    if len(orphans):
-        o = orphans.iloc[0]
-        c = next(c for c in _CHANNELS if pd.notna(o[f"shard_{c}"]))
-        raise MetadataError(f"{source}: {shards[int(o[f'shard_{c}'])]} row {int(o[f'row_{c}'])}: key "
-                            f"{image_key(o['experiment'], o['plate'], o['well'], c)!r} names a well that is not in "
-                            f"{METADATA_FILE} ({len(orphans)} such well(s)); expected every image's well there")
-    merged = merged[merged["_merge"] != "right_only"]
-    have = merged[[f"shard_{c}" for c in _CHANNELS]].notna().to_numpy()
-    incomplete = ~have.all(axis=1)
+    complete = (shard_at >= 0).all(axis=1)
     skipped = []
-    if incomplete.any():
-        bad = merged[incomplete]
-        reasons = [_missing_reason(row, shards) for _, row in bad.iterrows()]
+    if not complete.all():
+        bad = np.flatnonzero(~complete)
+        reasons = [_missing_reason(shard_at[w], row_at[w], shards) for w in bad]
+        ids = wells["id_code"].to_numpy()[bad]
         if not absent:
-            lines = [f"{idc}: {why}" for idc, why in zip(bad["id_code"], reasons)]
+            lines = [f"{idc}: {why}" for idc, why in zip(ids, reasons)]
             raise MetadataError(f"{source}: {len(lines)} well(s) of {METADATA_FILE} without all six channel images "
                                 "in data/ (every shard of the set is present):\n  " + "\n  ".join(lines[:20])
                                 + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""))
-        skipped = [{"id_code": idc, "reason": why} for idc, why in zip(bad["id_code"], reasons)]
+        skipped = [{"id_code": idc, "reason": why} for idc, why in zip(ids, reasons)]
         log.warning("%s: %d well(s) skipped, their images are in absent shards (e.g. %s: %s)", source,
                     len(skipped), skipped[0]["id_code"], skipped[0]["reason"])
-        merged = merged[~incomplete]
-    if merged.empty:
+    if not complete.any():
         raise MetadataError(f"{source}: no well of {METADATA_FILE} has its images in the shards present "
                             f"({len(shards)} shard(s))")
 
-    table = merged.drop(columns="_merge")
-    for key, path_col, row_col, c in zip(RXRX3_CORE.channel_keys, _PATHS, ROW_COLUMNS, _CHANNELS):
-        table[path_col] = [shards[int(s)] for s in table[f"shard_{c}"]]
-        table[row_col] = table[f"row_{c}"].astype(np.int64)
+    table = wells[complete].copy()
+    shard_at, row_at = shard_at[complete], row_at[complete]
+    names = np.array(shards, dtype=object)
+    for c, (path_col, row_col) in enumerate(zip(_PATHS, ROW_COLUMNS)):
+        table[path_col] = names[shard_at[:, c]].astype(str)
+        table[row_col] = row_at[:, c]
+    table["_shard"], table["_row"] = shard_at[:, 0], row_at[:, 0]
     # store order = shard order: consecutive sites read consecutive rows (one row-group read serves several)
-    table = table.sort_values([f"shard_{_CHANNELS[0]}", f"row_{_CHANNELS[0]}"], kind="stable")
+    table = table.sort_values(["_shard", "_row"], kind="stable")
     table = table[list(SITE_COLUMNS)].reset_index(drop=True)
     table.attrs["raw_dir"] = source
     table.attrs["layout"] = RXRX3_CORE
@@ -118,12 +121,11 @@ def read_sites(raw: str | os.PathLike[str]) -> pd.DataFrame:
     return table
 
 
-def _missing_reason(row: pd.Series, shards: list[str]) -> str:
-    found = [f"{c} ({shards[int(row[f'shard_{c}'])]} row {int(row[f'row_{c}'])})" for c in _CHANNELS
-             if pd.notna(row[f"shard_{c}"])]
-    missing = [c for c in _CHANNELS if pd.isna(row[f"shard_{c}"])]
+def _missing_reason(shard_at: np.ndarray, row_at: np.ndarray, shards: list[str]) -> str:
+    found = [f"{c} ({shards[s]} row {r})" for c, s, r in zip(_CHANNELS, shard_at, row_at) if s >= 0]
     if not found:
         return "no image in the shards present"
+    missing = [c for c, s in zip(_CHANNELS, shard_at) if s < 0]
     return f"channel(s) {missing} missing; found channel(s) {', '.join(found)}"
 
 

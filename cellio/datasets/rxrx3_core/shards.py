@@ -82,7 +82,8 @@ def _check_schema(pf: Any, where: str) -> None:
 
 
 def index_shard(fs: Any, root: str, shard: str, where: str) -> pd.DataFrame:
-    """The keys of one shard, parsed and checked: (row, experiment, plate, well, channel), one row per parquet row.
+    """The keys of one shard, parsed and checked: (row, key, well, channel) per parquet row, `well` the key's
+    '{experiment}/Plate{plate}/{address}' (plate without leading zeros).
 
     MetadataError naming shard, row and key for a key not of the form '{experiment}/Plate{plate}/{address}_s1_{c}',
     a channel outside 1..6, a site other than 1, or a well outside the 1,536-well plate."""
@@ -111,8 +112,9 @@ def index_shard(fs: Any, root: str, shard: str, where: str) -> pd.DataFrame:
     bad_well = ok & parts["well"].map(lambda w: isinstance(w, str) and parse_address(w) is None)
     report(bad_well.astype(bool), "a well of the 1,536-well plate (rows A..Z, AA..AF; columns 01..48)")
     problems.raise_if_any(where)
-    return pd.DataFrame({"row": np.arange(len(keys), dtype=np.int64), "experiment": parts["experiment"],
-                         "plate": pd.to_numeric(parts["plate"]).astype(np.int64), "well": parts["well"],
+    well = parts["experiment"] + "/Plate" + pd.to_numeric(parts["plate"]).astype(np.int64).astype(str) + "/" \
+        + parts["well"]
+    return pd.DataFrame({"row": np.arange(len(keys), dtype=np.int64), "key": keys, "well": well,
                          "channel": channel.astype(np.int64)})
 
 
