@@ -24,6 +24,8 @@ _BUILTIN: dict[str, str] = {
     "ome-zarr": "cellio.datasets.ome_zarr",
     "rxrx1": "cellio.datasets.rxrx1",
     "jump": "cellio.datasets.jump",
+    "rxrx2": "cellio.datasets.rxrx2",
+    "rxrx3-core": "cellio.datasets.rxrx3_core",
 }
 _READERS: dict[str, DatasetReader] = {}
 

@@ -26,9 +26,13 @@ def read_sites(raw_dir: Path) -> "pd.DataFrame":
 
 
 def is_raw_dir(path: Path) -> bool:
-    """A directory holding the Kaggle CSVs (train.csv or test.csv) or the rxrx.ai metadata.csv."""
+    """A directory holding the Kaggle CSVs (train.csv or test.csv) or the rxrx.ai metadata.csv (with a sirna
+    column: RxRx2's rxrx.ai download is also a metadata.csv, with treatment columns instead)."""
+    from ..checks import csv_header
+
     path = Path(path)
-    return any((path / name).is_file() for name in ("train.csv", "test.csv", "metadata.csv"))
+    return any((path / name).is_file() for name in ("train.csv", "test.csv")) or \
+        "sirna" in csv_header(path / "metadata.csv")
 
 
 READER = DatasetReader(layout=RXRX1, source_kind="rxrx1-png", read_sites=read_sites, is_raw_dir=is_raw_dir,
