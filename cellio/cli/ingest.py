@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep only these channels, comma list of names in store order (e.g. DNA,RNA,Mito; "
                              "default: all)")
     parser.add_argument("--plates", type=_csv, default=None, help="only these plates, comma list")
+    parser.add_argument("--metadata", default=None,
+                        help="the data set's perturbation tables where they are not in RAW (jump: the consortium's "
+                             "metadata directory; ome-zarr: a CSV with plate, well, perturbation columns)")
     parser.add_argument("--experiments", type=_csv, default=None, help="comma list, e.g. HUVEC-01,RPE-03")
     parser.add_argument("--cell-types", type=_csv, default=None, help="comma list, e.g. HUVEC,U2OS")
     parser.add_argument("--limit", type=int, default=None, help="only the first N sites after filtering")
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
                     experiments=args.experiments, cell_types=args.cell_types, datasets=args.datasets,
                     limit=args.limit, scheduler=args.scheduler, verify=args.verify, progress=args.progress,
                     batch_size=args.batch_size, layout=args.layout, sites_per_shard=args.sites_per_shard,
-                    tile=args.tile, reader=args.dataset, channels=args.channels, plates=args.plates)
+                    tile=args.tile, reader=args.dataset, channels=args.channels, plates=args.plates,
+                    metadata=args.metadata)
     rate = report.n_written / report.seconds if report.seconds > 0 else 0.0
     print(f"{report.store}: {report.n_ok} sites stored, {report.n_failed} failed, {report.n_written} written "
           f"by this run in {report.seconds:.1f} s ({rate:.1f} sites/s, codec {report.codec}, "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import MetadataError
 from .layout import DatasetLayout
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ class DatasetReader:
     one PNG per channel named by `layout.path_columns`; bind: for a data set whose layout is read from the raw
     source itself (an OME-Zarr plate: its channels, pixel type, plate geometry), `bind(raw)` returns the reader
     bound to that source's layout (the registered reader's own layout then only names the data set), None where
-    the layout is fixed. The callables are module-level functions, so a reader pickles into worker processes."""
+    the layout is fixed (`bind(raw, metadata=None)`: metadata names the data set's perturbation tables). The callables are module-level functions, so a reader pickles into worker processes."""
 
     layout: DatasetLayout
     source_kind: str
@@ -53,12 +54,19 @@ class DatasetReader:
     raw_description: str
     stats_source: str = "the data set's own statistics"
     read_site: SiteReader | None = None
-    bind: Callable[[str | Path], "DatasetReader"] | None = None
+    bind: Callable[..., "DatasetReader"] | None = None
 
     @property
     def name(self) -> str:
         return self.layout.name
 
-    def for_source(self, raw: str | Path) -> "DatasetReader":
-        """The reader for the raw source `raw`: `bind(raw)` where the layout comes from the source, else itself."""
-        return self if self.bind is None else self.bind(raw)
+    def for_source(self, raw: str | Path, metadata: str | Path | None = None) -> "DatasetReader":
+        """The reader for the raw source `raw`: `bind(raw, metadata=metadata)` where the layout comes from the source
+        (`metadata`: the data set's own perturbation tables, e.g. JUMP's consortium tables or an OME-Zarr plate's
+        perturbation CSV), else itself. A fixed-layout data set refuses `metadata` by name (it reads its own)."""
+        if self.bind is not None:
+            return self.bind(raw, metadata=metadata)
+        if metadata is not None:
+            raise MetadataError(f"metadata={str(metadata)!r}: the {self.name} reader reads its metadata from the raw "
+                                f"data itself ({self.raw_description}); it takes no separate metadata")
+        return self

@@ -93,7 +93,7 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
            image_size: tuple[int, int] | None = None, layout: str = DEFAULT_LAYOUT,
            sites_per_shard: int = DEFAULT_SITES_PER_SHARD, tile: int | tuple[int, int] | None = None,
            reader: str | DatasetReader | None = "rxrx1", channels: str | Iterable[str] | None = None,
-           plates: str | Iterable[str] | None = None) -> IngestReport:
+           plates: str | Iterable[str] | None = None, metadata: str | os.PathLike[str] | None = None) -> IngestReport:
     """Ingest a raw data set into a Zarr v3 store; resumes an interrupted run of the same call.
 
     raw: the data set's local directory, or (a reader with read_site) an object-storage URL, passed to the reader
@@ -124,6 +124,8 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
     if on_error not in ON_ERROR:
         raise StoreError(f"on_error {on_error!r} is unknown; expected one of {', '.join(ON_ERROR)}")
     reader = detect_reader(raw) if reader is None else get_dataset(reader) if isinstance(reader, str) else reader
+    # a data set whose layout comes from the data (JUMP, OME-Zarr) reads it now, before any store is touched
+    reader = reader.for_source(str(raw), metadata=None if metadata is None else str(metadata))
     splits = reader.layout.splits
     source = open_source(raw, reader, as_tuple(channels))
     if source.local:
@@ -135,7 +137,8 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
     exps, cts, plate_list = as_tuple(experiments), as_tuple(cell_types), as_tuple(plates)
     plan = plan_sites(source, ds, exps, cts, limit, plate_list)
     params = ingest_params(codec, verify, ds, exps, cts, limit, layout_params(layout, sites_per_shard, tile),
-                           source.layout.channel_names if source.pick is not None else None, plate_list)
+                           source.layout.channel_names if source.pick is not None else None, plate_list,
+                           None if metadata is None else str(metadata))
     target = FileTarget(str(store_path), storage_options)
     with _locked_root(target, "ingest") as lock:
         attrs = prepare(target, plan, source, params, image_size)

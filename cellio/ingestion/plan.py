@@ -73,9 +73,10 @@ def plan_sites(source: RawSource, datasets: tuple[str, ...], experiments: tuple[
 def ingest_params(codec: str, verify: bool, datasets: tuple[str, ...],
                   experiments: tuple[str, ...] | None, cell_types: tuple[str, ...] | None,
                   limit: int | None, layout: dict[str, Any] | None = None,
-                  channels: tuple[str, ...] | None = None, plates: tuple[str, ...] | None = None) -> dict[str, Any]:
+                  channels: tuple[str, ...] | None = None, plates: tuple[str, ...] | None = None,
+                  metadata: str | None = None) -> dict[str, Any]:
     """The store's `ingest` attribute: the arguments that define its contents. `channels` (the store's channel
-    names, when a subset was chosen) and `plates` are recorded only when given, so a store made without them keeps
+    names, when a subset was chosen), `plates` and `metadata` (the perturbation tables a bound reader joined) are recorded only when given, so a store made without them keeps
     the attribute of earlier versions (and resumes under them)."""
     params = {"codec": codec, "verify": verify, "verify_atol": VERIFY_ATOL, "datasets": list(datasets),
               "experiments": list(experiments) if experiments else None,
@@ -86,6 +87,8 @@ def ingest_params(codec: str, verify: bool, datasets: tuple[str, ...],
         params["channels"] = list(channels)
     if plates:
         params["plates"] = list(plates)
+    if metadata:
+        params["metadata"] = metadata
     return params
 
 

@@ -202,7 +202,13 @@ def jump_reader(src: str | Path, *, channels: Iterable[str] | None = None, brigh
                          read_site=partial(read_site_pixels, layout=layout, storage_options=options))
 
 
+def bind_source(src: str | Path, metadata: str | Path | None = None) -> DatasetReader:
+    """The registered reader bound to the mirror `src` (`cellio ingest SRC STORE --from jump [--metadata DIR]`):
+    `jump_reader` with its defaults, the layout (site shape, fields, vocabulary) read from the data."""
+    return jump_reader(src, metadata=metadata)
+
+
 READER = DatasetReader(layout=JUMP, source_kind=SOURCE_KIND, read_sites=partial(read_sites, layout=JUMP),
                        is_raw_dir=is_raw_dir, raw_description=RAW_DESCRIPTION,
                        stats_source="no per-site statistics (JUMP publishes none)",
-                       read_site=partial(read_site_pixels, layout=JUMP))
+                       read_site=partial(read_site_pixels, layout=JUMP), bind=bind_source)

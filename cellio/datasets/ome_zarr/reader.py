@@ -143,6 +143,12 @@ def ome_zarr_reader(plate: str | Path, perturbations: str | Path | None = None, 
                          is_raw_dir=is_raw_dir, raw_description=RAW_DESCRIPTION, read_site=read_site)
 
 
+def bind_plate(plate: str | Path, metadata: str | Path | None = None) -> DatasetReader:
+    """The registered reader bound to the plate group `plate` (`cellio ingest PLATE STORE --from ome-zarr
+    [--metadata perturbations.csv]`)."""
+    return ome_zarr_reader(plate, perturbations=metadata)
+
+
 # What is known of an OME-Zarr plate before one is opened: nothing but the name. The registered reader carries it
 # because a DatasetReader has a layout; `bind` replaces it by the plate's own (ingest must bind before it reads).
 UNBOUND_LAYOUT = DatasetLayout(
@@ -152,4 +158,4 @@ UNBOUND_LAYOUT = DatasetLayout(
     description="unbound: an OME-Zarr plate's layout is read from the plate (READER.bind(path))")
 
 READER = DatasetReader(layout=UNBOUND_LAYOUT, source_kind=SOURCE_KIND, read_sites=read_sites, is_raw_dir=is_raw_dir,
-                       raw_description=RAW_DESCRIPTION, read_site=read_site, bind=ome_zarr_reader)
+                       raw_description=RAW_DESCRIPTION, read_site=read_site, bind=bind_plate)
