@@ -239,3 +239,24 @@ def test_a_batch_in_store_order_costs_one_request_per_shard(s3, s3_stores, tiny_
     monkeypatch.setattr(fetcher, "_once", counting)
     np.testing.assert_array_equal(store.read(np.arange(8)), tiny_store.read(np.arange(8)))
     assert sent == [1]  # eight sites of one shard, adjacent: one range request
+
+
+def test_a_forked_child_of_a_process_running_obstore_reads_through_fsspec(s3, s3_stores, tiny_store):
+    """obstore's runtime does not survive fork (a child's first request hangs): forked loader workers of a parent
+    that used it read through fsspec instead, and still give the local store's pixels."""
+    import multiprocessing as mp
+
+    store = open_store(s3_stores["chunked"], storage_options={k: v for k, v in s3.options.items()
+                                                              if k != "config_kwargs"})
+    assert type(store._reader.fetcher).__name__ == "ObstoreFetcher"
+    store.read([1, 2])  # the parent's obstore runtime is running now
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got, client = pool.apply_async(_read_in_child, (store,)).get(timeout=60)
+    assert client == "RangeFetcher"
+    np.testing.assert_array_equal(got, tiny_store.read([3, 40, 7]))
+
+
+def _read_in_child(store):
+    out = store.read([3, 40, 7])
+    return out, type(store._reader.fetcher).__name__

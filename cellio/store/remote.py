@@ -23,6 +23,11 @@ caller gets a zero-copy slice of the merged bytes (`coalesce_ranges`). Neighbour
 in store order, an evaluation pass) then cost one GET instead of one each; a server that reads the whole object to
 serve any range (moto) pays once. Checksums are unaffected: every site's slice is decoded and verified as before.
 
+Fork: obstore's Rust runtime (tokio worker threads) does not survive fork(): a forked child of a process whose
+runtime had started hangs on its first request (measured: sync and async calls alike). A forked child therefore
+reads through fsspec when its parent had started that runtime (cellio's or anyone's: checked from the threads'
+names at fork time); loader workers forked before any obstore use, and spawned ones, keep obstore.
+
 Failures: a missing object is not an error here; access denied (bad or missing credentials) fails at once; any
 other error (connection refused, timeouts, 5xx, a server restarting) is transient: the failed ranges alone are
 retried with exponential backoff (`RetryPolicy`), then `RemoteStoreError` names the object URL, the attempts and
@@ -31,6 +36,7 @@ the last cause. Credentials are never part of a message or a log line: only URLs
 from __future__ import annotations
 
 import logging
+import os
 import random
 from datetime import timedelta
 import time
@@ -131,6 +137,43 @@ def coalesce_ranges(requests: Sequence[Request], gap: int) -> tuple[list[Request
             if k >= 0:
                 run, start, end = [k], requests[k][1], int(requests[k][2])  # type: ignore[arg-type]
     return merged, where
+
+
+_obstore_started = False   # this process started obstore's runtime (through cellio)
+_runtime_at_fork = False   # the parent had a tokio runtime running when it forked (set just before fork)
+_runtime_inherited = False  # this process is a forked child of such a parent: obstore would hang here
+
+
+def _tokio_threads() -> bool:
+    """Whether a tokio runtime's worker threads run in this process (Linux: the threads' names)."""
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().startswith("tokio"):
+                    return True
+    except OSError:
+        return _obstore_started
+    return False
+
+
+def _before_fork() -> None:
+    global _runtime_at_fork
+    _runtime_at_fork = _obstore_started or _tokio_threads()
+
+
+def _after_fork_in_child() -> None:
+    global _runtime_inherited, _obstore_started
+    _runtime_inherited = _runtime_inherited or _runtime_at_fork
+    _obstore_started = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+def obstore_usable() -> bool:
+    """False in a forked child whose parent had obstore's runtime running (see the module docstring)."""
+    return not _runtime_inherited
 
 
 class RangeFetcher:
@@ -238,9 +281,11 @@ class ObstoreFetcher(RangeFetcher):
         self._store: Any = None
 
     def _client(self) -> Any:
+        global _obstore_started
         if self._store is None:
             from obstore.store import S3Store
 
+            _obstore_started = True
             endpoint = self.config.get("endpoint", "")
             self._store = S3Store(self.bucket, config=self.config,
                                   client_options={"allow_http": endpoint.startswith("http://"),
@@ -315,12 +360,15 @@ def make_fetcher(fs: Any, url: str, storage_options: dict[str, Any] | None, retr
             if client == "obstore":
                 raise ValueError("client='obstore' needs obstore (pip install obstore)") from None
         else:
-            if not unknown:
+            if not obstore_usable():
+                log.debug("%s: a forked child of a process running obstore's runtime; reading through fsspec", url)
+            elif not unknown:
                 bucket = url.split("://", 1)[1].split("/", 1)[0]
                 return ObstoreFetcher(fs, bucket, options, retry, concurrency, coalesce_gap)
-            if client == "obstore":
+            elif client == "obstore":
                 raise ValueError(f"client='obstore' cannot take the storage_options {unknown}")
-            log.debug("%s: storage_options %s are fsspec-only; reading through fsspec", url, unknown)
+            else:
+                log.debug("%s: storage_options %s are fsspec-only; reading through fsspec", url, unknown)
     elif client == "obstore":
         raise ValueError(f"client='obstore' reads s3:// URLs only, not {protocol}://")
     return RangeFetcher(fs, retry, concurrency, coalesce_gap)
