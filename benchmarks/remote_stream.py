@@ -2,63 +2,176 @@
 mode (whole shards, cellio/loading/streaming.py) against a bulk 16-thread fetch of the store's objects, all from
 moto's S3-compatible server in its own process on 127.0.0.1; plus what coalescing a batch's ranges buys.
 
-    python benchmarks/remote_stream.py                       # 320 sites of 128 px, the default store, 3 repeats
+    python benchmarks/remote_stream.py                          # 320 sites of 128 px, the default store
     python benchmarks/remote_stream.py --sites 96 --repeats 1   # smoke run
 
 The store is what `cellio ingest` makes by default (lz4, sharded, 32 sites per shard, 128 px tiles). Loader rows:
 whole sites, no augmentation (preset "none": x / 255 as float32), batch 32, every site once per epoch
-(last_batch="partial"); the default backend and worker count unless --backend / --workers say otherwise. Before
-timing, every row's pixels are checked against the local copy of the same store. Rows are timed interleaved
-(benchmarks/_common.compare); results in benchmarks/results/remote_stream.{csv,json,png}.
+(last_batch="partial"), the default backend and worker count (--backend / --workers override). Every row runs in
+its own spawned process, as a training script would: obstore's runtime does not survive fork, so a parent that
+had used it would push its forked loader workers onto fsspec (cellio/store/remote.py). Each loader row's warm-up
+epoch checks every site once and its pixels against the local copy of the store. Rows are timed interleaved
+(A B C, A B C, ...), medians reported; results in benchmarks/results/remote_stream.{csv,json,png}.
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
-import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, Case, compare, environment, report  # noqa: E402
-from store_read import start_local_server  # noqa: E402
+from _common import DATA, Result, environment, report  # noqa: E402
 
 BULK = "bulk fetch, 16 threads (obstore)"
+ROWS = ("bulk", "random", "stream", "stream_w0", "ranges_each", "ranges_get_ranges", "ranges_coalesced")
 
 
 def make_raw(size: int, sites: int) -> Path:
+    import shutil
+
     import cellio
 
     root = DATA / f"remote-stream-{size}"
     if not (root / "train.csv").exists():
         if root.exists():
             shutil.rmtree(root)
-        # 2 sites per well; enough classes for `sites` (one HUVEC train + test experiment, 4 plates each)
         cellio.synthesize(root, classes=max(8, sites // 12), cell_types=("HUVEC",), train_experiments_per_cell_type=1,
                           test_experiments_per_cell_type=1, size=(size, size), seed=0, progress=False)
     return root
 
 
-def epoch(loader: Any) -> int:
-    return sum(len(b["index"]) for b in loader)
+def start_server() -> tuple[Any, str]:
+    from store_read import start_local_server
+
+    return start_local_server()
 
 
-def check(loader: Any, local: Any) -> None:
-    """One epoch: every site exactly once, pixels equal to the local store's (x / 255)."""
-    seen = []
-    for b in loader:
-        idx = b["index"].numpy()
-        want = local.read(idx).astype(np.float32).transpose(0, 3, 1, 2) / 255
-        if not np.allclose(b["image"].numpy(), want, atol=1e-6, rtol=0):
-            raise SystemExit(f"{loader.read_mode} loader: pixels differ from the local store for sites {idx[:4]}")
-        seen += idx.tolist()
-    if sorted(seen) != list(range(len(local))):
-        raise SystemExit(f"{loader.read_mode} loader: {len(seen)} sites yielded, {len(set(seen))} distinct, "
-                         f"expected each of {len(local)} once")
+# ------------------------------------------------------------------------------------------ one row, one process
+def _setup(row: str, cfg: dict[str, Any]) -> tuple[Any, str]:
+    """The row's work as a callable, and its name. Runs in the row's own process."""
+    import cellio
+
+    url, options, batch = cfg["url"], cfg["options"], cfg["batch"]
+    store = cellio.open_store(url, storage_options=options)
+    local = cellio.open_store(cfg["local"])
+    n, (H, W, C) = len(store), store.image_shape
+    if row == "bulk":
+        from concurrent.futures import ThreadPoolExecutor
+
+        import obstore
+        from obstore.store import S3Store
+
+        client = cfg["client"]
+        ob = S3Store(cfg["bucket"], config=client, client_options={"allow_http": True})
+        objects = [o["path"] for page in obstore.list(ob, prefix=cfg["prefix"] + "/images/") for o in page
+                   if not o["path"].endswith("zarr.json")]
+        pool = ThreadPoolExecutor(16)
+
+        def bulk() -> int:
+            return sum(len(g) for g in pool.map(lambda k: obstore.get(ob, k).bytes(), objects))
+        return bulk, BULK
+    if row in ("random", "stream", "stream_w0"):
+        common = dict(augment="none", crop_size=H, datasets=None, last_batch="partial", device="cpu", seed=0,
+                      backend=cfg["backend"], num_workers=cfg["workers"])
+        if row == "random":
+            loader = cellio.create_loader(store, batch, read_mode="random", **common)
+        elif row == "stream":  # read_mode="auto": what a training loader on an s3:// store does by default
+            loader = cellio.create_loader(store, batch, **common)
+            assert loader.read_mode == "stream", "auto did not pick stream mode for an s3:// training loader"
+        else:
+            loader = cellio.create_loader(store, batch, read_mode="stream",
+                                          **{**common, "backend": "torch", "num_workers": 0})
+        seen: list[int] = []
+        for b in loader:  # the check epoch (also the warm-up)
+            idx = b["index"].numpy()
+            want = local.read(idx).astype(np.float32).transpose(0, 3, 1, 2) / 255
+            if not np.allclose(b["image"].numpy(), want, atol=1e-6, rtol=0):
+                raise RuntimeError(f"{row}: pixels differ from the local store for sites {idx[:4]}")
+            seen += idx.tolist()
+        if sorted(seen) != list(range(n)):
+            raise RuntimeError(f"{row}: {len(seen)} sites yielded, {len(set(seen))} distinct, expected {n} once")
+
+        def epoch() -> int:
+            return sum(len(b["index"]) for b in loader)
+        name = {"random": f"loader random mode ({loader.backend}, W={loader.num_workers})",
+                "stream": f"loader stream mode = auto ({loader.backend}, W={loader.num_workers})",
+                "stream_w0": "loader stream mode (torch, W=0)"}[row]
+        return epoch, name
+    # coalescing: the byte ranges of batches of `batch` consecutive sites (one shard each), bytes only, no decode
+    import asyncio
+
+    import obstore
+    from store_read import remote_ranges
+
+    fetcher = store._reader.fetcher
+    assert type(fetcher).__name__ == "ObstoreFetcher", type(fetcher).__name__
+    store.read(np.arange(n))  # every shard index cached, as in a running loader
+    ranges = [remote_ranges(store, np.arange(k, min(k + batch, n)), None) for k in range(0, n, batch)]
+    if row == "ranges_get_ranges":
+        client, prefix = fetcher._client(), cfg["bucket"] + "/"
+
+        async def one(reqs: list[Any]) -> None:
+            by: dict[str, list[tuple[int, int]]] = {}
+            for k, s0, e0 in reqs:
+                by.setdefault(k[len(prefix):], []).append((s0, e0))
+            await asyncio.gather(*(obstore.get_ranges_async(client, path, starts=[r[0] for r in rs],
+                                                            ends=[r[1] for r in rs]) for path, rs in by.items()))
+
+        def get_ranges() -> int:
+            for reqs in ranges:
+                asyncio.run(one(reqs))
+            return n
+        return get_ranges, "ranges of shard-order batches, obstore get_ranges"
+    fetcher.coalesce_gap = -1 if row == "ranges_each" else 1 << 20
+
+    def fetch_ranges() -> int:
+        for reqs in ranges:
+            fetcher.fetch(reqs)
+        return n
+    return fetch_ranges, ("ranges of shard-order batches, one GET each" if row == "ranges_each"
+                          else "ranges of shard-order batches, cellio coalesced")
+
+
+def _serve(conn: Any, row: str, cfg: dict[str, Any], repo: str) -> None:
+    sys.path[:0] = [repo, str(Path(repo) / "benchmarks")]
+    mp.set_start_method("fork", force=True)  # the row's loader forks its workers, as from a shell script
+    try:
+        fn, name = _setup(row, cfg)
+        conn.send({"ok": True, "name": name})
+    except BaseException as exc:  # noqa: BLE001 - reported by the parent
+        conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        return
+    while conn.recv() == "run":
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        conn.send({"ok": True, "seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0})
+
+
+class Row:
+    def __init__(self, row: str, cfg: dict[str, Any]):
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, row, cfg, str(Path(__file__).resolve().parents[1])))
+        self.proc.start()
+        reply = self.conn.recv()
+        if not reply["ok"]:
+            raise SystemExit(f"row {row}: {reply['error']}")
+        self.name = reply["name"]
+
+    def run(self) -> tuple[float, float]:
+        self.conn.send("run")
+        reply = self.conn.recv()
+        return reply["seconds"], reply["cpu"]
+
+    def close(self) -> None:
+        self.conn.send("stop")
+        self.proc.join(60)
 
 
 def main() -> None:
@@ -69,11 +182,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--backend", default=None, help="loader backend (default: create_loader's)")
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: create_loader's)")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {','.join(ROWS)}")
     args = p.parse_args()
 
     import boto3
-    import obstore
-    from obstore.store import S3Store
 
     import cellio
 
@@ -81,81 +193,62 @@ def main() -> None:
     local_path = DATA / f"remote-stream-{args.size}-{args.sites}.zarr"
     if not (local_path / "zarr.json").exists():
         cellio.ingest(raw, local_path, workers=1, progress=False, limit=args.sites)
-    local = cellio.open_store(local_path)
-
-    proc, endpoint = start_local_server()
+    proc, endpoint = start_server()
+    rows: list[Row] = []
     try:
-        bucket = "cellio-stream"
+        bucket, prefix = "cellio-stream", "default.zarr"
         key, secret, region = "bench", "bench", "us-east-1"
         options = {"key": key, "secret": secret, "client_kwargs": {"endpoint_url": endpoint, "region_name": region}}
         boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,
                      region_name=region).create_bucket(Bucket=bucket)
-        url = f"s3://{bucket}/default.zarr"
+        url = f"s3://{bucket}/{prefix}"
         cellio.ingest(raw, url, workers=1, progress=False, limit=args.sites, storage_options=options)
         store = cellio.open_store(url, storage_options=options)
         n, (H, W, C) = len(store), store.image_shape
-        print(f"{store!r}\nserver {endpoint}", flush=True)
-
-        ob = S3Store(bucket, config={"access_key_id": key, "secret_access_key": secret, "endpoint": endpoint,
-                                     "region": region}, client_options={"allow_http": True})
-        objects = [o["path"] for page in obstore.list(ob, prefix="default.zarr/images/") for o in page
-                   if not o["path"].endswith("zarr.json")]
-        stored = sum(o["size"] for page in obstore.list(ob, prefix="default.zarr/images/") for o in page)
-        pool = ThreadPoolExecutor(16)
-
-        def bulk() -> None:
-            got = list(pool.map(lambda k: obstore.get(ob, k).bytes(), objects))
-            assert sum(len(g) for g in got) > 0
-
-        common = dict(augment="none", crop_size=H, datasets=None, last_batch="partial", device="cpu", seed=0,
-                      backend=args.backend, num_workers=args.workers)
-        random_mode = cellio.create_loader(store, args.batch, read_mode="random", **common)
-        stream_mode = cellio.create_loader(store, args.batch, **common)  # read_mode="auto": the remote default
-        stream_w0 = cellio.create_loader(store, args.batch, read_mode="stream",
-                                         **{**common, "backend": "torch", "num_workers": 0})
-        assert stream_mode.read_mode == "stream", "auto did not pick stream mode for an s3:// training loader"
-        for loader in (random_mode, stream_mode, stream_w0):
-            check(loader, local)
-        print(f"pixels checked: every site once per epoch, equal to the local store ({n} sites)", flush=True)
-
-        # coalescing: batches of 32 consecutive sites (one shard each), the ranges sent as they are or merged
-        plain = cellio.open_store(url, storage_options=options)
-        plain._reader.fetcher.coalesce_gap = -1
-        ordered = [np.arange(k, min(k + args.batch, n)) for k in range(0, n, args.batch)]
-        out = np.empty((args.batch, H, W, C), np.uint8)
-
-        def read_ordered(s: Any) -> None:
-            for b in ordered:
-                s.read(b, out=out[:len(b)])
-
-        desc = f"{store.backend_name if hasattr(store, 'backend_name') else ''}"
-        nbytes = n * H * W * C
-        cases = [Case(BULK, bulk, items=n, nbytes=nbytes, group="baseline", extra={"stored_bytes": stored}),
-                 Case(f"loader random mode ({random_mode.backend}, W={random_mode.num_workers})",
-                      lambda: epoch(random_mode), items=n, nbytes=nbytes, group="loader"),
-                 Case(f"loader stream mode = auto ({stream_mode.backend}, W={stream_mode.num_workers})",
-                      lambda: epoch(stream_mode), items=n, nbytes=nbytes, group="loader"),
-                 Case("loader stream mode (torch, W=0)", lambda: epoch(stream_w0), items=n, nbytes=nbytes,
-                      group="loader"),
-                 Case("store.read, shard-order batches, one request per site", lambda: read_ordered(plain), items=n,
-                      nbytes=nbytes, group="coalescing"),
-                 Case("store.read, shard-order batches, coalesced", lambda: read_ordered(store), items=n,
-                      nbytes=nbytes, group="coalescing")]
-        del desc
-        results = compare(cases, warmup=1, repeats=args.repeats)
+        fs = store._fs
+        objects = [k for k in fs.find(f"{bucket}/{prefix}/images") if not k.endswith("zarr.json")]
+        stored = sum(fs.size(k) for k in objects)
+        print(f"{store!r}\n{len(objects)} objects, {stored / 1e6:.1f} MB; server {endpoint}", flush=True)
+        cfg = {"url": url, "options": options, "local": str(local_path), "batch": args.batch, "bucket": bucket,
+               "prefix": prefix, "backend": args.backend, "workers": args.workers,
+               "client": {"access_key_id": key, "secret_access_key": secret, "endpoint": endpoint,
+                          "region": region}}
+        for row in args.rows.split(","):
+            rows.append(Row(row, cfg))  # set up (and, for loaders, checked) one after another
+            print(f"  ready: {rows[-1].name}", flush=True)
+        for r in rows:  # warm-up
+            r.run()
+        times: list[list[float]] = [[] for _ in rows]
+        cpu: list[list[float]] = [[] for _ in rows]
+        for _ in range(args.repeats):
+            for k, r in enumerate(rows):
+                s, c = r.run()
+                times[k].append(s)
+                cpu[k].append(c)
+        group = {BULK: "baseline"}
+        results = [Result(r.name, n, n * H * W * C, t, group.get(r.name, "loader" if "loader" in r.name
+                                                                      else "coalescing (bytes only)"), {}, c)
+                   for r, t, c in zip(rows, times, cpu)]
         env = environment(sites=n, size=args.size, batch=args.batch, repeats=args.repeats, objects=len(objects),
                           stored_bytes=stored, server="moto (own process, 127.0.0.1)", store=repr(store),
-                          nice=os.nice(0))
-        rows = report(results, "remote_stream", baseline=BULK, env=env,
-                      title=f"from a local S3 server: {n} sites of {H}x{W}x{C}, the default store "
-                            f"({len(objects)} objects, {stored / 1e6:.1f} MB)")
-        by = {r["name"]: r for r in rows}
-        goal = by[cases[2].name]["ratio"]
-        print(f"\ngoal (stream mode, the remote default, >= 0.8x the bulk fetch): {goal:.2f}x "
-              f"({'met' if goal >= 0.8 else 'NOT met'}); stream / random: "
-              f"{by[cases[2].name]['sites_per_s'] / by[cases[1].name]['sites_per_s']:.2f}x")
-        pool.shutdown()
+                          nice=os.nice(0), note="cpu_ms_per_site: the row process only (loader workers not counted)")
+        out = report(results, "remote_stream", baseline=BULK, env=env,
+                     title=f"from a local S3 server: {n} sites of {H}x{W}x{C}, the default store "
+                           f"({len(objects)} objects, {stored / 1e6:.1f} MB)")
+        by = {r["name"]: r for r in out}
+        stream = next((r for r in out if r["name"].startswith("loader stream mode = auto")), None)
+        random_ = next((r for r in out if r["name"].startswith("loader random mode")), None)
+        if stream is not None and BULK in by:
+            print(f"\ngoal: the training loader in its remote default (stream) >= 0.8x the bulk fetch: "
+                  f"{stream['ratio']:.2f}x ({'met' if stream['ratio'] >= 0.8 else 'NOT met'})"
+                  + (f"; stream / random mode: {stream['sites_per_s'] / random_['sites_per_s']:.2f}x"
+                     if random_ else ""))
     finally:
+        for r in rows:
+            try:
+                r.close()
+            except (OSError, EOFError):
+                pass
         proc.terminate()
         proc.wait(10)
 
