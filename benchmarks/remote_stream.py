@@ -11,7 +11,8 @@ whole sites, no augmentation (preset "none": x / 255 as float32), batch 32, ever
 its own spawned process, as a training script would: obstore's runtime does not survive fork, so a parent that
 had used it would push its forked loader workers onto fsspec (cellio/store/remote.py). Each loader row's warm-up
 epoch checks every site once and its pixels against the local copy of the store. Rows are timed interleaved
-(A B C, A B C, ...), medians reported; results in benchmarks/results/remote_stream.{csv,json,png}.
+(A B C, A B C, ...), medians reported; results in benchmarks/results/remote_stream.{csv,json,png}. Each row process
+runs torch with one intra-op thread (see _serve). `--tag` names the output files (remote_stream_<tag>.*).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, Result, environment, report  # noqa: E402
 
 BULK = "bulk fetch, 16 threads (obstore)"
-ROWS = ("bulk", "random", "stream", "stream_w0", "ranges_each", "ranges_get_ranges", "ranges_coalesced")
+ROWS = ("bulk", "stream_read", "random", "stream", "stream_w0", "ranges_each", "ranges_get_ranges",
+        "ranges_coalesced")
 
 
 def make_raw(size: int, sites: int) -> Path:
@@ -76,6 +78,20 @@ def _setup(row: str, cfg: dict[str, Any]) -> tuple[Any, str]:
         def bulk() -> int:
             return sum(len(g) for g in pool.map(lambda k: obstore.get(ob, k).bytes(), objects))
         return bulk, BULK
+    if row == "stream_read":  # stream mode's reads alone: whole shards 4 at a time, decoded to uint8 batches
+        units = store.stream_units(np.arange(n))
+        windows = np.array_split(np.unique(units), max(1, -(-len(np.unique(units)) // 4)))
+        out = np.empty((batch, H, W, C), np.uint8)
+
+        def stream_read() -> int:
+            for w in windows:
+                fetched = store.fetch_units(w.tolist())
+                rows_ = np.flatnonzero(np.isin(units, w))
+                for k in range(0, len(rows_), batch):
+                    part = rows_[k:k + batch]
+                    store.read_fetched(fetched, part, out=out[:len(part)])
+            return n
+        return stream_read, "stream reads only (whole shards, decoded; no loader)"
     if row in ("random", "stream", "stream_w0"):
         common = dict(augment="none", crop_size=H, datasets=None, last_batch="partial", device="cpu", seed=0,
                       backend=cfg["backend"], num_workers=cfg["workers"])
@@ -141,6 +157,11 @@ def _setup(row: str, cfg: dict[str, Any]) -> tuple[Any, str]:
 def _serve(conn: Any, row: str, cfg: dict[str, Any], repo: str) -> None:
     sys.path[:0] = [repo, str(Path(repo) / "benchmarks")]
     mp.set_start_method("fork", force=True)  # the row's loader forks its workers, as from a shell script
+    import torch
+
+    # one intra-op thread: on this loaded 2-core VM a 2-thread torch.stack of one batch took 0.5 s (the OpenMP
+    # barrier waits for a thread the scheduler does not run) against 2 ms with one thread
+    torch.set_num_threads(1)
     try:
         fn, name = _setup(row, cfg)
         conn.send({"ok": True, "name": name})
@@ -183,6 +204,7 @@ def main() -> None:
     p.add_argument("--backend", default=None, help="loader backend (default: create_loader's)")
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: create_loader's)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {','.join(ROWS)}")
+    p.add_argument("--tag", default="", help="suffix of the result files")
     args = p.parse_args()
 
     import boto3
@@ -232,7 +254,7 @@ def main() -> None:
         env = environment(sites=n, size=args.size, batch=args.batch, repeats=args.repeats, objects=len(objects),
                           stored_bytes=stored, server="moto (own process, 127.0.0.1)", store=repr(store),
                           nice=os.nice(0), note="cpu_ms_per_site: the row process only (loader workers not counted)")
-        out = report(results, "remote_stream", baseline=BULK, env=env,
+        out = report(results, "remote_stream" + (f"_{args.tag}" if args.tag else ""), baseline=BULK, env=env,
                      title=f"from a local S3 server: {n} sites of {H}x{W}x{C}, the default store "
                            f"({len(objects)} objects, {stored / 1e6:.1f} MB)")
         by = {r["name"]: r for r in out}
