@@ -39,11 +39,12 @@ def make_raw(size: int, sites: int) -> Path:
 
     import cellio
 
-    root = DATA / f"remote-stream-{size}"
+    classes = max(8, sites // 12)  # ~14 sites per class (2 per well; controls on top): enough for `sites`
+    root = DATA / f"remote-stream-{size}-c{classes}"
     if not (root / "train.csv").exists():
         if root.exists():
             shutil.rmtree(root)
-        cellio.synthesize(root, classes=max(8, sites // 12), cell_types=("HUVEC",), train_experiments_per_cell_type=1,
+        cellio.synthesize(root, classes=classes, cell_types=("HUVEC",), train_experiments_per_cell_type=1,
                           test_experiments_per_cell_type=1, size=(size, size), seed=0, progress=False)
     return root
 
@@ -212,7 +213,7 @@ def main() -> None:
     import cellio
 
     raw = make_raw(args.size, args.sites)
-    local_path = DATA / f"remote-stream-{args.size}-{args.sites}.zarr"
+    local_path = raw.with_name(f"{raw.name}-{args.sites}.zarr")
     if not (local_path / "zarr.json").exists():
         cellio.ingest(raw, local_path, workers=1, progress=False, limit=args.sites)
     proc, endpoint = start_server()
@@ -227,6 +228,8 @@ def main() -> None:
         cellio.ingest(raw, url, workers=1, progress=False, limit=args.sites, storage_options=options)
         store = cellio.open_store(url, storage_options=options)
         n, (H, W, C) = len(store), store.image_shape
+        if n < args.sites:
+            raise SystemExit(f"{raw}: only {n} sites, --sites {args.sites} asked for")
         fs = store._fs
         objects = [k for k in fs.find(f"{bucket}/{prefix}/images") if not k.endswith("zarr.json")]
         stored = sum(fs.size(k) for k in objects)
