@@ -2,7 +2,7 @@
 mode (whole shards, cellio/loading/streaming.py) against a bulk 16-thread fetch of the store's objects, all from
 moto's S3-compatible server in its own process on 127.0.0.1; plus what coalescing a batch's ranges buys.
 
-    python benchmarks/remote_stream.py                          # 320 sites of 128 px, the default store
+    python benchmarks/remote_stream.py                          # 288 sites of 128 px, the default store
     python benchmarks/remote_stream.py --sites 96 --repeats 1   # smoke run
 
 The store is what `cellio ingest` makes by default (lz4, sharded, 32 sites per shard, 128 px tiles). Loader rows:
@@ -39,7 +39,7 @@ def make_raw(size: int, sites: int) -> Path:
 
     import cellio
 
-    classes = max(8, sites // 12)  # ~14 sites per class (2 per well; controls on top): enough for `sites`
+    classes = max(8, -(-sites // 21) * 4)  # a multiple of 4 (plate groups); ~5.4 sites per class here
     root = DATA / f"remote-stream-{size}-c{classes}"
     if not (root / "train.csv").exists():
         if root.exists():
@@ -169,7 +169,7 @@ def _serve(conn: Any, row: str, cfg: dict[str, Any], repo: str) -> None:
     except BaseException as exc:  # noqa: BLE001 - reported by the parent
         conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
         return
-    while conn.recv() == "run":
+    while conn.recv() == "run":  # (EOFError when the parent is gone: the row ends)
         c0, t0 = time.process_time(), time.perf_counter()
         fn()
         conn.send({"ok": True, "seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0})
@@ -198,7 +198,7 @@ class Row:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sites", type=int, default=320, help="sites ingested (the first N of the synthetic set)")
+    p.add_argument("--sites", type=int, default=288, help="sites ingested (the first N of the synthetic set)")
     p.add_argument("--size", type=int, default=128, help="site size in pixels (square)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
@@ -208,10 +208,13 @@ def main() -> None:
     p.add_argument("--tag", default="", help="suffix of the result files")
     args = p.parse_args()
 
+    import signal
+
     import boto3
 
     import cellio
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: still stop the server and the rows (finally)
     raw = make_raw(args.size, args.sites)
     local_path = raw.with_name(f"{raw.name}-{args.sites}.zarr")
     if not (local_path / "zarr.json").exists():
