@@ -24,10 +24,11 @@ from ..errors import PipelineConfigError
 from .sampling import BALANCE_MODES, LAST_BATCH_POLICIES, ShardedSampler, balance_weights
 from .selection import select_sites, site_meta
 from .sources import META_FIELDS, SiteMeta, SiteSource
+from .streaming import DEFAULT_STREAM_BUFFER, READ_MODES, StreamSampler
 from .transforms import (AugmentConfig, TTA_MODES, apply_torch, check_fits, eval_views, get_preset, pixel_tensor,
                          torch_dtype)
 
-__all__ = ["BACKENDS", "BATCH_BY", "create_loader", "Loader", "select_sites"]
+__all__ = ["BACKENDS", "BATCH_BY", "READ_MODES", "create_loader", "Loader", "select_sites"]
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,8 @@ class Loader:
     """Iterable of batches for one rank (see module docstring). Build it with :func:`create_loader`."""
 
     def __init__(self, store: Any, meta: SiteMeta, sites: pd.DataFrame, cfg: AugmentConfig,
-                 sampler: ShardedSampler, *, train: bool, views: np.ndarray, tta: str | None, dihedral: bool,
-                 backend: str, device: str, num_workers: int, prefetch: int,
+                 sampler: ShardedSampler | StreamSampler, *, train: bool, views: np.ndarray, tta: str | None,
+                 dihedral: bool, backend: str, device: str, num_workers: int, prefetch: int,
                  channels: tuple[str, ...] | None = None):
         self.store = store
         self.channels = channels  # the loaded channels' names (None: all of the store's)
@@ -120,6 +121,7 @@ class Loader:
         self.num_workers = num_workers
         self.prefetch = prefetch
         self._meta = meta
+        self.read_mode = getattr(sampler, "mode", "random")  # "random" (byte ranges) or "stream" (whole units)
         self._epoch = 0
         self._batch = 0  # batches of the current epoch already yielded
         self._resume_batch: int | None = None  # set by load_state_dict for the next iteration
@@ -271,6 +273,35 @@ class Loader:
             pass
 
 
+def _stream_conflicts(train: bool, balance: str | None, batch_by: str | None,
+                      samples_per_epoch: int | None) -> list[str]:
+    """The loader options stream mode cannot honour (named for the error message)."""
+    return [name for name, on in (("train=False", not train), (f"balance={balance!r}", balance is not None),
+                                  (f"batch_by={batch_by!r}", batch_by is not None),
+                                  ("samples_per_epoch", samples_per_epoch is not None)) if on]
+
+
+def _stream_units(store: Any, rows: np.ndarray, read_mode: str, train: bool, balance: str | None,
+                  batch_by: str | None, samples_per_epoch: int | None) -> np.ndarray | None:
+    """The unit of each selected row when the loader streams, else None (read_mode "auto": stream when training
+    from object storage and nothing conflicts; see create_loader)."""
+    from ..errors import StoreError
+    from ..store.files import is_url
+
+    if read_mode == "random":
+        return None
+    if read_mode == "auto" and (_stream_conflicts(train, balance, batch_by, samples_per_epoch)
+                                or not is_url(getattr(store, "path", ""))):
+        return None
+    try:
+        return store.stream_units(rows)
+    except StoreError as exc:
+        if read_mode == "auto":
+            log.info("%s; reading by byte ranges", exc)
+            return None
+        raise PipelineConfigError(f"read_mode='stream': {exc}") from None
+
+
 def _identity(x: Any) -> Any:
     return x
 
@@ -304,7 +335,8 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
                   last_batch: str | None = None, num_workers: int | None = None, tta: str | None = None,
                   dihedral: bool = False, prefetch: int = 2, batch_by: str | None = None,
                   samples_per_epoch: int | None = None, labels: Mapping[int, int] | None = None,
-                  verify: bool = True, channels: Sequence[str] | str | None = None) -> Loader:
+                  verify: bool = True, channels: Sequence[str] | str | None = None, read_mode: str = "auto",
+                  stream_buffer: int = DEFAULT_STREAM_BUFFER) -> Loader:
     """A DataLoader-like iterable over `store` (a Store or a path) for one rank. Checks everything up front.
 
     augment: a preset name (see cellio.loading.transforms.list_presets) or an AugmentConfig; crop_size / dtype override
@@ -323,6 +355,11 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
     a StoreDamagedError naming the file and the site. False only for trusted local disks (docs/performance.md).
     channels: load only these channels (names or keys of the store's layout, in this order; `image` then has that
     many), default all; LayoutError naming unknown ones and listing the store's channels.
+    read_mode: "random" (every batch's sites anywhere in the selection, read by byte ranges), "stream" (training
+    only: whole shard objects, each rank its own, shard order shuffled per epoch, sites shuffled within windows of
+    `stream_buffer` shards; cellio/loading/streaming.py) or "auto" (default: "stream" for training from object
+    storage, where it is faster — docs/performance.md, "Streaming from object storage" — "random" otherwise, and
+    wherever stream mode does not apply: balance, batch_by, samples_per_epoch, evaluation, a non-cellio layout).
     """
     from .pipeline import dali_available, require_dali
 
@@ -372,6 +409,14 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
         world_size = d_world if world_size is None else world_size
     num_workers = parse_int("num_workers", min(4, os.cpu_count() or 1) if num_workers is None else num_workers)
     prefetch = parse_int("prefetch", prefetch, minimum=1)
+    read_mode = parse_choice("read_mode", read_mode, READ_MODES)
+    stream_buffer = parse_int("stream_buffer", stream_buffer, minimum=1)
+    if read_mode == "stream":
+        unstreamable = _stream_conflicts(train, balance, batch_by, samples_per_epoch)
+        if unstreamable:
+            raise PipelineConfigError(f"read_mode='stream' reads whole shards in a shuffled order for training; "
+                                      f"it does not combine with {', '.join(unstreamable)} (use read_mode='random' "
+                                      f"or 'auto')")
 
     # --- the store and the selection
     if isinstance(store, (str, os.PathLike)):
@@ -404,12 +449,19 @@ def create_loader(store: Any, batch_size: int, *, train: bool = True, augment: s
         sel = store.sites.iloc[rows]
         key = sel["experiment"].astype(str) + ("/" + sel["plate"].astype(str) if batch_by == "plate" else "")
         groups = np.repeat(key.to_numpy(), len(views))
-    sampler = ShardedSampler(len(rows) * len(views), batch_size=batch_size, rank=rank, world_size=world_size,
-                             seed=seed, shuffle=train, last_batch=last_batch, weights=weights, groups=groups,
-                             num_samples=None if samples_per_epoch is None else samples_per_epoch * len(views))
+    sampler: ShardedSampler | StreamSampler
+    units = _stream_units(store, rows, read_mode, train, balance, batch_by, samples_per_epoch)
+    if units is not None:  # one lane per worker process: each worker fetches its own units (streaming.py)
+        sampler = StreamSampler(units, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
+                                last_batch=last_batch, lanes=max(1, num_workers), buffer=stream_buffer)
+    else:
+        sampler = ShardedSampler(len(rows) * len(views), batch_size=batch_size, rank=rank, world_size=world_size,
+                                 seed=seed, shuffle=train, last_batch=last_batch, weights=weights, groups=groups,
+                                 num_samples=None if samples_per_epoch is None else samples_per_epoch * len(views))
     sites = store.sites.iloc[rows]
-    log.info("loader: %d sites x %d views, rank %d/%d, %d batches of %d, backend %s on %s", len(rows), len(views),
-             rank, world_size, sampler.num_batches(), batch_size, backend, device)
+    log.info("loader: %d sites x %d views, rank %d/%d, %d batches of %d, backend %s on %s, %s reads", len(rows),
+             len(views), rank, world_size, sampler.num_batches(), batch_size, backend, device,
+             getattr(sampler, "mode", "random"))
     return Loader(store, meta, sites, cfg, sampler, train=train, views=views, tta=tta if not train else None,
                   dihedral=dihedral, backend=backend, device=device, num_workers=num_workers, prefetch=prefetch,
                   channels=channel_names)

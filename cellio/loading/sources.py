@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import PipelineConfigError
 from .sampling import ShardedSampler
+from .streaming import StreamReader, StreamSampler
 from .transforms import (MIN_BLUR_SIGMA, AugmentConfig, blur_window, epoch_params, eval_params, field_coords,
                          noise_windows, normalization_affine, warp_matrices)
 
@@ -106,11 +107,13 @@ class SiteSource:
         self.out_hw: tuple[int, int] = self.image_hw if (not self.train and tta == "full") \
             else (cfg.crop_size, cfg.crop_size)
         self._cache: tuple[int, np.ndarray, np.ndarray, dict[str, np.ndarray] | None, np.ndarray] | None = None
+        # stream mode (a StreamSampler): whole units fetched per window, per process
+        self._stream: StreamReader | None = StreamReader(store) if isinstance(sampler, StreamSampler) else None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_cache"] = None  # workers rebuild the order themselves
-        return state
+        return state  # (a StreamReader pickles empty)
 
     # -- order -----------------------------------------------------------------------------------------------------
     def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,8 +152,13 @@ class SiteSource:
             params = eval_params(self.cfg, views, self.image_hw, self.tta or "center", self.channels)
         rows = self.meta.rows[j]
         win = params["window"]
-        if np.all(win[:, 2:] == win[0, 2:]):
-            windows: list[np.ndarray] | np.ndarray = self.store.read(rows, crop=win)  # one threaded batch read
+        windows: list[np.ndarray] | np.ndarray
+        if self._stream is not None:  # whole units, fetched per window (cellio.loading.streaming)
+            windows = self._stream.read(self.sampler.plan(epoch), batch_index, rows, win)
+            if self.pick is not None:
+                windows = np.ascontiguousarray(windows[..., self.pick])
+        elif np.all(win[:, 2:] == win[0, 2:]):
+            windows = self.store.read(rows, crop=win)  # one threaded batch read
             if self.pick is not None:
                 windows = np.ascontiguousarray(windows[..., self.pick])
         else:

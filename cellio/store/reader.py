@@ -8,8 +8,9 @@ overhead: it computes each site's bytes from the array metadata and reads them i
 - sharded layout (a shard per group of sites, a tile per inner chunk), local: the shard index (read once per
   shard, cached) gives the byte range of the tiles a crop overlaps: one `pread`, and only those tiles decoded;
 - fsspec URLs (S3, GCS, ...), either layout: for a whole batch, the missing shard indexes and then every site's
-  byte range are fetched concurrently in one call each (`cellio.store.remote.RangeFetcher`, with retries), then
-  decoded and checksum-verified on the reader's threads straight into the batch;
+  byte range are fetched concurrently in one call each (`cellio.store.remote.RangeFetcher`, with retries; ranges
+  of one object within 1 MiB of each other coalesced into one request), then decoded and checksum-verified on the
+  reader's threads straight into the batch;
 - anything else (rechunked, foreign sharding) goes through zarr-python with concurrent per-site reads, never fancy
   indexing.
 
@@ -18,6 +19,10 @@ Integrity (format 1.1): every chunk ends with a crc32c checksum, verified on eve
 covers all of it); with verify=False they read only rows y..y+h. A mismatch, a missing chunk or undecodable bytes
 raise StoreDamagedError naming the chunk file and the site's id_code; a missing chunk is never read as zeros.
 Format 1.0 stores (no checksums) still open; their damage shows only as decode errors or in `cellio verify`.
+
+Streaming (the loader's read_mode="stream"): `stream_units` groups rows into units of whole objects (a shard, or a
+run of chunk objects), `fetch_units` fetches units whole, `read_fetched` decodes a batch from them
+(cellio/store/paths/objects.py).
 
 Each of those read paths is a module of cellio/store/paths/; this module opens a store, holds its tables (the
 site table, failures, statistics) and its data set layout (`Store.layout`), and runs a batch's reads on its threads.
@@ -358,11 +363,57 @@ class Store:
             out[...] = picked
             return out
         self._check_fork()
+        # remote: every byte range fetched here (coalesced), decoded by site(b) on the threads
+        return self._run_batch(indices, crop, out, self._reader.batch)
+
+    # -- whole objects (the loader's stream mode) ------------------------------------------------------------
+    def _objects(self) -> Any:
+        self._check_fork()
+        return self._reader.objects()
+
+    def stream_units(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The unit (whole objects fetched together: a shard, or a run of chunk objects) of each row `indices`;
+        StoreError for a store whose images are not in a cellio layout (cellio/store/paths/objects.py)."""
+        idx = self._check_indices(indices)
+        return self._objects().unit_of(self._rows[idx])
+
+    def fetch_units(self, units: Sequence[int]) -> dict[int, Any]:
+        """Every object of `units` (see stream_units), whole, in one concurrent call: unit -> FetchedUnit, for
+        read_fetched. Remote failures raise RemoteStoreError naming the object after the retries."""
+        return self._objects().fetch([int(u) for u in units])
+
+    def read_fetched(self, fetched: dict[int, Any], indices: Sequence[int] | np.ndarray, crop: Any = None,
+                     out: np.ndarray | None = None) -> np.ndarray:
+        """Like read(), from units already fetched by fetch_units (each row's unit must be in `fetched`):
+        decoded and checksum-verified on this store's threads, damage raised naming the object and the site."""
+        objects = self._objects()
+
+        def prepare(pos: np.ndarray, crops: np.ndarray, out: np.ndarray) -> Any:
+            units = objects.unit_of(pos)
+            missing = sorted(set(units.tolist()) - set(fetched))
+            if missing:
+                raise StoreError(f"read_fetched: units {missing[:5]} were not fetched (fetch_units first)")
+
+            def site(b: int) -> None:
+                objects.decode(fetched[int(units[b])], int(pos[b]), crops[b], out[b])
+
+            return site
+
+        return self._run_batch(indices, crop, out, prepare)
+
+    def _check_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(self._rows)
         if idx.size and (idx.min() < -n or idx.max() >= n):
             bad = idx[(idx < -n) | (idx >= n)][0]
             raise StoreError(f"site index {int(bad)} is out of range for a store of {n} sites")
+        return idx
+
+    def _run_batch(self, indices: Sequence[int] | np.ndarray, crop: Any, out: np.ndarray | None,
+                   prepare: Any) -> np.ndarray:
+        """Check the batch, then run prepare(pos, crops, out)'s site(b) for every slot on this store's threads."""
+        self._check_fork()
+        idx = self._check_indices(indices)
         pos = self._rows[idx]
         crops, h, w = self._normalize_crops(len(idx), crop)
         C = self.image_shape[2]
@@ -371,7 +422,7 @@ class Store:
         elif out.shape != (len(idx), h, w, C) or out.dtype != self.dtype or not out.flags.c_contiguous:
             raise StoreError(f"out must be a C-contiguous {self.dtype} array of shape {(len(idx), h, w, C)}; found "
                              f"{out.dtype} {out.shape}")
-        site = self._reader.batch(pos, crops, out)  # remote: every byte range fetched here, decoded by site(b)
+        site = prepare(pos, crops, out)
 
         def run(part: range) -> None:
             for b in part:

@@ -17,6 +17,17 @@ Both take credentials and endpoints from the same place as the rest of cellio: f
 (`key`, `secret`, `token`, `client_kwargs.endpoint_url` / `region_name`), else the environment (`AWS_*`); the
 obstore client's own retries are off (`RetryPolicy` is the one retry loop).
 
+Coalescing: before a batch's ranges go out, ranges of one object that touch or lie within `coalesce_gap` bytes of
+each other (default 1 MiB, what object_store's own `get_ranges` uses) are merged into one request, and each
+caller gets a zero-copy slice of the merged bytes (`coalesce_ranges`). Neighbouring sites of a shard (a batch read
+in store order, an evaluation pass) then cost one GET instead of one each; a server that reads the whole object to
+serve any range (moto) pays once. Checksums are unaffected: every site's slice is decoded and verified as before.
+
+Fork: obstore's Rust runtime (tokio worker threads) does not survive fork(): a forked child of a process whose
+runtime had started hangs on its first request (measured: sync and async calls alike). A forked child therefore
+reads through fsspec when its parent had started that runtime (cellio's or anyone's: checked from the threads'
+names at fork time); loader workers forked before any obstore use, and spawned ones, keep obstore.
+
 Failures: a missing object is not an error here; access denied (bad or missing credentials) fails at once; any
 other error (connection refused, timeouts, 5xx, a server restarting) is transient: the failed ranges alone are
 retried with exponential backoff (`RetryPolicy`), then `RemoteStoreError` names the object URL, the attempts and
@@ -25,6 +36,7 @@ the last cause. Credentials are never part of a message or a log line: only URLs
 from __future__ import annotations
 
 import logging
+import os
 import random
 from datetime import timedelta
 import time
@@ -35,9 +47,12 @@ from typing import Any
 from ..errors import RemoteStoreError
 
 __all__ = ["RetryPolicy", "RangeFetcher", "ObstoreFetcher", "make_fetcher", "remote_error", "with_retries",
-           "CLIENTS"]
+           "coalesce_ranges", "CLIENTS", "DEFAULT_COALESCE_GAP"]
 
 CLIENTS: tuple[str, ...] = ("auto", "obstore", "fsspec")
+DEFAULT_COALESCE_GAP = 1 << 20  # bytes between two ranges of one object that are still fetched as one request
+
+Request = tuple[str, int, "int | None"]
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +98,93 @@ def remote_error(url: str, exc: BaseException, attempts: int, seconds: float) ->
         f"client_kwargs.endpoint_url or AWS_ENDPOINT_URL), then read again", url=url, attempts=attempts)
 
 
+def coalesce_ranges(requests: Sequence[Request], gap: int) -> tuple[list[Request], list[tuple[int, int, int]]]:
+    """Merge the ranges of one object that overlap, touch or lie within `gap` bytes of each other.
+
+    Returns (merged requests, one (merged index, offset, length) per request: its bytes are
+    merged[index][offset:offset + length]; length -1 means "to the end", for whole-object requests, which are
+    never merged with anything but an identical whole-object request). gap < 0 turns merging off.
+    """
+    if gap < 0:
+        return list(requests), [(k, 0, -1) for k in range(len(requests))]
+    merged: list[Request] = []
+    where: list[tuple[int, int, int]] = [(0, 0, -1)] * len(requests)
+    by_key: dict[str, list[int]] = {}
+    for k, (key, _, _) in enumerate(requests):
+        by_key.setdefault(key, []).append(k)
+    for key, ks in by_key.items():
+        whole = [k for k in ks if requests[k][2] is None]
+        if whole:  # the whole object is fetched anyway: every range of it is a slice of that
+            m = len(merged)
+            merged.append((key, 0, None))
+            for k in ks:
+                s, e = requests[k][1], requests[k][2]
+                where[k] = (m, s, -1 if e is None else e - s)
+            continue
+        ks = sorted(ks, key=lambda k: requests[k][1])
+        run: list[int] = []
+        start = end = 0
+        for k in ks + [-1]:
+            if k >= 0 and run and requests[k][1] <= end + gap:
+                run.append(k)
+                end = max(end, int(requests[k][2]))  # type: ignore[arg-type]
+                continue
+            if run:
+                m = len(merged)
+                merged.append((key, start, end))
+                for j in run:
+                    where[j] = (m, requests[j][1] - start, int(requests[j][2]) - requests[j][1])  # type: ignore
+            if k >= 0:
+                run, start, end = [k], requests[k][1], int(requests[k][2])  # type: ignore[arg-type]
+    return merged, where
+
+
+_obstore_started = False   # this process started obstore's runtime (through cellio)
+_runtime_at_fork = False   # the parent had a tokio runtime running when it forked (set just before fork)
+_runtime_inherited = False  # this process is a forked child of such a parent: obstore would hang here
+
+
+def _tokio_threads() -> bool:
+    """Whether a tokio runtime's worker threads run in this process (Linux: the threads' names)."""
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().startswith("tokio"):
+                    return True
+    except OSError:
+        return _obstore_started
+    return False
+
+
+def _before_fork() -> None:
+    global _runtime_at_fork
+    _runtime_at_fork = _obstore_started or _tokio_threads()
+
+
+def _after_fork_in_child() -> None:
+    global _runtime_inherited, _obstore_started
+    _runtime_inherited = _runtime_inherited or _runtime_at_fork
+    _obstore_started = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+def obstore_usable() -> bool:
+    """False in a forked child whose parent had obstore's runtime running (see the module docstring)."""
+    return not _runtime_inherited
+
+
 class RangeFetcher:
     """Fetches many byte ranges of objects in one concurrent call (see the module docstring)."""
 
-    def __init__(self, fs: Any, retry: RetryPolicy | None = None, concurrency: int = 64):
+    def __init__(self, fs: Any, retry: RetryPolicy | None = None, concurrency: int = 64,
+                 coalesce_gap: int = DEFAULT_COALESCE_GAP):
         self.fs = fs
         self.retry = retry or RetryPolicy()
         self.concurrency = max(1, int(concurrency))
+        self.coalesce_gap = int(coalesce_gap)
 
     def url(self, key: str) -> str:
         return self.fs.unstrip_protocol(key)
@@ -102,10 +197,21 @@ class RangeFetcher:
                         on_error="return")
         return self.fs.cat_ranges(keys, starts, ends, on_error="return")
 
-    def fetch(self, requests: Sequence[tuple[str, int, int | None]]) -> list[bytes | None]:
-        """Bytes of every (key, start, end) range (end None: to the end of the object), in order; None where the
-        object does not exist. Raises RemoteStoreError when a range still fails after the retries."""
-        out: list[bytes | None] = [None] * len(requests)
+    def fetch(self, requests: Sequence[Request]) -> list[memoryview | None]:
+        """Bytes of every (key, start, end) range (end None: to the end of the object), in order, as read-only
+        buffers (slices of a coalesced request share its bytes); None where the object does not exist. Raises
+        RemoteStoreError naming the object when a range still fails after the retries."""
+        merged, where = coalesce_ranges(requests, self.coalesce_gap)
+        got = self._fetch_exact(merged)
+        out: list[memoryview | None] = []
+        for m, off, n in where:
+            data = got[m]
+            out.append(None if data is None else data[off:] if n < 0 else data[off:off + n])
+        return out
+
+    def _fetch_exact(self, requests: Sequence[Request]) -> list[memoryview | None]:
+        """fetch() without coalescing: one request per range, the failed ones retried."""
+        out: list[memoryview | None] = [None] * len(requests)
         todo = list(range(len(requests)))
         t0 = time.monotonic()
         attempt = 0
@@ -129,7 +235,7 @@ class RangeFetcher:
                     failed.append(k)
                     last = res
                 else:
-                    out[k] = bytes(res)
+                    out[k] = res if isinstance(res, memoryview) else memoryview(res)  # obstore Bytes: no copy
             todo = failed
             if not todo:
                 break
@@ -168,16 +274,18 @@ class ObstoreFetcher(RangeFetcher):
     """s3:// ranges through obstore (see the module docstring for why); same interface and errors as RangeFetcher."""
 
     def __init__(self, fs: Any, bucket: str, storage_options: dict[str, Any] | None, retry: RetryPolicy | None = None,
-                 concurrency: int = 64):
-        super().__init__(fs, retry, concurrency)
+                 concurrency: int = 64, coalesce_gap: int = DEFAULT_COALESCE_GAP):
+        super().__init__(fs, retry, concurrency, coalesce_gap)
         self.bucket = bucket
         self.config = _obstore_config(storage_options or {})
         self._store: Any = None
 
     def _client(self) -> Any:
+        global _obstore_started
         if self._store is None:
             from obstore.store import S3Store
 
+            _obstore_started = True
             endpoint = self.config.get("endpoint", "")
             self._store = S3Store(self.bucket, config=self.config,
                                   client_options={"allow_http": endpoint.startswith("http://"),
@@ -236,7 +344,8 @@ _OBSTORE_KEYS = {"key", "secret", "token", "client_kwargs", "config_kwargs", "an
 
 
 def make_fetcher(fs: Any, url: str, storage_options: dict[str, Any] | None, retry: RetryPolicy | None = None,
-                 concurrency: int = 64, client: str = "auto") -> RangeFetcher:
+                 concurrency: int = 64, client: str = "auto",
+                 coalesce_gap: int = DEFAULT_COALESCE_GAP) -> RangeFetcher:
     """The range client for a store URL: obstore for s3:// where available (client="auto" or "obstore"), fsspec
     otherwise. client="obstore" where obstore cannot serve the URL raises ValueError naming why."""
     if client not in CLIENTS:
@@ -251,12 +360,15 @@ def make_fetcher(fs: Any, url: str, storage_options: dict[str, Any] | None, retr
             if client == "obstore":
                 raise ValueError("client='obstore' needs obstore (pip install obstore)") from None
         else:
-            if not unknown:
+            if not obstore_usable():
+                log.debug("%s: a forked child of a process running obstore's runtime; reading through fsspec", url)
+            elif not unknown:
                 bucket = url.split("://", 1)[1].split("/", 1)[0]
-                return ObstoreFetcher(fs, bucket, options, retry, concurrency)
-            if client == "obstore":
+                return ObstoreFetcher(fs, bucket, options, retry, concurrency, coalesce_gap)
+            elif client == "obstore":
                 raise ValueError(f"client='obstore' cannot take the storage_options {unknown}")
-            log.debug("%s: storage_options %s are fsspec-only; reading through fsspec", url, unknown)
+            else:
+                log.debug("%s: storage_options %s are fsspec-only; reading through fsspec", url, unknown)
     elif client == "obstore":
         raise ValueError(f"client='obstore' reads s3:// URLs only, not {protocol}://")
-    return RangeFetcher(fs, retry, concurrency)
+    return RangeFetcher(fs, retry, concurrency, coalesce_gap)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import StoreDamagedError
+from ...errors import StoreDamagedError, StoreError
 from ..codecs import ChunkCodec
 from ..shards import ShardLayout
 
@@ -56,6 +56,12 @@ class ReadPath:
 
     def after_fork(self) -> "ReadPath":
         return self
+
+    def objects(self) -> Any:
+        """The store's whole objects for streaming (`cellio.store.paths.objects.WholeObjects`); a read path that
+        cannot say which objects hold which sites raises StoreError."""
+        raise StoreError(f"{self.ctx.path}: its images are not in a cellio layout (chunked or sharded), so they "
+                         f"cannot be read as whole objects; read them with read_mode='random'")
 
 
 def decode_chunk(ctx: ReadContext, data: Any, path: str, crop: np.ndarray, dst: np.ndarray) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 from ...errors import StoreDamagedError
 from ..format import chunk_key
 from .base import ReadContext, ReadPath, decode_chunk
+from .objects import WholeObjects
 
 __all__ = ["RemoteObjects"]
 
@@ -27,6 +28,13 @@ class RemoteObjects(ReadPath):
     def after_fork(self) -> "RemoteObjects":
         """A fresh client: the parent's connections and event loop stay its own."""
         return RemoteObjects(self.ctx, self._make_fetcher(), self._make_fetcher)
+
+    def objects(self) -> WholeObjects:
+        """Whole objects through the same client (one GET each, retried; errors name the object)."""
+        images = f"{self.ctx.root}/images"
+        fetcher = self.fetcher
+        return WholeObjects(self.ctx, lambda keys: fetcher.fetch([(f"{images}/{k}", 0, None) for k in keys]),
+                            lambda k: fetcher.url(f"{images}/{k}"))
 
     def batch(self, pos: np.ndarray, crops: np.ndarray, out: np.ndarray) -> Callable[[int], None]:
         """Fetch every byte range the batch needs in one concurrent call (after the shard indexes it lacks, in
