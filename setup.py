@@ -14,7 +14,8 @@ extras = {
     "synth": ["scikit-learn>=1.4"],
     "ingest": ["opencv-python-headless>=4.9"],  # faster PNG decode; PIL is the fallback
     "train": TORCH + ["torchvision>=0.21", "pyyaml>=6", "tensorboard>=2.15", "scikit-learn>=1.4",
-                      "lightgbm>=4", "matplotlib>=3.8", "psutil>=5.9"],
+                      "lightgbm>=4", "matplotlib>=3.8", "psutil>=5.9",
+                      "timm>=1.0"],  # any timm backbone (model.name=timm:<name>); weights from local files only
     "s3": ["s3fs>=2024.1"],  # s3:// stores (gcsfs for gs://, adlfs for az:// work the same way)
     # the third-party writers/readers of the data sets beyond RxRx1 (TIFF, JPEG 2000, OME-Zarr), used by the format
     # generators in tests/formats/ and their tests
