@@ -1,5 +1,5 @@
 # The README's two commands (demo, test) and the phenomic-map ones. All create .venv on first use.
-#   make demo [DATA=/path/to/rxrx1] [OUT=out/demo] [BUDGET=minutes] [RECIPE=file.yaml]   the main job
+#   make demo [DATA=/path/to/data] [DATASET=name] [OUT=out/demo] [BUDGET=minutes] [RECIPE=file.yaml]   the main job
 #   make test                                        the test suite
 #   make maps-deps [PY=python]                       the phenomic-map dependencies (into another environment too)
 #   make maps-benchmark                              benchmarks/maps.py on the synthetic knockout screen
@@ -8,6 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 OUT    ?= out/demo
 DATA   ?=
+DATASET ?=
 BUDGET ?=
 RECIPE ?=
 STAMP  := $(VENV)/.installed
@@ -34,8 +35,8 @@ maps-benchmark: $(STAMP)
 	$(PY) benchmarks/maps.py
 
 demo: $(STAMP)
-	$(PY) -m trainer.demo --out '$(OUT)' $(if $(DATA),--data '$(DATA)') $(if $(BUDGET),--budget '$(BUDGET)') \
-		$(if $(RECIPE),--recipe '$(RECIPE)')
+	$(PY) -m trainer.demo --out '$(OUT)' $(if $(DATA),--data '$(DATA)') $(if $(DATASET),--dataset '$(DATASET)') \
+		$(if $(BUDGET),--budget '$(BUDGET)') $(if $(RECIPE),--recipe '$(RECIPE)')
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests

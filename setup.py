@@ -14,10 +14,11 @@ extras = {
     "synth": ["scikit-learn>=1.4"],
     "ingest": ["opencv-python-headless>=4.9"],  # faster PNG decode; PIL is the fallback
     "train": TORCH + ["torchvision>=0.21", "pyyaml>=6", "tensorboard>=2.15", "scikit-learn>=1.4",
-                      "lightgbm>=4", "matplotlib>=3.8", "psutil>=5.9"],
-    "s3": ["s3fs>=2024.1"],
+                      "lightgbm>=4", "matplotlib>=3.8", "psutil>=5.9",
+                      "timm>=1.0"],  # any timm backbone (model.name=timm:<name>); weights from local files only
+    "s3": ["s3fs>=2024.1"],  # s3:// stores (gcsfs for gs://, adlfs for az:// work the same way)
     # RxRx3-core's JPEG 2000 images (cellio/datasets/rxrx3_core: imagecodecs decoded them faster than glymur here)
-    "rxrx3": ["imagecodecs>=2024.1"],  # s3:// stores (gcsfs for gs://, adlfs for az:// work the same way)
+    "rxrx3": ["imagecodecs>=2024.1"],
     # the third-party writers/readers of the data sets beyond RxRx1 (TIFF, JPEG 2000, OME-Zarr), used by the format
     # generators in tests/formats/ and their tests
     "formats": ["tifffile>=2024.1", "imagecodecs>=2024.1", "ome-zarr>=0.18", "ome-zarr-models>=1.6"],

@@ -103,7 +103,7 @@ def test_the_cli_writes_well_and_site_embeddings(tmp_path):
                              "data.backend=torch"])
     class_map = ClassMap.from_sites(store.sites, include_controls=True)
     torch.manual_seed(0)
-    model = create_model("densenet_tiny", num_classes=len(class_map))
+    model = create_model("densenet_tiny", num_classes=len(class_map), in_chans=6, num_cell_types=4)
     ckpt = save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
                                               "classes": class_map.to_dict()})
     assert main(["--checkpoint", str(ckpt), "--store", str(store.path), "--out", str(tmp_path / "w.parquet"),

@@ -296,6 +296,14 @@ def test_the_trainer_uses_only_cellios_public_api():
     assert {"open_store", "create_loader", "derive_plate_groups", "ConfigError"} <= public
 
 
+def test_the_trainer_reads_a_data_sets_shape_from_its_layout_not_rxrx1s_constants():
+    """The trainer never imports cellio.schema (RxRx1's constants): channels, cell types, splits and labels come
+    from the store's layout (trainer/training/layout.py)."""
+    offenders = [f"{imp.where}: {imp.module} {list(imp.names)}" for name in _in("trainer") for imp in _imports(name)
+                 if imp.module == "cellio.schema" or (imp.module == "cellio" and "schema" in imp.names)]
+    assert offenders == []
+
+
 def test_the_checks_see_what_they_look_for():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -341,3 +342,61 @@ def test_a_repeated_budget_measurement_times_only_its_own_steps(raw, tmp_path):
     log = (opts.out / "runs" / "calibration" / "log.jsonl").read_text().splitlines()
     assert sum(json.loads(e)["event"] == "train" for e in log) == 8
     assert 0 < step_s < 5 and 0 < view_s < 1
+
+
+TRI_JOB = ["--hardware", "cpu", "plan.crop=16", "plan.batch=4", "plan.steps_single=6", "plan.steps_pseudo=0",
+           "plan.eval_tta=center", "plan.embed_tta=center", "plan.n_folds=2"]
+
+
+def test_the_main_job_on_another_layout_scores_held_out_experiments_and_embeds_every_well(tmp_path, monkeypatch):
+    """tests/test_other_layouts.py's three-channel layout (no hidden test labels): the job trains the compound
+    classifier with whole experiments held out, reports their accuracy per perturbation type and cell type, and
+    writes one embedding per well in the form trainer.maps reads; no submission."""
+    from tri_dataset import EXPERIMENTS, register_tri, write_tri_raw
+
+    from trainer.demo import main
+    from trainer.maps.files import read_well_embeddings
+
+    register_tri(monkeypatch)
+    raw = write_tri_raw(tmp_path / "raw")
+    out = tmp_path / "out"
+    assert main(["--data", str(raw), "--dataset", "tri", "--out", str(out), *TRI_JOB]) == 0
+    report = json.loads((out / "report.json").read_text())
+    held, plan = report["held_out"], json.loads((out / "plan.json").read_text())
+    assert report["dataset"] == "tri" and plan["steps_pseudo"] == 0 and plan["finetune_share"] == 0
+    assert not (out / "submission.csv").exists()
+    folds = json.loads((out / "runs" / "single" / "folds.json").read_text())
+    assert held["experiments"] == folds["val"] and set(folds["train"]).isdisjoint(folds["val"])
+    wells = pd.read_csv(out / "held_out_predictions.csv")
+    assert sorted(wells["experiment"].unique()) == folds["val"] and len(wells) == 16 * len(folds["val"])
+    assert held["n_wells"] == len(wells) and held["accuracy"] == pytest.approx((wells.label == wells.predicted).mean())
+    by_type = held["per_perturbation_type"]
+    assert set(by_type) == {"trt", "negcon"} and by_type["negcon"]["n"] == 4 * len(folds["val"])
+    assert by_type["trt"]["accuracy"] == pytest.approx(
+        (wells[wells.kind == "trt"].label == wells[wells.kind == "trt"].predicted).mean())
+    assert set(held["per_cell_type"]) <= {"U2OS", "A549"}
+    emb = pd.read_parquet(out / "embeddings.parquet")
+    assert len(emb) == emb["id_code"].nunique() == 16 * len(EXPERIMENTS)  # every well of every split, once
+    assert {"dataset", "experiment", "plate", "well", "kind", "compound", "f0"} <= set(emb.columns)
+    loaded = read_well_embeddings(out / "embeddings.parquet")
+    assert loaded.features.shape[0] == len(emb) and np.isfinite(loaded.features).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "tri"], r"--dataset tri: needs --data DIR"),
+    (["--data", "{raw}", "--dataset", "trii"], r"--dataset: expected a registered data set, one of \[.*'tri'"),
+])
+def test_the_data_set_is_checked_before_any_work(tmp_path, monkeypatch, capsys, args, message):
+    import re
+
+    from tri_dataset import register_tri
+
+    from trainer.demo import main
+
+    register_tri(monkeypatch)
+    out = tmp_path / "out"
+    args = [a.replace("{raw}", str(tmp_path)) for a in args]
+    assert main(["--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert not (out / "store.zarr").exists()

@@ -35,7 +35,7 @@ def test_registry_lists_the_families():
 @pytest.mark.parametrize("name", list_models())
 def test_two_step_smoke(name):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=5)
+    model = create_model(name, num_classes=5, in_chans=6, num_cell_types=4)
     h, w = SIZE.get(name, BIG)
     x = torch.randn(2, 6, h, w)
     ct = torch.tensor([0, 3])
@@ -65,7 +65,8 @@ def test_two_step_smoke(name):
 
 def test_perchannel_extractors_see_only_their_channel():
     torch.manual_seed(0)
-    model = create_model("perchannel_tiny", num_classes=3, intensity_stats=True).eval()
+    model = create_model("perchannel_tiny", num_classes=3, in_chans=6, num_cell_types=4,
+                         intensity_stats=True).eval()
     x = torch.randn(2, 6, 33, 29)
     base = model.channel_features(x)
     x2 = x.clone()
@@ -89,7 +90,7 @@ def test_head_cell_type_onehot_and_per_cell_type_heads():
     with pytest.raises(ConfigError, match="cell_type"):
         head(feats)
     # the one-hot really changes the answer
-    shared = ClassifierHead(7, 4, cell_type_input=True).eval()
+    shared = ClassifierHead(7, 4, num_cell_types=4, cell_type_input=True).eval()
     assert not torch.allclose(shared(feats, torch.zeros(6, dtype=torch.long)), shared(feats, torch.ones(6).long()))
 
 
@@ -124,33 +125,76 @@ def test_pretrained_from_a_local_file(tmp_path, old_keys):
     state = _torchvision_tiny_state(old_keys)
     path = tmp_path / "densenet_tiny.pth"
     torch.save(state, path)
-    model = create_model("densenet_tiny", num_classes=5, pretrained=str(path))
+    model = create_model("densenet_tiny", num_classes=5, in_chans=6, num_cell_types=4, pretrained=str(path))
     clean = _torchvision_tiny_state(False)
     own = model.features.state_dict()
     torch.testing.assert_close(own["conv0.weight"], adapt_input_conv(6, clean["features.conv0.weight"]))
     for key in ("denseblock1.denselayer1.norm1.weight", "denseblock3.denselayer4.conv2.weight", "norm5.bias"):
         torch.testing.assert_close(own[key], clean[f"features.{key}"])
-    per = create_model("perchannel_tiny", num_classes=5, pretrained=str(path))
+    per = create_model("perchannel_tiny", num_classes=5, in_chans=6, num_cell_types=4, pretrained=str(path))
     torch.testing.assert_close(per.extractors[3].conv0.weight, clean["features.conv0.weight"].sum(1, keepdim=True))
 
 
 def test_missing_pretrained_file_is_an_error_not_random_init(tmp_path):
     with pytest.raises(ConfigError, match=r"model\.pretrained.*does not exist"):
-        create_model("densenet_tiny", num_classes=5, pretrained=str(tmp_path / "densenet121.pth"))
+        create_model("densenet_tiny", num_classes=5, in_chans=6, num_cell_types=4,
+                     pretrained=str(tmp_path / "densenet121.pth"))
 
 
 def test_pretrained_of_another_depth_is_rejected(tmp_path):
     path = tmp_path / "tiny.pth"
     torch.save(_torchvision_tiny_state(), path)
     with pytest.raises(ConfigError, match="does not fit"):
-        create_model("densenet121", num_classes=5, pretrained=str(path))
+        create_model("densenet121", num_classes=5, in_chans=6, num_cell_types=4, pretrained=str(path))
 
 
 def test_unknown_model_and_kwargs():
     with pytest.raises(ConfigError, match="densenet_tiny"):
-        create_model("resnet50", num_classes=5)
+        create_model("resnet50", num_classes=5, in_chans=6, num_cell_types=4)
     with pytest.raises(ConfigError, match="model.kwargs"):
-        create_model("densenet_tiny", num_classes=5, hiddn=3)
+        create_model("densenet_tiny", num_classes=5, in_chans=6, num_cell_types=4, hiddn=3)
+
+
+@pytest.mark.parametrize("name", ["densenet_tiny", "perchannel_tiny", "convnet_micro", "timm:resnet18"])
+def test_models_take_the_datas_channels_and_cell_types(name):
+    """Built for 3 channels and 2 cell types (a layout other than RxRx1's): the stem, the per-channel extractors
+    and the head's cell-type input follow the data, and 6 channels are refused."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5, in_chans=3, num_cell_types=2).eval()
+    x, ct = torch.randn(2, 3, 33, 29), torch.tensor([0, 1])
+    assert model(x, ct).shape == (2, 5) and model.forward_features(x, ct).shape == (2, model.num_features)
+    first = next(m for m in model.head.heads[0] if isinstance(m, torch.nn.Linear))
+    assert first.in_features == model.num_features + 2  # the 2 cell types' one-hot
+    if name == "perchannel_tiny":
+        assert len(model.extractors) == 3 and model.num_features == 3 * model.num_channel_features + 6
+    with pytest.raises((ConfigError, RuntimeError)):
+        model(torch.randn(2, 6, 33, 29), ct)
+
+
+def test_a_timm_backbone_loads_local_weights_with_its_stem_adapted(tmp_path, monkeypatch):
+    import timm
+    from timm.models import adapt_input_conv as timm_adapt
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a local file only: any hub access would fail here
+    torch.manual_seed(3)
+    imagenet = timm.create_model("resnet18", pretrained=False, num_classes=1000)  # RGB, its own classifier
+    path = tmp_path / "resnet18.pth"
+    torch.save(imagenet.state_dict(), path)
+    model = create_model("timm:resnet18", num_classes=7, in_chans=5, num_cell_types=3, pretrained=str(path))
+    own, src = model.backbone.state_dict(), imagenet.state_dict()
+    torch.testing.assert_close(own["conv1.weight"], timm_adapt(5, src["conv1.weight"]))
+    torch.testing.assert_close(own["layer3.1.conv2.weight"], src["layer3.1.conv2.weight"])
+    assert "fc.weight" not in own and model.num_features == 512  # the ImageNet classifier is dropped
+    x, ct = torch.randn(2, 5, 35, 31), torch.tensor([2, 0])
+    assert model.eval()(x, ct).shape == (2, 7)
+    with pytest.raises(ConfigError, match=r"model\.pretrained.*does not exist"):
+        create_model("timm:resnet18", num_classes=7, in_chans=5, num_cell_types=3, pretrained=str(tmp_path / "x"))
+    (tmp_path / "junk.pth").write_bytes(b"not a state dict")
+    with pytest.raises(ConfigError, match="cannot build it with weights"):
+        create_model("timm:resnet18", num_classes=7, in_chans=5, num_cell_types=3,
+                     pretrained=str(tmp_path / "junk.pth"))
+    with pytest.raises(ConfigError, match=r"timm has no model 'resnet181'.*timm:resnet18"):
+        create_model("timm:resnet181", num_classes=7, in_chans=5, num_cell_types=3)
 
 
 # ---- labels, folds, losses ------------------------------------------------------------------------------------
@@ -179,6 +223,36 @@ def test_class_map():
     assert ClassMap.from_dict(cm.to_dict()) == cm
     with pytest.raises(ConfigError):
         cm.decode([4])
+
+
+def _other_layout_sites() -> pd.DataFrame:
+    """A site table of tests/test_other_layouts.py's layout: splits fit/holdout (no hidden labels), compound
+    labels, the well type in `kind`, cell types U2OS and A549."""
+    from test_other_layouts import TRI
+
+    rows = []
+    for split, exps in (("fit", ("E1", "E2", "E3")), ("holdout", ("E4",))):
+        for e in exps:
+            for compound, kind in ((0, "trt"), (2, "trt"), (99, "negcon")):
+                rows.append({"dataset": split, "experiment": e, "cell_type": "A549" if e in ("E1", "E4") else "U2OS",
+                             "kind": kind, "compound": compound})
+    df = pd.DataFrame(rows).astype({"compound": "Int64"})
+    df.attrs["layout"] = TRI
+    return df
+
+
+def test_class_map_and_folds_follow_the_layout():
+    sites = _other_layout_sites()
+    assert ClassMap.from_sites(sites, include_controls=True).classes == (0, 2, 99)
+    assert ClassMap.from_sites(sites, include_controls=False).classes == (0, 2)
+    folds = make_folds(sites, 2, seed=0)  # every split is labelled: the holdout experiment too
+    assert sorted(folds) == ["E1", "E2", "E3", "E4"] and sorted(folds.values()) == [0, 0, 1, 1]
+    from trainer.training.config import DataConfig
+    from trainer.training.folds import split_experiments
+
+    with pytest.raises(ConfigError, match=r"unknown \['HEPG2'\]; expected a subset of \('U2OS', 'A549'\)"):
+        split_experiments(DataConfig(n_folds=2, cell_types=["HEPG2"]), sites)
+    assert set(split_experiments(DataConfig(n_folds=2, cell_types=["A549"]), sites).folds) == {"E1", "E4"}
 
 
 def test_folds_whole_experiments_stratified():

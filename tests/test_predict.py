@@ -301,7 +301,7 @@ def test_a_channels_last_checkpoint_predicts_in_that_layout_with_the_same_logits
     store = make_store(tmp_path / "s.zarr", size=(40, 40), classes=8)
     class_map = ClassMap.from_sites(store.sites, include_controls=True)
     torch.manual_seed(0)
-    weights = create_model("densenet_tiny", num_classes=len(class_map)).state_dict()
+    weights = create_model("densenet_tiny", num_classes=len(class_map), in_chans=6, num_cell_types=4).state_dict()
     paths = {}
     for layout in ("false", "true"):
         cfg = load_config(None, [f"data.store={store.path}", "data.crop_size=32", "data.num_workers=0",

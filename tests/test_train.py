@@ -373,3 +373,34 @@ def test_a_margin_head_trains_beside_the_plain_head_and_predicts_with_the_plain_
     with pytest.raises(Exception, match="loss.margin"):
         run(_cfg(_store_path(train_store), tmp_path / "bad", "loss.margin=arcface", "train.stage=perchannel_stage1",
                  "model.name=perchannel_tiny"))
+
+
+def test_a_three_channel_layout_trains_and_its_checkpoint_rebuilds_the_same_model(tmp_path, monkeypatch):
+    """A store of another layout (3 channels, cell types U2OS/A549, splits fit/holdout with no hidden labels): the
+    model is built with its channel count and cell types, metrics.csv has a column per cell type, and the checkpoint
+    records what load_for_inference needs to rebuild the same model (one without that record is RxRx1's)."""
+    import cellio
+    from tri_dataset import register_tri, write_tri_raw
+
+    from trainer.training.checkpoint import DataShape
+
+    register_tri(monkeypatch)
+    raw = write_tri_raw(tmp_path / "raw")
+    cellio.ingest(raw, tmp_path / "tri.zarr", reader="tri", workers=1, progress=False)
+    out = tmp_path / "run"
+    metrics = run(load_config(None, [*BASE, f"data.store={tmp_path / 'tri.zarr'}", f"out={out}", "data.crop_size=16",
+                                     "data.batch_size=4", "train.max_steps=3"]))
+    assert metrics["step"] == 3 and metrics["num_classes"] == 4  # compounds 0, 1, 2 and the control 99
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val_acc_U2OS", "val_acc_A549"} <= set(header) and "val_acc_HEPG2" not in header
+    held = json.loads((out / "folds.json").read_text())
+    assert sorted(held["train"] + held["val"]) == ["EXP-1", "EXP-2", "EXP-3", "EXP-4"]  # holdout is labelled too
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["data"] == {"in_chans": 3, "cell_types": ["U2OS", "A549"], "layout": "tri"}
+    model, _, class_map = load_for_inference(out / "checkpoints" / "last.pt")
+    assert model.data_shape == DataShape(3, ("U2OS", "A549"), "tri") and model.features.conv0.in_channels == 3
+    assert class_map.classes == (0, 1, 2, 99)
+    del state["data"]  # a checkpoint from before the record: RxRx1's 6 channels, which these weights do not fit
+    torch.save(state, tmp_path / "old.pt")
+    with pytest.raises(cellio.ConfigError, match="6 input channels"):
+        load_for_inference(tmp_path / "old.pt")

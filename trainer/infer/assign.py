@@ -35,6 +35,7 @@ from trainer.infer.aggregate import WellScores, load_sites, load_well_scores
 from trainer.infer.calibrate import sinkhorn
 from trainer.infer.rotation import (CONTROL_TYPES, PlateGroupsLike, RotationEvidence, RotationSource, decide_rotations,
                               rotation_evidence, treatment_classes, treatment_log_probs, well_table)
+from trainer.training.layout import require_plate_constraint
 
 __all__ = ["Assignment", "predict_labels", "infer_rotations", "assign_plates", "main"]
 
@@ -198,8 +199,6 @@ def assign_plates(wells: WellScores, sites: pd.DataFrame, groups: PlateGroupsLik
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import cellio
-
     p = argparse.ArgumentParser(prog="python -m trainer.infer.assign", description=__doc__.split("\n\n")[0])
     p.add_argument("--wells", required=True, help="per-well scores .npz from trainer.infer.aggregate")
     p.add_argument("--store", help="store of the predicted wells (site table)")
@@ -210,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     sites = load_sites(args.store, args.data)
     train_sites = load_sites(args.train_store) if args.train_store else sites
-    groups = cellio.derive_plate_groups(train_sites[train_sites["dataset"] == "train"])
+    groups = require_plate_constraint(train_sites, "python -m trainer.infer.assign")
     result = assign_plates(load_well_scores(args.wells), sites, groups)
     result.predictions.to_csv(args.out, index=False)
     if args.summary:

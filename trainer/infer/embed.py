@@ -32,13 +32,22 @@ from cellio.errors import ConfigError, MetadataError
 
 from trainer.infer.aggregate import WellScores, group_views, well_mean
 from trainer.training.disk import replaced_atomically
+from trainer.training.layout import layout_of
 
-__all__ = ["WellEmbeddings", "extract_embeddings", "centre_per_plate", "within_class_whitening", "centroid_scores",
+__all__ = ["META_COLUMNS", "meta_columns", "WellEmbeddings", "extract_embeddings", "centre_per_plate",
+           "within_class_whitening", "centroid_scores",
            "write_embeddings", "main"]
 
 log = logging.getLogger(__name__)
 
-META_COLUMNS = ("id_code", "dataset", "experiment", "cell_type", "plate", "well", "well_type", "sirna")
+# every well's metadata in the embeddings files; then its layout's well type, label and perturbation columns
+META_COLUMNS = ("id_code", "dataset", "experiment", "cell_type", "plate", "well")
+
+
+def meta_columns(sites: pd.DataFrame) -> tuple[str, ...]:
+    """The metadata columns of an embeddings file (RxRx1: META_COLUMNS, well_type, sirna)."""
+    p = layout_of(sites).perturbations
+    return tuple(dict.fromkeys((*META_COLUMNS, p.well_type_column, p.label_column, *p.columns)))
 
 
 @dataclass(frozen=True)
@@ -180,7 +189,7 @@ def write_embeddings(emb: WellEmbeddings, sites: pd.DataFrame, path: str | Path)
     `vectors` (n, F) and one array per metadata column)."""
     path = Path(path)
     meta = sites.drop_duplicates("id_code").set_index("id_code").loc[emb.id_codes].reset_index()
-    meta = meta[[c for c in META_COLUMNS if c in meta.columns]]
+    meta = meta[[c for c in meta_columns(sites) if c in meta.columns]]
     if path.suffix == ".parquet":
         frame = pd.concat([meta, pd.DataFrame(emb.vectors, columns=[f"f{i}" for i in range(emb.vectors.shape[1])])],
                           axis=1)
@@ -194,8 +203,8 @@ def write_embeddings(emb: WellEmbeddings, sites: pd.DataFrame, path: str | Path)
         group.create_array("vectors", data=emb.vectors)
         for col in meta.columns:
             values = meta[col]
-            if col == "sirna":  # nullable: NaN for test treatments
-                data = values.astype("float64").to_numpy()
+            if isinstance(values.dtype, pd.api.extensions.ExtensionDtype) and pd.api.types.is_integer_dtype(values):
+                data = values.astype("float64").to_numpy()  # a nullable label (RxRx1's sirna): NaN where hidden
             elif pd.api.types.is_numeric_dtype(values):
                 data = values.to_numpy()
             else:
@@ -233,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:  # one row per site: the mean over the site's views, keyed by store row
         frame = pd.DataFrame(feats).groupby(rows).mean()
         sites = store.sites.iloc[frame.index].reset_index(names="row")
-        meta = sites[["row", *[c for c in META_COLUMNS if c in sites.columns], "site"]]
+        meta = sites[["row", *[c for c in meta_columns(store.sites) if c in sites.columns], "site"]]
         out = pd.concat([meta, pd.DataFrame(frame.to_numpy(), columns=[f"f{i}" for i in range(feats.shape[1])])],
                         axis=1)
         if not str(args.out).endswith(".parquet"):

@@ -235,8 +235,8 @@ def predict(checkpoint: str | Path, store: Any, *, datasets: Sequence[str] | str
             crop_size: int | None = None, controls: bool = False, num_workers: int | None = None,
             adabn: bool = False, progress: bool = True, out: str | Path | None = None,
             half: bool | None = None) -> Predictions:
-    """Per-view logits of one checkpoint over `datasets` ("train", "test" or "validation" = the checkpoint's own
-    held-out experiments). The crop size and normalisation come from the checkpoint's config unless given.
+    """Per-view logits of one checkpoint over `datasets` (splits: "train", "test", ...; or "validation" = the
+    checkpoint's own held-out experiments, of the layout's labelled splits). The crop size and normalisation come from the checkpoint's config unless given.
     Controls are skipped by default (their labels are known); `controls=True` predicts them too. With `out` the
     logits stream to `out`'s `.logits.npy` sidecar (float16 with `half`; `half=None`: when float32 would pass
     1 GiB); without, they stay in memory."""
@@ -258,7 +258,9 @@ def predict(checkpoint: str | Path, store: Any, *, datasets: Sequence[str] | str
             raise ConfigError(f"{checkpoint}: its run held out no experiment (data.val_fold={cfg.data.val_fold}"
                               f"{', cell types ' + str(cfg.data.cell_types) if cfg.data.cell_types else ''}), "
                               "so it has no out-of-fold predictions to give")
-        ds = ("train",)
+        from trainer.training.layout import labelled_splits, layout_of
+
+        ds = labelled_splits(layout_of(st.sites))
         log.info("validation experiments of %s: %s", checkpoint, experiments)
     preds = predict_views(model, cfg, class_map, st, datasets=ds, experiments=experiments, tta=tta,
                           dihedral=dihedral, batch_size=batch_size, backend=backend, device=dev, crop_size=crop_size,

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from cellio.errors import MetadataError
-from cellio.schema import CELL_TYPES
 
 from trainer.infer.aggregate import WellScores
 from trainer.training.disk import replaced_atomically
@@ -102,12 +101,17 @@ def build_report(steps: Mapping[str, Labels], truth: Labels) -> dict[str, Any]:
     return out
 
 
+def _cell_types(rep: Mapping[str, Any]) -> list[str]:
+    """The cell types a split's steps were scored on, sorted (the layout's order on RxRx1: its names are)."""
+    return sorted({c for s in rep["steps"].values() for c in s["per_cell_type"]})
+
+
 def format_table(reports: Mapping[str, Mapping[str, Any]]) -> str:
     """Plain-text table: one row per step, one column per split (overall accuracy) plus per cell type."""
     lines = []
     width = max([28, *(len(n) + 2 for rep in reports.values() for n in rep["order"])])
     for split, rep in reports.items():
-        cts = [c for c in CELL_TYPES if any(c in s["per_cell_type"] for s in rep["steps"].values())]
+        cts = _cell_types(rep)
         # validation: what each step is expected to score on test once its rotations' risk is counted
         risk = any("expected_test" in s for s in rep["steps"].values())
         lines.append(f"[{split}] {rep['n_wells']} wells")
@@ -162,7 +166,7 @@ def write_report(reports: Mapping[str, Mapping[str, Any]], out_dir: str | Path,
     fig, axes = plt.subplots(1, len(splits), figsize=(5.0 * len(splits), 0.45 * len(steps) + 1.6), squeeze=False)
     for ax, split in zip(axes[0], splits):
         rep = reports[split]
-        cts = [c for c in CELL_TYPES if any(c in s["per_cell_type"] for s in rep["steps"].values())]
+        cts = _cell_types(rep)
         rows = [s for s in steps if s in rep["steps"]]
         grid = np.array([[rep["steps"][s]["per_cell_type"].get(c, np.nan) for c in cts] for s in rows])
         ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")

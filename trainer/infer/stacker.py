@@ -27,12 +27,12 @@ import numpy as np
 import pandas as pd
 
 from cellio.errors import ConfigError, MetadataError, MissingDependencyError
-from cellio.schema import CELL_TYPES
 
 from trainer.infer.aggregate import (WellScores, group_views, load_sites, save_well_scores, softmax, well_mean,
                                      well_mean_of)
 from trainer.infer.logits import LogitsFile, iter_rows
 from trainer.infer.report import truth_of
+from trainer.training.layout import layout_of
 
 __all__ = ["FEATURES", "StackerFeatures", "Stacker", "build_features", "fit_stacker", "cross_fit", "main"]
 
@@ -154,7 +154,7 @@ def build_features(logits: np.ndarray, index: np.ndarray, sites: pd.DataFrame, *
     entropy = -(mean_prob_all * np.log(mean_prob_all + 1e-12)).sum(axis=1)
     first_row = order[starts]
     meta = sites.iloc[index[first_row]]
-    cell = pd.Categorical(meta["cell_type"], categories=list(CELL_TYPES)).codes.astype(np.float64)
+    cell = pd.Categorical(meta["cell_type"], categories=list(layout_of(sites).cell_types)).codes.astype(np.float64)
     X = np.stack([
         mean, mx, mn, std, mean_p, max_p, mean_lp, votes, rank, mean - best, mean - nxt,
         site_means[0], site_means[1],

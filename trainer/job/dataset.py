@@ -1,5 +1,6 @@
-"""The main job's data steps: the RxRx1 directory (given, or the embedded synthetic set), its metadata, the ingest
-into a cellio store (and what the store holds), and the sample submission the job's submission follows.
+"""The main job's data steps: the data set's directory (given: RxRx1 or any data set cellio reads; or the embedded
+synthetic RxRx1 set), its metadata, the ingest into a cellio store (and what the store holds), and, for RxRx1, the
+sample submission the job's submission follows.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import cellio
 
 from trainer.job.options import PROFILES, JobOptions
 
-__all__ = ["SYNTH_MARKER", "make_data", "summarize_metadata", "ingest", "describe_store", "sample_submission"]
+__all__ = ["SYNTH_MARKER", "make_data", "summarize_metadata", "ingest", "describe_store", "describe_sites",
+           "sample_submission"]
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +23,12 @@ SYNTH_MARKER = ".cellio-synth.json"
 
 
 def make_data(opts: JobOptions) -> Path:
-    """The RxRx1 directory to use: the given one, or the embedded synthetic set (made once, then reused)."""
+    """The data set's directory: the given one, or the embedded synthetic RxRx1 set (made once, then reused)."""
     if opts.data:
         raw = Path(opts.data).resolve()
         if not raw.is_dir():
-            raise cellio.CellioError(f"--data {raw}: no such directory (expected an RxRx1 directory in the Kaggle "
-                                     "layout: train.csv, test.csv, train/, test/ ...)")
+            raise cellio.CellioError(f"--data {raw}: no such directory (expected a data set's raw directory, e.g. "
+                                     "RxRx1 in the Kaggle layout: train.csv, test.csv, train/, test/ ...)")
         log.info("using %s", raw)
         return raw
     raw = opts.out / "raw"
@@ -42,8 +44,13 @@ def make_data(opts: JobOptions) -> Path:
     return raw
 
 
-def summarize_metadata(raw: Path) -> None:
-    """Sites per split and cell type, well types, classes, experiments, plate groups and the train rotations."""
+def summarize_metadata(raw: Path, opts: JobOptions) -> None:
+    """RxRx1's metadata before the ingest: sites per split and cell type, well types, classes, experiments, plate
+    groups and the train rotations. Another data set's is summarised from its store after the ingest
+    (describe_sites), where its reader has read it."""
+    if opts.dataset not in (None, "rxrx1"):
+        log.info("data set %s: its metadata is read by its reader at the ingest (summary below)", opts.dataset)
+        return
     sites = cellio.read_metadata(raw)
     groups = cellio.derive_plate_groups(sites[sites["dataset"] == "train"])
     log.info("%s", sites.groupby(["dataset", "cell_type"]).size().unstack(fill_value=0).to_string())
@@ -57,13 +64,18 @@ def summarize_metadata(raw: Path) -> None:
 
 
 def ingest(raw: Path, opts: JobOptions) -> Path:
-    """OUT/store.zarr (a rerun finishes or reuses it), then what it holds (describe_store)."""
+    """OUT/store.zarr (a rerun finishes or reuses it), then what it holds (describe_store); `opts.dataset` names the
+    data set's reader (else cellio's ingest chooses it)."""
     store_path = opts.out / "store.zarr"
-    report = cellio.ingest(raw, store_path, workers=opts.workers)
+    reader = {"reader": opts.dataset} if opts.dataset else {}
+    report = cellio.ingest(raw, store_path, workers=opts.workers, **reader)
     log.info("%d of %d sites stored (%d written by this run, %d failed) in %.1f s; codec %s, %s workers",
              report.n_ok, report.n_sites, report.n_written, report.n_failed, report.seconds, report.codec,
              report.workers)
-    log.info("%s", describe_store(cellio.open_store(store_path)))  # an unfinished ingest: StoreIncompleteError
+    store = cellio.open_store(store_path)  # an unfinished ingest: StoreIncompleteError
+    log.info("%s", describe_store(store))
+    if store.layout.name != "rxrx1":  # RxRx1's metadata was summarised before the ingest (summarize_metadata)
+        log.info("%s", describe_sites(store))
     return store_path
 
 
@@ -73,9 +85,26 @@ def describe_store(store: cellio.Store) -> str:
     the last verification, each failed site)."""
     h, w, c = store.image_shape
     size = sum(f.stat().st_size for f in Path(store.path).rglob("*") if f.is_file())
-    return (f"store {store.path}: {len(store)} sites of {h}x{w}x{c} uint8 ({len(store.failed)} failed), codec "
+    return (f"store {store.path}: {len(store)} sites of {h}x{w}x{c} {store.layout.pixel_dtype} "
+            f"({len(store.failed)} failed), data set {store.layout.name}, codec "
             f"{store.attrs.get('codec')}, {'crc32c checksums' if store.checksums else 'no checksums'}, "
             f"{size / 2**20:.1f} MiB on disk")
+
+
+def describe_sites(store: cellio.Store) -> str:
+    """A data set's sites as its layout names them: per split and cell type, wells per well type, labelled
+    classes, experiments and plates (the metadata summary of a data set other than RxRx1)."""
+    layout = store.layout
+    p = layout.perturbations
+    sites = store.sites
+    wells = sites.drop_duplicates("id_code")
+    counts = sites.groupby(["dataset", "cell_type"]).size().unstack(fill_value=0).to_string()
+    treat = wells[wells[p.well_type_column] == p.treatment_well_type]
+    return (f"data set {layout.name} ({layout.n_channels} channels {', '.join(layout.channel_names)}; "
+            f"{'hidden' if layout.hidden_test_labels else 'no hidden'} test labels)\n{counts}\n"
+            f"{len(sites)} sites in {len(wells)} wells; well types {wells[p.well_type_column].value_counts().to_dict()}"
+            f"; {treat[p.label_column].nunique()} labelled treatment classes ({p.label_column}); "
+            f"{wells['experiment'].nunique()} experiments, {wells.groupby(['experiment', 'plate']).ngroups} plates")
 
 
 def sample_submission(raw: Path, out: Path) -> Path:

@@ -1,6 +1,10 @@
 """The main job's steps, in order (`run_job`); the command is `python -m trainer.demo` (trainer/demo.py says what
 the job does, end to end). Each step is a function of its own module (dataset, planning, runs, predictions; the
 chain is trainer.infer.chain); this one runs them in order under the job's console (console.py) and meter.
+
+The store's layout decides the job's end: where its test labels are hidden (RxRx1) the inference chain writes the
+submission; otherwise the model is scored on its held-out experiments and every well is embedded
+(perturbations.py).
 """
 from __future__ import annotations
 
@@ -17,8 +21,10 @@ import cellio
 from trainer.infer.chain import ChainInputs, run_chain
 from trainer.infer.report import format_table
 from trainer.job.console import Printer, console
+from trainer.job import perturbations
 from trainer.job.dataset import ingest, make_data, sample_submission, summarize_metadata
 from trainer.job.options import JobOptions, check_job
+from trainer.job.plan import Plan
 from trainer.job.planning import make_job_plan
 from trainer.job.predictions import predict_and_embed, predict_and_embed_finetuned
 from trainer.job.runs import finetune_cell_types, train_models
@@ -51,11 +57,13 @@ def _run(opts: JobOptions, printer: Printer) -> dict[str, Any]:
         return value
 
     raw = timed("data", "1. data", make_data, opts)
-    timed("metadata", "2. metadata", summarize_metadata, raw)
+    timed("metadata", "2. metadata", summarize_metadata, raw, opts)
     store_path = timed("ingest", "3. ingest", ingest, raw, opts)
     store = cellio.open_store(store_path)
     plan = timed("plan", "4. plan", make_job_plan, opts, store, store_path, start)
     ckpt, test_ckpt, metrics = timed("train", "5. train", train_models, plan, opts, store_path, start)
+    if not store.layout.hidden_test_labels:
+        return _held_out_and_embeddings(opts, printer, plan, store, ckpt, metrics, timings, start)
     tuned: dict[str, Path] = {}
     if plan.steps_finetune > 0:
         tuned = timed("finetune", "5b. fine-tune per cell type", finetune_cell_types, plan, opts, store, store_path,
@@ -88,6 +96,30 @@ def _run(opts: JobOptions, printer: Printer) -> dict[str, Any]:
         path = opts.out / name
         log.info("%-15s %s", name, path if path.exists() else "(not written)")
     return {"submitted": result.submitted, "reports": result.reports, "timings": timings}
+
+
+def _held_out_and_embeddings(opts: JobOptions, printer: Printer, plan: Plan, store: Any, ckpt: Path,
+                             metrics: dict[str, Any], timings: dict[str, float], start: float) -> dict[str, Any]:
+    """The end of the job on a data set without hidden test labels: held-out accuracy, well embeddings, report."""
+    t = printer.step("6. held-out experiments: accuracy per perturbation type")
+    with opts.meter("held_out"):
+        held = perturbations.evaluate_held_out(ckpt, plan, store, opts.out, opts.meter)
+    timings["held_out"] = time.perf_counter() - t
+    printer.done(t)
+    t = printer.step("7. well embeddings")
+    with opts.meter("embeddings"):
+        embeddings = perturbations.write_well_embeddings(ckpt, plan, store, opts.out, opts.meter)
+    timings["embeddings"] = time.perf_counter() - t
+    printer.done(t)
+    timings["total"] = time.perf_counter() - start
+    perturbations.write_report(opts.out / "report.json", {
+        "dataset": store.layout.name, "held_out": held, "embeddings": str(embeddings), "checkpoint": str(ckpt),
+        "plan": plan.to_dict(), "training": metrics, "timings_s": timings})
+    printer.write(f"\nmain job done in {timings['total']:.0f} s (budget {opts.budget_min:.1f} min)")
+    for name in perturbations.OUTPUTS:
+        path = opts.out / name
+        log.info("%-25s %s", name, path if path.exists() else "(not written)")
+    return {"held_out": held, "embeddings": embeddings, "timings": timings}
 
 
 def _report_rotations(test: dict[str, Any]) -> None:

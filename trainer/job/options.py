@@ -65,6 +65,8 @@ class Overrides:
 class JobOptions:
     out: Path
     data: Path | None = None          # None: the embedded synthetic set in OUT/raw
+    dataset: str | None = None        # the registered data set --data holds (cellio.list_datasets()); None: cellio's
+                                      # ingest decides (RxRx1 unless cellio recognises another)
     profile: str = "default"
     budget_min: float = DEFAULT_BUDGET_MIN
     seed: int = 0
@@ -85,6 +87,14 @@ def check_job(opts: JobOptions) -> None:
         raise ConfigError(f"--profile: expected one of {sorted(PROFILES)}, found {opts.profile!r}")
     if opts.hardware not in HARDWARE:
         raise ConfigError(f"--hardware: expected one of {list(HARDWARE)}, found {opts.hardware!r}")
+    if opts.dataset is not None:
+        import cellio
+
+        if opts.dataset not in cellio.list_datasets():
+            raise ConfigError(f"--dataset: expected a registered data set, one of {list(cellio.list_datasets())}, "
+                              f"found {opts.dataset!r}")
+        if opts.data is None and opts.dataset != "rxrx1":
+            raise ConfigError(f"--dataset {opts.dataset}: needs --data DIR (the embedded synthetic set is RxRx1's)")
     if opts.workers is not None and (type(opts.workers) is not int or opts.workers < 1):  # as cellio words it
         raise ConfigError(f"--workers: expected an integer >= 1 or None, found {opts.workers!r}")
     opts.overrides = dataclasses.replace(opts.overrides, plan=parse_overrides(opts.overrides.plan))
@@ -99,7 +109,10 @@ def check_job(opts: JobOptions) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="an RxRx1 directory in the Kaggle layout (default: make a synthetic one in OUT/raw)")
+    p.add_argument("--data", help="a data set's raw directory: RxRx1 in the Kaggle layout, or any data set cellio "
+                                  "reads (default: make a synthetic RxRx1 set in OUT/raw)")
+    p.add_argument("--dataset", help="the registered data set --data holds (cellio.list_datasets()), when cellio's "
+                                     "ingest should not decide")
     p.add_argument("--out", default="out/demo", help="output folder")
     p.add_argument("--profile", default="default", choices=sorted(PROFILES),
                    help="the embedded synthetic set (quick = the test suite's)")
@@ -118,7 +131,8 @@ def parse_args(argv: Sequence[str] | None, description: str | None = None) -> Jo
     p = argparse.ArgumentParser(prog="python -m trainer.demo", description=description)
     add_arguments(p)
     a = p.parse_args(argv)
-    return JobOptions(out=Path(a.out).resolve(), data=Path(a.data) if a.data else None, profile=a.profile,
+    return JobOptions(out=Path(a.out).resolve(), data=Path(a.data) if a.data else None, dataset=a.dataset,
+                      profile=a.profile,
                       budget_min=a.budget, seed=a.seed, workers=a.workers,
                       recipe=Path(a.recipe) if a.recipe else None, overrides=Overrides.parse(a.overrides),
                       hardware=a.hardware)

@@ -113,11 +113,16 @@ class DataFacts:
 
     @classmethod
     def from_store(cls, store: Any) -> "DataFacts":
-        s = store.sites
-        train, test = s[s["dataset"] == "train"], s[s["dataset"] == "test"]
-        treat = train[train["well_type"] == "treatment"]
+        """The facts of a store, in its layout's terms: "train" are the labelled splits' sites, "test" those whose
+        labels are hidden (none where the layout hides none)."""
+        from trainer.training.layout import HIDDEN_SPLIT, label_column, labelled_splits, treatment_mask
+
+        s, layout = store.sites, store.layout
+        train = s[s["dataset"].isin(labelled_splits(layout))]
+        test = s[s["dataset"] == HIDDEN_SPLIT] if layout.hidden_test_labels else s.iloc[:0]
+        treat = train[treatment_mask(train, layout)]
         return cls((int(store.image_shape[0]), int(store.image_shape[1])), len(train), len(test),
-                   int(treat["sirna"].nunique()), tuple(sorted(train["experiment"].unique())),
+                   int(treat[label_column(layout)].nunique()), tuple(sorted(train["experiment"].unique())),
                    tuple(sorted(test["experiment"].unique())), tuple(sorted(s["cell_type"].unique())),
                    round(len(s) / max(s["id_code"].nunique(), 1), 2))
 
@@ -292,6 +297,12 @@ def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
         reasons.append("one training stage: at a CPU budget the pseudo-label stage's steps do more as single-stage "
                        "steps (plan.pseudo_share=0.33 turns it on)")
     plan.reasons = reasons
+    if facts.test_sites == 0:
+        # no hidden-label wells: the job evaluates the joint model on the held-out experiments and embeds every well
+        # (trainer/job/perturbations.py); nothing to pseudo-label, no per-cell-type members for a submission
+        plan.pseudo_share, plan.finetune_share = 0.0, 0.0
+        reasons.append("no hidden-label test wells: one training stage (nothing to pseudo-label), no per-cell-type "
+                       "fine-tuning; held-out accuracy and well embeddings from the joint model")
     reasons.append(f"{len(facts.train_experiments)} train experiments: {plan.n_folds} folds, fold 0 held out "
                    "for validation (whole experiments)")
     for key, value in parse_overrides(overrides or {}).items():

@@ -105,7 +105,8 @@ def measure(plan: Plan, opts: JobOptions, store: Any, store_path: Path) -> tuple
     # run its share of steps (foreign subtle set: one 1.30 s step among 0.75-0.83 s ones made the mean 0.91 s)
     step_s = float(np.median(np.diff(times[warm - 1:])))
     model, mcfg, class_map = load_for_inference(calib / "checkpoints" / "last.pt", plan.torch_device())
-    test_rows = store.sites.index[store.sites["dataset"] == "test"][:48].to_numpy()
+    target = (store.sites["dataset"] == "test").to_numpy()  # RxRx1's hidden-label wells, the ones predicted most
+    test_rows = store.sites.index[target if target.any() else slice(None)][:48].to_numpy()
     t0 = time.perf_counter()
     preds = predict_views(model, mcfg, class_map, store, datasets=None, indices=test_rows, tta="center",
                           batch_size=plan.batch, progress=False)

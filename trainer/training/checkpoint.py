@@ -2,7 +2,9 @@
 
 A checkpoint holds `model` (state dict of the unwrapped model), `optimizer`, `scheduler`, `scaler`, `loader`
 (the train loader's state_dict), `rng` (torch/numpy/python/cuda states), `config` (the resolved config as a
-dict), `classes` (ClassMap dict), `epoch`, `step` and `metrics`. Run directory layout:
+dict), `classes` (ClassMap dict), `data` (`DataShape`: the input channels, the cell types and the layout name the
+model was built for), `epoch`, `step` and `metrics`. A checkpoint without `data` (written before it existed) was
+trained on RxRx1 and gets RxRx1's shape. Run directory layout:
 
     OUT/checkpoints/last.pt   OUT/checkpoints/best.pt   OUT/config.yaml   OUT/metrics.csv   OUT/log.jsonl   OUT/tb/
 """
@@ -10,28 +12,61 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+import cellio
 from cellio.errors import ConfigError, DiskFullError
-from cellio.schema import CELL_TYPES
 
 from .config import Config
 from .disk import free_bytes, is_disk_full, replaced_atomically, require_space
 from .labels import ClassMap
+from .layout import DEFAULT_LAYOUT, input_channels
 from .losses import CosineHead
 from .models import create_model
 from .runtime import rng_state, unwrap
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_for_inference", "build_model", "training_state",
-           "check_resume_config", "apply_schedule_change", "REQUIRED_KEYS"]
+           "check_resume_config", "apply_schedule_change", "REQUIRED_KEYS", "DataShape"]
 
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("model", "config", "classes")
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a model is built for besides its config: the input channels, the cell types (the head's cell-type input
+    and per-cell-type heads, in the loader's index order) and the name of the data set's layout."""
+
+    in_chans: int
+    cell_types: tuple[str, ...]
+    layout: str
+
+    @classmethod
+    def of_store(cls, store: Any) -> "DataShape":
+        """The shape of a store's images and layout (its channel count, its layout's cell types)."""
+        layout = store.layout
+        return cls(input_channels(store), tuple(layout.cell_types), str(layout.name))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "DataShape":
+        """A checkpoint's `data` entry; None (a checkpoint from before it was recorded): RxRx1's shape."""
+        if d is None:
+            rx = cellio.get_layout(DEFAULT_LAYOUT)
+            return cls(rx.n_channels, tuple(rx.cell_types), rx.name)
+        try:
+            return cls(int(d["in_chans"]), tuple(str(c) for c in d["cell_types"]), str(d["layout"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"checkpoint 'data' entry: expected in_chans, cell_types and layout, found {d!r} "
+                              f"({exc})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in_chans": self.in_chans, "cell_types": list(self.cell_types), "layout": self.layout}
 
 
 _FULL_HINT = "the previous checkpoint is intact; free some space and rerun the same command: training resumes from it"
@@ -84,18 +119,8 @@ def _remove_stale_temporaries(path: Path) -> None:
     leaves one behind)."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         pid = tmp.name[len(path.name) + 2:-len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not cellio.pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -114,12 +139,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def training_state(model: nn.Module, opt: Any, sched: Any, scaler: Any, loader: Any, cfg: Config,
-                   class_map: ClassMap, *, epoch: int, step: int, epoch_complete: bool,
+                   class_map: ClassMap, shape: DataShape, *, epoch: int, step: int, epoch_complete: bool,
                    metrics: dict[str, Any]) -> dict[str, Any]:
     """Everything a resume needs (module docstring); `model` may be wrapped (DDP, compile, a stage's forward)."""
     return {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(), "loader": loader.state_dict() if loader is not None else None,
-            "rng": rng_state(), "config": cfg.to_dict(), "classes": class_map.to_dict(), "epoch": epoch,
+            "rng": rng_state(), "config": cfg.to_dict(), "classes": class_map.to_dict(), "data": shape.to_dict(),
+            "epoch": epoch,
             "step": step, "epoch_complete": epoch_complete, "metrics": metrics}
 
 
@@ -179,10 +205,12 @@ def apply_schedule_change(opt: torch.optim.Optimizer, sched: Any, cfg: Config) -
             group["momentum"] = cfg.optim.momentum
 
 
-def build_model(cfg: Config, class_map: ClassMap, *, pretrained: bool = True) -> nn.Module:
-    """The model a config describes; `pretrained=False` skips the weights file (weights come from a checkpoint).
-    With loss.margin the model carries `margin_head` (a CosineHead on its pooled features), used by the loss only."""
-    model = create_model(cfg.model.name, num_classes=len(class_map), in_chans=6, num_cell_types=len(CELL_TYPES),
+def build_model(cfg: Config, class_map: ClassMap, shape: DataShape, *, pretrained: bool = True) -> nn.Module:
+    """The model a config describes for data of `shape` (its channels, its cell types); `pretrained=False` skips
+    the weights file (weights come from a checkpoint). With loss.margin the model carries `margin_head` (a
+    CosineHead on its pooled features), used by the loss only."""
+    model = create_model(cfg.model.name, num_classes=len(class_map), in_chans=shape.in_chans,
+                         num_cell_types=len(shape.cell_types),
                          pretrained=cfg.model.pretrained if pretrained else None, **cfg.model.kwargs)
     if cfg.loss.margin != "none":
         model.margin_head = CosineHead(model.num_features, len(class_map))
@@ -190,16 +218,20 @@ def build_model(cfg: Config, class_map: ClassMap, *, pretrained: bool = True) ->
 
 
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config, ClassMap]:
-    """(model in eval mode on `device`, resolved Config, ClassMap) from a checkpoint written by trainer.training.loop."""
+    """(model in eval mode on `device`, resolved Config, ClassMap) from a checkpoint written by trainer.training.loop;
+    the model is built for the checkpoint's `data` shape (RxRx1's for a checkpoint without one) and carries it as
+    `model.data_shape`."""
     state = load_checkpoint(path, map_location="cpu")
     cfg = Config.from_dict(state["config"])
     class_map = ClassMap.from_dict(state["classes"])
-    model = build_model(cfg, class_map, pretrained=False)
+    shape = DataShape.from_dict(state.get("data"))
+    model = build_model(cfg, class_map, shape, pretrained=False)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise ConfigError(f"checkpoint {str(path)!r}: weights do not fit model {cfg.model.name!r} "
-                          f"with {len(class_map)} classes: {exc}") from None
+                          f"with {len(class_map)} classes and {shape.in_chans} input channels: {exc}") from None
+    model.data_shape = shape
     log.info("loaded %s (%s, %d classes, step %s)", path, cfg.model.name, len(class_map), state.get("step"))
     model = model.to(device)
     if cfg.train.channels_last:  # inference in the layout the model trained in (trainer.training.runtime.in_model_layout)

@@ -42,7 +42,7 @@ class FeatureSet:
     features: np.ndarray   # (N, F) float32
     index: np.ndarray      # (N,) store rows
     label: np.ndarray      # (N,) raw sirna, -1 unknown
-    cell_type: np.ndarray  # (N,) index into CELL_TYPES
+    cell_type: np.ndarray  # (N,) index into the layout's cell_types
 
     def __len__(self) -> int:
         return len(self.index)

@@ -1,7 +1,9 @@
-"""Validation folds made of whole train experiments, stratified by cell type.
+"""Validation folds made of whole labelled experiments, stratified by cell type.
 
 Holding out whole experiments is what the test set does (its experiments are all new), so the validation
-accuracy measures the batch-effect generalisation that matters; site- or well-level splits overstate it.
+accuracy measures the batch-effect generalisation that matters; site- or well-level splits overstate it. The
+labelled experiments are those of the layout's labelled splits (RxRx1: train; a layout without hidden test labels:
+every split), its cell types the layout's (trainer/training/layout.py).
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cellio.errors import ConfigError, MetadataError
-from cellio.schema import CELL_TYPES
+
+from .layout import labelled_splits, layout_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -22,7 +25,7 @@ __all__ = ["make_folds", "fold_experiments", "FoldSplit", "split_experiments"]
 
 
 def make_folds(sites: "pd.DataFrame", n_folds: int, seed: int = 0) -> dict[str, int]:
-    """Train experiment -> fold in 0..n_folds-1.
+    """Labelled experiment -> fold in 0..n_folds-1.
 
     Within each cell type the experiments are shuffled (seeded) and dealt round-robin; the dealing continues
     across cell types so fold sizes differ by at most one and every fold gets a share of each cell type that
@@ -31,16 +34,18 @@ def make_folds(sites: "pd.DataFrame", n_folds: int, seed: int = 0) -> dict[str, 
     missing = {"dataset", "experiment", "cell_type"} - set(sites.columns)
     if missing:
         raise MetadataError(f"make_folds: site table lacks columns {sorted(missing)}")
-    train = sites[sites["dataset"] == "train"]
+    train = sites[sites["dataset"].isin(labelled_splits(layout_of(sites)))]
     n_exp = train["experiment"].nunique()
     if n_folds < 2 or n_folds > n_exp:
-        raise ConfigError(f"config key 'data.n_folds': expected 2..{n_exp} (the number of train experiments), "
+        raise ConfigError(f"config key 'data.n_folds': expected 2..{n_exp} (the number of labelled experiments), "
                           f"found {n_folds}")
     rng = np.random.default_rng(seed)
     folds: dict[str, int] = {}
     deal = 0
-    for cell_type in sorted(train["cell_type"].unique()):
-        exps = sorted(train.loc[train["cell_type"] == cell_type, "experiment"].unique())
+    # an experiment's cell type: its first site's (an experiment of several cell types is dealt once)
+    exp_type = train.drop_duplicates("experiment").set_index("experiment")["cell_type"]
+    for cell_type in sorted(exp_type.unique()):
+        exps = sorted(exp_type.index[exp_type == cell_type])
         for i in rng.permutation(len(exps)):
             folds[exps[i]] = deal % n_folds
             deal += 1
@@ -71,9 +76,10 @@ def split_experiments(data: "DataConfig", sites: "pd.DataFrame") -> FoldSplit:
     A per-cell-type config (data.cell_types) keeps only its cell types' experiments."""
     folds = make_folds(sites, data.n_folds, data.fold_seed)
     if data.cell_types:
-        unknown = sorted(set(data.cell_types) - set(CELL_TYPES))
+        known = layout_of(sites).cell_types
+        unknown = sorted(set(data.cell_types) - set(known))
         if unknown:
-            raise ConfigError(f"config key 'data.cell_types': unknown {unknown}; expected a subset of {CELL_TYPES}")
+            raise ConfigError(f"config key 'data.cell_types': unknown {unknown}; expected a subset of {known}")
         keep = set(sites.loc[sites["cell_type"].isin(data.cell_types), "experiment"])
         folds = {e: f for e, f in folds.items() if e in keep}
     train, val = fold_experiments(folds, data.val_fold)

@@ -1,6 +1,6 @@
-"""Raw RxRx1 `sirna` ids <-> the model's output columns.
+"""Raw class ids (the layout's label column: RxRx1's `sirna`) <-> the model's output columns.
 
-The loader yields raw sirna ids (-1 when unknown). A `ClassMap` fixes which ids the model predicts and in which
+The loader yields raw class ids (-1 when unknown). A `ClassMap` fixes which ids the model predicts and in which
 column: the treatments seen in training (1108 on RxRx1), optionally followed by the controls as extra classes
 (1139 on RxRx1, what the winning teams did). It travels inside every checkpoint (`to_dict`/`from_dict`).
 """
@@ -22,7 +22,7 @@ IGNORE_INDEX = -100  # torch's cross-entropy default ignore_index: unknown or un
 
 @dataclass(frozen=True)
 class ClassMap:
-    classes: tuple[int, ...]                      # raw sirna id of each output column
+    classes: tuple[int, ...]                      # raw class id (label column) of each output column
     _lookup: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -32,7 +32,7 @@ class ClassMap:
         if len(set(classes)) != len(classes):
             raise ConfigError(f"ClassMap: class ids must be unique, found duplicates in {classes[:20]}...")
         if min(classes) < 0:
-            raise ConfigError(f"ClassMap: class ids are raw sirna ids >= 0, found {min(classes)}")
+            raise ConfigError(f"ClassMap: class ids are raw class ids >= 0, found {min(classes)}")
         object.__setattr__(self, "classes", classes)
 
     def __len__(self) -> int:
@@ -44,27 +44,35 @@ class ClassMap:
 
     @classmethod
     def from_sites(cls, sites: "pd.DataFrame", include_controls: bool) -> "ClassMap":
-        """Classes from the labelled train rows of a site table: treatments (sorted), then controls if asked."""
-        missing = {"dataset", "well_type", "sirna"} - set(sites.columns)
+        """Classes from the labelled rows of a site table (its layout's labelled splits and label column):
+        treatments (sorted), then controls if asked."""
+        from .layout import label_column, labelled_rows, layout_of, require_int_labels, treatment_mask
+
+        layout = layout_of(sites)
+        label = label_column(layout)
+        needed = {"dataset", layout.perturbations.well_type_column, label}
+        missing = needed - set(sites.columns)
         if missing:
-            raise MetadataError(f"site table: expected columns dataset, well_type, sirna; missing {sorted(missing)}")
-        train = sites[(sites["dataset"] == "train") & sites["sirna"].notna()]
-        treat = sorted({int(s) for s in train.loc[train["well_type"] == "treatment", "sirna"]})
-        controls = sorted({int(s) for s in train.loc[train["well_type"] != "treatment", "sirna"]}) \
-            if include_controls else []
+            raise MetadataError(f"site table: expected columns {sorted(needed)} (layout {layout.name!r}); missing "
+                                f"{sorted(missing)}")
+        require_int_labels(layout, "ClassMap")
+        keep = labelled_rows(sites, layout)
+        is_treat = treatment_mask(sites, layout)
+        treat = sorted({int(s) for s in sites.loc[keep & is_treat, label]})
+        controls = sorted({int(s) for s in sites.loc[keep & ~is_treat, label]}) if include_controls else []
         return cls(tuple(treat + [c for c in controls if c not in set(treat)]))
 
     def _table(self) -> "torch.Tensor":
         import torch
 
-        if self._lookup is None:  # sirna id -> column, IGNORE_INDEX elsewhere; built once, cached
+        if self._lookup is None:  # class id -> column, IGNORE_INDEX elsewhere; built once, cached
             table = torch.full((max(self.classes) + 1,), IGNORE_INDEX, dtype=torch.int64)
             table[torch.tensor(self.classes, dtype=torch.int64)] = torch.arange(len(self.classes))
             object.__setattr__(self, "_lookup", table)
         return self._lookup
 
     def encode(self, sirna: "torch.Tensor") -> "torch.Tensor":
-        """Raw sirna ids (int64, -1 = unknown) -> class indices; IGNORE_INDEX for unknown or unmapped ids."""
+        """Raw class ids (int64, -1 = unknown) -> class indices; IGNORE_INDEX for unknown or unmapped ids."""
         import torch
 
         table = self._table().to(sirna.device)
@@ -75,7 +83,7 @@ class ClassMap:
         return out
 
     def decode(self, indices: "torch.Tensor | Sequence[int]") -> "torch.Tensor":
-        """Class indices -> raw sirna ids (int64)."""
+        """Class indices -> raw class ids (int64)."""
         import torch
 
         classes = torch.tensor(self.classes, dtype=torch.int64)

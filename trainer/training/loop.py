@@ -28,8 +28,8 @@ from torch import nn
 import cellio
 from cellio.errors import CellioError, ConfigError
 
-from .checkpoint import (apply_schedule_change, build_model, check_resume_config, load_checkpoint, save_checkpoint,
-                         training_state)
+from .checkpoint import (DataShape, apply_schedule_change, build_model, check_resume_config, load_checkpoint,
+                         save_checkpoint, training_state)
 from .config import Config, save_config
 from .folds import split_experiments
 from .labels import ClassMap
@@ -61,6 +61,7 @@ class Run:
     sched: Any
     scaler: Any
     runlog: RunLog
+    shape: DataShape                # the input channels and cell types the model is built for (the store's)
     step: int = 0
     start_epoch: int = 0
     resume_mid_epoch: bool = False
@@ -78,7 +79,8 @@ class Run:
     def state(self, epoch: int, *, epoch_complete: bool, loader: Any,
               validation_owed: bool = False) -> dict[str, Any]:
         return {**training_state(self.net, self.opt, self.sched, self.scaler, loader, self.cfg, self.ctx.class_map,
-                                 epoch=epoch, step=self.step, epoch_complete=epoch_complete, metrics=self.metrics),
+                                 self.shape, epoch=epoch, step=self.step, epoch_complete=epoch_complete,
+                                 metrics=self.metrics),
                 "stage": self.stage.state_dict(), "validation_owed": validation_owed, "runlog": self.runlog.sizes()}
 
     def validation_due(self, epoch: int, epoch_complete: bool) -> bool:
@@ -145,12 +147,13 @@ def prepare(cfg: Config, labeller: Labeller | None = None) -> Run:
     if not cfg.data.store:
         raise ConfigError("config key 'data.store': no store given; pass data.store=PATH (a cellio ingest output)")
     store = cellio.open_store(cfg.data.store)
+    shape = DataShape.of_store(store)
     class_map = ClassMap.from_sites(store.sites, cfg.data.include_controls)
     split = split_experiments(cfg.data, store.sites)
     log.info("%d classes; train experiments %s; held out %s", len(class_map), split.train, split.val)
     if env.is_main:  # which experiments this run held out, for prediction and reports
         (out / "folds.json").write_text(json.dumps(split.to_dict(cfg.data.val_fold), indent=1))
-    model = _initial_model(cfg, class_map)
+    model = _initial_model(cfg, class_map, shape)
     stage.configure(model)
     model.to(env.device)
     if cfg.train.channels_last:
@@ -164,7 +167,7 @@ def prepare(cfg: Config, labeller: Labeller | None = None) -> Run:
     opt = build_optimizer(cfg, model)
     r = Run(cfg, ctx, stage, model, model, train_loader, val_loader, schedule, opt,
             build_scheduler(cfg, opt, schedule), torch.amp.GradScaler(env.device.type, enabled=ctx.dtype == torch.float16),
-            RunLog(out, env.is_main, cfg.train.tensorboard))
+            RunLog(out, env.is_main, cfg.train.tensorboard, shape.cell_types), shape)
     if resume_from is not None:
         _resume(r, resume_from)
         if changed:
@@ -176,13 +179,16 @@ def prepare(cfg: Config, labeller: Labeller | None = None) -> Run:
     return r
 
 
-def _initial_model(cfg: Config, class_map: ClassMap) -> nn.Module:
-    model = build_model(cfg, class_map)
+def _initial_model(cfg: Config, class_map: ClassMap, shape: DataShape) -> nn.Module:
+    model = build_model(cfg, class_map, shape)
     if cfg.train.init_from:
         init = load_checkpoint(cfg.train.init_from)
         if ClassMap.from_dict(init["classes"]) != class_map:
             raise ConfigError(f"train.init_from {cfg.train.init_from!r}: its classes differ from this run's "
                               "(different store or data.include_controls)")
+        if (theirs := DataShape.from_dict(init.get("data"))) != shape:
+            raise ConfigError(f"train.init_from {cfg.train.init_from!r}: built for {theirs}, this run's store needs "
+                              f"{shape} (another data set or channel selection)")
         # a margin head new in this run starts fresh; every other weight must match
         missing, unexpected = model.load_state_dict(init["model"], strict=False)
         bad = [k for k in missing if not k.startswith("margin_head.")] + list(unexpected)
@@ -288,7 +294,7 @@ def validate(net: nn.Module, stage: Stage, loader: Any, ctx: StageContext) -> di
     from tqdm.auto import tqdm
 
     net.eval()
-    meter = ClassificationMeter()
+    meter = ClassificationMeter(ctx.store.layout.cell_types)
     show = ctx.cfg.train.progress and ctx.env.is_main
     for batch in tqdm(loader, total=len(loader), desc="validate", leave=False, disable=not show):
         with autocast(ctx.env.device, ctx.dtype):

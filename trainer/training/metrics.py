@@ -1,19 +1,18 @@
 """Accuracy and loss over labelled rows, overall and per cell type, summed over ranks. One home for the numbers
 `metrics.csv`, `log.jsonl` and the checkpoints carry.
 
-    meter = ClassificationMeter()
+    meter = ClassificationMeter(store.layout.cell_types)
     for batch in loader:
         out = stage.step(net, batch, ctx)
         meter.update(out.scores, out.target, batch["cell_type"], out.loss)
-    meter.summary(env, num_classes)      # {"val_loss", "val_acc", "val_n", "chance", "val_acc_HEPG2", ...}
+    meter.summary(env, num_classes)      # {"val_loss", "val_acc", "val_n", "chance", "val_acc_<cell type>", ...}
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-
-from cellio.schema import CELL_TYPES
 
 from .labels import IGNORE_INDEX
 from .runtime import Env, all_reduce_sum
@@ -22,10 +21,12 @@ __all__ = ["ClassificationMeter", "TrainWindow"]
 
 
 class ClassificationMeter:
-    """Hits and labelled rows per cell type, and the loss weighted by labelled rows."""
+    """Hits and labelled rows per cell type (`cell_types`: the layout's, in the order of the loader's `cell_type`
+    indices), and the loss weighted by labelled rows."""
 
-    def __init__(self) -> None:
-        n = len(CELL_TYPES)
+    def __init__(self, cell_types: Sequence[str]) -> None:
+        self.cell_types = tuple(cell_types)
+        n = len(self.cell_types)
         self.correct = torch.zeros(n, dtype=torch.float64)
         self.total = torch.zeros(n, dtype=torch.float64)
         self.loss_sum = torch.zeros(1, dtype=torch.float64)
@@ -37,19 +38,19 @@ class ClassificationMeter:
         keep = (target != IGNORE_INDEX).cpu()
         hit = (scores.argmax(-1).cpu() == target.cpu()) & keep
         ct = cell_type.cpu()
-        n = len(CELL_TYPES)
+        n = len(self.cell_types)
         self.correct += torch.bincount(ct[keep], weights=hit[keep].double(), minlength=n)
         self.total += torch.bincount(ct[keep], minlength=n).double()
         self.loss_sum += float(loss) * int(keep.sum())
 
     def summary(self, env: Env, num_classes: int, prefix: str = "val_") -> dict[str, float]:
-        n_types = len(CELL_TYPES)
+        n_types = len(self.cell_types)
         stats = all_reduce_sum(torch.cat([self.correct, self.total, self.loss_sum]), env)
         correct, total, loss_sum = stats[:n_types], stats[n_types:2 * n_types], stats[-1]
         n = float(total.sum())
         out = {f"{prefix}loss": float(loss_sum) / max(n, 1.0), f"{prefix}acc": float(correct.sum()) / max(n, 1.0),
                f"{prefix}n": n, "chance": 1.0 / num_classes}
-        for i, name in enumerate(CELL_TYPES):
+        for i, name in enumerate(self.cell_types):
             out[f"{prefix}acc_{name}"] = float(correct[i] / total[i]) if total[i] > 0 else float("nan")
         return out
 

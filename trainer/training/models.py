@@ -1,14 +1,17 @@
-"""Model registry: 6-channel DenseNets, per-channel DenseNet extractors with a fusion head.
+"""Model registry: N-channel DenseNets, per-channel DenseNet extractors with a fusion head.
 
-    model = create_model("densenet121", num_classes=1139, pretrained="densenet121-a639ec97.pth")
+    model = create_model("densenet121", num_classes=1139, in_chans=6, num_cell_types=4,
+                         pretrained="densenet121-a639ec97.pth")
     list_models()  # ['densenet121', 'densenet161', 'densenet201', 'densenet_tiny', 'perchannel_densenet121', ...]
 
 Every model exposes `num_features`, `forward_features(x, cell_type=None) -> (B, F)`,
 `forward_head(feats, cell_type=None) -> (B, C)` and `forward(x, cell_type=None) -> (B, C)`; `cell_type` is the
-int64 index into `cellio.schema.CELL_TYPES` the loader yields. Unlike timm, `forward_features` returns the POOLED
+int64 index into the layout's `cell_types` the loader yields; `in_chans` and `num_cell_types` come from the data
+(trainer.training.checkpoint.DataShape: the store's channels, its layout's cell types), never from a data set's
+constants. Unlike timm, `forward_features` returns the POOLED
 feature vector (the embedding), not the feature map: the fusion head, the stage-2 feature cache and exported
-embeddings all work on one vector per site, and a per-channel model has six maps, not one. The map of a
-6-channel model is `model.features(x)`. The head (`ClassifierHead`) can concatenate the
+embeddings all work on one vector per site, and a per-channel model has one map per channel, not one. The map of
+a DenseNet is `model.features(x)`. The head (`ClassifierHead`) can concatenate the
 cell type as a one-hot before the classifier (what the winners did) and/or keep one head per cell type.
 
 Pretrained weights come from a local torchvision DenseNet file only (hubs are unreachable on training hosts);
@@ -30,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cellio.errors import ConfigError
+
+from .heads import ClassifierHead
 
 __all__ = [
     "create_model", "list_models", "check_model_name", "register_model", "ClassifierHead", "DenseNetClassifier",
@@ -63,18 +68,28 @@ def list_models() -> list[str]:
 
 
 def check_model_name(name: str, key: str = "model.name") -> None:
-    """ConfigError naming `key` unless `name` is a registered model (checked before any work, and by create_model)."""
+    """ConfigError naming `key` unless `name` is a registered model or `timm:<a timm model>` (checked before any
+    work, and by create_model)."""
+    from .timm_models import check_timm_name, is_timm_name
+
+    if is_timm_name(name):
+        check_timm_name(name, key)
+        return
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"config key {key!r}: unknown model {name!r}{hint}; registered: {', '.join(list_models())}")
+        raise ConfigError(f"config key {key!r}: unknown model {name!r}{hint}; registered: {', '.join(list_models())}, "
+                          "or timm:<name> for any timm model")
 
 
-def create_model(name: str, *, num_classes: int, in_chans: int = 6, num_cell_types: int = 4,
+def create_model(name: str, *, num_classes: int, in_chans: int, num_cell_types: int,
                  pretrained: str | Path | None = None, **kw: Any) -> nn.Module:
-    """Build a registered model; `pretrained` is a local weights file (None = random init)."""
+    """Build a registered model for `in_chans` input channels and `num_cell_types` cell types (the head's
+    cell-type input); `pretrained` is a local weights file (None = random init)."""
+    from .timm_models import TimmClassifier, is_timm_name
+
     check_model_name(name)
-    factory = _REGISTRY[name]
+    factory = functools.partial(TimmClassifier, name) if is_timm_name(name) else _REGISTRY[name]
     if num_classes < 1:
         raise ConfigError(f"create_model({name!r}): expected num_classes >= 1, found {num_classes}")
     try:
@@ -82,51 +97,6 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 6, num_cell_typ
                        pretrained=pretrained, **kw)
     except TypeError as exc:  # an unknown model.kwargs key
         raise ConfigError(f"model {name!r}: invalid model.kwargs {sorted(kw)}: {exc}") from None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# head
-
-
-class ClassifierHead(nn.Module):
-    """features (+ cell-type one-hot) -> [MLP] -> logits; optionally one such head per cell type.
-
-    With `per_cell_type`, every head runs on the whole batch and each row takes its own cell type's logits:
-    every parameter gets a gradient each step (DDP needs no `find_unused_parameters`), at a cost that is small
-    next to the backbone's.
-    """
-
-    def __init__(self, in_features: int, num_classes: int, *, num_cell_types: int = 4, cell_type_input: bool = True,
-                 per_cell_type: bool = False, hidden: int = 0, dropout: float = 0.0):
-        super().__init__()
-        self.num_cell_types = num_cell_types
-        self.cell_type_input = cell_type_input
-        self.per_cell_type = per_cell_type
-        width = in_features + (num_cell_types if cell_type_input else 0)
-
-        def body() -> nn.Module:
-            if hidden > 0:
-                return nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                                     nn.Linear(hidden, num_classes))
-            return nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
-
-        self.heads = nn.ModuleList([body() for _ in range(num_cell_types if per_cell_type else 1)])
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
-
-    def forward(self, feats: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
-        if (self.cell_type_input or self.per_cell_type) and cell_type is None:
-            raise ConfigError("this model's head uses the cell type (cell_type_input or per_cell_type): pass the "
-                              "loader's `cell_type` tensor to forward/forward_head")
-        if self.cell_type_input:
-            onehot = F.one_hot(cell_type.long(), self.num_cell_types).to(feats.dtype)
-            feats = torch.cat([feats, onehot], dim=1)
-        if not self.per_cell_type:
-            return self.heads[0](feats)
-        logits = torch.stack([h(feats) for h in self.heads], dim=1)           # (B, T, C)
-        idx = cell_type.long().view(-1, 1, 1).expand(-1, 1, logits.shape[-1])
-        return logits.gather(1, idx).squeeze(1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -243,7 +213,7 @@ class _PooledConvNet(nn.Module):
 class DenseNetClassifier(_PooledConvNet):
     """A DenseNet with an `in_chans` stem, global average pooling and a `ClassifierHead`."""
 
-    def __init__(self, arch: str, *, num_classes: int, in_chans: int = 6, num_cell_types: int = 4,
+    def __init__(self, arch: str, *, num_classes: int, in_chans: int, num_cell_types: int,
                  pretrained: str | Path | None = None, drop_rate: float = 0.0, memory_efficient: bool = False,
                  **head_kw: Any):
         super().__init__()
@@ -255,16 +225,17 @@ class DenseNetClassifier(_PooledConvNet):
 
 
 class PerChannelFusion(nn.Module):
-    """One 1-channel DenseNet per image channel, their features fused by an MLP head (the two-stage plan).
+    """One 1-channel DenseNet per image channel (`in_chans` of them), their features fused by an MLP head (the
+    two-stage plan).
 
     `extractors[i]` sees channel i only and has its own linear classifier `channel_heads[i]` for stage 1
-    (`forward_channels`). `forward_features` concatenates the six pooled feature vectors (6 x 1024 for
-    DenseNet-121) and, with `intensity_stats`, each channel's mean and std (12 values); `forward_head` adds the
+    (`forward_channels`). `forward_features` concatenates the `in_chans` pooled feature vectors (6 x 1024 for
+    DenseNet-121 on RxRx1) and, with `intensity_stats`, each channel's mean and std (2 x in_chans values); `forward_head` adds the
     cell-type one-hot and runs the fusion MLP. Extractors and head live in one module, so one checkpoint holds the
     whole two-stage model.
     """
 
-    def __init__(self, arch: str, *, num_classes: int, in_chans: int = 6, num_cell_types: int = 4,
+    def __init__(self, arch: str, *, num_classes: int, in_chans: int, num_cell_types: int,
                  pretrained: str | Path | None = None, intensity_stats: bool = True, hidden: int = 512,
                  dropout: float = 0.2, memory_efficient: bool = False, **head_kw: Any):
         super().__init__()
@@ -330,7 +301,7 @@ class ConvNetMicro(_PooledConvNet):
     compute per view, for rehearsing the whole job at RxRx1's real cardinality on tiny images (trainer.job.rehearse)
     and for smoke runs. Not a model to learn RxRx1 with."""
 
-    def __init__(self, *, num_classes: int, in_chans: int = 6, num_cell_types: int = 4,
+    def __init__(self, *, num_classes: int, in_chans: int, num_cell_types: int,
                  pretrained: str | Path | None = None, width: int = 8, **head_kw: Any):
         super().__init__()
         if pretrained is not None:

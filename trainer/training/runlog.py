@@ -14,25 +14,32 @@ import math
 import os
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from cellio.errors import DiskFullError
-from cellio.schema import CELL_TYPES
 
 from .disk import free_bytes, is_disk_full
 
-__all__ = ["RunLog"]
+__all__ = ["RunLog", "csv_fields"]
 
 log = logging.getLogger(__name__)
 
 
+def csv_fields(cell_types: Sequence[str]) -> tuple[str, ...]:
+    """metrics.csv's columns: a validation accuracy per cell type (`val_acc_<cell type>`) among the rest."""
+    return ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_n", "chance",
+            *(f"val_acc_{c}" for c in cell_types), "images_per_s", "elapsed_s")
+
+
 class RunLog:
-    CSV_FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_n", "chance",
-                  *(f"val_acc_{c}" for c in CELL_TYPES), "images_per_s", "elapsed_s")
+    """The run's logs; `cell_types` (the layout's) name metrics.csv's per-cell-type accuracy columns."""
+
     FILES = ("metrics.csv", "log.jsonl")
 
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool):
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool, cell_types: Sequence[str]):
         self.out, self.enabled, self.tb = out, enabled, None
+        self.csv_fields = csv_fields(cell_types)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -54,10 +61,10 @@ class RunLog:
         if not self.enabled:
             return
         text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=self.CSV_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(text, fieldnames=self.csv_fields, extrasaction="ignore")
         if self._size("metrics.csv") == 0:  # a new file, or one whose header a full disk kept out
             writer.writeheader()
-        writer.writerow({k: values.get(k, "") for k in self.CSV_FIELDS})
+        writer.writerow({k: values.get(k, "") for k in self.csv_fields})
         self._append("metrics.csv", text.getvalue())
 
     def sizes(self) -> dict[str, int] | None:

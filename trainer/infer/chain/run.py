@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-import cellio
 from cellio.errors import CellioError, ConfigError
 
 from trainer.infer.aggregate import WellScores
@@ -32,6 +31,7 @@ from trainer.infer.risk import Conditional, conditional_accuracies
 from trainer.infer.rotation import SourceRecord, score_sources
 from trainer.infer.stacker import build_features, cross_fit, fit_stacker
 from trainer.infer.submission import write_submission
+from trainer.training.layout import plate_constraint
 
 __all__ = ["ChainInputs", "ChainResult", "run_chain", "wells_of"]
 
@@ -85,12 +85,10 @@ def run_chain(inputs: ChainInputs, out: str | Path, meter: Meter | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     sites, res = inputs.sites, ChainResult()
     res.extra.update(inputs.notes)
-    try:
-        groups = cellio.derive_plate_groups(sites[sites["dataset"] == "train"])
-    except CellioError as exc:  # no 4-group plate structure in this data set: no assignment steps
-        log.warning("plate assignment skipped: %s", exc)
-        res.extra["assignment_skipped"] = str(exc)
-        groups = None
+    groups, why = plate_constraint(sites)
+    if groups is None:  # no 4-group plate structure in this data set: no assignment steps
+        log.warning("plate assignment skipped: %s", why)
+        res.extra["assignment_skipped"] = why
     truth = truth_of(sites, inputs.test_truth)
     stacker, calibration = None, None
     records: dict[str, SourceRecord] | None = None

@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-import cellio
 from cellio.errors import CellioError, ConfigError
 
 from ..config import Config
 from ..data import make_loader
 from ..labels import ClassMap
+from ..layout import require_plate_constraint
 from ..runtime import Env, unwrap
 from .base import Stage, StageContext, StageUpdate
 
@@ -91,6 +91,9 @@ class PseudoLabel(Stage):
 
     def loaders(self, model: nn.Module, ctx: StageContext) -> tuple[Any, Any | None]:
         sites = ctx.store.sites
+        # first: the test wells are labelled under the plate assignment (and in RxRx1's vocabulary)
+        self._groups = require_plate_constraint(sites, "train.stage=pseudo_label (wells are pseudo-labelled under "
+                                                "the plate assignment)")
         is_train = sites["experiment"].isin(ctx.split.train).to_numpy() & (sites["dataset"] == "train").to_numpy()
         if not ctx.cfg.data.include_controls:
             is_train &= (sites["well_type"] == "treatment").to_numpy()
@@ -107,7 +110,6 @@ class PseudoLabel(Stage):
         if not ctx.cfg.train.init_from:
             log.warning("train.stage=pseudo_label without train.init_from: round 0 labels come from an untrained "
                         "model")
-        self._groups = cellio.derive_plate_groups(sites[sites["dataset"] == "train"])
         val = make_loader(ctx.cfg, ctx.store, ctx.env, ctx.split.val, train=False) if ctx.split.val else None
         return self._train_loader(ctx), val
 

@@ -1,0 +1,125 @@
+"""The main job's last steps on a data set without hidden test labels (any layout but RxRx1's Kaggle task): the
+perturbation classifier scored on the experiments it held out, and every well's embedding for the maps.
+
+    held = evaluate_held_out(ckpt, plan, store, out)     # OUT/held_out_predictions.csv; accuracies (below)
+    path = write_well_embeddings(ckpt, plan, store, out) # OUT/embeddings.parquet: one row per well, metadata + f0..
+
+Held-out accuracy is the share of held-out wells (the validation fold's whole experiments, never trained on) whose
+argmax class is their label, over the classes the model trained on: overall, per perturbation type (the layout's
+well types: treatments and each control kind), per cell type, per experiment, and per value of each column the
+layout says describes a perturbation (`Perturbations.columns`: a concentration, a perturbation type). The
+embeddings file is what `trainer.infer.embed.write_embeddings` writes and `trainer.maps` reads (docs/maps.md).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellio.errors import ConfigError
+
+from trainer.infer.aggregate import mean_logits
+from trainer.infer.chain import Meter, no_meter
+from trainer.infer.embed import extract_embeddings, write_embeddings
+from trainer.infer.predict import predict
+from trainer.job.plan import Plan
+from trainer.training.checkpoint import load_for_inference
+from trainer.training.disk import replaced_atomically
+from trainer.training.layout import label_column
+
+__all__ = ["MAX_GROUP_VALUES", "OUTPUTS", "evaluate_held_out", "held_out_accuracy", "write_well_embeddings",
+           "format_accuracy", "write_report"]
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("plan.json", "report.json", "held_out_predictions.csv", "embeddings.parquet")
+MAX_GROUP_VALUES = 50   # a perturbation column with more distinct values (a compound id) is not a "type"
+
+
+def held_out_accuracy(wells: pd.DataFrame, layout: Any) -> dict[str, Any]:
+    """Accuracy of `wells` (one row per well: its metadata, `label`, `predicted`) overall and per group (module
+    docstring); each group's entry is {value: {"accuracy", "n"}}."""
+    p = layout.perturbations
+    correct = (wells["predicted"].to_numpy() == wells["label"].to_numpy())
+    frame = wells.assign(correct=correct)
+
+    def per(column: str) -> dict[str, dict[str, float]]:
+        g = frame.groupby(column, sort=True)["correct"]
+        return {str(k): {"accuracy": float(v.mean()), "n": int(len(v))} for k, v in g}
+
+    out: dict[str, Any] = {"accuracy": float(correct.mean()) if len(correct) else float("nan"),
+                           "n_wells": int(len(frame)), "per_perturbation_type": per(p.well_type_column),
+                           "per_cell_type": per("cell_type"), "per_experiment": per("experiment")}
+    for column in p.columns:
+        if column in frame.columns and frame[column].nunique() <= MAX_GROUP_VALUES:
+            out[f"per_{column}"] = per(column)
+    return out
+
+
+def evaluate_held_out(ckpt: Path, plan: Plan, store: Any, out: Path, meter: Meter = no_meter) -> dict[str, Any]:
+    """The checkpoint's predictions of its held-out experiments (controls included, at the plan's TTA), averaged per
+    well; OUT/held_out_predictions.csv (id_code, metadata, label, predicted) and the accuracies (held_out_accuracy)."""
+    if plan.val_fold < 0:
+        raise ConfigError("plan.val_fold=-1: the model trains on every experiment, so no experiment is held out to "
+                          "score it on; set plan.val_fold to a fold (0..plan.n_folds-1)")
+    layout, sites = store.layout, store.sites
+    with meter("predict: held-out experiments"):
+        preds = predict(ckpt, store, datasets="validation", tta=plan.eval_tta, dihedral=plan.dihedral,
+                        adabn=plan.adabn, controls=True, device=plan.torch_device(), batch_size=plan.batch,
+                        out=out / "predictions" / "held_out.npz")
+    scores = mean_logits(preds.logits, preds.index, sites, classes=preds.classes)
+    label = label_column(layout)
+    meta = sites.drop_duplicates("id_code").set_index("id_code").loc[scores.id_codes]
+    keep = meta[label].notna().to_numpy() & np.isin(meta[label].to_numpy(dtype="float64", na_value=np.nan),
+                                                    preds.classes)
+    wells = meta.loc[keep].reset_index()
+    wells = wells[[c for c in ("id_code", "dataset", "experiment", "cell_type", "plate", "well",
+                               layout.perturbations.well_type_column, *layout.perturbations.columns)
+                   if c in wells.columns]].assign(label=meta.loc[keep, label].to_numpy(dtype=np.int64),
+                                                  predicted=scores.labels()[keep])
+    skipped = int((~keep).sum())
+    if skipped:
+        log.info("held-out wells: %d without a label the model trained on are not scored", skipped)
+    path = out / "held_out_predictions.csv"
+    with replaced_atomically(path) as tmp:
+        wells.to_csv(tmp, index=False)
+    result = {**held_out_accuracy(wells, layout), "experiments": sorted(wells["experiment"].unique().tolist()),
+              "predictions": str(path), "tta": plan.eval_tta}
+    log.info("%s", format_accuracy(result))
+    return result
+
+
+def format_accuracy(result: dict[str, Any]) -> str:
+    """The held-out accuracies as a few plain lines."""
+    lines = [f"held-out accuracy {result['accuracy']:.4f} on {result['n_wells']} wells of experiments "
+             f"{', '.join(result.get('experiments', []))}"]
+    for key, groups in result.items():
+        if key.startswith("per_") and isinstance(groups, dict):
+            shown = ", ".join(f"{k} {v['accuracy']:.3f} ({v['n']})" for k, v in groups.items())
+            lines.append(f"   {key.removeprefix('per_').replace('_', ' ')}: {shown}")
+    return "\n".join(lines)
+
+
+def write_well_embeddings(ckpt: Path, plan: Plan, store: Any, out: Path, meter: Meter = no_meter) -> Path:
+    """Every well's embedding (the mean of the model's pooled features over its sites and the plan's `embed_tta`
+    views, every split, controls included) -> OUT/embeddings.parquet with the wells' metadata (docs/maps.md)."""
+    model, cfg, _ = load_for_inference(ckpt, plan.torch_device())
+    # whole sites are ~5x a crop's pixels: a quarter of the batch keeps the activations' memory the same
+    batch = max(1, plan.batch // 4) if plan.embed_tta == "full" else plan.batch
+    with meter("embeddings: every well"):
+        emb = extract_embeddings(model, cfg, store, datasets=None, tta=plan.embed_tta, batch_size=batch)
+    path = write_embeddings(emb, store.sites, out / "embeddings.parquet")
+    log.info("embeddings of %d wells (%d features, %s views) -> %s", len(emb), emb.vectors.shape[1], plan.embed_tta,
+             path)
+    return path
+
+
+def write_report(path: Path, report: dict[str, Any]) -> Path:
+    """OUT/report.json of this job: the held-out accuracies, the plan, the training metrics and the timings."""
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=str))
+    return path
