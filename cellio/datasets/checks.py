@@ -19,24 +19,32 @@ MAX_REPORTED_PROBLEMS = 20
 
 class Problems:
     """Collects validation problems of one data set (`what`, e.g. "RxRx2 metadata"); `raise_if_any` reports the
-    first MAX_REPORTED_PROBLEMS and the total."""
+    first `limit` and the total."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, limit: int = MAX_REPORTED_PROBLEMS) -> None:
         self.what = what
+        self.limit = limit
         self.items: list[str] = []
         self.count = 0
 
     def add(self, msg: str) -> None:
         self.count += 1
-        if len(self.items) < MAX_REPORTED_PROBLEMS:
+        if len(self.items) < self.limit:
             self.items.append(msg)
 
     def add_rows(self, file: str, rows: Iterable[int] | np.ndarray, column: str, values: Iterable[object],
-                 expected: str) -> None:
-        """One problem per offending row; `rows` are 0-based positions among the file's data rows."""
-        for r, v in zip(np.asarray(rows), np.asarray(list(values), dtype=object)):
-            self.add(f"{file} row {int(r) + 1} (line {int(r) + 2}), column '{column}': found {v!r}, expected "
-                     f"{expected}")
+                 expected: str | Iterable[str]) -> None:
+        """One problem per offending row; `rows` are 0-based positions among the file's data rows; `expected` is
+        one text for all rows or one per row."""
+        rows = np.asarray(list(rows) if not isinstance(rows, np.ndarray) else rows)
+        values = np.asarray(list(values), dtype=object)
+        per_row = None if isinstance(expected, str) else np.asarray(list(expected), dtype=object)
+        room = max(self.limit - len(self.items), 0)
+        for i, (r, v) in enumerate(zip(rows[:room], values[:room])):
+            exp = expected if per_row is None else per_row[i]
+            self.items.append(f"{file} row {int(r) + 1} (line {int(r) + 2}), column '{column}': found {v!r}, "
+                              f"expected {exp}")
+        self.count += len(rows)
 
     def raise_if_any(self, where: str) -> None:
         if not self.count:

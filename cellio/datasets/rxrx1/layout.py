@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from enum import Enum
 
-from ..layout import Channel, ControlGroup, DatasetLayout, IdFormats, Perturbations, PlateGeometry
+from ..layout import ControlGroup, DatasetLayout, IdFormats, Perturbations, PlateGeometry
+from ..recursion import RECURSION_CHANNELS
 
 __all__ = [
     "RXRX1",
@@ -55,16 +56,7 @@ class WellType(str, Enum):
 RXRX1 = DatasetLayout(
     name="rxrx1",
     version=1,
-    # Stains documented for the sibling set RxRx19b (same protocol assumed); tints and windows are the official
-    # rxrx1-utils RGB composite (`rxrx.io.convert_tensor_to_rgb`), on 0..255.
-    channels=(
-        Channel("Hoechst", "w1", (19, 0, 249), (0, 51)),
-        Channel("ConA", "w2", (42, 255, 31), (0, 107)),
-        Channel("Phalloidin", "w3", (255, 0, 25), (0, 64)),
-        Channel("Syto14", "w4", (45, 255, 252), (0, 191)),
-        Channel("MitoTracker", "w5", (250, 0, 253), (0, 89)),
-        Channel("WGA", "w6", (254, 255, 40), (0, 191)),
-    ),
+    channels=RECURSION_CHANNELS,  # cellio/datasets/recursion.py
     pixel_dtype="uint8",
     site_shape=(512, 512),
     sites_per_well=2,

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ...errors import MetadataError
+from ..checks import Problems
 from .layout import (
     RXRX1,
     ALL_WELLS,
@@ -60,40 +61,6 @@ _EXPERIMENT_RE = r"^[A-Za-z0-9]+-\d{2,}$"
 _IMAGE_RE = re.compile(r"^([A-Z]\d{2})_s(\d+)_w(\d+)\.png$")
 
 
-class _Problems:
-    """Collects validation problems; `raise_if_any` reports the first few and the total."""
-
-    def __init__(self) -> None:
-        self.items: list[str] = []
-        self.count = 0
-
-    def add(self, msg: str) -> None:
-        self.count += 1
-        if len(self.items) < MAX_REPORTED_PROBLEMS:
-            self.items.append(msg)
-
-    def add_rows(self, file: str, rows: pd.Index | np.ndarray, column: str, values: pd.Series | np.ndarray,
-                 expected: str | pd.Series) -> None:
-        """One problem per offending row; `rows` are 0-based positions in the file's data rows; `expected` is one
-        text for all rows or one per row."""
-        rows = np.asarray(rows)
-        values = np.asarray(values, dtype=object)
-        room = max(MAX_REPORTED_PROBLEMS - len(self.items), 0)
-        per_row = np.asarray(expected, dtype=object) if not isinstance(expected, str) else None
-        for i, (r, v) in enumerate(zip(rows[:room], values[:room])):
-            exp = expected if per_row is None else per_row[i]
-            self.items.append(f"{file} row {int(r) + 1} (line {int(r) + 2}), column '{column}': "
-                              f"found {v!r}, expected {exp}")
-        self.count += len(rows)
-
-    def raise_if_any(self, where: str) -> None:
-        if not self.count:
-            return
-        more = f"\n  ... and {self.count - len(self.items)} more" if self.count > len(self.items) else ""
-        raise MetadataError(f"{self.count} problem(s) in the RxRx1 metadata under {where}:\n  "
-                            + "\n  ".join(self.items) + more)
-
-
 def _read_csv(path: Path, label: str) -> pd.DataFrame:
     """Read every column as text (we validate types ourselves, with row numbers)."""
     try:
@@ -121,7 +88,7 @@ def _check_columns(df: pd.DataFrame, label: str, required: list[str], optional: 
                             + (f" (optional {list(optional)})" if optional else "") + f", found {cols}")
 
 
-def _int_column(df: pd.DataFrame, col: str, label: str, problems: _Problems, lo: int, hi: int,
+def _int_column(df: pd.DataFrame, col: str, label: str, problems: Problems, lo: int, hi: int,
                 what: str | None = None) -> pd.Series:
     """Parse a text column as integers in [lo, hi]; bad rows are reported and become <NA>."""
     text = df[col].str.strip()
@@ -135,7 +102,7 @@ def _int_column(df: pd.DataFrame, col: str, label: str, problems: _Problems, lo:
     return num.where(ok & ~out_of_range).astype("Int64")
 
 
-def _validate_wells(df: pd.DataFrame, label: str, problems: _Problems, *, id_col: str = "id_code",
+def _validate_wells(df: pd.DataFrame, label: str, problems: Problems, *, id_col: str = "id_code",
                     unique: bool = True) -> pd.DataFrame:
     """Common checks of the id_code/experiment/plate/well columns (`id_col` holds the id_code; `unique`: one row
     per well); returns a typed frame with cell_type."""
@@ -173,7 +140,7 @@ def _validate_wells(df: pd.DataFrame, label: str, problems: _Problems, *, id_col
     return out
 
 
-def _kaggle_wells(raw: Path, problems: _Problems) -> tuple[pd.DataFrame, set[str] | None]:
+def _kaggle_wells(raw: Path, problems: Problems) -> tuple[pd.DataFrame, set[str] | None]:
     """The Kaggle CSVs into one frame per well: id_code, dataset, experiment, cell_type, plate, well,
     well_type, sirna. Also returns the test id_codes of sample_submission.csv (None when absent)."""
     missing = [f for f in ("train.csv", "test.csv", "train_controls.csv", "test_controls.csv")
@@ -262,7 +229,7 @@ def _kaggle_wells(raw: Path, problems: _Problems) -> tuple[pd.DataFrame, set[str
     return wells.drop(columns=["src_file", "src_row"]), sub_ids
 
 
-def _rxrx_ai_wells(raw: Path, problems: _Problems) -> pd.DataFrame:
+def _rxrx_ai_wells(raw: Path, problems: Problems) -> pd.DataFrame:
     """The rxrx.ai `metadata.csv` (one row per site) into the well frame plus a `site` column."""
     name = "metadata.csv"
     df = _read_csv(raw / name, name)
@@ -306,7 +273,7 @@ def _sites_from_files(raw: Path, plate_dirs: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(found, columns=["id_code", "site"]).drop_duplicates()
 
 
-def _read_pixel_stats(raw: Path, problems: _Problems) -> pd.DataFrame | None:
+def _read_pixel_stats(raw: Path, problems: Problems) -> pd.DataFrame | None:
     """pixel_stats.csv (or .csv.zip) -> one row per (id_code, site) with pixel_mean_w*/pixel_std_w*."""
     for name in ("pixel_stats.csv", "pixel_stats.csv.zip"):
         if (raw / name).is_file():
@@ -363,7 +330,7 @@ def read_metadata(raw_dir: str | os.PathLike[str], *, check_files: bool = False,
     raw = Path(raw_dir).resolve()
     if not raw.is_dir():
         raise MetadataError(f"RxRx1 data directory not found: {raw}")
-    problems = _Problems()
+    problems = Problems("RxRx1 metadata", limit=MAX_REPORTED_PROBLEMS)
     rxrx_ai = not (raw / "train.csv").is_file() and not (raw / "test.csv").is_file() and (raw / "metadata.csv").is_file()
     if rxrx_ai:
         per_site = _rxrx_ai_wells(raw, problems)
@@ -435,7 +402,7 @@ def read_metadata(raw_dir: str | os.PathLike[str], *, check_files: bool = False,
     return table
 
 
-def _check_files(raw: Path, table: pd.DataFrame, problems: _Problems) -> None:
+def _check_files(raw: Path, table: pd.DataFrame, problems: Problems) -> None:
     """Every path_w* must exist: one directory listing per plate folder, then a set difference."""
     expected = pd.concat([table[col] for col in PATH_COLUMNS], ignore_index=True)
     folders = expected.str.rsplit("/", n=1).str[0].unique()

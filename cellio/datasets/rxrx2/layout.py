@@ -4,7 +4,8 @@ fact comes from: docs/dataset_formats.md ("RxRx2"); how cellio reads it: docs/da
 """
 from __future__ import annotations
 
-from ..layout import Channel, ControlGroup, DatasetLayout, IdFormats, Perturbations, PlateGeometry
+from ..layout import ControlGroup, DatasetLayout, IdFormats, Perturbations, PlateGeometry
+from ..recursion import RECURSION_CHANNELS
 
 __all__ = ["RXRX2", "METADATA_FILES", "METADATA_COLUMNS", "UNTREATED", "SITE_COLUMNS", "image_relpath"]
 
@@ -17,15 +18,7 @@ UNTREATED = "untreated"  # the well type of a well with an empty `treatment` (no
 RXRX2 = DatasetLayout(
     name="rxrx2",
     version=1,
-    # Recursion's six-channel protocol, w1..w6 as in RxRx1 (the README does not list the stains); RxRx1's tints
-    channels=(
-        Channel("Hoechst", "w1", (19, 0, 249), (0, 51)),
-        Channel("ConA", "w2", (42, 255, 31), (0, 107)),
-        Channel("Phalloidin", "w3", (255, 0, 25), (0, 64)),
-        Channel("Syto14", "w4", (45, 255, 252), (0, 191)),
-        Channel("MitoTracker", "w5", (250, 0, 253), (0, 89)),
-        Channel("WGA", "w6", (254, 255, 40), (0, 191)),
-    ),
+    channels=RECURSION_CHANNELS,  # cellio/datasets/recursion.py
     pixel_dtype="uint8",
     site_shape=(1024, 1024),
     sites_per_well=4,

@@ -4,7 +4,8 @@ I/O. Where each fact comes from: docs/dataset_formats.md ("RxRx3-core"); how cel
 """
 from __future__ import annotations
 
-from ..layout import Channel, ControlGroup, DatasetLayout, IdFormats, Perturbations, PlateGeometry
+from ..layout import ControlGroup, DatasetLayout, IdFormats, Perturbations, PlateGeometry
+from ..recursion import RECURSION_CHANNELS
 
 __all__ = ["RXRX3_CORE", "METADATA_FILE", "SHARD_GLOB", "METADATA_COLUMNS", "CONTROLS", "PERTURBATION_TYPES",
            "KEY_COLUMN", "IMAGE_COLUMN", "SITE_COLUMNS", "ROW_COLUMNS"]
@@ -23,15 +24,7 @@ CONTROLS = {"EMPTY_control": "empty_control", "CRISPR_control": "crispr_control"
 RXRX3_CORE = DatasetLayout(
     name="rxrx3-core",
     version=1,
-    # Recursion's six-channel protocol, w1..w6 as in RxRx1 (the card does not list stains); RxRx1's composite tints
-    channels=(
-        Channel("Hoechst", "w1", (19, 0, 249), (0, 51)),
-        Channel("ConA", "w2", (42, 255, 31), (0, 107)),
-        Channel("Phalloidin", "w3", (255, 0, 25), (0, 64)),
-        Channel("Syto14", "w4", (45, 255, 252), (0, 191)),
-        Channel("MitoTracker", "w5", (250, 0, 253), (0, 89)),
-        Channel("WGA", "w6", (254, 255, 40), (0, 191)),
-    ),
+    channels=RECURSION_CHANNELS,  # cellio/datasets/recursion.py
     pixel_dtype="uint8",
     site_shape=(512, 512),
     sites_per_well=1,
