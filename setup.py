@@ -1,4 +1,5 @@
-"""cellio: RxRx1 (Recursion Cellular Image Classification) into a trained model fast.
+"""cellio: cell-painting screens (RxRx1 and its Kaggle competition, RxRx2, RxRx3-core, JUMP, OME-Zarr plates) into
+trained models fast.
 
 The library (`cellio`) stays light: numpy, pandas, zarr, Pillow. Torch, DALI, Kaggle, Dask and the trainer's
 dependencies are extras. Exact versions known to work together are pinned in constraints.txt.
@@ -44,7 +45,7 @@ extras["all"] = sorted({req for reqs in extras.values() for req in reqs})
 setup(
     name="cellio",
     version="0.1.0",
-    description="High-throughput loading of RxRx1 cell images (Zarr v3 + DALI) and a thin DenseNet trainer",
+    description="High-throughput loading of cell-painting screens (Zarr v3 + DALI) and a thin trainer",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",

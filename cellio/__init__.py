@@ -1,4 +1,4 @@
-"""cellio: RxRx1 cell images into a trained model fast.
+"""cellio: cell-painting screens (RxRx1/2/3-core, JUMP, OME-Zarr plates) into trained models fast.
 
 Public API (imported lazily so `import cellio` stays light and never pulls in torch or DALI):
 
@@ -10,6 +10,9 @@ Public API (imported lazily so `import cellio` stays light and never pulls in to
                                                          -- cellio.loading
     validate_submission, download, submit, check_credentials  -- cellio.datasets.rxrx1.kaggle
     DatasetLayout, get_layout, list_datasets             -- cellio.datasets (a data set's shape, the registry)
+    DatasetReader, get_dataset, find_dataset, register_dataset
+                                                         -- cellio.datasets (how a data set's raw files are read)
+    jump_reader                                          -- cellio.datasets.jump (a JUMP mirror's reader, options)
     ome_zarr_reader                                      -- cellio.datasets.ome_zarr (an OME-Zarr plate's reader)
     export_ome_zarr                                      -- cellio.export (a store as OME-Zarr HCS plates)
     to_dict, from_dict                                   -- cellio.records (dataclasses <-> JSON-able dicts)
@@ -51,6 +54,11 @@ _LAZY: dict[str, str] = {
     "DatasetLayout": "cellio.datasets",
     "get_layout": "cellio.datasets",
     "list_datasets": "cellio.datasets",
+    "DatasetReader": "cellio.datasets",
+    "get_dataset": "cellio.datasets",
+    "find_dataset": "cellio.datasets",
+    "register_dataset": "cellio.datasets",
+    "jump_reader": "cellio.datasets.jump",
     "export_ome_zarr": "cellio.export",
     "ome_zarr_reader": "cellio.datasets.ome_zarr",
     "to_dict": "cellio.records",
