@@ -261,6 +261,23 @@ def test_show_writes_a_composite(stores, name, tmp_path, capsys):
     assert picture.max() > 0
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "jump-8"])  # the raw reader's defaults: no brightfield
+def test_show_reads_a_raw_source_through_its_bound_reader(stores, name, tmp_path, capsys):
+    """`cellio show RAW ID`: the detected reader bound to RAW (a JUMP mirror's site shape, an OME-Zarr plate's
+    layout; an NGFF 0.5 plate is a Zarr v3 group, not a store) shows the pixels the store holds."""
+    from cellio.render import load_site
+
+    case, path = stores[name]
+    store = cellio.open_store(path)
+    row = store.sites.iloc[len(store) - 1]
+    image, raw_row, layout = load_site(case.src, row["id_code"], int(row["site"]))
+    assert layout.name == case.dataset and (raw_row["well"], raw_row["site"]) == (row["well"], row["site"])
+    np.testing.assert_array_equal(image, store.read_one(len(store) - 1))
+    out = tmp_path / "raw.png"
+    assert main(["show", str(case.src), row["id_code"], "--site", str(row["site"]), "-o", str(out)]) == 0
+    assert out.is_file()
+
+
 # ------------------------------------------------------------------------------------------- reruns and repairs
 def _digest(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
