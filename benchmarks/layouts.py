@@ -136,7 +136,7 @@ def ome_zarr_set(base: Path) -> RawSet:
 
     def decode() -> int:
         for path in arrays:
-            np.moveaxis(root[path][:], 0, -1)
+            np.ascontiguousarray(np.moveaxis(root[path][:], 0, -1))  # (C, Y, X) -> (H, W, C), as a site is stored
         return len(arrays)
     return RawSet("ome-zarr", plate, "ome-zarr", len(arrays), (1080, 1080, len(ome_zarr_plate.CHANNELS)), "uint16",
                   "zarr (blosc) OME-Zarr 0.4", decode)
