@@ -210,20 +210,22 @@ def load_site(source: str | Path, id_code: str, site: int = 1) -> tuple[np.ndarr
 
     `source` is a cellio store (a Zarr group: has zarr.json; a local path or an fsspec URL such as
     s3://bucket/rxrx1.zarr) or a raw data set directory a registered reader recognises (RxRx1: train.csv, test.csv
-    or metadata.csv; the channel PNGs are read directly).
+    or metadata.csv; the channel PNGs are read directly; a JUMP mirror, an OME-Zarr plate: the reader bound to it).
     """
     from .store import open_store
     from .store.files import is_url
 
-    if is_url(source) or (Path(source) / "zarr.json").is_file():
+    from .datasets import find_dataset, get_dataset, list_datasets
+
+    # a raw data set first: an OME-Zarr 0.5 plate is a Zarr v3 group too (zarr.json), but no cellio store
+    reader = find_dataset(Path(source)) if not is_url(source) and Path(source).is_dir() else None
+    if reader is None and (is_url(source) or (Path(source) / "zarr.json").is_file()):
         store = open_store(str(source) if is_url(source) else Path(source))
         i = _pick_row(store.sites, id_code, site, source)
         return np.asarray(store.read([i])[0]), store.sites.iloc[i].to_dict(), store.layout
     source = Path(source)
-    from .datasets import find_dataset, get_dataset, list_datasets
-
-    reader = find_dataset(source) if source.is_dir() else None
     if reader is not None:
+        reader = reader.for_source(str(source))  # JUMP, OME-Zarr: the layout (site shape, channels) of this source
         sites = reader.read_sites(source)
         i = _pick_row(sites, id_code, site, source)
         row = sites.iloc[i]

@@ -47,7 +47,7 @@ def _plate(tmp_path: Path, version: str = "0.5", dtype: str = "uint16", axes: st
 def _want(table_row: pd.Series, axes: str, dtype: str, z: int | None = None) -> np.ndarray:
     """The generator's own pixels of a site-table row, as (H, W, C)."""
     perturbation = table_row["perturbation"]
-    img = ome_zarr_plate.field_image("P7", table_row["well"], int(table_row["site"]),
+    img = ome_zarr_plate.field_image("P7", table_row["well"], int(table_row["site"]) - 1,
                                      None if perturbation == "DMSO" else perturbation, (H, W), axes, dtype, 4, 1.0)
     if axes == "tczyx":
         img = img[0, :, ome_zarr_plate.PLANES // 2 if z is None else z]
@@ -73,7 +73,7 @@ def test_a_plate_reads_into_its_layout_site_table_and_pixels(tmp_path, version, 
 
     sites = reader.read_sites(path)
     assert sites.attrs["layout"] == lay
-    assert list(sites["well"]) == [w for w in WELLS for _ in range(2)] and list(sites["site"]) == [0, 1] * 5
+    assert list(sites["well"]) == [w for w in WELLS for _ in range(2)] and list(sites["site"]) == [1, 2] * 5
     assert set(sites["plate"]) == {"P7"} and list(sites["id_code"][:2]) == ["P7_A01", "P7_A01"]
     assert list(sites["perturbation"][::2]) == ["DMSO", "cmpd-A", "cmpd-B", "DMSO", "cmpd-C"]
     assert list(sites["well_type"][::2]) == ["control", "treatment", "treatment", "control", "treatment"]

@@ -104,7 +104,8 @@ class Intensity:
         top = float(np.iinfo(dtype).max)
         x = np.asarray(x, dtype=np.float64)
         if self.scale == "keep":
-            return np.clip(np.rint(x), 0, top).astype(dtype)
+            y = np.rint(x)
+            return np.clip(y, 0, top, out=y).astype(dtype)
         if self.scale == "linear":
             lo = np.full(x.shape[-1], self.scale_params[0])
             hi = np.full(x.shape[-1], self.scale_params[1])

@@ -11,7 +11,7 @@ name. Everything after that (the store, the loader) needs only the layout.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,7 +45,10 @@ class DatasetReader:
     one PNG per channel named by `layout.path_columns`; bind: for a data set whose layout is read from the raw
     source itself (an OME-Zarr plate: its channels, pixel type, plate geometry), `bind(raw)` returns the reader
     bound to that source's layout (the registered reader's own layout then only names the data set), None where
-    the layout is fixed (`bind(raw, metadata=None)`: metadata names the data set's perturbation tables). The callables are module-level functions, so a reader pickles into worker processes."""
+    the layout is fixed (`bind(raw, metadata=None, channels=None)`: metadata names the data set's perturbation
+    tables, channels the ones the ingest keeps, so a data set that reads only the channels asked for (JUMP's
+    brightfield planes) binds to them; a bind may ignore it, the ingest then picks them from the bound layout).
+    The callables are module-level functions, so a reader pickles into worker processes."""
 
     layout: DatasetLayout
     source_kind: str
@@ -60,12 +63,15 @@ class DatasetReader:
     def name(self) -> str:
         return self.layout.name
 
-    def for_source(self, raw: str | Path, metadata: str | Path | None = None) -> "DatasetReader":
-        """The reader for the raw source `raw`: `bind(raw, metadata=metadata)` where the layout comes from the source
-        (`metadata`: the data set's own perturbation tables, e.g. JUMP's consortium tables or an OME-Zarr plate's
-        perturbation CSV), else itself. A fixed-layout data set refuses `metadata` by name (it reads its own)."""
+    def for_source(self, raw: str | Path, metadata: str | Path | None = None,
+                   channels: Sequence[str] | None = None) -> "DatasetReader":
+        """The reader for the raw source `raw`: `bind(raw, metadata=metadata, channels=channels)` where the layout
+        comes from the source (`metadata`: the data set's own perturbation tables, e.g. JUMP's consortium tables or
+        an OME-Zarr plate's perturbation CSV; `channels`: the names the ingest keeps, None all), else itself. A
+        fixed-layout data set refuses `metadata` by name (it reads its own); its channels are picked by the
+        ingest."""
         if self.bind is not None:
-            return self.bind(raw, metadata=metadata)
+            return self.bind(raw, metadata=metadata, channels=None if channels is None else tuple(channels))
         if metadata is not None:
             raise MetadataError(f"metadata={str(metadata)!r}: the {self.name} reader reads its metadata from the raw "
                                 f"data itself ({self.raw_description}); it takes no separate metadata")

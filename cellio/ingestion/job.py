@@ -125,7 +125,8 @@ def ingest(raw: str | os.PathLike[str], store_path: str | os.PathLike[str], *, c
         raise StoreError(f"on_error {on_error!r} is unknown; expected one of {', '.join(ON_ERROR)}")
     reader = detect_reader(raw) if reader is None else get_dataset(reader) if isinstance(reader, str) else reader
     # a data set whose layout comes from the data (JUMP, OME-Zarr) reads it now, before any store is touched
-    reader = reader.for_source(str(raw), metadata=None if metadata is None else str(metadata))
+    reader = reader.for_source(str(raw), metadata=None if metadata is None else str(metadata),
+                               channels=as_tuple(channels))
     splits = reader.layout.splits
     source = open_source(raw, reader, as_tuple(channels))
     if source.local:

@@ -79,7 +79,8 @@ def repair_store(raw: str | os.PathLike[str], store_path: str | os.PathLike[str]
                                     f"plan is unknown: not repairable; ingest again into a new path",
                                     file=target.key("zarr.json"))
         params = attrs["ingest"]
-        reader = get_dataset(recorded_dataset(attrs)).for_source(str(raw), metadata=params.get("metadata"))
+        reader = get_dataset(recorded_dataset(attrs)).for_source(str(raw), metadata=params.get("metadata"),
+                                                                 channels=params.get("channels"))
         source = open_source(raw, reader, params.get("channels"))
         plan = plan_sites(source, tuple(params["datasets"]), as_tuple(params["experiments"]),
                           as_tuple(params["cell_types"]), params["limit"], as_tuple(params.get("plates")))

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import MetadataError
+from ...errors import LayoutError, MetadataError
 from ..intensity import Intensity
 from ..layout import DatasetLayout
 from ..reader import DatasetReader
@@ -202,10 +202,18 @@ def jump_reader(src: str | Path, *, channels: Iterable[str] | None = None, brigh
                          read_site=partial(read_site_pixels, layout=layout, storage_options=options))
 
 
-def bind_source(src: str | Path, metadata: str | Path | None = None) -> DatasetReader:
-    """The registered reader bound to the mirror `src` (`cellio ingest SRC STORE --from jump [--metadata DIR]`):
-    `jump_reader` with its defaults, the layout (site shape, fields, vocabulary) read from the data."""
-    return jump_reader(src, metadata=metadata)
+def bind_source(src: str | Path, metadata: str | Path | None = None,
+                channels: Iterable[str] | None = None) -> DatasetReader:
+    """The registered reader bound to the mirror `src` (`cellio ingest SRC STORE --from jump [--metadata DIR]
+    [--channels DNA,Brightfield]`): `jump_reader` with its defaults, the layout (site shape, fields, vocabulary)
+    read from the data; `channels` (names, in store order) reads exactly those, so brightfield is had on request
+    and nothing else is read. LayoutError naming unknown ones and listing every JUMP channel."""
+    if channels is not None:
+        unknown = [c for c in channels if c not in CHANNELS]
+        if unknown:
+            raise LayoutError(f"channels {unknown}: not channels of layout 'jump'; expected names among "
+                              f"{list(CHANNELS)}")
+    return jump_reader(src, metadata=metadata, channels=None if channels is None else tuple(channels))
 
 
 READER = DatasetReader(layout=JUMP, source_kind=SOURCE_KIND, read_sites=partial(read_sites, layout=JUMP),

@@ -5,7 +5,7 @@ registered READER is unbound: `READER.bind(src)` (or `ome_zarr_reader(src, pertu
 reader whose `layout` is that plate's. The site table has a row per field of view:
 
     id_code "{plate}_{well}", dataset "train", experiment and plate (the plate's name), cell_type, well ("A01"),
-    site (the field's index in the well's image list, 0-based), well_type, perturbation (+ the table's other
+    site (the field's index in the well's image list + 1: 1-based, as every site table), well_type, perturbation (+ the table's other
     columns), array_path (the field's level-0 array, "A/1/0/0"), axes ("cyx", "tczyx", ...), z_plane (the Z index
     read, <NA> without a z axis), path_c0..path_cN (the array path, per channel: the files the site comes from)
 
@@ -59,7 +59,7 @@ def _table(plate: OmePlate, perturbations: "pd.DataFrame | None", z: int | None)
     rows = []
     for well in plate.wells:
         info = None if per_well is None else per_well.loc[well.name]
-        for site, field in enumerate(well.fields):
+        for site, field in enumerate(well.fields, start=1):  # sites are 1-based in every site table (sites.py)
             zi = z_plane(field, z, plate.path)
             row: dict[str, Any] = {
                 "id_code": f"{plate.name}_{well.name}", "dataset": "train", "experiment": plate.name,
@@ -143,9 +143,10 @@ def ome_zarr_reader(plate: str | Path, perturbations: str | Path | None = None, 
                          is_raw_dir=is_raw_dir, raw_description=RAW_DESCRIPTION, read_site=read_site)
 
 
-def bind_plate(plate: str | Path, metadata: str | Path | None = None) -> DatasetReader:
+def bind_plate(plate: str | Path, metadata: str | Path | None = None, channels: Any = None) -> DatasetReader:
     """The registered reader bound to the plate group `plate` (`cellio ingest PLATE STORE --from ome-zarr
-    [--metadata perturbations.csv]`)."""
+    [--metadata perturbations.csv]`). `channels` is not needed here: a field's array holds every channel, so the
+    bound layout has them all and the ingest picks the ones it keeps."""
     return ome_zarr_reader(plate, perturbations=metadata)
 
 
