@@ -232,10 +232,15 @@ EMBED_DIMS: dict[str, int] = {"cp_measure": 128}
 
 
 def embeddings_method(path: Path) -> Method:
-    """A method that reads precomputed per-well embeddings and aligns them with the data set's wells."""
+    """A method that reads precomputed per-well embeddings and aligns them with the data set's wells by well id:
+    `well_id` (RxRx3-core's metadata column), or `id_code` (the main job's OUT/embeddings.parquet: cellio's site
+    table names a well `{experiment}_{plate}_{well}`, RxRx3-core's well_id)."""
     def method(data: Path) -> tuple[pd.DataFrame, np.ndarray]:
         wells = read_well_embeddings(path)
-        pos = pd.Index(wells.metadata["well_id"]).get_indexer(read_metadata(data)["well_id"])
+        id_col = next((c for c in ("well_id", "id_code") if c in wells.metadata.columns), None)
+        if id_col is None:
+            raise SystemExit(f"{path}: no well_id or id_code column to align the embeddings with {data}'s wells")
+        pos = pd.Index(wells.metadata[id_col]).get_indexer(read_metadata(data)["well_id"])
         if (pos < 0).any():
             raise SystemExit(f"{path}: {int((pos < 0).sum())} wells of {data} have no embedding")
         return read_metadata(data), wells.features[pos]

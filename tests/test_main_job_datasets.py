@@ -133,3 +133,30 @@ def test_a_directory_no_data_set_recognises_is_named_before_any_work(tmp_path, c
     for name in ("rxrx1", "rxrx2", "rxrx3-core", "jump", "ome-zarr"):
         assert f"{name}: " in err
     assert not (out / "store.zarr").exists()
+
+
+def test_the_main_job_on_jump_reads_uint16_five_channel_sites_and_the_consortium_labels(tmp_path):
+    # --metadata: JUMP's labels (Metadata_JCP2022) live in the consortium's tables, joined at the ingest
+    import cellio
+    import jump
+
+    from trainer.demo import main
+
+    raw = jump.write_jump(tmp_path / "jump", plates=4, size="37x23", wells=6, fields=2, brightfield=False)
+    out = tmp_path / "out"
+    job = [a for a in TINY_JOB if not a.startswith("plan.steps_single")] + ["plan.steps_single=4"]
+    assert main(["--data", str(raw / "cpg0016-jump"), "--metadata", str(raw / "metadata"), "--out", str(out),
+                 *job]) == 0
+    store = cellio.open_store(out / "store.zarr")
+    assert store.layout.name == "jump" and store.dtype == np.uint16 and store.image_shape == (23, 37, 5)
+    held = json.loads((out / "report.json").read_text())["held_out"]
+    wells = pd.read_csv(out / "held_out_predictions.csv", keep_default_na=False)
+    assert wells["label"].str.fullmatch(r"JCP2022_\d{6}").all() and held["n_wells"] == len(wells)
+    # a perturbation only the held-out batch screens (its CRISPR or ORF plate) cannot be named: not scored
+    sites = store.sites.drop_duplicates("id_code")
+    val = sites["experiment"].isin(held["experiments"])
+    unseen = ~sites.loc[val, "jcp2022"].isin(set(sites.loc[~val, "jcp2022"]))
+    assert held["not_scored"]["class_not_trained"] == int(unseen.sum()) > 0
+    assert len(wells) == int((~unseen).sum())
+    _check_checkpoint_and_loader(out, ("jcp2022",))
+    _check_embeddings(out, 24, "jcp2022")

@@ -80,7 +80,8 @@ def ingest(raw: Path, opts: JobOptions) -> Path:
     store_path = opts.out / "store.zarr"
     # --dataset names the reader; the embedded synthetic set is RxRx1's; otherwise cellio recognises the directory
     reader = opts.dataset or ("rxrx1" if opts.data is None else None)
-    report = cellio.ingest(raw, store_path, workers=opts.workers, reader=reader)
+    metadata = {} if opts.metadata is None else {"metadata": str(Path(opts.metadata).resolve())}
+    report = cellio.ingest(raw, store_path, workers=opts.workers, reader=reader, **metadata)
     log.info("%d of %d sites stored (%d written by this run, %d failed) in %.1f s; codec %s, %s workers",
              report.n_ok, report.n_sites, report.n_written, report.n_failed, report.seconds, report.codec,
              report.workers)

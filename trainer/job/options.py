@@ -67,6 +67,8 @@ class JobOptions:
     data: Path | None = None          # None: the embedded synthetic set in OUT/raw
     dataset: str | None = None        # the registered data set --data holds (cellio.list_datasets()); None: cellio
                                       # recognises it (detect_dataset; the ingest with reader=None)
+    metadata: Path | None = None      # the perturbation tables the data set's reader joins at the ingest (JUMP's
+                                      # consortium metadata/, an OME-Zarr plate's CSV): cellio.ingest(metadata=)
     profile: str = "default"
     budget_min: float = DEFAULT_BUDGET_MIN
     seed: int = 0
@@ -112,6 +114,10 @@ def check_job(opts: JobOptions) -> None:
             raise ConfigError(f"--dataset {opts.dataset}: needs --data DIR (the embedded synthetic set is RxRx1's)")
     elif opts.data is not None and Path(opts.data).is_dir():
         detect_dataset(Path(opts.data))  # a directory no reader recognises: named before any work
+    if opts.metadata is not None and (opts.data is None or not Path(opts.metadata).exists()):
+        raise ConfigError(f"--metadata {opts.metadata}: " + ("needs --data DIR (the embedded synthetic set has its "
+                                                            "labels)" if opts.data is None else "no such file or "
+                                                            "directory"))
     if opts.workers is not None and (type(opts.workers) is not int or opts.workers < 1):  # as cellio words it
         raise ConfigError(f"--workers: expected an integer >= 1 or None, found {opts.workers!r}")
     opts.overrides = dataclasses.replace(opts.overrides, plan=parse_overrides(opts.overrides.plan))
@@ -130,6 +136,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                   "reads (default: make a synthetic RxRx1 set in OUT/raw)")
     p.add_argument("--dataset", help="the registered data set --data holds (cellio.list_datasets()), when cellio's "
                                      "ingest should not decide")
+    p.add_argument("--metadata", help="the perturbation tables the data set's reader joins at the ingest, where its "
+                                      "labels live apart from the images (JUMP: the consortium's metadata/ folder; "
+                                      "an OME-Zarr plate: its perturbation CSV)")
     p.add_argument("--out", default="out/demo", help="output folder")
     p.add_argument("--profile", default="default", choices=sorted(PROFILES),
                    help="the embedded synthetic set (quick = the test suite's)")
@@ -149,7 +158,7 @@ def parse_args(argv: Sequence[str] | None, description: str | None = None) -> Jo
     add_arguments(p)
     a = p.parse_args(argv)
     return JobOptions(out=Path(a.out).resolve(), data=Path(a.data) if a.data else None, dataset=a.dataset,
-                      profile=a.profile,
+                      metadata=Path(a.metadata) if a.metadata else None, profile=a.profile,
                       budget_min=a.budget, seed=a.seed, workers=a.workers,
                       recipe=Path(a.recipe) if a.recipe else None, overrides=Overrides.parse(a.overrides),
                       hardware=a.hardware)

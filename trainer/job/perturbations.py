@@ -5,7 +5,8 @@ perturbation classifier scored on the experiments it held out, and every well's 
     path = write_well_embeddings(ckpt, plan, store, out) # OUT/embeddings.parquet: one row per well, metadata + f0..
 
 Held-out accuracy is the share of held-out wells (the validation fold's whole experiments, never trained on) whose
-argmax class is their label, over the classes the model trained on: overall, per perturbation type (the layout's
+argmax class is their label, over the wells whose class the training experiments have (a perturbation screened
+only in held-out experiments cannot be named; report.json `not_scored` counts those wells): overall, per perturbation type (the layout's
 well types: treatments and each control kind), per cell type, per experiment, and, among the treatment wells, per
 value of each column the layout says describes a perturbation (`Perturbations.columns`: RxRx3-core's
 perturbation_type CRISPR / COMPOUND and concentration; columns with more than MAX_GROUP_VALUES values are left out).
@@ -31,6 +32,8 @@ from trainer.infer.embed import extract_embeddings, write_embeddings
 from trainer.infer.predict import predict
 from trainer.job.plan import Plan
 from trainer.training.checkpoint import load_checkpoint, load_for_inference
+from trainer.training.config import Config
+from trainer.training.folds import split_experiments
 from trainer.training.disk import replaced_atomically
 from trainer.training.labels import ClassMap
 
@@ -77,23 +80,32 @@ def evaluate_held_out(ckpt: Path, plan: Plan, store: Any, out: Path, meter: Mete
                         adabn=plan.adabn, controls=True, device=plan.torch_device(), batch_size=plan.batch,
                         out=out / "predictions" / "held_out.npz")
     scores = mean_logits(preds.logits, preds.index, sites, classes=preds.classes)
-    class_map = ClassMap.from_dict(load_checkpoint(ckpt)["classes"])
+    state = load_checkpoint(ckpt)
+    class_map = ClassMap.from_dict(state["classes"])
     first = sites.drop_duplicates("id_code")
-    truth = pd.Series(class_map.row_ids(first), index=first["id_code"].to_numpy()).loc[scores.id_codes].to_numpy()
+    ids = class_map.row_ids(first)
+    truth = pd.Series(ids, index=first["id_code"].to_numpy()).loc[scores.id_codes].to_numpy()
     meta = first.set_index("id_code").loc[scores.id_codes]
-    keep = (truth >= 0) & np.isin(truth, preds.classes)
+    # the classes the run saw examples of: its head has a column for every labelled class of the store, but a
+    # perturbation screened only in held-out experiments (a gene of RxRx3-core) was never trained on
+    trained_on = split_experiments(Config.from_dict(state["config"]).data, sites).train
+    seen = np.unique(ids[first["experiment"].isin(trained_on).to_numpy() & (ids >= 0)])
+    keep = (truth >= 0) & np.isin(truth, preds.classes) & np.isin(truth, seen)
     name = np.vectorize(class_map.name, otypes=[object]) if class_map.names is not None else (lambda ids: ids)
     wells = meta.loc[keep].reset_index()
     wells = wells[[c for c in ("id_code", "dataset", "experiment", "cell_type", "plate", "well",
                                layout.perturbations.well_type_column, *layout.perturbations.columns)
                    if c in wells.columns]].assign(label=name(truth[keep]), predicted=name(scores.labels()[keep]))
+    unseen = int(((truth >= 0) & ~np.isin(truth, seen)).sum())
     skipped = int((~keep).sum())
     if skipped:
-        log.info("held-out wells: %d without a label the model trained on are not scored", skipped)
+        log.info("held-out wells: %d not scored: %d of a class no training experiment has, %d without a class",
+                 skipped, unseen, skipped - unseen)
     path = out / "held_out_predictions.csv"
     with replaced_atomically(path) as tmp:
         wells.to_csv(tmp, index=False)
     result = {**held_out_accuracy(wells, layout), "experiments": sorted(wells["experiment"].unique().tolist()),
+              "not_scored": {"class_not_trained": unseen, "no_class": skipped - unseen},
               "predictions": str(path), "tta": plan.eval_tta}
     log.info("%s", format_accuracy(result))
     return result
