@@ -16,9 +16,11 @@ issue 23's).
                256-level texture 7 s), the subset ~1.1 s
                (1,638 measurements kept), reduced to 60 dimensions (half the control wells) by EFAAR's
                embed_by_pca before each correction
-  (d), (e)     cellio's weakly supervised model and a self-supervised one (issue 23's main job writes their
-               per-well embeddings): pass `--embeddings NAME=emb.parquet` (embeddings_method), or add a function
-               to METHODS
+  (d)          cellio's weakly supervised model: the main job's per-well embeddings (`python -m trainer.demo
+               --data DIR --out OUT plan.val_fold=-1 ...` writes OUT/embeddings.parquet, docs/maps.md): pass
+               `--embeddings cellio=OUT/embeddings.parquet` (embeddings_method)
+  (e)          a self-supervised model: not built; any model's per-well embeddings plug in the same way, or add a
+               function to METHODS
 
     python benchmarks/maps.py [--data DIR] [--out benchmarks/results/maps] [--methods intensity random_cnn cp_measure]
                               [--corrections none centerscale pca_cs tvn] [--embeddings NAME=PATH ...]
@@ -227,8 +229,9 @@ METHODS: dict[str, Method] = {
 # dimensions than that mostly amplifies noise; trainer/maps/correct.py warns): 60 on the default set
 EMBED_DIMS: dict[str, int] = {"cp_measure": 128}
 # (d) cellio's weakly supervised model and (e) a self-supervised model: any function data set directory ->
-# (well metadata, features) can be added to METHODS; a trained model's per-well embeddings parquet (trainer/embed.py's
-# format, written by issue 23's main job) plugs in from the command line as --embeddings NAME=PATH.
+# (well metadata, features) can be added to METHODS; a trained model's per-well embeddings parquet (the format of
+# trainer/infer/embed.py's write_embeddings, written by the main job) plugs in from the command line as
+# --embeddings NAME=PATH.
 
 
 def embeddings_method(path: Path) -> Method:
