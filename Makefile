@@ -1,5 +1,6 @@
 # The README's two commands (demo, test) and the phenomic-map ones. All create .venv on first use.
-#   make demo [DATA=/path/to/data] [DATASET=name] [OUT=out/demo] [BUDGET=minutes] [RECIPE=file.yaml]   the main job
+#   make demo [DATA=/path/to/data] [DATASET=name] [METADATA=path] [OUT=out/demo] [BUDGET=minutes] [RECIPE=file.yaml]
+#                                                    the main job
 #   make test                                        the test suite
 #   make maps-deps [PY=python]                       the phenomic-map dependencies (into another environment too)
 #   make maps-benchmark                              benchmarks/maps.py on the synthetic knockout screen
@@ -9,6 +10,7 @@ PY     := $(VENV)/bin/python
 OUT    ?= out/demo
 DATA   ?=
 DATASET ?=
+METADATA ?=
 BUDGET ?=
 RECIPE ?=
 STAMP  := $(VENV)/.installed
@@ -36,7 +38,7 @@ maps-benchmark: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m trainer.demo --out '$(OUT)' $(if $(DATA),--data '$(DATA)') $(if $(DATASET),--dataset '$(DATASET)') \
-		$(if $(BUDGET),--budget '$(BUDGET)') $(if $(RECIPE),--recipe '$(RECIPE)')
+		$(if $(METADATA),--metadata '$(METADATA)') $(if $(BUDGET),--budget '$(BUDGET)') $(if $(RECIPE),--recipe '$(RECIPE)')
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -16,9 +16,11 @@ issue 23's).
                256-level texture 7 s), the subset ~1.1 s
                (1,638 measurements kept), reduced to 60 dimensions (half the control wells) by EFAAR's
                embed_by_pca before each correction
-  (d), (e)     cellio's weakly supervised model and a self-supervised one (issue 23's main job writes their
-               per-well embeddings): pass `--embeddings NAME=emb.parquet` (embeddings_method), or add a function
-               to METHODS
+  (d)          cellio's weakly supervised model: the main job's per-well embeddings (`python -m trainer.demo
+               --data DIR --out OUT plan.val_fold=-1 ...` writes OUT/embeddings.parquet, docs/maps.md): pass
+               `--embeddings cellio=OUT/embeddings.parquet` (embeddings_method)
+  (e)          a self-supervised model: not built; any model's per-well embeddings plug in the same way, or add a
+               function to METHODS
 
     python benchmarks/maps.py [--data DIR] [--out benchmarks/results/maps] [--methods intensity random_cnn cp_measure]
                               [--corrections none centerscale pca_cs tvn] [--embeddings NAME=PATH ...]
@@ -227,15 +229,21 @@ METHODS: dict[str, Method] = {
 # dimensions than that mostly amplifies noise; trainer/maps/correct.py warns): 60 on the default set
 EMBED_DIMS: dict[str, int] = {"cp_measure": 128}
 # (d) cellio's weakly supervised model and (e) a self-supervised model: any function data set directory ->
-# (well metadata, features) can be added to METHODS; a trained model's per-well embeddings parquet (trainer/embed.py's
-# format, written by issue 23's main job) plugs in from the command line as --embeddings NAME=PATH.
+# (well metadata, features) can be added to METHODS; a trained model's per-well embeddings parquet (the format of
+# trainer/infer/embed.py's write_embeddings, written by the main job) plugs in from the command line as
+# --embeddings NAME=PATH.
 
 
 def embeddings_method(path: Path) -> Method:
-    """A method that reads precomputed per-well embeddings and aligns them with the data set's wells."""
+    """A method that reads precomputed per-well embeddings and aligns them with the data set's wells by well id:
+    `well_id` (RxRx3-core's metadata column), or `id_code` (the main job's OUT/embeddings.parquet: cellio's site
+    table names a well `{experiment}_{plate}_{well}`, RxRx3-core's well_id)."""
     def method(data: Path) -> tuple[pd.DataFrame, np.ndarray]:
         wells = read_well_embeddings(path)
-        pos = pd.Index(wells.metadata["well_id"]).get_indexer(read_metadata(data)["well_id"])
+        id_col = next((c for c in ("well_id", "id_code") if c in wells.metadata.columns), None)
+        if id_col is None:
+            raise SystemExit(f"{path}: no well_id or id_code column to align the embeddings with {data}'s wells")
+        pos = pd.Index(wells.metadata[id_col]).get_indexer(read_metadata(data)["well_id"])
         if (pos < 0).any():
             raise SystemExit(f"{path}: {int((pos < 0).sum())} wells of {data} have no embedding")
         return read_metadata(data), wells.features[pos]

@@ -267,8 +267,10 @@ def predict(checkpoint: str | Path, store: Any, *, datasets: Sequence[str] | str
                           controls=controls, num_workers=num_workers, adabn=adabn, progress=progress,
                           desc=f"predict {Path(checkpoint).name}",
                           logits_out=None if out is None else logits_path(out), half=half)
+    named = {} if class_map.names is None else {"class_names": list(class_map.names),  # named labels: raw id i is
+                                                "class_columns": list(class_map.columns)}  # class_names[i]
     preds = Predictions(preds.logits, preds.index, preds.view, preds.classes,
-                        {"checkpoint": str(checkpoint), **preds.meta})
+                        {"checkpoint": str(checkpoint), **preds.meta, **named})
     if out is not None:
         preds.save(out)
     return preds

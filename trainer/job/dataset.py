@@ -12,10 +12,11 @@ import pandas as pd
 
 import cellio
 
-from trainer.job.options import PROFILES, JobOptions
+from trainer.job.options import PROFILES, JobOptions, detect_dataset
+from trainer.training.labels import class_names, dose_column
 
-__all__ = ["SYNTH_MARKER", "make_data", "summarize_metadata", "ingest", "describe_store", "describe_sites",
-           "sample_submission"]
+__all__ = ["SYNTH_MARKER", "make_data", "dataset_name", "summarize_metadata", "ingest", "describe_store",
+           "describe_sites", "sample_submission"]
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,22 @@ def make_data(opts: JobOptions) -> Path:
     return raw
 
 
+def dataset_name(opts: JobOptions) -> str:
+    """The data set the job reads: --dataset, else the one cellio recognises in --data (detect_dataset), else the
+    embedded synthetic set's (RxRx1)."""
+    if opts.dataset:
+        return opts.dataset
+    return "rxrx1" if opts.data is None else detect_dataset(Path(opts.data))
+
+
 def summarize_metadata(raw: Path, opts: JobOptions) -> None:
     """RxRx1's metadata before the ingest: sites per split and cell type, well types, classes, experiments, plate
     groups and the train rotations. Another data set's is summarised from its store after the ingest
     (describe_sites), where its reader has read it."""
-    if opts.dataset not in (None, "rxrx1"):
-        log.info("data set %s: its metadata is read by its reader at the ingest (summary below)", opts.dataset)
+    name = dataset_name(opts)
+    if name != "rxrx1":
+        log.info("data set %s%s: its metadata is read by its reader at the ingest (summary below)", name,
+                 "" if opts.dataset else " (recognised)")
         return
     sites = cellio.read_metadata(raw)
     groups = cellio.derive_plate_groups(sites[sites["dataset"] == "train"])
@@ -65,10 +76,12 @@ def summarize_metadata(raw: Path, opts: JobOptions) -> None:
 
 def ingest(raw: Path, opts: JobOptions) -> Path:
     """OUT/store.zarr (a rerun finishes or reuses it), then what it holds (describe_store); `opts.dataset` names the
-    data set's reader (else cellio's ingest chooses it)."""
+    data set's reader (else cellio's ingest recognises the directory: `reader=None`)."""
     store_path = opts.out / "store.zarr"
-    reader = {"reader": opts.dataset} if opts.dataset else {}
-    report = cellio.ingest(raw, store_path, workers=opts.workers, **reader)
+    # --dataset names the reader; the embedded synthetic set is RxRx1's; otherwise cellio recognises the directory
+    reader = opts.dataset or ("rxrx1" if opts.data is None else None)
+    metadata = {} if opts.metadata is None else {"metadata": str(Path(opts.metadata).resolve())}
+    report = cellio.ingest(raw, store_path, workers=opts.workers, reader=reader, **metadata)
     log.info("%d of %d sites stored (%d written by this run, %d failed) in %.1f s; codec %s, %s workers",
              report.n_ok, report.n_sites, report.n_written, report.n_failed, report.seconds, report.codec,
              report.workers)
@@ -100,10 +113,14 @@ def describe_sites(store: cellio.Store) -> str:
     wells = sites.drop_duplicates("id_code")
     counts = sites.groupby(["dataset", "cell_type"]).size().unstack(fill_value=0).to_string()
     treat = wells[wells[p.well_type_column] == p.treatment_well_type]
+    classes = f"{treat[p.label_column].nunique()} labelled treatment classes ({p.label_column})"
+    if p.label_kind == "str" and (dose := dose_column(sites)) is not None:  # the trainer's default classes
+        named = class_names(treat, (p.label_column, dose))
+        classes += f", {named.nunique()} at a dose ({p.label_column} @ {dose}: data.dose_column=auto)"
     return (f"data set {layout.name} ({layout.n_channels} channels {', '.join(layout.channel_names)}; "
             f"{'hidden' if layout.hidden_test_labels else 'no hidden'} test labels)\n{counts}\n"
             f"{len(sites)} sites in {len(wells)} wells; well types {wells[p.well_type_column].value_counts().to_dict()}"
-            f"; {treat[p.label_column].nunique()} labelled treatment classes ({p.label_column}); "
+            f"; {classes}; "
             f"{wells['experiment'].nunique()} experiments, {wells.groupby(['experiment', 'plate']).ngroups} plates")
 
 

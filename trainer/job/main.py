@@ -103,7 +103,12 @@ def _held_out_and_embeddings(opts: JobOptions, printer: Printer, plan: Plan, sto
     """The end of the job on a data set without hidden test labels: held-out accuracy, well embeddings, report."""
     t = printer.step("6. held-out experiments: accuracy per perturbation type")
     with opts.meter("held_out"):
-        held = perturbations.evaluate_held_out(ckpt, plan, store, opts.out, opts.meter)
+        if plan.val_fold < 0:  # every experiment trained (a map's model): nothing is held out to score
+            held = {"skipped": "plan.val_fold=-1: the model trained on every experiment, so none is held out to "
+                               "score it on"}
+            log.info("held-out accuracy: %s", held["skipped"])
+        else:
+            held = perturbations.evaluate_held_out(ckpt, plan, store, opts.out, opts.meter)
     timings["held_out"] = time.perf_counter() - t
     printer.done(t)
     t = printer.step("7. well embeddings")

@@ -20,7 +20,7 @@ from trainer.infer.chain import Meter, no_meter
 from trainer.job.plan import check_budget, parse_overrides
 from trainer.training.config import Override, check_config, override, parse_override, read_recipe, replace
 
-__all__ = ["DEFAULT_BUDGET_MIN", "HARDWARE", "PROFILES", "Overrides", "JobOptions", "check_job", "add_arguments",
+__all__ = ["DEFAULT_BUDGET_MIN", "HARDWARE", "PROFILES", "Overrides", "JobOptions", "detect_dataset", "check_job", "add_arguments",
            "parse_args"]
 
 DEFAULT_BUDGET_MIN = 14.0
@@ -65,8 +65,10 @@ class Overrides:
 class JobOptions:
     out: Path
     data: Path | None = None          # None: the embedded synthetic set in OUT/raw
-    dataset: str | None = None        # the registered data set --data holds (cellio.list_datasets()); None: cellio's
-                                      # ingest decides (RxRx1 unless cellio recognises another)
+    dataset: str | None = None        # the registered data set --data holds (cellio.list_datasets()); None: cellio
+                                      # recognises it (detect_dataset; the ingest with reader=None)
+    metadata: Path | None = None      # the perturbation tables the data set's reader joins at the ingest (JUMP's
+                                      # consortium metadata/, an OME-Zarr plate's CSV): cellio.ingest(metadata=)
     profile: str = "default"
     budget_min: float = DEFAULT_BUDGET_MIN
     seed: int = 0
@@ -75,6 +77,21 @@ class JobOptions:
     overrides: Overrides = field(default_factory=Overrides)
     hardware: str = "auto"            # auto | cpu | gpu (gpu on a CPU machine: the GPU plan's code path)
     meter: Meter = no_meter           # name -> context manager around each step (trainer.job.meter.StepMeter)
+
+
+def detect_dataset(raw: Path) -> str:
+    """The registered data set whose raw directory `raw` looks like (cellio.datasets.find_dataset: what
+    `cellio.ingest(reader=None)` reads it as), or a ConfigError listing every data set cellio knows and what its
+    directory holds."""
+    import cellio
+    from cellio.datasets import find_dataset, get_dataset
+
+    found = find_dataset(raw)
+    if found is None:
+        known = "; ".join(f"{name}: {get_dataset(name).raw_description}" for name in cellio.list_datasets())
+        raise ConfigError(f"--data {raw}: not recognised as the raw directory of a data set cellio knows ({known}); "
+                          "name its data set with --dataset NAME")
+    return str(found.name)
 
 
 def check_job(opts: JobOptions) -> None:
@@ -95,6 +112,12 @@ def check_job(opts: JobOptions) -> None:
                               f"found {opts.dataset!r}")
         if opts.data is None and opts.dataset != "rxrx1":
             raise ConfigError(f"--dataset {opts.dataset}: needs --data DIR (the embedded synthetic set is RxRx1's)")
+    elif opts.data is not None and Path(opts.data).is_dir():
+        detect_dataset(Path(opts.data))  # a directory no reader recognises: named before any work
+    if opts.metadata is not None and (opts.data is None or not Path(opts.metadata).exists()):
+        raise ConfigError(f"--metadata {opts.metadata}: " + ("needs --data DIR (the embedded synthetic set has its "
+                                                            "labels)" if opts.data is None else "no such file or "
+                                                            "directory"))
     if opts.workers is not None and (type(opts.workers) is not int or opts.workers < 1):  # as cellio words it
         raise ConfigError(f"--workers: expected an integer >= 1 or None, found {opts.workers!r}")
     opts.overrides = dataclasses.replace(opts.overrides, plan=parse_overrides(opts.overrides.plan))
@@ -113,6 +136,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                   "reads (default: make a synthetic RxRx1 set in OUT/raw)")
     p.add_argument("--dataset", help="the registered data set --data holds (cellio.list_datasets()), when cellio's "
                                      "ingest should not decide")
+    p.add_argument("--metadata", help="the perturbation tables the data set's reader joins at the ingest, where its "
+                                      "labels live apart from the images (JUMP: the consortium's metadata/ folder; "
+                                      "an OME-Zarr plate: its perturbation CSV)")
     p.add_argument("--out", default="out/demo", help="output folder")
     p.add_argument("--profile", default="default", choices=sorted(PROFILES),
                    help="the embedded synthetic set (quick = the test suite's)")
@@ -132,7 +158,7 @@ def parse_args(argv: Sequence[str] | None, description: str | None = None) -> Jo
     add_arguments(p)
     a = p.parse_args(argv)
     return JobOptions(out=Path(a.out).resolve(), data=Path(a.data) if a.data else None, dataset=a.dataset,
-                      profile=a.profile,
+                      metadata=Path(a.metadata) if a.metadata else None, profile=a.profile,
                       budget_min=a.budget, seed=a.seed, workers=a.workers,
                       recipe=Path(a.recipe) if a.recipe else None, overrides=Overrides.parse(a.overrides),
                       hardware=a.hardware)

@@ -55,6 +55,8 @@ class DataConfig:
     val_fold: int = 0                     # held-out fold; -1 = no validation, train on every experiment
     fold_seed: int = 0
     include_controls: bool = True         # controls as extra classes (1139 on RxRx1, what the winners did)
+    dose_column: str = "auto"             # named labels: auto | none | a column; a class is a treatment at a dose
+                                          #   (trainer/training/labels.py); class-id labels (RxRx1) ignore it
     cell_types: list[str] = field(default_factory=list)  # empty = all; one entry = a per-cell-type model
     batch_by: str = ""                    # "" | plate | experiment: training batches of one plate (for AdaBN)
 
@@ -266,6 +268,8 @@ def check_config(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"config key {key!r}: expected a positive integer, found {value!r}")
+    if not cfg.data.dose_column:
+        raise ConfigError("config key 'data.dose_column': expected 'auto', 'none' or a site-table column, found ''")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"config key 'optim.lr': expected a positive number, found {cfg.optim.lr!r}")
     if not 0.0 <= cfg.loss.label_smoothing < 1.0:

@@ -115,7 +115,9 @@ def _fingerprint(cfg: "Config", class_map: ClassMap, split: "FoldSplit") -> dict
             "init_mtime_ns": stat.st_mtime_ns if stat else None, "store": str(Path(cfg.data.store).resolve()),
             "crop": cfg.data.val_crop_size or cfg.data.crop_size, "normalize": cfg.data.normalize,
             "augment": cfg.data.augment, "model": cfg.model.name, "kwargs": cfg.model.kwargs,
-            "classes": len(class_map), "train": split.train, "val": split.val}
+            "classes": len(class_map), "train": split.train, "val": split.val,
+            # named labels: the vocabulary (the cached labels are its ids)
+            **({"class_names": list(class_map.names)} if class_map.names is not None else {})}
 
 
 def feature_cache_path(cfg: "Config") -> Path:
@@ -132,11 +134,11 @@ def cached_features(model: nn.Module, cfg: "Config", env: Env, store: Any, class
     if env.is_main and sets is None:
         t0 = time.perf_counter()
         single = env.single()  # rank 0 reads every site once
-        sets = {"train": extract_features(model, make_loader(cfg, store, single, split.train, train=False),
-                                          env.device, dtype, cfg.train.progress, "features train")}
+        train = make_loader(cfg, store, single, split.train, train=False, class_map=class_map)
+        sets = {"train": extract_features(model, train, env.device, dtype, cfg.train.progress, "features train")}
         if split.val:
-            sets["val"] = extract_features(model, make_loader(cfg, store, single, split.val, train=False),
-                                           env.device, dtype, cfg.train.progress, "features val")
+            val = make_loader(cfg, store, single, split.val, train=False, class_map=class_map)
+            sets["val"] = extract_features(model, val, env.device, dtype, cfg.train.progress, "features val")
         write_features(cache, sets, fingerprint)
         log.info("cached %s features in %.1fs at %s", {k: v.features.shape for k, v in sets.items()},
                  time.perf_counter() - t0, cache)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["DEFAULT_LAYOUT", "HIDDEN_SPLIT", "layout_of", "labelled_splits", "label_column", "treatment_mask",
-           "labelled_rows", "input_channels", "require_int_labels", "plate_constraint", "require_plate_constraint"]
+           "labelled_rows", "input_channels", "plate_constraint", "require_plate_constraint"]
 
 DEFAULT_LAYOUT = "rxrx1"   # the layout of a table (or checkpoint) that names none: written before layouts existed
 HIDDEN_SPLIT = "test"      # the split whose labels a layout with hidden_test_labels hides
@@ -41,14 +41,6 @@ def labelled_splits(layout: Any) -> tuple[str, ...]:
 
 def label_column(layout: Any) -> str:
     return str(layout.perturbations.label_column)
-
-
-def require_int_labels(layout: Any, what: str) -> None:
-    """ConfigError unless the layout labels wells with integer class ids (what the loader yields as `label`)."""
-    if layout.perturbations.label_kind != "int":
-        raise ConfigError(f"{what}: data set {layout.name!r} labels its wells by name (label_kind "
-                          f"{layout.perturbations.label_kind!r} in column {label_column(layout)!r}); the trainer "
-                          "trains on integer class ids (label_kind 'int')")
 
 
 def treatment_mask(sites: "pd.DataFrame", layout: Any | None = None) -> np.ndarray:

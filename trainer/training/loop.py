@@ -148,7 +148,7 @@ def prepare(cfg: Config, labeller: Labeller | None = None) -> Run:
         raise ConfigError("config key 'data.store': no store given; pass data.store=PATH (a cellio ingest output)")
     store = cellio.open_store(cfg.data.store)
     shape = DataShape.of_store(store)
-    class_map = ClassMap.from_sites(store.sites, cfg.data.include_controls)
+    class_map = ClassMap.from_sites(store.sites, cfg.data.include_controls, cfg.data.dose_column)
     split = split_experiments(cfg.data, store.sites)
     log.info("%d classes; train experiments %s; held out %s", len(class_map), split.train, split.val)
     if env.is_main:  # which experiments this run held out, for prediction and reports

@@ -72,8 +72,9 @@ class Stage:
         return cfg.optim.grad_accum
 
     def loaders(self, model: nn.Module, ctx: StageContext) -> tuple[Any, Any | None]:
-        val = make_loader(ctx.cfg, ctx.store, ctx.env, ctx.split.val, train=False) if ctx.split.val else None
-        return make_loader(ctx.cfg, ctx.store, ctx.env, ctx.split.train, train=True), val
+        val = make_loader(ctx.cfg, ctx.store, ctx.env, ctx.split.val, train=False,
+                          class_map=ctx.class_map) if ctx.split.val else None
+        return make_loader(ctx.cfg, ctx.store, ctx.env, ctx.split.train, train=True, class_map=ctx.class_map), val
 
     def forward_module(self, model: nn.Module) -> nn.Module:
         return _MarginForward(model) if hasattr(model, "margin_head") else model

@@ -110,7 +110,8 @@ class PseudoLabel(Stage):
         if not ctx.cfg.train.init_from:
             log.warning("train.stage=pseudo_label without train.init_from: round 0 labels come from an untrained "
                         "model")
-        val = make_loader(ctx.cfg, ctx.store, ctx.env, ctx.split.val, train=False) if ctx.split.val else None
+        val = make_loader(ctx.cfg, ctx.store, ctx.env, ctx.split.val, train=False,
+                          class_map=ctx.class_map) if ctx.split.val else None
         return self._train_loader(ctx), val
 
     def _train_loader(self, ctx: StageContext) -> Any:
@@ -119,8 +120,8 @@ class PseudoLabel(Stage):
         label = dict(zip(self.labels["id_code"], self.labels["sirna"].astype(int)))
         pseudo = [int(r) for code, r in row_of.items() if code in label]
         rows = np.concatenate([self._train_rows, np.asarray(pseudo, dtype=np.int64)])
-        return make_loader(ctx.cfg, ctx.store, ctx.env, None, train=True, datasets=None, cell_types=None,
-                           controls=True, indices=rows, samples_per_epoch=len(self._train_rows),
+        return make_loader(ctx.cfg, ctx.store, ctx.env, None, train=True, class_map=ctx.class_map, datasets=None,
+                           cell_types=None, controls=True, indices=rows, samples_per_epoch=len(self._train_rows),
                            labels={r: label[sites["id_code"].iat[r]] for r in pseudo})
 
     def begin_epoch(self, net: nn.Module, epoch: int, schedule: Any, ctx: StageContext) -> StageUpdate | None:
