@@ -152,6 +152,18 @@ def environment(**extra: Any) -> dict[str, Any]:
     }
 
 
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Rows of dicts as a CSV whose columns are every key, in first-seen order (its folder made if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def print_table(rows: Sequence[dict[str, Any]], title: str, baseline: str) -> None:
     print(f"\n{title}\n(ratio = sites/s relative to '{baseline}'; spread = (max-min)/median of the repeats; "
           f"cpu = this process's CPU ms per site, all threads, worker processes not counted)")
@@ -167,14 +179,7 @@ def report(results: Sequence[Result], name: str, *, baseline: str, title: str, e
     base = next((r for r in results if r.name == baseline), None)
     rows = [r.row(base) for r in results]
     print_table(rows, title, baseline)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(out_dir / f"{name}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out_dir / f"{name}.csv", rows)
     (out_dir / f"{name}.json").write_text(json.dumps(
         {"title": title, "baseline": baseline, "environment": env or environment(),
          "rows": rows, "raw": [asdict(r) for r in results]}, indent=2))

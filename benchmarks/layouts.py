@@ -24,7 +24,6 @@ Results: benchmarks/results/layouts.{csv,json,png}.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests" / "formats"))
 sys.path.insert(0, str(ROOT))
-from _common import DATA, RESULTS, Case, compare, environment  # noqa: E402
+from _common import DATA, RESULTS, Case, compare, environment, write_csv  # noqa: E402
 
 LAYOUTS = ("rxrx1", "jump", "ome-zarr", "rxrx3-core", "rxrx2")
 JP2_LOSSY_LEVEL = 37  # ~12-13 KB a 512x512 image, as RxRx3-core's real files (benchmarks/jp2_decode.py)
@@ -330,15 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     env = environment(repeats=a.repeats, batch_size=a.batch_size, samples_per_epoch=a.samples,
                       load_avg_1m_at_start=env_before, ingest_workers=os.cpu_count(), cellio_dir=str(
                           Path(cellio.__file__).parent))
-    RESULTS.mkdir(parents=True, exist_ok=True)
     flat = [{k: v for k, v in r.items() if k != "_raw"} for r in rows]
-    keys: list[str] = []
-    for r in flat:
-        keys += [k for k in r if k not in keys]
-    with open(RESULTS / f"{a.out}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(flat)
+    write_csv(RESULTS / f"{a.out}.csv", flat)
     title = (f"cellio per layout: ingest ({env['cpu_count']} workers) vs decode only, loader from the default store; "
              f"load avg {env['load_avg_1m']:.1f}")
     (RESULTS / f"{a.out}.json").write_text(json.dumps({"title": title, "environment": env, "rows": flat,
