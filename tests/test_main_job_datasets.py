@@ -160,3 +160,26 @@ def test_the_main_job_on_jump_reads_uint16_five_channel_sites_and_the_consortium
     assert len(wells) == int((~unseen).sum())
     _check_checkpoint_and_loader(out, ("jcp2022",))
     _check_embeddings(out, 24, "jcp2022")
+
+
+def test_the_main_job_on_an_ome_zarr_plate_trains_on_every_well_and_embeds_them(tmp_path):
+    # one plate is one experiment: nothing can be held out whole, so the plan trains on every well (val_fold=-1)
+    import cellio
+    from ome_zarr_plate import write_ome_zarr_plate
+
+    from trainer.demo import main
+
+    plate = write_ome_zarr_plate(tmp_path / "raw", version="0.4", dtype="uint16", size="37x23", rows=3, columns=5,
+                                 fields=2, levels=1)
+    out = tmp_path / "out"
+    job = [a for a in TINY_JOB if not a.startswith("plan.steps_single")] + ["plan.steps_single=4"]
+    assert main(["--data", str(plate), "--metadata", str(plate.parent / "plate1.perturbations.csv"),
+                 "--out", str(out), *job]) == 0
+    store = cellio.open_store(out / "store.zarr")
+    assert store.layout.name == "ome-zarr" and store.dtype == np.uint16 and store.image_shape == (23, 37, 5)
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["n_folds"] == 1 and plan["val_fold"] == -1
+    assert json.loads((out / "report.json").read_text())["held_out"]["skipped"]
+    assert not (out / "held_out_predictions.csv").exists()
+    emb = _check_embeddings(out, 14, "perturbation")  # 3 x 5 wells, the last position left empty
+    assert set(emb["perturbation"]) >= {"DMSO"}

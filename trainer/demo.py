@@ -1,4 +1,4 @@
-"""The main job, end to end: data -> metadata -> ingest -> a plan from the data and the machine -> a 6-channel
+"""The main job, end to end: data -> metadata -> ingest -> a plan from the data and the machine -> a joint
 model (one validation fold held out) -> a pseudo-label stage from it (GPU plan; plan.pseudo_share) -> a short
 fine-tuning run per cell type (GPU plan; plan.finetune_share) -> TTA predictions and embeddings of the held-out
 and test wells (the fine-tuned models' joined into one more ensemble member) -> the inference chain

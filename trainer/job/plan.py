@@ -261,9 +261,10 @@ def check_budget(budget_s: float) -> None:
 
 
 def _n_folds(facts: DataFacts) -> int:
-    """About a quarter (at most a fifth on big sets) of the train experiments held out, at least two folds."""
+    """About a quarter (at most a fifth on big sets) of the train experiments held out, at least two folds; one
+    fold (nothing held out) where there is one experiment (an OME-Zarr plate, a single-plate screen)."""
     n = len(facts.train_experiments)
-    return max(2, min(5, n // 2)) if n >= 2 else 2
+    return max(2, min(5, n // 2)) if n >= 2 else 1
 
 
 def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
@@ -303,8 +304,14 @@ def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
         plan.pseudo_share, plan.finetune_share = 0.0, 0.0
         reasons.append("no hidden-label test wells: one training stage (nothing to pseudo-label), no per-cell-type "
                        "fine-tuning; held-out accuracy and well embeddings from the joint model")
-    reasons.append(f"{len(facts.train_experiments)} train experiments: {plan.n_folds} folds, fold 0 held out "
-                   "for validation (whole experiments)")
+    if plan.n_folds < 2:
+        plan.val_fold = -1
+        reasons.append(f"{len(facts.train_experiments)} labelled experiment: none can be held out whole, so the "
+                       "model trains on every well and nothing is validated (plan.val_fold=-1); held-out accuracy "
+                       "needs two experiments or more")
+    else:
+        reasons.append(f"{len(facts.train_experiments)} train experiments: {plan.n_folds} folds, fold 0 held out "
+                       "for validation (whole experiments)")
     for key, value in parse_overrides(overrides or {}).items():
         setattr(plan, key, value)
         reasons.append(f"plan.{key}={value} (override)")

@@ -71,7 +71,7 @@ def train_models(plan: Plan, opts: JobOptions, store_path: Path,
     single = opts.out / "runs" / "single"
     with opts.meter("train: single stage"):
         m1 = train(run_config(plan, opts, store_path, single, train={"max_steps": plan.steps_single}), plan)
-    _report_metrics("6-channel model", m1)
+    _report_metrics("joint model (all channels)", m1)
     metrics = {"single": _scalars(m1)}
     final = single / "checkpoints" / "last.pt"
     if plan.steps_pseudo > 0:
@@ -82,7 +82,7 @@ def train_models(plan: Plan, opts: JobOptions, store_path: Path,
         for r in m2.get("pseudo_rounds", []):
             log.info("pseudo-label round %s: %s wells, held-out precision %.3f", r["round"], r["pseudo_labels"],
                      r["validation_precision"])
-        _report_metrics("6-channel model + pseudo-labels", m2)
+        _report_metrics("joint model + pseudo-labels", m2)
         metrics["pseudo"] = {**_scalars(m2), "rounds": m2.get("pseudo_rounds", [])}
         final = pseudo / "checkpoints" / "last.pt"
     if plan.steps_refit <= 0 or plan.val_fold < 0:

@@ -36,9 +36,9 @@ def make_folds(sites: "pd.DataFrame", n_folds: int, seed: int = 0) -> dict[str, 
         raise MetadataError(f"make_folds: site table lacks columns {sorted(missing)}")
     train = sites[sites["dataset"].isin(labelled_splits(layout_of(sites)))]
     n_exp = train["experiment"].nunique()
-    if n_folds < 2 or n_folds > n_exp:
-        raise ConfigError(f"config key 'data.n_folds': expected 2..{n_exp} (the number of labelled experiments), "
-                          f"found {n_folds}")
+    if n_folds < 1 or n_folds > max(n_exp, 1):
+        raise ConfigError(f"config key 'data.n_folds': expected 1..{max(n_exp, 1)} (the number of labelled "
+                          f"experiments; 1 holds none out, with data.val_fold=-1), found {n_folds}")
     rng = np.random.default_rng(seed)
     folds: dict[str, int] = {}
     deal = 0
