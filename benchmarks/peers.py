@@ -64,7 +64,8 @@ ROW_FORMAT = {"seed": "npy", "wds": "wds", "wds_lz4": "wds_lz4", "litdata": "lit
               "cellio_torch": "store", "cellio_dali": "store"}
 # the CPU plan's model (trainer/plan.py make_plan without CUDA: densenet_tiny, model.kwargs left at the config's
 # default {}, 224 px crops = 0.44 of a 512 px site, batch 32, lr 2e-3, one torch thread per core, channels_last)
-TRAIN_MODEL, TRAIN_KWARGS = "densenet_tiny", {}
+# the RxRx1-layout sites cellio.synthesize makes: six channels, RxRx1's four cell types
+TRAIN_MODEL, TRAIN_KWARGS = "densenet_tiny", {"in_chans": 6, "num_cell_types": 4}
 BUCKET = "cellio-peers"
 
 

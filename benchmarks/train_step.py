@@ -102,7 +102,8 @@ def bench_row(store, class_map: ClassMap, name: str, crop: int, batch: int, devi
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device.type == "cuda" else None
     channels_last = device.type == "cuda"
-    model = create_model(name, num_classes=len(class_map)).to(device)
+    model = create_model(name, num_classes=len(class_map), in_chans=store.image_shape[-1],
+                         num_cell_types=len(store.layout.cell_types)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()

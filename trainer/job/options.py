@@ -80,15 +80,14 @@ class JobOptions:
 
 
 def detect_dataset(raw: Path) -> str:
-    """The registered data set whose raw directory `raw` looks like (cellio.datasets.find_dataset: what
+    """The registered data set whose raw directory `raw` looks like (cellio.find_dataset: what
     `cellio.ingest(reader=None)` reads it as), or a ConfigError listing every data set cellio knows and what its
     directory holds."""
     import cellio
-    from cellio.datasets import find_dataset, get_dataset
 
-    found = find_dataset(raw)
+    found = cellio.find_dataset(raw)
     if found is None:
-        known = "; ".join(f"{name}: {get_dataset(name).raw_description}" for name in cellio.list_datasets())
+        known = "; ".join(f"{name}: {cellio.get_dataset(name).raw_description}" for name in cellio.list_datasets())
         raise ConfigError(f"--data {raw}: not recognised as the raw directory of a data set cellio knows ({known}); "
                           "name its data set with --dataset NAME")
     return str(found.name)
