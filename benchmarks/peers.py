@@ -372,8 +372,10 @@ def print_local(rows: list[dict[str, Any]], title: str) -> None:
               f"{r['conversion_s']:>10}  {note[:90]}")
 
 
-def ratios(rows: list[dict[str, Any]], section: str) -> list[dict[str, Any]]:
-    """Per W: cellio's best backend vs the best peer (sites/s), and their CPU per site."""
+def ratios(rows: list[dict[str, Any]], section: str, speed_goal: float = 1.5) -> list[dict[str, Any]]:
+    """Per W: cellio's best backend vs the best peer (sites/s), and their CPU per site; the goal is met at
+    `speed_goal` x the best peer's sites/s (1.5 locally, 1.2 from object storage: issue 24) or the same sites/s at
+    <= 0.6 x its CPU per site."""
     out = []
     for w in sorted({r["workers"] for r in rows}):
         ok = [r for r in rows if r["workers"] == w and not r["error"] and r["check"] == "passed"
@@ -387,7 +389,7 @@ def ratios(rows: list[dict[str, Any]], section: str) -> list[dict[str, Any]]:
         lean = min(peers, key=lambda r: r["cpu_s_per_1000_sites"])
         speed = best["sites_per_s"] / peer["sites_per_s"]
         cpu = best["cpu_s_per_1000_sites"] / peer["cpu_s_per_1000_sites"]
-        met = speed >= 1.5 or (speed >= 0.95 and cpu <= 0.6)
+        met = speed >= speed_goal or (speed >= 0.95 and cpu <= 0.6)
         out.append({"section": section, "workers": w, "cellio_best": best["row"], "cellio_sites_per_s":
                     best["sites_per_s"], "best_peer": peer["row"], "peer_sites_per_s": peer["sites_per_s"],
                     "speed_ratio": round(speed, 2), "cpu_ratio_vs_best_peer": round(cpu, 2),
@@ -598,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
                 plot_local(stable, out / f"{args.name}_s3.png",
                            f"streaming from a local S3-compatible server (moto), {fmt.sites} sites")
                 print_local(stable, f"object storage ({s3.endpoint}, moto on this machine)")
-                report["s3"] = {"rows": stable, "ratios": ratios(stable, "s3"), "checks": s3_checks}
+                report["s3"] = {"rows": stable, "ratios": ratios(stable, "s3", speed_goal=1.2), "checks": s3_checks}
                 print_ratios(report["s3"]["ratios"], "from object storage: cellio vs the best streaming peer",
                              "goal: >= 1.2x the best streaming peer")
             finally:
