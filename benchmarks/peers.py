@@ -30,7 +30,6 @@ ratios side by side (cellio's best backend vs the best peer at the same W). Each
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -50,7 +49,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from _common import DATA, RESULTS, environment  # noqa: E402
+from _common import DATA, RESULTS, environment, write_csv  # noqa: E402
 from _peer_formats import FORMATS, Formats, prepare  # noqa: E402
 from _peer_rows import (CELLIO, PEERS, ROWS, STREAMING, RowSpec, compare_fingerprints,  # noqa: E402
                         missing_package, reference_fingerprints)
@@ -352,16 +351,6 @@ def train_rows(results: list[RowResult], train: TrainSpec) -> list[dict[str, Any
     return out
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-
-
 def print_local(rows: list[dict[str, Any]], title: str) -> None:
     print(f"\n{title}\n{'row':<14}{'W':>2}{'sites/s':>9}{'spread':>7}{'cpu s/1k':>9}{'PSS MB':>8}{'RSS MB':>8}"
           f"{'1st batch s':>12}{'disk MB':>9}{'convert s':>10}  check / error")
@@ -546,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                 results += time_epochs("local", base, good, w, args, mem)
             results += [RowResult("local", r, w, error=checks[r]) for r in rows if checks[r] for w in ws]
             table = local_rows(results, fmt, checks)
-            write_csv(table, out / f"{args.name}.csv")
+            write_csv(out / f"{args.name}.csv", table)
             title = (f"{fmt.sites} sites {store.image_shape[0]} px, {args.crop} crops + D4 + normalise, batch "
                      f"{args.batch}, {os.cpu_count()} cores")
             plot_local(table, out / f"{args.name}.png", f"loaders from local disk (page cache): {title}")
@@ -570,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 tres += time_training(base, good, w, train, args)
             ttable = train_rows(tres, train)
-            write_csv(ttable, out / f"{args.name}_train.csv")
+            write_csv(out / f"{args.name}_train.csv", ttable)
             plot_train(ttable, out / f"{args.name}_train.png",
                        f"{TRAIN_MODEL} training step fed by each loader ({args.train_crop} px, batch {args.batch})")
             print(f"\n{'row':<14}{'W':>2}{'img/s':>8}{'resident':>10}{'ratio':>7}{'cpu s/1k img':>14}")
@@ -596,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                          for w in [int(x) for x in args.s3_workers.split(",") if x]]
                 s3fmt = replace(fmt, disk_bytes={**fmt.disk_bytes}, conversion_s={**fmt.conversion_s})
                 stable = local_rows(sres, s3fmt, s3_checks)
-                write_csv(stable, out / f"{args.name}_s3.csv")
+                write_csv(out / f"{args.name}_s3.csv", stable)
                 plot_local(stable, out / f"{args.name}_s3.png",
                            f"streaming from a local S3-compatible server (moto), {fmt.sites} sites")
                 print_local(stable, f"object storage ({s3.endpoint}, moto on this machine)")
