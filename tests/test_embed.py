@@ -114,3 +114,95 @@ def test_the_cli_writes_well_and_site_embeddings(tmp_path):
                  "--level", "site", "--device", "cpu"]) == 0
     per_site = pd.read_parquet(tmp_path / "s.parquet")
     assert len(per_site) == len(store.sites) and {"row", "site", "f0"} <= set(per_site.columns)
+
+
+def _tiny_checkpoint(tmp_path, name="densenet_tiny", seed=0):
+    from cellio.testing import make_store
+    from trainer.training.checkpoint import save_checkpoint
+    from trainer.training.config import load_config
+    from trainer.training.labels import ClassMap
+    from trainer.training.models import create_model
+
+    store = make_store(tmp_path / "s.zarr", size=(40, 40), classes=8)
+    cfg = load_config(None, [f"data.store={store.path}", "data.crop_size=32", "data.num_workers=0",
+                             "data.backend=torch", f"model.name={name}"])
+    class_map = ClassMap.from_sites(store.sites, include_controls=True)
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=len(class_map), in_chans=6, num_cell_types=4)
+    ckpt = save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
+                                              "classes": class_map.to_dict()})
+    return store, ckpt
+
+
+def test_the_penultimate_layer_is_the_spatial_mean_of_the_stage_before_the_last(tmp_path):
+    """layer="penultimate" (the maps' default) = the mean over the map of DenseNet's second-to-last dense block,
+    recomputed here by running the trunk's modules one by one on the loader's images; "final" stays the head's
+    input."""
+    import cellio
+    from trainer.infer.embed import site_embeddings
+    from trainer.training.checkpoint import load_for_inference
+
+    store, ckpt = _tiny_checkpoint(tmp_path)
+    model, cfg, _ = load_for_inference(ckpt, "cpu")
+    rows, pen = site_embeddings(model, cfg, store, datasets=None, indices=[0, 3, 5], tta="center", layer="penultimate")
+    _, final = site_embeddings(model, cfg, store, datasets=None, indices=[0, 3, 5], tta="center")
+    assert pen.shape == (3, 40 + 4 * 12)  # transition1 halves 80 to 40, block 2 adds 4 layers of 12
+    assert final.shape == (3, model.num_features) == (3, 92)
+    loader = cellio.create_loader(store, 8, train=False, augment=cfg.data.augment, crop_size=cfg.data.crop_size,
+                                  normalize=cfg.data.normalize, backend="torch", device="cpu", num_workers=0,
+                                  datasets=None, indices=[0, 3, 5], controls=True, rank=0, world_size=1, tta="center")
+    batch = next(iter(loader))
+    x = batch["image"].float()
+    with torch.inference_mode():
+        for name, module in model.features.named_children():
+            x = module(x)
+            if name == "denseblock2":
+                break
+    order = np.argsort(batch["index"].numpy())
+    np.testing.assert_allclose(pen[np.argsort(rows)], x.mean(dim=(2, 3)).numpy()[order], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, width", [("perchannel_tiny", 6 * 88), ("timm:resnet18", 256)])
+def test_the_penultimate_layer_of_per_channel_and_timm_models(name, width):
+    from trainer.infer.embed import _StageTap, stage_for_layer
+    from trainer.training.models import create_model, feature_stages
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5, in_chans=6, num_cell_types=2).eval()
+    stages = feature_stages(model)
+    assert len(stages) >= 3
+    tap = _StageTap(stage_for_layer(model, "penultimate"))
+    with torch.inference_mode():
+        model.forward_features(torch.randn(2, 6, 64, 64))
+    assert tap.take().shape == (2, width)
+    tap.close()
+    assert not tap.pooled and all(not s[0]._forward_hooks for s in stages)
+
+
+def test_a_model_without_stages_refuses_the_penultimate_layer_by_name():
+    from cellio.errors import ConfigError as CellioConfigError
+    from trainer.infer.embed import stage_for_layer
+    from trainer.training.models import create_model
+
+    model = create_model("convnet_micro", num_classes=3, in_chans=6, num_cell_types=1)
+    with pytest.raises(CellioConfigError, match="penultimate.*ConvNetMicro.*use layer 'final'"):
+        stage_for_layer(model, "penultimate")
+    with pytest.raises(CellioConfigError, match="embedding layer 'middle'.*final, penultimate"):
+        stage_for_layer(model, "middle")
+
+
+def test_initial_weights_give_the_untrained_model_seeded(tmp_path):
+    """load_for_inference(initial_weights=SEED): the checkpoint's model freshly initialised — never its trained
+    weights, the same for the same seed; the CLI embeds with it (the untrained-network ablation of docs/maps.md)."""
+    from trainer.training.checkpoint import load_for_inference
+
+    store, ckpt = _tiny_checkpoint(tmp_path, seed=7)
+    trained = load_for_inference(ckpt, "cpu")[0].state_dict()
+    a = load_for_inference(ckpt, "cpu", initial_weights=0)[0].state_dict()
+    b = load_for_inference(ckpt, "cpu", initial_weights=0)[0].state_dict()
+    key = "features.conv0.weight"
+    assert torch.equal(a[key], b[key]) and not torch.equal(a[key], trained[key])
+    out = tmp_path / "w.parquet"
+    assert main(["--checkpoint", str(ckpt), "--store", str(store.path), "--out", str(out), "--device", "cpu",
+                 "--layer", "penultimate", "--initial-weights", "0"]) == 0
+    assert sum(c.startswith("f") and c[1:].isdigit() for c in pd.read_parquet(out).columns) == 88

@@ -15,6 +15,7 @@ subtle set this raised held-out accuracy after plate assignment from 0.688 to 0.
 
     python -m trainer.infer.embed --checkpoint runs/a/checkpoints/last.pt --store rxrx1.zarr --out emb.parquet \\
         [--level well|site] [--tta center|grid9|full]       # .parquet or .zarr, with the wells' metadata
+        [--layer final|penultimate] [--initial-weights SEED]
 """
 from __future__ import annotations
 
@@ -34,11 +35,14 @@ from trainer.infer.aggregate import WellScores, group_views, well_mean
 from trainer.training.disk import replaced_atomically
 from trainer.training.layout import layout_of
 
-__all__ = ["META_COLUMNS", "meta_columns", "WellEmbeddings", "extract_embeddings", "centre_per_plate",
+__all__ = ["LAYERS", "META_COLUMNS", "meta_columns", "stage_for_layer", "WellEmbeddings", "extract_embeddings", "centre_per_plate",
            "within_class_whitening", "centroid_scores",
            "write_embeddings", "main"]
 
 log = logging.getLogger(__name__)
+
+# what an embedding pools: the head's input, or the stage before the last (docs/maps.md)
+LAYERS = ("final", "penultimate")
 
 # every well's metadata in the embeddings files; then its layout's well type, label and perturbation columns
 META_COLUMNS = ("id_code", "dataset", "experiment", "cell_type", "plate", "well")
@@ -74,11 +78,52 @@ class WellEmbeddings:
         return WellEmbeddings(np.asarray(id_codes, dtype=object), self.vectors[pos])
 
 
+def _pool_map(fmap: Any) -> Any:
+    """(B, C, H, W) feature maps -> (B, C) spatial means; (B, N, C) token sequences (a ViT block) -> token means."""
+    return fmap.float().mean(dim=(2, 3)) if fmap.ndim == 4 else fmap.float().mean(dim=1)
+
+
+def stage_for_layer(model: Any, layer: str) -> list[Any] | None:
+    """The modules whose pooled outputs are the embedding for `layer` (None: `forward_features`, layer "final")."""
+    from trainer.training.models import feature_stages
+
+    if layer not in LAYERS:
+        raise ConfigError(f"embedding layer {layer!r}: expected one of {', '.join(LAYERS)}")
+    if layer == "final":
+        return None
+    stages = feature_stages(model)
+    if len(stages) < 2:
+        raise ConfigError(f"embedding layer {layer!r}: model {type(model).__name__} has {len(stages)} feature "
+                          "stage(s) this code knows (DenseNets, per-channel DenseNets and timm models with "
+                          "feature_info have several); use layer 'final'")
+    return stages[-2]
+
+
+class _StageTap:
+    """Forward hooks that keep the pooled outputs of `modules` during one forward pass."""
+
+    def __init__(self, modules: Sequence[Any]):
+        self.pooled: list[Any] = []
+        self.handles = [m.register_forward_hook(lambda _m, _i, out: self.pooled.append(_pool_map(out)))
+                        for m in modules]
+
+    def take(self) -> Any:
+        import torch
+
+        out, self.pooled = torch.cat(self.pooled, dim=1), []
+        return out
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def site_embeddings(model: Any, cfg: Any, store: Any, *, datasets: Sequence[str] | None = ("train", "test"),
                     indices: Sequence[int] | None = None, tta: str = "center", batch_size: int = 64,
-                    device: Any = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(store rows, features) per view: `model.forward_features` over the selected sites, controls included
-    (only the model's own cell types when it trained on some: data.cell_types)."""
+                    device: Any = None, progress: bool = False, layer: str = "final") -> tuple[np.ndarray, np.ndarray]:
+    """(store rows, features) per view, controls included (only the model's own cell types when it trained on
+    some: data.cell_types). `layer` "final": `model.forward_features` (what the head classifies); "penultimate":
+    the spatially averaged output of the stage before the last (docs/maps.md: the maps' default)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -92,15 +137,23 @@ def site_embeddings(model: Any, cfg: Any, store: Any, *, datasets: Sequence[str]
                                   device="cuda" if dev.type == "cuda" else "cpu", num_workers=cfg.data.num_workers,
                                   datasets=datasets, indices=indices, cell_types=cfg.data.cell_types or None,
                                   controls=True, rank=0, world_size=1, tta=tta)
+    stage = stage_for_layer(model, layer)
+    tap = _StageTap(stage) if stage is not None else None
     rows, feats = [], []
     model.eval()
-    with torch.inference_mode():
-        for batch in tqdm(loader, total=len(loader), desc="embeddings", disable=not progress):
-            x = in_model_layout(batch["image"].to(dev), model)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                f = model.forward_features(x.float() if dev.type != "cuda" else x, batch["cell_type"].to(dev))
-            feats.append(f.float().cpu().numpy())
-            rows.append(batch["index"].numpy())
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(loader, total=len(loader), desc="embeddings", disable=not progress):
+                x = in_model_layout(batch["image"].to(dev), model)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                    f = model.forward_features(x.float() if dev.type != "cuda" else x, batch["cell_type"].to(dev))
+                if tap is not None:
+                    f = tap.take()
+                feats.append(f.float().cpu().numpy())
+                rows.append(batch["index"].numpy())
+    finally:
+        if tap is not None:
+            tap.close()
     return np.concatenate(rows), np.concatenate(feats)
 
 
@@ -223,18 +276,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--store", required=True)
     p.add_argument("--out", required=True, help="output .parquet or .zarr")
-    p.add_argument("--datasets", nargs="+", default=["train", "test"])
+    p.add_argument("--datasets", nargs="+", help="the splits to embed (default: every split the store has)")
     p.add_argument("--tta", default="center", choices=["center", "grid9", "full"])
     p.add_argument("--level", default="well", choices=["well", "site"])
+    p.add_argument("--layer", default="final", choices=list(LAYERS),
+                   help="final: the head's input; penultimate: the stage before the last (the maps' default)")
+    p.add_argument("--initial-weights", type=int, metavar="SEED",
+                   help="embed with the checkpoint's model freshly initialised (seeded), not its trained weights: "
+                        "the untrained-network ablation")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, _ = load_for_inference(args.checkpoint, dev)
+    model, cfg, _ = load_for_inference(args.checkpoint, dev, initial_weights=args.initial_weights)
     store = cellio.open_store(args.store)
-    rows, feats = site_embeddings(model, cfg, store, datasets=args.datasets, tta=args.tta, progress=True)
+    rows, feats = site_embeddings(model, cfg, store, datasets=args.datasets, tta=args.tta, progress=True,
+                                  layer=args.layer)
     if args.level == "well":
         g = group_views(rows, store.sites)
         emb = WellEmbeddings(g.id_codes, well_mean(feats, g))

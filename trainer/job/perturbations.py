@@ -36,6 +36,7 @@ from trainer.training.config import Config
 from trainer.training.folds import split_experiments
 from trainer.training.disk import replaced_atomically
 from trainer.training.labels import ClassMap
+from trainer.training.models import feature_stages
 
 __all__ = ["MAX_GROUP_VALUES", "OUTPUTS", "evaluate_held_out", "held_out_accuracy", "write_well_embeddings",
            "format_accuracy", "write_report"]
@@ -130,16 +131,23 @@ def format_accuracy(result: dict[str, Any]) -> str:
 
 
 def write_well_embeddings(ckpt: Path, plan: Plan, store: Any, out: Path, meter: Meter = no_meter) -> Path:
-    """Every well's embedding (the mean of the model's pooled features over its sites and the plan's `embed_tta`
-    views, every split, controls included) -> OUT/embeddings.parquet with the wells' metadata (docs/maps.md)."""
+    """Every well's embedding (the mean over its sites and the plan's `embed_tta` views of the model's features
+    at `plan.map_layer`, every split, controls included) -> OUT/embeddings.parquet with the wells' metadata
+    (docs/maps.md: the stage before the last, not the head's input, is the maps' default)."""
     model, cfg, _ = load_for_inference(ckpt, plan.torch_device())
+    layer = plan.map_layer
+    if layer != "final" and len(feature_stages(model)) < 2:
+        log.warning("plan.map_layer=%s: model %s has no earlier stage this code knows; embedding its final layer",
+                    layer, cfg.model.name)
+        layer = "final"
     # whole sites are ~5x a crop's pixels: a quarter of the batch keeps the activations' memory the same
     batch = max(1, plan.batch // 4) if plan.embed_tta == "full" else plan.batch
     with meter("embeddings: every well"):
-        emb = extract_embeddings(model, cfg, store, datasets=None, tta=plan.embed_tta, batch_size=batch)
+        emb = extract_embeddings(model, cfg, store, datasets=None, tta=plan.embed_tta, batch_size=batch,
+                                 layer=layer)
     path = write_embeddings(emb, store.sites, out / "embeddings.parquet")
-    log.info("embeddings of %d wells (%d features, %s views) -> %s", len(emb), emb.vectors.shape[1], plan.embed_tta,
-             path)
+    log.info("embeddings of %d wells (%d features of the %s layer, %s views) -> %s", len(emb), emb.vectors.shape[1],
+             layer, plan.embed_tta, path)
     return path
 
 

@@ -162,6 +162,7 @@ class Plan:
     refit_share: float = 0.0     # share spent training on every train experiment after the joint model (0: none)
     steps_refit: int = 0         # steps of that refit (resized to the time left when it starts)
     embed_tta: str = "full"      # views the well embeddings average: full | grid9 | center (cellio TTA modes)
+    map_layer: str = "penultimate"  # what OUT/embeddings.parquet pools: penultimate (stage before the last) | final
     whiten: bool = True          # embedding centroids under the within-class covariance (trainer.infer.embed)
     estimates: dict[str, float] = field(default_factory=dict)   # seconds per step of the job
     reasons: list[str] = field(default_factory=list)
@@ -208,7 +209,7 @@ PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(Plan))
 _OVERRIDABLE = {"device", "processes", "backend", "num_workers", "threads", "model", "crop", "batch", "lr",
                 "n_folds", "val_fold", "steps_single", "steps_pseudo", "pseudo_rounds", "eval_tta", "dihedral",
                 "adabn", "batch_by", "augment", "pseudo_share", "finetune_share", "steps_finetune", "embed_tta",
-                "whiten", "refit_share", "steps_refit"}
+                "whiten", "refit_share", "steps_refit", "map_layer"}
 _FIELD_TYPES = typing.get_type_hints(Plan)
 
 
@@ -228,7 +229,7 @@ def parse_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
 _MINIMUM = {"processes": 1, "num_workers": 0, "threads": 0, "crop": 1, "batch": 1, "n_folds": 1, "val_fold": -1,
             "steps_single": 0, "steps_pseudo": 0, "pseudo_rounds": 1, "steps_finetune": 0, "steps_refit": 0}
 _CHOICES = {"device": ("cpu", "cuda"), "backend": ("torch", "dali"), "eval_tta": tuple(VIEWS),
-            "embed_tta": tuple(VIEWS), "batch_by": ("", "plate", "experiment")}
+            "embed_tta": tuple(VIEWS), "batch_by": ("", "plate", "experiment"), "map_layer": ("penultimate", "final")}
 _SHARES = ("pseudo_share", "finetune_share", "refit_share")
 
 

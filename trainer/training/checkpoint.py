@@ -217,22 +217,29 @@ def build_model(cfg: Config, class_map: ClassMap, shape: DataShape, *, pretraine
     return model
 
 
-def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config, ClassMap]:
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu", *,
+                       initial_weights: int | None = None) -> tuple[nn.Module, Config, ClassMap]:
     """(model in eval mode on `device`, resolved Config, ClassMap) from a checkpoint written by trainer.training.loop;
     the model is built for the checkpoint's `data` shape (RxRx1's for a checkpoint without one) and carries it as
-    `model.data_shape`."""
+    `model.data_shape`. `initial_weights=SEED` keeps the checkpoint's weights out: the same model freshly
+    initialised under torch.manual_seed(SEED), with the checkpoint's config (its input normalisation included) —
+    the untrained network of an ablation (docs/maps.md)."""
     state = load_checkpoint(path, map_location="cpu")
     cfg = Config.from_dict(state["config"])
     class_map = ClassMap.from_dict(state["classes"])
     shape = DataShape.from_dict(state.get("data"))
+    if initial_weights is not None:
+        torch.manual_seed(initial_weights)
     model = build_model(cfg, class_map, shape, pretrained=False)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise ConfigError(f"checkpoint {str(path)!r}: weights do not fit model {cfg.model.name!r} "
-                          f"with {len(class_map)} classes and {shape.in_chans} input channels: {exc}") from None
+    if initial_weights is None:
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise ConfigError(f"checkpoint {str(path)!r}: weights do not fit model {cfg.model.name!r} "
+                              f"with {len(class_map)} classes and {shape.in_chans} input channels: {exc}") from None
     model.data_shape = shape
-    log.info("loaded %s (%s, %d classes, step %s)", path, cfg.model.name, len(class_map), state.get("step"))
+    log.info("loaded %s (%s, %d classes, step %s)%s", path, cfg.model.name, len(class_map), state.get("step"),
+             "" if initial_weights is None else f": its initial weights (seed {initial_weights}), not the trained")
     model = model.to(device)
     if cfg.train.channels_last:  # inference in the layout the model trained in (trainer.training.runtime.in_model_layout)
         model = model.to(memory_format=torch.channels_last)

@@ -39,6 +39,7 @@ from .heads import ClassifierHead
 __all__ = [
     "create_model", "list_models", "check_model_name", "register_model", "ClassifierHead", "DenseNetClassifier",
     "PerChannelFusion", "ConvNetMicro", "adapt_input_conv", "load_densenet_weights", "is_perchannel", "DENSENET_ARCHS",
+    "feature_stages",
 ]
 
 log = logging.getLogger(__name__)
@@ -320,6 +321,28 @@ def convnet_micro(**kw: Any) -> nn.Module:
 
 
 register_model(convnet_micro)
+
+
+def _densenet_stages(features: nn.Module) -> list[nn.Module]:
+    return [m for name, m in features.named_children() if name.startswith("denseblock")]
+
+
+def feature_stages(model: nn.Module) -> list[list[nn.Module]]:
+    """The model's stages, shallow to deep: each entry lists the modules whose outputs together are that stage's
+    feature maps (one module; a per-channel model: one per channel extractor, in channel order). DenseNets: the
+    dense blocks (a block's output, before the transition that halves it); timm models: the modules timm's
+    `feature_info` names. `forward_features` pools what follows the last stage; trainer.infer.embed pools an
+    earlier one (`layer="penultimate"`)."""
+    from .timm_models import TimmClassifier, timm_stages
+
+    if isinstance(model, PerChannelFusion):
+        per_channel = [_densenet_stages(ext) for ext in model.extractors]
+        return [list(level) for level in zip(*per_channel)]
+    if isinstance(model, DenseNetClassifier):
+        return [[m] for m in _densenet_stages(model.features)]
+    if isinstance(model, TimmClassifier):
+        return [[m] for m in timm_stages(model.backbone)]
+    return []
 
 
 def is_perchannel(model: nn.Module) -> bool:

@@ -26,7 +26,7 @@ from cellio.errors import ConfigError, MissingDependencyError
 
 from .heads import ClassifierHead
 
-__all__ = ["PREFIX", "is_timm_name", "check_timm_name", "TimmClassifier"]
+__all__ = ["PREFIX", "is_timm_name", "check_timm_name", "TimmClassifier", "timm_stages"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,14 @@ def check_timm_name(name: str, key: str = "model.name") -> str:
         raise ConfigError(f"config key {key!r}: timm has no model {arch!r}{hint}; `python -c \"import timm; "
                           f"print(timm.list_models())\"` lists them (timm {timm.__version__})")
     return arch
+
+
+def timm_stages(backbone: nn.Module) -> list[nn.Module]:
+    """The modules whose outputs timm's `feature_info` lists (its stages, shallow to deep); [] when the model has
+    none."""
+    info = getattr(backbone, "feature_info", None) or []
+    names = [i["module"] for i in info if isinstance(i, dict) and i.get("module")]
+    return [backbone.get_submodule(n) for n in dict.fromkeys(names)]
 
 
 class TimmClassifier(nn.Module):
