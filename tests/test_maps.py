@@ -451,3 +451,47 @@ def test_generator_is_a_pure_function_of_its_arguments(tmp_path):
     b = rxrx3_maps.generate(tmp_path / "b", **kw)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def test_cellio_embeddings_join_the_metadata_on_their_id_code(tmp_path):
+    """The main job's OUT/embeddings.parquet names a well `id_code` and carries its own `plate`, `experiment`...:
+    joined on RxRx3-core's well_id, the table's columns win; an id the table lacks is named."""
+    wells = _wells()
+    frame = pd.DataFrame({"id_code": wells.metadata["well_id"], "plate": 99, "experiment": "x",
+                          **{f"f{i}": wells.features[:, i] for i in range(5)}})
+    frame.to_parquet(tmp_path / "cellio.parquet")
+    wells.metadata.iloc[::-1].to_csv(tmp_path / "meta.csv", index=False)
+    joined = read_well_embeddings(tmp_path / "cellio.parquet", tmp_path / "meta.csv", embeddings_id_col="id_code")
+    assert joined.metadata["well_id"].tolist() == wells.metadata["well_id"].tolist()
+    assert joined.metadata["plate"].tolist() == wells.metadata["plate"].tolist()  # the table's, not the 99s
+    assert "experiment" in joined.metadata.columns and "id_code" not in joined.metadata.columns
+    np.testing.assert_allclose(joined.features, wells.features)
+    with pytest.raises(MapInputError, match="no 'well_id' column"):
+        read_well_embeddings(tmp_path / "cellio.parquet", tmp_path / "meta.csv")
+    wells.metadata.iloc[2:].to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(MapInputError, match=r"2 embedded well\(s\) have no metadata.*id_code"):
+        read_well_embeddings(tmp_path / "cellio.parquet", tmp_path / "short.csv", embeddings_id_col="id_code")
+    assert maps_main([str(tmp_path / "cellio.parquet"), str(tmp_path / "out"), "--metadata", str(tmp_path / "meta.csv"),
+                      "--embeddings-id", "id_code", "--corrections", "pca_cs", "--sources", "CORUM",
+                      "--null-size", "200", "--retrieval-batch", "", "--embed-dims", "auto"]) == 0
+    assert pd.read_csv(tmp_path / "out" / "benchmark.csv")["n_features"].tolist() == [2]  # 9 controls // 4
+
+
+def test_auto_embed_dims_keeps_four_control_wells_a_dimension():
+    from trainer.maps.correct import CONTROLS_PER_DIM, auto_embed_dims
+
+    wells = _wells(controls=6, features=12)  # 3 plates x 6 controls = 18 control wells
+    assert CONTROLS_PER_DIM == 4 and auto_embed_dims(18) == 4 and auto_embed_dims(3) == 2
+    assert correct(wells, "tvn", batch=("experiment_name", "plate"), embed_dims="auto").n_features == 4
+    assert correct(wells, "none", embed_dims="auto").n_features == 4
+    for bad in (0, "all", 2.5):
+        with pytest.raises(MapInputError, match="embed_dims"):
+            correct(wells, "pca_cs", embed_dims=bad)
+    with pytest.raises(SystemExit):
+        maps_main(["x.parquet", "out", "--embed-dims", "zero"])
+
+
+def test_replicate_map_without_replicates_is_named():
+    wells = _wells(plates=(("gene-001", 1),), guides=2)  # every guide on one plate: one well each
+    with pytest.raises(MapInputError, match="replicate mAP: every treatment is in one well only"):
+        replicate_map(wells)

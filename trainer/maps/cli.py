@@ -32,6 +32,18 @@ __all__ = ["run", "main"]
 log = logging.getLogger(__name__)
 
 
+def _embed_dims(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', found {value!r}")
+    return n
+
+
 def _null_genes(value: str | None) -> tuple[str, ...]:
     if not value:
         return ()
@@ -42,11 +54,12 @@ def _null_genes(value: str | None) -> tuple[str, ...]:
 
 def run(embeddings: str | Path, out: str | Path, specs: Sequence[MapSpec], bench: BenchmarkSpec, *,
         metadata: str | Path | None = None, perturbation_type: str | None = "CRISPR", prefix: str = "f",
-        h5ad: bool = False) -> pd.DataFrame:
+        embeddings_id_col: str | None = None, h5ad: bool = False) -> pd.DataFrame:
     """Build, write and score one map per spec; write the report; return the benchmark table."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    wells = select_wells(read_well_embeddings(embeddings, metadata, prefix=prefix), perturbation_type)
+    wells = select_wells(read_well_embeddings(embeddings, metadata, prefix=prefix,
+                                              embeddings_id_col=embeddings_id_col), perturbation_type)
     rows, maps = [], {}
     for spec in specs:
         t0 = time.perf_counter()
@@ -76,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("out", help="output directory")
     p.add_argument("--metadata",
                    help="a per-well metadata CSV joined on well_id (RxRx3-core's metadata_rxrx3_core.csv)")
+    p.add_argument("--embeddings-id", metavar="COLUMN",
+                   help="the embeddings' column holding the metadata's well_id (default well_id; cellio's "
+                        "OUT/embeddings.parquet: id_code)")
     p.add_argument("--prefix", default="f", help="feature column prefix (f: f0, f1, ...; OpenPhenom: feature_)")
     p.add_argument("--corrections", nargs="+", default=["none", "pca_cs", "tvn"], choices=CORRECTIONS)
     p.add_argument("--aggregation", default="mean", choices=["mean", "median"])
@@ -91,9 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="metadata columns of a correction batch (a plate: experiment_name plate)")
     p.add_argument("--coral-batch", nargs="+", default=["experiment_name", "plate"], help="TVN's CORAL batches")
     p.add_argument("--no-coral", action="store_true", help="TVN without CORAL")
-    p.add_argument("--embed-dims", type=int,
+    p.add_argument("--embed-dims", type=_embed_dims, metavar="N|auto",
                    help="reduce wider features to this many PCA dimensions first (EFAAR's embed_by_pca; e.g. for "
-                        "CellProfiler features, which have more dimensions than there are control wells)")
+                        "CellProfiler features, which have more dimensions than there are control wells); auto: "
+                        "a quarter of the control wells (a trained network's features, docs/maps.md)")
     p.add_argument("--null-genes", help="negative-control genes for signal consistency: comma list or @file")
     p.add_argument("--retrieval-batch", default="experiment_name",
                    help="mAP negatives from the query's own batch (this column; '' for anywhere)")
@@ -112,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = BenchmarkSpec(sources=tuple(args.sources), null_perturbations=_null_genes(args.null_genes),
                           null_size=args.null_size, seed=args.seed, retrieval_batch=args.retrieval_batch or None)
     table = run(args.embeddings, args.out, specs, bench, metadata=args.metadata,
-                perturbation_type=args.perturbation_type or None, prefix=args.prefix, h5ad=args.h5ad)
+                perturbation_type=args.perturbation_type or None, prefix=args.prefix,
+                embeddings_id_col=args.embeddings_id, h5ad=args.h5ad)
     print(table.drop(columns=[c for c in table.columns if c.startswith("pairs_")]).to_string(index=False))
     print(f"-> {args.out}")
     return 0

@@ -40,8 +40,9 @@ import pandas as pd
 from trainer.maps.errors import MapInputError, MissingControlsError
 from trainer.maps.profiles import WellProfiles
 
-__all__ = ["CORRECTIONS", "MIN_CONTROLS", "CORAL_REG", "batch_keys", "control_mask", "centerscale_on_controls",
-           "pca_centerscale_on_controls", "tvn_on_controls", "coral_align", "embed_by_pca", "correct"]
+__all__ = ["CORRECTIONS", "MIN_CONTROLS", "CORAL_REG", "CONTROLS_PER_DIM", "auto_embed_dims", "batch_keys",
+           "control_mask", "centerscale_on_controls", "pca_centerscale_on_controls", "tvn_on_controls", "coral_align",
+           "embed_by_pca", "correct"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,17 @@ def _warn_if_underdetermined(n_features: int, controls: np.ndarray, step: str) -
                     n_features, int(controls.sum()))
 
 
+# embed_dims="auto": whitening estimates a scale per dimension from the control wells; with four or more control
+# wells a dimension those scales hold (docs/maps.md: a trained network's 88 features on 120 controls lost a third
+# of their CORUM recall under TVN at 60 dimensions, none at 32)
+CONTROLS_PER_DIM = 4
+
+
+def auto_embed_dims(n_controls: int) -> int:
+    """The dimension embed_dims="auto" reduces to: a quarter of the control wells (at least 2)."""
+    return max(2, n_controls // CONTROLS_PER_DIM)
+
+
 def _fit_pca(x: np.ndarray, n_components: int | None):
     from sklearn.decomposition import PCA
 
@@ -177,12 +189,17 @@ def tvn_on_controls(x: np.ndarray, controls: np.ndarray, batches: np.ndarray | N
 
 def correct(wells: WellProfiles, method: str, *, control: str = "EMPTY_control", control_col: str = "treatment",
             batch: Sequence[str] | None = ("experiment_name",), coral_batch: Sequence[str] | None = None,
-            n_components: int | None = None, embed_dims: int | None = None) -> WellProfiles:
+            n_components: int | None = None, embed_dims: int | str | None = None) -> WellProfiles:
     """Apply one of CORRECTIONS to well profiles. `batch`: the metadata columns that make a batch for centring and
     scaling (None: pooled); `coral_batch`: the columns of CORAL's batches (TVN only; None: no CORAL);
-    `embed_dims`: first reduce to this many dimensions with embed_by_pca over all wells (when there are more)."""
+    `embed_dims`: first reduce to this many dimensions with embed_by_pca over all wells (when there are more);
+    "auto": one dimension per CONTROLS_PER_DIM control wells (auto_embed_dims)."""
     if method not in CORRECTIONS:
         raise MapInputError(f"correction {method!r}; expected one of {CORRECTIONS}")
+    if embed_dims == "auto":
+        embed_dims = auto_embed_dims(int(control_mask(wells.metadata, control_col, control).sum()))
+    elif embed_dims is not None and (not isinstance(embed_dims, int) or embed_dims < 1):
+        raise MapInputError(f"embed_dims {embed_dims!r}: expected a positive integer, 'auto' or None")
     if embed_dims is not None and wells.n_features > embed_dims:
         log.info("embed_by_pca: %d features -> %d", wells.n_features, embed_dims)
         wells = wells.with_features(embed_by_pca(wells.features, embed_dims))

@@ -39,9 +39,12 @@ def _split(frame: pd.DataFrame, prefix: str, where: str) -> tuple[np.ndarray, pd
 
 
 def read_well_embeddings(path: str | Path, metadata: str | Path | pd.DataFrame | None = None,
-                         prefix: str = "f", id_col: str = "well_id") -> WellProfiles:
+                         prefix: str = "f", id_col: str = "well_id",
+                         embeddings_id_col: str | None = None) -> WellProfiles:
     """Well profiles from an embeddings parquet (+ a metadata table joined on `id_col` when given: every embedded
-    well must have metadata; metadata rows without an embedding are only counted)."""
+    well must have metadata; metadata rows without an embedding are only counted). The embeddings' ids are in
+    `embeddings_id_col` (default `id_col`; cellio's OUT/embeddings.parquet: `id_code`); an embeddings column the
+    table also has is the table's."""
     path = Path(path)
     if not path.is_file():
         raise MapInputError(f"embeddings: no file {path}")
@@ -50,17 +53,19 @@ def read_well_embeddings(path: str | Path, metadata: str | Path | pd.DataFrame |
     if metadata is not None:
         table = metadata if isinstance(metadata, pd.DataFrame) else pd.read_csv(metadata)
         where = "metadata table" if isinstance(metadata, pd.DataFrame) else str(metadata)
-        for name, t in ((str(path), meta), (where, table)):
-            if id_col not in t.columns:
-                raise MapInputError(f"{name}: no {id_col!r} column to join embeddings and metadata on")
+        own_id = embeddings_id_col or id_col
+        for name, t, col in ((str(path), meta, own_id), (where, table, id_col)):
+            if col not in t.columns:
+                raise MapInputError(f"{name}: no {col!r} column to join embeddings and metadata on")
         if table[id_col].duplicated().any():
             raise MapInputError(f"{where}: {id_col} {table.loc[table[id_col].duplicated(), id_col].iloc[0]!r} "
                                 f"appears more than once")
-        pos = pd.Index(table[id_col]).get_indexer(meta[id_col])
+        pos = pd.Index(table[id_col]).get_indexer(meta[own_id])
         if (pos < 0).any():
-            missing = meta.loc[pos < 0, id_col].tolist()
-            raise MapInputError(f"{where}: {len(missing)} embedded well(s) have no metadata, e.g. {missing[:5]}")
-        extra = [c for c in meta.columns if c != id_col]
+            missing = meta.loc[pos < 0, own_id].tolist()
+            raise MapInputError(f"{where}: {len(missing)} embedded well(s) have no metadata (no {id_col} equal to "
+                                f"the embeddings' {own_id}), e.g. {missing[:5]}")
+        extra = [c for c in meta.columns if c != own_id and c not in table.columns]
         meta = pd.concat([table.iloc[pos].reset_index(drop=True), meta[extra].reset_index(drop=True)], axis=1)
         log.info("embeddings: %d wells joined with %s (%d metadata rows have no embedding)", len(meta), where,
                  len(table) - len(meta))

@@ -53,7 +53,7 @@ class MapSpec:
     batch: tuple[str, ...] | None = ("experiment_name",)
     coral_batch: tuple[str, ...] | None = ("experiment_name", "plate")
     n_components: int | None = None
-    embed_dims: int | None = None
+    embed_dims: int | str | None = None   # or "auto": a quarter of the control wells
 
     def __post_init__(self) -> None:
         if self.correction not in CORRECTIONS:

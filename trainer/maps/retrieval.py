@@ -89,6 +89,10 @@ def replicate_map(wells: WellProfiles, pert_col: str = "treatment", control_col:
     is_control = (meta[control_col] == control).to_numpy()
     if not is_control.any():
         raise MapInputError(f"replicate mAP: no {control_col} == {control!r} well to retrieve against")
+    treated = meta.loc[~is_control, pert_col]
+    if len(treated) and not treated.duplicated().any():
+        raise MapInputError(f"replicate mAP: every {pert_col} is in one well only ({len(treated)} wells); replicate "
+                            "retrieval needs two or more wells of a perturbation (plates that repeat it)")
     meta = assign_reference_index(meta, pd.Index(np.nonzero(is_control)[0]), reference_col=_REF, default_value=-1)
     ap = copairs_map.average_precision(meta, wells.features, pos_sameby=[pert_col, _REF], pos_diffby=[],
                                        neg_sameby=same, neg_diffby=[pert_col, _REF], progress_bar=False)
