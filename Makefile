@@ -4,10 +4,16 @@
 #   make test                                        the test suite
 #   make maps-deps [PY=python]                       the phenomic-map dependencies (into another environment too)
 #   make maps-benchmark                              benchmarks/maps.py on the synthetic knockout screen
+#   make maps DATA=/path/to/rxrx3-core [OUT=out/maps] [PLAN="plan.steps_single=600"]
+#                                                    a layout directory -> the main job's model -> the map, its
+#                                                    benchmark table and pictures (OUT/maps)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 OUT    ?= out/demo
+MAPS_OUT = $(if $(filter command line,$(origin OUT)),$(OUT),out/maps)
+PLAN   ?=
+MAPS_ARGS ?=
 DATA   ?=
 DATASET ?=
 METADATA ?=
@@ -18,7 +24,7 @@ STAMP  := $(VENV)/.installed
 # clash with constraints.txt (centrosome: pillow<12); what they do import is in setup.py's `maps` extra
 MAPS_NODEPS := efaar-benchmarking==1.0 cp-measure==0.3.0 centrosome==1.3.4
 
-.PHONY: demo test install clean-venv maps-deps maps-benchmark
+.PHONY: demo test install clean-venv maps-deps maps-benchmark maps
 
 install: $(STAMP)
 
@@ -35,6 +41,15 @@ maps-deps:
 
 maps-benchmark: $(STAMP)
 	$(PY) benchmarks/maps.py
+
+# every experiment trained (a screen puts each gene in one experiment: a held-out experiment's genes would never be
+# trained on), then the map of its embeddings (the stage before the last, docs/maps.md) joined with the metadata
+maps: $(STAMP)
+	test -n '$(DATA)' || { echo "make maps: DATA=/path/to/an RxRx3-core-layout directory is required"; exit 2; }
+	$(PY) -m trainer.demo --data '$(DATA)' --out '$(MAPS_OUT)' $(PLAN) plan.val_fold=-1 plan.steps_pseudo=0
+	$(PY) -m trainer.maps '$(MAPS_OUT)/embeddings.parquet' '$(MAPS_OUT)/maps' --embeddings-id id_code \
+		--metadata '$(DATA)/metadata_rxrx3_core.csv' --batch experiment_name plate --embed-dims auto \
+		--corrections none centerscale pca_cs tvn $(MAPS_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m trainer.demo --out '$(OUT)' $(if $(DATA),--data '$(DATA)') $(if $(DATASET),--dataset '$(DATASET)') \

@@ -183,3 +183,36 @@ def test_the_main_job_on_an_ome_zarr_plate_trains_on_every_well_and_embeds_them(
     assert not (out / "held_out_predictions.csv").exists()
     emb = _check_embeddings(out, 14, "perturbation")  # 3 x 5 wells, the last position left empty
     assert set(emb["perturbation"]) >= {"DMSO"}
+
+
+def test_make_maps_goes_from_a_layout_directory_to_the_benchmarked_map(tmp_path):
+    """`make maps DATA=DIR`: the main job on every experiment of a knockout screen in RxRx3-core's layout (the maps
+    generator's own code), its embeddings at the map layer, then trainer.maps joined with the screen's metadata —
+    the recipe the Makefile holds, run as make prints it (the virtualenv's stamp taken as made)."""
+    import shutil
+    import subprocess
+
+    from rxrx3_maps import generate
+
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    root = Path(__file__).resolve().parents[1]
+    data = generate(tmp_path / "screen", size="48", complexes=4, genes_per_complex=3, null_genes=2, guides=2,
+                    experiments=2, plates=2, controls=4, rows_per_shard=40)
+    truth = json.loads((data / "synthetic_truth.json").read_text())
+    out = tmp_path / "maps"
+    plan = " ".join(a for a in TINY_JOB if a != "plan.steps_pseudo=0")
+    args = ["make", "-s", "-C", str(root), "-o", ".venv/.installed", "maps", f"PY={sys.executable}",
+            f"DATA={data}", f"OUT={out}", f"PLAN={plan}",
+            f"MAPS_ARGS=--sources CORUM --null-size 100 --null-genes {','.join(truth['null_genes'])}"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    table = pd.read_csv(out / "maps" / "benchmark.csv")
+    assert table["correction"].tolist() == ["none", "centerscale", "pca_cs", "tvn"]
+    assert (table["n_features"] == 16 // 4).all()  # --embed-dims auto: 2 experiments x 2 plates x 4 controls / 4
+    assert (table["n_genes"] == 14).all() and (table["pairs_CORUM"] == 12).all()
+    assert (out / "maps" / "map_genes_tvn.parquet").is_file() and (out / "maps" / "recall_bars.png").is_file()
+    emb = pd.read_parquet(out / "embeddings.parquet")
+    assert sum(c.startswith("f") and c[1:].isdigit() for c in emb.columns) == 88  # densenet_tiny's 2nd dense block
+    assert subprocess.run(["make", "-s", "-C", str(root), "-o", ".venv/.installed", "maps"], capture_output=True,
+                          text=True).returncode == 2
