@@ -241,6 +241,14 @@ def test_relationship_recall_on_a_toy_map_by_hand():
     assert row["null_distribution_size"] == 10 and row["query_distribution_size"] == 3
     assert row["recall_0.1_0.9"] == pytest.approx(2 / 3)
     assert row["recall_0.05_0.95"] == 0
+    # split by batch: A, B in batch 1, C, D, E in batch 2 -> A-B within (a hit at 0.1/0.9), A-C and A-E across
+    # (A-E a hit): within 1/1, across 1/2, against the same 10-pair null
+    toy = _toy_map()
+    toy = PerturbationMap(toy.features, toy.metadata.assign(batch=["1", "1", "2", "2", "2"]), toy.key)
+    split = relationship_recall(toy, ["TOY"], [(0.1, 0.9)], tables={"TOY": rels}, batch_col="batch").iloc[0]
+    assert split["within_size"] == 1 and split["across_size"] == 2
+    assert split["within_recall_0.1_0.9"] == 1.0 and split["across_recall_0.1_0.9"] == pytest.approx(0.5)
+    assert split["recall_0.1_0.9"] == pytest.approx(2 / 3)
 
 
 def test_relationship_recall_gives_known_relationship_benchmarks_numbers(tmp_path):

@@ -99,31 +99,53 @@ def similarity_heatmaps(maps: Mapping[str, PerturbationMap], complexes: Mapping[
 def recall_bars(table: pd.DataFrame, path: str | Path, sources: Sequence[str],
                 thresholds: Sequence[tuple[float, float]],
                 label_cols: Sequence[str] = ("method", "correction")) -> Path:
-    """Grouped bars: x = annotation source, one bar per row of `table` (labelled by `label_cols`), one panel per
-    threshold pair. `table` has the columns recall.table_column(source, lo, hi) (pipeline.benchmark_row)."""
+    """Grouped bars: x = annotation source, one bar per row of `table`, one panel per threshold pair. `table` has
+    the columns recall.table_column(source, lo, hi) (pipeline.benchmark_row). With two label columns (method,
+    correction) a bar's colour is its method and its shade its correction (lightest: the first correction), so
+    dozens of rows stay readable; the legends sit below the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Patch
 
-    labels = table[list(label_cols)].astype(str).agg(" / ".join, axis=1).tolist()
-    fig, axes = plt.subplots(len(thresholds), 1, figsize=(max(7.0, 1.1 * len(labels) + 4), 3.4 * len(thresholds)),
-                             squeeze=False)
+    present = [c for c in label_cols if c in table.columns]
+    first = table[present[0]].astype(str).tolist()
+    second = table[present[1]].astype(str).tolist() if len(present) > 1 else [""] * len(table)
+    groups, shades = list(dict.fromkeys(first)), list(dict.fromkeys(second))
+    # tab10 without its grey (grey is the corrections' legend) then tab20's light tones
+    palette = [c for k, c in enumerate(plt.get_cmap("tab10").colors) if k != 7]
+    palette += list(plt.get_cmap("tab20").colors[1::2])
+
+    def hue(k: int) -> tuple:
+        return palette[k % len(palette)]
+
+    def colour(i: int) -> tuple:
+        alpha = 1.0 if len(shades) == 1 else 0.3 + 0.7 * shades.index(second[i]) / (len(shades) - 1)
+        return to_rgba(hue(groups.index(first[i])), alpha)
+
+    n = len(table)
+    fig, axes = plt.subplots(len(thresholds), 1, squeeze=False,
+                             figsize=(min(18.0, max(8.0, 0.12 * n * len(sources) + 2)), 3.2 * len(thresholds) + 1.2))
+    width = 0.85 / max(n, 1)
+    x = np.arange(len(sources))
     for ax, (lo, hi) in zip(axes[:, 0], thresholds):
-        cols = [table_column(s, lo, hi) for s in sources]
-        width = 0.8 / max(len(labels), 1)
-        x = np.arange(len(sources))
-        cmap = plt.get_cmap("tab20")
-        for i, label in enumerate(labels):
-            ax.bar(x + (i - (len(labels) - 1) / 2) * width, table.iloc[i][cols].to_numpy(dtype=float), width,
-                   label=label, color=cmap(i % 20))
+        cols = [table_column(src, lo, hi) for src in sources]
+        for i in range(n):
+            ax.bar(x + (i - (n - 1) / 2) * width, table.iloc[i][cols].to_numpy(dtype=float), width,
+                   color=colour(i), edgecolor="none")
         ax.axhline(lo + 1 - hi, color="k", lw=0.8, ls="--")  # what a random map recalls
         ax.set_xticks(x, sources)
         ax.set_ylabel(f"recall at {lo:g}/{hi:g}")
         ax.set_ylim(0, 1)
-    axes[0, 0].legend(fontsize=7, ncol=3, loc="upper right")
-    fig.suptitle("relationship recall per annotation source (dashed: a random map)", fontsize=11)
-    fig.tight_layout()
+    handles = [Patch(color=hue(k), label=g) for k, g in enumerate(groups)]
+    if len(shades) > 1:
+        handles += [Patch(color=to_rgba("0.2", 0.3 + 0.7 * k / (len(shades) - 1)), label=c)
+                    for k, c in enumerate(shades)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    fig.suptitle("relationship recall per annotation source, bars in table order (dashed: a random map)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06 + 0.025 * (len(handles) // 6), 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

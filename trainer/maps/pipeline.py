@@ -129,11 +129,20 @@ def benchmark_row(built: BuiltMap, bench: BenchmarkSpec) -> dict:
     row: dict = {"correction": spec.correction, "aggregation": spec.aggregation, "gene_from": spec.gene_from,
                  "n_wells": len(built.wells), "n_guides": len(built.guides), "n_genes": len(built.genes),
                  "n_features": built.genes.features.shape[1]}
-    recall = relationship_recall(built.genes, bench.sources, bench.thresholds, annotation_dir=bench.annotation_dir)
+    # split by the retrieval batch when each gene has one (a screen that puts a gene in one experiment)
+    split = bench.retrieval_batch if bench.retrieval_batch in built.genes.metadata.columns else None
+    recall = relationship_recall(built.genes, bench.sources, bench.thresholds, annotation_dir=bench.annotation_dir,
+                                 batch_col=split)
     for rec in recall.to_dict("records"):
         row[f"pairs_{rec['source']}"] = int(rec["query_distribution_size"])
         for lo, hi in bench.thresholds:
             row[table_column(rec["source"], lo, hi)] = float(rec[f"recall_{min(lo, hi)}_{max(lo, hi)}"])
+            if split:
+                for part in ("within", "across"):
+                    row[f"{part}_batch_{table_column(rec['source'], lo, hi)}"] = float(
+                        rec[f"{part}_recall_{min(lo, hi)}_{max(lo, hi)}"])
+        if split:
+            row[f"pairs_{rec['source']}_within_batch"] = int(rec["within_size"])
     null = tuple(bench.null_perturbations)
     if null:
         cons = signal_consistency(built.wells, spec.gene_col, null, drop=(spec.control,), alpha=bench.alpha)

@@ -52,12 +52,15 @@ def cosine_matrix(x: np.ndarray) -> np.ndarray:
 def relationship_recall(pmap: PerturbationMap, sources: Sequence[str] = SOURCES,
                         thresholds: Sequence[tuple[float, float]] = THRESHOLDS,
                         tables: Mapping[str, pd.DataFrame] | None = None,
-                        annotation_dir: str | Path | None = None) -> pd.DataFrame:
+                        annotation_dir: str | Path | None = None, batch_col: str | None = None) -> pd.DataFrame:
     """One row per source: `source, null_distribution_size, query_distribution_size, recall_<lo>_<hi>...`.
 
     The map's labels (its key column, e.g. gene symbols) are matched against the sources' entities. `tables` gives
     relationship tables directly (`entity1, entity2`, e.g. a toy); otherwise they are read from the installed
-    package (or `annotation_dir`)."""
+    package (or `annotation_dir`). With `batch_col` (a column of the map's metadata: each perturbation's
+    experiment) the known pairs are also split into those within one batch and those across two, against the same
+    null (`within_size`, `within_recall_<lo>_<hi>`, `across_...`): a map whose recall lives within batches
+    reads batch, not biology."""
     labels = pmap.labels
     if len(set(labels)) != len(labels):
         raise MapInputError("relationship recall: the map's labels are not unique (aggregate to one row per gene)")
@@ -83,5 +86,13 @@ def relationship_recall(pmap: PerturbationMap, sources: Sequence[str] = SOURCES,
                    **{recall_column(lo, hi): float("nan") for lo, hi in thresholds}}
         else:
             row = compute_recall(null, query, [tuple(t) for t in thresholds])
+        if batch_col is not None:
+            batch = pmap.metadata[batch_col].astype(str).to_numpy()
+            same = batch[i] == batch[j]
+            for name, part in (("within", same), ("across", ~same)):
+                row[f"{name}_size"] = int(part.sum())
+                split = (compute_recall(null, query[part], [tuple(t) for t in thresholds]) if part.any() else {})
+                row.update({f"{name}_{recall_column(lo, hi)}": float(split.get(recall_column(lo, hi), np.nan))
+                            for lo, hi in thresholds})
         rows.append({"source": source, **row})
     return pd.DataFrame(rows)
