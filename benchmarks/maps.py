@@ -9,6 +9,9 @@ issue 23's).
   intensity    (b) per-channel intensity statistics per well: mean, std, 5/25/50/75/95/99th percentiles (48)
   random_cnn   (c) a randomly initialised DenseNet(growth_rate=12, block_config=(4, 4, 4), num_init_features=32)
                with a 6-channel stem, eval mode, seed 0: global-average-pooled features of the whole image (92)
+  random_cnn_penultimate
+               (c) the same network's second dense block, averaged over the image (88): the layer cellio's maps
+               embed (trainer/infer/embed.py), on the raw images (cellio's input is normalised per plate)
   cp_measure   (a) CellProfiler measurements by cp-measure on segmented cells (nuclei: Otsu + distance-transform
                watershed on w1; cells: watershed from the nuclei on w2+w5+w6), median over each well's objects;
                a documented subset: every feature group except Costes colocalisation and radial Zernikes, texture
@@ -29,11 +32,12 @@ issue 23's).
 Without --data (or with a --data that does not exist) the default synthetic set is generated there first. OUT gets
 `benchmark.csv/.json` (one row per method x correction), `timings.csv` (seconds per 10k wells of every step on
 this CPU), `recall_bars.png`, `similarity_heatmap.png` and `run.json`; each method's per-well features go to
---features-dir (benchmarks/data/maps_features, not tracked).
+--features-dir (benchmarks/data/maps_features/<the data directory's name>, not tracked).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import platform
@@ -122,8 +126,10 @@ def intensity_stats(data: Path) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------- (c) random CNN
-def random_cnn(data: Path, seed: int = 0, batch: int = 32) -> tuple[pd.DataFrame, np.ndarray]:
-    """Global-average-pooled features of a randomly initialised small DenseNet with a 6-channel stem (eval mode)."""
+def random_cnn(data: Path, seed: int = 0, batch: int = 32, layer: str = "final") -> tuple[pd.DataFrame, np.ndarray]:
+    """Global-average-pooled features of a randomly initialised small DenseNet with a 6-channel stem (eval mode):
+    of its last layer (`layer="final"`, 92), or of the dense block before the last (`"penultimate"`, 88: what
+    cellio's maps embed, trainer/infer/embed.py)."""
     import torch
     from torchvision.models import DenseNet
 
@@ -138,7 +144,14 @@ def random_cnn(data: Path, seed: int = 0, batch: int = 32) -> tuple[pd.DataFrame
     def flush() -> None:
         with torch.no_grad():
             x = torch.from_numpy(np.stack(imgs)).float() / 255.0
-            f = torch.nn.functional.adaptive_avg_pool2d(torch.relu(net.features(x)), 1).flatten(1)
+            if layer == "final":
+                f = torch.nn.functional.adaptive_avg_pool2d(torch.relu(net.features(x)), 1).flatten(1)
+            else:
+                for name, module in net.features.named_children():
+                    x = module(x)
+                    if name == "denseblock2":
+                        break
+                f = x.mean(dim=(2, 3))
         out.update(zip(ids, f.numpy().astype(np.float64)))
         ids.clear()
         imgs.clear()
@@ -222,6 +235,7 @@ def cp_measure_features(data: Path) -> tuple[pd.DataFrame, np.ndarray]:
 METHODS: dict[str, Method] = {
     "intensity": intensity_stats,      # (b)
     "random_cnn": random_cnn,          # (c)
+    "random_cnn_penultimate": functools.partial(random_cnn, layer="penultimate"),  # (c) at cellio's map layer
     "cp_measure": cp_measure_features,  # (a)
 }
 # a method's dimension reduction before every correction (EFAAR's embed_by_pca): CellProfiler measurements are
@@ -231,7 +245,9 @@ EMBED_DIMS: dict[str, int] = {"cp_measure": 128}
 # (d) cellio's weakly supervised model and (e) a self-supervised model: any function data set directory ->
 # (well metadata, features) can be added to METHODS; a trained model's per-well embeddings parquet (the format of
 # trainer/infer/embed.py's write_embeddings, written by the main job) plugs in from the command line as
-# --embeddings NAME=PATH.
+# --embeddings NAME=PATH, reduced by default like `make maps` reduces it (EMBEDDINGS_DIMS: a quarter of the control
+# wells, trainer/maps/correct.py's auto_embed_dims; --embed-dims NAME=N|auto|none changes any method's).
+EMBEDDINGS_DIMS = "auto"
 
 
 def embeddings_method(path: Path) -> Method:
@@ -320,32 +336,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embeddings", nargs="*", default=[], metavar="NAME=PATH",
                    help="extra methods from per-well embeddings parquets ((d), (e): a trained model's embeddings)")
     p.add_argument("--corrections", nargs="+", default=["none", "centerscale", "pca_cs", "tvn"])
+    p.add_argument("--embed-dims", nargs="*", default=[], metavar="METHOD=N|auto|none",
+                   help="a method's reduction before each correction (defaults: cp_measure 128 capped at half the "
+                        "controls, --embeddings methods auto, the others none)")
     p.add_argument("--batch", nargs="+", default=["experiment_name", "plate"], help="correction batch columns")
     p.add_argument("--coral-batch", nargs="+", default=["experiment_name", "plate"], help="TVN's CORAL batches")
     p.add_argument("--null-size", type=int, default=10_000)
     p.add_argument("--timing-wells", type=int, default=10_000, help="time the map steps at this many wells (0: skip)")
-    p.add_argument("--features-dir", default=str(ROOT / "benchmarks" / "data" / "maps_features"),
+    p.add_argument("--features-dir", default=None,
                    help="where each method's per-well features are written (features_<method>.parquet/.json)")
     p.add_argument("--reuse-features", action="store_true",
                    help="read a method's features from --features-dir when they were made from the same --data "
-                        "(with the time they took then)")
+                        "(with the time they took then); --embeddings methods are always read from their file")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("copairs").setLevel(logging.WARNING)
-    data, out, features_dir = ensure_data(Path(args.data)), Path(args.out), Path(args.features_dir)
+    data, out = ensure_data(Path(args.data)), Path(args.out)
+    features_dir = Path(args.features_dir or ROOT / "benchmarks" / "data" / "maps_features" / data.name)
     out.mkdir(parents=True, exist_ok=True)
     features_dir.mkdir(parents=True, exist_ok=True)
     truth = json.loads((data / "synthetic_truth.json").read_text())
     bench = BenchmarkSpec(null_perturbations=tuple(truth["null_genes"]), null_size=args.null_size, seed=args.seed)
     methods: dict[str, Method] = {m: METHODS[m] for m in args.methods}
+    extra = set()
     for item in args.embeddings:
         name, _, path = item.partition("=")
         methods[name] = embeddings_method(Path(path))
+        extra.add(name)
+    dims: dict[str, int | str | None] = {}
+    for item in args.embed_dims:
+        name, _, value = item.partition("=")
+        if name not in methods or not (value in ("auto", "none") or value.isdigit()):
+            raise SystemExit(f"--embed-dims {item!r}: expected METHOD=N|auto|none with METHOD one of {list(methods)}")
+        dims[name] = None if value == "none" else value if value == "auto" else int(value)
     rows, maps, timings = [], {}, []
     for name, method in methods.items():
         cached, record = features_dir / f"features_{name}.parquet", features_dir / f"features_{name}.json"
-        if (args.reuse_features and cached.is_file() and record.is_file()
+        if (args.reuse_features and name not in extra and cached.is_file() and record.is_file()
                 and json.loads(record.read_text())["data"] == str(data.resolve())):
             wells, seconds = read_well_embeddings(cached), json.loads(record.read_text())["seconds"]
             log.info("%s: features from %s (computed earlier in %.1f s)", name, cached, seconds)
@@ -361,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         timing = {"method": name, "features_s_per_10k_wells": seconds / len(wells) * 1e4}
         n_controls = int((wells.metadata["treatment"] == "EMPTY_control").sum())
         embed = min(EMBED_DIMS[name], n_controls // 2) if name in EMBED_DIMS else None
+        embed = dims.get(name, EMBEDDINGS_DIMS if name in extra else embed)
         for correction in args.corrections:
             spec = MapSpec(correction=correction, batch=tuple(args.batch), coral_batch=tuple(args.coral_batch),
                            embed_dims=embed)
@@ -383,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         "data": str(data.resolve().relative_to(ROOT) if data.resolve().is_relative_to(ROOT) else data),
         "synthetic": truth["parameters"], "methods": list(methods), "corrections": args.corrections,
         "spec": spec_dict(MapSpec(batch=tuple(args.batch), coral_batch=tuple(args.coral_batch))),
-        "cp_measure": {"groups": CP_GROUPS, "texture": CP_TEXTURE}, "embed_dims": EMBED_DIMS,
+        "cp_measure": {"groups": CP_GROUPS, "texture": CP_TEXTURE},
+        "embed_dims": {**EMBED_DIMS, **{n: EMBEDDINGS_DIMS for n in extra}, **dims},
         "null_size": args.null_size,
         "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor()},
         indent=1))
