@@ -213,6 +213,8 @@ def test_make_maps_goes_from_a_layout_directory_to_the_benchmarked_map(tmp_path)
     assert (table["n_genes"] == 14).all() and (table["pairs_CORUM"] == 12).all()
     assert (out / "maps" / "map_genes_tvn.parquet").is_file() and (out / "maps" / "recall_bars.png").is_file()
     emb = pd.read_parquet(out / "embeddings.parquet")
-    assert sum(c.startswith("f") and c[1:].isdigit() for c in emb.columns) == 88  # densenet_tiny's 2nd dense block
+    assert sum(c.startswith("f") and c[1:].isdigit() for c in emb.columns) == 92  # densenet_tiny's final layer
+    plan = json.loads((out / "plan.json").read_text())  # each gene in one of the 2 experiments: trained within them
+    assert plan["within"] == "experiment" and plan["data"]["experiments_per_class"] == 0.5
     assert subprocess.run(["make", "-s", "-C", str(root), "-o", ".venv/.installed", "maps"], capture_output=True,
                           text=True).returncode == 2

@@ -110,6 +110,7 @@ class DataFacts:
     test_experiments: tuple[str, ...]
     cell_types: tuple[str, ...]
     sites_per_well: float
+    experiments_per_class: float = 1.0  # the mean share of the train experiments that screen a treatment class
 
     @classmethod
     def from_store(cls, store: Any) -> "DataFacts":
@@ -120,11 +121,14 @@ class DataFacts:
         s, layout = store.sites, store.layout
         train = s[s["dataset"].isin(labelled_splits(layout))]
         test = s[s["dataset"] == HIDDEN_SPLIT] if layout.hidden_test_labels else s.iloc[:0]
+        from trainer.training.within import experiments_per_class
+
         treat = train[treatment_mask(train, layout)]
         return cls((int(store.image_shape[0]), int(store.image_shape[1])), len(train), len(test),
                    int(treat[label_column(layout)].nunique()), tuple(sorted(train["experiment"].unique())),
                    tuple(sorted(test["experiment"].unique())), tuple(sorted(s["cell_type"].unique())),
-                   round(len(s) / max(s["id_code"].nunique(), 1), 2))
+                   round(len(s) / max(s["id_code"].nunique(), 1), 2),
+                   round(experiments_per_class(treat, treat[label_column(layout)]), 3))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -162,7 +166,8 @@ class Plan:
     refit_share: float = 0.0     # share spent training on every train experiment after the joint model (0: none)
     steps_refit: int = 0         # steps of that refit (resized to the time left when it starts)
     embed_tta: str = "full"      # views the well embeddings average: full | grid9 | center (cellio TTA modes)
-    map_layer: str = "penultimate"  # what OUT/embeddings.parquet pools: penultimate (stage before the last) | final
+    map_layer: str = "final"     # what OUT/embeddings.parquet pools: final (the head's input) | penultimate
+    within: str = ""             # "" | experiment | plate: train each sample within its experiment's classes
     whiten: bool = True          # embedding centroids under the within-class covariance (trainer.infer.embed)
     estimates: dict[str, float] = field(default_factory=dict)   # seconds per step of the job
     reasons: list[str] = field(default_factory=list)
@@ -181,7 +186,7 @@ class Plan:
         data = {"crop_size": self.crop, "batch_size": self.batch, "backend": self.backend,
                 "num_workers": self.num_workers, "n_folds": self.n_folds, "val_fold": self.val_fold,
                 "augment": self.augment, **({"batch_by": self.batch_by} if self.batch_by else {})}
-        return replace(cfg, data=data, model={"name": self.model}, optim={"lr": self.lr},
+        return replace(cfg, data=data, model={"name": self.model}, optim={"lr": self.lr}, loss={"within": self.within},
                        train={"device": self.device, "num_threads": self.threads, "channels_last": True},
                        pseudo={"rounds": self.pseudo_rounds, "adabn": self.adabn})
 
@@ -209,7 +214,7 @@ PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(Plan))
 _OVERRIDABLE = {"device", "processes", "backend", "num_workers", "threads", "model", "crop", "batch", "lr",
                 "n_folds", "val_fold", "steps_single", "steps_pseudo", "pseudo_rounds", "eval_tta", "dihedral",
                 "adabn", "batch_by", "augment", "pseudo_share", "finetune_share", "steps_finetune", "embed_tta",
-                "whiten", "refit_share", "steps_refit", "map_layer"}
+                "whiten", "refit_share", "steps_refit", "map_layer", "within"}
 _FIELD_TYPES = typing.get_type_hints(Plan)
 
 
@@ -229,7 +234,8 @@ def parse_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
 _MINIMUM = {"processes": 1, "num_workers": 0, "threads": 0, "crop": 1, "batch": 1, "n_folds": 1, "val_fold": -1,
             "steps_single": 0, "steps_pseudo": 0, "pseudo_rounds": 1, "steps_finetune": 0, "steps_refit": 0}
 _CHOICES = {"device": ("cpu", "cuda"), "backend": ("torch", "dali"), "eval_tta": tuple(VIEWS),
-            "embed_tta": tuple(VIEWS), "batch_by": ("", "plate", "experiment"), "map_layer": ("penultimate", "final")}
+            "embed_tta": tuple(VIEWS), "batch_by": ("", "plate", "experiment"), "map_layer": ("penultimate", "final"),
+            "within": ("", "experiment", "plate")}
 _SHARES = ("pseudo_share", "finetune_share", "refit_share")
 
 
@@ -259,6 +265,11 @@ def check_budget(budget_s: float) -> None:
     """The main job's --budget (seconds here), checked before any work."""
     if not budget_s > 0:
         raise ConfigError(f"--budget: expected a positive number of minutes, found {budget_s / 60:g}")
+
+
+# plan.within=experiment where a treatment class is, on average, in at most half the train experiments (a screen
+# that puts each gene in one experiment: 1/n; RxRx1, every siRNA in every experiment: 1.0)
+WITHIN_EXPERIMENTS_SHARE = 0.5
 
 
 def _n_folds(facts: DataFacts) -> int:
@@ -313,6 +324,11 @@ def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
     else:
         reasons.append(f"{len(facts.train_experiments)} train experiments: {plan.n_folds} folds, fold 0 held out "
                        "for validation (whole experiments)")
+    if len(facts.train_experiments) > 1 and facts.experiments_per_class <= WITHIN_EXPERIMENTS_SHARE:
+        plan.within = "experiment"
+        reasons.append(f"a treatment class is in {facts.experiments_per_class:.0%} of the train experiments on "
+                       "average: each sample trains within its experiment's classes (plan.within=experiment), so "
+                       "the model cannot name a class by recognising its experiment (docs/maps.md)")
     for key, value in parse_overrides(overrides or {}).items():
         setattr(plan, key, value)
         reasons.append(f"plan.{key}={value} (override)")

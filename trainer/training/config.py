@@ -91,6 +91,8 @@ class LossConfig:
     margin_weight: float = 0.2            # loss = (1 - w) * name + w * margin term (the 1st place: 0.8 / 0.2)
     margin_m: float = 0.5                 # the margin (ArcFace: radians, 0.5; CosFace: cosine units, ~0.35)
     margin_s: float = 30.0                # the scale of the cosines
+    within: str = ""                      # "" | experiment | plate: each sample's softmax over the classes its
+    #                                       experiment (plate) has (trainer/training/within.py)
 
 
 @dataclass
@@ -293,6 +295,14 @@ def check_config(cfg: Config) -> None:
     _choice(cfg.pseudo.tta, ("center", "grid9", "full"), "pseudo.tta")
     _choice(cfg.pseudo.source, ("embedding", "logits"), "pseudo.source")
     _choice(cfg.loss.margin, ("none", "arcface", "cosface"), "loss.margin")
+    _choice(cfg.loss.within, ("", "experiment", "plate"), "loss.within")
+    if cfg.loss.within and cfg.loss.margin != "none":
+        raise ConfigError("config key 'loss.within': the margin head's cosines are not restricted to a group's "
+                          "classes; use loss.margin=none with loss.within")
+    if cfg.loss.within and cfg.train.stage == "fusion_stage2" and cfg.train.freeze_extractors \
+            and cfg.train.cache_features:
+        raise ConfigError("config key 'loss.within': cached fusion features carry no store rows to find each "
+                          "sample's classes; set train.cache_features=false with loss.within")
     if cfg.loss.margin != "none" and cfg.train.stage not in ("single", "pseudo_label"):
         raise ConfigError(f"config key 'loss.margin': the margin head trains with train.stage=single or "
                           f"pseudo_label (the 6-channel models), found train.stage={cfg.train.stage!r}")

@@ -34,6 +34,7 @@ from .config import Config, save_config
 from .folds import split_experiments
 from .labels import ClassMap
 from .losses import MarginLoss, create_loss
+from .within import class_sets
 from .metrics import ClassificationMeter, TrainWindow
 from .optim import Schedule, build_optimizer, build_scheduler
 from .runlog import RunLog
@@ -160,8 +161,12 @@ def prepare(cfg: Config, labeller: Labeller | None = None) -> Run:
         model = model.to(memory_format=torch.channels_last)
     margin = (MarginLoss(cfg.loss.margin, cfg.loss.margin_m, cfg.loss.margin_s) if cfg.loss.margin != "none"
               else None)
+    sets = class_sets(store.sites, class_map, cfg.loss.within)
+    if sets is not None:
+        log.info("loss.within=%s: each sample's softmax over its %s's classes (%d groups, %.1f classes each)",
+                 cfg.loss.within, cfg.loss.within, len(sets.allowed), float(sets.allowed.sum(1).float().mean()))
     ctx = StageContext(cfg, env, store, class_map, split, create_loss(cfg.loss.name, cfg.loss.label_smoothing),
-                       amp_dtype(cfg, env.device), margin)
+                       amp_dtype(cfg, env.device), margin, sets)
     train_loader, val_loader = stage.loaders(model, ctx)
     schedule = Schedule.create(cfg, len(train_loader), stage.grad_accum(cfg))
     opt = build_optimizer(cfg, model)

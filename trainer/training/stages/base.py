@@ -22,14 +22,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from cellio.errors import ConfigError
+
 from ..config import Config
 from ..data import make_loader
 from ..folds import FoldSplit
 from ..labels import ClassMap
 from ..models import is_perchannel
 from ..runtime import Env
+from ..within import ClassSets
 
-__all__ = ["StageContext", "StageUpdate", "StepOutput", "Stage", "model_inputs"]
+__all__ = ["StageContext", "StageUpdate", "StepOutput", "Stage", "model_inputs", "within_classes"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class StageContext:
     loss_fn: nn.Module
     dtype: torch.dtype | None
     margin_fn: nn.Module | None = None   # loss.margin: the ArcFace/CosFace term on model.margin_head
+    class_sets: ClassSets | None = None  # loss.within: each sample's classes (trainer/training/within.py)
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ class Stage:
 
     def step(self, net: nn.Module, batch: dict[str, torch.Tensor], ctx: StageContext) -> StepOutput:
         x, cell_type, target = model_inputs(batch, ctx)
-        out = net(x, cell_type)
+        out = within_classes(net(x, cell_type), batch, ctx)
         if isinstance(out, tuple):  # _MarginForward: (logits, cosines); the plain head stays the prediction
             logits, cosine = out
             w = ctx.cfg.loss.margin_weight
@@ -127,6 +131,17 @@ class _MarginForward(nn.Module):
     def forward(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.model.forward_features(x, cell_type)
         return self.model.forward_head(feats, cell_type), self.model.margin_head(feats)
+
+
+def within_classes(logits: Any, batch: dict[str, torch.Tensor], ctx: StageContext) -> Any:
+    """`logits` restricted to each sample's classes under loss.within (unchanged without it); a margin forward's
+    (logits, cosines) pair never reaches here with it (the config refuses the combination)."""
+    if ctx.class_sets is None:
+        return logits
+    if "index" not in batch:
+        raise ConfigError("config key 'loss.within': this stage's batches carry no store rows ('index') to find "
+                          "each sample's classes")
+    return ctx.class_sets.apply(logits, batch["index"])
 
 
 def model_inputs(batch: dict[str, torch.Tensor], ctx: StageContext) -> tuple[torch.Tensor, ...]:

@@ -18,7 +18,7 @@ from cellio.errors import ConfigError
 from ..config import Config
 from ..features import FeatureLoader, cached_features, feature_cache_path
 from ..models import is_perchannel
-from .base import Stage, StageContext, StepOutput, model_inputs
+from .base import Stage, StageContext, StepOutput, model_inputs, within_classes
 
 __all__ = ["PerChannelStage1", "FusionHead", "CachedFusionHead", "fusion_stage"]
 
@@ -48,7 +48,7 @@ class PerChannelStage1(Stage):
 
     def step(self, net: nn.Module, batch: dict[str, torch.Tensor], ctx: StageContext) -> StepOutput:
         x, _, target = model_inputs(batch, ctx)
-        logits = net(x)  # (B, channels, classes)
+        logits = within_classes(net(x), batch, ctx)  # (B, channels, classes)
         loss = torch.stack([ctx.loss_fn(logits[:, c], target) for c in range(logits.shape[1])]).mean()
         return StepOutput(loss, logits.float().softmax(-1).mean(1), target)
 
