@@ -43,7 +43,8 @@ maps-benchmark: $(STAMP)
 	$(PY) benchmarks/maps.py
 
 # every experiment trained (a screen puts each gene in one experiment: a held-out experiment's genes would never be
-# trained on), then the map of its embeddings (the stage before the last, docs/maps.md) joined with the metadata
+# trained on) within each experiment's genes (the plan's plan.within), then the map of its embeddings joined with
+# the metadata (docs/maps.md)
 maps: $(STAMP)
 	test -n '$(DATA)' || { echo "make maps: DATA=/path/to/an RxRx3-core-layout directory is required"; exit 2; }
 	$(PY) -m trainer.demo --data '$(DATA)' --out '$(MAPS_OUT)' $(PLAN) plan.val_fold=-1 plan.steps_pseudo=0

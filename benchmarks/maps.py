@@ -10,8 +10,9 @@ issue 23's).
   random_cnn   (c) a randomly initialised DenseNet(growth_rate=12, block_config=(4, 4, 4), num_init_features=32)
                with a 6-channel stem, eval mode, seed 0: global-average-pooled features of the whole image (92)
   random_cnn_penultimate
-               (c) the same network's second dense block, averaged over the image (88): the layer cellio's maps
-               embed (trainer/infer/embed.py), on the raw images (cellio's input is normalised per plate)
+               (c) the same network's second dense block, averaged over the image (88): what
+               `trainer.infer.embed --layer penultimate` pools, on the raw images (cellio's input is normalised
+               per plate)
   cp_measure   (a) CellProfiler measurements by cp-measure on segmented cells (nuclei: Otsu + distance-transform
                watershed on w1; cells: watershed from the nuclei on w2+w5+w6), median over each well's objects;
                a documented subset: every feature group except Costes colocalisation and radial Zernikes, texture
@@ -21,7 +22,8 @@ issue 23's).
                embed_by_pca before each correction
   (d)          cellio's weakly supervised model: the main job's per-well embeddings (`python -m trainer.demo
                --data DIR --out OUT plan.val_fold=-1 ...` writes OUT/embeddings.parquet, docs/maps.md): pass
-               `--embeddings cellio=OUT/embeddings.parquet` (embeddings_method)
+               `--embeddings cellio=OUT/embeddings.parquet` (embeddings_method); benchmarks/maps_cellio.sh runs
+               it with its ablations
   (e)          a self-supervised model: not built; any model's per-well embeddings plug in the same way, or add a
                function to METHODS
 
@@ -129,7 +131,7 @@ def intensity_stats(data: Path) -> tuple[pd.DataFrame, np.ndarray]:
 def random_cnn(data: Path, seed: int = 0, batch: int = 32, layer: str = "final") -> tuple[pd.DataFrame, np.ndarray]:
     """Global-average-pooled features of a randomly initialised small DenseNet with a 6-channel stem (eval mode):
     of its last layer (`layer="final"`, 92), or of the dense block before the last (`"penultimate"`, 88: what
-    cellio's maps embed, trainer/infer/embed.py)."""
+    `trainer.infer.embed --layer penultimate` pools)."""
     import torch
     from torchvision.models import DenseNet
 
@@ -235,7 +237,7 @@ def cp_measure_features(data: Path) -> tuple[pd.DataFrame, np.ndarray]:
 METHODS: dict[str, Method] = {
     "intensity": intensity_stats,      # (b)
     "random_cnn": random_cnn,          # (c)
-    "random_cnn_penultimate": functools.partial(random_cnn, layer="penultimate"),  # (c) at cellio's map layer
+    "random_cnn_penultimate": functools.partial(random_cnn, layer="penultimate"),  # (c) at the block before the last
     "cp_measure": cp_measure_features,  # (a)
 }
 # a method's dimension reduction before every correction (EFAAR's embed_by_pca): CellProfiler measurements are

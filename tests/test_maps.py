@@ -503,3 +503,23 @@ def test_replicate_map_without_replicates_is_named():
     wells = _wells(plates=(("gene-001", 1),), guides=2)  # every guide on one plate: one well each
     with pytest.raises(MapInputError, match="replicate mAP: every treatment is in one well only"):
         replicate_map(wells)
+
+
+def test_maps_summary_counts_beats_ties_and_trails_against_the_best_corrected_baseline(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import maps_summary
+
+    cols = maps_summary.columns()
+    rows = [dict(method="intensity", correction="none", **{c: 0.9 for c in cols}),  # uncorrected: not a rival
+            dict(method="intensity", correction="tvn", **{c: 0.5 for c in cols}),
+            dict(method="cp_measure", correction="pca_cs", **{c: 0.4 for c in cols}),
+            dict(method="cellio", correction="tvn", **{c: 0.6 for c in cols})]
+    rows[1][cols[0]], rows[3][cols[1]], rows[3][cols[2]] = 0.7, 0.5, 0.3  # one trail, one tie, one more trail
+    pd.DataFrame(rows).to_csv(tmp_path / "benchmark.csv", index=False)
+    out = maps_summary.summarise(tmp_path, "cellio", "tvn")
+    assert (out["beats"], out["ties"], out["trails"]) == (len(cols) - 3, 1, 2)
+    assert out[f"best_baseline_{cols[0]}"] == 0.7
+    assert maps_summary.main([str(tmp_path), "--out", str(tmp_path / "s.csv")]) == 0
+    assert "cellio / tvn" in capsys.readouterr().out and len(pd.read_csv(tmp_path / "s.csv")) == 1
+    with pytest.raises(SystemExit, match="no single cellio / pca_cs row"):
+        maps_summary.summarise(tmp_path, "cellio", "pca_cs")

@@ -123,7 +123,7 @@ def site_embeddings(model: Any, cfg: Any, store: Any, *, datasets: Sequence[str]
                     device: Any = None, progress: bool = False, layer: str = "final") -> tuple[np.ndarray, np.ndarray]:
     """(store rows, features) per view, controls included (only the model's own cell types when it trained on
     some: data.cell_types). `layer` "final": `model.forward_features` (what the head classifies); "penultimate":
-    the spatially averaged output of the stage before the last (docs/maps.md: the maps' default)."""
+    the spatially averaged output of the stage before the last (docs/maps.md compares the two for maps)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -280,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tta", default="center", choices=["center", "grid9", "full"])
     p.add_argument("--level", default="well", choices=["well", "site"])
     p.add_argument("--layer", default="final", choices=list(LAYERS),
-                   help="final: the head's input; penultimate: the stage before the last (the maps' default)")
+                   help="final: the head's input; penultimate: the stage before the last (docs/maps.md)")
     p.add_argument("--initial-weights", type=int, metavar="SEED",
                    help="embed with the checkpoint's model freshly initialised (seeded), not its trained weights: "
                         "the untrained-network ablation")

@@ -133,7 +133,7 @@ def format_accuracy(result: dict[str, Any]) -> str:
 def write_well_embeddings(ckpt: Path, plan: Plan, store: Any, out: Path, meter: Meter = no_meter) -> Path:
     """Every well's embedding (the mean over its sites and the plan's `embed_tta` views of the model's features
     at `plan.map_layer`, every split, controls included) -> OUT/embeddings.parquet with the wells' metadata
-    (docs/maps.md: the stage before the last, not the head's input, is the maps' default)."""
+    (docs/maps.md compares the final layer, the default, with the stage before the last)."""
     model, cfg, _ = load_for_inference(ckpt, plan.torch_device())
     layer = plan.map_layer
     if layer != "final" and len(feature_stages(model)) < 2:

@@ -1,0 +1,62 @@
+"""One line per benchmark table (benchmarks/maps.py's benchmark.csv): a method's recall per source and mAP under
+one correction, beside the best baseline's value of each column (over the baselines' corrected rows), and whether
+the method beats, ties or trails it — to read several runs (training seeds, screens) side by side.
+
+    python benchmarks/maps_summary.py benchmarks/results/maps benchmarks/results/maps_s1 \\
+        benchmarks/results/maps_seeds/* [--method cellio] [--correction tvn] [--out summary.csv]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+BASELINES = ("intensity", "random_cnn", "random_cnn_penultimate", "cp_measure")
+SOURCES = ("CORUM", "HuMAP", "Reactome", "SIGNOR", "StringDB")
+THRESHOLDS = ("0.05_0.95", "0.1_0.9")
+
+
+def columns() -> list[str]:
+    return [f"recall_{s}_{t}" for s in SOURCES for t in THRESHOLDS] + ["replicate_mAP", "sister_mAP"]
+
+
+def summarise(path: Path, method: str, correction: str) -> dict:
+    """The method's row and the best corrected baseline per column of one benchmark.csv."""
+    table = pd.read_csv(path / "benchmark.csv" if path.is_dir() else path)
+    row = table[(table["method"] == method) & (table["correction"] == correction)]
+    if len(row) != 1:
+        raise SystemExit(f"{path}: no single {method} / {correction} row")
+    base = table[table["method"].isin(BASELINES) & (table["correction"] != "none")]
+    if base.empty:
+        raise SystemExit(f"{path}: no corrected baseline rows ({', '.join(BASELINES)})")
+    out: dict = {"run": str(path)}
+    wins = ties = 0
+    for col in columns():
+        ours, best = float(row[col].iloc[0]), float(base[col].max())
+        out[col], out[f"best_baseline_{col}"] = round(ours, 3), round(best, 3)
+        wins += ours > best + 1e-9
+        ties += abs(ours - best) <= 1e-9
+    out.update({"beats": wins, "ties": ties, "trails": len(columns()) - wins - ties})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+", help="benchmark directories (or benchmark.csv files)")
+    p.add_argument("--method", default="cellio")
+    p.add_argument("--correction", default="tvn")
+    p.add_argument("--out", help="write the summary as CSV too")
+    args = p.parse_args(argv)
+    frame = pd.DataFrame([summarise(Path(r), args.method, args.correction) for r in args.results])
+    short = ["run"] + [c for c in columns() if "0.05" in c or "mAP" in c] + ["beats", "ties", "trails"]
+    print(f"{args.method} / {args.correction} (recall at 0.05/0.95 and mAP; beats/ties/trails over all "
+          f"{len(columns())} columns against the best corrected baseline of each)")
+    print(frame[short].to_string(index=False))
+    if args.out:
+        frame.to_csv(args.out, index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
