@@ -48,6 +48,15 @@ def tri(monkeypatch):
     return READER
 
 
+def save_plane(root: Path, rel: str, plane: np.ndarray, row: dict, key: str) -> None:
+    """One channel's PNG at root/rel, and its path and pixel statistics in the site's `row` (sites.csv's columns)."""
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(plane).save(root / rel)
+    row[f"path_{key}"] = rel
+    row[f"pixel_mean_{key}"] = float(plane.mean())
+    row[f"pixel_std_{key}"] = float(plane.std())
+
+
 def _write_raw(root: Path) -> Path:
     """12 sites: 2 plates x 3 wells x 2 splits, one site per well; a PNG per channel named by the layout's keys."""
     rng = np.random.default_rng(5)
@@ -60,13 +69,8 @@ def _write_raw(root: Path) -> Path:
                        "cell_type": "U2OS" if plate == 1 else "A549", "plate": plate, "well": well, "site": 1,
                        "kind": kind, "compound": 99 if kind == "negcon" else k}
                 for key in TRI.channel_keys:
-                    rel = f"{exp}/P{plate}/{well}_{key}.png"
-                    (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                    plane = rng.integers(0, 256, (H, W), dtype=np.uint8)
-                    Image.fromarray(plane).save(root / rel)
-                    row[f"path_{key}"] = rel
-                    row[f"pixel_mean_{key}"] = float(plane.mean())
-                    row[f"pixel_std_{key}"] = float(plane.std())
+                    save_plane(root, f"{exp}/P{plate}/{well}_{key}.png", rng.integers(0, 256, (H, W), dtype=np.uint8),
+                               row, key)
                 rows.append(row)
     pd.DataFrame(rows).to_csv(root / "sites.csv", index=False)
     return root

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-from test_other_layouts import READER, TRI
+from test_other_layouts import READER, TRI, save_plane
 
 __all__ = ["TRI", "READER", "EXPERIMENTS", "COMPOUNDS", "NEGCON", "register_tri", "write_tri_raw"]
 
@@ -57,13 +56,8 @@ def write_tri_raw(root: Path, *, size: tuple[int, int] = (21, 17), replicates: i
                     plane = rng.normal(40 + 5 * plate, 8, size)  # plates differ in brightness (a batch effect)
                     if compound != NEGCON and i == compound:
                         plane += 150 * blob
-                    plane = np.clip(plane, 0, 255).astype(np.uint8)
-                    rel = f"{exp}/P{plate}/{well}_{key}.png"
-                    (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(plane).save(root / rel)
-                    row[f"path_{key}"] = rel
-                    row[f"pixel_mean_{key}"] = float(plane.mean())
-                    row[f"pixel_std_{key}"] = float(plane.std())
+                    save_plane(root, f"{exp}/P{plate}/{well}_{key}.png", np.clip(plane, 0, 255).astype(np.uint8),
+                               row, key)
                 rows.append(row)
     pd.DataFrame(rows).to_csv(root / "sites.csv", index=False)
     return root

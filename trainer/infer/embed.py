@@ -35,9 +35,8 @@ from trainer.infer.aggregate import WellScores, group_views, well_mean
 from trainer.training.disk import replaced_atomically
 from trainer.training.layout import layout_of
 
-__all__ = ["LAYERS", "META_COLUMNS", "meta_columns", "stage_for_layer", "WellEmbeddings", "extract_embeddings", "centre_per_plate",
-           "within_class_whitening", "centroid_scores",
-           "write_embeddings", "main"]
+__all__ = ["LAYERS", "META_COLUMNS", "meta_columns", "stage_for_layer", "WellEmbeddings", "extract_embeddings",
+           "centre_per_plate", "within_class_whitening", "centroid_scores", "write_embeddings", "main"]
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from cellio.errors import ConfigError
 
 from trainer.infer.aggregate import mean_logits
 from trainer.infer.chain import Meter, no_meter
-from trainer.infer.embed import extract_embeddings, write_embeddings
+from trainer.infer.embed import extract_embeddings, stage_for_layer, write_embeddings
 from trainer.infer.predict import predict
 from trainer.job.plan import Plan
 from trainer.training.checkpoint import load_checkpoint, load_for_inference
@@ -36,7 +36,6 @@ from trainer.training.config import Config
 from trainer.training.folds import split_experiments
 from trainer.training.disk import replaced_atomically
 from trainer.training.labels import ClassMap
-from trainer.training.models import feature_stages
 
 __all__ = ["MAX_GROUP_VALUES", "OUTPUTS", "evaluate_held_out", "held_out_accuracy", "write_well_embeddings",
            "format_accuracy", "write_report"]
@@ -136,9 +135,10 @@ def write_well_embeddings(ckpt: Path, plan: Plan, store: Any, out: Path, meter: 
     (docs/maps.md compares the final layer, the default, with the stage before the last)."""
     model, cfg, _ = load_for_inference(ckpt, plan.torch_device())
     layer = plan.map_layer
-    if layer != "final" and len(feature_stages(model)) < 2:
-        log.warning("plan.map_layer=%s: model %s has no earlier stage this code knows; embedding its final layer",
-                    layer, cfg.model.name)
+    try:
+        stage_for_layer(model, layer)
+    except ConfigError as exc:  # after training: embed what the model has rather than lose the run
+        log.warning("plan.map_layer=%s: %s; embedding the final layer", layer, exc)
         layer = "final"
     # whole sites are ~5x a crop's pixels: a quarter of the batch keeps the activations' memory the same
     batch = max(1, plan.batch // 4) if plan.embed_tta == "full" else plan.batch

@@ -117,12 +117,11 @@ class DataFacts:
         """The facts of a store, in its layout's terms: "train" are the labelled splits' sites, "test" those whose
         labels are hidden (none where the layout hides none)."""
         from trainer.training.layout import HIDDEN_SPLIT, label_column, labelled_splits, treatment_mask
+        from trainer.training.within import experiments_per_class
 
         s, layout = store.sites, store.layout
         train = s[s["dataset"].isin(labelled_splits(layout))]
         test = s[s["dataset"] == HIDDEN_SPLIT] if layout.hidden_test_labels else s.iloc[:0]
-        from trainer.training.within import experiments_per_class
-
         treat = train[treatment_mask(train, layout)]
         return cls((int(store.image_shape[0]), int(store.image_shape[1])), len(train), len(test),
                    int(treat[label_column(layout)].nunique()), tuple(sorted(train["experiment"].unique())),
