@@ -523,3 +523,49 @@ def test_maps_summary_counts_beats_ties_and_trails_against_the_best_corrected_ba
     assert "cellio / tvn" in capsys.readouterr().out and len(pd.read_csv(tmp_path / "s.csv")) == 1
     with pytest.raises(SystemExit, match="no single cellio / pca_cs row"):
         maps_summary.summarise(tmp_path, "cellio", "pca_cs")
+
+
+def test_maps_summary_names_trails_where_the_baseline_is_above_the_true_phenotypes(tmp_path):
+    """A baseline above the screen's true phenotypes on a source recalls pairs by chance: such a trail is counted
+    apart (`trails_beyond_truth`); a trail below the ceiling is not."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import maps_summary
+
+    cols = maps_summary.columns()
+    recall = [c for c in cols if c.startswith("recall_")]
+    rows = [dict(method="intensity", correction="tvn", **{c: 0.5 for c in cols}),
+            dict(method="cellio", correction="tvn", **{c: 0.6 for c in cols}),
+            dict(method="true_phenotypes", correction="none", **{c: 0.8 for c in recall})]
+    rows[0][recall[0]], rows[2][recall[0]] = 0.7, 0.6    # trails; the baseline is above the ceiling
+    rows[0][recall[1]] = 0.7                             # trails; the ceiling (0.8) is above the baseline
+    pd.DataFrame(rows).to_csv(tmp_path / "benchmark.csv", index=False)
+    out = maps_summary.summarise(tmp_path, "cellio", "tvn")
+    assert (out["trails"], out["trails_beyond_truth"]) == (2, 1)
+    assert out[f"true_phenotypes_{recall[0]}"] == 0.6 and "true_phenotypes_replicate_mAP" not in out
+    pd.DataFrame(rows[:2]).to_csv(tmp_path / "benchmark.csv", index=False)
+    assert np.isnan(maps_summary.summarise(tmp_path, "cellio", "tvn")["trails_beyond_truth"])
+
+
+def test_true_phenotypes_row_scores_the_screens_own_gene_effects(tmp_path):
+    """The ceiling row maps every gene of the screen to its true effect (null genes: zero) and scores it with the
+    same recall as every method: its known pairs are those of the annotation tables among the screen's genes, and
+    the true effects recall CORUM's pairs (each complex shares a direction) better than the same effects given to
+    the wrong genes."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import maps as bench_maps
+    from trainer.maps import BenchmarkSpec
+
+    data = rxrx3_maps.generate(tmp_path / "screen", size="11x9", complexes=5, genes_per_complex=3, null_genes=2,
+                               guides=1, experiments=2, plates=1, controls=2, seed=3)
+    truth = json.loads((data / "synthetic_truth.json").read_text())
+    spec = BenchmarkSpec(sources=("CORUM",))
+    row = bench_maps.true_phenotypes_row(data, truth, spec)
+    genes = {g for members in truth["complexes"].values() for g in members} | set(truth["null_genes"])
+    corum = relationships("CORUM")
+    inside = corum["entity1"].isin(genes) & corum["entity2"].isin(genes)
+    assert row["method"] == "true_phenotypes" and row["n_genes"] == 17 and row["n_features"] == len(truth["axes"])
+    assert row["pairs_CORUM"] == int(inside.sum()) > 0
+    shuffled = dict(truth, gene_effect=dict(zip(sorted(truth["gene_effect"]),
+                                                list(truth["gene_effect"].values())[::-1])))
+    wrong = bench_maps.true_phenotypes_row(data, shuffled, spec)
+    assert row["recall_CORUM_0.1_0.9"] > wrong["recall_CORUM_0.1_0.9"]

@@ -21,8 +21,8 @@ from trainer.maps.correct import (CORRECTIONS, batch_keys, centerscale_on_contro
                                   correct, embed_by_pca, pca_centerscale_on_controls, tvn_on_controls)
 from trainer.maps.errors import MapInputError, MapsError, MissingControlsError, MissingDependencyError
 from trainer.maps.files import read_map, read_well_embeddings, write_map, write_well_embeddings
-from trainer.maps.pipeline import (BenchmarkSpec, BuiltMap, MapSpec, benchmark_row, build_map, select_wells,
-                                   write_report)
+from trainer.maps.pipeline import (BenchmarkSpec, BuiltMap, MapSpec, benchmark_row, build_map, recall_columns,
+                                   select_wells, write_report)
 from trainer.maps.profiles import PerturbationMap, WellProfiles
 from trainer.maps.recall import cosine_matrix, relationship_recall, table_column
 from trainer.maps.retrieval import Retrieval, replicate_map, sister_map
@@ -35,7 +35,8 @@ __all__ = [
     "pca_centerscale_on_controls", "tvn_on_controls",
     "MapInputError", "MapsError", "MissingControlsError", "MissingDependencyError",
     "read_map", "read_well_embeddings", "write_map", "write_well_embeddings",
-    "BenchmarkSpec", "BuiltMap", "MapSpec", "benchmark_row", "build_map", "select_wells", "write_report",
+    "BenchmarkSpec", "BuiltMap", "MapSpec", "benchmark_row", "build_map", "recall_columns", "select_wells",
+    "write_report",
     "PerturbationMap", "WellProfiles",
     "cosine_matrix", "relationship_recall", "table_column",
     "Retrieval", "replicate_map", "sister_map",

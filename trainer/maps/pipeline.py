@@ -30,7 +30,8 @@ from trainer.maps.profiles import PerturbationMap, WellProfiles
 from trainer.maps.recall import relationship_recall, table_column
 from trainer.maps.retrieval import NULL_SIZE, THRESHOLD, replicate_map, sister_map
 
-__all__ = ["MapSpec", "BenchmarkSpec", "BuiltMap", "select_wells", "build_map", "benchmark_row", "write_report",
+__all__ = ["MapSpec", "BenchmarkSpec", "BuiltMap", "select_wells", "build_map", "benchmark_row", "recall_columns",
+           "write_report",
            "spec_dict", "summary_line"]
 
 log = logging.getLogger(__name__)
@@ -122,16 +123,13 @@ def build_map(wells: WellProfiles, spec: MapSpec) -> BuiltMap:
     return BuiltMap(spec, corrected, guides, genes)
 
 
-def benchmark_row(built: BuiltMap, bench: BenchmarkSpec) -> dict:
-    """One line of the benchmark table: sizes, recall per source and threshold pair (+ the number of known pairs
-    in the map), signal consistency, replicate and sister mAP."""
-    spec = built.spec
-    row: dict = {"correction": spec.correction, "aggregation": spec.aggregation, "gene_from": spec.gene_from,
-                 "n_wells": len(built.wells), "n_guides": len(built.guides), "n_genes": len(built.genes),
-                 "n_features": built.genes.features.shape[1]}
-    # split by the retrieval batch when each gene has one (a screen that puts a gene in one experiment)
-    split = bench.retrieval_batch if bench.retrieval_batch in built.genes.metadata.columns else None
-    recall = relationship_recall(built.genes, bench.sources, bench.thresholds, annotation_dir=bench.annotation_dir,
+def recall_columns(genes: PerturbationMap, bench: BenchmarkSpec) -> dict:
+    """The recall columns of a gene map's table row: known pairs in the map and recall per source and threshold
+    pair, split into pairs within one retrieval batch and across two where each gene has one batch (a screen that
+    puts a gene in one experiment)."""
+    row: dict = {}
+    split = bench.retrieval_batch if bench.retrieval_batch in genes.metadata.columns else None
+    recall = relationship_recall(genes, bench.sources, bench.thresholds, annotation_dir=bench.annotation_dir,
                                  batch_col=split)
     for rec in recall.to_dict("records"):
         row[f"pairs_{rec['source']}"] = int(rec["query_distribution_size"])
@@ -143,6 +141,17 @@ def benchmark_row(built: BuiltMap, bench: BenchmarkSpec) -> dict:
                         rec[f"{part}_recall_{min(lo, hi)}_{max(lo, hi)}"])
         if split:
             row[f"pairs_{rec['source']}_within_batch"] = int(rec["within_size"])
+    return row
+
+
+def benchmark_row(built: BuiltMap, bench: BenchmarkSpec) -> dict:
+    """One line of the benchmark table: sizes, recall per source and threshold pair (+ the number of known pairs
+    in the map), signal consistency, replicate and sister mAP."""
+    spec = built.spec
+    row: dict = {"correction": spec.correction, "aggregation": spec.aggregation, "gene_from": spec.gene_from,
+                 "n_wells": len(built.wells), "n_guides": len(built.guides), "n_genes": len(built.genes),
+                 "n_features": built.genes.features.shape[1]}
+    row.update(recall_columns(built.genes, bench))
     null = tuple(bench.null_perturbations)
     if null:
         cons = signal_consistency(built.wells, spec.gene_col, null, drop=(spec.control,), alpha=bench.alpha)
