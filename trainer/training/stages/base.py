@@ -32,7 +32,7 @@ from ..models import is_perchannel
 from ..runtime import Env
 from ..within import ClassSets
 
-__all__ = ["StageContext", "StageUpdate", "StepOutput", "Stage", "model_inputs", "within_classes"]
+__all__ = ["StageContext", "StageUpdate", "StepOutput", "Stage", "ModelForward", "model_inputs", "within_classes"]
 
 
 @dataclass(frozen=True)
@@ -119,14 +119,18 @@ class Stage:
         return None
 
 
-class _MarginForward(nn.Module):
-    """forward = (head logits, margin-head cosines) from one features pass; DDP and compile wrap this forward."""
+class ModelForward(nn.Module):
+    """A stage's own forward around the model: the module DDP and torch.compile wrap; subclasses define forward."""
 
     wraps_model = True  # trainer.training.runtime.unwrap looks through it
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+
+
+class _MarginForward(ModelForward):
+    """forward = (head logits, margin-head cosines) from one features pass."""
 
     def forward(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.model.forward_features(x, cell_type)

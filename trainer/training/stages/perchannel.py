@@ -18,19 +18,13 @@ from cellio.errors import ConfigError
 from ..config import Config
 from ..features import FeatureLoader, cached_features, feature_cache_path
 from ..models import is_perchannel
-from .base import Stage, StageContext, StepOutput, model_inputs, within_classes
+from .base import ModelForward, Stage, StageContext, StepOutput, model_inputs, within_classes
 
 __all__ = ["PerChannelStage1", "FusionHead", "CachedFusionHead", "fusion_stage"]
 
 
-class _ChannelsForward(nn.Module):
-    """forward = the per-channel classifiers, (B, channels, classes); DDP and compile wrap this forward."""
-
-    wraps_model = True  # trainer.training.runtime.unwrap looks through it
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
+class _ChannelsForward(ModelForward):
+    """forward = the per-channel classifiers, (B, channels, classes)."""
 
     def forward(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
         return self.model.forward_channels(x)
@@ -73,14 +67,8 @@ class FusionHead(Stage):
             model.extractors.eval()
 
 
-class _HeadForward(nn.Module):
-    """forward = the fusion head on cached features; DDP and compile wrap this forward."""
-
-    wraps_model = True
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
+class _HeadForward(ModelForward):
+    """forward = the fusion head on cached features."""
 
     def forward(self, feats: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
         return self.model.forward_head(feats, cell_type)
