@@ -24,8 +24,12 @@ issue 23's).
                --data DIR --out OUT plan.val_fold=-1 ...` writes OUT/embeddings.parquet, docs/maps.md): pass
                `--embeddings cellio=OUT/embeddings.parquet` (embeddings_method); benchmarks/maps_cellio.sh runs
                it with its ablations
-  (e)          a self-supervised model: not built; any model's per-well embeddings plug in the same way, or add a
-               function to METHODS
+  (e)          a self-supervised model: the main job with plan.objective=mae (a channel-agnostic masked-autoencoder
+               ViT, trainer/training/mae.py) writes its embeddings the same way; benchmarks/maps_cellio.sh runs it
+               as `cellio_mae`. Any model's per-well embeddings plug in the same way, or add a function to METHODS
+  true_phenotypes
+               not a method: the recall of the screen's true gene effects (synthetic_truth.json), each source's
+               ceiling on this screen; added to every table (recall columns only)
 
     python benchmarks/maps.py [--data DIR] [--out benchmarks/results/maps] [--methods intensity random_cnn cp_measure]
                               [--corrections none centerscale pca_cs tvn] [--embeddings NAME=PATH ...]
@@ -268,6 +272,28 @@ def embeddings_method(path: Path) -> Method:
     return method
 
 
+TRUE_PHENOTYPES = "true_phenotypes"
+
+
+def true_phenotypes_row(data: Path, truth: dict, bench: BenchmarkSpec) -> dict:
+    """The recall a perfect map of this screen reaches: every gene's true effect (`synthetic_truth.json`'s
+    `gene_effect`; the null genes' is zero) as its profile, no batch effect, no noise. A source's ceiling: its known
+    pairs whose genes share a complex of the screen are recalled, the others only by chance (SIGNOR's and
+    Reactome's pairs often join two complexes), so a map above this row on a source recalls pairs by chance.
+    Recall only (consistency and mAP need wells)."""
+    from trainer.maps import PerturbationMap, recall_columns
+
+    meta = read_metadata(data)
+    meta = meta[(meta["perturbation_type"] == "CRISPR") & (meta["gene"] != "EMPTY_control")]
+    genes = meta.groupby("gene", sort=True)["experiment_name"].first()
+    width = len(truth["axes"])
+    effects = np.array([truth["gene_effect"].get(g, [0.0] * width) for g in genes.index], dtype=np.float64)
+    pmap = PerturbationMap(effects, pd.DataFrame({"gene": genes.index, "experiment_name": genes.to_numpy()}),
+                           ("gene",))
+    return {"method": TRUE_PHENOTYPES, "correction": "none", "n_genes": len(pmap), "n_features": width,
+            **recall_columns(pmap, bench)}
+
+
 # ----------------------------------------------------------------------------------------------- timing at 10k wells
 def tile_wells(wells: WellProfiles, reps: int, seed: int = 0) -> WellProfiles:
     """`reps` copies of `wells`' design as extra experiments screening renamed genes (`AKT1-r2`, guides
@@ -407,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                 steps = time_steps(wells, spec, bench, args.timing_wells)
                 timing.update({f"{k[:-2]}_s_per_{args.timing_wells // 1000}k_wells": v for k, v in steps.items()})
         timings.append(timing)
+    rows.append(true_phenotypes_row(data, truth, bench))
     table = pd.DataFrame(rows)
     write_report(table, maps, out, bench, label_cols=("method", "correction"), complexes_shown=truth["complexes"])
     pd.DataFrame(timings).to_csv(out / "timings.csv", index=False, float_format="%.2f")
