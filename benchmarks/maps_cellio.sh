@@ -12,6 +12,9 @@
 #   cellio_plain        the main job trained over all genes at once (plan.within=, what it did before), final layer
 #   cellio_untrained    the same network with its initial weights (seed 0) through the same loader, at the
 #                       block before the last (its better layer)
+#   cellio_mae          row (e): the main job with plan.objective=mae, a channel-agnostic masked-autoencoder ViT
+#                       trained on pixels alone for the same number of steps, its final layer
+#   cellio_mae_untrained  that ViT with its initial weights (seed 0), final layer
 # beside intensity statistics, the random CNN and cp-measure (their features are reused from
 # benchmarks/data/maps_features/<DATA's name> when made from the same DATA; cp-measure takes ~8 min the first time).
 set -euo pipefail
@@ -26,12 +29,17 @@ PLAN=("$@")
 [ -f "$DATA/metadata_rxrx3_core.csv" ] || $PY -c "import sys; sys.path.insert(0, 'benchmarks'); import maps; maps.ensure_data(__import__('pathlib').Path('$DATA'))"
 $PY -m trainer.demo --data "$DATA" --out "$RUN" "${PLAN[@]}" plan.val_fold=-1 plan.steps_pseudo=0
 $PY -m trainer.demo --data "$DATA" --out "$RUN-plain" "${PLAN[@]}" plan.val_fold=-1 plan.steps_pseudo=0 plan.within=
+$PY -m trainer.demo --data "$DATA" --out "$RUN-mae" "${PLAN[@]}" plan.val_fold=-1 plan.steps_pseudo=0 plan.objective=mae
 CKPT="$RUN/runs/single/checkpoints/last.pt"
 $PY -m trainer.infer.embed --checkpoint "$CKPT" --store "$RUN/store.zarr" \
     --out "$RUN/embeddings_penultimate.parquet" --tta full --layer penultimate --device cpu
 $PY -m trainer.infer.embed --checkpoint "$CKPT" --store "$RUN/store.zarr" --out "$RUN/embeddings_untrained.parquet" \
     --tta full --layer penultimate --initial-weights 0 --device cpu
+$PY -m trainer.infer.embed --checkpoint "$RUN-mae/runs/single/checkpoints/last.pt" --store "$RUN/store.zarr" \
+    --out "$RUN-mae/embeddings_untrained.parquet" --tta full --initial-weights 0 --device cpu
 $PY benchmarks/maps.py --data "$DATA" --out "$RESULTS" --reuse-features \
     --embeddings cellio="$RUN/embeddings.parquet" cellio_all_dims="$RUN/embeddings.parquet" \
     cellio_penultimate="$RUN/embeddings_penultimate.parquet" cellio_plain="$RUN-plain/embeddings.parquet" \
-    cellio_untrained="$RUN/embeddings_untrained.parquet" --embed-dims cellio_all_dims=none
+    cellio_untrained="$RUN/embeddings_untrained.parquet" cellio_mae="$RUN-mae/embeddings.parquet" \
+    cellio_mae_untrained="$RUN-mae/embeddings_untrained.parquet" \
+    --embed-dims cellio_all_dims=none

@@ -99,11 +99,13 @@ def stage_for_layer(model: Any, layer: str) -> list[Any] | None:
 
 
 class _StageTap:
-    """Forward hooks that keep the pooled outputs of `modules` during one forward pass."""
+    """Forward hooks that keep the pooled outputs of `modules` during one forward pass (`pool`: the model's own
+    pooling of a token sequence, e.g. per channel for a channel-agnostic ViT; else `_pool_map`)."""
 
-    def __init__(self, modules: Sequence[Any]):
+    def __init__(self, modules: Sequence[Any], pool: Any = None):
+        pool = pool or _pool_map
         self.pooled: list[Any] = []
-        self.handles = [m.register_forward_hook(lambda _m, _i, out: self.pooled.append(_pool_map(out)))
+        self.handles = [m.register_forward_hook(lambda _m, _i, out: self.pooled.append(pool(out).float()))
                         for m in modules]
 
     def take(self) -> Any:
@@ -137,7 +139,7 @@ def site_embeddings(model: Any, cfg: Any, store: Any, *, datasets: Sequence[str]
                                   datasets=datasets, indices=indices, cell_types=cfg.data.cell_types or None,
                                   controls=True, rank=0, world_size=1, tta=tta)
     stage = stage_for_layer(model, layer)
-    tap = _StageTap(stage) if stage is not None else None
+    tap = _StageTap(stage, getattr(model, "pool_tokens", None)) if stage is not None else None
     rows, feats = [], []
     model.eval()
     try:

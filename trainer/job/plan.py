@@ -30,6 +30,10 @@ What the plan picks (docs/training.md has the measurements behind each choice):
   refit (out of fold), the test set by the model after it; the main job sizes it to the time actually left when
   it starts. Measured on two foreign sets at the CPU budget it lost to one longer single stage (docs/training.md),
   so no plan turns it on.
+- Within experiments (`plan.within`): where a class is in at most half the train experiments (a screen), each
+  sample's softmax runs over its own experiment's classes (trainer/training/within.py).
+- Objective (`plan.objective`, `classify` by default): `mae` trains a self-supervised masked-autoencoder ViT
+  (`mae_vit_tiny`, one stage, crops of at most 128 px) whose head is a linear probe (docs/maps.md's row (e)).
 - Steps: what the time budget leaves after ingest, prediction and the chain, at the measured step time, split
   between the stages (`pseudo_share`, `finetune_share`, `refit_share`), rounded down to a multiple of 25 so
   reruns on one machine agree.
@@ -167,6 +171,7 @@ class Plan:
     embed_tta: str = "full"      # views the well embeddings average: full | grid9 | center (cellio TTA modes)
     map_layer: str = "final"     # what OUT/embeddings.parquet pools: final (the head's input) | penultimate
     within: str = ""             # "" | experiment | plate: train each sample within its experiment's classes
+    objective: str = "classify"  # classify (name each well's class) | mae (masked autoencoding, self-supervised)
     whiten: bool = True          # embedding centroids under the within-class covariance (trainer.infer.embed)
     estimates: dict[str, float] = field(default_factory=dict)   # seconds per step of the job
     reasons: list[str] = field(default_factory=list)
@@ -185,8 +190,10 @@ class Plan:
         data = {"crop_size": self.crop, "batch_size": self.batch, "backend": self.backend,
                 "num_workers": self.num_workers, "n_folds": self.n_folds, "val_fold": self.val_fold,
                 "augment": self.augment, **({"batch_by": self.batch_by} if self.batch_by else {})}
+        train = {"device": self.device, "num_threads": self.threads, "channels_last": True,
+                 **({"stage": "masked_autoencoding"} if self.objective == "mae" else {})}
         return replace(cfg, data=data, model={"name": self.model}, optim={"lr": self.lr}, loss={"within": self.within},
-                       train={"device": self.device, "num_threads": self.threads, "channels_last": True},
+                       train=train,
                        pseudo={"rounds": self.pseudo_rounds, "adabn": self.adabn})
 
     def torch_device(self) -> str:
@@ -213,7 +220,7 @@ PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(Plan))
 _OVERRIDABLE = {"device", "processes", "backend", "num_workers", "threads", "model", "crop", "batch", "lr",
                 "n_folds", "val_fold", "steps_single", "steps_pseudo", "pseudo_rounds", "eval_tta", "dihedral",
                 "adabn", "batch_by", "augment", "pseudo_share", "finetune_share", "steps_finetune", "embed_tta",
-                "whiten", "refit_share", "steps_refit", "map_layer", "within"}
+                "whiten", "refit_share", "steps_refit", "map_layer", "within", "objective"}
 _FIELD_TYPES = typing.get_type_hints(Plan)
 
 
@@ -234,7 +241,7 @@ _MINIMUM = {"processes": 1, "num_workers": 0, "threads": 0, "crop": 1, "batch": 
             "steps_single": 0, "steps_pseudo": 0, "pseudo_rounds": 1, "steps_finetune": 0, "steps_refit": 0}
 _CHOICES = {"device": ("cpu", "cuda"), "backend": ("torch", "dali"), "eval_tta": tuple(VIEWS),
             "embed_tta": tuple(VIEWS), "batch_by": ("", "plate", "experiment"), "map_layer": ("penultimate", "final"),
-            "within": ("", "experiment", "plate")}
+            "within": ("", "experiment", "plate"), "objective": ("classify", "mae")}
 _SHARES = ("pseudo_share", "finetune_share", "refit_share")
 
 
@@ -328,11 +335,35 @@ def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
         reasons.append(f"a treatment class is in {facts.experiments_per_class:.0%} of the train experiments on "
                        "average: each sample trains within its experiment's classes (plan.within=experiment), so "
                        "the model cannot name a class by recognising its experiment (docs/maps.md)")
-    for key, value in parse_overrides(overrides or {}).items():
+    parsed = parse_overrides(overrides or {})
+    for key, value in parsed.items():
         setattr(plan, key, value)
         reasons.append(f"plan.{key}={value} (override)")
+    if plan.objective == "mae":
+        _self_supervised(plan, parsed)
     plan.data, plan.hardware = facts.to_dict(), hw.to_dict()
     return plan
+
+
+# the self-supervised model and its training crop: a channel-agnostic ViT's tokens grow with the crop's area times
+# the channels (a 56 px crop of 6 channels: 294 tokens of 8 x 8 px), and attention with their square
+MAE_MODEL, MAE_MAX_CROP = "mae_vit_tiny", 128
+
+
+def _self_supervised(plan: Plan, overrides: dict[str, Any]) -> None:
+    """plan.objective=mae: the masked-autoencoder model (unless plan.model names another with the same
+    interface), crops of at most MAE_MAX_CROP px, one training stage (pseudo-labels need a classifier)."""
+    if "model" not in overrides:
+        plan.model = MAE_MODEL
+    if "crop" not in overrides and plan.crop > MAE_MAX_CROP:
+        plan.crop = MAE_MAX_CROP
+    if overrides.get("steps_pseudo", 0) > 0 or overrides.get("pseudo_share", 0) > 0:
+        raise ConfigError("plan.objective=mae trains one self-supervised stage: plan.steps_pseudo and "
+                          "plan.pseudo_share must be 0 (pseudo-labels train a classifier)")
+    plan.pseudo_share = 0.0
+    plan.reasons.append(f"plan.objective=mae: {plan.model} learns by reconstructing hidden patches (no label "
+                        f"reaches its encoder; its head is a linear probe on detached features), {plan.crop} px "
+                        "crops, one stage (docs/maps.md)")
 
 
 def _crops_per_site(tta: str, plan: Plan, facts: DataFacts) -> float:

@@ -32,7 +32,7 @@ __all__ = [
     "apply_overrides", "coerce_value", "parse_override", "from_mapping",
 ]
 
-STAGES = ("single", "perchannel_stage1", "fusion_stage2", "pseudo_label")
+STAGES = ("single", "perchannel_stage1", "fusion_stage2", "pseudo_label", "masked_autoencoding")
 _OPTIMIZERS = ("adamw", "sgd")
 _LOSSES = ("ce", "bce")
 _AMP = ("auto", "bf16", "fp16", "off")
@@ -97,7 +97,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = "single"                 # single | perchannel_stage1 | fusion_stage2
+    stage: str = "single"                 # single | perchannel_stage1 | fusion_stage2 | masked_autoencoding
     init_from: str | None = None          # checkpoint whose model weights start this run (stage 2 <- stage 1)
     freeze_extractors: bool = True        # fusion_stage2: freeze the per-channel extractors
     cache_features: bool = True           # fusion_stage2 with frozen extractors: features computed once (Zarr)

@@ -35,10 +35,11 @@ from torch import nn
 from cellio.errors import ConfigError
 
 from .heads import ClassifierHead
+from .mae import MAE_ARCHS, MaskedAutoencoderViT
 
 __all__ = [
     "create_model", "list_models", "check_model_name", "register_model", "ClassifierHead", "DenseNetClassifier",
-    "PerChannelFusion", "ConvNetMicro", "adapt_input_conv", "load_densenet_weights", "is_perchannel", "DENSENET_ARCHS",
+    "PerChannelFusion", "ConvNetMicro", "MaskedAutoencoderViT", "adapt_input_conv", "load_densenet_weights", "is_perchannel", "DENSENET_ARCHS",
     "feature_stages",
 ]
 
@@ -321,6 +322,12 @@ def convnet_micro(**kw: Any) -> nn.Module:
 
 
 register_model(convnet_micro)
+# the self-supervised model (trainer/training/mae.py; trained by train.stage=masked_autoencoding)
+for _name in MAE_ARCHS:
+    _factory = functools.partial(MaskedAutoencoderViT, _name)
+    _factory.__name__ = _name  # type: ignore[attr-defined]
+    _factory.__doc__ = f"channel-agnostic masked-autoencoder ViT {MAE_ARCHS[_name]} (patch, width, depth, ...)"
+    register_model(_factory)
 
 
 def _densenet_stages(features: nn.Module) -> list[nn.Module]:
@@ -335,6 +342,8 @@ def feature_stages(model: nn.Module) -> list[list[nn.Module]]:
     earlier one (`layer="penultimate"`)."""
     from .timm_models import TimmClassifier, timm_stages
 
+    if hasattr(model, "feature_stages"):  # a model that names its own (trainer/training/mae.py)
+        return model.feature_stages()
     if isinstance(model, PerChannelFusion):
         per_channel = [_densenet_stages(ext) for ext in model.extractors]
         return [list(level) for level in zip(*per_channel)]

@@ -1,6 +1,6 @@
 """Training stages: one object per train.stage, which the loop (trainer/training/loop.py) calls; the loop itself has
-no stage-specific branch. The contract and the default stage are in base.py; a new training mode is one new class
-(a module of its own here) registered in `_STAGES`.
+no stage-specific branch. The contract and the default stage are in base.py (mae.py: the self-supervised one); a
+new training mode is one new class (a module of its own here) registered in `_STAGES`.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from cellio.errors import ConfigError
 
 from ..config import Config
 from .base import Stage, StageContext, StageUpdate, StepOutput
+from .mae import MaskedAutoencoding
 from .perchannel import PerChannelStage1, fusion_stage
 from .pseudo import Labeller, PseudoLabel
 
@@ -21,6 +22,7 @@ _STAGES: dict[str, Callable[[Config, Labeller | None], Stage]] = {
     "perchannel_stage1": lambda cfg, labeller: PerChannelStage1(),
     "fusion_stage2": lambda cfg, labeller: fusion_stage(cfg),
     "pseudo_label": lambda cfg, labeller: PseudoLabel(labeller),
+    "masked_autoencoding": lambda cfg, labeller: MaskedAutoencoding(),
 }
 
 
