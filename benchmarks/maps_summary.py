@@ -1,9 +1,10 @@
 """One line per benchmark table (benchmarks/maps.py's benchmark.csv): a method's recall per source and mAP under
 one correction, beside the best baseline's value of each column (over the baselines' corrected rows), and whether
 the method beats, ties or trails it — to read several runs (training seeds, screens) side by side. Where the table
-has the true phenotypes' row (benchmarks/maps.py's `true_phenotypes`: the recall a perfect map reaches), each
-recall column also gets that ceiling, and `trails_beyond_truth` counts the columns the method trails where the best
-baseline is above the ceiling: it recalls more known pairs than the screen's biology links, i.e. by chance.
+has the true phenotypes' row (benchmarks/maps.py's `true_phenotypes`: the recall of the screen's true gene effects),
+each recall column also gets that value, and `trails_beyond_truth` counts the columns the method trails where the
+best baseline recalls more than the true effects do: on a source with a handful of pairs, mostly not linked by the
+screen's complexes (SIGNOR), that is chance more than biology.
 
     python benchmarks/maps_summary.py benchmarks/results/maps benchmarks/results/maps_s1 \\
         benchmarks/results/maps_seeds/* [--method cellio] [--correction tvn] [--out summary.csv]

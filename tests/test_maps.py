@@ -565,6 +565,9 @@ def test_true_phenotypes_row_scores_the_screens_own_gene_effects(tmp_path):
     inside = corum["entity1"].isin(genes) & corum["entity2"].isin(genes)
     assert row["method"] == "true_phenotypes" and row["n_genes"] == 17 and row["n_features"] == len(truth["axes"])
     assert row["pairs_CORUM"] == int(inside.sum()) > 0
+    complex_of = {g: name for name, members in truth["complexes"].items() for g in members}
+    same = corum.loc[inside, "entity1"].map(complex_of) == corum.loc[inside, "entity2"].map(complex_of)
+    assert row["linked_pairs_CORUM"] == int(same.sum()) > 0
     shuffled = dict(truth, gene_effect=dict(zip(sorted(truth["gene_effect"]),
                                                 list(truth["gene_effect"].values())[::-1])))
     wrong = bench_maps.true_phenotypes_row(data, shuffled, spec)
