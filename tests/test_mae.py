@@ -174,3 +174,47 @@ def test_plan_objective_mae_chooses_the_model_one_stage_and_the_trainer_stage():
         make_plan(facts, gpu, 3600, {"objective": "mae", "steps_pseudo": 10})
     with pytest.raises(ConfigError, match=r"plan.objective: expected one of \['classify', 'mae'\]"):
         make_plan(facts, gpu, 3600, {"objective": "simclr"})
+
+
+def test_a_site_larger_than_a_tile_is_the_mean_of_its_tiles_and_its_stages_too():
+    from trainer.infer.embed import _StageTap
+    from trainer.training.mae import _starts
+
+    assert _starts(40, 16) == [0, 12, 24] and _starts(32, 16) == [0, 16] and _starts(16, 16) == [0]
+    model = _model(tile=16).eval()
+    x = torch.randn(2, 3, 40, 32)                    # 3 x 2 tiles of 16 px, overlapping along the 40 px side
+    with torch.no_grad():
+        got = model.forward_features(x)
+        by_hand = torch.stack([model.pool_tokens(model._encode(model.tokens(x[..., y:y + 16, c:c + 16])[0]))
+                               for y in (0, 12, 24) for c in (0, 16)]).mean(0)
+        torch.testing.assert_close(got, by_hand)
+        assert model._tiles == 1
+        tap = _StageTap(feature_stages(model)[-2], model.pool_tokens)
+        try:
+            model.forward_features(x)
+            assert tap.take().shape == (2, 3 * model.width)
+        finally:
+            tap.close()
+    torch.manual_seed(0)
+    whole = create_model("mae_vit_tiny", num_classes=5, in_chans=3, num_cell_types=1, tile=None).eval()
+    with torch.no_grad():
+        assert not torch.allclose(whole.forward_features(x), got)
+    with pytest.raises(ConfigError, match="smaller than one"):
+        _model(tile=4)
+
+
+def test_tiles_encoded_in_several_passes_give_the_same_features(monkeypatch):
+    import trainer.training.mae as mae
+    from trainer.infer.embed import _StageTap
+
+    model = _model(tile=16).eval()
+    x = torch.randn(3, 3, 32, 32)                    # 4 tiles an image, 3 channels x 2 x 2 tokens a tile
+    with torch.no_grad():
+        one = model.forward_features(x)
+        monkeypatch.setattr(mae, "TILE_TOKENS_PER_PASS", 48)   # one image's 4 x 12 tokens a pass
+        tap = _StageTap(feature_stages(model)[-2], model.pool_tokens)
+        try:
+            torch.testing.assert_close(model.forward_features(x), one)
+            assert len(tap.pooled) == 3 and tap.take().shape == (3, 3 * model.width)
+        finally:
+            tap.close()

@@ -109,10 +109,14 @@ class _StageTap:
                         for m in modules]
 
     def take(self) -> Any:
+        """The batch's features: each pass's modules side by side, the passes (a model that encodes a batch in
+        parts, trainer/training/mae.py's tiles) one after another."""
         import torch
 
-        out, self.pooled = torch.cat(self.pooled, dim=1), []
-        return out
+        m = len(self.handles)
+        parts = [torch.cat(self.pooled[i:i + m], dim=1) for i in range(0, len(self.pooled), m)]
+        self.pooled = []
+        return torch.cat(parts, dim=0)
 
     def close(self) -> None:
         for h in self.handles:

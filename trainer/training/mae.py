@@ -31,12 +31,25 @@ from cellio.errors import ConfigError, MissingDependencyError
 
 from .heads import ClassifierHead
 
-__all__ = ["MaskedAutoencoderViT", "MAE_ARCHS", "sincos_2d"]
+__all__ = ["MaskedAutoencoderViT", "MAE_ARCHS", "MAE_TILE", "sincos_2d"]
 
 # name -> (patch, encoder width, encoder depth, heads, decoder width, decoder depth)
 MAE_ARCHS: dict[str, tuple[int, int, int, int, int, int]] = {
     "mae_vit_tiny": (8, 128, 4, 4, 64, 2),
 }
+
+
+# embeddings of images larger than MAE_TILE px a side are averaged over tiles of that size (a 128 px site is one
+# tile: 1,536 tokens of 6 channels; a 512 px RxRx3-core site would be 24,576 tokens, whose attention a CPU cannot
+# afford), encoding at most TILE_TOKENS_PER_PASS tokens at once (64 whole 128 px sites, what site_embeddings' batch
+# of 64 costs)
+MAE_TILE, TILE_TOKENS_PER_PASS = 128, 64 * 1536
+
+
+def _starts(n: int, t: int) -> list[int]:
+    """Offsets of ceil(n / t) windows of t covering 0..n evenly (the last ends at n)."""
+    k = -(-n // t)
+    return [round(i * (n - t) / (k - 1)) for i in range(k)] if k > 1 else [0]
 
 
 def sincos_2d(h: int, w: int, dim: int, device: Any = None) -> torch.Tensor:
@@ -64,7 +77,7 @@ class MaskedAutoencoderViT(nn.Module):
     """Channel-agnostic MAE ViT with a linear-probe `ClassifierHead` (the registry's model interface)."""
 
     def __init__(self, arch: str, *, num_classes: int, in_chans: int, num_cell_types: int,
-                 mask_ratio: float = 0.75, pretrained: Any = None, **head_kw: Any):
+                 mask_ratio: float = 0.75, tile: int | None = MAE_TILE, pretrained: Any = None, **head_kw: Any):
         super().__init__()
         if arch not in MAE_ARCHS:
             raise ConfigError(f"MAE arch {arch!r}: expected one of {list(MAE_ARCHS)}")
@@ -73,7 +86,10 @@ class MaskedAutoencoderViT(nn.Module):
         if not 0.0 < mask_ratio < 1.0:
             raise ConfigError(f"model {arch}: mask_ratio {mask_ratio} must be in (0, 1)")
         patch, dim, depth, heads, ddim, ddepth = MAE_ARCHS[arch]
-        self.arch, self.in_chans, self.patch, self.mask_ratio = arch, in_chans, patch, mask_ratio
+        if tile is not None and tile < patch:
+            raise ConfigError(f"model {arch}: tile {tile} px is smaller than one {patch} px patch")
+        self.arch, self.in_chans, self.patch, self.mask_ratio, self.tile = arch, in_chans, patch, mask_ratio, tile
+        self._tiles = 1  # tiles per image of the forward_features pass under way
         self.width, self.num_features = dim, in_chans * dim
         self.embed = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)   # one projection for every channel
         self.channel_embed = nn.Parameter(torch.zeros(in_chans, dim))
@@ -160,18 +176,42 @@ class MaskedAutoencoderViT(nn.Module):
     def pool_tokens(self, encoded: torch.Tensor, channel: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, dim) encoded tokens -> (B, in_chans * dim): each channel's tokens averaged on their own, the
         channels side by side. `channel`: each token's channel (B, N) where the tokens are a subset (the visible
-        ones); a channel with no token there gets zeros."""
+        ones); a channel with no token there gets zeros. trainer.infer.embed pools an earlier block's tokens with
+        it too (during forward_features, so a tiled image's tiles are averaged the same way)."""
         b, n, d = encoded.shape
         c = self.in_chans
-        if channel is None:
-            return encoded.reshape(b, c, n // c, d).mean(dim=2).flatten(1)
+        if channel is None:  # every token; within forward_features' tiling, the tiles of an image are averaged
+            pooled = encoded.reshape(b, c, n // c, d).mean(dim=2).flatten(1)
+            return pooled.reshape(b // self._tiles, self._tiles, -1).mean(dim=1)
         onehot = F.one_hot(channel, c).to(encoded.dtype)                          # (B, N, C)
         sums = onehot.transpose(1, 2) @ encoded                                   # (B, C, dim)
         return (sums / onehot.sum(dim=1).clamp(min=1)[..., None]).flatten(1)
 
+    def tiles(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(B, C, H, W) -> (B * T, C, h, w): T tiles of at most `tile` px a side covering each image (evenly
+        spaced, overlapping where a side is not a multiple of the tile), and T; an image within one tile is
+        itself (T = 1)."""
+        h, w = x.shape[-2:]
+        if not self.tile or (h <= self.tile and w <= self.tile):
+            return x, 1
+        th, tw = min(h, self.tile), min(w, self.tile)
+        crops = [x[..., y:y + th, x0:x0 + tw] for y in _starts(h, th) for x0 in _starts(w, tw)]
+        return torch.stack(crops, dim=1).flatten(0, 1), len(crops)
+
     def forward_features(self, x: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
-        """Every token encoded, averaged per channel: (B, in_chans * dim)."""
-        return self.pool_tokens(self._encode(self.tokens(x)[0]))
+        """Every token encoded, averaged per channel: (B, in_chans * dim). An image larger than `tile` px is
+        encoded tile by tile (attention within a tile: the cost grows with the area, not its square) and its tiles
+        averaged, a few images' tiles at a time (TILE_TOKENS_PER_PASS)."""
+        x, self._tiles = self.tiles(x)
+        try:
+            if self._tiles == 1:
+                return self.pool_tokens(self._encode(self.tokens(x)[0]))
+            tokens_per_image = self._tiles * self.in_chans * (x.shape[-2] // self.patch) * (x.shape[-1] // self.patch)
+            step = self._tiles * max(1, TILE_TOKENS_PER_PASS // tokens_per_image)
+            return torch.cat([self.pool_tokens(self._encode(self.tokens(x[i:i + step])[0]))
+                              for i in range(0, len(x), step)])
+        finally:
+            self._tiles = 1
 
     def forward_head(self, feats: torch.Tensor, cell_type: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(feats, cell_type)
