@@ -121,8 +121,9 @@ def recall_bars(table: pd.DataFrame, path: str | Path, sources: Sequence[str],
     def hue(k: int) -> tuple:
         return palette[k % len(palette)]
 
-    def colour(i: int) -> tuple:
-        alpha = 1.0 if len(shades) == 1 else 0.3 + 0.7 * shades.index(second[i]) / (len(shades) - 1)
+    def colour(i: int) -> tuple:  # a method with a single row (e.g. a reference) is drawn solid
+        alone = len(shades) == 1 or first.count(first[i]) == 1
+        alpha = 1.0 if alone else 0.3 + 0.7 * shades.index(second[i]) / (len(shades) - 1)
         return to_rgba(hue(groups.index(first[i])), alpha)
 
     n = len(table)
