@@ -55,6 +55,8 @@ def test_two_step_smoke(name):
             loss = loss + F.cross_entropy(model(x, ct), y)
         else:
             loss = F.cross_entropy(model(x, ct), y)
+        if hasattr(model, "masked_reconstruction"):  # the self-supervised objective trains its decoder
+            loss = loss + model.masked_reconstruction(x)[0]
         assert torch.isfinite(loss)
         opt.zero_grad()
         loss.backward()
