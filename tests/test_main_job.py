@@ -140,6 +140,38 @@ def test_a_refit_takes_its_share_of_the_steps_and_the_plan_says_when_it_cannot()
                       spent_s=60, facts=FACTS)
 
 
+def test_a_rerun_refuses_plan_overrides_its_saved_plan_would_ignore(tmp_path):
+    """OUT/plan.json is reused by a rerun: an override it does not have is named, not silently dropped (a rerun
+    asking plan.objective=mae once trained the old classifier again)."""
+    from dataclasses import replace
+
+    from trainer.job.plan import load_plan, save_plan
+    from trainer.job.planning import check_rerun_overrides
+
+    plan = make_plan(FACTS, Hardware(2), 14 * 60, {"steps_single": 600, "steps_pseudo": 0})  # no fit: both given
+    save_plan(plan, tmp_path / "plan.json")
+    saved = load_plan(tmp_path / "plan.json")
+    assert saved.overrides == {"steps_single": 600, "steps_pseudo": 0}
+    check_rerun_overrides(saved, {"steps_single": 600, "steps_pseudo": 0}, tmp_path / "plan.json")
+    check_rerun_overrides(saved, {}, tmp_path / "plan.json")
+    with pytest.raises(ConfigError, match=r"plan.objective='mae' \(the saved plan was made with no such override\)"
+                                          r".*plan.steps_single=700 \(the saved plan was made with "
+                                          r"plan.steps_single=600\).*delete"):
+        check_rerun_overrides(saved, {"objective": "mae", "steps_single": 700}, tmp_path / "plan.json")
+    with pytest.raises(ConfigError, match="plan.crop.*expected an integer"):
+        check_rerun_overrides(saved, {"crop": "abc"}, tmp_path / "plan.json")
+    # a single step override is refitted to the budget; the rerun with the same override is not refused
+    fitted = fit_to_budget(make_plan(FACTS, Hardware(2), 14 * 60, {"steps_single": 600}), step_s=0.8, view_s=0.012,
+                           spent_s=60, facts=FACTS)
+    assert fitted.steps_single != 600
+    check_rerun_overrides(fitted, {"steps_single": 600}, tmp_path / "plan.json")
+    # a plan.json from before the record: compared field by field
+    old = replace(fitted, overrides=None)
+    check_rerun_overrides(old, {"steps_single": 600}, tmp_path / "plan.json")
+    with pytest.raises(ConfigError, match=r"plan.objective='mae' \(the saved plan has 'classify'\)"):
+        check_rerun_overrides(old, {"objective": "mae"}, tmp_path / "plan.json")
+
+
 def test_the_refit_is_sized_to_the_time_left_and_the_plan_saved(tmp_path):
     from trainer.job.options import JobOptions
     from trainer.job.plan import load_plan

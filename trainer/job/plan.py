@@ -173,6 +173,8 @@ class Plan:
     within: str = ""             # "" | experiment | plate: train each sample within its experiment's classes
     objective: str = "classify"  # classify (name each well's class) | mae (masked autoencoding, self-supervised)
     whiten: bool = True          # embedding centroids under the within-class covariance (trainer.infer.embed)
+    overrides: dict[str, Any] | None = None  # the plan.<field> overrides it was made with (None: a plan.json older
+                                             # than this record); a rerun must not ask others (planning.py)
     estimates: dict[str, float] = field(default_factory=dict)   # seconds per step of the job
     reasons: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
@@ -336,6 +338,7 @@ def make_plan(facts: DataFacts, hw: Hardware, budget_s: float,
                        "average: each sample trains within its experiment's classes (plan.within=experiment), so "
                        "the model cannot name a class by recognising its experiment (docs/maps.md)")
     parsed = parse_overrides(overrides or {})
+    plan.overrides = dict(parsed)
     for key, value in parsed.items():
         setattr(plan, key, value)
         reasons.append(f"plan.{key}={value} (override)")

@@ -16,14 +16,15 @@ import cellio
 
 from trainer.infer.predict import predict_views
 from trainer.job.options import JobOptions
-from trainer.job.plan import DataFacts, Hardware, Plan, fit_to_budget, load_plan, make_plan, save_plan
+from trainer.job.plan import (DataFacts, Hardware, Plan, fit_to_budget, load_plan, make_plan, parse_overrides,
+                              save_plan)
 from trainer.job.runs import run_config
 from trainer.training.checkpoint import load_for_inference
 from trainer.training.data import count_train_sites
 from trainer.training.folds import split_experiments
 from trainer.training.loop import run
 
-__all__ = ["make_job_plan", "check_batch", "measure"]
+__all__ = ["make_job_plan", "check_rerun_overrides", "check_batch", "measure"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def make_job_plan(opts: JobOptions, store: Any, store_path: Path, start: float) 
     path = opts.out / "plan.json"
     if path.is_file():
         plan = load_plan(path)
+        check_rerun_overrides(plan, opts.overrides.plan, path)
         log.info("plan from %s (delete it to plan again)", path)
     else:
         plan = _new_plan(opts, store, store_path, start)
@@ -61,6 +63,30 @@ def _new_plan(opts: JobOptions, store: Any, store_path: Path, start: float) -> P
         step_s, view_s = measure(plan, opts, store, store_path)
         plan = fit_to_budget(plan, step_s=step_s, view_s=view_s, spent_s=time.perf_counter() - start, facts=facts)
     return plan
+
+
+# what fit_to_budget sets from measurements whatever a single override said (both step counts given: no fit)
+_FITTED = ("steps_single", "steps_pseudo", "steps_finetune", "steps_refit")
+
+
+def check_rerun_overrides(plan: Plan, overrides: dict[str, Any], path: Path) -> None:
+    """A rerun reuses OUT/plan.json; a `plan.<field>=value` it is given that the saved plan was not made with would
+    be ignored (a different objective, model or step count trained as before, silently): a ConfigError naming each,
+    before any work. The overrides the plan was made with pass, and so does a rerun that gives none. A plan.json
+    older than the record of its overrides is compared field by field (the fitted step counts excepted)."""
+    given = parse_overrides(overrides)
+    if plan.overrides is not None:
+        recorded = parse_overrides(plan.overrides)
+        differ = [f"plan.{k}={v!r} (the saved plan was made with "
+                  f"{'plan.' + k + '=' + repr(recorded[k]) if k in recorded else 'no such override'})"
+                  for k, v in given.items() if k not in recorded or recorded[k] != v]
+    else:
+        differ = [f"plan.{k}={v!r} (the saved plan has {getattr(plan, k)!r})"
+                  for k, v in given.items() if k not in _FITTED and getattr(plan, k) != v]
+    if differ:
+        raise cellio.ConfigError(f"{path} exists: this run's {', '.join(differ)} would be ignored by the rerun that "
+                                 f"reuses it; delete {path.parent} (or {path.name} to plan again, its runs then "
+                                 "refuse a changed config) or give the saved plan's values")
 
 
 def check_batch(plan: Plan, opts: JobOptions, store: Any, store_path: Path) -> None:
