@@ -28,8 +28,9 @@ issue 23's).
                ViT, trainer/training/mae.py) writes its embeddings the same way; benchmarks/maps_cellio.sh runs it
                as `cellio_mae`. Any model's per-well embeddings plug in the same way, or add a function to METHODS
   true_phenotypes
-               not a method: the recall of the screen's true gene effects (synthetic_truth.json), each source's
-               ceiling on this screen; added to every table (recall columns only)
+               not a method: the recall of the screen's true gene effects (synthetic_truth.json) and how many of
+               each source's pairs the screen's complexes link; a reference, not a strict ceiling; added to every
+               table (recall columns only)
 
     python benchmarks/maps.py [--data DIR] [--out benchmarks/results/maps] [--methods intensity random_cnn cp_measure]
                               [--corrections none centerscale pca_cs tvn] [--embeddings NAME=PATH ...]

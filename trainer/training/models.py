@@ -39,7 +39,8 @@ from .mae import MAE_ARCHS, MaskedAutoencoderViT
 
 __all__ = [
     "create_model", "list_models", "check_model_name", "register_model", "ClassifierHead", "DenseNetClassifier",
-    "PerChannelFusion", "ConvNetMicro", "MaskedAutoencoderViT", "adapt_input_conv", "load_densenet_weights", "is_perchannel", "DENSENET_ARCHS",
+    "PerChannelFusion", "ConvNetMicro", "MaskedAutoencoderViT", "adapt_input_conv", "load_densenet_weights",
+    "is_perchannel", "DENSENET_ARCHS",
     "feature_stages",
 ]
 
@@ -286,16 +287,21 @@ class PerChannelFusion(nn.Module):
 # registered factories: one per (family, architecture), all with create_model's signature
 
 
-def _register_family(cls: type[nn.Module], names: dict[str, str]) -> None:
+def _register_family(cls: type[nn.Module], names: dict[str, str], shapes: dict[str, tuple] = DENSENET_ARCHS,
+                     source: str = "torchvision's") -> None:
+    """One registered factory per name: `cls(arch, **kw)` for the name's arch, whose shape `shapes` gives."""
     for name, arch in names.items():
         factory = functools.partial(cls, arch)
         factory.__name__ = name  # type: ignore[attr-defined]  (register_model keys on __name__)
-        factory.__doc__ = f"{cls.__name__} on torchvision's {arch} shape {DENSENET_ARCHS[arch]}."
+        factory.__doc__ = f"{cls.__name__} on {source} {arch} shape {shapes[arch]}."
         register_model(factory)
 
 
 _register_family(DenseNetClassifier, {arch: arch for arch in DENSENET_ARCHS})
 _register_family(PerChannelFusion, {"perchannel_densenet121": "densenet121", "perchannel_tiny": "densenet_tiny"})
+# the self-supervised model (trainer/training/mae.py; trained by train.stage=masked_autoencoding)
+_register_family(MaskedAutoencoderViT, {arch: arch for arch in MAE_ARCHS}, MAE_ARCHS,
+                 "trainer/training/mae.py's")
 
 
 class ConvNetMicro(_PooledConvNet):
@@ -322,12 +328,6 @@ def convnet_micro(**kw: Any) -> nn.Module:
 
 
 register_model(convnet_micro)
-# the self-supervised model (trainer/training/mae.py; trained by train.stage=masked_autoencoding)
-for _name in MAE_ARCHS:
-    _factory = functools.partial(MaskedAutoencoderViT, _name)
-    _factory.__name__ = _name  # type: ignore[attr-defined]
-    _factory.__doc__ = f"channel-agnostic masked-autoencoder ViT {MAE_ARCHS[_name]} (patch, width, depth, ...)"
-    register_model(_factory)
 
 
 def _densenet_stages(features: nn.Module) -> list[nn.Module]:
