@@ -461,6 +461,23 @@ def test_generator_is_a_pure_function_of_its_arguments(tmp_path):
     assert files and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
 
 
+def test_generator_links_each_complex_in_the_sources_asked_for():
+    """--linked-in SIGNOR: each screened complex holds a pair SIGNOR lists (random complexes hold few), so SIGNOR's
+    recall is measurable; without it the pick is what it always was (the benchmark screens stay reproducible)."""
+    directory = annotation_dir()
+    signor = rxrx3_maps.known_pairs(directory, "SIGNOR")
+    reactome = rxrx3_maps.known_pairs(directory, "Reactome")
+    for seed in (2, 3):
+        picked = rxrx3_maps.pick_complexes(6, 4, seed, directory, ("SIGNOR", "Reactome"))
+        assert len(picked) == 6 and len({g for m in picked.values() for g in m}) == 24
+        for members in picked.values():
+            pairs = {frozenset((a, b)) for a in members for b in members if a < b}
+            assert pairs & signor and pairs & reactome
+    plain = rxrx3_maps.pick_complexes(6, 4, 3, directory)
+    assert plain == rxrx3_maps.pick_complexes(6, 4, 3, directory, ())
+    assert any(not {frozenset((a, b)) for a in m for b in m if a < b} & signor for m in plain.values())
+
+
 def test_cellio_embeddings_join_the_metadata_on_their_id_code(tmp_path):
     """The main job's OUT/embeddings.parquet names a well `id_code` and carries its own `plate`, `experiment`...:
     joined on RxRx3-core's well_id, the table's columns win; an id the table lacks is named."""

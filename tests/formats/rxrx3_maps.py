@@ -26,7 +26,7 @@ Batch effects, strong enough that an uncorrected map fails
 
     python tests/formats/rxrx3_maps.py OUT [--size 128] [--complexes 16] [--genes-per-complex 4] [--null-genes 16]
         [--guides 3] [--experiments 3] [--plates 2] [--controls 20] [--strength 1.0] [--batch-strength 1.0]
-        [--rows-per-shard 500] [--seed 0]
+        [--rows-per-shard 500] [--seed 0] [--linked-in SIGNOR ...]
 
 OUT gets RxRx3-core's files (metadata_rxrx3_core.csv, data/train-*.parquet) and `synthetic_truth.json` (complexes,
 null genes, per-gene and per-guide parameters). Output is a pure function of the arguments.
@@ -102,14 +102,24 @@ class Design:
     falloff: dict[str, float]                # "experiment/plate" -> illumination falloff at the corners
 
 
-def pick_complexes(n: int, per_complex: int, seed: int, directory: Path) -> dict[str, list[str]]:
-    """`n` CORUM complexes with disjoint gene sets, `per_complex` members each (random, seeded)."""
+def known_pairs(directory: Path, source: str) -> set[frozenset[str]]:
+    """The unordered gene pairs an annotation source (CORUM.txt, SIGNOR.txt, ...) lists."""
+    frame = pd.read_csv(directory / f"{source}.txt")
+    return {frozenset(p) for p in zip(frame["entity1"].astype(str), frame["entity2"].astype(str))}
+
+
+def pick_complexes(n: int, per_complex: int, seed: int, directory: Path,
+                   linked_in: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """`n` CORUM complexes with disjoint gene sets, `per_complex` members each (random, seeded). `linked_in`:
+    annotation sources each of which must list a pair of a complex's screened members (a complex without such a
+    pair is passed over, and the pair is screened), so that those sources' recall is measurable on the screen."""
     table = {}
     for line in (directory / "CORUM_clusters.tsv").read_text().splitlines():
         name, _, genes = line.partition("\t")
         members = sorted({g for g in genes.split() if _SYMBOL.match(g)})
         if per_complex <= len(members) <= 3 * per_complex + 4:
             table[name] = members
+    pairs = [known_pairs(directory, source) for source in linked_in]
     r = rng(seed, _PICK)
     names = sorted(table)
     order = r.permutation(len(names))
@@ -119,22 +129,31 @@ def pick_complexes(n: int, per_complex: int, seed: int, directory: Path) -> dict
         free = [g for g in table[names[i]] if g not in taken]
         if len(free) < per_complex:
             continue
-        genes = sorted(r.choice(free, size=per_complex, replace=False).tolist())
+        must: list[str] = []
+        for source_pairs in pairs:
+            if any(frozenset((a, b)) in source_pairs for a in must for b in must if a < b):
+                continue
+            linked = sorted(tuple(sorted(p)) for p in source_pairs if len(p) == 2 and p <= set(free))
+            if not linked:
+                must = []
+                break
+            must = sorted(set(must) | set(linked[int(r.integers(len(linked)))]))
+        if pairs and (not must or len(must) > per_complex):
+            continue
+        rest = [g for g in free if g not in must]
+        genes = sorted(must + r.choice(rest, size=per_complex - len(must), replace=False).tolist())
         picked[names[i]] = genes
         taken.update(table[names[i]])  # whole complex: overlapping complexes would share members' phenotypes
         if len(picked) == n:
             break
     if len(picked) < n:
-        raise SystemExit(f"only {len(picked)} disjoint CORUM complexes with {per_complex} members; ask for fewer")
+        raise SystemExit(f"only {len(picked)} disjoint CORUM complexes with {per_complex} members"
+                         f"{' and a pair listed by ' + ', '.join(linked_in) if linked_in else ''}; ask for fewer")
     return picked
 
 
 def pick_null_genes(n: int, seed: int, directory: Path) -> list[str]:
-    annotated: set[str] = set()
-    for source in SOURCES:
-        frame = pd.read_csv(directory / f"{source}.txt")
-        annotated.update(frame["entity1"].astype(str))
-        annotated.update(frame["entity2"].astype(str))
+    annotated = {g for source in SOURCES for pair in known_pairs(directory, source) for g in pair}
     free = [g for g in OLFACTORY if g not in annotated]
     if n > len(free):
         raise SystemExit(f"--null-genes {n}: only {len(free)} olfactory-receptor genes are free of annotations")
@@ -142,9 +161,10 @@ def pick_null_genes(n: int, seed: int, directory: Path) -> list[str]:
 
 
 def make_design(*, complexes: int, genes_per_complex: int, null_genes: int, guides: int, experiments: int,
-                plates: int, strength: float, batch_strength: float, gene_noise: float, seed: int) -> Design:
+                plates: int, strength: float, batch_strength: float, gene_noise: float, seed: int,
+                linked_in: tuple[str, ...] = ()) -> Design:
     directory = annotation_dir()
-    picked = pick_complexes(complexes, genes_per_complex, seed, directory)
+    picked = pick_complexes(complexes, genes_per_complex, seed, directory, linked_in)
     nulls = pick_null_genes(null_genes, seed, directory)
     exp_names = [f"gene-{e + 1:03d}" for e in range(experiments)]
     experiment_of: dict[str, str] = {}
@@ -291,20 +311,22 @@ def render_well(row: pd.Series, design: Design, shape: tuple[int, int], seed: in
 def generate(out: str | Path, size: str = "128", complexes: int = 16, genes_per_complex: int = 4,
              null_genes: int = 16, guides: int = 3, experiments: int = 3, plates: int = 2, controls: int = 20,
              strength: float = 1.0, batch_strength: float = 1.0, gene_noise: float = 0.5,
-             rows_per_shard: int = 500, seed: int = 0) -> Path:
+             rows_per_shard: int = 500, seed: int = 0, linked_in: tuple[str, ...] = ()) -> Path:
     """Write the screen under `out` (see the module docstring); returns `out`."""
     out = Path(out)
     shape = parse_size(size)
     design = make_design(complexes=complexes, genes_per_complex=genes_per_complex, null_genes=null_genes,
                          guides=guides, experiments=experiments, plates=plates, strength=strength,
-                         batch_strength=batch_strength, gene_noise=gene_noise, seed=seed)
+                         batch_strength=batch_strength, gene_noise=gene_noise, seed=seed,
+                         linked_in=tuple(linked_in))
     metadata = make_metadata(design, guides, plates, controls, seed)
     write_rxrx3_core(out, metadata, lambda row: render_well(row, design, shape, seed), rows_per_shard=rows_per_shard)
     truth = {"generator": "tests/formats/rxrx3_maps.py", "axes": list(AXES),
              "parameters": dict(size=size, complexes=complexes, genes_per_complex=genes_per_complex,
                                 null_genes=null_genes, guides=guides, experiments=experiments, plates=plates,
                                 controls=controls, strength=strength, batch_strength=batch_strength,
-                                gene_noise=gene_noise, rows_per_shard=rows_per_shard, seed=seed),
+                                gene_noise=gene_noise, rows_per_shard=rows_per_shard, seed=seed,
+                                **({"linked_in": list(linked_in)} if linked_in else {})),
              **asdict(design)}
     (out / "synthetic_truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True))
     return out
@@ -326,11 +348,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gene-noise", type=float, default=0.5, help="a gene's own deviation from its complex")
     p.add_argument("--rows-per-shard", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--linked-in", nargs="+", default=[], choices=SOURCES, metavar="SOURCE",
+                   help="screen only complexes of which each named source lists a pair of screened members (that "
+                        "source's recall is then measurable: SIGNOR lists few pairs inside random complexes)")
     a = p.parse_args(argv)
     generate(a.out, size=a.size, complexes=a.complexes, genes_per_complex=a.genes_per_complex,
              null_genes=a.null_genes, guides=a.guides, experiments=a.experiments, plates=a.plates,
              controls=a.controls, strength=a.strength, batch_strength=a.batch_strength, gene_noise=a.gene_noise,
-             rows_per_shard=a.rows_per_shard, seed=a.seed)
+             rows_per_shard=a.rows_per_shard, seed=a.seed, linked_in=tuple(a.linked_in))
 
 
 if __name__ == "__main__":
