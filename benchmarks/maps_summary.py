@@ -8,6 +8,10 @@ screen's complexes (SIGNOR), that is chance more than biology.
 
     python benchmarks/maps_summary.py benchmarks/results/maps benchmarks/results/maps_s1 \\
         benchmarks/results/maps_seeds/* [--method cellio] [--correction tvn] [--out summary.csv]
+
+`--against DIR [DIR ...]` takes the baselines and the true phenotypes from other benchmark tables (of the same
+screens; one for all results, or one per result): to score `make maps` runs, whose OUT/maps/benchmark.csv (written
+by `python -m trainer.maps`) holds only their own rows and no `method` column (its rows are read as `--method`).
 """
 from __future__ import annotations
 
@@ -26,16 +30,24 @@ def columns() -> list[str]:
     return [f"recall_{s}_{t}" for s in SOURCES for t in THRESHOLDS] + ["replicate_mAP", "sister_mAP"]
 
 
-def summarise(path: Path, method: str, correction: str) -> dict:
-    """The method's row and the best corrected baseline per column of one benchmark.csv."""
-    table = pd.read_csv(path / "benchmark.csv" if path.is_dir() else path)
+def read_table(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path / "benchmark.csv" if path.is_dir() else path)
+
+
+def summarise(path: Path, method: str, correction: str, against: Path | None = None) -> dict:
+    """The method's row and the best corrected baseline per column of one benchmark.csv (the baselines and the true
+    phenotypes from `against`'s table where given; a table without a `method` column is all `method`)."""
+    table = read_table(path)
+    if "method" not in table.columns:
+        table = table.assign(method=method)
     row = table[(table["method"] == method) & (table["correction"] == correction)]
     if len(row) != 1:
         raise SystemExit(f"{path}: no single {method} / {correction} row")
-    base = table[table["method"].isin(BASELINES) & (table["correction"] != "none")]
+    reference = read_table(against) if against is not None else table
+    base = reference[reference["method"].isin(BASELINES) & (reference["correction"] != "none")]
     if base.empty:
-        raise SystemExit(f"{path}: no corrected baseline rows ({', '.join(BASELINES)})")
-    truth = table[table["method"] == TRUTH]
+        raise SystemExit(f"{against or path}: no corrected baseline rows ({', '.join(BASELINES)})")
+    truth = reference[reference["method"] == TRUTH]
     out: dict = {"run": str(path)}
     wins = ties = beyond = 0
     for col in columns():
@@ -57,9 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", nargs="+", help="benchmark directories (or benchmark.csv files)")
     p.add_argument("--method", default="cellio")
     p.add_argument("--correction", default="tvn")
+    p.add_argument("--against", nargs="+", default=[],
+                   help="the benchmark tables (directories or CSVs) holding the baselines' rows, where the results' "
+                        "tables do not (a `make maps` run's OUT/maps): one for all results, or one per result")
     p.add_argument("--out", help="write the summary as CSV too")
     args = p.parse_args(argv)
-    frame = pd.DataFrame([summarise(Path(r), args.method, args.correction) for r in args.results])
+    if len(args.against) not in (0, 1, len(args.results)):
+        p.error(f"--against: {len(args.against)} tables for {len(args.results)} results; give one, or one per result")
+    against = [Path(a) for a in args.against] * (len(args.results) if len(args.against) == 1 else 1)
+    frame = pd.DataFrame([summarise(Path(r), args.method, args.correction, against[i] if against else None)
+                          for i, r in enumerate(args.results)])
     short = ["run"] + [c for c in columns() if "0.05" in c or "mAP" in c] + ["beats", "ties", "trails",
                                                                            "trails_beyond_truth"]
     print(f"{args.method} / {args.correction} (recall at 0.05/0.95 and mAP; beats/ties/trails over all "

@@ -563,6 +563,32 @@ def test_maps_summary_names_trails_where_the_baseline_is_above_the_true_phenotyp
     assert np.isnan(maps_summary.summarise(tmp_path, "cellio", "tvn")["trails_beyond_truth"])
 
 
+def test_maps_summary_scores_a_make_maps_table_against_another_tables_baselines(tmp_path):
+    """`make maps` writes trainer.maps' benchmark.csv: one row per correction, no `method` column and no baselines;
+    --against takes the baselines and the true phenotypes from the benchmark's table of the same screen."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import maps_summary
+
+    cols = maps_summary.columns()
+    recall = [c for c in cols if c.startswith("recall_")]
+    bench, run = tmp_path / "bench", tmp_path / "run"
+    bench.mkdir(), run.mkdir()
+    pd.DataFrame([dict(method="intensity", correction="tvn", **{c: 0.5 for c in cols}),
+                  dict(method="true_phenotypes", correction="none", **{c: 0.45 for c in recall})]
+                 ).to_csv(bench / "benchmark.csv", index=False)
+    pd.DataFrame([dict(correction="none", **{c: 0.4 for c in cols}),
+                  dict(correction="centerscale", **{c: 0.6 for c in cols})]).to_csv(run / "benchmark.csv", index=False)
+    out = maps_summary.summarise(run, "cellio", "centerscale", against=bench)
+    assert (out["beats"], out["ties"], out["trails"]) == (len(cols), 0, 0)
+    out = maps_summary.summarise(run, "cellio", "none", against=bench)
+    assert (out["trails"], out["trails_beyond_truth"]) == (len(cols), len(recall))
+    with pytest.raises(SystemExit, match="no corrected baseline rows"):
+        maps_summary.summarise(run, "cellio", "none")
+    assert maps_summary.main([str(run), str(run), "--against", str(bench), "--correction", "centerscale"]) == 0
+    with pytest.raises(SystemExit):
+        maps_summary.main([str(run), str(run), str(run), "--against", str(bench), str(bench)])
+
+
 def test_true_phenotypes_row_scores_the_screens_own_gene_effects(tmp_path):
     """The ceiling row maps every gene of the screen to its true effect (null genes: zero) and scores it with the
     same recall as every method: its known pairs are those of the annotation tables among the screen's genes, and
