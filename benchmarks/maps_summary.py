@@ -76,9 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if len(args.against) not in (0, 1, len(args.results)):
         p.error(f"--against: {len(args.against)} tables for {len(args.results)} results; give one, or one per result")
-    against = [Path(a) for a in args.against] * (len(args.results) if len(args.against) == 1 else 1)
-    frame = pd.DataFrame([summarise(Path(r), args.method, args.correction, against[i] if against else None)
-                          for i, r in enumerate(args.results)])
+    against = [Path(a) for a in args.against] or [None]
+    if len(against) == 1:
+        against *= len(args.results)
+    frame = pd.DataFrame([summarise(Path(r), args.method, args.correction, table)
+                          for r, table in zip(args.results, against)])
     short = ["run"] + [c for c in columns() if "0.05" in c or "mAP" in c] + ["beats", "ties", "trails",
                                                                            "trails_beyond_truth"]
     print(f"{args.method} / {args.correction} (recall at 0.05/0.95 and mAP; beats/ties/trails over all "

@@ -130,10 +130,11 @@ def pick_complexes(n: int, per_complex: int, seed: int, directory: Path,
         if len(free) < per_complex:
             continue
         must: list[str] = []
+        free_set = set(free)
         for source_pairs in pairs:
             if any(frozenset((a, b)) in source_pairs for a in must for b in must if a < b):
                 continue
-            linked = sorted(tuple(sorted(p)) for p in source_pairs if len(p) == 2 and p <= set(free))
+            linked = sorted(tuple(sorted(p)) for p in source_pairs if len(p) == 2 and p <= free_set)
             if not linked:
                 must = []
                 break
